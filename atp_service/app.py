@@ -1,0 +1,149 @@
+"""The Litestar application: controllers, dependencies, error mapping, OpenAPI."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import redis.asyncio as aredis
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.types import ASGIApp, Receive, Scope, Send
+from prometheus_client import Counter, Histogram
+
+from allocation.network import Network
+from atp_service.auth import KeyRing
+from atp_service.config import Settings, load_settings
+from atp_service.controllers.availability import AvailabilityController
+from atp_service.controllers.channels import ChannelController
+from atp_service.controllers.health import healthz, metrics, readyz
+from atp_service.problems import EXCEPTION_HANDLERS
+from atp_service.reader import AvailabilityReader
+from streams.projector import Projector
+
+HTTP_DURATION = Histogram(
+    "atp_http_request_duration_seconds",
+    "HTTP request duration by route and status",
+    ["route", "status"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
+CACHE_READS = Counter("atp_read_cache_total", "Single and bulk reads by cache outcome", ["outcome"])
+
+
+def projector_for(settings: Settings) -> Projector:
+    return Projector(
+        network=Network.of(settings.channels),
+        sellable=frozenset(settings.statuses.sellable),
+        config_overrides=tuple(c.safety_stock_overrides for c in settings.channels),
+    )
+
+
+def redis_client(settings: Settings) -> aredis.Redis:
+    # Short timeouts: with Redis down, a read answers 503 quickly instead of hanging.
+    return aredis.Redis.from_url(
+        settings.redis.url, socket_connect_timeout=1.0, socket_timeout=2.0, health_check_interval=5
+    )
+
+
+def _metrics_middleware(app: ASGIApp) -> ASGIApp:
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def record(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await app(scope, receive, record)
+        finally:
+            handler = scope.get("route_handler")
+            route = _route_of(handler)
+            HTTP_DURATION.labels(route, str(status)).observe(time.perf_counter() - started)
+
+    return wrapped
+
+
+def _route_of(handler: Any) -> str:
+    if handler is None:
+        return "unmatched"
+    path = next(iter(handler.paths))
+    owner = getattr(handler, "owner", None)
+    prefix = getattr(owner, "path", "") if owner is not None else ""
+    if isinstance(prefix, str) and prefix not in ("", "/"):
+        path = prefix.rstrip("/") + ("" if path == "/" else path)
+    return str(path)
+
+
+def _provide_reader(state: State) -> AvailabilityReader:
+    reader: AvailabilityReader = state.reader
+    return reader
+
+
+def _provide_redis(state: State) -> aredis.Redis:
+    client: aredis.Redis = state.redis
+    return client
+
+
+def create_app(settings: Settings) -> Litestar:
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        client = redis_client(settings)
+        reader = AvailabilityReader(
+            client, app.state.projector, settings.api.cache_staleness_ms / 1000
+        )
+        app.state.redis = client
+        app.state.reader = reader
+        await reader.start()
+        try:
+            yield
+        finally:
+            await reader.stop()
+            await client.aclose()
+
+    def provide_settings() -> Settings:
+        return settings
+
+    app = Litestar(
+        route_handlers=[AvailabilityController, ChannelController, healthz, readyz, metrics],
+        dependencies={
+            "settings": Provide(provide_settings, sync_to_thread=False),
+            "reader": Provide(_provide_reader, sync_to_thread=False),
+            "redis_client": Provide(_provide_redis, sync_to_thread=False),
+        },
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=[lifespan],
+        middleware=[_metrics_middleware],
+        request_max_body_size=settings.api.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="atp: availability to promise",
+            version="1.0.0",
+            path="/schema",
+            components=Components(
+                security_schemes={
+                    "bearer": SecurityScheme(type="http", scheme="bearer", description="API key")
+                }
+            ),
+            security=[{"bearer": []}],
+        ),
+        debug=False,
+    )
+    app.state.settings = settings
+    app.state.keyring = KeyRing(settings.api_keys)
+    app.state.projector = projector_for(settings)
+    return app
+
+
+def app_from_environment() -> Litestar:
+    """Factory for the ASGI server: settings from ATP_CONFIG and the ATP_* overrides."""
+    return create_app(load_settings())

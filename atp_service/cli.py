@@ -1,0 +1,98 @@
+"""The ``atp`` command: consume, serve, dev (and the operator tools as they come)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+
+from atp_service.config import ConfigError, Settings, load_settings
+
+log = logging.getLogger("atp")
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        print(f"atp: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: object) -> None:
+        log.info("signal %d: finishing the current batch", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+def consume(_: argparse.Namespace) -> int:
+    from atp_service.runtime import build_stream_projector
+
+    settings = _settings()
+    stop = _stop_on_signals()
+    projector = build_stream_projector(settings, should_stop=stop.is_set)
+    log.info("consuming %s", ", ".join(projector.options.topics))
+    projector.run(stop)
+    projector.producer.producer.flush(10)
+    log.info("stopped after %d messages", projector.stats.consumed)
+    return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    from granian import Granian
+    from granian.constants import Interfaces
+
+    _settings()  # fail fast, with the message, before any worker starts
+    Granian(
+        "atp_service.app:app_from_environment",
+        factory=True,
+        interface=Interfaces.ASGI,
+        address=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_access=False,
+    ).serve()
+    return 0
+
+
+def dev(args: argparse.Namespace) -> int:
+    from atp_service.dev import run_dev
+
+    return run_dev(port=args.port, skus=args.skus, rate=args.rate)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(
+        level=os.environ.get("ATP_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    parser = argparse.ArgumentParser(prog="atp", description="Inventory availability to promise")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("consume", help="fold the event streams into Redis").set_defaults(run=consume)
+    p_serve = commands.add_parser("serve", help="serve the HTTP API")
+    p_serve.add_argument("--host", default="127.0.0.1")
+    p_serve.add_argument("--port", type=int, default=8000)
+    p_serve.add_argument("--workers", type=int, default=1)
+    p_serve.set_defaults(run=serve)
+    p_dev = commands.add_parser("dev", help="the whole stack locally with a demo feed")
+    p_dev.add_argument("--port", type=int, default=8000)
+    p_dev.add_argument("--skus", type=int, default=300)
+    p_dev.add_argument("--rate", type=float, default=50.0, help="demo events per second")
+    p_dev.set_defaults(run=dev)
+    args = parser.parse_args(argv)
+    result: int = args.run(args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,30 @@
+"""GET /v1/channels: the channel configuration."""
+
+from __future__ import annotations
+
+from litestar import Controller, get
+
+from atp_service.auth import require
+from atp_service.config import Settings
+from atp_service.schemas import ChannelList, ChannelView
+
+
+class ChannelController(Controller):
+    path = "/v1/channels"
+    tags = ["channels"]
+
+    @get("/", guards=[require("availability:read")], summary="The channel configuration")
+    async def list_channels(self, settings: Settings) -> ChannelList:
+        return ChannelList(
+            channels=[
+                ChannelView(
+                    name=c.name,
+                    priority=c.priority,
+                    locations=list(c.locations),
+                    safety_stock=c.safety_stock,
+                    inbound_horizon_days=c.inbound_horizon_days,
+                    safety_stock_overrides=dict(c.safety_stock_overrides),
+                )
+                for c in settings.channels
+            ]
+        )

@@ -1,0 +1,31 @@
+"""Liveness, readiness and metrics: no key needed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aredis
+from litestar import Request, Response, get
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from atp_service.problems import problem
+from atp_service.schemas import Health
+
+
+@get("/healthz", summary="200 while the process lives", tags=["operations"])
+async def healthz() -> Health:
+    return Health(status="ok")
+
+
+@get("/readyz", summary="200 when Redis answers, else 503", tags=["operations"])
+async def readyz(request: Request[Any, Any, Any], redis_client: aredis.Redis) -> Response[Any]:
+    try:
+        await redis_client.ping()
+    except Exception:
+        return problem(request, 503, "redis does not answer", headers={"Retry-After": "1"}, kind="not-ready")
+    return Response(content=Health(status="ready"))
+
+
+@get("/metrics", summary="Prometheus metrics", tags=["operations"], media_type=CONTENT_TYPE_LATEST)
+async def metrics() -> Response[bytes]:
+    return Response(content=generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

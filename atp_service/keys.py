@@ -1,0 +1,44 @@
+"""The Redis key layout, in one place.
+
+Every key of one sku shares the hash tag ``{sku}`` so the sku's state, projection and dedupe
+marks live in one Redis Cluster slot. Keys are versioned (``atp:v1``) so a layout change can
+be rolled out beside the old one and rebuilt.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+PREFIX: Final = "atp:v1"
+DUE: Final = f"{PREFIX}:due"  # zset sku -> ms when its projection changes with no event
+OUTBOX: Final = f"{PREFIX}:outbox"  # hash "channel\x1fsku" -> availability event to publish
+INVALIDATIONS: Final = f"{PREFIX}:changed"  # pub/sub: skus whose projection was rewritten
+STATE_FIELD: Final = "s"
+VERSION_FIELD: Final = "v"
+
+
+def sku_key(sku: str) -> str:
+    """Hash of one sku: v (version), s (raw state), p:<channel> (projection document)."""
+    return f"{PREFIX}:{{{sku}}}"
+
+
+def seen_key(sku: str) -> str:
+    """Sorted set of the sku's applied event_ids, scored by when they were applied (ms)."""
+    return f"{PREFIX}:{{{sku}}}:seen"
+
+
+def projection_field(channel: str) -> str:
+    return f"p:{channel}"
+
+
+def offsets_key(group_id: str) -> str:
+    """Hash "topic\x1fpartition" -> next offset to consume, written with the state."""
+    return f"{PREFIX}:offsets:{group_id}"
+
+
+def order_key(order_id: str) -> str:
+    return f"{PREFIX}:order:{order_id}"
+
+
+def outbox_field(channel: str, sku: str) -> str:
+    return f"{channel}\x1f{sku}"

@@ -1,0 +1,56 @@
+"""Wiring: build the real adapters from Settings (the only place that connects them)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import redis
+from confluent_kafka import Consumer, Producer
+
+from atp_service.app import projector_for
+from atp_service.config import Settings
+from atp_service.store import RedisStore
+from streams.consumer import ConsumerOptions, StreamProjector
+from streams.kafka import ReliableProducer, consumer_config, producer_config
+from streams.state import US_PER_DAY
+
+ALIVE_FILE = "/tmp/atp-consumer-alive"  # the Helm chart's exec probe checks its age
+
+
+def sync_redis(settings: Settings) -> redis.Redis:
+    return redis.Redis.from_url(
+        settings.redis.url, socket_connect_timeout=2.0, socket_timeout=10.0, health_check_interval=5
+    )
+
+
+def store_for(settings: Settings, client: redis.Redis | None = None) -> RedisStore:
+    return RedisStore(
+        client or sync_redis(settings),
+        settings.kafka.group_id,
+        int(settings.consumer.dedupe_window_days * US_PER_DAY // 1000),
+    )
+
+
+def build_stream_projector(
+    settings: Settings, should_stop: Callable[[], bool] = lambda: False
+) -> StreamProjector:
+    topics = settings.topics
+    consumer = Consumer(
+        consumer_config(
+            settings.kafka.bootstrap, settings.kafka.group_id, settings.kafka.session_timeout_ms
+        )
+    )
+    producer = ReliableProducer(Producer(producer_config(settings.kafka.bootstrap)), should_stop)
+    options = ConsumerOptions(
+        topics=(topics.movements, topics.reservations, topics.inbound),
+        dead_letter_topic=topics.dead_letter,
+        availability_topic=topics.availability,
+        known_channels=frozenset(c.name for c in settings.channels),
+        batch_size=settings.consumer.batch_size,
+        batch_timeout_s=settings.consumer.batch_timeout_ms / 1000,
+        sweep_interval_s=settings.consumer.sweep_interval_ms / 1000,
+        window_us=int(settings.consumer.dedupe_window_days * US_PER_DAY),
+        max_message_bytes=settings.consumer.max_message_bytes,
+        alive_file=ALIVE_FILE,
+    )
+    return StreamProjector(consumer, producer, store_for(settings), projector_for(settings), options)

@@ -1,0 +1,169 @@
+"""The Redis adapter: read sku states and dedupe marks, apply a ChangeSet in one script.
+
+Concurrency is optimistic: every sku hash carries a version; a write names the versions it
+read and the script refuses the whole batch (before writing anything) if any moved, e.g.
+because the API reserved stock meanwhile. The caller then re-reads and re-folds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Final
+
+import redis
+import redis.asyncio as aredis
+
+from atp_service import keys
+from streams.changeset import ChangeSet
+from streams.state import SkuState, load_state
+
+WRITE_SCRIPT: Final = resources.files("atp_service").joinpath("write.lua").read_text()
+
+# Delete an outbox entry only if it still holds what was published; a newer value written
+# meanwhile stays to be published next.
+ACK_SCRIPT: Final = """
+local done = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+    done = done + 1
+  end
+end
+return done
+"""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    states: dict[str, SkuState]
+    versions: dict[str, int]
+    seen: frozenset[str]
+
+
+def script_arguments(
+    changes: ChangeSet, *, group_id: str, now_ms: int, seen_cutoff_ms: int, publish: bool = True
+) -> tuple[list[str], list[Any]]:
+    key_list = [keys.DUE, keys.offsets_key(group_id), keys.OUTBOX]
+    args: list[Any] = [
+        len(changes.skus),
+        seen_cutoff_ms,
+        now_ms,
+        keys.INVALIDATIONS if publish else "",
+        len(changes.offsets),
+    ]
+    for name, offset in changes.offsets.items():
+        args += [name, offset]
+    args.append(len(changes.outbox))
+    for name, value in changes.outbox.items():
+        args += [name, value]
+    for write in changes.skus:
+        key_list += [keys.sku_key(write.sku), keys.seen_key(write.sku)]
+        args += [
+            "" if write.expected_version is None else write.expected_version,
+            write.state,
+            "" if write.due_ms is None else write.due_ms,
+            len(write.fields),
+        ]
+        for name, doc in write.fields.items():
+            args += [name, doc]
+        args.append(len(write.seen))
+        args += write.seen
+    return key_list, args
+
+
+def _snapshot(skus: Sequence[str], replies: list[Any], event_ids: Mapping[str, Sequence[str]]) -> Snapshot:
+    states: dict[str, SkuState] = {}
+    versions: dict[str, int] = {}
+    seen: set[str] = set()
+    it = iter(replies)
+    for sku in skus:
+        version, payload = next(it)
+        versions[sku] = int(version) if version is not None else 0
+        states[sku] = load_state(sku, payload)
+        ids = event_ids.get(sku)
+        if ids:
+            scores = next(it)
+            seen.update(event_id for event_id, score in zip(ids, scores, strict=True) if score is not None)
+    return Snapshot(states, versions, frozenset(seen))
+
+
+class RedisStore:
+    """Synchronous adapter, used by the consumer and the command-line tools."""
+
+    def __init__(self, client: redis.Redis, group_id: str, window_ms: int) -> None:
+        self.client = client
+        self.group_id = group_id
+        self.window_ms = window_ms
+        self._write = client.register_script(WRITE_SCRIPT)
+        self._ack = client.register_script(ACK_SCRIPT)
+
+    def read(self, skus: Sequence[str], event_ids: Mapping[str, Sequence[str]] | None = None) -> Snapshot:
+        ids = event_ids or {}
+        pipe = self.client.pipeline(transaction=False)
+        for sku in skus:
+            pipe.hmget(keys.sku_key(sku), keys.VERSION_FIELD, keys.STATE_FIELD)
+            if ids.get(sku):
+                pipe.zmscore(keys.seen_key(sku), list(ids[sku]))
+        return _snapshot(skus, pipe.execute(), ids)
+
+    def write(self, changes: ChangeSet, now_ms: int) -> list[str]:
+        """Apply atomically; returns the skus whose version moved (nothing was written then)."""
+        if not changes.skus and not changes.offsets:
+            return []
+        key_list, args = script_arguments(
+            changes, group_id=self.group_id, now_ms=now_ms, seen_cutoff_ms=now_ms - self.window_ms
+        )
+        conflicts = self._write(keys=key_list, args=args)
+        return [changes.skus[int(i) - 1].sku for i in conflicts]
+
+    def offsets(self) -> dict[str, int]:
+        raw = self.client.hgetall(keys.offsets_key(self.group_id))
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+    def due(self, now_ms: int, limit: int) -> list[str]:
+        found = self.client.zrangebyscore(keys.DUE, "-inf", now_ms, start=0, num=limit)
+        return [sku.decode() for sku in found]
+
+    def outbox(self, limit: int) -> dict[str, bytes]:
+        cursor, found = self.client.hscan(keys.OUTBOX, 0, count=limit)
+        return {k.decode(): v for k, v in found.items()}
+
+    def ack_outbox(self, published: Mapping[str, bytes]) -> int:
+        if not published:
+            return 0
+        args: list[Any] = []
+        for name, value in published.items():
+            args += [name, value]
+        return int(self._ack(keys=[keys.OUTBOX], args=args))
+
+
+class AsyncRedisStore:
+    """The same operations for the API's event loop."""
+
+    def __init__(self, client: aredis.Redis, group_id: str, window_ms: int) -> None:
+        self.client = client
+        self.group_id = group_id
+        self.window_ms = window_ms
+        self._write = client.register_script(WRITE_SCRIPT)
+
+    async def read(self, skus: Sequence[str]) -> Snapshot:
+        pipe = self.client.pipeline(transaction=False)
+        for sku in skus:
+            pipe.hmget(keys.sku_key(sku), keys.VERSION_FIELD, keys.STATE_FIELD)
+        return _snapshot(skus, await pipe.execute(), {})
+
+    async def write(self, changes: ChangeSet, now_ms: int) -> list[str]:
+        key_list, args = script_arguments(
+            changes, group_id=self.group_id, now_ms=now_ms, seen_cutoff_ms=now_ms - self.window_ms
+        )
+        conflicts = await self._write(keys=key_list, args=args)
+        return [changes.skus[int(i) - 1].sku for i in conflicts]
+
+    async def documents(self, channel: str, skus: Iterable[str]) -> list[bytes | None]:
+        field = keys.projection_field(channel)
+        pipe = self.client.pipeline(transaction=False)
+        for sku in skus:
+            pipe.hget(keys.sku_key(sku), field)
+        return list(await pipe.execute())

@@ -1,0 +1,100 @@
+-- Apply one batch of sku changes atomically, if no sku changed since it was read.
+-- Redis scripts never roll back, so every check comes before the first write.
+--
+-- KEYS: 1 due zset, 2 offsets hash, 3 outbox hash, then per sku: hash key, seen key
+-- ARGV: 1 n_skus, 2 seen cutoff ms, 3 now ms, 4 pub/sub channel ('' = none),
+--       5 n_offsets, then n_offsets (field, next_offset) pairs,
+--       then n_outbox, then n_outbox (field, value) pairs,
+--       then per sku: expected version ('' = unchecked), state, due ms ('' = none),
+--                     n_fields, (field, value) pairs, n_seen, event_ids
+-- Returns: {} when applied, else the 1-based indexes of skus whose version moved.
+local n = tonumber(ARGV[1])
+local cutoff = ARGV[2]
+local now = ARGV[3]
+local pubsub = ARGV[4]
+
+local i = 5
+local n_offsets = tonumber(ARGV[i]); i = i + 1
+local offsets_at = i; i = i + 2 * n_offsets
+local n_outbox = tonumber(ARGV[i]); i = i + 1
+local outbox_at = i; i = i + 2 * n_outbox
+
+-- Phase 1: checks only.
+local starts = {}
+local conflicts = {}
+local versions = {}
+for s = 1, n do
+  starts[s] = i
+  local expected = ARGV[i]
+  local current = redis.call('HGET', KEYS[2 + 2 * s], 'v') or '0'
+  versions[s] = tonumber(current)
+  if expected ~= '' and expected ~= current then
+    conflicts[#conflicts + 1] = s
+  end
+  local n_fields = tonumber(ARGV[i + 3])
+  local j = i + 4 + 2 * n_fields
+  local n_seen = tonumber(ARGV[j])
+  i = j + 1 + n_seen
+end
+if #conflicts > 0 then
+  return conflicts
+end
+
+-- Phase 2: writes.
+local skus = {}
+for s = 1, n do
+  local at = starts[s]
+  local key = KEYS[2 + 2 * s]
+  local seen = KEYS[3 + 2 * s]
+  local fields = {'v', versions[s] + 1, 's', ARGV[at + 1]}
+  local n_fields = tonumber(ARGV[at + 3])
+  for f = 0, 2 * n_fields - 1 do
+    fields[#fields + 1] = ARGV[at + 4 + f]
+  end
+  redis.call('HSET', key, unpack(fields))
+  local due = ARGV[at + 2]
+  local sku = string.sub(key, string.find(key, '{', 1, true) + 1, -2)
+  skus[#skus + 1] = sku
+  if due == '' then
+    redis.call('ZREM', KEYS[1], sku)
+  else
+    redis.call('ZADD', KEYS[1], due, sku)
+  end
+  local j = at + 4 + 2 * n_fields
+  local n_seen = tonumber(ARGV[j])
+  local batch = {}
+  for e = 1, n_seen do
+    batch[#batch + 1] = now
+    batch[#batch + 1] = ARGV[j + e]
+    if #batch >= 400 then
+      redis.call('ZADD', seen, unpack(batch))
+      batch = {}
+    end
+  end
+  if #batch > 0 then
+    redis.call('ZADD', seen, unpack(batch))
+  end
+  if n_seen > 0 then
+    redis.call('ZREMRANGEBYSCORE', seen, '-inf', '(' .. cutoff)
+  end
+end
+
+-- Offsets only move forward: a stale owner of a partition after a rebalance cannot move
+-- the stored position back.
+for o = 0, n_offsets - 1 do
+  local field = ARGV[offsets_at + 2 * o]
+  local offset = tonumber(ARGV[offsets_at + 2 * o + 1])
+  local current = tonumber(redis.call('HGET', KEYS[2], field) or '-1')
+  if offset > current then
+    redis.call('HSET', KEYS[2], field, offset)
+  end
+end
+
+for o = 0, n_outbox - 1 do
+  redis.call('HSET', KEYS[3], ARGV[outbox_at + 2 * o], ARGV[outbox_at + 2 * o + 1])
+end
+
+if pubsub ~= '' and #skus > 0 then
+  redis.call('PUBLISH', pubsub, table.concat(skus, '\n'))
+end
+return {}

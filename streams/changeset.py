@@ -1,0 +1,94 @@
+"""What one atomic write carries: new sku states, their projection, dedupe marks, offsets.
+
+Pure: builds the change set from the folded states and their rendered projection; the Redis
+adapter (atp_service.store) executes it in one script.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+import msgspec
+
+from atp_service.keys import outbox_field, projection_field
+from streams.projector import Projector, Rendered, format_as_of
+from streams.state import SkuState, dump_state
+
+
+class AvailabilityChanged(msgspec.Struct, frozen=True):
+    """The event out of contract section 3."""
+
+    channel: str
+    sku: str
+    available_to_sell: int
+    as_of: str
+
+
+_encoder: Final = msgspec.json.Encoder()
+
+
+@dataclass
+class SkuWrite:
+    sku: str
+    expected_version: int | None  # None: write without checking (no read came first)
+    state: bytes
+    due_ms: int | None
+    fields: dict[str, bytes]
+    seen: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ChangeSet:
+    skus: list[SkuWrite] = field(default_factory=list)
+    offsets: dict[str, int] = field(default_factory=dict)
+    outbox: dict[str, bytes] = field(default_factory=dict)
+    # (channel, sku) -> new available_to_sell, for metrics and the changes feed.
+    changed: dict[tuple[str, str], int] = field(default_factory=dict)
+
+
+def build_changeset(
+    states: Sequence[SkuState],
+    versions: Mapping[str, int],
+    projector: Projector,
+    now_us: int,
+    seen: Mapping[str, Iterable[str]] | None = None,
+    offsets: Mapping[str, int] | None = None,
+) -> ChangeSet:
+    """Render the projection of ``states`` and collect everything to write for them.
+
+    An availability event is queued in the outbox for every (channel, sku) whose
+    available_to_sell differs from the value last written (kept in the state), so the
+    announcement is written atomically with the change and survives a crash.
+    """
+    rendered: Rendered = projector.render(states, now_us)
+    as_of = format_as_of(now_us)
+    out = ChangeSet(offsets=dict(offsets or {}))
+    for state in states:
+        ats = rendered.available_to_sell[state.sku]
+        if ats != state.last_ats:
+            for channel, value in ats.items():
+                if state.last_ats.get(channel, 0) != value or channel not in state.last_ats:
+                    if channel not in state.last_ats and value == 0:
+                        continue  # a sku first seen at zero has not changed from "never seen"
+                    out.changed[(channel, state.sku)] = value
+                    out.outbox[outbox_field(channel, state.sku)] = _encoder.encode(
+                        AvailabilityChanged(channel, state.sku, value, as_of)
+                    )
+            state = msgspec.structs.replace(state, last_ats=ats)
+        due = rendered.next_change_us.get(state.sku)
+        out.skus.append(
+            SkuWrite(
+                sku=state.sku,
+                expected_version=versions.get(state.sku, 0),
+                state=dump_state(state),
+                due_ms=None if due is None else -(-due // 1000),
+                fields={
+                    projection_field(channel): doc
+                    for channel, doc in rendered.documents[state.sku].items()
+                },
+                seen=list((seen or {}).get(state.sku, ())),
+            )
+        )
+    return out

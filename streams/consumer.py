@@ -1,0 +1,290 @@
+"""The stream consumer: decode -> dead-letter -> fold -> atomic Redis write -> publish -> commit.
+
+Delivery is at least once; exactly-once effect comes from two things written atomically with
+the state in Redis: the consumed offsets (the consumer seeks to them on every assignment)
+and the applied event_ids (a replayed event is a no-op). Kafka's own committed offsets are
+only a hint for tools; Redis is the position that counts.
+
+Crash points and what happens on restart:
+- before the Redis write: the batch is consumed again from the offsets in Redis;
+- after the Redis write, before publishing: the availability events wait in the Redis
+  outbox and are published by the next instance;
+- after publishing, before the Kafka commit: offsets come from Redis, nothing is redone.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+
+from atp_service.store import RedisStore
+from streams.changeset import build_changeset
+from streams.events import AnyEvent, InvalidEvent, decode
+from streams.fold import fold
+from streams.kafka import Outgoing, ReliableProducer
+from streams.projector import Projector
+
+log = logging.getLogger(__name__)
+
+OFFSET_FIELD_SEPARATOR = "\x1f"
+
+
+def offset_field(topic: str, partition: int) -> str:
+    return f"{topic}{OFFSET_FIELD_SEPARATOR}{partition}"
+
+
+@dataclass(frozen=True)
+class ConsumerOptions:
+    topics: tuple[str, ...]
+    dead_letter_topic: str
+    availability_topic: str
+    known_channels: frozenset[str]
+    batch_size: int
+    batch_timeout_s: float
+    sweep_interval_s: float
+    window_us: int
+    max_message_bytes: int
+    alive_file: str | None = None
+
+
+@dataclass
+class Stats:
+    consumed: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    conflicts: int = 0
+    swept: int = 0
+    published: int = 0
+    by_type: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+@dataclass
+class Batch:
+    events: list[AnyEvent]
+    dead: list[Outgoing]
+    offsets: dict[str, int]
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class StreamProjector:
+    """Runs the loop until ``stop`` is set; then finishes its batch, commits and returns."""
+
+    def __init__(
+        self,
+        consumer: Consumer,
+        producer: ReliableProducer,
+        store: RedisStore,
+        projector: Projector,
+        options: ConsumerOptions,
+        clock: Callable[[], int] = now_us,
+    ) -> None:
+        self.consumer = consumer
+        self.producer = producer
+        self.store = store
+        self.projector = projector
+        self.options = options
+        self.clock = clock
+        self.stats = Stats()
+        self._last_sweep = 0.0
+        self._last_alive = 0.0
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        self.consumer.subscribe(list(self.options.topics), on_assign=self._on_assign)
+        try:
+            while not stop.is_set():
+                messages = self.consumer.consume(
+                    num_messages=self.options.batch_size, timeout=self.options.batch_timeout_s
+                )
+                if messages:
+                    self._retrying(lambda msgs=messages: self.process(msgs), stop)
+                if time.monotonic() - self._last_sweep >= self.options.sweep_interval_s:
+                    self._retrying(self.sweep, stop)
+                    self._last_sweep = time.monotonic()
+                self._touch_alive()
+        finally:
+            self.consumer.close()
+
+    def process(self, messages: list[Message]) -> None:
+        batch = self.decode(messages)
+        if batch.dead:
+            # Dead letters are delivered before the offsets move past them in Redis.
+            self.producer.send_all(batch.dead)
+            self.stats.dead_lettered += len(batch.dead)
+        self.apply(batch.events, batch.offsets)
+        self.publish_outbox()
+        self._commit(batch.offsets)
+        self.stats.batches += 1
+
+    def decode(self, messages: Iterable[Message]) -> Batch:
+        events: list[AnyEvent] = []
+        dead: list[Outgoing] = []
+        offsets: dict[str, int] = {}
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consume error: %s", error)
+                continue
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            offsets[offset_field(topic, partition)] = offset + 1
+            self.stats.consumed += 1
+            value = message.value() or b""
+            try:
+                if len(value) > self.options.max_message_bytes:
+                    raise InvalidEvent(
+                        f"message of {len(value)} bytes exceeds the limit of "
+                        f"{self.options.max_message_bytes} bytes"
+                    )
+                event = decode(value, self.options.known_channels)
+            except InvalidEvent as exc:
+                dead.append(self._dead_letter(message, exc.reason))
+                continue
+            events.append(event)
+        return Batch(events, dead, offsets)
+
+    def apply(self, events: list[AnyEvent], offsets: dict[str, int]) -> None:
+        """Fold the events into Redis, retrying from a fresh read if the API wrote meanwhile."""
+        by_sku: dict[str, list[str]] = defaultdict(list)
+        for event in events:
+            by_sku[event.sku].append(event.event_id)
+        skus = list(by_sku)
+        while True:
+            now = self.clock()
+            snapshot = self.store.read(skus, by_sku)
+            result = fold(
+                snapshot.states, events, seen=snapshot.seen, now_us=now, window_us=self.options.window_us
+            )
+            applied_ids: dict[str, list[str]] = defaultdict(list)
+            for event in result.applied:
+                applied_ids[event.sku].append(event.event_id)
+            touched = [result.states[sku] for sku in skus if sku in result.touched]
+            changes = build_changeset(
+                touched, snapshot.versions, self.projector, now, seen=applied_ids, offsets=offsets
+            )
+            conflicts = self.store.write(changes, now // 1000)
+            if not conflicts:
+                break
+            self.stats.conflicts += 1
+        self.stats.applied += len(result.applied)
+        self.stats.duplicates += len(result.duplicates)
+        for event in result.applied:
+            self.stats.by_type[type(event).__name__] += 1
+
+    def sweep(self) -> None:
+        """Recompute skus whose projection changes with no event: expiries, day changes."""
+        deadline = time.monotonic() + max(0.05, self.options.sweep_interval_s)
+        while time.monotonic() < deadline:
+            now = self.clock()
+            due = self.store.due(now // 1000, limit=1000)
+            if not due:
+                break
+            snapshot = self.store.read(due)
+            states = [snapshot.states[sku] for sku in due]
+            changes = build_changeset(states, snapshot.versions, self.projector, now)
+            if not self.store.write(changes, now // 1000):
+                self.stats.swept += len(due)
+        self.publish_outbox()
+
+    def publish_outbox(self) -> None:
+        pending = self.store.outbox(limit=5000)
+        if not pending:
+            return
+        messages = []
+        for name, value in pending.items():
+            sku = name.split("\x1f", 1)[1]
+            messages.append(Outgoing(self.options.availability_topic, sku.encode(), value))
+        self.producer.send_all(messages)
+        self.store.ack_outbox(pending)
+        self.stats.published += len(messages)
+
+    # -- Kafka plumbing -----------------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Seek every assigned partition to the offset stored with the state in Redis."""
+        delay = 0.1
+        while True:
+            try:
+                stored = self.store.offsets()
+                break
+            except redis.RedisError as exc:
+                log.warning("cannot read stored offsets (%s); retrying in %.1fs", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        for tp in partitions:
+            tp.offset = stored.get(offset_field(tp.topic, tp.partition), OFFSET_BEGINNING)
+        log.info("assigned %s", [(tp.topic, tp.partition, tp.offset) for tp in partitions])
+        consumer.assign(partitions)
+
+    def _commit(self, offsets: dict[str, int]) -> None:
+        if not offsets:
+            return
+        partitions = []
+        for name, offset in offsets.items():
+            topic, partition = name.split(OFFSET_FIELD_SEPARATOR)
+            partitions.append(TopicPartition(topic, int(partition), offset))
+        try:
+            self.consumer.commit(offsets=partitions, asynchronous=False)
+        except Exception as exc:  # the Redis offsets are authoritative; Kafka's can lag
+            log.warning("kafka commit failed (%s); offsets are safe in Redis", exc)
+
+    def _dead_letter(self, message: Message, reason: str) -> Outgoing:
+        headers = [
+            ("atp-error", reason.encode("utf-8", "replace")[:2000]),
+            ("atp-source-topic", message.topic().encode()),
+            ("atp-source-partition", str(message.partition()).encode()),
+            ("atp-source-offset", str(message.offset()).encode()),
+        ]
+        return Outgoing(self.options.dead_letter_topic, message.key(), message.value() or b"", headers)
+
+    def _retrying(self, step: Callable[[], Any], stop: threading.Event) -> None:
+        """Run a step until it succeeds: Redis or broker outages delay, never lose."""
+        delay = 0.1
+        paused: list[TopicPartition] = []
+        while True:
+            try:
+                step()
+                break
+            except (redis.RedisError, OSError) as exc:
+                log.warning("redis unavailable (%s); retrying in %.1fs", exc, delay)
+            if stop.is_set() and not paused:
+                # Shutting down: the batch is not applied and not committed; the next
+                # start consumes it again.
+                return
+            if not paused:
+                paused = self.consumer.assignment()
+                if paused:
+                    self.consumer.pause(paused)
+            # Keep polling while paused so the group does not evict us (max.poll.interval).
+            # A partition assigned meanwhile is not paused: rewind whatever it delivered.
+            for message in self.consumer.consume(num_messages=1, timeout=delay):
+                if message.error() is None:
+                    self.consumer.seek(
+                        TopicPartition(message.topic(), message.partition(), message.offset())
+                    )
+            self._touch_alive()
+            if stop.is_set():
+                return
+            delay = min(delay * 2, 5.0)
+        if paused:
+            self.consumer.resume(paused)
+
+    def _touch_alive(self) -> None:
+        if self.options.alive_file and time.monotonic() - self._last_alive > 1.0:
+            Path(self.options.alive_file).touch()
+            self._last_alive = time.monotonic()

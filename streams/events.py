@@ -1,0 +1,119 @@
+"""Events in (contract section 2): one tagged union over ``type``, decoded at the edge.
+
+Every message is decoded straight from its Kafka bytes into one of these frozen Structs;
+anything inside the service is typed. Field names are the contract's and never change.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Annotated, Final
+
+import msgspec
+
+Quantity = Annotated[int, msgspec.Meta(ge=0, le=1_000_000_000)]
+PositiveQuantity = Annotated[int, msgspec.Meta(ge=1, le=1_000_000_000)]
+# Identifiers are printable text: control characters would break logs, headers and keys.
+_PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=_PRINTABLE)]
+Sku = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=_PRINTABLE)]
+Text = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=_PRINTABLE)]
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    event_id: Id
+    occurred_at: datetime
+    sku: Sku
+
+
+class BinMovement(Event, tag="bin_movement"):
+    location: Text
+    quantity: PositiveQuantity
+    from_bin: Text | None = None
+    from_status: Text | None = None
+    to_bin: Text | None = None
+    to_status: Text | None = None
+    reservation_id: Id | None = None
+
+
+class BinCount(Event, tag="bin_count"):
+    location: Text
+    bin: Text
+    status: Text
+    quantity: Quantity
+
+
+class ReservationCreated(Event, tag="reservation_created"):
+    reservation_id: Id
+    channel: Text
+    location: Text
+    quantity: Quantity
+    expires_at: datetime | None = None
+
+
+class ReservationReleased(Event, tag="reservation_released"):
+    reservation_id: Id
+
+
+class Inbound(Event, tag="inbound"):
+    inbound_id: Id
+    location: Text
+    quantity: Quantity
+    eta: date
+
+
+AnyEvent = BinMovement | BinCount | ReservationCreated | ReservationReleased | Inbound
+
+# Built once and reused: msgspec decoders are cheapest when constructed a single time.
+_decoder: Final = msgspec.json.Decoder(AnyEvent)
+_encoder: Final = msgspec.json.Encoder()
+
+
+class InvalidEvent(Exception):
+    """A message that cannot be applied; it goes to the dead-letter topic with ``reason``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def decode(payload: bytes, known_channels: frozenset[str] | None = None) -> AnyEvent:
+    """Decode and validate one message value.
+
+    Raises:
+        InvalidEvent: with the reason to put in the ``atp-error`` header.
+    """
+    try:
+        event = _decoder.decode(payload)
+    except msgspec.ValidationError as exc:
+        raise InvalidEvent(f"invalid event: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise InvalidEvent(f"not JSON: {exc}") from None
+    problem = _check(event, known_channels)
+    if problem:
+        raise InvalidEvent(problem)
+    return event
+
+
+def encode(event: AnyEvent) -> bytes:
+    return _encoder.encode(event)
+
+
+def _check(event: AnyEvent, known_channels: frozenset[str] | None) -> str | None:
+    """Rules the schema alone cannot express."""
+    if event.occurred_at.tzinfo is None:
+        return "invalid event: occurred_at must carry a UTC offset (RFC 3339)"
+    if isinstance(event, BinMovement):
+        for side in ("from", "to"):
+            has_bin = getattr(event, f"{side}_bin") is not None
+            has_status = getattr(event, f"{side}_status") is not None
+            if has_bin != has_status:
+                return f"invalid event: {side}_bin and {side}_status must both be set or both null"
+        if event.from_bin is None and event.to_bin is None:
+            return "invalid event: a bin_movement needs a from side, a to side, or both"
+    elif isinstance(event, ReservationCreated):
+        if event.expires_at is not None and event.expires_at.tzinfo is None:
+            return "invalid event: expires_at must carry a UTC offset (RFC 3339)"
+        if known_channels is not None and event.channel not in known_channels:
+            return f"unknown channel {event.channel!r}"
+    return None

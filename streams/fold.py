@@ -1,0 +1,252 @@
+"""The fold: events + raw state -> new raw state. Pure: no I/O, no clock (``now`` is passed).
+
+Every rule of the contract's section 2 lives here, and only here:
+
+- an event whose ``event_id`` was already applied is ignored (``seen``);
+- ``on_hand`` is kept per (location, bin, status); a cycle count sets a bin exactly, and a
+  movement side older than the latest applied count of that bin and status is ignored;
+- a shipment (``to_*`` null) with a ``reservation_id`` consumes that reservation;
+- a consumption or a release that arrives before its ``reservation_created`` is remembered
+  and applied when the reservation arrives, so the result does not depend on that order;
+- a second ``reservation_created`` for a known ``reservation_id`` is ignored;
+- inbound lines are upserted by ``inbound_id``; the latest ``occurred_at`` wins.
+
+Closed reservations, inbound tombstones and zero, uncounted bins are pruned once they are
+older than the dedupe window, which bounds the state of a sku.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Set
+from dataclasses import dataclass, field
+
+from streams.events import (
+    AnyEvent,
+    BinCount,
+    BinMovement,
+    Inbound,
+    ReservationCreated,
+    ReservationReleased,
+)
+from streams.state import BinStock, InboundLine, Reservation, SkuState, to_day, to_us
+
+BinKey = tuple[str, str, str]  # (location, bin, status)
+
+
+@dataclass
+class _Work:
+    """A mutable copy of one SkuState while events are folded into it."""
+
+    sku: str
+    bins: dict[BinKey, BinStock]
+    reservations: dict[str, Reservation]
+    inbound: dict[str, InboundLine]
+    source: SkuState
+
+    @classmethod
+    def of(cls, state: SkuState) -> _Work:
+        return cls(
+            sku=state.sku,
+            bins={(b.location, b.bin, b.status): b for b in state.bins},
+            reservations={r.reservation_id: r for r in state.reservations},
+            inbound={i.inbound_id: i for i in state.inbound},
+            source=state,
+        )
+
+    def freeze(self, now_us: int, window_us: int) -> SkuState:
+        horizon = now_us - window_us
+        bins = tuple(
+            b for b in self.bins.values() if b.quantity != 0 or (b.counted_at and b.counted_at > horizon)
+        )
+        reservations = tuple(
+            r
+            for r in self.reservations.values()
+            if not _closed_since(r, now_us) or _closed_since(r, now_us) > horizon
+        )
+        inbound = tuple(
+            i for i in self.inbound.values() if i.quantity > 0 or i.occurred_at > horizon
+        )
+        return SkuState(
+            sku=self.sku,
+            bins=bins,
+            reservations=reservations,
+            inbound=inbound,
+            safety_stock=self.source.safety_stock,
+            last_ats=self.source.last_ats,
+        )
+
+
+def _closed_since(reservation: Reservation, now_us: int) -> int:
+    """When the reservation stopped counting, or 0 while it still counts (or may yet)."""
+    if reservation.closed_at:
+        return reservation.closed_at
+    if reservation.created and reservation.expires_at and reservation.expires_at <= now_us:
+        return reservation.expires_at
+    return 0
+
+
+@dataclass
+class FoldResult:
+    states: dict[str, SkuState]
+    touched: set[str] = field(default_factory=set)
+    applied: list[AnyEvent] = field(default_factory=list)
+    duplicates: list[AnyEvent] = field(default_factory=list)
+
+
+def fold(
+    states: Mapping[str, SkuState],
+    events: Iterable[AnyEvent],
+    *,
+    seen: Set[str],
+    now_us: int,
+    window_us: int,
+) -> FoldResult:
+    """Fold a batch of events into the states of their skus.
+
+    Args:
+        states: the current state of (at least) every sku the events name; a missing sku
+            starts empty.
+        events: in the order they are to be applied (per sku, the partition order).
+        seen: event_ids already applied before this batch (the dedupe marks).
+        now_us: the current time, used only to stamp closures for pruning.
+        window_us: how long closed records are kept (the dedupe window).
+
+    Returns:
+        The new state of every touched sku, the touched skus, and the events applied and
+        ignored as duplicates. The inputs are not modified.
+    """
+    work: dict[str, _Work] = {}
+    result = FoldResult(states={})
+    batch_seen: set[str] = set()
+    for event in events:
+        if event.event_id in seen or event.event_id in batch_seen:
+            result.duplicates.append(event)
+            continue
+        batch_seen.add(event.event_id)
+        target = work.get(event.sku)
+        if target is None:
+            state = states.get(event.sku) or SkuState(sku=event.sku)
+            target = work[event.sku] = _Work.of(state)
+        _apply(target, event, now_us)
+        result.applied.append(event)
+    for sku, target in work.items():
+        result.states[sku] = target.freeze(now_us, window_us)
+        result.touched.add(sku)
+    return result
+
+
+def _apply(work: _Work, event: AnyEvent, now_us: int) -> None:
+    if isinstance(event, BinMovement):
+        _apply_movement(work, event, now_us)
+    elif isinstance(event, BinCount):
+        _apply_count(work, event)
+    elif isinstance(event, ReservationCreated):
+        _apply_created(work, event)
+    elif isinstance(event, ReservationReleased):
+        _apply_released(work, event, now_us)
+    elif isinstance(event, Inbound):
+        _apply_inbound(work, event)
+
+
+def _apply_movement(work: _Work, event: BinMovement, now_us: int) -> None:
+    at = to_us(event.occurred_at)
+    if event.from_bin is not None and event.from_status is not None:
+        _move(work, (event.location, event.from_bin, event.from_status), -event.quantity, at)
+    if event.to_bin is not None and event.to_status is not None:
+        _move(work, (event.location, event.to_bin, event.to_status), event.quantity, at)
+    elif event.reservation_id is not None:
+        # Stock left the location against a reservation: the shipment consumes it, so
+        # on_hand and reserved drop together and available_to_sell does not drop twice.
+        # The consumption counts even if a count already included the stock leaving.
+        _consume(work, event.reservation_id, event.quantity, now_us)
+
+
+def _move(work: _Work, key: BinKey, delta: int, at: int) -> None:
+    current = work.bins.get(key)
+    if current is None:
+        work.bins[key] = BinStock(key[0], key[1], key[2], delta)
+        return
+    if current.counted_at and at < current.counted_at:
+        return  # the count already includes this movement
+    work.bins[key] = BinStock(key[0], key[1], key[2], current.quantity + delta, current.counted_at)
+
+
+def _apply_count(work: _Work, event: BinCount) -> None:
+    at = to_us(event.occurred_at)
+    key = (event.location, event.bin, event.status)
+    current = work.bins.get(key)
+    if current is not None and current.counted_at and at < current.counted_at:
+        return  # an older count than the one applied
+    work.bins[key] = BinStock(key[0], key[1], key[2], event.quantity, at)
+
+
+def _consume(work: _Work, reservation_id: str, quantity: int, now_us: int) -> None:
+    current = work.reservations.get(reservation_id) or Reservation(reservation_id, created=False)
+    consumed = current.consumed + quantity
+    closed_at = current.closed_at
+    # A pending entry (no reservation_created yet) is stamped too, so that one whose
+    # reservation never arrives is pruned after the window.
+    if not closed_at and (not current.created or consumed >= current.quantity):
+        closed_at = now_us
+    work.reservations[reservation_id] = Reservation(
+        reservation_id,
+        current.created,
+        current.channel,
+        current.location,
+        current.quantity,
+        consumed,
+        current.released,
+        current.expires_at,
+        closed_at,
+    )
+
+
+def _apply_created(work: _Work, event: ReservationCreated) -> None:
+    current = work.reservations.get(event.reservation_id)
+    if current is not None and current.created:
+        return  # a second reservation_created for a known reservation is ignored
+    consumed = current.consumed if current else 0
+    released = current.released if current else False
+    # A consumption or release that came first closes the reservation on arrival; stamp
+    # it with the earlier closure so pruning does not depend on arrival order.
+    closed_at = current.closed_at if current and (released or consumed >= event.quantity) else 0
+    work.reservations[event.reservation_id] = Reservation(
+        event.reservation_id,
+        True,
+        event.channel,
+        event.location,
+        event.quantity,
+        consumed,
+        released,
+        to_us(event.expires_at) if event.expires_at else 0,
+        closed_at,
+    )
+
+
+def _apply_released(work: _Work, event: ReservationReleased, now_us: int) -> None:
+    current = work.reservations.get(event.reservation_id) or Reservation(
+        event.reservation_id, created=False
+    )
+    if current.released:
+        return
+    work.reservations[event.reservation_id] = Reservation(
+        current.reservation_id,
+        current.created,
+        current.channel,
+        current.location,
+        current.quantity,
+        current.consumed,
+        True,
+        current.expires_at,
+        current.closed_at or now_us,
+    )
+
+
+def _apply_inbound(work: _Work, event: Inbound) -> None:
+    at = to_us(event.occurred_at)
+    current = work.inbound.get(event.inbound_id)
+    if current is not None and at < current.occurred_at:
+        return  # an older update arriving late
+    work.inbound[event.inbound_id] = InboundLine(
+        event.inbound_id, event.location, event.quantity, to_day(event.eta), at
+    )

@@ -1,0 +1,117 @@
+"""librdkafka configuration and a producer that does not give up on a message.
+
+Safety settings (manual commits, idempotence, acks=all) are forced here, not left to the
+environment.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import KafkaError, Message, Producer
+
+log = logging.getLogger(__name__)
+
+# A poison message of up to this size must still fit on the dead-letter topic unchanged.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+def consumer_config(bootstrap: str, group_id: str, session_timeout_ms: int) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": bootstrap,
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": session_timeout_ms,
+        "heartbeat.interval.ms": max(500, session_timeout_ms // 5),
+        "fetch.max.bytes": MAX_MESSAGE_BYTES * 2,
+        "max.partition.fetch.bytes": MAX_MESSAGE_BYTES,
+        "reconnect.backoff.max.ms": 2000,
+        "isolation.level": "read_committed",
+    }
+
+
+def producer_config(bootstrap: str) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": bootstrap,
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 2,
+        "message.max.bytes": MAX_MESSAGE_BYTES + 65536,
+        "reconnect.backoff.max.ms": 2000,
+    }
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: Sequence[tuple[str, bytes]] = ()
+
+
+class ReliableProducer:
+    """Produce a set of messages and return only once the broker acknowledged every one.
+
+    A message that fails (broker down, timeout) is produced again, with backoff, until it
+    is acknowledged or ``should_stop`` says to give up (then it raises, and the caller does
+    not commit, so the input is consumed again).
+    """
+
+    def __init__(self, producer: Producer, should_stop: Callable[[], bool] = lambda: False) -> None:
+        self.producer = producer
+        self.should_stop = should_stop
+
+    def send_all(self, messages: Sequence[Outgoing], timeout_s: float | None = None) -> None:
+        pending = list(messages)
+        delay = 0.1
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while pending:
+            failed: list[Outgoing] = []
+
+            def report(err: KafkaError | None, _msg: Message, item: Outgoing | None = None) -> None:
+                if err is not None and item is not None:
+                    failed.append(item)
+
+            for item in pending:
+                self._produce(item, lambda err, msg, item=item: report(err, msg, item))
+            remaining = self.producer.flush(30.0)
+            if remaining:
+                # Still queued after the flush timeout: their callbacks have not fired; keep
+                # flushing rather than producing them twice.
+                while self.producer.flush(5.0):
+                    self._check_give_up(deadline)
+            if not failed:
+                return
+            log.warning("redelivering %d messages the broker did not acknowledge", len(failed))
+            pending = failed
+            self._check_give_up(deadline)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _produce(self, item: Outgoing, callback: Callable[[KafkaError | None, Message], None]) -> None:
+        while True:
+            try:
+                self.producer.produce(
+                    item.topic,
+                    value=item.value,
+                    key=item.key,
+                    headers=list(item.headers) or None,
+                    on_delivery=callback,
+                )
+                return
+            except BufferError:
+                self.producer.poll(0.1)
+
+    def _check_give_up(self, deadline: float | None) -> None:
+        if self.should_stop() or (deadline is not None and time.monotonic() > deadline):
+            raise ProduceFailed("the broker did not acknowledge the messages in time")
+
+
+class ProduceFailed(Exception):
+    """Messages could not be delivered; nothing after them may be committed."""

@@ -1,0 +1,94 @@
+"""The raw state of one sku: what the fold reads and writes, persisted as msgpack.
+
+Times are integer microseconds since the Unix epoch (UTC) and dates are integer days since
+the epoch, so the state round-trips exactly and compares cheaply. ``array_like`` keeps the
+stored bytes small: the field order below is part of the stored format (append only).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from typing import Final
+
+import msgspec
+
+EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+EPOCH_DATE: Final = date(1970, 1, 1)
+US_PER_DAY: Final = 86_400_000_000
+
+
+def to_us(moment: datetime) -> int:
+    delta = moment - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_us(us: int) -> datetime:
+    return datetime.fromtimestamp(us / 1_000_000, tz=UTC)
+
+
+def to_day(day: date) -> int:
+    return (day - EPOCH_DATE).days
+
+
+def from_day(day: int) -> date:
+    return date.fromordinal(EPOCH_DATE.toordinal() + day)
+
+
+class BinStock(msgspec.Struct, frozen=True, array_like=True):
+    location: str
+    bin: str
+    status: str
+    quantity: int
+    counted_at: int = 0  # time of the latest applied cycle count, 0 = never counted
+
+
+class Reservation(msgspec.Struct, frozen=True, array_like=True):
+    reservation_id: str
+    created: bool  # False: only a consumption or release has arrived so far
+    channel: str = ""
+    location: str = ""
+    quantity: int = 0
+    consumed: int = 0
+    released: bool = False
+    expires_at: int = 0  # 0 = never expires
+    closed_at: int = 0  # when it stopped counting (released, consumed, expired); for pruning
+
+    def open_quantity(self, now_us: int) -> int:
+        if not self.created or self.released:
+            return 0
+        if self.expires_at and self.expires_at <= now_us:
+            return 0
+        return max(0, self.quantity - self.consumed)
+
+
+class InboundLine(msgspec.Struct, frozen=True, array_like=True):
+    inbound_id: str
+    location: str
+    quantity: int
+    eta: int  # days since epoch
+    occurred_at: int
+
+
+class SkuState(msgspec.Struct, frozen=True, array_like=True):
+    sku: str
+    bins: tuple[BinStock, ...] = ()
+    reservations: tuple[Reservation, ...] = ()
+    inbound: tuple[InboundLine, ...] = ()
+    # Overrides set over HTTP (admin); they win over the config file's.
+    safety_stock: dict[str, int] = {}
+    # available_to_sell per channel as last written, to detect changes worth announcing.
+    last_ats: dict[str, int] = {}
+
+
+_encoder: Final = msgspec.msgpack.Encoder()
+_decoder: Final = msgspec.msgpack.Decoder(SkuState)
+
+
+def dump_state(state: SkuState) -> bytes:
+    return _encoder.encode(state)
+
+
+def load_state(sku: str, payload: bytes | None) -> SkuState:
+    if not payload:
+        return SkuState(sku=sku)
+    return _decoder.decode(payload)
