@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from allocation.network import Ints, Network, Supply
+from allocation.network import Bools, Ints, Network, Supply
 
 NO_CHANGE = np.iinfo(np.int64).max
 
@@ -97,17 +97,31 @@ class InboundTimeline:
     location: Ints
 
 
-def inbound_timeline(supply: Supply, network: Network, today: int) -> InboundTimeline:
-    """The "inbound due by d" part of atp(c,s,d), for every channel and sku with inbound."""
+def inbound_timeline(
+    supply: Supply, network: Network, today: int, pairs: Bools | None = None
+) -> InboundTimeline:
+    """The "inbound due by d" part of atp(c,s,d), for every channel and sku with inbound.
+
+    Args:
+        pairs: (C, S) if given, only the (channel, sku) pairs marked True.
+    """
     qty = supply.inbound_quantity
+    lines = np.arange(qty.size)
+    if pairs is not None:
+        wanted_sku = np.asarray(pairs.any(axis=0), dtype=np.bool_)
+        lines = np.flatnonzero(wanted_sku[supply.inbound_sku])
+    inbound_location = supply.inbound_location[lines]
     # (N, C): line i counts for channel c when its location is in c's network, it is open,
     # and it is due within c's horizon.
     counts = (
-        network.mask[:, supply.inbound_location].T
-        & (qty > 0)[:, None]
-        & (supply.inbound_eta[:, None] <= today + network.horizon[None, :])
+        network.mask[:, inbound_location].T
+        & (qty[lines] > 0)[:, None]
+        & (supply.inbound_eta[lines][:, None] <= today + network.horizon[None, :])
     )
+    if pairs is not None:
+        counts &= pairs[:, supply.inbound_sku[lines]].T
     line, channel = np.nonzero(counts)
+    line = lines[line]
     if line.size == 0:
         empty = np.zeros(0, dtype=np.int64)
         return InboundTimeline(empty, empty, empty, empty, empty)

@@ -33,9 +33,9 @@ def allocate_reference(
 
     # Each channel's locations, in its preference order.
     channel_locations: list[list[int]] = []
-    for c in range(len(network.channels)):
-        in_network = [loc for loc in range(n_locations) if network.rank[c, loc] >= 0]
-        channel_locations.append(sorted(in_network, key=lambda loc, c=c: int(network.rank[c, loc])))
+    for ranks in network.rank.tolist():
+        in_network = [loc for loc in range(n_locations) if ranks[loc] >= 0]
+        channel_locations.append(sorted(in_network, key=ranks.__getitem__))
 
     # The open inbound lines of each sku: (location, quantity, eta).
     inbound: dict[int, list[tuple[int, int, int]]] = {}

@@ -63,11 +63,12 @@ class AvailabilityReader:
         self._beat = asyncio.create_task(self._heartbeat())
 
     async def stop(self) -> None:
-        for task in (self._task, self._beat):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        tasks = [task for task in (self._task, self._beat) if task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            # Bounded: a half-closed Redis connection must not hold up shutdown.
+            await asyncio.wait(tasks, timeout=2.0)
 
     @property
     def cache_usable(self) -> bool:
@@ -168,7 +169,7 @@ class AvailabilityReader:
                 await asyncio.sleep(0.5)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                    await asyncio.wait_for(pubsub.aclose(), timeout=1.0)
 
     async def _heartbeat(self) -> None:
         while True:

@@ -1,0 +1,242 @@
+"""Shared fixtures: real redis-server and Kafka-compatible broker processes, test config.
+
+Services run on free loopback ports (never 6379) and are stopped at the end of the session.
+Set ATP_TEST_KAFKA_BOOTSTRAP to use an external broker instead of the bundled Tansu.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from hashlib import sha256
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import redis
+from confluent_kafka import Producer
+from hypothesis import HealthCheck, settings
+
+from atp_service.config import Settings, parse_config
+from atp_service.services import Service, create_topics, free_port, start_broker, start_redis, wait_until
+
+settings.register_profile(
+    "ci", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("dev", max_examples=50, deadline=None)
+settings.register_profile("deep", max_examples=2000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+READ_KEY = "test-read-key"
+WRITE_KEY = "test-write-key"
+ADMIN_KEY = "test-admin-key"
+ALL_KEY = "test-all-key"
+
+
+def config_text(
+    redis_url: str = "redis://127.0.0.1:1/0",
+    bootstrap: str = "127.0.0.1:1",
+    prefix: str = "t",
+    group_id: str = "atp-test",
+    extra: str = "",
+) -> str:
+    def h(key: str) -> str:
+        return sha256(key.encode()).hexdigest()
+
+    return f"""
+[redis]
+url = "{redis_url}"
+
+[kafka]
+bootstrap = "{bootstrap}"
+group_id = "{group_id}"
+
+[topics]
+movements = "{prefix}.movements"
+reservations = "{prefix}.reservations"
+inbound = "{prefix}.inbound"
+dead_letter = "{prefix}.dead-letter"
+availability = "{prefix}.availability"
+
+[statuses]
+sellable = ["available"]
+
+[consumer]
+batch_timeout_ms = 20
+sweep_interval_ms = 100
+
+[[channels]]
+name = "web"
+priority = 1
+locations = ["DC-EAST", "DC-WEST"]
+safety_stock = 0
+inbound_horizon_days = 14
+
+[[channels]]
+name = "marketplace"
+priority = 2
+locations = ["DC-EAST"]
+safety_stock = 5
+inbound_horizon_days = 0
+
+[[api_keys]]
+name = "reader"
+sha256 = "{h(READ_KEY)}"
+scopes = ["availability:read"]
+
+[[api_keys]]
+name = "writer"
+sha256 = "{h(WRITE_KEY)}"
+scopes = ["allocations:write"]
+
+[[api_keys]]
+name = "admin"
+sha256 = "{h(ADMIN_KEY)}"
+scopes = ["admin"]
+
+[[api_keys]]
+name = "all"
+sha256 = "{h(ALL_KEY)}"
+scopes = ["availability:read", "allocations:write", "admin"]
+{extra}
+"""
+
+
+@pytest.fixture(scope="session")
+def test_settings() -> Settings:
+    """The test channel set without live services (unit tests)."""
+    return parse_config(config_text())
+
+
+# -- real services ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    service = start_redis(tmp_path_factory.mktemp("redis"))
+    yield service
+    service.stop()
+
+
+@pytest.fixture
+def redis_url(redis_service: Service) -> Iterator[str]:
+    client = redis.Redis(port=redis_service.port)
+    client.flushall()
+    client.close()
+    yield f"redis://127.0.0.1:{redis_service.port}/0"
+
+
+@pytest.fixture(scope="session")
+def broker_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    external = os.environ.get("ATP_TEST_KAFKA_BOOTSTRAP")
+    if external:
+        yield external
+        return
+    service = start_broker(log_file=tmp_path_factory.mktemp("broker") / "broker.log")
+    yield f"127.0.0.1:{service.port}"
+    service.stop()
+
+
+@dataclass
+class Stack:
+    """One test's world: its own topics and group on the shared services."""
+
+    settings: Settings
+    config_path: Path
+    tmp: Path
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "ATP_CONFIG": str(self.config_path), "ATP_LOG_LEVEL": "INFO"}
+
+    def producer(self) -> Producer:
+        return Producer(
+            {"bootstrap.servers": self.settings.kafka.bootstrap, "linger.ms": 2, "enable.idempotence": True}
+        )
+
+    def produce(self, events: list[dict[str, Any]] | list[tuple[str, bytes, bytes]], producer: Producer | None = None) -> None:
+        """Produce event dicts (topic chosen by type) or raw (topic, key, value) triples."""
+        own = producer is None
+        p = producer or self.producer()
+        for item in events:
+            if isinstance(item, tuple):
+                topic, key, value = item
+            else:
+                topic, key, value = self.topic_for(item), str(item.get("sku", "")).encode(), msgspec.json.encode(item)
+            p.produce(topic, key=key, value=value)
+            p.poll(0)
+        if own:
+            assert p.flush(30) == 0
+
+    def topic_for(self, event: dict[str, Any]) -> str:
+        t = self.settings.topics
+        kind = event.get("type")
+        if kind in ("bin_movement", "bin_count"):
+            return t.movements
+        if kind in ("reservation_created", "reservation_released"):
+            return t.reservations
+        return t.inbound
+
+    def start_consumer(self, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        log = open(self.tmp / f"consumer-{len(self.processes)}.log", "ab")  # noqa: SIM115
+        process = subprocess.Popen(
+            [sys.executable, "-m", "atp_service.cli", "consume"],
+            env={**self.env, **(extra_env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.processes.append(process)
+        return process
+
+    def start_api(self, workers: int = 1) -> str:
+        port = free_port()
+        log = open(self.tmp / f"api-{port}.log", "ab")  # noqa: SIM115
+        process = subprocess.Popen(
+            [sys.executable, "-m", "atp_service.cli", "serve", "--port", str(port), "--workers", str(workers)],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.processes.append(process)
+        base = f"http://127.0.0.1:{port}"
+        import httpx
+
+        wait_until(lambda: httpx.get(f"{base}/healthz", timeout=1).status_code == 200, 30, "the API")
+        return base
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.tmp.glob("*.log")))
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for process in self.processes:
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+
+
+@pytest.fixture
+def stack(redis_url: str, broker_bootstrap: str, tmp_path: Path) -> Iterator[Stack]:
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    text = config_text(redis_url, broker_bootstrap, prefix=prefix, group_id=f"g-{prefix}")
+    path = tmp_path / "atp.toml"
+    path.write_text(text)
+    settings_ = parse_config(text)
+    t = settings_.topics
+    create_topics(broker_bootstrap, [t.movements, t.reservations, t.inbound, t.dead_letter, t.availability])
+    world = Stack(settings_, path, tmp_path)
+    yield world
+    world.stop_all()

@@ -1,0 +1,116 @@
+"""The HTTP API against a real Redis: auth on every endpoint, errors as problem+json."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from litestar.testing import TestClient
+
+from atp_service.app import create_app
+from atp_service.config import parse_config
+from atp_service.services import start_redis
+from tests.conftest import ADMIN_KEY, ALL_KEY, READ_KEY, WRITE_KEY, config_text
+
+pytestmark = pytest.mark.integration
+
+# (method, path, body, scope) for every endpoint that needs a key.
+PROTECTED: list[tuple[str, str, Any, str]] = [
+    ("GET", "/v1/availability/web/SKU-1", None, "availability:read"),
+    ("POST", "/v1/availability/web/query", {"skus": ["SKU-1"]}, "availability:read"),
+    ("GET", "/v1/channels", None, "availability:read"),
+]
+KEY_FOR_SCOPE = {"availability:read": READ_KEY, "allocations:write": WRITE_KEY, "admin": ADMIN_KEY}
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[TestClient[Any]]:
+    app = create_app(parse_config(config_text(redis_url)))
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def call(client: TestClient[Any], method: str, path: str, body: Any, key: str | None) -> Any:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return client.request(method, path, json=body, headers=headers)
+
+
+@pytest.mark.parametrize(("method", "path", "body", "scope"), PROTECTED)
+def test_every_protected_endpoint_checks_key_and_scope(
+    client: TestClient[Any], method: str, path: str, body: Any, scope: str
+) -> None:
+    no_key = call(client, method, path, body, None)
+    assert no_key.status_code == 401
+    assert no_key.headers["content-type"].startswith("application/problem+json")
+    assert no_key.headers["www-authenticate"] == "Bearer"
+    wrong = call(client, method, path, body, "not-a-key")
+    assert wrong.status_code == 401
+    other_scope = next(k for s, k in KEY_FOR_SCOPE.items() if s != scope)
+    forbidden = call(client, method, path, body, other_scope)
+    assert forbidden.status_code == 403
+    assert forbidden.json()["status"] == 403
+    assert call(client, method, path, body, KEY_FOR_SCOPE[scope]).status_code == 200
+    assert call(client, method, path, body, ALL_KEY).status_code == 200
+
+
+def test_malformed_authorization_headers_are_401(client: TestClient[Any]) -> None:
+    for header in ("Basic dGVzdA==", "Bearer", "Bearer ", READ_KEY, f"Token {READ_KEY}"):
+        reply = client.get("/v1/channels", headers={"Authorization": header})
+        assert reply.status_code == 401, header
+
+
+def test_health_readiness_metrics_and_openapi_need_no_key(client: TestClient[Any]) -> None:
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/readyz").status_code == 200
+    metrics = client.get("/metrics")
+    assert metrics.status_code == 200
+    assert "atp_http_request_duration_seconds" in metrics.text
+    schema = client.get("/schema/openapi.json").json()
+    assert "/v1/availability/{channel}/{sku}" in schema["paths"]
+    assert "/v1/availability/{channel}/query" in schema["paths"]
+    props = schema["components"]["schemas"]["Availability"]["properties"]
+    assert {"available_to_sell", "on_hand", "reserved", "safety_stock", "atp", "as_of"} <= set(props)
+
+
+def test_channels_lists_the_configuration(client: TestClient[Any]) -> None:
+    body = client.get("/v1/channels", headers={"Authorization": f"Bearer {READ_KEY}"}).json()
+    web, market = body["channels"]
+    assert web == {
+        "name": "web", "priority": 1, "locations": ["DC-EAST", "DC-WEST"], "safety_stock": 0,
+        "inbound_horizon_days": 14, "safety_stock_overrides": {},
+    }  # fmt: skip
+    assert market["safety_stock"] == 5
+
+
+def test_bad_input_is_400_problem_json(client: TestClient[Any]) -> None:
+    headers = {"Authorization": f"Bearer {READ_KEY}", "content-type": "application/json"}
+    for body in (b"{", b"[]", b'{"skus": "SKU-1"}', b'{"skus": [1]}', b'{"skus": [""]}'):
+        reply = client.post("/v1/availability/web/query", content=body, headers=headers)
+        assert reply.status_code == 400, body
+        problem = reply.json()
+        assert problem["status"] == 400 and problem["title"] == "Bad Request" and problem["detail"]
+    long_sku = "S" * 201
+    reply = client.get(f"/v1/availability/web/{long_sku}", headers=headers)
+    assert reply.status_code == 400
+
+
+def test_redis_down_is_503_problem_json_never_500(tmp_path: Path) -> None:
+    service = start_redis(tmp_path / "redis")
+    app = create_app(parse_config(config_text(f"redis://127.0.0.1:{service.port}/0")))
+    headers = {"Authorization": f"Bearer {READ_KEY}"}
+    with TestClient(app) as test_client:
+        assert test_client.get("/readyz").status_code == 200
+        assert test_client.get("/v1/availability/web/SKU-1", headers=headers).status_code == 200
+        service.stop(kill=True)
+        ready = test_client.get("/readyz")
+        assert ready.status_code == 503
+        for reply in (
+            test_client.get("/v1/availability/web/SKU-2", headers=headers),
+            test_client.post("/v1/availability/web/query", json={"skus": ["A", "B"]}, headers=headers),
+        ):
+            assert reply.status_code == 503, reply.text
+            assert reply.headers["content-type"].startswith("application/problem+json")
+            assert "Traceback" not in reply.text
+            assert reply.headers["retry-after"]
