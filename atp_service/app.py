@@ -52,7 +52,7 @@ def redis_client(settings: Settings) -> aredis.Redis:
 
 def _metrics_middleware(app: ASGIApp) -> ASGIApp:
     async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http":  # type: ignore[comparison-overlap]
             await app(scope, receive, send)
             return
         started = time.perf_counter()

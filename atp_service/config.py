@@ -32,22 +32,22 @@ class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     pass
 
 
-class RedisSettings(_Section):
+class RedisSettings(_Section, frozen=True):
     url: str = "redis://127.0.0.1:6379/0"
 
 
-class KafkaSettings(_Section):
+class KafkaSettings(_Section, frozen=True):
     bootstrap: str = "127.0.0.1:9092"
     group_id: str = "atp-projector"
     # Tansu and small clusters join a group much faster with a short session timeout.
     session_timeout_ms: Annotated[int, msgspec.Meta(ge=1000)] = 6000
 
 
-class LedgerSettings(_Section):
+class LedgerSettings(_Section, frozen=True):
     dir: str = "./var/ledger"
 
 
-class TopicSettings(_Section):
+class TopicSettings(_Section, frozen=True):
     movements: Name = "wms.bin-movements"
     reservations: Name = "oms.reservations"
     inbound: Name = "erp.inbound"
@@ -55,11 +55,11 @@ class TopicSettings(_Section):
     availability: Name = "atp.availability"
 
 
-class StatusSettings(_Section):
+class StatusSettings(_Section, frozen=True):
     sellable: tuple[Name, ...] = ("available",)
 
 
-class ChannelSettings(_Section):
+class ChannelSettings(_Section, frozen=True):
     name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")]
     priority: Positive
     locations: tuple[Name, ...]
@@ -69,13 +69,13 @@ class ChannelSettings(_Section):
     safety_stock_overrides: dict[str, NonNegative] = {}
 
 
-class ApiKeySettings(_Section):
+class ApiKeySettings(_Section, frozen=True):
     name: Name
     sha256: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-fA-F]{64}$")]
     scopes: tuple[Scope, ...]
 
 
-class ConsumerSettings(_Section):
+class ConsumerSettings(_Section, frozen=True):
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 5000
     batch_timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=60_000)] = 50
     # How long applied event_ids are remembered; a duplicate older than this is applied again.
@@ -85,7 +85,7 @@ class ConsumerSettings(_Section):
     max_message_bytes: Positive = 1_000_000
 
 
-class ApiSettings(_Section):
+class ApiSettings(_Section, frozen=True):
     max_line_quantity: Positive = 1_000_000
     max_lines_per_order: Positive = 500
     max_batch_orders: Positive = 10_000
@@ -94,7 +94,7 @@ class ApiSettings(_Section):
     cache_staleness_ms: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 250
 
 
-class Settings(_Section):
+class Settings(_Section, frozen=True):
     redis: RedisSettings = RedisSettings()
     kafka: KafkaSettings = KafkaSettings()
     ledger: LedgerSettings = LedgerSettings()

@@ -122,7 +122,7 @@ def run_dev(port: int = 8000, skus: int = 300, rate: float = 50.0, run_dir: str 
 def _http_ok(port: int) -> bool:
     import urllib.request
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as reply:  # noqa: S310
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as reply:
         return bool(reply.status == 200)
 
 

@@ -84,11 +84,13 @@ class AvailabilityReader:
                 return cached
         self.misses += 1
         generation = self._generation
-        document = await self.client.hget(keys.sku_key(sku), keys.projection_field(channel))
+        document: bytes | None = await self.client.hget(  # type: ignore[assignment]
+            keys.sku_key(sku), keys.projection_field(channel)
+        )
         if document is None:
             return self._unseen(channel, sku)
         self._remember(generation, {(channel, sku): document})
-        return bytes(document)
+        return document
 
     async def many(self, channel: str, skus: Sequence[str]) -> list[bytes]:
         out: list[bytes | None] = [None] * len(skus)
@@ -169,7 +171,7 @@ class AvailabilityReader:
                 await asyncio.sleep(0.5)
             finally:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(pubsub.aclose(), timeout=1.0)
+                    await asyncio.wait_for(pubsub.aclose(), timeout=1.0)  # type: ignore[no-untyped-call]
 
     async def _heartbeat(self) -> None:
         while True:

@@ -119,16 +119,16 @@ class RedisStore:
         return [changes.skus[int(i) - 1].sku for i in conflicts]
 
     def offsets(self) -> dict[str, int]:
-        raw = self.client.hgetall(keys.offsets_key(self.group_id))
+        raw: dict[bytes, bytes] = self.client.hgetall(keys.offsets_key(self.group_id))  # type: ignore[assignment]
         return {k.decode(): int(v) for k, v in raw.items()}
 
     def due(self, now_ms: int, limit: int) -> list[str]:
-        found = self.client.zrangebyscore(keys.DUE, "-inf", now_ms, start=0, num=limit)
+        found: list[bytes] = self.client.zrangebyscore(keys.DUE, "-inf", now_ms, start=0, num=limit)  # type: ignore[assignment]
         return [sku.decode() for sku in found]
 
     def outbox(self, limit: int) -> dict[str, bytes]:
-        cursor, found = self.client.hscan(keys.OUTBOX, 0, count=limit)
-        return {k.decode(): v for k, v in found.items()}
+        reply: tuple[int, dict[bytes, bytes]] = self.client.hscan(keys.OUTBOX, 0, count=limit)  # type: ignore[assignment]
+        return {k.decode(): v for k, v in reply[1].items()}
 
     def ack_outbox(self, published: Mapping[str, bytes]) -> int:
         if not published:

@@ -20,6 +20,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,11 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
+def _position(message: Message) -> tuple[str, int, int]:
+    # A message without an error always has all three; librdkafka types them optional.
+    return str(message.topic()), int(message.partition() or 0), int(message.offset() or 0)
+
+
 class StreamProjector:
     """Runs the loop until ``stop`` is set; then finishes its batch, commits and returns."""
 
@@ -112,7 +118,7 @@ class StreamProjector:
                     num_messages=self.options.batch_size, timeout=self.options.batch_timeout_s
                 )
                 if messages:
-                    self._retrying(lambda msgs=messages: self.process(msgs), stop)
+                    self._retrying(partial(self.process, messages), stop)
                 if time.monotonic() - self._last_sweep >= self.options.sweep_interval_s:
                     self._retrying(self.sweep, stop)
                     self._last_sweep = time.monotonic()
@@ -141,7 +147,7 @@ class StreamProjector:
                 if error.code() != KafkaError._PARTITION_EOF:
                     log.warning("consume error: %s", error)
                 continue
-            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            topic, partition, offset = _position(message)
             offsets[offset_field(topic, partition)] = offset + 1
             self.stats.consumed += 1
             value = message.value() or b""
@@ -244,11 +250,12 @@ class StreamProjector:
             log.warning("kafka commit failed (%s); offsets are safe in Redis", exc)
 
     def _dead_letter(self, message: Message, reason: str) -> Outgoing:
+        topic, partition, offset = _position(message)
         headers = [
             ("atp-error", reason.encode("utf-8", "replace")[:2000]),
-            ("atp-source-topic", message.topic().encode()),
-            ("atp-source-partition", str(message.partition()).encode()),
-            ("atp-source-offset", str(message.offset()).encode()),
+            ("atp-source-topic", topic.encode()),
+            ("atp-source-partition", str(partition).encode()),
+            ("atp-source-offset", str(offset).encode()),
         ]
         return Outgoing(self.options.dead_letter_topic, message.key(), message.value() or b"", headers)
 
@@ -274,9 +281,7 @@ class StreamProjector:
             # A partition assigned meanwhile is not paused: rewind whatever it delivered.
             for message in self.consumer.consume(num_messages=1, timeout=delay):
                 if message.error() is None:
-                    self.consumer.seek(
-                        TopicPartition(message.topic(), message.partition(), message.offset())
-                    )
+                    self.consumer.seek(TopicPartition(*_position(message)))
             self._touch_alive()
             if stop.is_set():
                 return

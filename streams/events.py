@@ -26,7 +26,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     sku: Sku
 
 
-class BinMovement(Event, tag="bin_movement"):
+class BinMovement(Event, tag="bin_movement", frozen=True):
     location: Text
     quantity: PositiveQuantity
     from_bin: Text | None = None
@@ -36,14 +36,14 @@ class BinMovement(Event, tag="bin_movement"):
     reservation_id: Id | None = None
 
 
-class BinCount(Event, tag="bin_count"):
+class BinCount(Event, tag="bin_count", frozen=True):
     location: Text
     bin: Text
     status: Text
     quantity: Quantity
 
 
-class ReservationCreated(Event, tag="reservation_created"):
+class ReservationCreated(Event, tag="reservation_created", frozen=True):
     reservation_id: Id
     channel: Text
     location: Text
@@ -51,11 +51,11 @@ class ReservationCreated(Event, tag="reservation_created"):
     expires_at: datetime | None = None
 
 
-class ReservationReleased(Event, tag="reservation_released"):
+class ReservationReleased(Event, tag="reservation_released", frozen=True):
     reservation_id: Id
 
 
-class Inbound(Event, tag="inbound"):
+class Inbound(Event, tag="inbound", frozen=True):
     inbound_id: Id
     location: Text
     quantity: Quantity
@@ -84,7 +84,7 @@ def decode(payload: bytes, known_channels: frozenset[str] | None = None) -> AnyE
         InvalidEvent: with the reason to put in the ``atp-error`` header.
     """
     try:
-        event = _decoder.decode(payload)
+        event: AnyEvent = _decoder.decode(payload)
     except msgspec.ValidationError as exc:
         raise InvalidEvent(f"invalid event: {exc}") from None
     except msgspec.DecodeError as exc:

@@ -73,13 +73,8 @@ class ReliableProducer:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while pending:
             failed: list[Outgoing] = []
-
-            def report(err: KafkaError | None, _msg: Message, item: Outgoing | None = None) -> None:
-                if err is not None and item is not None:
-                    failed.append(item)
-
             for item in pending:
-                self._produce(item, lambda err, msg, item=item: report(err, msg, item))
+                self._produce(item, _reporter(item, failed))
             remaining = self.producer.flush(30.0)
             if remaining:
                 # Still queued after the flush timeout: their callbacks have not fired; keep
@@ -111,6 +106,16 @@ class ReliableProducer:
     def _check_give_up(self, deadline: float | None) -> None:
         if self.should_stop() or (deadline is not None and time.monotonic() > deadline):
             raise ProduceFailed("the broker did not acknowledge the messages in time")
+
+
+def _reporter(
+    item: Outgoing, failed: list[Outgoing]
+) -> Callable[[KafkaError | None, Message], None]:
+    def report(err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            failed.append(item)
+
+    return report
 
 
 class ProduceFailed(Exception):

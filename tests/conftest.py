@@ -25,7 +25,14 @@ from confluent_kafka import Producer
 from hypothesis import HealthCheck, settings
 
 from atp_service.config import Settings, parse_config
-from atp_service.services import Service, create_topics, free_port, start_broker, start_redis, wait_until
+from atp_service.services import (
+    Service,
+    create_topics,
+    free_port,
+    start_broker,
+    start_redis,
+    wait_until,
+)
 
 settings.register_profile(
     "ci", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -130,7 +137,7 @@ def redis_url(redis_service: Service) -> Iterator[str]:
     client = redis.Redis(port=redis_service.port)
     client.flushall()
     client.close()
-    yield f"redis://127.0.0.1:{redis_service.port}/0"
+    return f"redis://127.0.0.1:{redis_service.port}/0"
 
 
 @pytest.fixture(scope="session")

@@ -52,7 +52,7 @@ def test_events_flow_to_http_reads(stack: Stack) -> None:
                 "type": "inbound", "event_id": "i-1", "occurred_at": now_iso(), "inbound_id": "PO-1:1",
                 "sku": "SKU-1", "location": "DC-EAST", "quantity": 50, "eta": "2099-01-01",
             },
-        ]  # fmt: skip
+        ]
     )
     web = poll(
         lambda: availability(base, READ_KEY, "web", "SKU-1"),
