@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import redis.asyncio as aredis
+from confluent_kafka import Producer
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
@@ -17,14 +18,20 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from prometheus_client import Counter, Histogram
 
 from allocation.network import Network
+from atp_service.allocator import Allocator
 from atp_service.auth import KeyRing
 from atp_service.config import Settings, load_settings
+from atp_service.controllers.allocations import AllocationController
 from atp_service.controllers.availability import AvailabilityController
 from atp_service.controllers.channels import ChannelController
 from atp_service.controllers.health import healthz, metrics, readyz
+from atp_service.controllers.safety_stock import SafetyStockController
 from atp_service.problems import EXCEPTION_HANDLERS
 from atp_service.reader import AvailabilityReader
+from atp_service.store import AsyncRedisStore
+from streams.kafka import Outgoing, ReliableProducer, api_producer_config
 from streams.projector import Projector
+from streams.state import US_PER_DAY
 
 HTTP_DURATION = Histogram(
     "atp_http_request_duration_seconds",
@@ -90,6 +97,11 @@ def _provide_reader(state: State) -> AvailabilityReader:
     return reader
 
 
+def _provide_allocator(state: State) -> Allocator:
+    allocator: Allocator = state.allocator
+    return allocator
+
+
 def _provide_redis(state: State) -> aredis.Redis:
     client: aredis.Redis = state.redis
     return client
@@ -102,24 +114,49 @@ def create_app(settings: Settings) -> Litestar:
         reader = AvailabilityReader(
             client, app.state.projector, settings.api.cache_staleness_ms / 1000
         )
+        # Connected on the first allocation: a read-only deployment never dials the broker.
+        producers: list[ReliableProducer] = []
+
+        def send(messages: Sequence[Outgoing], timeout: float) -> None:
+            if not producers:
+                producers.append(ReliableProducer(Producer(api_producer_config(settings.kafka.bootstrap))))
+            producers[0].send_all(messages, timeout_s=timeout)
+
         app.state.redis = client
         app.state.reader = reader
+        app.state.allocator = Allocator(
+            AsyncRedisStore(client, settings.kafka.group_id, int(settings.consumer.dedupe_window_days * US_PER_DAY // 1000)),
+            app.state.projector,
+            send,
+            settings.topics.reservations,
+        )
         await reader.start()
         try:
             yield
         finally:
             await reader.stop()
             await client.aclose()
+            for sender in producers:
+                sender.producer.flush(5)
 
     def provide_settings() -> Settings:
         return settings
 
     app = Litestar(
-        route_handlers=[AvailabilityController, ChannelController, healthz, readyz, metrics],
+        route_handlers=[
+            AvailabilityController,
+            ChannelController,
+            AllocationController,
+            SafetyStockController,
+            healthz,
+            readyz,
+            metrics,
+        ],
         dependencies={
             "settings": Provide(provide_settings, sync_to_thread=False),
             "reader": Provide(_provide_reader, sync_to_thread=False),
             "redis_client": Provide(_provide_redis, sync_to_thread=False),
+            "allocator": Provide(_provide_allocator, sync_to_thread=False),
         },
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],

@@ -42,3 +42,11 @@ def order_key(order_id: str) -> str:
 
 def outbox_field(channel: str, sku: str) -> str:
     return f"{channel}\x1f{sku}"
+
+
+def changes_key(channel: str) -> str:
+    """Stream of skus whose available_to_sell changed on ``channel`` (the changes feed)."""
+    return f"{PREFIX}:changes:{channel}"
+
+
+CHANGES_RETENTION_MS: Final = 26 * 3_600_000  # the contract asks for at least 24 hours

@@ -46,13 +46,20 @@ def script_arguments(
     changes: ChangeSet, *, group_id: str, now_ms: int, seen_cutoff_ms: int, publish: bool = True
 ) -> tuple[list[str], list[Any]]:
     key_list = [keys.DUE, keys.offsets_key(group_id), keys.OUTBOX]
-    args: list[Any] = [
-        len(changes.skus),
-        seen_cutoff_ms,
-        now_ms,
-        keys.INVALIDATIONS if publish else "",
-        len(changes.offsets),
-    ]
+    args: list[Any] = [len(changes.skus), seen_cutoff_ms, now_ms, keys.INVALIDATIONS if publish else ""]
+    args.append(len(changes.puts))
+    for key, mode, value in changes.puts:
+        key_list.append(key)
+        args += [mode, value]
+    streams: dict[str, list[str]] = {}
+    for channel, sku in changes.changed:
+        streams.setdefault(channel, []).append(sku)
+    args.append(len(streams))
+    min_id = max(0, now_ms - keys.CHANGES_RETENTION_MS)
+    for channel, skus in streams.items():
+        key_list.append(keys.changes_key(channel))
+        args += [min_id, len(skus), *skus]
+    args.append(len(changes.offsets))
     for name, offset in changes.offsets.items():
         args += [name, offset]
     args.append(len(changes.outbox))
@@ -89,6 +96,23 @@ def _snapshot(skus: Sequence[str], replies: list[Any], event_ids: Mapping[str, S
     return Snapshot(states, versions, frozenset(seen))
 
 
+class PutExists(Exception):
+    """An 'nx' put of the write found its key already there; nothing was written."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _conflicts(changes: ChangeSet, reply: list[Any]) -> list[str]:
+    out = []
+    for index in (int(i) for i in reply):
+        if index < 0:
+            raise PutExists(changes.puts[-index - 1][0])
+        out.append(changes.skus[index - 1].sku)
+    return out
+
+
 class RedisStore:
     """Synchronous adapter, used by the consumer and the command-line tools."""
 
@@ -115,8 +139,7 @@ class RedisStore:
         key_list, args = script_arguments(
             changes, group_id=self.group_id, now_ms=now_ms, seen_cutoff_ms=now_ms - self.window_ms
         )
-        conflicts = self._write(keys=key_list, args=args)
-        return [changes.skus[int(i) - 1].sku for i in conflicts]
+        return _conflicts(changes, self._write(keys=key_list, args=args))
 
     def offsets(self) -> dict[str, int]:
         raw: dict[bytes, bytes] = self.client.hgetall(keys.offsets_key(self.group_id))  # type: ignore[assignment]
@@ -158,8 +181,7 @@ class AsyncRedisStore:
         key_list, args = script_arguments(
             changes, group_id=self.group_id, now_ms=now_ms, seen_cutoff_ms=now_ms - self.window_ms
         )
-        conflicts = await self._write(keys=key_list, args=args)
-        return [changes.skus[int(i) - 1].sku for i in conflicts]
+        return _conflicts(changes, await self._write(keys=key_list, args=args))
 
     async def documents(self, channel: str, skus: Iterable[str]) -> list[bytes | None]:
         field = keys.projection_field(channel)

@@ -1,32 +1,49 @@
 -- Apply one batch of sku changes atomically, if no sku changed since it was read.
 -- Redis scripts never roll back, so every check comes before the first write.
 --
--- KEYS: 1 due zset, 2 offsets hash, 3 outbox hash, then per sku: hash key, seen key
+-- KEYS: 1 due zset, 2 offsets hash, 3 outbox hash, then n_puts string keys, then n_streams
+--       change-stream keys, then per sku: hash key, seen key
 -- ARGV: 1 n_skus, 2 seen cutoff ms, 3 now ms, 4 pub/sub channel ('' = none),
---       5 n_offsets, then n_offsets (field, next_offset) pairs,
+--       5 n_puts, then per put: mode ('nx' = must not exist yet, 'set'), value,
+--       then n_streams, then per stream: stream min id to keep, n entries, skus,
+--       then n_offsets, then n_offsets (field, next_offset) pairs,
 --       then n_outbox, then n_outbox (field, value) pairs,
 --       then per sku: expected version ('' = unchecked), state, due ms ('' = none),
 --                     n_fields, (field, value) pairs, n_seen, event_ids
--- Returns: {} when applied, else the 1-based indexes of skus whose version moved.
+-- Returns: {} when applied, else the 1-based indexes of skus whose version moved, or the
+-- negated 1-based index of an 'nx' put whose key exists.
 local n = tonumber(ARGV[1])
 local cutoff = ARGV[2]
 local now = ARGV[3]
 local pubsub = ARGV[4]
 
 local i = 5
+local n_puts = tonumber(ARGV[i]); i = i + 1
+local puts_at = i; i = i + 2 * n_puts
+local n_streams = tonumber(ARGV[i]); i = i + 1
+local streams_at = i
+for t = 1, n_streams do
+  i = i + 2 + tonumber(ARGV[i + 1])
+end
+local sku_keys_at = 3 + n_puts + n_streams
 local n_offsets = tonumber(ARGV[i]); i = i + 1
 local offsets_at = i; i = i + 2 * n_offsets
 local n_outbox = tonumber(ARGV[i]); i = i + 1
 local outbox_at = i; i = i + 2 * n_outbox
 
 -- Phase 1: checks only.
+for p = 1, n_puts do
+  if ARGV[puts_at + 2 * (p - 1)] == 'nx' and redis.call('EXISTS', KEYS[3 + p]) == 1 then
+    return {-p}
+  end
+end
 local starts = {}
 local conflicts = {}
 local versions = {}
 for s = 1, n do
   starts[s] = i
   local expected = ARGV[i]
-  local current = redis.call('HGET', KEYS[2 + 2 * s], 'v') or '0'
+  local current = redis.call('HGET', KEYS[sku_keys_at - 1 + 2 * s], 'v') or '0'
   versions[s] = tonumber(current)
   if expected ~= '' and expected ~= current then
     conflicts[#conflicts + 1] = s
@@ -44,8 +61,8 @@ end
 local skus = {}
 for s = 1, n do
   local at = starts[s]
-  local key = KEYS[2 + 2 * s]
-  local seen = KEYS[3 + 2 * s]
+  local key = KEYS[sku_keys_at - 1 + 2 * s]
+  local seen = KEYS[sku_keys_at + 2 * s]
   local fields = {'v', versions[s] + 1, 's', ARGV[at + 1]}
   local n_fields = tonumber(ARGV[at + 3])
   for f = 0, 2 * n_fields - 1 do
@@ -88,6 +105,21 @@ for o = 0, n_offsets - 1 do
   if offset > current then
     redis.call('HSET', KEYS[2], field, offset)
   end
+end
+
+for p = 1, n_puts do
+  redis.call('SET', KEYS[3 + p], ARGV[puts_at + 2 * (p - 1) + 1])
+end
+
+-- Changes feed: one stream per channel, trimmed by age (entry ids are milliseconds).
+local at = streams_at
+for t = 1, n_streams do
+  local min_id = ARGV[at]
+  local count = tonumber(ARGV[at + 1])
+  for e = 1, count do
+    redis.call('XADD', KEYS[3 + n_puts + t], 'MINID', '~', min_id, '*', 's', ARGV[at + 1 + e])
+  end
+  at = at + 2 + count
 end
 
 for o = 0, n_outbox - 1 do

@@ -44,6 +44,9 @@ class ChangeSet:
     skus: list[SkuWrite] = field(default_factory=list)
     offsets: dict[str, int] = field(default_factory=dict)
     outbox: dict[str, bytes] = field(default_factory=dict)
+    # Plain keys written with the batch: (key, mode, value); mode "nx" fails the whole
+    # write if the key exists (an order allocated concurrently), "set" overwrites.
+    puts: list[tuple[str, str, bytes]] = field(default_factory=list)
     # (channel, sku) -> new available_to_sell, for metrics and the changes feed.
     changed: dict[tuple[str, str], int] = field(default_factory=dict)
 

@@ -47,6 +47,16 @@ def producer_config(bootstrap: str) -> dict[str, Any]:
     }
 
 
+def api_producer_config(bootstrap: str) -> dict[str, Any]:
+    """The API waits for acknowledgements inline: fail fast so it can undo and answer 503."""
+    return {
+        **producer_config(bootstrap),
+        "linger.ms": 0,
+        "message.timeout.ms": 4000,
+        "socket.connection.setup.timeout.ms": 2000,
+    }
+
+
 @dataclass(frozen=True)
 class Outgoing:
     topic: str

@@ -24,6 +24,12 @@ def known_channel(settings: Settings, channel: str) -> str:
     return channel
 
 
+def check_sku(sku: str) -> str:
+    if not _SKU.match(sku):
+        raise ValidationException(detail="sku must be 1 to 200 printable characters")
+    return sku
+
+
 class AvailabilityController(Controller):
     path = "/v1/availability/{channel:str}"
     guards = [require("availability:read")]
@@ -34,8 +40,7 @@ class AvailabilityController(Controller):
         self, channel: str, sku: str, settings: Settings, reader: AvailabilityReader
     ) -> Response[Availability]:
         known_channel(settings, channel)
-        if not _SKU.match(sku):
-            raise ValidationException(detail="sku must be 1 to 200 printable characters")
+        check_sku(sku)
         return Response(content=await reader.one(channel, sku), media_type="application/json")  # type: ignore[arg-type]
 
     @post("/query", summary="The same for up to 1000 skus, in the order asked", status_code=200)

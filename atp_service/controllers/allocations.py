@@ -1,0 +1,102 @@
+"""POST /v1/allocations (+ /batch), GET and DELETE /v1/allocations/{order_id}."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, Request, Response, delete, get, post
+from litestar.exceptions import NotFoundException, ValidationException
+
+from atp_service.allocator import Allocator, Busy, OrderConflict, PublishFailed
+from atp_service.auth import require
+from atp_service.config import Settings
+from atp_service.orders import BatchRequest, BatchResult, OrderRequest, OrderResult
+from atp_service.problems import problem
+
+
+def check_order(settings: Settings, order: OrderRequest, where: str = "") -> None:
+    """Input rules beyond the schema; each names the offending field."""
+    if settings.channel(order.channel) is None:
+        raise NotFoundException(detail=f"unknown channel {order.channel!r}")
+    limits = settings.api
+    if not order.lines:
+        raise ValidationException(detail=f"{where}lines: an order needs at least one line")
+    if len(order.lines) > limits.max_lines_per_order:
+        raise ValidationException(
+            detail=f"{where}lines: at most {limits.max_lines_per_order} lines per order"
+        )
+    seen: set[str] = set()
+    for i, line in enumerate(order.lines):
+        if line.quantity < 1 or line.quantity > limits.max_line_quantity:
+            raise ValidationException(
+                detail=f"{where}lines[{i}].quantity: must be 1 to {limits.max_line_quantity}"
+            )
+        if line.line_id in seen:
+            raise ValidationException(detail=f"{where}lines[{i}].line_id: {line.line_id!r} repeats")
+        seen.add(line.line_id)
+
+
+def _failure(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    if isinstance(exc, OrderConflict):
+        return problem(
+            request, 409, f"order {exc.order_id!r} exists with a different body", kind="order-conflict"
+        )
+    if isinstance(exc, PublishFailed):
+        return problem(request, 503, str(exc), headers={"Retry-After": "1"}, kind="publish-failed")
+    return problem(request, 503, str(exc), headers={"Retry-After": "1"}, kind="busy")
+
+
+class AllocationController(Controller):
+    path = "/v1/allocations"
+    guards = [require("allocations:write")]
+    tags = ["allocations"]
+
+    @post("/", summary="Allocate one order (idempotent by order_id)", status_code=201)
+    async def create(
+        self, request: Request[Any, Any, Any], data: OrderRequest, settings: Settings, allocator: Allocator
+    ) -> Response[OrderResult]:
+        check_order(settings, data)
+        try:
+            ((result, created),) = await allocator.allocate([data])
+        except (OrderConflict, PublishFailed, Busy) as exc:
+            return _failure(request, exc)
+        return Response(result, status_code=201 if created else 200)
+
+    @post("/batch", summary="Allocate a wave of orders together", status_code=200)
+    async def batch(
+        self, request: Request[Any, Any, Any], data: BatchRequest, settings: Settings, allocator: Allocator
+    ) -> Response[BatchResult]:
+        if not data.orders:
+            raise ValidationException(detail="orders: a batch needs at least one order")
+        if len(data.orders) > settings.api.max_batch_orders:
+            raise ValidationException(detail=f"orders: at most {settings.api.max_batch_orders} orders")
+        ids: set[str] = set()
+        for i, order in enumerate(data.orders):
+            check_order(settings, order, where=f"orders[{i}].")
+            if order.order_id in ids:
+                raise ValidationException(detail=f"orders[{i}].order_id: {order.order_id!r} repeats")
+            ids.add(order.order_id)
+        try:
+            results = await allocator.allocate(data.orders)
+        except (OrderConflict, PublishFailed, Busy) as exc:
+            return _failure(request, exc)
+        return Response(BatchResult([r for r, _ in results]))
+
+    @get("/{order_id:str}", summary="The stored result of an order")
+    async def read(self, order_id: str, allocator: Allocator) -> OrderResult:
+        (stored,) = await allocator.stored([order_id])
+        if stored is None:
+            raise NotFoundException(detail=f"unknown order {order_id!r}")
+        return stored.result
+
+    @delete("/{order_id:str}", summary="Release every open reservation of an order", status_code=200)
+    async def remove(
+        self, request: Request[Any, Any, Any], order_id: str, allocator: Allocator
+    ) -> Response[OrderResult]:
+        try:
+            result = await allocator.release(order_id)
+        except (PublishFailed, Busy) as exc:
+            return _failure(request, exc)
+        if result is None:
+            raise NotFoundException(detail=f"unknown order {order_id!r}")
+        return Response(result)

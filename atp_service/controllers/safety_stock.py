@@ -1,0 +1,55 @@
+"""PUT and DELETE /v1/channels/{channel}/safety-stock/{sku} (admin)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Request, Response, delete, put
+
+from atp_service.allocator import Allocator, Busy
+from atp_service.auth import require
+from atp_service.config import Settings
+from atp_service.controllers.availability import check_sku, known_channel
+from atp_service.problems import problem
+
+
+class SafetyStock(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    quantity: Annotated[int, msgspec.Meta(ge=0, le=1_000_000_000)]
+
+
+class SafetyStockSet(msgspec.Struct, frozen=True):
+    channel: str
+    sku: str
+    safety_stock: int | None
+
+
+class SafetyStockController(Controller):
+    path = "/v1/channels/{channel:str}/safety-stock/{sku:str}"
+    guards = [require("admin")]
+    tags = ["channels"]
+
+    @put("/", summary="Set a per-sku safety stock override; recomputed at once")
+    async def set_override(
+        self, request: Request[Any, Any, Any], channel: str, sku: str, data: SafetyStock,
+        settings: Settings, allocator: Allocator,
+    ) -> Response[SafetyStockSet]:  # fmt: skip
+        known_channel(settings, channel)
+        check_sku(sku)
+        try:
+            await allocator.set_safety_stock(channel, sku, data.quantity)
+        except Busy as exc:
+            return problem(request, 503, str(exc), headers={"Retry-After": "1"}, kind="busy")
+        return Response(SafetyStockSet(channel, sku, data.quantity))
+
+    @delete("/", summary="Remove the override (back to the configured value)", status_code=200)
+    async def remove_override(
+        self, request: Request[Any, Any, Any], channel: str, sku: str, settings: Settings, allocator: Allocator
+    ) -> Response[SafetyStockSet]:
+        known_channel(settings, channel)
+        check_sku(sku)
+        try:
+            await allocator.set_safety_stock(channel, sku, None)
+        except Busy as exc:
+            return problem(request, 503, str(exc), headers={"Retry-After": "1"}, kind="busy")
+        return Response(SafetyStockSet(channel, sku, None))

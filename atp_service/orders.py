@@ -1,0 +1,214 @@
+"""Allocation requests and results (contract section 4), and the pure step that turns an
+:class:`allocation.allocate.Allocation` into reservations and order results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Annotated, Final, Literal
+
+import msgspec
+import numpy as np
+
+from allocation.allocate import NONE, Allocation, allocate
+from allocation.network import Network
+from streams.events import Sku
+from streams.projector import Projector
+from streams.state import US_PER_DAY, Reservation, SkuState, from_day
+
+LineId = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f:]+$")]
+OrderId = Annotated[str, msgspec.Meta(min_length=1, max_length=150, pattern=r"^[^\x00-\x1f\x7f/:]+$")]
+
+
+class OrderLine(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    line_id: LineId
+    sku: Sku
+    quantity: int
+
+
+class OrderRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    order_id: OrderId
+    channel: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    lines: list[OrderLine]
+    backorder: bool = False
+
+
+class BatchRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    orders: list[OrderRequest]
+
+
+class LineAllocation(msgspec.Struct, frozen=True):
+    location: str
+    quantity: int
+    reservation_id: str
+
+
+class LineResult(msgspec.Struct, frozen=True):
+    line_id: str
+    sku: str
+    quantity: int
+    allocations: list[LineAllocation]
+    backordered: int
+    promise_date: str | None
+    unfilled: int
+
+
+class OrderResult(msgspec.Struct, frozen=True):
+    order_id: str
+    channel: str
+    status: Literal["allocated", "released"]
+    lines: list[LineResult]
+
+
+class BatchResult(msgspec.Struct, frozen=True):
+    orders: list[OrderResult]
+
+
+class Held(msgspec.Struct, frozen=True, array_like=True):
+    """One reservation the API made for an order."""
+
+    sku: str
+    reservation_id: str
+    location: str
+    quantity: int
+
+
+class StoredOrder(msgspec.Struct, frozen=True):
+    fingerprint: str
+    result: OrderResult
+    held: list[Held]
+
+
+_encoder: Final = msgspec.json.Encoder()
+_stored_decoder: Final = msgspec.json.Decoder(StoredOrder)
+
+
+def fingerprint(order: OrderRequest) -> str:
+    return hashlib.sha256(_encoder.encode(order)).hexdigest()
+
+
+def encode_stored(order: StoredOrder) -> bytes:
+    return _encoder.encode(order)
+
+
+def decode_stored(payload: bytes) -> StoredOrder:
+    return _stored_decoder.decode(payload)
+
+
+def created_event_id(reservation_id: str) -> str:
+    """Deterministic, so the consumer recognises the API's own reservations as applied."""
+    return f"atp-alloc:{reservation_id}"
+
+
+def released_event_id(reservation_id: str) -> str:
+    return f"atp-release:{reservation_id}"
+
+
+@dataclass(frozen=True)
+class Planned:
+    """The outcome of allocating orders against a snapshot, ready to write."""
+
+    states: list[SkuState]
+    results: list[OrderResult]
+    held: list[list[Held]]
+    event_ids: dict[str, list[str]]  # sku -> event_ids of the reservations made
+
+
+def plan(
+    orders: Sequence[OrderRequest],
+    states: dict[str, SkuState],
+    projector: Projector,
+    now_us: int,
+) -> Planned:
+    """Allocate ``orders`` together (one vectorized call) and derive the new sku states."""
+    network: Network = projector.network
+    skus = list(states)
+    row = {sku: i for i, sku in enumerate(skus)}
+    lines = [(o, line) for o in orders for line in o.lines]
+    channel_index = {name: c for c, name in enumerate(network.channels)}
+    ordered = [states[sku] for sku in skus]
+    outcome: Allocation = allocate(
+        projector.supply(ordered, now_us),
+        network,
+        now_us // US_PER_DAY,
+        np.array([channel_index[o.channel] for o, _ in lines], dtype=np.int64),
+        np.array([row[line.sku] for _, line in lines], dtype=np.int64),
+        np.array([line.quantity for _, line in lines], dtype=np.int64),
+        np.array([o.backorder for o, _ in lines], dtype=np.bool_),
+    )
+    taken = outcome.taken.tolist()
+    backordered = outcome.backordered.tolist()
+    promise_day = outcome.promise_day.tolist()
+    promise_location = outcome.promise_location.tolist()
+    unfilled = outcome.unfilled.tolist()
+    new_reservations: dict[str, list[Reservation]] = {sku: [] for sku in skus}
+    event_ids: dict[str, list[str]] = {}
+    existing = {sku: {r.reservation_id for r in states[sku].reservations} for sku in skus}
+    results: list[OrderResult] = []
+    held_per_order: list[list[Held]] = []
+    i = 0
+    for order in orders:
+        line_results: list[LineResult] = []
+        held: list[Held] = []
+        for line in order.lines:
+            taken_here: list[LineAllocation] = []
+
+            def reserve(location: str, quantity: int, suffix: str = "", line: OrderLine = line) -> str:
+                base = f"{order.order_id}:{line.line_id}:{location}{suffix}"
+                reservation_id, attempt = base, 1
+                # An id left by an earlier attempt that was undone is not reused.
+                while reservation_id in existing[line.sku]:
+                    attempt += 1
+                    reservation_id = f"{base}#{attempt}"
+                existing[line.sku].add(reservation_id)
+                new_reservations[line.sku].append(
+                    Reservation(reservation_id, True, order.channel, location, quantity)
+                )
+                event_ids.setdefault(line.sku, []).append(created_event_id(reservation_id))
+                held.append(Held(line.sku, reservation_id, location, quantity))
+                return reservation_id
+
+            for l_index, quantity in enumerate(taken[i]):
+                if quantity:
+                    location = network.locations[l_index]
+                    taken_here.append(LineAllocation(location, quantity, reserve(location, quantity)))
+            promise: str | None = None
+            if backordered[i]:
+                location = network.locations[promise_location[i]]
+                reserve(location, backordered[i], ":backorder")
+                promise = from_day(promise_day[i]).isoformat() if promise_day[i] != NONE else None
+            line_results.append(
+                LineResult(
+                    line_id=line.line_id,
+                    sku=line.sku,
+                    quantity=line.quantity,
+                    allocations=taken_here,
+                    backordered=backordered[i],
+                    promise_date=promise,
+                    unfilled=unfilled[i],
+                )
+            )
+            i += 1
+        results.append(OrderResult(order.order_id, order.channel, "allocated", line_results))
+        held_per_order.append(held)
+    new_states = [
+        msgspec.structs.replace(
+            states[sku], reservations=(*states[sku].reservations, *new_reservations[sku])
+        )
+        for sku in skus
+        if new_reservations[sku]
+    ]
+    return Planned(new_states, results, held_per_order, event_ids)
+
+
+def release(state: SkuState, reservation_ids: set[str], now_us: int) -> SkuState:
+    """Release the named reservations of one sku (already released ones stay as they are)."""
+    reservations = tuple(
+        msgspec.structs.replace(r, released=True, closed_at=r.closed_at or now_us)
+        if r.reservation_id in reservation_ids and not r.released
+        else r
+        for r in state.reservations
+    )
+    return msgspec.structs.replace(state, reservations=reservations)

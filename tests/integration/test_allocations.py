@@ -1,0 +1,183 @@
+"""Allocation over HTTP against real Redis and the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import ADMIN_KEY, READ_KEY, WRITE_KEY, Stack
+from tests.integration.helpers import availability, now_iso, poll, receipt
+from tests.integration.test_pipeline import read_topic
+
+pytestmark = pytest.mark.integration
+W = {"Authorization": f"Bearer {WRITE_KEY}"}
+
+
+def order(order_id: str, channel: str = "web", backorder: bool = False, **lines: int) -> dict[str, Any]:
+    return {
+        "order_id": order_id,
+        "channel": channel,
+        "backorder": backorder,
+        "lines": [{"line_id": str(i + 1), "sku": sku, "quantity": q} for i, (sku, q) in enumerate(lines.items())],
+    }
+
+
+def stocked(stack: Stack, base: str, events: list[dict[str, Any]], sku: str, on_hand: int) -> None:
+    stack.produce(events)
+    poll(lambda: availability(base, READ_KEY, "web", sku), lambda d: d["on_hand"] == on_hand)
+
+
+def test_allocate_reserve_read_release(stack: Stack) -> None:
+    base = stack.start_api()
+    stack.start_consumer()
+    stocked(stack, base, [receipt("A-1", 4, "DC-EAST"), receipt("A-1", 10, "DC-WEST")], "A-1", 14)
+    body = order("ORD-1", **{"A-1": 6})
+    reply = httpx.post(f"{base}/v1/allocations", json=body, headers=W, timeout=10)
+    assert reply.status_code == 201, reply.text
+    result = reply.json()
+    assert result["status"] == "allocated"
+    (line,) = result["lines"]
+    # DC-EAST (first in web's order) cannot cover 6, DC-WEST can: the whole line goes there.
+    assert line["allocations"] == [{"location": "DC-WEST", "quantity": 6, "reservation_id": "ORD-1:1:DC-WEST"}]
+    assert (line["backordered"], line["unfilled"], line["promise_date"]) == (0, 0, None)
+    # Visible to the very next read.
+    doc = availability(base, READ_KEY, "web", "A-1")
+    assert (doc["reserved"], doc["available_to_sell"]) == (6, 8)
+    # A repeat is 200 with the same result and reserves nothing; another body is 409.
+    again = httpx.post(f"{base}/v1/allocations", json=body, headers=W, timeout=10)
+    assert again.status_code == 200 and again.json() == result
+    other = httpx.post(f"{base}/v1/allocations", json=order("ORD-1", **{"A-1": 1}), headers=W, timeout=10)
+    assert other.status_code == 409
+    assert other.headers["content-type"].startswith("application/problem+json")
+    assert availability(base, READ_KEY, "web", "A-1")["reserved"] == 6
+    assert httpx.get(f"{base}/v1/allocations/ORD-1", headers=W).json() == result
+    # The reservation event reached the reservations topic; the consumer treats it as applied.
+    events = read_topic(stack, stack.settings.topics.reservations, expected=1)
+    created = json.loads(events[0].value())
+    assert created["type"] == "reservation_created" and created["reservation_id"] == "ORD-1:1:DC-WEST"
+    stack.produce([receipt("A-1", 1, "DC-EAST")])
+    doc = poll(lambda: availability(base, READ_KEY, "web", "A-1"), lambda d: d["on_hand"] == 15)
+    assert doc["reserved"] == 6  # not doubled by consuming its own event
+    released = httpx.delete(f"{base}/v1/allocations/ORD-1", headers=W, timeout=10)
+    assert released.status_code == 200 and released.json()["status"] == "released"
+    assert availability(base, READ_KEY, "web", "A-1")["reserved"] == 0
+    assert httpx.delete(f"{base}/v1/allocations/ORD-1", headers=W, timeout=10).status_code == 200
+    assert httpx.delete(f"{base}/v1/allocations/NOPE", headers=W, timeout=10).status_code == 404
+    assert httpx.get(f"{base}/v1/allocations/NOPE", headers=W, timeout=10).status_code == 404
+
+
+def test_nested_safety_stock_marketplace_stops_at_five_web_sells_to_zero(stack: Stack) -> None:
+    base = stack.start_api()
+    stack.start_consumer()
+    stocked(stack, base, [receipt("N-1", 10, "DC-EAST")], "N-1", 10)
+    market = httpx.post(f"{base}/v1/allocations", json=order("M-1", "marketplace", **{"N-1": 8}), headers=W, timeout=10).json()
+    assert market["lines"][0]["allocations"][0]["quantity"] == 5
+    assert market["lines"][0]["unfilled"] == 3
+    assert availability(base, READ_KEY, "marketplace", "N-1")["available_to_sell"] == 0
+    web = httpx.post(f"{base}/v1/allocations", json=order("W-1", **{"N-1": 8}), headers=W, timeout=10).json()
+    assert web["lines"][0]["allocations"][0]["quantity"] == 5
+    assert availability(base, READ_KEY, "web", "N-1")["available_to_sell"] == 0
+
+
+def test_backorder_promises_from_inbound(stack: Stack) -> None:
+    base = stack.start_api()
+    stack.start_consumer()
+    stack.produce([
+        receipt("B-1", 2, "DC-EAST"),
+        {"type": "inbound", "event_id": "i-b1", "occurred_at": now_iso(), "inbound_id": "PO-9:1",
+         "sku": "B-1", "location": "DC-WEST", "quantity": 5, "eta": "2099-01-01"},
+        {"type": "inbound", "event_id": "i-b2", "occurred_at": now_iso(), "inbound_id": "PO-9:2",
+         "sku": "B-1", "location": "DC-EAST", "quantity": 3, "eta": now_iso()[:10]},
+    ])  # fmt: skip
+    poll(lambda: availability(base, READ_KEY, "web", "B-1"), lambda d: d["on_hand"] == 2 and d["atp"])
+    reply = httpx.post(f"{base}/v1/allocations", json=order("BO-1", backorder=True, **{"B-1": 7}), headers=W, timeout=10)
+    assert reply.status_code == 201, reply.text
+    (line,) = reply.json()["lines"]
+    assert line["allocations"][0]["quantity"] == 2
+    # 3 more are due today at DC-EAST; the PO in 2099 is beyond the 14-day horizon.
+    assert (line["backordered"], line["unfilled"], line["promise_date"]) == (3, 2, now_iso()[:10])
+
+
+def test_input_checks_name_the_field(stack: Stack) -> None:
+    base = stack.start_api()
+    cases = [
+        ({"order_id": "X", "channel": "web", "lines": []}, 400, "lines"),
+        (order("X", **{"S": 0}), 400, "quantity"),
+        ({"order_id": "X", "channel": "web", "lines": [{"line_id": "1", "sku": "S", "quantity": 1}, {"line_id": "1", "sku": "T", "quantity": 1}]}, 400, "line_id"),
+        (order("X", "pigeon", **{"S": 1}), 404, "pigeon"),
+        ({"order_id": "X", "channel": "web", "lines": [{"line_id": "1", "sku": "S"}]}, 400, "quantity"),
+        (order("X", **{"S": 10**9}), 400, "quantity"),
+    ]  # fmt: skip
+    for body, status, word in cases:
+        reply = httpx.post(f"{base}/v1/allocations", json=body, headers=W, timeout=10)
+        assert reply.status_code == status, (body, reply.text)
+        assert word in reply.json()["detail"], reply.text
+    too_many = {"orders": [order(f"O-{i}", **{"S": 1}) for i in range(10_001)]}
+    reply = httpx.post(f"{base}/v1/allocations/batch", json=too_many, headers=W, timeout=30)
+    assert reply.status_code == 400 and "orders" in reply.json()["detail"]
+    for method, path in (("POST", "/v1/allocations"), ("GET", "/v1/allocations/X"), ("DELETE", "/v1/allocations/X")):
+        assert httpx.request(method, f"{base}{path}", json=order("X", **{"S": 1})).status_code == 401
+        assert httpx.request(method, f"{base}{path}", json=order("X", **{"S": 1}), headers={"Authorization": f"Bearer {READ_KEY}"}).status_code == 403
+
+
+def test_safety_stock_override_recomputes_at_once(stack: Stack) -> None:
+    base = stack.start_api()
+    stack.start_consumer()
+    stocked(stack, base, [receipt("S-1", 10, "DC-EAST")], "S-1", 10)
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    path = f"{base}/v1/channels/web/safety-stock/S-1"
+    assert httpx.put(path, json={"quantity": 4}, headers=W).status_code == 403
+    assert httpx.put(path, json={"quantity": 4}, headers=admin).status_code == 200
+    doc = availability(base, READ_KEY, "web", "S-1")
+    assert (doc["safety_stock"], doc["available_to_sell"]) == (4, 6)
+    assert httpx.put(path, json={"quantity": -1}, headers=admin).status_code == 400
+    assert httpx.delete(path, headers=admin).status_code == 200
+    assert availability(base, READ_KEY, "web", "S-1")["available_to_sell"] == 10
+
+
+def test_64_concurrent_clients_never_oversell(stack: Stack) -> None:
+    base = stack.start_api(workers=2)
+    stack.start_consumer()
+    stocked(stack, base, [receipt("HOT", 10, "DC-EAST")], "HOT", 10)
+
+    async def race() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=64)) as client:
+            tasks = [
+                client.post(
+                    f"{base}/v1/allocations",
+                    json=order(f"RACE-{i}", "web" if i % 2 else "marketplace", **{"HOT": 1 + i % 3}),
+                    headers=W,
+                )
+                for i in range(64)
+            ]
+            return await asyncio.gather(*tasks)
+
+    replies = asyncio.run(race())
+    assert all(r.status_code == 201 for r in replies), [r.text for r in replies if r.status_code != 201][:3]
+    taken = {"web": 0, "marketplace": 0}
+    for reply in replies:
+        line = reply.json()["lines"][0]
+        got = sum(a["quantity"] for a in line["allocations"])
+        assert got + line["unfilled"] == line["quantity"]
+        taken[reply.json()["channel"]] += got
+    # marketplace keeps 5 back: it can take at most 5; all channels together at most 10.
+    assert taken["marketplace"] <= 5
+    assert taken["web"] + taken["marketplace"] == 10
+    doc = availability(base, READ_KEY, "web", "HOT")
+    assert (doc["reserved"], doc["available_to_sell"]) == (10, 0)
+
+    async def repeat() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            return await asyncio.gather(*[
+                client.post(f"{base}/v1/allocations", json=order(f"RACE-{i}", "web" if i % 2 else "marketplace", **{"HOT": 1 + i % 3}), headers=W)
+                for i in range(64)
+            ])  # fmt: skip
+
+    again = asyncio.run(repeat())
+    assert all(r.status_code == 200 for r in again)
+    assert [r.json() for r in again] == [r.json() for r in replies]
+    assert availability(base, READ_KEY, "web", "HOT")["reserved"] == 10
