@@ -82,7 +82,7 @@ class Allocator:
     async def stored(self, order_ids: Sequence[str]) -> list[StoredOrder | None]:
         if not order_ids:
             return []
-        found = await self.store.client.mget([keys.order_key(o) for o in order_ids])
+        found: list[bytes | None] = await self.store.client.mget([keys.order_key(o) for o in order_ids])  # type: ignore[assignment]
         return [decode_stored(raw) if raw else None for raw in found]
 
     async def allocate(self, orders: Sequence[OrderRequest]) -> list[tuple[OrderResult, bool]]:

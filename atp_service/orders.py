@@ -143,9 +143,7 @@ def plan(
     promise_day = outcome.promise_day.tolist()
     promise_location = outcome.promise_location.tolist()
     unfilled = outcome.unfilled.tolist()
-    new_reservations: dict[str, list[Reservation]] = {sku: [] for sku in skus}
-    event_ids: dict[str, list[str]] = {}
-    existing = {sku: {r.reservation_id for r in states[sku].reservations} for sku in skus}
+    book = _Book(states)
     results: list[OrderResult] = []
     held_per_order: list[list[Held]] = []
     i = 0
@@ -155,29 +153,15 @@ def plan(
         for line in order.lines:
             taken_here: list[LineAllocation] = []
 
-            def reserve(location: str, quantity: int, suffix: str = "", line: OrderLine = line) -> str:
-                base = f"{order.order_id}:{line.line_id}:{location}{suffix}"
-                reservation_id, attempt = base, 1
-                # An id left by an earlier attempt that was undone is not reused.
-                while reservation_id in existing[line.sku]:
-                    attempt += 1
-                    reservation_id = f"{base}#{attempt}"
-                existing[line.sku].add(reservation_id)
-                new_reservations[line.sku].append(
-                    Reservation(reservation_id, True, order.channel, location, quantity)
-                )
-                event_ids.setdefault(line.sku, []).append(created_event_id(reservation_id))
-                held.append(Held(line.sku, reservation_id, location, quantity))
-                return reservation_id
-
             for l_index, quantity in enumerate(taken[i]):
                 if quantity:
                     location = network.locations[l_index]
-                    taken_here.append(LineAllocation(location, quantity, reserve(location, quantity)))
+                    reservation_id = book.reserve(order, line, location, quantity, "", held)
+                    taken_here.append(LineAllocation(location, quantity, reservation_id))
             promise: str | None = None
             if backordered[i]:
                 location = network.locations[promise_location[i]]
-                reserve(location, backordered[i], ":backorder")
+                book.reserve(order, line, location, backordered[i], ":backorder", held)
                 promise = from_day(promise_day[i]).isoformat() if promise_day[i] != NONE else None
             line_results.append(
                 LineResult(
@@ -195,12 +179,36 @@ def plan(
         held_per_order.append(held)
     new_states = [
         msgspec.structs.replace(
-            states[sku], reservations=(*states[sku].reservations, *new_reservations[sku])
+            states[sku], reservations=(*states[sku].reservations, *book.new[sku])
         )
         for sku in skus
-        if new_reservations[sku]
+        if book.new[sku]
     ]
-    return Planned(new_states, results, held_per_order, event_ids)
+    return Planned(new_states, results, held_per_order, book.event_ids)
+
+
+class _Book:
+    """The reservations a plan makes, with ids unique within each sku's state."""
+
+    def __init__(self, states: dict[str, SkuState]) -> None:
+        self.existing = {sku: {r.reservation_id for r in st.reservations} for sku, st in states.items()}
+        self.new: dict[str, list[Reservation]] = {sku: [] for sku in states}
+        self.event_ids: dict[str, list[str]] = {}
+
+    def reserve(
+        self, order: OrderRequest, line: OrderLine, location: str, quantity: int, suffix: str, held: list[Held]
+    ) -> str:
+        base = f"{order.order_id}:{line.line_id}:{location}{suffix}"
+        reservation_id, attempt = base, 1
+        # An id left by an earlier attempt that was undone is not reused.
+        while reservation_id in self.existing[line.sku]:
+            attempt += 1
+            reservation_id = f"{base}#{attempt}"
+        self.existing[line.sku].add(reservation_id)
+        self.new[line.sku].append(Reservation(reservation_id, True, order.channel, location, quantity))
+        self.event_ids.setdefault(line.sku, []).append(created_event_id(reservation_id))
+        held.append(Held(line.sku, reservation_id, location, quantity))
+        return reservation_id
 
 
 def release(state: SkuState, reservation_ids: set[str], now_us: int) -> SkuState:

@@ -46,7 +46,7 @@ def problem(
     errors: list[dict[str, Any]] | None = None,
     headers: dict[str, str] | None = None,
     kind: str | None = None,
-) -> Response[bytes]:
+) -> Response[Any]:
     body = Problem(
         type=f"https://atp.dev/problems/{kind or status}",
         title=TITLES.get(status, "Error"),
