@@ -92,10 +92,11 @@ class AvailabilityReader:
         self._remember(generation, {(channel, sku): document})
         return document
 
-    async def many(self, channel: str, skus: Sequence[str]) -> list[bytes]:
+    async def many(self, channel: str, skus: Sequence[str], fresh: bool = False) -> list[bytes]:
+        """Documents in the order asked; ``fresh`` reads Redis, never the cache."""
         out: list[bytes | None] = [None] * len(skus)
         missing: list[int] = []
-        usable = self.cache_usable
+        usable = self.cache_usable and not fresh
         for i, sku in enumerate(skus):
             cached = self._cache.get((channel, sku)) if usable else None
             if cached is None:

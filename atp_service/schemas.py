@@ -34,3 +34,14 @@ class ChannelList(msgspec.Struct, frozen=True):
 
 class Health(msgspec.Struct, frozen=True):
     status: str
+
+
+class ChangeItem(msgspec.Struct, frozen=True):
+    sku: str
+    available_to_sell: int
+    as_of: str
+
+
+class ChangesPage(msgspec.Struct, frozen=True):
+    items: list[ChangeItem]
+    next_cursor: str

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import base64
 import re
-from typing import Final
+from typing import Annotated, Final
 
 import msgspec
+import redis.asyncio as aredis
 from litestar import Controller, Response, get, post
 from litestar.exceptions import NotFoundException, ValidationException
+from litestar.params import Parameter
 
 from atp_service.auth import require
 from atp_service.config import Settings
+from atp_service.keys import changes_key
 from atp_service.reader import AvailabilityReader
-from atp_service.schemas import AvailabilityList, SkuQuery
+from atp_service.schemas import AvailabilityList, ChangeItem, ChangesPage, SkuQuery
 from streams.projector import Availability
 
 _SKU: Final = re.compile(r"^[^\x00-\x1f\x7f]{1,200}$")
+_STREAM_ID: Final = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
 
 
 def known_channel(settings: Settings, channel: str) -> str:
@@ -30,6 +35,31 @@ def check_sku(sku: str) -> str:
     return sku
 
 
+class _Value(msgspec.Struct):
+    sku: str
+    available_to_sell: int
+    as_of: str
+
+
+_value_decoder: Final = msgspec.json.Decoder(_Value)
+
+
+def _decode_cursor(cursor: str | None) -> str:
+    if not cursor:
+        return "-"
+    try:
+        raw = base64.urlsafe_b64decode(cursor.encode() + b"=" * (-len(cursor) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise ValidationException(detail="cursor: not a cursor this service issued") from None
+    if not _STREAM_ID.match(raw):
+        raise ValidationException(detail="cursor: not a cursor this service issued")
+    return "(" + raw
+
+
+def _encode_cursor(stream_id: str) -> str:
+    return base64.urlsafe_b64encode(stream_id.encode()).decode().rstrip("=")
+
+
 class AvailabilityController(Controller):
     path = "/v1/availability/{channel:str}"
     guards = [require("availability:read")]
@@ -42,6 +72,31 @@ class AvailabilityController(Controller):
         known_channel(settings, channel)
         check_sku(sku)
         return Response(content=await reader.one(channel, sku), media_type="application/json")  # type: ignore[arg-type]
+
+    @get("/changes", summary="Skus whose available_to_sell changed after the cursor")
+    async def changes(
+        self,
+        channel: str,
+        settings: Settings,
+        reader: AvailabilityReader,
+        redis_client: aredis.Redis,
+        cursor: str | None = None,
+        limit: Annotated[int, Parameter(ge=1, le=1000)] = 500,
+    ) -> ChangesPage:
+        known_channel(settings, channel)
+        start = _decode_cursor(cursor)
+        entries = await redis_client.xrange(changes_key(channel), min=start, max="+", count=limit)
+        if not entries:
+            return ChangesPage(items=[], next_cursor=cursor or _encode_cursor("0-0"))
+        skus = list(dict.fromkeys(fields[b"s"].decode() for _, fields in entries))
+        # Straight from Redis: a value older than the change entry just read would never be
+        # corrected for the sync client (the sku is not listed again unless it changes).
+        documents = await reader.many(channel, skus, fresh=True)
+        items = [_value_decoder.decode(doc) for doc in documents]
+        return ChangesPage(
+            items=[ChangeItem(v.sku, v.available_to_sell, v.as_of) for v in items],
+            next_cursor=_encode_cursor(entries[-1][0].decode()),
+        )
 
     @post("/query", summary="The same for up to 1000 skus, in the order asked", status_code=200)
     async def query(
