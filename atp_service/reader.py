@@ -112,14 +112,14 @@ class AvailabilityReader:
             for i in missing:
                 pipe.hget(keys.sku_key(skus[i]), field)
             found = await pipe.execute()
-            fresh: dict[tuple[str, str], bytes] = {}
+            fetched: dict[tuple[str, str], bytes] = {}
             for i, document in zip(missing, found, strict=True):
                 if document is None:
                     out[i] = self._unseen(channel, skus[i])
                 else:
                     out[i] = document
-                    fresh[(channel, skus[i])] = document
-            self._remember(generation, fresh)
+                    fetched[(channel, skus[i])] = document
+            self._remember(generation, fetched)
         return [doc for doc in out if doc is not None]
 
     def _unseen(self, channel: str, sku: str) -> bytes:

@@ -85,7 +85,9 @@ class AvailabilityController(Controller):
     ) -> ChangesPage:
         known_channel(settings, channel)
         start = _decode_cursor(cursor)
-        entries = await redis_client.xrange(changes_key(channel), min=start, max="+", count=limit)
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = await redis_client.xrange(  # type: ignore[assignment]
+            changes_key(channel), min=start, max="+", count=limit
+        )
         if not entries:
             return ChangesPage(items=[], next_cursor=cursor or _encode_cursor("0-0"))
         skus = list(dict.fromkeys(fields[b"s"].decode() for _, fields in entries))
