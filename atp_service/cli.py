@@ -37,12 +37,17 @@ def _stop_on_signals() -> threading.Event:
 
 def consume(_: argparse.Namespace) -> int:
     from atp_service.runtime import build_stream_projector
+    from streams.consumer import LedgerAhead
 
     settings = _settings()
     stop = _stop_on_signals()
     projector = build_stream_projector(settings, should_stop=stop.is_set)
     log.info("consuming %s", ", ".join(projector.options.topics))
-    projector.run(stop)
+    try:
+        projector.run(stop)
+    except LedgerAhead as exc:
+        print(f"atp consume: {exc}", file=sys.stderr)
+        return 3
     projector.producer.producer.flush(10)
     log.info("stopped after %d messages", projector.stats.consumed)
     return 0
@@ -71,6 +76,42 @@ def dev(args: argparse.Namespace) -> int:
     return run_dev(port=args.port, skus=args.skus, rate=args.rate)
 
 
+def rebuild(_: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from atp_service.ledger_tools import rebuild as run_rebuild
+
+    return run_rebuild(_settings(), Console())
+
+
+def verify(_: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from atp_service.ledger_tools import verify as run_verify
+
+    return run_verify(_settings(), Console(width=160))
+
+
+def ledger(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from rich.console import Console
+
+    from atp_service import ledger_tools
+
+    console = Console(width=200)
+    if args.ledger_command == "history":
+        return ledger_tools.history(_settings(), console, args.sku, args.location)
+    try:
+        moment = datetime.fromisoformat(args.time.replace("Z", "+00:00"))
+    except ValueError:
+        print(f"atp ledger at: --time {args.time!r} is not an RFC 3339 timestamp", file=sys.stderr)
+        return 2
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return ledger_tools.at_time(_settings(), console, args.channel, args.sku, moment)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=os.environ.get("ATP_LOG_LEVEL", "INFO"),
@@ -89,6 +130,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_dev.add_argument("--skus", type=int, default=300)
     p_dev.add_argument("--rate", type=float, default=50.0, help="demo events per second")
     p_dev.set_defaults(run=dev)
+    commands.add_parser(
+        "rebuild", help="rebuild the Redis projection from the ledger (consumers stopped)"
+    ).set_defaults(run=rebuild)
+    commands.add_parser(
+        "verify", help="compare Redis with the ledger; exit 1 on any difference"
+    ).set_defaults(run=verify)
+    p_ledger = commands.add_parser("ledger", help="questions for the audit ledger")
+    questions = p_ledger.add_subparsers(dest="ledger_command", required=True)
+    p_history = questions.add_parser("history", help="what happened to a sku (at a location)")
+    p_history.add_argument("--sku", required=True)
+    p_history.add_argument("--location")
+    p_at = questions.add_parser("at", help="available_to_sell of (channel, sku) at a time")
+    p_at.add_argument("--channel", required=True)
+    p_at.add_argument("--sku", required=True)
+    p_at.add_argument("--time", required=True, help="RFC 3339, e.g. 2026-11-27T10:00:00Z")
+    p_ledger.set_defaults(run=ledger)
     args = parser.parse_args(argv)
     result: int = args.run(args)
     return result

@@ -12,6 +12,7 @@ from atp_service.config import Settings
 from atp_service.store import RedisStore
 from streams.consumer import ConsumerOptions, StreamProjector
 from streams.kafka import ReliableProducer, consumer_config, producer_config
+from streams.ledger import Ledger
 from streams.state import US_PER_DAY
 
 ALIVE_FILE = "/tmp/atp-consumer-alive"  # the Helm chart's exec probe checks its age
@@ -53,4 +54,11 @@ def build_stream_projector(
         max_message_bytes=settings.consumer.max_message_bytes,
         alive_file=ALIVE_FILE,
     )
-    return StreamProjector(consumer, producer, store_for(settings), projector_for(settings), options)
+    return StreamProjector(
+        consumer,
+        producer,
+        store_for(settings),
+        projector_for(settings),
+        options,
+        ledger=Ledger(settings.ledger.dir),
+    )

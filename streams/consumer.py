@@ -32,7 +32,9 @@ from streams.changeset import build_changeset
 from streams.events import AnyEvent, InvalidEvent, decode
 from streams.fold import fold
 from streams.kafka import Outgoing, ReliableProducer
+from streams.ledger import Ledger, LedgerRow
 from streams.projector import Projector
+from streams.state import to_us
 
 log = logging.getLogger(__name__)
 
@@ -70,15 +72,73 @@ class Stats:
     by_type: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
+@dataclass(frozen=True)
+class Source:
+    topic: str
+    partition: int
+    offset: int
+    raw: bytes
+
+
 @dataclass
 class Batch:
     events: list[AnyEvent]
+    sources: list[Source]  # parallel to events
     dead: list[Outgoing]
+    dead_sources: list[tuple[Source, str]]
     offsets: dict[str, int]
+
+
+class LedgerAhead(Exception):
+    """The ledger holds a partition that Redis has no offsets for: Redis lost its data.
+
+    Operator action: stop the consumers and run `atp rebuild`, which restores the projection
+    and the offsets from the ledger; then start the consumers again.
+    """
+
+
+API_EVENT_PREFIXES = ("atp-alloc:", "atp-release:")
 
 
 def now_us() -> int:
     return time.time_ns() // 1000
+
+
+def ledger_rows(batch: Batch, duplicates: list[AnyEvent]) -> list[LedgerRow]:
+    """A row for every message of the batch, so each partition's offsets are contiguous.
+
+    Status: applied; applied_by_api (the API's own reservation events, applied in Redis when
+    the API made them); duplicate (already applied, ignored); dead_letter (with the reason).
+    """
+    repeated = {id(e) for e in duplicates}
+    rows = []
+    for event, source in zip(batch.events, batch.sources, strict=True):
+        if event.event_id.startswith(API_EVENT_PREFIXES):
+            status = "applied_by_api"
+        else:
+            status = "duplicate" if id(event) in repeated else "applied"
+        rows.append(
+            LedgerRow(
+                event_id=event.event_id,
+                type=str(type(event).__struct_config__.tag),
+                sku=event.sku,
+                location=getattr(event, "location", None),
+                channel=getattr(event, "channel", None),
+                quantity=getattr(event, "quantity", None),
+                occurred_at_us=to_us(event.occurred_at),
+                topic=source.topic,
+                partition=source.partition,
+                offset=source.offset,
+                status=status,
+                reason=None,
+                raw=source.raw,
+            )
+        )
+    for source, reason in batch.dead_sources:
+        rows.append(
+            LedgerRow(None, None, None, None, None, None, None, source.topic, source.partition, source.offset, "dead_letter", reason, source.raw)
+        )
+    return rows
 
 
 def _position(message: Message) -> tuple[str, int, int]:
@@ -97,6 +157,7 @@ class StreamProjector:
         projector: Projector,
         options: ConsumerOptions,
         clock: Callable[[], int] = now_us,
+        ledger: Ledger | None = None,
     ) -> None:
         self.consumer = consumer
         self.producer = producer
@@ -104,6 +165,7 @@ class StreamProjector:
         self.projector = projector
         self.options = options
         self.clock = clock
+        self.ledger = ledger
         self.stats = Stats()
         self._last_sweep = 0.0
         self._last_alive = 0.0
@@ -132,14 +194,16 @@ class StreamProjector:
             # Dead letters are delivered before the offsets move past them in Redis.
             self.producer.send_all(batch.dead)
             self.stats.dead_lettered += len(batch.dead)
-        self.apply(batch.events, batch.offsets)
+        self.apply(batch.events, batch.offsets, batch)
         self.publish_outbox()
         self._commit(batch.offsets)
         self.stats.batches += 1
 
     def decode(self, messages: Iterable[Message]) -> Batch:
         events: list[AnyEvent] = []
+        sources: list[Source] = []
         dead: list[Outgoing] = []
+        dead_sources: list[tuple[Source, str]] = []
         offsets: dict[str, int] = {}
         for message in messages:
             error = message.error()
@@ -160,11 +224,13 @@ class StreamProjector:
                 event = decode(value, self.options.known_channels)
             except InvalidEvent as exc:
                 dead.append(self._dead_letter(message, exc.reason))
+                dead_sources.append((Source(topic, partition, offset, value), exc.reason))
                 continue
             events.append(event)
-        return Batch(events, dead, offsets)
+            sources.append(Source(topic, partition, offset, value))
+        return Batch(events, sources, dead, dead_sources, offsets)
 
-    def apply(self, events: list[AnyEvent], offsets: dict[str, int]) -> None:
+    def apply(self, events: list[AnyEvent], offsets: dict[str, int], batch: Batch | None = None) -> None:
         """Fold the events into Redis, retrying from a fresh read if the API wrote meanwhile."""
         by_sku: dict[str, list[str]] = defaultdict(list)
         for event in events:
@@ -183,6 +249,9 @@ class StreamProjector:
             changes = build_changeset(
                 touched, snapshot.versions, self.projector, now, seen=applied_ids, offsets=offsets
             )
+            if self.ledger is not None and batch is not None:
+                # Before the Redis write: see streams/ledger.py for why this order.
+                self.ledger.append(ledger_rows(batch, result.duplicates), applied_at_us=now)
             conflicts = self.store.write(changes, now // 1000)
             if not conflicts:
                 break
@@ -233,7 +302,19 @@ class StreamProjector:
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
         for tp in partitions:
-            tp.offset = stored.get(offset_field(tp.topic, tp.partition), OFFSET_BEGINNING)
+            position = stored.get(offset_field(tp.topic, tp.partition))
+            if self.ledger is not None:
+                if position is None and self.ledger.partition_dir(tp.topic, tp.partition).is_dir() and any(
+                    self.ledger.partition_dir(tp.topic, tp.partition).glob("*.parquet")
+                ):
+                    raise LedgerAhead(
+                        f"Redis has no stored offset for {tp.topic}[{tp.partition}] but the ledger "
+                        "has events of it: Redis lost its data; stop the consumers and run `atp rebuild`"
+                    )
+                removed = self.ledger.reconcile(tp.topic, tp.partition, position)
+                if removed:
+                    log.info("ledger: removed %d file(s) of %s[%d] past offset %s (batch never reached Redis)", removed, tp.topic, tp.partition, position)
+            tp.offset = OFFSET_BEGINNING if position is None else position
         log.info("assigned %s", [(tp.topic, tp.partition, tp.offset) for tp in partitions])
         consumer.assign(partitions)
 

@@ -53,6 +53,7 @@ def config_text(
     prefix: str = "t",
     group_id: str = "atp-test",
     extra: str = "",
+    ledger_dir: str = "/nonexistent/atp-ledger",
 ) -> str:
     def h(key: str) -> str:
         return sha256(key.encode()).hexdigest()
@@ -64,6 +65,9 @@ url = "{redis_url}"
 [kafka]
 bootstrap = "{bootstrap}"
 group_id = "{group_id}"
+
+[ledger]
+dir = "{ledger_dir}"
 
 [topics]
 movements = "{prefix}.movements"
@@ -238,7 +242,9 @@ class Stack:
 @pytest.fixture
 def stack(redis_url: str, broker_bootstrap: str, tmp_path: Path) -> Iterator[Stack]:
     prefix = f"t{uuid.uuid4().hex[:10]}"
-    text = config_text(redis_url, broker_bootstrap, prefix=prefix, group_id=f"g-{prefix}")
+    text = config_text(
+        redis_url, broker_bootstrap, prefix=prefix, group_id=f"g-{prefix}", ledger_dir=str(tmp_path / "ledger")
+    )
     path = tmp_path / "atp.toml"
     path.write_text(text)
     settings_ = parse_config(text)

@@ -1,0 +1,284 @@
+"""Operator tools over the ledger: rebuild Redis, verify Redis, answer history questions.
+
+All three recompute with the same fold and projection as the consumer, from the raw event
+bytes the ledger kept, in the order each partition was applied.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import duckdb
+import msgspec
+import redis
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from atp_service import keys
+from atp_service.app import projector_for
+from atp_service.config import Settings
+from atp_service.runtime import store_for, sync_redis
+from streams.changeset import build_changeset
+from streams.consumer import offset_field
+from streams.events import AnyEvent, decode
+from streams.fold import fold
+from streams.ledger import Ledger, iter_rows_sql, view_sql
+from streams.projector import Availability
+from streams.state import US_PER_DAY, SkuState, load_state, to_us
+
+CHUNK = 500
+
+
+@dataclass
+class Recomputed:
+    states: dict[str, SkuState] = field(default_factory=dict)
+    offsets: dict[str, int] = field(default_factory=dict)  # offset field -> next offset
+    seen: dict[str, list[str]] = field(default_factory=dict)
+    events: int = 0
+
+
+def _connect(ledger: Ledger) -> duckdb.DuckDBPyConnection | None:
+    if not ledger.files():
+        return None
+    connection = duckdb.connect()
+    connection.execute(view_sql(ledger))
+    return connection
+
+
+def recompute(
+    settings: Settings,
+    now_us: int,
+    below: dict[str, int] | None = None,
+    applied_until_us: int | None = None,
+    sku: str | None = None,
+) -> Recomputed:
+    """Fold the ledger.
+
+    Args:
+        below: only rows below these offsets (field "topic\\x1fpartition" -> next offset),
+            e.g. the offsets stored in Redis, so a batch not yet in Redis is left out; a
+            partition without an entry is taken whole.
+        applied_until_us: only rows applied at or before this time.
+        sku: only this sku's rows.
+    """
+    out = Recomputed()
+    connection = _connect(Ledger(settings.ledger.dir))
+    if connection is None:
+        return out
+    query = iter_rows_sql()
+    filters = []
+    params: list[Any] = []
+    if applied_until_us is not None:
+        filters.append("applied_at <= make_timestamp(?)")
+        params.append(applied_until_us)
+    if sku is not None:
+        filters.append("(sku = ? OR status = 'dead_letter')")
+        params.append(sku)
+    if filters:
+        query = query.replace("FROM ledger", "FROM ledger WHERE " + " AND ".join(filters))
+    events: list[AnyEvent] = []
+    known = frozenset(c.name for c in settings.channels)
+    for topic, partition, offset, status, raw, _ in connection.execute(query, params).fetchall():
+        name = offset_field(topic, partition)
+        limit = below.get(name) if below is not None else None
+        if limit is not None and offset >= limit:
+            continue  # applied to the ledger, not yet to Redis (the consumer is mid-batch)
+        out.offsets[name] = max(out.offsets.get(name, 0), offset + 1)
+        if status in ("dead_letter", "duplicate"):
+            continue
+        events.append(decode(bytes(raw), known))
+    connection.close()
+    window = int(settings.consumer.dedupe_window_days * US_PER_DAY)
+    result = fold({}, events, seen=frozenset(), now_us=now_us, window_us=window)
+    out.states = result.states
+    out.events = len(result.applied)
+    for event in result.applied:
+        out.seen.setdefault(event.sku, []).append(event.event_id)
+    return out
+
+
+def _sku_keys(client: redis.Redis) -> Iterator[str]:
+    prefix = f"{keys.PREFIX}:{{"
+    for key in client.scan_iter(match=f"{keys.PREFIX}:{{*}}", count=1000, _type="hash"):
+        text = key.decode()
+        yield text[len(prefix) : -1]
+
+
+def rebuild(settings: Settings, console: Console) -> int:
+    """Rebuild raw state, projection, dedupe marks and offsets from the ledger."""
+    client = sync_redis(settings)
+    store = store_for(settings, client)
+    projector = projector_for(settings)
+    now = time.time_ns() // 1000
+    console.print(f"reading the ledger in {settings.ledger.dir} …")
+    data = recompute(settings, now)
+    console.print(f"{data.events} events over {len(data.states)} skus")
+    # Overrides set over HTTP are configuration, not events: keep what Redis still has.
+    overrides = _overrides(client, list(data.states))
+    # Remove what is left of the old projection (orders, which only the API writes, stay).
+    stale = [
+        key
+        for pattern in (f"{keys.PREFIX}:{{*", f"{keys.PREFIX}:changes:*", keys.DUE, keys.OUTBOX)
+        for key in client.scan_iter(match=pattern, count=1000)
+    ]
+    stale.append(keys.offsets_key(settings.kafka.group_id).encode())
+    for i in range(0, len(stale), 1000):
+        client.unlink(*stale[i : i + 1000])
+    skus = sorted(data.states)
+    with Progress(console=console, transient=False) as progress:
+        task = progress.add_task("rebuilding", total=len(skus))
+        for i in range(0, len(skus), CHUNK):
+            chunk = skus[i : i + CHUNK]
+            states = [
+                msgspec.structs.replace(data.states[s], safety_stock=overrides.get(s, {}))
+                for s in chunk
+            ]
+            changes = build_changeset(states, {}, projector, now, seen={s: data.seen.get(s, []) for s in chunk})
+            for write in changes.skus:
+                write.expected_version = None
+            store.write(changes, now // 1000)
+            progress.advance(task, len(chunk))
+    if data.offsets:
+        client.hset(keys.offsets_key(settings.kafka.group_id), mapping=data.offsets)  # type: ignore[arg-type]
+    console.print(f"rebuilt {len(skus)} skus; offsets restored for {len(data.offsets)} partitions")
+    return 0
+
+
+def _overrides(client: redis.Redis, skus: Sequence[str]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for sku in skus:
+        raw = client.hget(keys.sku_key(sku), keys.STATE_FIELD)
+        if raw:
+            state = load_state(sku, raw)  # type: ignore[arg-type]
+            if state.safety_stock:
+                out[sku] = dict(state.safety_stock)
+    return out
+
+
+_doc_decoder = msgspec.json.Decoder(Availability)
+
+
+def verify(settings: Settings, console: Console) -> int:
+    """Compare Redis with the ledger key by key; print every difference; 1 if any."""
+    client = sync_redis(settings)
+    projector = projector_for(settings)
+    now = time.time_ns() // 1000
+    stored = store_for(settings, client).offsets()
+    data = recompute(settings, now, below=stored)
+    redis_skus = set(_sku_keys(client))
+    differences: list[tuple[str, str, str, Any, Any]] = []
+    # Every consumed message has a ledger row, so quiet offsets agree exactly.
+    for name in sorted(set(data.offsets) | set(stored)):
+        if data.offsets.get(name) != stored.get(name):
+            where = name.replace("\x1f", "/")
+            differences.append(("-", where, "next offset", data.offsets.get(name), stored.get(name)))
+    skus = sorted(redis_skus | set(data.states))
+    for i in range(0, len(skus), CHUNK):
+        chunk = skus[i : i + CHUNK]
+        in_redis = store_for(settings, client).read(chunk).states
+        expected = [
+            msgspec.structs.replace(
+                data.states.get(s) or SkuState(sku=s), safety_stock=in_redis[s].safety_stock
+            )
+            for s in chunk
+        ]
+        rendered = projector.render(expected, now).documents
+        pipe = client.pipeline(transaction=False)
+        for s in chunk:
+            pipe.hgetall(keys.sku_key(s))
+        for s, fields in zip(chunk, pipe.execute(), strict=True):
+            for channel in projector.network.channels:
+                want = _doc_decoder.decode(rendered[s][channel])
+                raw = fields.get(keys.projection_field(channel).encode())
+                if raw is None:
+                    if s in data.states:
+                        differences.append((s, channel, "projection", "present", "missing"))
+                    continue
+                have = _doc_decoder.decode(raw)
+                for attr in ("available_to_sell", "on_hand", "reserved", "safety_stock", "atp"):
+                    if getattr(want, attr) != getattr(have, attr):
+                        differences.append((s, channel, attr, getattr(want, attr), getattr(have, attr)))
+            differences += _raw_differences(s, data.states.get(s), in_redis[s], projector.sellable, now)
+    if not differences:
+        console.print(f"Redis matches the ledger: {len(skus)} skus, {data.events} events.")
+        return 0
+    table = Table(title=f"{len(differences)} difference(s) between the ledger and Redis")
+    for column in ("sku", "location or channel", "field", "ledger", "redis"):
+        table.add_column(column)
+    for row in differences:
+        table.add_row(*(str(v) for v in row))
+    console.print(table)
+    return 1
+
+
+def _raw_differences(
+    sku: str, want: SkuState | None, have: SkuState, sellable: frozenset[str], now_us: int
+) -> list[tuple[str, str, str, Any, Any]]:
+    def summary(state: SkuState | None) -> dict[tuple[str, str], Any]:
+        out: dict[tuple[str, str], Any] = {}
+        if state is None:
+            return out
+        for b in state.bins:
+            key = (b.location, "on_hand" if b.status in sellable else f"stock[{b.status}]")
+            out[key] = out.get(key, 0) + b.quantity
+        for r in state.reservations:
+            key = (r.location, "reserved")
+            out[key] = out.get(key, 0) + r.open_quantity(now_us)
+        for line in state.inbound:
+            if line.quantity > 0:
+                key = (line.location, f"inbound[{line.inbound_id}]")
+                out[key] = (line.quantity, line.eta)
+        return {k: v for k, v in out.items() if v not in (0, None)}
+
+    a, b = summary(want), summary(have)
+    return [
+        (sku, location, name, a.get((location, name)), b.get((location, name)))
+        for location, name in sorted(set(a) | set(b))
+        if a.get((location, name)) != b.get((location, name))
+    ]
+
+
+def history(settings: Settings, console: Console, sku: str, location: str | None) -> int:
+    connection = _connect(Ledger(settings.ledger.dir))
+    if connection is None:
+        console.print("the ledger is empty")
+        return 0
+    query = (
+        "SELECT applied_at, occurred_at, type, event_id, location, channel, quantity, status, "
+        "source_topic, source_partition, source_offset FROM ledger WHERE sku = ?"
+    )
+    params: list[Any] = [sku]
+    if location:
+        query += " AND location = ?"
+        params.append(location)
+    rows = connection.execute(query + " ORDER BY applied_at, source_offset", params).fetchall()
+    table = Table(title=f"ledger of {sku}" + (f" at {location}" if location else ""))
+    for column in ("applied_at", "occurred_at", "type", "event_id", "location", "channel", "qty", "status", "source"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(str(v) if v is not None else "" for v in row[:8]), f"{row[8]}/{row[9]}@{row[10]}")
+    console.print(table)
+    return 0
+
+
+def at_time(settings: Settings, console: Console, channel: str, sku: str, moment: datetime) -> int:
+    """available_to_sell of (channel, sku) as the service would have computed it at ``moment``."""
+    if settings.channel(channel) is None:
+        console.print(f"unknown channel {channel!r}")
+        return 2
+    when = to_us(moment)
+    data = recompute(settings, when, applied_until_us=when, sku=sku)
+    state = data.states.get(sku) or SkuState(sku=sku)
+    document = projector_for(settings).render([state], when).documents[sku][channel]
+    value = _doc_decoder.decode(document)
+    console.print(
+        f"{channel}/{sku} at {moment.isoformat()}: available_to_sell={value.available_to_sell} "
+        f"(on_hand={value.on_hand}, reserved={value.reserved}, safety_stock={value.safety_stock}; "
+        f"from {data.events} ledger events)"
+    )
+    return 0
