@@ -42,6 +42,13 @@ def consume(_: argparse.Namespace) -> int:
     settings = _settings()
     stop = _stop_on_signals()
     projector = build_stream_projector(settings, should_stop=stop.is_set)
+    if settings.consumer.metrics_port:
+        from prometheus_client import start_http_server
+
+        try:
+            start_http_server(settings.consumer.metrics_port)
+        except OSError as exc:  # metrics are not worth refusing to consume over
+            log.warning("metrics port %d unavailable: %s", settings.consumer.metrics_port, exc)
     log.info("consuming %s", ", ".join(projector.options.topics))
     try:
         projector.run(stop)

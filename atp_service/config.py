@@ -83,6 +83,8 @@ class ConsumerSettings(_Section, frozen=True):
     # How often expired reservations and day changes are swept (contract: within 1 s).
     sweep_interval_ms: Annotated[int, msgspec.Meta(ge=10, le=1000)] = 200
     max_message_bytes: Positive = 1_000_000
+    # The consumer's own Prometheus /metrics port on all interfaces; 0 turns it off.
+    metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9108
 
 
 class ApiSettings(_Section, frozen=True):

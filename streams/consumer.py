@@ -28,6 +28,7 @@ import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
 from atp_service.store import RedisStore
+from streams import metrics
 from streams.changeset import build_changeset
 from streams.events import AnyEvent, InvalidEvent, decode
 from streams.fold import fold
@@ -120,7 +121,7 @@ def ledger_rows(batch: Batch, duplicates: list[AnyEvent]) -> list[LedgerRow]:
         rows.append(
             LedgerRow(
                 event_id=event.event_id,
-                type=str(type(event).__struct_config__.tag),
+                type=_tag(event),
                 sku=event.sku,
                 location=getattr(event, "location", None),
                 channel=getattr(event, "channel", None),
@@ -139,6 +140,10 @@ def ledger_rows(batch: Batch, duplicates: list[AnyEvent]) -> list[LedgerRow]:
             LedgerRow(None, None, None, None, None, None, None, source.topic, source.partition, source.offset, "dead_letter", reason, source.raw)
         )
     return rows
+
+
+def _tag(event: AnyEvent) -> str:
+    return str(type(event).__struct_config__.tag)
 
 
 def _position(message: Message) -> tuple[str, int, int]:
@@ -169,6 +174,7 @@ class StreamProjector:
         self.stats = Stats()
         self._last_sweep = 0.0
         self._last_alive = 0.0
+        self._last_lag = 0.0
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -189,15 +195,28 @@ class StreamProjector:
             self.consumer.close()
 
     def process(self, messages: list[Message]) -> None:
+        started = time.perf_counter()
         batch = self.decode(messages)
         if batch.dead:
             # Dead letters are delivered before the offsets move past them in Redis.
             self.producer.send_all(batch.dead)
             self.stats.dead_lettered += len(batch.dead)
         self.apply(batch.events, batch.offsets, batch)
+        metrics.FOLD_SECONDS.observe(time.perf_counter() - started)
+        metrics.BATCH_SIZE.observe(len(messages))
+        visible = time.time()
+        for message in messages:
+            kind, stamp = message.timestamp()
+            if kind and stamp > 0:
+                metrics.VISIBLE_SECONDS.observe(max(0.0, visible - stamp / 1000))
+        if batch.dead_sources:
+            metrics.EVENTS.labels("invalid", "dead_letter").inc(len(batch.dead_sources))
+        for event in batch.events:
+            metrics.EVENTS.labels(_tag(event), "consumed").inc()
         self.publish_outbox()
         self._commit(batch.offsets)
         self.stats.batches += 1
+        self._record_lag(batch.offsets)
 
     def decode(self, messages: Iterable[Message]) -> Batch:
         events: list[AnyEvent] = []
@@ -256,10 +275,14 @@ class StreamProjector:
             if not conflicts:
                 break
             self.stats.conflicts += 1
+            metrics.CONFLICTS.inc()
         self.stats.applied += len(result.applied)
         self.stats.duplicates += len(result.duplicates)
         for event in result.applied:
             self.stats.by_type[type(event).__name__] += 1
+            metrics.EVENTS.labels(_tag(event), "applied").inc()
+        for event in result.duplicates:
+            metrics.EVENTS.labels(_tag(event), "duplicate").inc()
 
     def sweep(self) -> None:
         """Recompute skus whose projection changes with no event: expiries, day changes."""
@@ -274,6 +297,7 @@ class StreamProjector:
             changes = build_changeset(states, snapshot.versions, self.projector, now)
             if not self.store.write(changes, now // 1000):
                 self.stats.swept += len(due)
+                metrics.SWEPT.inc(len(due))
         self.publish_outbox()
 
     def publish_outbox(self) -> None:
@@ -287,6 +311,7 @@ class StreamProjector:
         self.producer.send_all(messages)
         self.store.ack_outbox(pending)
         self.stats.published += len(messages)
+        metrics.PUBLISHED.inc(len(messages))
 
     # -- Kafka plumbing -----------------------------------------------------------------
 
@@ -317,6 +342,21 @@ class StreamProjector:
             tp.offset = OFFSET_BEGINNING if position is None else position
         log.info("assigned %s", [(tp.topic, tp.partition, tp.offset) for tp in partitions])
         consumer.assign(partitions)
+
+    def _record_lag(self, offsets: dict[str, int]) -> None:
+        now = time.monotonic()
+        if now - self._last_lag < 5.0:
+            return
+        self._last_lag = now
+        for name, offset in offsets.items():
+            topic, partition = name.split(OFFSET_FIELD_SEPARATOR)
+            try:
+                _, high = self.consumer.get_watermark_offsets(
+                    TopicPartition(topic, int(partition)), timeout=0.5, cached=True
+                )
+            except Exception:  # lag is best effort; never stall the loop for it
+                continue
+            metrics.LAG.labels(topic, partition).set(max(0, high - offset))
 
     def _commit(self, offsets: dict[str, int]) -> None:
         if not offsets:

@@ -54,6 +54,7 @@ def config_text(
     group_id: str = "atp-test",
     extra: str = "",
     ledger_dir: str = "/nonexistent/atp-ledger",
+    metrics_port: int = 0,
 ) -> str:
     def h(key: str) -> str:
         return sha256(key.encode()).hexdigest()
@@ -82,6 +83,7 @@ sellable = ["available"]
 [consumer]
 batch_timeout_ms = 20
 sweep_interval_ms = 100
+metrics_port = {metrics_port}
 
 [[channels]]
 name = "web"
