@@ -38,14 +38,17 @@ of vectorized steps (never a loop over lines or skus):
   location receives more than it had free (free only decreases, so the locations before the
   chosen one still do not fit); the next line is placed exactly against the updated stock,
   and the step repeats for the rest. A step usually settles every line.
-- Speculation, for skus with more than RUN_ROUNDS runs (channels of one priority alternating
-  on a busy sku, where rounds would degrade into a loop over lines): every pending line's
-  outcome is computed from the state and a grouped prefix sum of what the earlier lines are
-  *guessed* to reserve (one row of units per location per line; initially nothing). For
-  each sku, the lines up to the first wrong guess had exact inputs, and so did that line:
-  they are committed. The others keep their computed rows as the next guess. Each step
-  commits at least one line per sku, and usually all lines whose outcome the earlier ones do
-  not change; a few steps settle a batch.
+- Speculation, for the lines after RUN_ROUNDS runs of a sku (channels of one priority
+  alternating on a busy sku, where rounds would degrade into a loop over lines). Every line
+  in play gets its outcome computed from the state and a grouped prefix sum of what the
+  earlier lines are *guessed* to reserve (one row of units per location per line; initially
+  nothing). For each sku, the lines up to the first wrong guess had exact inputs, and so
+  did that line: they are committed; the others keep their computed rows as the next guess.
+  Each step commits at least one line per sku. Two things keep the steps few and small: a
+  line whose channel has nothing left to sell or promise at the committed state gets
+  nothing whatever precedes it (nets only decrease in a batch), so it is settled at once,
+  wherever it is; and only the first ``reach`` pending lines of a sku are in play, doubled
+  while its guesses hold and cut back after a wrong one.
 """
 
 from __future__ import annotations
@@ -193,7 +196,8 @@ RUN_ROUNDS = 16
 """Runs of a sku settled round by round; lines after them are settled by speculation."""
 
 SPECULATION_WINDOW = 256
-"""Lines of a sku in play in a speculation step, at least (more while the guesses hold)."""
+"""Pending lines of a sku in play in a speculation step, at least (doubled for a sku each time
+all its guesses held)."""
 
 
 def _allocate_sorted(
@@ -351,7 +355,8 @@ def _place_runs(
             (~ok).astype(np.int64), np.flatnonzero(start), np.cumsum(start) - 1
         )
         settled = np.flatnonzero(failed == 0)
-        exact = np.flatnonzero(~ok & (failed == 1))  # the first line after the settled prefix
+        first_failed = ~ok & (failed == 1)  # the first line after the settled prefix
+        exact = np.flatnonzero(first_failed)
         taken[index[pending[settled]], fit[settled]] = t[settled]
         np.subtract.at(unreserved, (ps[settled], fit[settled]), t[settled])
         if exact.size:
@@ -359,7 +364,7 @@ def _place_runs(
             placed = order.place(pc[exact], unreserved[es], t[exact])
             taken[index[pending[exact]]] = placed
             unreserved[es] -= placed
-        pending = pending[(failed > 0) & ~(~ok & (failed == 1))]
+        pending = pending[(failed > 0) & ~first_failed]
 
 
 def _speculate(
@@ -378,9 +383,11 @@ def _speculate(
     pairs = np.zeros((len(network.channels), supply.n_skus), dtype=np.bool_)
     pairs[lines.channel[bo], lines.sku[bo]] = True
     inbound = _Inbound.of(supply, network, today, pairs)
-    # What each line is guessed to reserve per location (initially nothing), by line.
+    # What each line is guessed to reserve per location, by line; known: it has a guess.
     guess = np.zeros((lines.sku.size, unreserved.shape[1]), dtype=np.int64)
-    window = SPECULATION_WINDOW
+    known = np.zeros(lines.sku.size, dtype=np.bool_)
+    # Per sku, how many of its pending lines are in play.
+    reach = np.full(supply.n_skus, SPECULATION_WINDOW, dtype=np.int64)
     while pending.size:
         c, s = lines.channel[pending], lines.sku[pending]
         # A line whose channel has nothing left to sell (nor, for a backorder line, to
@@ -399,11 +406,13 @@ def _speculate(
             if not pending.size:
                 return
 
-        # The first `window` pending lines of each sku are in play.
+        # In play: the first `reach` pending lines of each sku.
         start = _starts(s)
         first = np.flatnonzero(start)
-        position = np.arange(s.size) - first[np.cumsum(start) - 1]
-        play = np.flatnonzero(position < window)
+        sku_of = np.cumsum(start) - 1
+        position = np.arange(s.size) - first[sku_of]
+        n_known = np.add.reduceat(known[pending].astype(np.int64), first)  # a prefix
+        play = np.flatnonzero(position < reach[s])
         start = start[play]
         first = np.flatnonzero(start)
         group = np.cumsum(start) - 1
@@ -437,11 +446,20 @@ def _speculate(
         out.promise_day[index] = line.promise_day[done]
         out.promise_location[index] = line.promise_location[done]
         guess[at] = line.row
+        known[at] = True
+        # Every sku commits at least its first pending line, so `last` has one line per sku.
+        # Where all the guesses held, look twice as far ahead next time; after a wrong guess,
+        # the guesses after it may be stale too: look about as far as this step got.
+        committed = position[play[last]] + 1
+        held = committed > n_known
+        sku = s[play[first]]
+        # Guesses beyond the window of a sku whose guesses broke were made from a prefix now
+        # known to be wrong: count them as unknown (they stay as guesses all the same).
+        known[pending[~held[sku_of] & (position >= reach[s])]] = False
+        reach[sku] = np.where(held, 2 * reach[sku], np.maximum(SPECULATION_WINDOW, 2 * committed))
         left = np.ones(pending.size, dtype=np.bool_)
         left[play[done]] = False
         pending = pending[left]
-        # Look ahead twice as far as the guesses held for any sku.
-        window = max(SPECULATION_WINDOW, 2 * int((position[play[last]] + 1).max()))
 
 
 @dataclass(frozen=True)

@@ -22,20 +22,20 @@ LineId = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[^
 OrderId = Annotated[str, msgspec.Meta(min_length=1, max_length=150, pattern=r"^[^\x00-\x1f\x7f/:]+$")]
 
 
-class OrderLine(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class OrderLine(msgspec.Struct, frozen=True):
     line_id: LineId
     sku: Sku
     quantity: int
 
 
-class OrderRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class OrderRequest(msgspec.Struct, frozen=True):
     order_id: OrderId
     channel: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
     lines: list[OrderLine]
     backorder: bool = False
 
 
-class BatchRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class BatchRequest(msgspec.Struct, frozen=True):
     orders: list[OrderRequest]
 
 

@@ -9,6 +9,7 @@ import msgspec
 import redis
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi.datastructures import ResponseSpec
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,27 @@ class Problem(msgspec.Struct, omit_defaults=True):
     detail: str | None = None
     instance: str | None = None
     errors: list[dict[str, Any]] | None = None
+
+
+DESCRIPTIONS = {
+    400: "Malformed input; `detail` names the field",
+    401: "No key or an unknown key",
+    403: "The key lacks the scope",
+    404: "Unknown channel, order or route",
+    409: "The order_id exists with a different body",
+    413: "The request body is too large",
+    503: "Redis or the broker is unavailable; retry after Retry-After seconds",
+}
+
+
+def problem_responses(*codes: int) -> dict[int, ResponseSpec]:
+    """OpenAPI entries for the problem+json answers an operation can give."""
+    return {
+        code: ResponseSpec(
+            data_container=Problem, media_type=PROBLEM_JSON, description=DESCRIPTIONS[code]
+        )
+        for code in codes
+    }
 
 
 def problem(

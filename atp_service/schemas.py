@@ -10,7 +10,7 @@ from streams.events import Sku
 from streams.projector import Availability
 
 
-class SkuQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class SkuQuery(msgspec.Struct, frozen=True):
     skus: Annotated[list[Sku], msgspec.Meta(min_length=1, max_length=1000)]
 
 

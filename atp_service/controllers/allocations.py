@@ -6,12 +6,13 @@ from typing import Any
 
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.exceptions import NotFoundException, ValidationException
+from litestar.openapi.datastructures import ResponseSpec
 
 from atp_service.allocator import Allocator, Busy, OrderConflict, PublishFailed
 from atp_service.auth import require
 from atp_service.config import Settings
 from atp_service.orders import BatchRequest, BatchResult, OrderRequest, OrderResult
-from atp_service.problems import problem
+from atp_service.problems import problem, problem_responses
 
 
 def check_order(settings: Settings, order: OrderRequest, where: str = "") -> None:
@@ -39,7 +40,10 @@ def check_order(settings: Settings, order: OrderRequest, where: str = "") -> Non
 def _failure(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     if isinstance(exc, OrderConflict):
         return problem(
-            request, 409, f"order {exc.order_id!r} exists with a different body", kind="order-conflict"
+            request,
+            409,
+            f"order {exc.order_id!r} exists with a different body",
+            kind="order-conflict",
         )
     if isinstance(exc, PublishFailed):
         return problem(request, 503, str(exc), headers={"Retry-After": "1"}, kind="publish-failed")
@@ -51,9 +55,21 @@ class AllocationController(Controller):
     guards = [require("allocations:write")]
     tags = ["allocations"]
 
-    @post("/", summary="Allocate one order (idempotent by order_id)", status_code=201)
+    @post(
+        "/",
+        responses={
+            200: ResponseSpec(OrderResult, description="A repeat of a stored order: its result"),
+            **problem_responses(400, 401, 403, 404, 409, 413, 503),
+        },
+        summary="Allocate one order (idempotent by order_id)",
+        status_code=201,
+    )
     async def create(
-        self, request: Request[Any, Any, Any], data: OrderRequest, settings: Settings, allocator: Allocator
+        self,
+        request: Request[Any, Any, Any],
+        data: OrderRequest,
+        settings: Settings,
+        allocator: Allocator,
     ) -> Response[OrderResult]:
         check_order(settings, data)
         try:
@@ -62,19 +78,32 @@ class AllocationController(Controller):
             return _failure(request, exc)
         return Response(result, status_code=201 if created else 200)
 
-    @post("/batch", summary="Allocate a wave of orders together", status_code=200)
+    @post(
+        "/batch",
+        responses=problem_responses(400, 401, 403, 404, 409, 413, 503),
+        summary="Allocate a wave of orders together",
+        status_code=200,
+    )
     async def batch(
-        self, request: Request[Any, Any, Any], data: BatchRequest, settings: Settings, allocator: Allocator
+        self,
+        request: Request[Any, Any, Any],
+        data: BatchRequest,
+        settings: Settings,
+        allocator: Allocator,
     ) -> Response[BatchResult]:
         if not data.orders:
             raise ValidationException(detail="orders: a batch needs at least one order")
         if len(data.orders) > settings.api.max_batch_orders:
-            raise ValidationException(detail=f"orders: at most {settings.api.max_batch_orders} orders")
+            raise ValidationException(
+                detail=f"orders: at most {settings.api.max_batch_orders} orders"
+            )
         ids: set[str] = set()
         for i, order in enumerate(data.orders):
             check_order(settings, order, where=f"orders[{i}].")
             if order.order_id in ids:
-                raise ValidationException(detail=f"orders[{i}].order_id: {order.order_id!r} repeats")
+                raise ValidationException(
+                    detail=f"orders[{i}].order_id: {order.order_id!r} repeats"
+                )
             ids.add(order.order_id)
         try:
             results = await allocator.allocate(data.orders)
@@ -82,14 +111,23 @@ class AllocationController(Controller):
             return _failure(request, exc)
         return Response(BatchResult([r for r, _ in results]))
 
-    @get("/{order_id:str}", summary="The stored result of an order")
+    @get(
+        "/{order_id:str}",
+        responses=problem_responses(401, 403, 404, 503),
+        summary="The stored result of an order",
+    )
     async def read(self, order_id: str, allocator: Allocator) -> OrderResult:
         (stored,) = await allocator.stored([order_id])
         if stored is None:
             raise NotFoundException(detail=f"unknown order {order_id!r}")
         return stored.result
 
-    @delete("/{order_id:str}", summary="Release every open reservation of an order", status_code=200)
+    @delete(
+        "/{order_id:str}",
+        responses=problem_responses(401, 403, 404, 503),
+        summary="Release every open reservation of an order",
+        status_code=200,
+    )
     async def remove(
         self, request: Request[Any, Any, Any], order_id: str, allocator: Allocator
     ) -> Response[OrderResult]:

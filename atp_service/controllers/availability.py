@@ -15,6 +15,7 @@ from litestar.params import Parameter
 from atp_service.auth import require
 from atp_service.config import Settings
 from atp_service.keys import changes_key
+from atp_service.problems import problem_responses
 from atp_service.reader import AvailabilityReader
 from atp_service.schemas import AvailabilityList, ChangeItem, ChangesPage, SkuQuery
 from streams.projector import Availability
@@ -65,7 +66,11 @@ class AvailabilityController(Controller):
     guards = [require("availability:read")]
     tags = ["availability"]
 
-    @get("/{sku:str}", summary="Available to sell and the atp timeline of one sku")
+    @get(
+        "/{sku:str}",
+        responses=problem_responses(400, 401, 403, 404, 503),
+        summary="Available to sell and the atp timeline of one sku",
+    )
     async def one(
         self, channel: str, sku: str, settings: Settings, reader: AvailabilityReader
     ) -> Response[Availability]:
@@ -73,7 +78,11 @@ class AvailabilityController(Controller):
         check_sku(sku)
         return Response(content=await reader.one(channel, sku), media_type="application/json")  # type: ignore[arg-type]
 
-    @get("/changes", summary="Skus whose available_to_sell changed after the cursor")
+    @get(
+        "/changes",
+        responses=problem_responses(400, 401, 403, 404, 503),
+        summary="Skus whose available_to_sell changed after the cursor",
+    )
     async def changes(
         self,
         channel: str,
@@ -100,13 +109,24 @@ class AvailabilityController(Controller):
             next_cursor=_encode_cursor(entries[-1][0].decode()),
         )
 
-    @post("/query", summary="The same for up to 1000 skus, in the order asked", status_code=200)
+    @post(
+        "/query",
+        responses=problem_responses(400, 401, 403, 404, 413, 503),
+        summary="The same for up to 1000 skus, in the order asked",
+        status_code=200,
+    )
     async def query(
         self, channel: str, data: SkuQuery, settings: Settings, reader: AvailabilityReader
     ) -> Response[AvailabilityList]:
         known_channel(settings, channel)
         documents = await reader.many(channel, data.skus)
         body = b"".join(
-            (b'{"channel":', msgspec.json.encode(channel), b',"items":[', b",".join(documents), b"]}")
+            (
+                b'{"channel":',
+                msgspec.json.encode(channel),
+                b',"items":[',
+                b",".join(documents),
+                b"]}",
+            )
         )
         return Response(content=body, media_type="application/json")  # type: ignore[arg-type]

@@ -6,6 +6,7 @@ from litestar import Controller, get
 
 from atp_service.auth import require
 from atp_service.config import Settings
+from atp_service.problems import problem_responses
 from atp_service.schemas import ChannelList, ChannelView
 
 
@@ -13,7 +14,12 @@ class ChannelController(Controller):
     path = "/v1/channels"
     tags = ["channels"]
 
-    @get("/", guards=[require("availability:read")], summary="The channel configuration")
+    @get(
+        "/",
+        responses=problem_responses(401, 403),
+        guards=[require("availability:read")],
+        summary="The channel configuration",
+    )
     async def list_channels(self, settings: Settings) -> ChannelList:
         return ChannelList(
             channels=[

@@ -8,7 +8,7 @@ import redis.asyncio as aredis
 from litestar import Request, Response, get
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from atp_service.problems import problem
+from atp_service.problems import problem, problem_responses
 from atp_service.schemas import Health
 
 
@@ -17,12 +17,19 @@ async def healthz() -> Health:
     return Health(status="ok")
 
 
-@get("/readyz", summary="200 when Redis answers, else 503", tags=["operations"])
+@get(
+    "/readyz",
+    responses=problem_responses(503),
+    summary="200 when Redis answers, else 503",
+    tags=["operations"],
+)
 async def readyz(request: Request[Any, Any, Any], redis_client: aredis.Redis) -> Response[Any]:
     try:
         await redis_client.ping()
     except Exception:
-        return problem(request, 503, "redis does not answer", headers={"Retry-After": "1"}, kind="not-ready")
+        return problem(
+            request, 503, "redis does not answer", headers={"Retry-After": "1"}, kind="not-ready"
+        )
     return Response(content=Health(status="ready"))
 
 

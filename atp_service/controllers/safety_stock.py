@@ -11,10 +11,10 @@ from atp_service.allocator import Allocator, Busy
 from atp_service.auth import require
 from atp_service.config import Settings
 from atp_service.controllers.availability import check_sku, known_channel
-from atp_service.problems import problem
+from atp_service.problems import problem, problem_responses
 
 
-class SafetyStock(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class SafetyStock(msgspec.Struct, frozen=True):
     quantity: Annotated[int, msgspec.Meta(ge=0, le=1_000_000_000)]
 
 
@@ -29,7 +29,11 @@ class SafetyStockController(Controller):
     guards = [require("admin")]
     tags = ["channels"]
 
-    @put("/", summary="Set a per-sku safety stock override; recomputed at once")
+    @put(
+        "/",
+        responses=problem_responses(400, 401, 403, 404, 503),
+        summary="Set a per-sku safety stock override; recomputed at once",
+    )
     async def set_override(
         self, request: Request[Any, Any, Any], channel: str, sku: str, data: SafetyStock,
         settings: Settings, allocator: Allocator,
@@ -42,9 +46,19 @@ class SafetyStockController(Controller):
             return problem(request, 503, str(exc), headers={"Retry-After": "1"}, kind="busy")
         return Response(SafetyStockSet(channel, sku, data.quantity))
 
-    @delete("/", summary="Remove the override (back to the configured value)", status_code=200)
+    @delete(
+        "/",
+        responses=problem_responses(400, 401, 403, 404, 503),
+        summary="Remove the override (back to the configured value)",
+        status_code=200,
+    )
     async def remove_override(
-        self, request: Request[Any, Any, Any], channel: str, sku: str, settings: Settings, allocator: Allocator
+        self,
+        request: Request[Any, Any, Any],
+        channel: str,
+        sku: str,
+        settings: Settings,
+        allocator: Allocator,
     ) -> Response[SafetyStockSet]:
         known_channel(settings, channel)
         check_sku(sku)
