@@ -50,3 +50,8 @@ def changes_key(channel: str) -> str:
 
 
 CHANGES_RETENTION_MS: Final = 26 * 3_600_000  # the contract asks for at least 24 hours
+
+
+def consumers_key(group_id: str) -> str:
+    """Hash instance -> ConsumerSnapshot JSON of every live consumer of the group."""
+    return f"{PREFIX}:consumers:{group_id}"

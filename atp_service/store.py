@@ -141,6 +141,13 @@ class RedisStore:
         )
         return _conflicts(changes, self._write(keys=key_list, args=args))
 
+    def put_snapshot(self, instance: str, payload: bytes, ttl_s: int = 30) -> None:
+        key = keys.consumers_key(self.group_id)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(key, instance, payload)
+        pipe.expire(key, ttl_s)
+        pipe.execute()
+
     def offsets(self) -> dict[str, int]:
         raw: dict[bytes, bytes] = self.client.hgetall(keys.offsets_key(self.group_id))  # type: ignore[assignment]
         return {k.decode(): int(v) for k, v in raw.items()}

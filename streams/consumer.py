@@ -15,6 +15,8 @@ Crash points and what happens on restart:
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from collections import defaultdict
@@ -35,6 +37,7 @@ from streams.fold import fold
 from streams.kafka import Outgoing, ReliableProducer
 from streams.ledger import Ledger, LedgerRow
 from streams.projector import Projector
+from streams.snapshot import SnapshotBook, encode_snapshot
 from streams.state import to_us
 
 log = logging.getLogger(__name__)
@@ -175,6 +178,8 @@ class StreamProjector:
         self._last_sweep = 0.0
         self._last_alive = 0.0
         self._last_lag = 0.0
+        self._last_snapshot = 0.0
+        self.book = SnapshotBook(instance=f"{socket.gethostname()}:{os.getpid()}")
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -191,6 +196,7 @@ class StreamProjector:
                     self._retrying(self.sweep, stop)
                     self._last_sweep = time.monotonic()
                 self._touch_alive()
+                self._write_snapshot()
         finally:
             self.consumer.close()
 
@@ -209,6 +215,9 @@ class StreamProjector:
             kind, stamp = message.timestamp()
             if kind and stamp > 0:
                 metrics.VISIBLE_SECONDS.observe(max(0.0, visible - stamp / 1000))
+                self.book.visible(max(0.0, visible - stamp / 1000))
+        for _, reason in batch.dead_sources:
+            self.book.dead_letter(reason)
         if batch.dead_sources:
             metrics.EVENTS.labels("invalid", "dead_letter").inc(len(batch.dead_sources))
         for event in batch.events:
@@ -345,7 +354,7 @@ class StreamProjector:
 
     def _record_lag(self, offsets: dict[str, int]) -> None:
         now = time.monotonic()
-        if now - self._last_lag < 5.0:
+        if now - self._last_lag < 2.0:
             return
         self._last_lag = now
         for name, offset in offsets.items():
@@ -357,6 +366,7 @@ class StreamProjector:
             except Exception:  # lag is best effort; never stall the loop for it
                 continue
             metrics.LAG.labels(topic, partition).set(max(0, high - offset))
+            self.book.lag[f"{topic}/{partition}"] = max(0, high - offset)
 
     def _commit(self, offsets: dict[str, int]) -> None:
         if not offsets:
@@ -409,6 +419,17 @@ class StreamProjector:
             delay = min(delay * 2, 5.0)
         if paused:
             self.consumer.resume(paused)
+
+    def _write_snapshot(self) -> None:
+        if time.monotonic() - self._last_snapshot < 1.0:
+            return
+        self._last_snapshot = time.monotonic()
+        s = self.stats
+        snapshot = self.book.snapshot(s.consumed, s.applied, s.duplicates, s.dead_lettered, s.swept)
+        try:
+            self.store.put_snapshot(self.book.instance, encode_snapshot(snapshot))
+        except redis.RedisError:  # figures for people; the loop's own retries handle Redis
+            pass
 
     def _touch_alive(self) -> None:
         if self.options.alive_file and time.monotonic() - self._last_alive > 1.0:
