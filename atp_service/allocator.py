@@ -20,6 +20,8 @@ from typing import Final
 import msgspec
 
 from atp_service import keys
+from atp_service.logs import HEADER as CORRELATION_HEADER
+from atp_service.logs import correlation_id
 from atp_service.orders import (
     Held,
     OrderRequest,
@@ -62,6 +64,11 @@ class Busy(Exception):
 
 def _now_us() -> int:
     return time.time_ns() // 1000
+
+
+def _headers() -> list[tuple[str, bytes]]:
+    cid = correlation_id.get()
+    return [(CORRELATION_HEADER, cid.encode())] if cid else []
 
 
 class Allocator:
@@ -142,8 +149,11 @@ class Allocator:
                     channel=channel_of[record.result.order_id],
                     location=held.location,
                     quantity=held.quantity,
+                    correlation_id=correlation_id.get(),
                 )
-                messages.append(Outgoing(self.topic, held.sku.encode(), msgspec.json.encode(event)))
+                messages.append(
+                    Outgoing(self.topic, held.sku.encode(), msgspec.json.encode(event), _headers())
+                )
         try:
             await asyncio.to_thread(self.send, messages, PUBLISH_TIMEOUT_S)
         except ProduceFailed:
@@ -175,8 +185,10 @@ class Allocator:
                         occurred_at=from_us(now),
                         sku=h.sku,
                         reservation_id=h.reservation_id,
+                        correlation_id=correlation_id.get(),
                     )
                 ),
+                _headers(),
             )
             for h in stored.held
         ]

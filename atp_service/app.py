@@ -26,6 +26,7 @@ from atp_service.controllers.availability import AvailabilityController
 from atp_service.controllers.channels import ChannelController
 from atp_service.controllers.health import healthz, metrics, readyz
 from atp_service.controllers.safety_stock import SafetyStockController
+from atp_service.logs import correlation_id, new_correlation_id
 from atp_service.problems import EXCEPTION_HANDLERS
 from atp_service.reader import AvailabilityReader
 from atp_service.store import AsyncRedisStore
@@ -64,11 +65,16 @@ def _metrics_middleware(app: ASGIApp) -> ASGIApp:
             return
         started = time.perf_counter()
         status = 500
+        given = _header(scope, b"x-correlation-id")
+        cid = given if given and len(given) <= 128 and given.isprintable() else new_correlation_id()
+        token = correlation_id.set(cid)
 
         async def record(message: Any) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-correlation-id", cid.encode())]
             await send(message)
 
         try:
@@ -77,8 +83,16 @@ def _metrics_middleware(app: ASGIApp) -> ASGIApp:
             handler = scope.get("route_handler")
             route = _route_of(handler)
             HTTP_DURATION.labels(route, str(status)).observe(time.perf_counter() - started)
+            correlation_id.reset(token)
 
     return wrapped
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
 
 
 def _route_of(handler: Any) -> str:

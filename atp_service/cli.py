@@ -120,10 +120,10 @@ def ledger(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(
-        level=os.environ.get("ATP_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    from atp_service.logs import configure
+
+    # Logging is set up before the config file is read, so that its errors are logged too.
+    configure(os.environ.get("ATP_LOG_LEVEL", "INFO"), os.environ.get("ATP_LOG_FORMAT", "json"))
     parser = argparse.ArgumentParser(prog="atp", description="Inventory availability to promise")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("consume", help="fold the event streams into Redis").set_defaults(run=consume)

@@ -29,6 +29,8 @@ from typing import Any
 import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
+from atp_service.logs import HEADER as CORRELATION_HEADER
+from atp_service.logs import correlation_id, new_correlation_id
 from atp_service.store import RedisStore
 from streams import metrics
 from streams.changeset import build_changeset
@@ -82,6 +84,7 @@ class Source:
     partition: int
     offset: int
     raw: bytes
+    correlation: str | None = None
 
 
 @dataclass
@@ -136,13 +139,38 @@ def ledger_rows(batch: Batch, duplicates: list[AnyEvent]) -> list[LedgerRow]:
                 status=status,
                 reason=None,
                 raw=source.raw,
+                correlation_id=source.correlation,
             )
         )
     for source, reason in batch.dead_sources:
         rows.append(
-            LedgerRow(None, None, None, None, None, None, None, source.topic, source.partition, source.offset, "dead_letter", reason, source.raw)
+            LedgerRow(
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                source.topic,
+                source.partition,
+                source.offset,
+                "dead_letter",
+                reason,
+                source.raw,
+                source.correlation,
+            )
         )
     return rows
+
+
+def _correlation_header(message: Message) -> str | None:
+    headers: list[tuple[str, bytes]] = message.headers() or []  # type: ignore[assignment]
+    for key, value in headers:
+        if key == CORRELATION_HEADER and value:
+            text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+            return text[:128] if text.isprintable() else None
+    return None
 
 
 def _tag(event: AnyEvent) -> str:
@@ -243,6 +271,7 @@ class StreamProjector:
             offsets[offset_field(topic, partition)] = offset + 1
             self.stats.consumed += 1
             value = message.value() or b""
+            given = _correlation_header(message)
             try:
                 if len(value) > self.options.max_message_bytes:
                     raise InvalidEvent(
@@ -251,14 +280,23 @@ class StreamProjector:
                     )
                 event = decode(value, self.options.known_channels)
             except InvalidEvent as exc:
-                dead.append(self._dead_letter(message, exc.reason))
-                dead_sources.append((Source(topic, partition, offset, value), exc.reason))
+                cid = given or new_correlation_id()
+                dead.append(self._dead_letter(message, exc.reason, cid))
+                dead_sources.append((Source(topic, partition, offset, value, cid), exc.reason))
+                token = correlation_id.set(cid)
+                log.warning(
+                    "dead-lettered %s[%d]@%d: %s", topic, partition, offset, exc.reason,
+                    extra={"source_topic": topic, "source_partition": partition, "source_offset": offset},
+                )  # fmt: skip
+                correlation_id.reset(token)
                 continue
             events.append(event)
-            sources.append(Source(topic, partition, offset, value))
+            sources.append(Source(topic, partition, offset, value, given or event.correlation_id))
         return Batch(events, sources, dead, dead_sources, offsets)
 
-    def apply(self, events: list[AnyEvent], offsets: dict[str, int], batch: Batch | None = None) -> None:
+    def apply(
+        self, events: list[AnyEvent], offsets: dict[str, int], batch: Batch | None = None
+    ) -> None:
         """Fold the events into Redis, retrying from a fresh read if the API wrote meanwhile."""
         by_sku: dict[str, list[str]] = defaultdict(list)
         for event in events:
@@ -268,7 +306,11 @@ class StreamProjector:
             now = self.clock()
             snapshot = self.store.read(skus, by_sku)
             result = fold(
-                snapshot.states, events, seen=snapshot.seen, now_us=now, window_us=self.options.window_us
+                snapshot.states,
+                events,
+                seen=snapshot.seen,
+                now_us=now,
+                window_us=self.options.window_us,
             )
             applied_ids: dict[str, list[str]] = defaultdict(list)
             for event in result.applied:
@@ -338,8 +380,10 @@ class StreamProjector:
         for tp in partitions:
             position = stored.get(offset_field(tp.topic, tp.partition))
             if self.ledger is not None:
-                if position is None and self.ledger.partition_dir(tp.topic, tp.partition).is_dir() and any(
-                    self.ledger.partition_dir(tp.topic, tp.partition).glob("*.parquet")
+                if (
+                    position is None
+                    and self.ledger.partition_dir(tp.topic, tp.partition).is_dir()
+                    and any(self.ledger.partition_dir(tp.topic, tp.partition).glob("*.parquet"))
                 ):
                     raise LedgerAhead(
                         f"Redis has no stored offset for {tp.topic}[{tp.partition}] but the ledger "
@@ -347,7 +391,13 @@ class StreamProjector:
                     )
                 removed = self.ledger.reconcile(tp.topic, tp.partition, position)
                 if removed:
-                    log.info("ledger: removed %d file(s) of %s[%d] past offset %s (batch never reached Redis)", removed, tp.topic, tp.partition, position)
+                    log.info(
+                        "ledger: removed %d file(s) of %s[%d] past offset %s (batch never reached Redis)",
+                        removed,
+                        tp.topic,
+                        tp.partition,
+                        position,
+                    )
             tp.offset = OFFSET_BEGINNING if position is None else position
         log.info("assigned %s", [(tp.topic, tp.partition, tp.offset) for tp in partitions])
         consumer.assign(partitions)
@@ -380,15 +430,18 @@ class StreamProjector:
         except Exception as exc:  # the Redis offsets are authoritative; Kafka's can lag
             log.warning("kafka commit failed (%s); offsets are safe in Redis", exc)
 
-    def _dead_letter(self, message: Message, reason: str) -> Outgoing:
+    def _dead_letter(self, message: Message, reason: str, cid: str) -> Outgoing:
         topic, partition, offset = _position(message)
         headers = [
+            (CORRELATION_HEADER, cid.encode()),
             ("atp-error", reason.encode("utf-8", "replace")[:2000]),
             ("atp-source-topic", topic.encode()),
             ("atp-source-partition", str(partition).encode()),
             ("atp-source-offset", str(offset).encode()),
         ]
-        return Outgoing(self.options.dead_letter_topic, message.key(), message.value() or b"", headers)
+        return Outgoing(
+            self.options.dead_letter_topic, message.key(), message.value() or b"", headers
+        )
 
     def _retrying(self, step: Callable[[], Any], stop: threading.Event) -> None:
         """Run a step until it succeeds: Redis or broker outages delay, never lose."""

@@ -24,6 +24,8 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     event_id: Id
     occurred_at: datetime
     sku: Sku
+    # Not in the contract's examples; carried through to logs and the ledger when given.
+    correlation_id: Annotated[str, msgspec.Meta(max_length=128)] | None = None
 
 
 class BinMovement(Event, tag="bin_movement", frozen=True):

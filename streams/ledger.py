@@ -40,6 +40,7 @@ SCHEMA: Final = pa.schema(
         ("status", pa.string()),  # applied | applied_by_api | duplicate | dead_letter
         ("reason", pa.string()),
         ("raw", pa.binary()),
+        ("correlation_id", pa.string()),
     ]
 )
 _FILE = re.compile(r"^(\d{20})-(\d{20})\.parquet$")
@@ -60,6 +61,7 @@ class LedgerRow:
     status: str
     reason: str | None
     raw: bytes
+    correlation_id: str | None = None
 
 
 def _safe(name: str) -> str:
@@ -103,6 +105,7 @@ class Ledger:
                     "status": [r.status for r in group],
                     "reason": [r.reason for r in group],
                     "raw": [r.raw for r in group],
+                    "correlation_id": [r.correlation_id for r in group],
                 },
                 schema=SCHEMA,
             )
