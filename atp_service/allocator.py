@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 import msgspec
+from prometheus_client import Counter
 
 from atp_service import keys
 from atp_service.logs import HEADER as CORRELATION_HEADER
@@ -43,6 +44,10 @@ from streams.projector import Projector
 from streams.state import SkuState, from_us
 
 MAX_ATTEMPTS: Final = 50
+ALLOCATED_UNITS: Final = Counter(
+    "atp_allocation_units_total", "Units requested by allocations, by outcome", ["outcome"]
+)
+RELEASED_ORDERS: Final = Counter("atp_released_orders_total", "Orders released over the API")
 PUBLISH_TIMEOUT_S: Final = 5.0
 
 
@@ -132,6 +137,10 @@ class Allocator:
             await self._publish_or_undo(records, now)
             for i, record in zip(fresh, records, strict=True):
                 answers[i] = (record.result, True)
+                for line in record.result.lines:
+                    ALLOCATED_UNITS.labels("allocated").inc(sum(a.quantity for a in line.allocations))
+                    ALLOCATED_UNITS.labels("backordered").inc(line.backordered)
+                    ALLOCATED_UNITS.labels("unfilled").inc(line.unfilled)
             return [a for a in answers if a is not None]
         raise Busy("too many concurrent changes to the same skus")
 
@@ -170,6 +179,7 @@ class Allocator:
             stored, result=msgspec.structs.replace(stored.result, status="released")
         )
         if stored.result.status != "released":
+            RELEASED_ORDERS.inc()
             await self._release_held(
                 stored.held, puts=[(keys.order_key(order_id), "set", encode_stored(released))]
             )

@@ -114,3 +114,19 @@ def test_redis_down_is_503_problem_json_never_500(tmp_path: Path) -> None:
             assert reply.headers["content-type"].startswith("application/problem+json")
             assert "Traceback" not in reply.text
             assert reply.headers["retry-after"]
+
+
+def test_correlation_id_is_echoed_or_generated(client: TestClient[Any]) -> None:
+    given = client.get("/healthz", headers={"X-Correlation-Id": "req-42"})
+    assert given.headers["x-correlation-id"] == "req-42"
+    made = client.get("/healthz").headers["x-correlation-id"]
+    assert len(made) == 32 and made != client.get("/healthz").headers["x-correlation-id"]
+
+
+def test_oversized_body_is_413_problem_json(redis_url: str) -> None:
+    text = config_text(redis_url) + "\n[api]\nmax_body_bytes = 2000\n"
+    with TestClient(create_app(parse_config(text))) as small:
+        body = {"skus": [f"SKU-{i:06d}" for i in range(400)]}
+        reply = small.post("/v1/availability/web/query", json=body, headers={"Authorization": f"Bearer {READ_KEY}"})
+        assert reply.status_code == 413
+        assert reply.headers["content-type"].startswith("application/problem+json")
