@@ -26,6 +26,7 @@ from atp_service.controllers.availability import AvailabilityController
 from atp_service.controllers.channels import ChannelController
 from atp_service.controllers.health import healthz, metrics, readyz
 from atp_service.controllers.safety_stock import SafetyStockController
+from atp_service.controllers.ui import UiController
 from atp_service.logs import correlation_id, new_correlation_id
 from atp_service.problems import EXCEPTION_HANDLERS
 from atp_service.reader import AvailabilityReader
@@ -162,6 +163,7 @@ def create_app(settings: Settings) -> Litestar:
             ChannelController,
             AllocationController,
             SafetyStockController,
+            UiController,
             healthz,
             readyz,
             metrics,

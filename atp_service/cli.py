@@ -119,6 +119,14 @@ def ledger(args: argparse.Namespace) -> int:
     return ledger_tools.at_time(_settings(), console, args.channel, args.sku, moment)
 
 
+def report(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from atp_service.report import run_report
+
+    return run_report(_settings(), Console(width=160), sku=args.sku)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from atp_service.logs import configure
 
@@ -153,6 +161,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_at.add_argument("--sku", required=True)
     p_at.add_argument("--time", required=True, help="RFC 3339, e.g. 2026-11-27T10:00:00Z")
     p_ledger.set_defaults(run=ledger)
+    p_report = commands.add_parser("report", help="the control tower's figures in the terminal")
+    p_report.add_argument("--sku", help="also show this sku per location and channel")
+    p_report.set_defaults(run=report)
     args = parser.parse_args(argv)
     result: int = args.run(args)
     return result

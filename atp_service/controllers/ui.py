@@ -150,7 +150,8 @@ PAGE: Final = """<!doctype html>
   .card .value { font-size:24px; font-weight:600; font-variant-numeric:tabular-nums; }
   table { border-collapse:collapse; width:100%; }
   th, td { text-align:left; padding:4px 8px; border-bottom:1px solid var(--line);
-           vertical-align:top; }
+           vertical-align:top; white-space:nowrap; }
+  td.wrap { white-space:normal; overflow-wrap:anywhere; }
   th { color:var(--muted); font-weight:600; font-size:12px; }
   td.n, th.n { text-align:right; font-variant-numeric:tabular-nums; }
   .bad { color:var(--bad); font-weight:600; }
@@ -166,7 +167,8 @@ PAGE: Final = """<!doctype html>
                         border:0; border-radius:4px; cursor:pointer; }
   #status { font-size:12px; }
   #status.error { color:#ffd7d2; font-weight:600; }
-  .sub { display:grid; gap:12px; grid-template-columns:repeat(auto-fit, minmax(320px, 1fr)); }
+  .sub { display:grid; gap:12px 24px; grid-template-columns:repeat(auto-fit, minmax(520px, 1fr)); }
+  .sub > div { min-width:0; overflow-x:auto; }
   h3 { font-size:13px; margin:6px 0; }
 </style>
 </head>
@@ -313,7 +315,7 @@ function renderSummary(s) {
     el("td", {}, p.partition), cell("lag", p.lag))),
     s.lag_total === null ? "no consumer reports" : "no partitions assigned", 2);
   fill("dead-letters", s.dead_letters_by_reason.map((d) => el("tr", {},
-    el("td", { "data-field": "reason" }, d.reason), cell("count", d.count))), "none", 2);
+    el("td", { "data-field": "reason", class: "wrap" }, d.reason), cell("count", d.count))), "none", 2);
   fill("reservations", s.oldest_open_reservations.map((r) => el("tr", { "data-reservation": r.reservation_id },
     el("td", {}, r.reservation_id), skuLinks([r.sku]), el("td", {}, r.channel),
     el("td", {}, r.location), cell("quantity", r.quantity),

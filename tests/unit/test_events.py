@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from atp_service.config import Settings
 from streams.events import (
     BinCount,
     BinMovement,
@@ -18,6 +19,7 @@ from streams.events import (
     decode,
     encode,
 )
+from tests.reference import ReferenceModel
 
 CHANNELS = frozenset({"web", "marketplace"})
 
@@ -211,3 +213,25 @@ def test_a_reason_fits_in_a_header() -> None:
     with pytest.raises(InvalidEvent) as caught:
         decode(b"\xff\xfe not utf-8", CHANNELS)
     caught.value.reason.encode("utf-8")
+
+
+# -- the reference model (tests/reference.py) judges validity the same way ----------------
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [pytest.param(p, id=k) for k, p in EXAMPLES.items()]
+    + [pytest.param(p.values[0], id=p.id) for p in ACCEPTED]
+    + [pytest.param(p.values[0], id=p.id) for p in REJECTED],
+)
+def test_the_reference_model_accepts_and_rejects_the_same_events(
+    test_settings: Settings, payload: bytes
+) -> None:
+    model = ReferenceModel(test_settings)
+    try:
+        decode(payload, CHANNELS)
+        accepted = True
+    except InvalidEvent:
+        accepted = False
+    outcome = model.apply(payload)
+    assert outcome == ("applied" if accepted else "rejected"), model.rejected
