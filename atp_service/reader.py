@@ -76,6 +76,15 @@ class AvailabilityReader:
 
     # -- reads ------------------------------------------------------------------------
 
+    def cached(self, channel: str, sku: str) -> bytes | None:
+        """The cached document if the cache may be used now, else None (no I/O)."""
+        if not self.cache_usable:
+            return None
+        document = self._cache.get((channel, sku))
+        if document is not None:
+            self.hits += 1
+        return document
+
     async def one(self, channel: str, sku: str) -> bytes:
         if self.cache_usable:
             cached = self._cache.get((channel, sku))
