@@ -7,6 +7,7 @@ because the API reserved stock meanwhile. The caller then re-reads and re-folds.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -19,6 +20,7 @@ from atp_service import keys
 from streams.changeset import ChangeSet
 from streams.state import SkuState, load_state
 
+TRIM_EVERY: Final = 16
 WRITE_SCRIPT: Final = resources.files("atp_service").joinpath("write.lua").read_text()
 
 # Delete an outbox entry only if it still holds what was published; a newer value written
@@ -77,6 +79,9 @@ def script_arguments(
             args += [name, doc]
         args.append(len(write.seen))
         args += write.seen
+        # Trimming the dedupe marks is O(log n) but not free; doing it on about one write in
+        # TRIM_EVERY keeps every set within the window plus a few writes' worth of marks.
+        args.append("1" if write.seen and random.random() < 1 / TRIM_EVERY else "0")
     return key_list, args
 
 

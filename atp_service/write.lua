@@ -9,7 +9,8 @@
 --       then n_offsets, then n_offsets (field, next_offset) pairs,
 --       then n_outbox, then n_outbox (field, value) pairs,
 --       then per sku: expected version ('' = unchecked), state, due ms ('' = none),
---                     n_fields, (field, value) pairs, n_seen, event_ids
+--                     n_fields, (field, value) pairs, n_seen, event_ids,
+--                     trim ('1': drop dedupe marks older than the cutoff now)
 -- Returns: {} when applied, else the 1-based indexes of skus whose version moved, or the
 -- negated 1-based index of an 'nx' put whose key exists.
 local n = tonumber(ARGV[1])
@@ -51,7 +52,7 @@ for s = 1, n do
   local n_fields = tonumber(ARGV[i + 3])
   local j = i + 4 + 2 * n_fields
   local n_seen = tonumber(ARGV[j])
-  i = j + 1 + n_seen
+  i = j + 2 + n_seen
 end
 if #conflicts > 0 then
   return conflicts
@@ -91,7 +92,7 @@ for s = 1, n do
   if #batch > 0 then
     redis.call('ZADD', seen, unpack(batch))
   end
-  if n_seen > 0 then
+  if n_seen > 0 and ARGV[j + n_seen + 1] == '1' then
     redis.call('ZREMRANGEBYSCORE', seen, '-inf', '(' .. cutoff)
   end
 end
@@ -111,14 +112,17 @@ for p = 1, n_puts do
   redis.call('SET', KEYS[3 + p], ARGV[puts_at + 2 * (p - 1) + 1])
 end
 
--- Changes feed: one stream per channel, trimmed by age (entry ids are milliseconds).
+-- Changes feed: one stream per channel, trimmed by age (entry ids are milliseconds). One
+-- entry per write holds all its skus, newline-separated.
 local at = streams_at
 for t = 1, n_streams do
   local min_id = ARGV[at]
   local count = tonumber(ARGV[at + 1])
+  local skus_here = {}
   for e = 1, count do
-    redis.call('XADD', KEYS[3 + n_puts + t], 'MINID', '~', min_id, '*', 's', ARGV[at + 1 + e])
+    skus_here[e] = ARGV[at + 1 + e]
   end
+  redis.call('XADD', KEYS[3 + n_puts + t], 'MINID', '~', min_id, '*', 's', table.concat(skus_here, '\n'))
   at = at + 2 + count
 end
 

@@ -207,6 +207,7 @@ class StreamProjector:
         self._last_alive = 0.0
         self._last_lag = 0.0
         self._last_snapshot = 0.0
+        self._pending_outbox: dict[str, bytes] = {}
         self.book = SnapshotBook(instance=f"{socket.gethostname()}:{os.getpid()}")
 
     # -- the loop ---------------------------------------------------------------------
@@ -324,6 +325,7 @@ class StreamProjector:
                 self.ledger.append(ledger_rows(batch, result.duplicates), applied_at_us=now)
             conflicts = self.store.write(changes, now // 1000)
             if not conflicts:
+                self._pending_outbox.update(changes.outbox)
                 break
             self.stats.conflicts += 1
             metrics.CONFLICTS.inc()
@@ -349,10 +351,18 @@ class StreamProjector:
             if not self.store.write(changes, now // 1000):
                 self.stats.swept += len(due)
                 metrics.SWEPT.inc(len(due))
-        self.publish_outbox()
+                self._pending_outbox.update(changes.outbox)
+        self.publish_outbox(from_redis=True)
 
-    def publish_outbox(self) -> None:
-        pending = self.store.outbox(limit=5000)
+    def publish_outbox(self, from_redis: bool = False) -> None:
+        """Publish the availability events waiting in the outbox, then remove them from it.
+
+        After a batch, what this process just wrote is published from memory; the sweep
+        also reads the Redis outbox, which holds anything a crashed instance or the API left.
+        """
+        pending = dict(self._pending_outbox)
+        if from_redis:
+            pending.update(self.store.outbox(limit=5000))
         if not pending:
             return
         messages = []
@@ -361,6 +371,8 @@ class StreamProjector:
             messages.append(Outgoing(self.options.availability_topic, sku.encode(), value))
         self.producer.send_all(messages)
         self.store.ack_outbox(pending)
+        for name in pending:
+            self._pending_outbox.pop(name, None)
         self.stats.published += len(messages)
         metrics.PUBLISHED.inc(len(messages))
 

@@ -45,20 +45,22 @@ class _Value(msgspec.Struct):
 _value_decoder: Final = msgspec.json.Decoder(_Value)
 
 
-def _decode_cursor(cursor: str | None) -> str:
+def _decode_cursor(cursor: str | None) -> tuple[str, int] | None:
+    """(stream entry id, skus of that entry already returned); None: from the start."""
     if not cursor:
-        return "-"
+        return None
     try:
         raw = base64.urlsafe_b64decode(cursor.encode() + b"=" * (-len(cursor) % 4)).decode()
     except (ValueError, UnicodeDecodeError):
         raise ValidationException(detail="cursor: not a cursor this service issued") from None
-    if not _STREAM_ID.match(raw):
+    entry, _, done = raw.partition("/")
+    if not _STREAM_ID.match(entry) or not done.isdigit() or len(done) > 9:
         raise ValidationException(detail="cursor: not a cursor this service issued")
-    return "(" + raw
+    return entry, int(done)
 
 
-def _encode_cursor(stream_id: str) -> str:
-    return base64.urlsafe_b64encode(stream_id.encode()).decode().rstrip("=")
+def _encode_cursor(entry: str, done: int) -> str:
+    return base64.urlsafe_b64encode(f"{entry}/{done}".encode()).decode().rstrip("=")
 
 
 class AvailabilityController(Controller):
@@ -93,20 +95,34 @@ class AvailabilityController(Controller):
         limit: Annotated[int, Parameter(ge=1, le=1000)] = 500,
     ) -> ChangesPage:
         known_channel(settings, channel)
-        start = _decode_cursor(cursor)
+        position = _decode_cursor(cursor)
+        # Each stream entry lists the skus of one write; the cursor is (entry, how many of
+        # its skus were returned), so a page can end inside an entry.
         entries: list[tuple[bytes, dict[bytes, bytes]]] = await redis_client.xrange(  # type: ignore[assignment]
-            changes_key(channel), min=start, max="+", count=limit
+            changes_key(channel), min=position[0] if position else "-", max="+", count=limit
         )
-        if not entries:
-            return ChangesPage(items=[], next_cursor=cursor or _encode_cursor("0-0"))
-        skus = list(dict.fromkeys(fields[b"s"].decode() for _, fields in entries))
+        picked: dict[str, None] = {}
+        last = position
+        for entry_id, fields in entries:
+            entry = entry_id.decode()
+            listed = fields[b"s"].decode().split("\n")
+            first = position[1] if position and entry == position[0] else 0
+            for index in range(first, len(listed)):
+                if len(picked) >= limit:
+                    break
+                picked.setdefault(listed[index], None)
+                last = (entry, index + 1)
+            if len(picked) >= limit:
+                break
+        if not picked or last is None:
+            return ChangesPage(items=[], next_cursor=cursor or _encode_cursor("0-0", 0))
         # Straight from Redis: a value older than the change entry just read would never be
         # corrected for the sync client (the sku is not listed again unless it changes).
-        documents = await reader.many(channel, skus, fresh=True)
+        documents = await reader.many(channel, list(picked), fresh=True)
         items = [_value_decoder.decode(doc) for doc in documents]
         return ChangesPage(
             items=[ChangeItem(v.sku, v.available_to_sell, v.as_of) for v in items],
-            next_cursor=_encode_cursor(entries[-1][0].decode()),
+            next_cursor=_encode_cursor(*last),
         )
 
     @post(
