@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
 import msgspec
@@ -81,7 +81,7 @@ class Allocator:
         self,
         store: AsyncRedisStore,
         projector: Projector,
-        send: Callable[[Sequence[Outgoing], float], None],
+        send: Callable[[Sequence[Outgoing], float], Awaitable[None] | None],
         reservations_topic: str,
         clock: Callable[[], int] = _now_us,
     ) -> None:
@@ -90,6 +90,13 @@ class Allocator:
         self.send = send
         self.topic = reservations_topic
         self.clock = clock
+
+    async def _send(self, messages: list[Outgoing]) -> None:
+        # An async sender awaits its own acknowledgements; a blocking one runs in a thread.
+        if asyncio.iscoroutinefunction(self.send):
+            await self.send(messages, PUBLISH_TIMEOUT_S)
+        else:
+            await asyncio.to_thread(self.send, messages, PUBLISH_TIMEOUT_S)
 
     async def stored(self, order_ids: Sequence[str]) -> list[StoredOrder | None]:
         if not order_ids:
@@ -164,7 +171,7 @@ class Allocator:
                     Outgoing(self.topic, held.sku.encode(), msgspec.json.encode(event), _headers())
                 )
         try:
-            await asyncio.to_thread(self.send, messages, PUBLISH_TIMEOUT_S)
+            await self._send(messages)
         except ProduceFailed:
             held_all = [h for r in records for h in r.held]
             await self._release_held(held_all, extra_deletes=[keys.order_key(r.result.order_id) for r in records])
@@ -203,7 +210,7 @@ class Allocator:
             for h in stored.held
         ]
         try:
-            await asyncio.to_thread(self.send, messages, PUBLISH_TIMEOUT_S)
+            await self._send(messages)
         except ProduceFailed:
             raise PublishFailed("released, but the broker did not acknowledge the events") from None
         return released.result

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import redis.asyncio as aredis
-from confluent_kafka import Producer
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ASGIApp, Receive, Scope, Send
-from prometheus_client import Counter, Histogram
+from prometheus_client import Histogram
 
 from allocation.network import Network
 from atp_service.allocator import Allocator
@@ -32,7 +31,7 @@ from atp_service.logs import correlation_id, new_correlation_id
 from atp_service.problems import EXCEPTION_HANDLERS
 from atp_service.reader import AvailabilityReader
 from atp_service.store import AsyncRedisStore
-from streams.kafka import Outgoing, ReliableProducer, api_producer_config
+from streams.kafka import AsyncPublisher, api_producer_config
 from streams.projector import Projector
 from streams.state import US_PER_DAY
 
@@ -42,7 +41,6 @@ HTTP_DURATION = Histogram(
     ["route", "status"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 )
-CACHE_READS = Counter("atp_read_cache_total", "Single and bulk reads by cache outcome", ["outcome"])
 
 
 def projector_for(settings: Settings) -> Projector:
@@ -180,19 +178,13 @@ def create_app(settings: Settings) -> Litestar:
             client, app.state.projector, settings.api.cache_staleness_ms / 1000
         )
         # Connected on the first allocation: a read-only deployment never dials the broker.
-        producers: list[ReliableProducer] = []
-
-        def send(messages: Sequence[Outgoing], timeout: float) -> None:
-            if not producers:
-                producers.append(ReliableProducer(Producer(api_producer_config(settings.kafka.bootstrap))))
-            producers[0].send_all(messages, timeout_s=timeout)
-
+        publisher = AsyncPublisher(api_producer_config(settings.kafka.bootstrap))
         app.state.redis = client
         app.state.reader = reader
         app.state.allocator = Allocator(
             AsyncRedisStore(client, settings.kafka.group_id, int(settings.consumer.dedupe_window_days * US_PER_DAY // 1000)),
             app.state.projector,
-            send,
+            publisher.send_all,
             settings.topics.reservations,
         )
         await reader.start()
@@ -201,8 +193,7 @@ def create_app(settings: Settings) -> Litestar:
         finally:
             await reader.stop()
             await client.aclose()
-            for sender in producers:
-                sender.producer.flush(5)
+            publisher.close()
 
     def provide_settings() -> Settings:
         return settings

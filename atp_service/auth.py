@@ -39,7 +39,8 @@ class KeyRing:
 def require(scope: str):  # type: ignore[no-untyped-def]
     """A Litestar guard: 401 without a known key, 403 when the key lacks ``scope``."""
 
-    def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:  # type: ignore[type-arg]
+    # Async on purpose: Litestar runs a sync guard in a worker thread on every request.
+    async def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:  # type: ignore[type-arg]
         ring: KeyRing = connection.app.state.keyring
         found = ring.scopes_for(connection.headers.get("authorization"))
         if found is None:

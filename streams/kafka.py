@@ -6,7 +6,9 @@ environment.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,6 +35,9 @@ def consumer_config(bootstrap: str, group_id: str, session_timeout_ms: int) -> d
         "max.partition.fetch.bytes": MAX_MESSAGE_BYTES,
         "reconnect.backoff.max.ms": 2000,
         "isolation.level": "read_committed",
+        # Brokers (Tansu at least) hold a fetch up to 500 ms by default waiting for data;
+        # freshness is the product, so ask for what is there after 10 ms.
+        "fetch.wait.max.ms": 10,
     }
 
 
@@ -130,3 +135,73 @@ def _reporter(
 
 class ProduceFailed(Exception):
     """Messages could not be delivered; nothing after them may be committed."""
+
+
+class AsyncPublisher:
+    """Publish from asyncio and await exactly one's own acknowledgements.
+
+    A shared producer's ``flush()`` waits for every outstanding message, so concurrent
+    requests would queue behind each other; here each message has its own future, resolved
+    from the delivery callback run by a polling thread. librdkafka retries (idempotently)
+    until ``message.timeout.ms``; a message still failing then fails the call.
+    """
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.producer: Producer | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def _ensure(self) -> Producer:
+        with self._lock:
+            if self.producer is None:
+                self.producer = Producer(self.config)
+                self._thread = threading.Thread(target=self._poll, name="atp-publisher", daemon=True)
+                self._thread.start()
+            return self.producer
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            assert self.producer is not None
+            self.producer.poll(0.05)
+
+    async def send_all(self, messages: Sequence[Outgoing], timeout_s: float) -> None:
+        producer = self._ensure()
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[KafkaError | None]] = []
+        for item in messages:
+            future: asyncio.Future[KafkaError | None] = loop.create_future()
+
+            def delivered(err: KafkaError | None, _msg: Message, future: asyncio.Future[KafkaError | None] = future) -> None:
+                loop.call_soon_threadsafe(_settle, future, err)
+
+            while True:
+                try:
+                    producer.produce(
+                        item.topic, value=item.value, key=item.key,
+                        headers=list(item.headers) or None, on_delivery=delivered,
+                    )  # fmt: skip
+                    break
+                except BufferError:
+                    await asyncio.sleep(0.005)
+            futures.append(future)
+        try:
+            errors = await asyncio.wait_for(asyncio.gather(*futures), timeout_s)
+        except TimeoutError:
+            raise ProduceFailed("the broker did not acknowledge in time") from None
+        failed = [e for e in errors if e is not None]
+        if failed:
+            raise ProduceFailed(f"the broker refused {len(failed)} message(s): {failed[0]}")
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(2)
+        if self.producer is not None:
+            self.producer.flush(timeout_s)
+
+
+def _settle(future: asyncio.Future[KafkaError | None], err: KafkaError | None) -> None:
+    if not future.done():
+        future.set_result(err)

@@ -1,0 +1,874 @@
+"""Shared benchmark plumbing: services, wrk, the result table, versions, JSON and PNG.
+
+Every benchmark starts its own redis-server, broker and servers as processes on free
+loopback ports (never 6379), through ``atp_service.services``, and stops every one of them
+in a ``finally``. Figures are the median of at least three runs, printed with min and max
+beside the baseline measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from hashlib import sha256
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+
+from atp_service.config import Settings, parse_config
+from atp_service.services import (
+    Service,
+    create_topics,
+    free_port,
+    start_broker,
+    start_redis,
+    wait_until,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results"
+SIZES = ("small", "full")
+API_KEY = "bench-read-key"
+WORKERS = 2
+
+# 8 locations, 5 channels (priority order), as the issue's fold target asks.
+LOCATIONS = tuple(f"DC-{i:02d}" for i in range(1, 9))
+CHANNELS: tuple[tuple[str, int, tuple[str, ...], int, int], ...] = (
+    # name, priority, locations, safety_stock, inbound_horizon_days
+    ("web", 1, LOCATIONS[:4], 0, 14),
+    ("b2b", 2, LOCATIONS, 2, 21),
+    ("marketplace", 3, LOCATIONS[:2], 5, 0),
+    ("store_pickup", 4, LOCATIONS[4:], 1, 7),
+    ("wholesale", 5, LOCATIONS[2:6], 10, 30),
+)
+
+
+# -- command line ---------------------------------------------------------------------
+
+
+def parse_args(description: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--size", choices=SIZES, default="small", help="small (quick) or full")
+    parser.add_argument("--runs", type=int, default=3, help="repetitions (median, min, max); >= 3")
+    args = parser.parse_args(argv)
+    args.runs = max(3, args.runs)
+    return args
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so every ``finally`` stops what it started."""
+
+    def handler(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+# -- configuration --------------------------------------------------------------------
+
+
+def bench_config(
+    redis_url: str,
+    bootstrap: str = "127.0.0.1:1",
+    *,
+    ledger_dir: str | Path,
+    prefix: str = "bench",
+    group_id: str = "atp-bench",
+    extra: str = "",
+) -> str:
+    """The benchmarks' config: 5 channels over 8 locations, one all-scopes API key.
+
+    ``ledger_dir`` must be a directory of the benchmark's own (never the repository's ./var).
+    """
+    ledger = Path(ledger_dir).resolve()
+    channels = "".join(
+        f"""
+[[channels]]
+name = "{name}"
+priority = {priority}
+locations = {json.dumps(list(locations))}
+safety_stock = {safety}
+inbound_horizon_days = {horizon}
+"""
+        for name, priority, locations, safety, horizon in CHANNELS
+    )
+    return f"""
+[redis]
+url = "{redis_url}"
+
+[kafka]
+bootstrap = "{bootstrap}"
+group_id = "{group_id}"
+
+[ledger]
+dir = "{ledger}"
+
+[topics]
+movements = "{prefix}.movements"
+reservations = "{prefix}.reservations"
+inbound = "{prefix}.inbound"
+dead_letter = "{prefix}.dead-letter"
+availability = "{prefix}.availability"
+
+[statuses]
+sellable = ["available"]
+{channels}
+[[api_keys]]
+name = "bench"
+sha256 = "{sha256(API_KEY.encode()).hexdigest()}"
+scopes = ["availability:read", "allocations:write", "admin"]
+{extra}
+"""
+
+
+def channel_locations() -> list[tuple[str, tuple[str, ...]]]:
+    return [(name, locations) for name, _, locations, _, _ in CHANNELS]
+
+
+# -- processes --------------------------------------------------------------------------
+
+
+@dataclass
+class Proc:
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    port: int | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+
+class Bench:
+    """One benchmark's world: a temp dir, the services and processes it started.
+
+    Use as a context manager; leaving it stops every process (children first, then the
+    broker and Redis) even on errors or SIGTERM.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"atp-bench-{name}-"))
+        self.services: list[Service] = []
+        self.procs: list[Proc] = []
+        self.redis_port: int | None = None
+        self.broker_port: int | None = None
+        self.config_path: Path | None = None
+        self.settings: Settings | None = None
+        self._failed = False
+
+    def __enter__(self) -> Bench:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._failed = exc_type is not None
+        self.close()
+
+    # services
+    def start_redis(self) -> str:
+        service = start_redis(self.tmp / "redis")
+        self.services.append(service)
+        self.redis_port = service.port
+        return f"redis://127.0.0.1:{service.port}/0"
+
+    def start_broker(self) -> str:
+        service = start_broker(log_file=self.tmp / "broker.log")
+        self.services.append(service)
+        self.broker_port = service.port
+        return f"127.0.0.1:{service.port}"
+
+    def redis(self) -> redis.Redis:
+        assert self.redis_port is not None
+        return redis.Redis(port=self.redis_port, socket_timeout=60)
+
+    def write_config(self, text: str, create: bool = False, partitions: int = 4) -> Settings:
+        self.config_path = self.tmp / "atp.toml"
+        self.config_path.write_text(text)
+        self.settings = parse_config(text)
+        if create:
+            t = self.settings.topics
+            create_topics(
+                self.settings.kafka.bootstrap,
+                [t.movements, t.reservations, t.inbound, t.dead_letter, t.availability],
+                partitions=partitions,
+            )
+        return self.settings
+
+    @property
+    def env(self) -> dict[str, str]:
+        assert self.config_path is not None
+        path = os.environ.get("PYTHONPATH", "")
+        return {
+            **os.environ,
+            "ATP_CONFIG": str(self.config_path),
+            "ATP_LOG_LEVEL": os.environ.get("ATP_BENCH_LOG_LEVEL", "WARNING"),
+            "PYTHONPATH": f"{ROOT}{os.pathsep}{path}" if path else str(ROOT),
+        }
+
+    def spawn(self, name: str, argv: Sequence[str], port: int | None = None) -> Proc:
+        log = self.tmp / f"{name}.log"
+        out = open(log, "ab")  # noqa: SIM115 - closed by the child's exit
+        process = subprocess.Popen(
+            list(argv), env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: workers can be stopped with it
+        )  # fmt: skip
+        out.close()
+        proc = Proc(name, process, log, port)
+        self.procs.append(proc)
+        return proc
+
+    def start_api(self, workers: int = WORKERS) -> Proc:
+        """`atp serve --workers N` (granian), the production command."""
+        port = free_port()
+        proc = self.spawn(
+            f"api-{port}",
+            [sys.executable, "-m", "atp_service.cli", "serve", "--port", str(port), "--workers", str(workers)],
+            port,
+        )
+        self._wait_http(proc, "/readyz")
+        return proc
+
+    def start_server(self, target: str, workers: int = WORKERS) -> Proc:
+        """Another ASGI app factory under exactly the server settings `atp serve` uses."""
+        port = free_port()
+        name = target.rsplit(":", 1)[-1]
+        proc = self.spawn(
+            f"{name}-{port}",
+            [sys.executable, "-m", "benchmarks.serve", target, "--port", str(port), "--workers", str(workers)],
+            port,
+        )
+        self._wait_http(proc, "/healthz")
+        return proc
+
+    def start_consumer(self) -> Proc:
+        return self.spawn("consumer", [sys.executable, "-m", "atp_service.cli", "consume"])
+
+    def _wait_http(self, proc: Proc, path: str) -> None:
+        url = f"http://127.0.0.1:{proc.port}{path}"
+
+        def ready() -> bool:
+            if not proc.alive:
+                raise RuntimeError(f"{proc.name} exited:\n{proc.log.read_text(errors='replace')[-3000:]}")
+            return httpx.get(url, timeout=1).status_code == 200
+
+        try:
+            wait_until(ready, 60, proc.name, pause=0.1)
+        except TimeoutError:
+            raise RuntimeError(
+                f"{proc.name} not ready:\n{proc.log.read_text(errors='replace')[-3000:]}"
+            ) from None
+
+    def stop(self, proc: Proc) -> None:
+        process = proc.process
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+        # Anything left in its process group (e.g. a granian worker) goes too.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time (user + system) so far of every process started here (a process group
+        counts whole, e.g. granian's workers) and of this process."""
+        by_group: dict[int, float] = defaultdict(float)
+        by_pid: dict[int, float] = {}
+        tick = os.sysconf("SC_CLK_TCK")
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                seconds = (int(fields[11]) + int(fields[12])) / tick
+                pid = int(stat.parent.name)
+                by_pid[pid] = seconds
+                by_group[int(fields[2])] += seconds
+        out = {p.name: by_group.get(p.process.pid, 0.0) for p in self.procs if p.alive}
+        out.update({s.name: by_pid.get(s.process.pid, 0.0) for s in self.services if s.alive})
+        own = os.times()
+        out["benchmark process"] = own.user + own.system
+        return out
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):
+            with contextlib.suppress(Exception):
+                self.stop(proc)
+        for service in reversed(self.services):
+            with contextlib.suppress(Exception):
+                service.stop()
+        left = [p.name for p in self.procs if p.alive] + [s.name for s in self.services if s.alive]
+        if left:
+            print(f"warning: still running after stop: {left}", file=sys.stderr)
+        if self._failed or os.environ.get("ATP_BENCH_KEEP"):
+            print(f"logs kept in {self.tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# -- wrk ------------------------------------------------------------------------------
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print("installing wrk (Debian package)...", flush=True)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True, env=env)
+        found = shutil.which("wrk")
+        if found:
+            return found
+    raise SystemExit(
+        "wrk (the HTTP load generator) is not installed: run `sudo apt-get install -y wrk` "
+        "(Debian/Ubuntu) or `brew install wrk`, then retry"
+    )
+
+
+@dataclass
+class WrkResult:
+    requests_per_s: float
+    latency_ms: dict[str, float]  # "50", "75", "90", "99" -> ms
+    requests: int
+    non_2xx: int
+    socket_errors: int
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+
+
+def _ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if not match:
+        raise ValueError(f"unexpected wrk latency {text!r}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def parse_wrk(output: str) -> WrkResult:
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    total = re.search(r"(\d+) requests in", output)
+    if not rps or not total:
+        raise RuntimeError(f"cannot parse wrk output:\n{output}")
+    latency = {m.group(1): _ms(m.group(2)) for m in re.finditer(r"^\s+(50|75|90|99)%\s+(\S+)", output, re.M)}
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    return WrkResult(
+        requests_per_s=float(rps.group(1)),
+        latency_ms=latency,
+        requests=int(total.group(1)),
+        non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
+        socket_errors=sum(int(g) for g in errors.groups()) if errors else 0,
+    )
+
+
+def run_wrk(
+    url: str,
+    *,
+    connections: int,
+    threads: int,
+    duration_s: float,
+    script: Path | None = None,
+    headers: Sequence[str] = (),
+) -> WrkResult:
+    argv = [ensure_wrk(), "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(duration_s))}s",
+            "--latency", "--timeout", "5s"]  # fmt: skip
+    for header in headers:
+        argv += ["-H", header]
+    if script is not None:
+        argv += ["-s", str(script)]
+    argv.append(url)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + 60, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
+    result = parse_wrk(done.stdout)
+    if result.non_2xx or result.socket_errors:
+        raise RuntimeError(
+            f"wrk saw {result.non_2xx} non-2xx responses and {result.socket_errors} socket errors "
+            f"against {url}:\n{done.stdout}"
+        )
+    return result
+
+
+def lua_get_paths(path: Path, paths: Sequence[str]) -> Path:
+    """A wrk script cycling through ``paths`` (requests pre-formatted once per thread)."""
+    table = ",\n".join(json.dumps(p) for p in paths)
+    path.write_text(
+        f"""
+local paths = {{
+{table}
+}}
+local next_id = 0
+function setup(thread)
+  thread:set("tid", next_id)
+  next_id = next_id + 1
+end
+function init(args)
+  reqs = {{}}
+  for k, p in ipairs(paths) do reqs[k] = wrk.format("GET", p) end
+  i = ((tid or 0) * 7919) % #reqs
+end
+function request()
+  i = i % #reqs + 1
+  return reqs[i]
+end
+"""
+    )
+    return path
+
+
+def lua_post(path: Path, body: bytes) -> Path:
+    """A wrk script POSTing one JSON body."""
+    path.write_text(
+        f"""
+wrk.method = "POST"
+wrk.body = {json.dumps(body.decode())}
+wrk.headers["Content-Type"] = "application/json"
+"""
+    )
+    return path
+
+
+# -- figures, table, JSON, chart ---------------------------------------------------------
+
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    if not values:
+        nan = float("nan")
+        return {"median": nan, "min": nan, "max": nan}
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+@dataclass
+class Figure:
+    """One measured figure beside its baseline.
+
+    ``targets`` are (what, op, value) with what in {"ratio", "value"}; ratio is
+    median(figure) / median(baseline).
+    """
+
+    name: str
+    unit: str
+    runs: list[float]
+    baseline: str = ""
+    baseline_runs: list[float] = field(default_factory=list)
+    targets: list[tuple[str, str, float]] = field(default_factory=list)
+    target_text: str = ""
+    informative: bool = False  # a comparison row with no target
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.runs) if self.runs else float("nan")
+
+    @property
+    def ratio(self) -> float | None:
+        if not self.baseline_runs:
+            return None
+        base = statistics.median(self.baseline_runs)
+        return self.median / base if base and self.runs else None
+
+    @property
+    def met(self) -> bool | None:
+        if not self.targets:
+            return None
+        ok = True
+        for what, op, value in self.targets:
+            x = self.ratio if what == "ratio" else self.median
+            if x is None or x != x:  # no ratio, or NaN (no samples)
+                return None
+            ok = ok and _compare(x, op, value)
+        return ok
+
+    def target(self) -> str:
+        if self.target_text:
+            return self.target_text
+        parts = [f"{'x' if w == 'ratio' else ''}{op} {fmt(v)}{'' if w == 'ratio' else ' ' + self.unit}" for w, op, v in self.targets]
+        return ", ".join(parts)
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.name, "unit": self.unit, "runs": self.runs, **summary(self.runs),
+            "baseline": self.baseline or None, "ratio": self.ratio, "target": self.target() or None,
+            "met": self.met, "informative": self.informative, "targets": self.targets,
+        }  # fmt: skip
+        if self.baseline_runs:
+            out["baseline_runs"] = self.baseline_runs
+            out["baseline_summary"] = summary(self.baseline_runs)
+        return out
+
+
+def _compare(x: float, op: str, value: float) -> bool:
+    return {"<": x < value, "<=": x <= value, ">": x > value, ">=": x >= value}[op]
+
+
+def fmt(value: float | None) -> str:
+    if value is None or value != value:
+        return "-"
+    magnitude = abs(value)
+    if magnitude >= 1000:
+        return f"{value:,.0f}"
+    if magnitude >= 100:
+        return f"{value:.0f}"
+    if magnitude >= 10:
+        return f"{value:.1f}"
+    if magnitude >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+def _spread(values: Sequence[float]) -> str:
+    if not values:
+        return "-"
+    s = summary(values)
+    if len(values) == 1:
+        return fmt(s["median"])
+    return f"{fmt(s['median'])} [{fmt(s['min'])}-{fmt(s['max'])}]"
+
+
+@dataclass
+class Report:
+    name: str
+    size: str
+    title: str
+    figures: list[Figure] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    # chart series: panel title -> line label -> {x label: y}
+    series: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    series_unit: dict[str, str] = field(default_factory=dict)
+    series_kind: dict[str, str] = field(default_factory=dict)  # "line" (default) or "bar"
+    parameters: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+    started: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    def add(self, figure: Figure) -> Figure:
+        self.figures.append(figure)
+        return figure
+
+    def table(self) -> str:
+        header = ["figure", "unit", "median [min-max]", "baseline", "baseline median [min-max]", "ratio", "target", "met"]
+        rows = [header]
+        for f in self.figures:
+            met = {True: "yes", False: "NO", None: "-" if not f.informative else "info"}[f.met]
+            rows.append([
+                f.name, f.unit, _spread(f.runs), f.baseline or "-", _spread(f.baseline_runs),
+                "-" if f.ratio is None else f"{f.ratio:.2f}x", f.target() or "-", met,
+            ])  # fmt: skip
+        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+        lines = []
+        for k, r in enumerate(rows):
+            lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+            if k == 0:
+                lines.append("  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+    def finish(self) -> Path:
+        env = environment()
+        print()
+        print(f"== {self.title} ({self.size}) ==")
+        if self.parameters:
+            print("parameters: " + ", ".join(f"{k}={v}" for k, v in self.parameters.items()))
+        print(self.table())
+        for note in self.notes:
+            print(f"note: {note}")
+        print("versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()))
+        m = env["machine"]
+        print(f"machine: {m['nproc']} cpus, {m['cpu_model']}, {m['memory_gb']} GB, {m['kernel']}; load {m['loadavg']}")
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        stem = RESULTS / f"{self.name}-{self.size}-{stamp}"
+        payload = {
+            "benchmark": self.name, "size": self.size, "title": self.title,
+            "started": self.started, "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+            "parameters": self.parameters, "figures": [f.as_json() for f in self.figures],
+            "series": self.series, "notes": self.notes, "details": self.details, **env,
+        }  # fmt: skip
+        json_path = stem.with_suffix(".json")
+        json_path.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
+        png = stem.with_suffix(".png")
+        try:
+            self.chart(png)
+            print(f"wrote {json_path.relative_to(ROOT)} and {png.relative_to(ROOT)}")
+        except ImportError:
+            print(f"wrote {json_path.relative_to(ROOT)} (no chart: `pip install matplotlib`)")
+        return json_path
+
+    def chart(self, path: Path) -> None:
+        """Series panels (latency percentiles, stage shares, ...) and one bar panel per
+        targeted figure: measured vs baseline, with min-max whiskers and the target."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        panels: list[Callable[[Any], None]] = []
+        for title, lines in self.series.items():
+            kind = self.series_kind.get(title, "line")
+            panels.append(_series_panel(title, lines, self.series_unit.get(title, ""), kind))
+        for figure in self.figures:
+            if not figure.informative:
+                panels.append(_bar_panel(figure))
+        cols = min(3, len(panels)) or 1
+        rows = -(-len(panels) // cols) or 1
+        fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False)
+        for ax, draw in zip(axes.flat, panels, strict=False):
+            draw(ax)
+        for ax in list(axes.flat)[len(panels):]:
+            ax.axis("off")
+        fig.suptitle(f"{self.title} ({self.size}) - {self.started}", fontsize=11)
+        fig.tight_layout(rect=(0, 0, 1, 0.95))
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+
+
+def _series_panel(title: str, lines: dict[str, dict[str, float]], unit: str, kind: str) -> Callable[[Any], None]:
+    def draw(ax: Any) -> None:
+        if kind == "bar":
+            labels = list(next(iter(lines.values())))
+            width = 0.8 / max(1, len(lines))
+            for k, (label, points) in enumerate(lines.items()):
+                xs = [i + k * width for i in range(len(labels))]
+                ax.bar(xs, [points.get(x, 0.0) for x in labels], width, label=label)
+            ax.set_xticks([i + width * (len(lines) - 1) / 2 for i in range(len(labels))])
+            ax.set_xticklabels(labels, fontsize=7, rotation=20)
+            ax.grid(axis="y", alpha=0.3)
+        else:
+            for label, points in lines.items():
+                ax.plot(list(points), list(points.values()), marker="o", label=label)
+            ax.grid(alpha=0.3)
+        ax.set_title(_wrap(title), fontsize=8)
+        ax.set_ylabel(unit)
+        if len(lines) > 1:
+            ax.legend(fontsize=7)
+
+    return draw
+
+
+def _bar_panel(figure: Figure) -> Callable[[Any], None]:
+    def draw(ax: Any) -> None:
+        if not figure.runs:
+            ax.set_title(_wrap(figure.name.strip()), fontsize=8)
+            ax.text(0.5, 0.5, "no samples", ha="center", va="center", transform=ax.transAxes)
+            return
+        labels = ["measured"]
+        values = [figure.runs]
+        if figure.baseline_runs:
+            labels.append(_wrap(figure.baseline, 24))
+            values.append(figure.baseline_runs)
+        meds = [statistics.median(v) for v in values]
+        low = [m - min(v) for m, v in zip(meds, values, strict=True)]
+        high = [max(v) - m for m, v in zip(meds, values, strict=True)]
+        colors = ["tab:blue", "tab:gray"]
+        ax.bar(labels, meds, yerr=[low, high], capsize=4, color=colors[: len(labels)])
+        for what, _op, value in figure.targets:
+            if what == "value":
+                ax.axhline(value, color="tab:red", linestyle="--", linewidth=1, label="target")
+                ax.legend(fontsize=7)
+        ratio = f" (x{figure.ratio:.2f})" if figure.ratio is not None else ""
+        target = f"; target {figure.target()}" if figure.targets else ""
+        ax.set_title(_wrap(figure.name.strip() + ratio + target), fontsize=8)
+        ax.set_ylabel(figure.unit)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.grid(axis="y", alpha=0.3)
+
+    return draw
+
+
+def _wrap(text: str, width: int = 48) -> str:
+    words, lines, line = text.split(), [], ""
+    for word in words:
+        if len(line) + len(word) + 1 > width and line:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    lines.append(line)
+    return "\n".join(lines)
+
+
+def _json_default(value: object) -> object:
+    if hasattr(value, "__dataclass_fields__"):
+        return asdict(value)  # type: ignore[call-overload]
+    return str(value)
+
+
+# -- versions and machine ------------------------------------------------------------------
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _command_version(argv: Sequence[str], pattern: str) -> str:
+    try:
+        done = subprocess.run(list(argv), capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "not found"
+    match = re.search(pattern, done.stdout + done.stderr)
+    return match.group(1) if match else "unknown"
+
+
+_ENV_CACHE: dict[str, Any] = {}
+
+
+def environment() -> dict[str, Any]:
+    if _ENV_CACHE:
+        return _ENV_CACHE
+    import confluent_kafka
+
+    from atp_service.services import broker_binary
+
+    try:
+        broker = _command_version([broker_binary(), "--version"], r"tansu (\S+)")
+    except Exception:
+        broker = "unknown"
+    versions = {
+        "python": platform.python_version(),
+        "numpy": _version("numpy"),
+        "msgspec": _version("msgspec"),
+        "litestar": _version("litestar"),
+        "granian": _version("granian"),
+        "confluent-kafka": _version("confluent-kafka"),
+        "librdkafka": confluent_kafka.libversion()[0],
+        "redis-py": _version("redis"),
+        "redis-server": _command_version(["redis-server", "--version"], r"v=(\S+)"),
+        "tansu": broker,
+        "wrk": _command_version(["wrk", "-v"], r"wrk (\S+)"),
+        "matplotlib": _version("matplotlib"),
+    }
+    cpu_model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    memory_gb = 0.0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory_gb = round(int(line.split()[1]) / 1024 / 1024, 1)
+    commit = "unknown"
+    with contextlib.suppress(Exception):
+        commit = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        if dirty:
+            commit += "+dirty"
+    _ENV_CACHE.update(
+        versions=versions,
+        machine={
+            "nproc": os.cpu_count(),
+            "cpu_model": cpu_model,
+            "memory_gb": memory_gb,
+            "kernel": platform.release(),
+            "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        },
+        commit=commit,
+    )
+    return _ENV_CACHE
+
+
+# -- small helpers -------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def timed(label: str) -> Iterator[None]:
+    started = time.perf_counter()
+    yield
+    print(f"  {label}: {time.perf_counter() - started:.1f}s", flush=True)
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+# -- the real fold and write, without Kafka ------------------------------------------------
+
+
+def direct_projector(settings: Settings) -> Any:
+    """The consumer's own StreamProjector, for ``apply(events, offsets)`` with no broker.
+
+    Same store, projector, fold and write script as ``atp consume``; only the Kafka consumer
+    and producer are absent (apply() uses neither).
+    """
+    from atp_service.app import projector_for
+    from atp_service.runtime import store_for
+    from streams.consumer import ConsumerOptions, StreamProjector
+    from streams.state import US_PER_DAY
+
+    t = settings.topics
+    options = ConsumerOptions(
+        topics=(t.movements, t.reservations, t.inbound),
+        dead_letter_topic=t.dead_letter,
+        availability_topic=t.availability,
+        known_channels=frozenset(c.name for c in settings.channels),
+        batch_size=settings.consumer.batch_size,
+        batch_timeout_s=settings.consumer.batch_timeout_ms / 1000,
+        sweep_interval_s=settings.consumer.sweep_interval_ms / 1000,
+        window_us=int(settings.consumer.dedupe_window_days * US_PER_DAY),
+        max_message_bytes=settings.consumer.max_message_bytes,
+    )
+    return StreamProjector(None, None, store_for(settings), projector_for(settings), options)  # type: ignore[arg-type]
+
+
+def apply_events(projector: Any, events: Sequence[Any], batch: int = 5000) -> None:
+    """Fold decoded events into Redis through the consumer's apply(), in consumer-sized batches."""
+    for start in range(0, len(events), batch):
+        projector.apply(list(events[start : start + batch]), {})
+
+
+def stored_offsets_total(client: redis.Redis, group_id: str) -> int:
+    from atp_service import keys
+
+    raw: dict[bytes, bytes] = client.hgetall(keys.offsets_key(group_id))  # type: ignore[assignment]
+    return sum(int(v) for v in raw.values())
+
+
+def produce_all(bootstrap: str, messages: Sequence[tuple[str, bytes, bytes]], linger_ms: int = 20) -> float:
+    """Produce (topic, key, value) messages; returns the seconds it took (flushed)."""
+    from confluent_kafka import Producer
+
+    producer = Producer({
+        "bootstrap.servers": bootstrap, "linger.ms": linger_ms, "enable.idempotence": True,
+        "batch.num.messages": 10000, "queue.buffering.max.messages": 1_000_000,
+        "queue.buffering.max.kbytes": 1_048_576, "compression.type": "none",
+    })  # fmt: skip
+    started = time.perf_counter()
+    for topic, key, value in messages:
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+    left = producer.flush(120)
+    if left:
+        raise RuntimeError(f"{left} messages were not delivered to the broker")
+    return time.perf_counter() - started

@@ -1,0 +1,277 @@
+"""Read benchmark: GET one sku and POST a 1000-sku query, against baselines in the same run.
+
+Servers (all `atp serve`'s granian settings, same worker count, started side by side):
+- atp: `atp serve --workers 2`, the real API (auth, read cache, stored documents);
+- constant: a constant-JSON Litestar endpoint on the same route (benchmarks/baseline_app.py);
+- redis-get: the same route doing one Redis HGET per request (no cache, no auth).
+
+wrk (its own process) cycles through every preloaded sku, so the API's cache sees each sku,
+not one hot key. Each API worker keeps its own cache, filled by its misses: the API is
+warmed until every worker has seen every sku and its rate has settled (the first, cold pass
+is reported as an informative row); the figures are the steady state. Single read: requests/s at 32 connections (-t2 -c32) and p50/p99 at 1 and
+32 connections. Bulk: POST /v1/availability/web/query with 1000 skus (-t2 -c8) in sku
+values/s per worker, against a raw pipelined HGET of the same 1000 fields from one Python
+process: MGET of the same 1000 documents stored as plain strings (and, informative, a
+pipelined HGET of the real hash fields).
+
+``python -m benchmarks.read --size small|full``
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+import msgspec
+
+from atp_service import keys
+from benchmarks.common import (
+    API_KEY,
+    WORKERS,
+    Bench,
+    Figure,
+    Report,
+    WrkResult,
+    apply_events,
+    bench_config,
+    channel_locations,
+    direct_projector,
+    ensure_wrk,
+    lua_get_paths,
+    lua_post,
+    parse_args,
+    produce_all,
+    run_wrk,
+    say,
+    stop_on_sigterm,
+    stored_offsets_total,
+    timed,
+)
+from benchmarks.workload import Workload, encoded, sku_name
+from streams.events import decode
+
+SIZES: dict[str, dict[str, Any]] = {
+    # skus preloaded, wrk seconds per measurement, warm-up seconds, preload path
+    "small": {"skus": 10_000, "duration": 3, "warmup": 2, "preload": "direct", "extra_events": 10_000},
+    "full": {"skus": 10_000, "duration": 10, "warmup": 5, "preload": "consumer", "extra_events": 50_000},
+}
+CHANNEL = "web"
+BULK = 1000
+AUTH = f"Authorization: Bearer {API_KEY}"
+
+
+def preload(bench: Bench, size: dict[str, Any], skus: list[str]) -> int:
+    """Fill Redis with the projection of a generated stream; returns the event count."""
+    settings = bench.settings
+    assert settings is not None
+    workload = Workload(skus, settings.locations, channel_locations(), seed=3)
+    items = [*workload.opening_stock(), *workload.events(size["extra_events"])]
+    if size["preload"] == "direct":
+        projector = direct_projector(settings)
+        events = [decode(msgspec.json.encode(event)) for _, _, event in items]
+        apply_events(projector, events)
+        return len(events)
+    topics = {k: getattr(settings.topics, k) for k in ("movements", "reservations", "inbound")}
+    messages = []
+    for item in items:
+        kind, key, value = encoded(item)
+        messages.append((topics[kind], key, value))
+    produce_all(settings.kafka.bootstrap, messages)
+    consumer = bench.start_consumer()
+    client = bench.redis()
+    deadline = time.monotonic() + 600
+    while stored_offsets_total(client, settings.kafka.group_id) < len(messages):
+        if not consumer.alive or time.monotonic() > deadline:
+            raise RuntimeError(f"the consumer did not catch up:\n{consumer.log.read_text()[-3000:]}")
+        time.sleep(0.2)
+    bench.stop(consumer)
+    return len(messages)
+
+
+def python_bulk(bench: Bench, skus: Sequence[str], seconds: float, mode: str) -> float:
+    """Sku values/s from one Python process: pipelined HGET of the fields, or MGET of copies."""
+    client = bench.redis()
+    field = keys.projection_field(CHANNEL)
+    names = [keys.sku_key(s) for s in skus]
+    copies = [f"bench:copy:{s}" for s in skus]
+    if mode == "mget":
+        docs = client.mget(copies)
+        assert all(docs), "string copies missing"
+    done = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        if mode == "hget":
+            pipe = client.pipeline(transaction=False)
+            for name in names:
+                pipe.hget(name, field)
+            values = pipe.execute()
+        else:
+            values = client.mget(copies)
+        done += len(values)
+    elapsed = time.perf_counter() - started
+    client.close()
+    return done / elapsed
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args("read benchmark: single-sku and bulk reads vs baselines", argv)
+    stop_on_sigterm()
+    ensure_wrk()
+    size = SIZES[args.size]
+    report = Report("read", args.size, "Read: GET one sku and POST 1000 skus")
+    report.parameters = {
+        "skus": size["skus"], "workers": WORKERS, "wrk_seconds": size["duration"],
+        "runs": args.runs, "preload": size["preload"], "channel": CHANNEL,
+    }  # fmt: skip
+    skus = [sku_name(i) for i in range(1, size["skus"] + 1)]
+    with Bench("read") as bench:
+        redis_url = bench.start_redis()
+        bootstrap = bench.start_broker() if size["preload"] == "consumer" else "127.0.0.1:1"
+        bench.write_config(bench_config(redis_url, bootstrap, ledger_dir=bench.tmp / "ledger"), create=size["preload"] == "consumer")
+        with timed(f"preload {len(skus)} skus ({size['preload']})"):
+            report.parameters["preload_events"] = preload(bench, size, skus)
+        client = bench.redis()
+        field = keys.projection_field(CHANNEL)
+        pipe = client.pipeline(transaction=False)
+        for sku in skus:
+            pipe.hget(keys.sku_key(sku), field)
+        docs = pipe.execute()
+        missing = sum(doc is None for doc in docs)
+        if missing:
+            raise RuntimeError(f"{missing} skus have no stored {CHANNEL} projection after preload")
+        client.mset({f"bench:copy:{s}": d for s, d in zip(skus, docs, strict=True)})
+
+        with timed("start servers"):
+            servers = {
+                "atp": bench.start_api(),
+                "constant": bench.start_server("benchmarks.baseline_app:constant_app"),
+                "redis-get": bench.start_server("benchmarks.baseline_app:redis_get_app"),
+            }
+        sample = skus[len(skus) // 2]
+        got = httpx.get(
+            f"http://127.0.0.1:{servers['atp'].port}/v1/availability/{CHANNEL}/{sample}",
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        )
+        if got.status_code != 200 or got.content != docs[len(skus) // 2]:
+            raise RuntimeError(f"the API does not return the stored document: {got.status_code} {got.text[:300]}")
+
+        paths = [f"/v1/availability/{CHANNEL}/{s}" for s in skus]
+        random.Random(5).shuffle(paths)
+        get_script = lua_get_paths(bench.tmp / "get.lua", paths)
+        bulk_skus = random.Random(9).sample(skus, BULK)
+        post_script = lua_post(bench.tmp / "post.lua", msgspec.json.encode({"skus": bulk_skus}))
+        reply = httpx.post(
+            f"http://127.0.0.1:{servers['atp'].port}/v1/availability/{CHANNEL}/query",
+            json={"skus": bulk_skus}, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10,
+        )  # fmt: skip
+        if reply.status_code != 200 or len(reply.json()["items"]) != BULK:
+            raise RuntimeError(f"bulk query failed: {reply.status_code} {reply.text[:300]}")
+
+        def url(name: str, path: str = "/") -> str:
+            return f"http://127.0.0.1:{servers[name].port}{path}"
+
+        duration = size["duration"]
+        with timed("warm-up"):
+            # Every API worker keeps its own cache, filled by its misses: warm until each
+            # worker has likely seen every sku (>= 4 requests per sku per worker) and the
+            # rate has settled. The first pass is the cold-cache figure.
+            warm: list[WrkResult] = []
+            while True:
+                warm.append(run_wrk(url("atp"), connections=32, threads=2, duration_s=size["warmup"],
+                                    script=get_script, headers=[AUTH]))  # fmt: skip
+                done = sum(r.requests for r in warm)
+                settled = len(warm) > 1 and warm[-1].requests_per_s < 1.1 * warm[-2].requests_per_s
+                if (done >= 4 * len(skus) * WORKERS and settled) or len(warm) >= 30:
+                    break
+            say(f"    atp warm-up: {len(warm)} passes, {done:,} requests, "
+                f"{warm[0].requests_per_s:,.0f} -> {warm[-1].requests_per_s:,.0f} req/s")  # fmt: skip
+            for name in ("constant", "redis-get"):
+                run_wrk(url(name), connections=32, threads=2, duration_s=size["warmup"], script=get_script, headers=[AUTH])
+            run_wrk(url("atp", f"/v1/availability/{CHANNEL}/query"), connections=8, threads=2,
+                    duration_s=size["warmup"], script=post_script, headers=[AUTH])  # fmt: skip
+
+        c32: dict[str, list[WrkResult]] = {n: [] for n in servers}
+        c1: dict[str, list[WrkResult]] = {n: [] for n in servers}
+        bulk: list[WrkResult] = []
+        raw_hget: list[float] = []
+        raw_mget: list[float] = []
+        order = list(servers)
+        for run in range(args.runs):
+            with timed(f"run {run + 1}/{args.runs}"):
+                # Rotate the order so no server always runs first (or after the same one).
+                for name in order[run % len(order):] + order[: run % len(order)]:
+                    c32[name].append(run_wrk(url(name), connections=32, threads=2, duration_s=duration, script=get_script, headers=[AUTH]))
+                    c1[name].append(run_wrk(url(name), connections=1, threads=1, duration_s=duration, script=get_script, headers=[AUTH]))
+                bulk.append(run_wrk(url("atp", f"/v1/availability/{CHANNEL}/query"), connections=8, threads=2,
+                                    duration_s=duration, script=post_script, headers=[AUTH]))  # fmt: skip
+                raw_hget.append(python_bulk(bench, bulk_skus, duration, "hget"))
+                raw_mget.append(python_bulk(bench, bulk_skus, duration, "mget"))
+
+    def rps(results: list[WrkResult]) -> list[float]:
+        return [r.requests_per_s for r in results]
+
+    def pct(results: list[WrkResult], p: str) -> list[float]:
+        return [r.latency_ms[p] for r in results]
+
+    add = report.add
+    add(Figure("GET one sku: requests/s @32 conns", "req/s", rps(c32["atp"]), "constant JSON endpoint",
+               rps(c32["constant"]), [("ratio", ">=", 0.8)]))  # fmt: skip
+    add(Figure("  (plain Redis GET per request) requests/s @32", "req/s", rps(c32["redis-get"]),
+               "constant JSON endpoint", rps(c32["constant"]), informative=True))  # fmt: skip
+    add(Figure("  (atp, cold caches: first pass over the skus) requests/s @32", "req/s",
+               [warm[0].requests_per_s], "constant JSON endpoint", rps(c32["constant"]), informative=True))  # fmt: skip
+    for conns, results in (("1", c1), ("32", c32)):
+        add(Figure(f"GET one sku: p50 @{conns} conn", "ms", pct(results["atp"], "50"), "constant JSON endpoint",
+                   pct(results["constant"], "50"), [("ratio", "<=", 1.3)]))  # fmt: skip
+        add(Figure(f"GET one sku: p99 @{conns} conn", "ms", pct(results["atp"], "99"), "constant JSON endpoint",
+                   pct(results["constant"], "99"), [("ratio", "<=", 2.0)]))  # fmt: skip
+    add(Figure("  (plain Redis GET per request) p99 @32", "ms", pct(c32["redis-get"], "99"),
+               "constant JSON endpoint", pct(c32["constant"], "99"), informative=True))  # fmt: skip
+    per_worker = [r.requests_per_s * BULK / WORKERS for r in bulk]
+    add(Figure("POST query 1000 skus: sku values/s per worker", "values/s", per_worker,
+               "raw MGET of the 1000 docs, 1 Python process", raw_mget,
+               [("ratio", ">=", 1 / 3), ("value", ">", 100_000)], target_text="x>= 0.33, > 100,000/s"))  # fmt: skip
+    add(Figure("  (raw pipelined HGET of the same fields)", "values/s", raw_hget,
+               "raw MGET of the 1000 docs, 1 Python process", raw_mget, informative=True))  # fmt: skip
+    add(Figure("POST query 1000 skus: p50 @8 conns", "ms", pct(bulk, "50"), informative=True))
+    add(Figure("POST query 1000 skus: p99 @8 conns", "ms", pct(bulk, "99"), informative=True))
+
+    for conns, results in (("32 connections", c32), ("1 connection", c1)):
+        title = f"GET one sku: latency percentiles, {conns} (median of runs)"
+        report.series[title] = {
+            name: {f"p{p}": statistics.median(pct(rs, p)) for p in ("50", "75", "90", "99")}
+            for name, rs in results.items()
+        }
+        report.series_unit[title] = "ms"
+    report.series["requests/s @32 connections (median of runs)"] = {
+        "req/s": {name: statistics.median(rps(rs)) for name, rs in c32.items()}
+    }
+    report.series_unit["requests/s @32 connections (median of runs)"] = "req/s"
+    report.series_kind["requests/s @32 connections (median of runs)"] = "bar"
+    report.details = {
+        "warm_up": [r.__dict__ for r in warm],
+        "wrk": {
+            "c32": {n: [r.__dict__ for r in rs] for n, rs in c32.items()},
+            "c1": {n: [r.__dict__ for r in rs] for n, rs in c1.items()},
+            "bulk": [r.__dict__ for r in bulk],
+        }
+    }
+    report.notes.append(
+        "wrk, the servers and Redis share this machine's cores; compare ratios, not absolutes."
+    )
+    report.notes.append(
+        "bulk per worker = wrk requests/s x 1000 / workers; the baseline is one Python process "
+        "(redis-py) doing one MGET of the same 1000 documents stored as plain strings (the "
+        "projection itself lives in hash fields, so the pipelined HGET row is what a cache-less "
+        "read of the real layout costs)."
+    )
+    report.finish()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
