@@ -55,7 +55,7 @@ def consume(_: argparse.Namespace) -> int:
     except LedgerAhead as exc:
         print(f"atp consume: {exc}", file=sys.stderr)
         return 3
-    projector.producer.producer.flush(10)
+    projector.finish()
     log.info("stopped after %d messages", projector.stats.consumed)
     return 0
 

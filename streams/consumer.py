@@ -208,6 +208,8 @@ class StreamProjector:
         self._last_lag = 0.0
         self._last_snapshot = 0.0
         self._pending_outbox: dict[str, bytes] = {}
+        self._in_flight: dict[str, bytes] = {}
+        self._acked: dict[str, bytes] = {}
         self.book = SnapshotBook(instance=f"{socket.gethostname()}:{os.getpid()}")
 
     # -- the loop ---------------------------------------------------------------------
@@ -216,9 +218,7 @@ class StreamProjector:
         self.consumer.subscribe(list(self.options.topics), on_assign=self._on_assign)
         try:
             while not stop.is_set():
-                messages = self.consumer.consume(
-                    num_messages=self.options.batch_size, timeout=self.options.batch_timeout_s
-                )
+                messages = self._next_batch()
                 if messages:
                     self._retrying(partial(self.process, messages), stop)
                 if time.monotonic() - self._last_sweep >= self.options.sweep_interval_s:
@@ -228,6 +228,21 @@ class StreamProjector:
                 self._write_snapshot()
         finally:
             self.consumer.close()
+
+    def _next_batch(self) -> list[Message]:
+        """Wait briefly for the first messages, then take what librdkafka already fetched.
+
+        A short first wait keeps latency low when the stream is quiet; draining the local
+        queue without waiting makes batches large (and per-sku writes coalesced) under load.
+        """
+        limit = self.options.batch_size
+        messages = self.consumer.consume(num_messages=limit, timeout=self.options.batch_timeout_s)
+        while messages and len(messages) < limit:
+            more = self.consumer.consume(num_messages=limit - len(messages), timeout=0)
+            if not more:
+                break
+            messages.extend(more)
+        return messages
 
     def process(self, messages: list[Message]) -> None:
         started = time.perf_counter()
@@ -355,26 +370,60 @@ class StreamProjector:
         self.publish_outbox(from_redis=True)
 
     def publish_outbox(self, from_redis: bool = False) -> None:
-        """Publish the availability events waiting in the outbox, then remove them from it.
+        """Hand the waiting availability events to the producer; remove each from the Redis
+        outbox once the broker acknowledged it (see ``_ack_delivered``).
 
         After a batch, what this process just wrote is published from memory; the sweep
         also reads the Redis outbox, which holds anything a crashed instance or the API left.
+        The loop does not wait for the acknowledgements: until one arrives the entry stays in
+        the Redis outbox, so a crash or a failed delivery means it is published again.
         """
+        self._ack_delivered()
         pending = dict(self._pending_outbox)
+        self._pending_outbox.clear()
         if from_redis:
-            pending.update(self.store.outbox(limit=5000))
-        if not pending:
-            return
-        messages = []
+            for name, value in self.store.outbox(limit=5000).items():
+                pending.setdefault(name, value)
+        producer = self.producer.producer
         for name, value in pending.items():
+            if self._in_flight.get(name) == value:
+                continue
+            self._in_flight[name] = value
             sku = name.split("\x1f", 1)[1]
-            messages.append(Outgoing(self.options.availability_topic, sku.encode(), value))
-        self.producer.send_all(messages)
-        self.store.ack_outbox(pending)
-        for name in pending:
-            self._pending_outbox.pop(name, None)
-        self.stats.published += len(messages)
-        metrics.PUBLISHED.inc(len(messages))
+            while True:
+                try:
+                    producer.produce(
+                        self.options.availability_topic, value=value, key=sku.encode(),
+                        on_delivery=partial(self._delivered, name, value),
+                    )  # fmt: skip
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+
+    def _delivered(self, name: str, value: bytes, err: KafkaError | None, _msg: Message) -> None:
+        if self._in_flight.get(name) == value:
+            del self._in_flight[name]
+        if err is None:
+            self._acked[name] = value
+        else:
+            log.warning("availability event for %s not delivered (%s); it stays in the outbox", name, err)
+
+    def finish(self, timeout_s: float = 10.0) -> None:
+        """On shutdown: wait for outstanding deliveries and clear what was acknowledged."""
+        self.producer.producer.flush(timeout_s)
+        try:
+            self._ack_delivered()
+        except redis.RedisError as exc:  # the entries stay in the outbox: published again
+            log.warning("could not clear the outbox on shutdown: %s", exc)
+
+    def _ack_delivered(self) -> None:
+        self.producer.producer.poll(0)
+        if not self._acked:
+            return
+        acked, self._acked = self._acked, {}
+        self.store.ack_outbox(acked)
+        self.stats.published += len(acked)
+        metrics.PUBLISHED.inc(len(acked))
 
     # -- Kafka plumbing -----------------------------------------------------------------
 
@@ -438,7 +487,8 @@ class StreamProjector:
             topic, partition = name.split(OFFSET_FIELD_SEPARATOR)
             partitions.append(TopicPartition(topic, int(partition), offset))
         try:
-            self.consumer.commit(offsets=partitions, asynchronous=False)
+            # Asynchronous: the offsets that count are already in Redis; Kafka's are a hint.
+            self.consumer.commit(offsets=partitions, asynchronous=True)
         except Exception as exc:  # the Redis offsets are authoritative; Kafka's can lag
             log.warning("kafka commit failed (%s); offsets are safe in Redis", exc)
 
