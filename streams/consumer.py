@@ -237,7 +237,9 @@ class StreamProjector:
         """
         limit = self.options.batch_size
         messages = self.consumer.consume(num_messages=limit, timeout=self.options.batch_timeout_s)
-        while messages and len(messages) < limit:
+        # Bounded in time too: a steady stream refills the local queue as fast as we drain it.
+        deadline = time.monotonic() + self.options.batch_timeout_s
+        while messages and len(messages) < limit and time.monotonic() < deadline:
             more = self.consumer.consume(num_messages=limit - len(messages), timeout=0)
             if not more:
                 break

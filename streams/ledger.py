@@ -110,7 +110,7 @@ class Ledger:
                 schema=SCHEMA,
             )
             temporary = path.with_suffix(".tmp")
-            pq.write_table(table, temporary, compression="zstd")
+            pq.write_table(table, temporary, compression="snappy")
             # Atomic against a process crash (rename). Not fsynced: like Redis with AOF
             # everysec, a power loss may lose the last moment of files; `atp verify` then
             # reports the partition's offsets as different, and the events are still in Kafka.
