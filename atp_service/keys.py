@@ -13,6 +13,10 @@ PREFIX: Final = "atp:v1"
 DUE: Final = f"{PREFIX}:due"  # zset sku -> ms when its projection changes with no event
 OUTBOX: Final = f"{PREFIX}:outbox"  # hash "channel\x1fsku" -> availability event to publish
 INVALIDATIONS: Final = f"{PREFIX}:changed"  # pub/sub: skus whose projection was rewritten
+# Exists while Redis holds a projection built from the start (by a consumer that found its
+# ledger empty, or by `atp rebuild`). The write script refuses every write without it, so
+# nothing is folded onto a Redis that lost its data.
+INITIALIZED: Final = f"{PREFIX}:initialized"
 STATE_FIELD: Final = "s"
 VERSION_FIELD: Final = "v"
 

@@ -130,6 +130,9 @@ def rebuild(settings: Settings, console: Console) -> int:
     for i in range(0, len(stale), 1000):
         client.unlink(*stale[i : i + 1000])
     skus = sorted(data.states)
+    # The write script refuses to write without the marker; until the rebuild finishes it
+    # says "rebuilding", and no consumer starts on a half-rebuilt projection.
+    client.set(keys.INITIALIZED, "rebuilding")
     with Progress(console=console, transient=False) as progress:
         task = progress.add_task("rebuilding", total=len(skus))
         for i in range(0, len(skus), CHUNK):
@@ -145,6 +148,7 @@ def rebuild(settings: Settings, console: Console) -> int:
             progress.advance(task, len(chunk))
     if data.offsets:
         client.hset(keys.offsets_key(settings.kafka.group_id), mapping=data.offsets)  # type: ignore[arg-type]
+    client.set(keys.INITIALIZED, "rebuilt")
     console.print(f"rebuilt {len(skus)} skus; offsets restored for {len(data.offsets)} partitions")
     return 0
 

@@ -11,6 +11,8 @@ from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 
+from atp_service.store import ProjectionMissing
+
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
@@ -109,6 +111,16 @@ def _redis_down(request: Request[Any, Any, Any], exc: Exception) -> Response[byt
     )
 
 
+def _not_ready(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    return problem(
+        request,
+        503,
+        "the projection is not initialized (Redis lost its data?); run `atp rebuild`",
+        headers={"Retry-After": "5"},
+        kind="projection-not-ready",
+    )
+
+
 def _internal(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     log.exception("unhandled error on %s", request.url.path)
     return problem(request, 500, "internal error", kind="internal")
@@ -117,6 +129,7 @@ def _internal(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes
 EXCEPTION_HANDLERS: dict[Any, Any] = {
     HTTPException: _http,
     redis.RedisError: _redis_down,
+    ProjectionMissing: _not_ready,
     ConnectionError: _redis_down,
     Exception: _internal,
 }

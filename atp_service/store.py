@@ -47,7 +47,7 @@ class Snapshot:
 def script_arguments(
     changes: ChangeSet, *, group_id: str, now_ms: int, seen_cutoff_ms: int, publish: bool = True
 ) -> tuple[list[str], list[Any]]:
-    key_list = [keys.DUE, keys.offsets_key(group_id), keys.OUTBOX]
+    key_list = [keys.DUE, keys.offsets_key(group_id), keys.OUTBOX, keys.INITIALIZED]
     args: list[Any] = [len(changes.skus), seen_cutoff_ms, now_ms, keys.INVALIDATIONS if publish else ""]
     args.append(len(changes.puts))
     for key, mode, value in changes.puts:
@@ -101,6 +101,14 @@ def _snapshot(skus: Sequence[str], replies: list[Any], event_ids: Mapping[str, S
     return Snapshot(states, versions, frozenset(seen))
 
 
+class ProjectionMissing(Exception):
+    """Redis has no projection marker: it lost its data (or was never initialized).
+
+    Operator action: stop the consumers and run `atp rebuild`; a consumer whose ledger is
+    empty initializes a new Redis by itself.
+    """
+
+
 class PutExists(Exception):
     """An 'nx' put of the write found its key already there; nothing was written."""
 
@@ -112,6 +120,8 @@ class PutExists(Exception):
 def _conflicts(changes: ChangeSet, reply: list[Any]) -> list[str]:
     out = []
     for index in (int(i) for i in reply):
+        if index == 0:
+            raise ProjectionMissing("redis holds no projection marker")
         if index < 0:
             raise PutExists(changes.puts[-index - 1][0])
         out.append(changes.skus[index - 1].sku)
@@ -145,6 +155,13 @@ class RedisStore:
             changes, group_id=self.group_id, now_ms=now_ms, seen_cutoff_ms=now_ms - self.window_ms
         )
         return _conflicts(changes, self._write(keys=key_list, args=args))
+
+    def marker(self) -> str | None:
+        value = self.client.get(keys.INITIALIZED)
+        return value.decode() if isinstance(value, bytes) else None
+
+    def mark_initialized(self, how: str) -> None:
+        self.client.set(keys.INITIALIZED, how, nx=True)
 
     def put_snapshot(self, instance: str, payload: bytes, ttl_s: int = 30) -> None:
         key = keys.consumers_key(self.group_id)

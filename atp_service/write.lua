@@ -1,7 +1,8 @@
 -- Apply one batch of sku changes atomically, if no sku changed since it was read.
 -- Redis scripts never roll back, so every check comes before the first write.
 --
--- KEYS: 1 due zset, 2 offsets hash, 3 outbox hash, then n_puts string keys, then n_streams
+-- KEYS: 1 due zset, 2 offsets hash, 3 outbox hash, 4 the 'initialized' marker, then n_puts
+--       string keys, then n_streams
 --       change-stream keys, then per sku: hash key, seen key
 -- ARGV: 1 n_skus, 2 seen cutoff ms, 3 now ms, 4 pub/sub channel ('' = none),
 --       5 n_puts, then per put: mode ('nx' = must not exist yet, 'set'), value,
@@ -12,7 +13,8 @@
 --                     n_fields, (field, value) pairs, n_seen, event_ids,
 --                     trim ('1': drop dedupe marks older than the cutoff now)
 -- Returns: {} when applied, else the 1-based indexes of skus whose version moved, or the
--- negated 1-based index of an 'nx' put whose key exists.
+-- negated 1-based index of an 'nx' put whose key exists, or {0} when the marker is missing
+-- (Redis lost its data: nothing may be written until `atp rebuild`).
 local n = tonumber(ARGV[1])
 local cutoff = ARGV[2]
 local now = ARGV[3]
@@ -26,15 +28,18 @@ local streams_at = i
 for t = 1, n_streams do
   i = i + 2 + tonumber(ARGV[i + 1])
 end
-local sku_keys_at = 3 + n_puts + n_streams
+local sku_keys_at = 4 + n_puts + n_streams
 local n_offsets = tonumber(ARGV[i]); i = i + 1
 local offsets_at = i; i = i + 2 * n_offsets
 local n_outbox = tonumber(ARGV[i]); i = i + 1
 local outbox_at = i; i = i + 2 * n_outbox
 
 -- Phase 1: checks only.
+if redis.call('EXISTS', KEYS[4]) == 0 then
+  return {0}
+end
 for p = 1, n_puts do
-  if ARGV[puts_at + 2 * (p - 1)] == 'nx' and redis.call('EXISTS', KEYS[3 + p]) == 1 then
+  if ARGV[puts_at + 2 * (p - 1)] == 'nx' and redis.call('EXISTS', KEYS[4 + p]) == 1 then
     return {-p}
   end
 end
@@ -109,7 +114,7 @@ for o = 0, n_offsets - 1 do
 end
 
 for p = 1, n_puts do
-  redis.call('SET', KEYS[3 + p], ARGV[puts_at + 2 * (p - 1) + 1])
+  redis.call('SET', KEYS[4 + p], ARGV[puts_at + 2 * (p - 1) + 1])
 end
 
 -- Changes feed: one stream per channel, trimmed by age (entry ids are milliseconds). One
@@ -122,7 +127,7 @@ for t = 1, n_streams do
   for e = 1, count do
     skus_here[e] = ARGV[at + 1 + e]
   end
-  redis.call('XADD', KEYS[3 + n_puts + t], 'MINID', '~', min_id, '*', 's', table.concat(skus_here, '\n'))
+  redis.call('XADD', KEYS[4 + n_puts + t], 'MINID', '~', min_id, '*', 's', table.concat(skus_here, '\n'))
   at = at + 2 + count
 end
 

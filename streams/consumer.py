@@ -31,7 +31,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Top
 
 from atp_service.logs import HEADER as CORRELATION_HEADER
 from atp_service.logs import correlation_id, new_correlation_id
-from atp_service.store import RedisStore
+from atp_service.store import ProjectionMissing, RedisStore
 from streams import metrics
 from streams.changeset import build_changeset
 from streams.events import AnyEvent, InvalidEvent, decode
@@ -209,12 +209,28 @@ class StreamProjector:
         self._last_snapshot = 0.0
         self._pending_outbox: dict[str, bytes] = {}
         self._in_flight: dict[str, bytes] = {}
+        self._initialized = False
         self._acked: dict[str, bytes] = {}
         self.book = SnapshotBook(instance=f"{socket.gethostname()}:{os.getpid()}")
 
     # -- the loop ---------------------------------------------------------------------
 
+    def ensure_initialized(self) -> None:
+        """Mark an empty Redis as ours to fill, unless the ledger says it lost its data."""
+        marker = self.store.marker()
+        if marker == "rebuilding":
+            raise LedgerAhead("an `atp rebuild` did not finish; run it again before consuming")
+        if marker is not None:
+            return
+        if self.ledger is not None and self.ledger.files():
+            raise LedgerAhead(
+                "Redis holds no projection but the ledger has events: Redis lost its data; "
+                "stop the consumers and run `atp rebuild`"
+            )
+        self.store.mark_initialized("consumer")
+
     def run(self, stop: threading.Event) -> None:
+        self._retrying(self.ensure_initialized, stop)
         self.consumer.subscribe(list(self.options.topics), on_assign=self._on_assign)
         try:
             while not stop.is_set():
@@ -316,6 +332,10 @@ class StreamProjector:
         self, events: list[AnyEvent], offsets: dict[str, int], batch: Batch | None = None
     ) -> None:
         """Fold the events into Redis, retrying from a fresh read if the API wrote meanwhile."""
+        if not self._initialized:
+            # Before the ledger is written: its files are what tell a lost Redis apart.
+            self.ensure_initialized()
+            self._initialized = True
         by_sku: dict[str, list[str]] = defaultdict(list)
         for event in events:
             by_sku[event.sku].append(event.event_id)
@@ -340,7 +360,13 @@ class StreamProjector:
             if self.ledger is not None and batch is not None:
                 # Before the Redis write: see streams/ledger.py for why this order.
                 self.ledger.append(ledger_rows(batch, result.duplicates), applied_at_us=now)
-            conflicts = self.store.write(changes, now // 1000)
+            try:
+                conflicts = self.store.write(changes, now // 1000)
+            except ProjectionMissing:
+                # Redis lost its data while we ran. Never fold onto an empty Redis: with a
+                # ledger that means stopping for `atp rebuild`; without one, start afresh.
+                self.ensure_initialized()
+                continue
             if not conflicts:
                 self._pending_outbox.update(changes.outbox)
                 break
@@ -365,7 +391,12 @@ class StreamProjector:
             snapshot = self.store.read(due)
             states = [snapshot.states[sku] for sku in due]
             changes = build_changeset(states, snapshot.versions, self.projector, now)
-            if not self.store.write(changes, now // 1000):
+            try:
+                conflicts = self.store.write(changes, now // 1000)
+            except ProjectionMissing:
+                self.ensure_initialized()
+                continue
+            if not conflicts:
                 self.stats.swept += len(due)
                 metrics.SWEPT.inc(len(due))
                 self._pending_outbox.update(changes.outbox)
@@ -440,18 +471,12 @@ class StreamProjector:
                 log.warning("cannot read stored offsets (%s); retrying in %.1fs", exc, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
+        self._retrying_plain(self.ensure_initialized)
         for tp in partitions:
             position = stored.get(offset_field(tp.topic, tp.partition))
             if self.ledger is not None:
-                if (
-                    position is None
-                    and self.ledger.partition_dir(tp.topic, tp.partition).is_dir()
-                    and any(self.ledger.partition_dir(tp.topic, tp.partition).glob("*.parquet"))
-                ):
-                    raise LedgerAhead(
-                        f"Redis has no stored offset for {tp.topic}[{tp.partition}] but the ledger "
-                        "has events of it: Redis lost its data; stop the consumers and run `atp rebuild`"
-                    )
+                # Redis is initialized (checked above), so files at or past the stored offset
+                # (all of them when none is stored) come from batches that never reached it.
                 removed = self.ledger.reconcile(tp.topic, tp.partition, position)
                 if removed:
                     log.info(
@@ -480,6 +505,17 @@ class StreamProjector:
                 continue
             metrics.LAG.labels(topic, partition).set(max(0, high - offset))
             self.book.lag[f"{topic}/{partition}"] = max(0, high - offset)
+
+    def _retrying_plain(self, step: Callable[[], Any]) -> None:
+        delay = 0.1
+        while True:
+            try:
+                step()
+                return
+            except redis.RedisError as exc:
+                log.warning("redis unavailable (%s); retrying in %.1fs", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def _commit(self, offsets: dict[str, int]) -> None:
         if not offsets:
