@@ -32,17 +32,9 @@ def store_for(settings: Settings, client: redis.Redis | None = None) -> RedisSto
     )
 
 
-def build_stream_projector(
-    settings: Settings, should_stop: Callable[[], bool] = lambda: False
-) -> StreamProjector:
+def consumer_options(settings: Settings, alive_file: str | None = None) -> ConsumerOptions:
     topics = settings.topics
-    consumer = Consumer(
-        consumer_config(
-            settings.kafka.bootstrap, settings.kafka.group_id, settings.kafka.session_timeout_ms
-        )
-    )
-    producer = ReliableProducer(Producer(producer_config(settings.kafka.bootstrap)), should_stop)
-    options = ConsumerOptions(
+    return ConsumerOptions(
         topics=(topics.movements, topics.reservations, topics.inbound),
         dead_letter_topic=topics.dead_letter,
         availability_topic=topics.availability,
@@ -52,13 +44,24 @@ def build_stream_projector(
         sweep_interval_s=settings.consumer.sweep_interval_ms / 1000,
         window_us=int(settings.consumer.dedupe_window_days * US_PER_DAY),
         max_message_bytes=settings.consumer.max_message_bytes,
-        alive_file=ALIVE_FILE,
+        alive_file=alive_file,
     )
+
+
+def build_stream_projector(
+    settings: Settings, should_stop: Callable[[], bool] = lambda: False
+) -> StreamProjector:
+    consumer = Consumer(
+        consumer_config(
+            settings.kafka.bootstrap, settings.kafka.group_id, settings.kafka.session_timeout_ms
+        )
+    )
+    producer = ReliableProducer(Producer(producer_config(settings.kafka.bootstrap)), should_stop)
     return StreamProjector(
         consumer,
         producer,
         store_for(settings),
         projector_for(settings),
-        options,
+        consumer_options(settings, ALIVE_FILE),
         ledger=Ledger(settings.ledger.dir),
     )

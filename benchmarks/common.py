@@ -818,22 +818,10 @@ def direct_projector(settings: Settings) -> Any:
     and producer are absent (apply() uses neither).
     """
     from atp_service.app import projector_for
-    from atp_service.runtime import store_for
-    from streams.consumer import ConsumerOptions, StreamProjector
-    from streams.state import US_PER_DAY
+    from atp_service.runtime import consumer_options, store_for
+    from streams.consumer import StreamProjector
 
-    t = settings.topics
-    options = ConsumerOptions(
-        topics=(t.movements, t.reservations, t.inbound),
-        dead_letter_topic=t.dead_letter,
-        availability_topic=t.availability,
-        known_channels=frozenset(c.name for c in settings.channels),
-        batch_size=settings.consumer.batch_size,
-        batch_timeout_s=settings.consumer.batch_timeout_ms / 1000,
-        sweep_interval_s=settings.consumer.sweep_interval_ms / 1000,
-        window_us=int(settings.consumer.dedupe_window_days * US_PER_DAY),
-        max_message_bytes=settings.consumer.max_message_bytes,
-    )
+    options = consumer_options(settings)
     return StreamProjector(None, None, store_for(settings), projector_for(settings), options)  # type: ignore[arg-type]
 
 

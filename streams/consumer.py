@@ -210,6 +210,7 @@ class StreamProjector:
         self._pending_outbox: dict[str, bytes] = {}
         self._in_flight: dict[str, bytes] = {}
         self._initialized = False
+        self._expiry_seen_until = 0  # expiries up to this time (µs) are counted already
         self._acked: dict[str, bytes] = {}
         self.book = SnapshotBook(instance=f"{socket.gethostname()}:{os.getpid()}")
 
@@ -383,6 +384,7 @@ class StreamProjector:
     def sweep(self) -> None:
         """Recompute skus whose projection changes with no event: expiries, day changes."""
         deadline = time.monotonic() + max(0.05, self.options.sweep_interval_s)
+        now = self.clock()
         while time.monotonic() < deadline:
             now = self.clock()
             due = self.store.due(now // 1000, limit=1000)
@@ -399,7 +401,16 @@ class StreamProjector:
             if not conflicts:
                 self.stats.swept += len(due)
                 metrics.SWEPT.inc(len(due))
+                metrics.EXPIRED.inc(
+                    sum(
+                        1
+                        for state in states
+                        for r in state.reservations
+                        if r.created and not r.released and self._expiry_seen_until < r.expires_at <= now
+                    )
+                )
                 self._pending_outbox.update(changes.outbox)
+        self._expiry_seen_until = max(self._expiry_seen_until, now)
         self.publish_outbox(from_redis=True)
 
     def publish_outbox(self, from_redis: bool = False) -> None:

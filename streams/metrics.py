@@ -32,3 +32,6 @@ CONFLICTS: Final = Counter(
     "atp_write_conflicts_total", "Batch writes refused because the API changed a sku meanwhile"
 )
 PUBLISHED: Final = Counter("atp_availability_events_total", "Availability events published")
+EXPIRED: Final = Counter(
+    "atp_reservation_expiries_total", "Reservations that stopped counting when their expires_at passed"
+)

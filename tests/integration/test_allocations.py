@@ -181,3 +181,43 @@ def test_64_concurrent_clients_never_oversell(stack: Stack) -> None:
     assert all(r.status_code == 200 for r in again)
     assert [r.json() for r in again] == [r.json() for r in replies]
     assert availability(base, READ_KEY, "web", "HOT")["reserved"] == 10
+
+
+def test_a_wave_of_10000_orders_is_answered_in_one_request(stack: Stack) -> None:
+    import random
+
+    base = stack.start_api()
+    stack.start_consumer()
+    skus = [f"W-{i:04d}" for i in range(400)]
+    stack.produce([receipt(sku, 30, "DC-EAST") for sku in skus] + [receipt(sku, 10, "DC-WEST") for sku in skus[::2]])
+    expected = {sku: 30 + (10 if i % 2 == 0 else 0) for i, sku in enumerate(skus)}
+
+    def stocked() -> bool:
+        reply = httpx.post(f"{base}/v1/availability/web/query", json={"skus": skus}, headers={"Authorization": f"Bearer {READ_KEY}"})
+        return {i["sku"]: i["on_hand"] for i in reply.json()["items"]} == expected
+
+    poll(stocked, bool, timeout=60)
+    rng = random.Random(3)
+    orders = [
+        {
+            "order_id": f"WAVE-{n}",
+            "channel": "web" if n % 3 else "marketplace",
+            "backorder": False,
+            "lines": [{"line_id": str(k), "sku": rng.choice(skus), "quantity": rng.randint(1, 3)} for k in range(rng.randint(1, 5))],
+        }
+        for n in range(10_000)
+    ]
+    reply = httpx.post(f"{base}/v1/allocations/batch", json={"orders": orders}, headers=W, timeout=120)
+    assert reply.status_code == 200, reply.text[:500]
+    results = reply.json()["orders"]
+    assert [r["order_id"] for r in results] == [o["order_id"] for o in orders]
+    taken: dict[str, int] = {}
+    for order, result in zip(orders, results, strict=True):
+        for asked, line in zip(order["lines"], result["lines"], strict=True):
+            got = sum(a["quantity"] for a in line["allocations"])
+            assert got + line["backordered"] + line["unfilled"] == asked["quantity"]
+            taken[asked["sku"]] = taken.get(asked["sku"], 0) + got
+    # No oversell: every sku reserved at most its stock, and what the wave took is reserved.
+    reply = httpx.post(f"{base}/v1/availability/web/query", json={"skus": skus}, headers={"Authorization": f"Bearer {READ_KEY}"})
+    for item in reply.json()["items"]:
+        assert item["reserved"] == taken.get(item["sku"], 0) <= item["on_hand"], item
