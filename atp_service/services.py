@@ -83,7 +83,11 @@ def start_redis(data_dir: Path, port: int | None = None, appendonly: bool = Fals
         "--protected-mode", "yes",
         "--loglevel", "warning",
     ]  # fmt: skip
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Own session: a Ctrl-C in the terminal reaches the processes that use Redis, which
+    # finish their work, before whoever started Redis stops it.
+    process = subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     service = Service("redis", port, process, argv)
     client = redis.Redis(port=port, socket_connect_timeout=0.5)
     try:
@@ -98,7 +102,9 @@ def start_redis(data_dir: Path, port: int | None = None, appendonly: bool = Fals
 
 def restart(service: Service) -> Service:
     """Start the same process again on the same port (after a stop or kill)."""
-    process = subprocess.Popen(service.argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        service.argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     return Service(service.name, service.port, process, service.argv)
 
 
@@ -118,7 +124,7 @@ def start_broker(port: int | None = None, log_file: Path | None = None) -> Servi
         "--storage-engine", "memory://tansu/",
     ]  # fmt: skip
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
-    process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     service = Service("broker", port, process, argv)
     try:
         wait_until(lambda: _port_open(port), 20, "the Kafka-compatible broker")
