@@ -8,7 +8,7 @@ because the API reserved stock meanwhile. The caller then re-reads and re-folds.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Final
@@ -211,10 +211,3 @@ class AsyncRedisStore:
             changes, group_id=self.group_id, now_ms=now_ms, seen_cutoff_ms=now_ms - self.window_ms
         )
         return _conflicts(changes, await self._write(keys=key_list, args=args))
-
-    async def documents(self, channel: str, skus: Iterable[str]) -> list[bytes | None]:
-        field = keys.projection_field(channel)
-        pipe = self.client.pipeline(transaction=False)
-        for sku in skus:
-            pipe.hget(keys.sku_key(sku), field)
-        return list(await pipe.execute())

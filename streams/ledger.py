@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -165,11 +165,3 @@ def iter_rows_sql() -> str:
         "SELECT source_topic, source_partition, source_offset, status, raw, applied_at "
         "FROM ledger ORDER BY source_topic, source_partition, source_offset"
     )
-
-
-def latest_offsets(rows: Iterable[tuple[str, int, int]]) -> dict[tuple[str, int], int]:
-    out: dict[tuple[str, int], int] = {}
-    for topic, partition, offset in rows:
-        key = (topic, partition)
-        out[key] = max(out.get(key, -1), offset)
-    return out

@@ -125,7 +125,7 @@ class Projector:
         today = now_us // US_PER_DAY
         projection = project(self.supply(states, now_us), self.network, today)
         as_of = format_as_of(now_us)
-        timelines = _split_timelines(projection, len(states))
+        timelines = _split_timelines(projection)
         documents: dict[str, dict[str, bytes]] = {}
         ats_out: dict[str, dict[str, int]] = {}
         next_change: dict[str, int] = {}
@@ -168,7 +168,7 @@ def _cells(cells: list[int], quantities: list[int], size: int) -> np.ndarray:
     return out
 
 
-def _split_timelines(projection: Projection, n_skus: int) -> dict[tuple[int, int], list[AtpEntry]]:
+def _split_timelines(projection: Projection) -> dict[tuple[int, int], list[AtpEntry]]:
     out: dict[tuple[int, int], list[AtpEntry]] = {}
     dates: dict[int, str] = {}
     for c, s, day, atp in zip(
