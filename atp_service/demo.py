@@ -64,7 +64,9 @@ class DemoFeed:
             return self._reserve()
         if roll < 0.72:
             sku = self._rng.choice(list(self.skus))
-            return self.receipt(sku, self._rng.choice(list(self.locations)), self._rng.randint(5, 40))
+            return self.receipt(
+                sku, self._rng.choice(list(self.locations)), self._rng.randint(5, 40)
+            )
         if roll < 0.8:
             return self._damage()
         if roll < 0.88 and self._bins:
@@ -87,7 +89,9 @@ class DemoFeed:
         }  # fmt: skip
 
     def _ship(self) -> tuple[str, dict[str, Any]]:
-        reservation_id, sku, location, quantity = self._open.pop(self._rng.randrange(len(self._open)))
+        reservation_id, sku, location, quantity = self._open.pop(
+            self._rng.randrange(len(self._open))
+        )
         held = [(k, v) for k, v in self._bins.items() if k[0] == sku and k[1] == location and v > 0]
         bin_ = held[0][0][2] if held else self._bin()
         if held:
@@ -132,12 +136,37 @@ class DemoFeed:
         to_status: str | None,
         reservation_id: str | None = None,
     ) -> dict[str, Any]:
-        return {
-            "type": "bin_movement", "event_id": self._id("m"), "occurred_at": _now(),
-            "sku": sku, "location": location, "quantity": quantity,
-            "from_bin": from_bin, "from_status": from_status,
-            "to_bin": to_bin, "to_status": to_status, "reservation_id": reservation_id,
-        }  # fmt: skip
+        return movement(
+            self._id("m"),
+            sku,
+            location,
+            quantity,
+            from_bin,
+            from_status,
+            to_bin,
+            to_status,
+            reservation_id,
+        )
+
+
+def movement(
+    event_id: str,
+    sku: str,
+    location: str,
+    quantity: int,
+    from_bin: str | None,
+    from_status: str | None,
+    to_bin: str | None,
+    to_status: str | None,
+    reservation_id: str | None = None,
+) -> dict[str, Any]:
+    """A bin_movement event as the WMS sends it (contract section 2)."""
+    return {
+        "type": "bin_movement", "event_id": event_id, "occurred_at": _now(),
+        "sku": sku, "location": location, "quantity": quantity,
+        "from_bin": from_bin, "from_status": from_status,
+        "to_bin": to_bin, "to_status": to_status, "reservation_id": reservation_id,
+    }  # fmt: skip
 
 
 def _now() -> str:

@@ -17,6 +17,8 @@ from typing import Any
 
 import msgspec
 
+from atp_service.demo import movement
+
 TOPIC_OF = {
     "bin_movement": "movements",
     "bin_count": "movements",
@@ -59,18 +61,26 @@ class Workload:
         self._n += 1
         return f"{self.prefix}{kind}{self._n}"
 
-    def opening_stock(self, locations_per_sku: int = 2) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    def opening_stock(
+        self, locations_per_sku: int = 2
+    ) -> Iterator[tuple[str, str, dict[str, Any]]]:
         k = min(locations_per_sku, len(self.locations))
         for sku in self.skus:
             for location in self._rng.sample(list(self.locations), k=k):
                 yield self.receipt(sku, location, self._rng.randint(20, 200))
 
-    def receipt(self, sku: str, location: str, quantity: int, bin_: str | None = None) -> tuple[str, str, dict[str, Any]]:
+    def receipt(
+        self, sku: str, location: str, quantity: int, bin_: str | None = None
+    ) -> tuple[str, str, dict[str, Any]]:
         bin_ = bin_ or f"{self._rng.choice('ABCD')}-{self._rng.randint(1, 4):02d}"
         held = self._bins.setdefault(sku, [])
         if (location, bin_) not in held:
             held.append((location, bin_))
-        return "movements", sku, _movement(self._id("m"), sku, location, quantity, None, None, bin_, "available")
+        return (
+            "movements",
+            sku,
+            movement(self._id("m"), sku, location, quantity, None, None, bin_, "available"),
+        )
 
     def next_event(self) -> tuple[str, str, dict[str, Any]]:
         roll = self._rng.random()
@@ -123,8 +133,20 @@ class Workload:
     def _ship(self) -> tuple[str, str, dict[str, Any]]:
         reservation_id, sku, location, quantity = self._take_open()
         bin_ = next((b for loc, b in self._bins.get(sku, ()) if loc == location), "A-01")
-        return "movements", sku, _movement(
-            self._id("m"), sku, location, quantity, bin_, "available", None, None, reservation_id
+        return (
+            "movements",
+            sku,
+            movement(
+                self._id("m"),
+                sku,
+                location,
+                quantity,
+                bin_,
+                "available",
+                None,
+                None,
+                reservation_id,
+            ),
         )
 
     def _release(self) -> tuple[str, str, dict[str, Any]]:
@@ -137,13 +159,19 @@ class Workload:
     def _move(self, to_status: str) -> tuple[str, str, dict[str, Any]]:
         sku = self._rng.choice(self.skus)
         location, bin_ = self._held(sku)
-        to_bin = bin_ if to_status == "damaged" else f"{self._rng.choice('EFGH')}-{self._rng.randint(1, 4):02d}"
+        to_bin = (
+            bin_
+            if to_status == "damaged"
+            else f"{self._rng.choice('EFGH')}-{self._rng.randint(1, 4):02d}"
+        )
         if to_status == "available":
             held = self._bins.setdefault(sku, [])
             if (location, to_bin) not in held:
                 held.append((location, to_bin))
-        return "movements", sku, _movement(
-            self._id("m"), sku, location, 1, bin_, "available", to_bin, to_status
+        return (
+            "movements",
+            sku,
+            movement(self._id("m"), sku, location, 1, bin_, "available", to_bin, to_status),
         )
 
     def _count(self) -> tuple[str, str, dict[str, Any]]:
@@ -164,25 +192,6 @@ class Workload:
             "location": self._rng.choice(self.locations),
             "quantity": self._rng.randint(0, 100), "eta": eta.isoformat(),
         }  # fmt: skip
-
-
-def _movement(
-    event_id: str,
-    sku: str,
-    location: str,
-    quantity: int,
-    from_bin: str | None,
-    from_status: str | None,
-    to_bin: str | None,
-    to_status: str | None,
-    reservation_id: str | None = None,
-) -> dict[str, Any]:
-    return {
-        "type": "bin_movement", "event_id": event_id, "occurred_at": now_iso(),
-        "sku": sku, "location": location, "quantity": quantity,
-        "from_bin": from_bin, "from_status": from_status,
-        "to_bin": to_bin, "to_status": to_status, "reservation_id": reservation_id,
-    }  # fmt: skip
 
 
 def encoded(item: tuple[str, str, dict[str, Any]]) -> tuple[str, bytes, bytes]:
