@@ -45,7 +45,9 @@ class DemoFeed:
     def receipt(self, sku: str, location: str, quantity: int) -> tuple[str, dict[str, Any]]:
         bin_ = self._bin()
         self._bins[(sku, location, bin_)] = self._bins.get((sku, location, bin_), 0) + quantity
-        return "movements", self._movement(sku, location, quantity, None, None, bin_, "available")
+        return "movements", movement(
+            self._id("m"), sku, location, quantity, None, None, bin_, "available"
+        )
 
     def purchase_order(self, sku: str) -> tuple[str, dict[str, Any]]:
         eta = (datetime.now(UTC) + timedelta(days=self._rng.randint(1, 20))).date()
@@ -96,8 +98,8 @@ class DemoFeed:
         bin_ = held[0][0][2] if held else self._bin()
         if held:
             self._bins[held[0][0]] -= quantity
-        return "movements", self._movement(
-            sku, location, quantity, bin_, "available", None, None, reservation_id
+        return "movements", movement(
+            self._id("m"), sku, location, quantity, bin_, "available", None, None, reservation_id
         )
 
     def _release(self) -> tuple[str, dict[str, Any]]:
@@ -113,7 +115,9 @@ class DemoFeed:
             return self._reserve()
         sku, location, bin_ = self._rng.choice(candidates)
         self._bins[(sku, location, bin_)] -= 1
-        return "movements", self._movement(sku, location, 1, bin_, "available", bin_, "damaged")
+        return "movements", movement(
+            self._id("m"), sku, location, 1, bin_, "available", bin_, "damaged"
+        )
 
     def _count(self) -> tuple[str, dict[str, Any]]:
         (sku, location, bin_), quantity = self._rng.choice(list(self._bins.items()))
@@ -124,29 +128,6 @@ class DemoFeed:
             "sku": sku, "location": location, "bin": bin_, "status": "available",
             "quantity": counted,
         }  # fmt: skip
-
-    def _movement(
-        self,
-        sku: str,
-        location: str,
-        quantity: int,
-        from_bin: str | None,
-        from_status: str | None,
-        to_bin: str | None,
-        to_status: str | None,
-        reservation_id: str | None = None,
-    ) -> dict[str, Any]:
-        return movement(
-            self._id("m"),
-            sku,
-            location,
-            quantity,
-            from_bin,
-            from_status,
-            to_bin,
-            to_status,
-            reservation_id,
-        )
 
 
 def movement(

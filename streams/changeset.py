@@ -72,13 +72,14 @@ def build_changeset(
         ats = rendered.available_to_sell[state.sku]
         if ats != state.last_ats:
             for channel, value in ats.items():
-                if state.last_ats.get(channel, 0) != value or channel not in state.last_ats:
-                    if channel not in state.last_ats and value == 0:
-                        continue  # a sku first seen at zero has not changed from "never seen"
-                    out.changed[(channel, state.sku)] = value
-                    out.outbox[outbox_field(channel, state.sku)] = _encoder.encode(
-                        AvailabilityChanged(channel, state.sku, value, as_of)
-                    )
+                previous = state.last_ats.get(channel)
+                # A sku first seen at zero has not changed from "never seen" (which reads 0).
+                if previous == value or (previous is None and value == 0):
+                    continue
+                out.changed[(channel, state.sku)] = value
+                out.outbox[outbox_field(channel, state.sku)] = _encoder.encode(
+                    AvailabilityChanged(channel, state.sku, value, as_of)
+                )
             state = msgspec.structs.replace(state, last_ats=ats)
         due = rendered.next_change_us.get(state.sku)
         out.skus.append(

@@ -21,10 +21,10 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
@@ -45,6 +45,7 @@ from streams.state import to_us
 log = logging.getLogger(__name__)
 
 OFFSET_FIELD_SEPARATOR = "\x1f"
+T = TypeVar("T")
 
 
 def offset_field(topic: str, partition: int) -> str:
@@ -75,7 +76,6 @@ class Stats:
     conflicts: int = 0
     swept: int = 0
     published: int = 0
-    by_type: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
 @dataclass(frozen=True)
@@ -376,7 +376,6 @@ class StreamProjector:
         self.stats.applied += len(result.applied)
         self.stats.duplicates += len(result.duplicates)
         for event in result.applied:
-            self.stats.by_type[type(event).__name__] += 1
             metrics.EVENTS.labels(_tag(event), "applied").inc()
         for event in result.duplicates:
             metrics.EVENTS.labels(_tag(event), "duplicate").inc()
@@ -473,16 +472,9 @@ class StreamProjector:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Seek every assigned partition to the offset stored with the state in Redis."""
-        delay = 0.1
-        while True:
-            try:
-                stored = self.store.offsets()
-                break
-            except redis.RedisError as exc:
-                log.warning("cannot read stored offsets (%s); retrying in %.1fs", exc, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        # Initialized first: the stored offsets of an emptied Redis must not be trusted.
         self._retrying_plain(self.ensure_initialized)
+        stored = self._retrying_plain(self.store.offsets)
         for tp in partitions:
             position = stored.get(offset_field(tp.topic, tp.partition))
             if self.ledger is not None:
@@ -517,12 +509,12 @@ class StreamProjector:
             metrics.LAG.labels(topic, partition).set(max(0, high - offset))
             self.book.lag[f"{topic}/{partition}"] = max(0, high - offset)
 
-    def _retrying_plain(self, step: Callable[[], Any]) -> None:
+    def _retrying_plain(self, step: Callable[[], T]) -> T:
+        """Retry a Redis step inside a Kafka callback, where the loop's pausing cannot run."""
         delay = 0.1
         while True:
             try:
-                step()
-                return
+                return step()
             except redis.RedisError as exc:
                 log.warning("redis unavailable (%s); retrying in %.1fs", exc, delay)
                 time.sleep(delay)
