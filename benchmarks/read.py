@@ -3,7 +3,13 @@
 Servers (all `atp serve`'s granian settings, same worker count, started side by side):
 - atp: `atp serve --workers 2`, the real API (auth, read cache, stored documents);
 - constant: a constant-JSON Litestar endpoint on the same route (benchmarks/baseline_app.py);
-- redis-get: the same route doing one Redis HGET per request (no cache, no auth).
+- redis-get: the same route doing one Redis HGET per request (no cache, no auth);
+- sql: compute-on-read, as Saleor and Medusa do it: the same answer computed per request by
+  one SQL query over raw rows (sku-location stock, reservations, inbound lines) in a
+  PostgreSQL server of its own (benchmarks/postgres.py; the Debian package, installed when
+  missing), through an asyncpg pool (benchmarks/sql_app.py). Its skus include the preloaded
+  ones, so wrk cycles over the same sku set; its answers are checked against the contract's
+  formulas computed in Python over the same rows before measuring.
 
 wrk (its own process) cycles through every preloaded sku, so the API's cache sees each sku,
 not one hot key. Each API worker keeps its own cache, filled by its misses: the API is
@@ -12,25 +18,43 @@ is reported as an informative row); the figures are the steady state. Single rea
 32 connections. Bulk: POST /v1/availability/web/query with 1000 skus (-t2 -c8) in sku
 values/s per worker, against a raw pipelined HGET of the same 1000 fields from one Python
 process: MGET of the same 1000 documents stored as plain strings (and, informative, a
-pipelined HGET of the real hash fields).
+pipelined HGET of the real hash fields). Compute-on-read: our requests/s at 32 connections
+against the SQL endpoint's (target >= 5x), and our p99 at 32 connections against its p99
+(target lower).
 
 ``python -m benchmarks.read --size small|full``
 """
 
 from __future__ import annotations
 
+import asyncio
+import importlib.metadata
+import os
 import random
 import statistics
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import msgspec
 
 from atp_service import keys
+from benchmarks import postgres
+
+try:
+    from benchmarks import sql_app
+except ModuleNotFoundError as error:  # an older .venv, made before asyncpg was a dependency
+    if error.name != "asyncpg":
+        raise
+    raise SystemExit(
+        "asyncpg (the SQL baseline's driver) is not installed: run `.venv/bin/pip install -e '.[dev]'`"
+    ) from None
 from benchmarks.common import (
     API_KEY,
+    CHANNELS,
+    LOCATIONS,
     WORKERS,
     Bench,
     Figure,
@@ -55,13 +79,19 @@ from benchmarks.workload import Workload, encoded, sku_name
 from streams.events import decode
 
 SIZES: dict[str, dict[str, Any]] = {
-    # skus preloaded, wrk seconds per measurement, warm-up seconds, preload path
-    "small": {"skus": 10_000, "duration": 3, "warmup": 2, "preload": "direct", "extra_events": 10_000},
-    "full": {"skus": 10_000, "duration": 10, "warmup": 5, "preload": "consumer", "extra_events": 50_000},
-}
+    # skus preloaded, wrk seconds per measurement, warm-up seconds, preload path; the SQL
+    # baseline's raw rows (sku-location stock rows, reservations, inbound lines, overrides)
+    "small": {"skus": 10_000, "duration": 3, "warmup": 2, "preload": "direct", "extra_events": 10_000,
+              "sql_stock_rows": 100_000, "sql_reservations": 20_000, "sql_inbound": 5_000, "sql_overrides": 1_000},
+    "full": {"skus": 10_000, "duration": 10, "warmup": 5, "preload": "consumer", "extra_events": 50_000,
+             "sql_stock_rows": 1_000_000, "sql_reservations": 200_000, "sql_inbound": 50_000, "sql_overrides": 10_000},
+}  # fmt: skip
 CHANNEL = "web"
 BULK = 1000
 AUTH = f"Authorization: Bearer {API_KEY}"
+SQL_LOCATIONS_PER_SKU = 4  # stock rows per sku in the SQL baseline (of the 8 locations)
+SQL_POOL = 16  # asyncpg connections per worker (x 2 workers = wrk's 32 connections)
+SQL_CHECKED = 200  # skus whose SQL answer is checked against the formulas before measuring
 
 
 def preload(bench: Bench, size: dict[str, Any], skus: list[str]) -> int:
@@ -117,10 +147,49 @@ def python_bulk(bench: Bench, skus: Sequence[str], seconds: float, mode: str) ->
     return done / elapsed
 
 
+def start_sql(bench: Bench, size: dict[str, Any], skus: Sequence[str], binaries: postgres.Binaries) -> dict[str, Any]:
+    """Start PostgreSQL, generate and load the raw rows, and pass the DSN to the SQL app.
+
+    The SQL skus are SKU-0000001.. (stock rows / 4 of them), a superset of the preloaded
+    ``skus``, so wrk cycles over the same sku set on both servers. Returns the service, the
+    DSN, the rows (for ``check_sql``), the table row counts and the skus.
+    """
+    service, dsn = postgres.start_postgres(bench.tmp, binaries)
+    bench.services.append(service)  # stopped by Bench.close(), on every exit path
+    n_skus = size["sql_stock_rows"] // SQL_LOCATIONS_PER_SKU
+    sql_skus = [sku_name(i) for i in range(1, max(n_skus, len(skus)) + 1)]
+    assert sql_skus[: len(skus)] == list(skus)
+    now = datetime.now(UTC)
+    rows = sql_app.generate(
+        sql_skus, LOCATIONS, [(name, locs, safety, horizon) for name, _, locs, safety, horizon in CHANNELS],
+        locations_per_sku=SQL_LOCATIONS_PER_SKU, reservations=size["sql_reservations"],
+        inbound=size["sql_inbound"], overrides=size["sql_overrides"], now=now,
+    )  # fmt: skip
+    counts = asyncio.run(sql_app.load(dsn, rows))
+    os.environ["ATP_BENCH_SQL_DSN"] = dsn  # read by the app's workers (spawned with os.environ)
+    os.environ["ATP_BENCH_SQL_POOL"] = str(SQL_POOL)
+    return {"service": service, "dsn": dsn, "rows": rows, "counts": counts, "skus": sql_skus}
+
+
+def check_sql(port: int, rows: sql_app.Rows, skus: Sequence[str]) -> None:
+    """The SQL endpoint's answers equal the contract's formulas over the same rows."""
+    sample = [*random.Random(13).sample(list(skus), min(SQL_CHECKED, len(skus))), "NO-SUCH-SKU"]
+    want = sql_app.expected(rows, CHANNEL, sample, datetime.now(UTC))
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        for sku in sample:
+            got = client.get(f"/v1/availability/{CHANNEL}/{sku}")
+            body = got.json() if got.status_code == 200 else None
+            if body is None or {k: v for k, v in body.items() if k != "as_of"} != want[sku]:
+                raise RuntimeError(f"SQL endpoint answer for {sku}: {got.status_code} {got.text[:300]}, expected {want[sku]}")
+        if client.get("/v1/availability/no-such-channel/SKU-0000001").status_code != 404:
+            raise RuntimeError("SQL endpoint: an unknown channel is not 404")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args("read benchmark: single-sku and bulk reads vs baselines", argv)
     stop_on_sigterm()
     ensure_wrk()
+    binaries = postgres.ensure_postgres()
     size = SIZES[args.size]
     report = Report("read", args.size, "Read: GET one sku and POST 1000 skus")
     report.parameters = {
@@ -144,13 +213,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         if missing:
             raise RuntimeError(f"{missing} skus have no stored {CHANNEL} projection after preload")
         client.mset({f"bench:copy:{s}": d for s, d in zip(skus, docs, strict=True)})
+        with timed(f"postgres: start, load {size['sql_stock_rows']:,} stock rows (COPY), index"):
+            sql = start_sql(bench, size, skus, binaries)
+        report.parameters.update({
+            "sql_rows": sql["counts"], "sql_skus": len(sql["skus"]), "sql_pool_per_worker": SQL_POOL,
+            "postgresql": postgres.server_version(binaries), "asyncpg": importlib.metadata.version("asyncpg"),
+        })  # fmt: skip
 
         with timed("start servers"):
             servers = {
                 "atp": bench.start_api(),
                 "constant": bench.start_server("benchmarks.baseline_app:constant_app"),
                 "redis-get": bench.start_server("benchmarks.baseline_app:redis_get_app"),
+                "sql": bench.start_server("benchmarks.sql_app:sql_app"),
             }
+        check_sql(servers["sql"].port or 0, sql["rows"], skus)
+        del sql["rows"]  # up to 1.3M tuples, no longer needed
         sample = skus[len(skus) // 2]
         got = httpx.get(
             f"http://127.0.0.1:{servers['atp'].port}/v1/availability/{CHANNEL}/{sample}",
@@ -189,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     break
             say(f"    atp warm-up: {len(warm)} passes, {done:,} requests, "
                 f"{warm[0].requests_per_s:,.0f} -> {warm[-1].requests_per_s:,.0f} req/s")  # fmt: skip
-            for name in ("constant", "redis-get"):
+            for name in ("constant", "redis-get", "sql"):
                 run_wrk(url(name), connections=32, threads=2, duration_s=size["warmup"], script=get_script, headers=[AUTH])
             run_wrk(url("atp", f"/v1/availability/{CHANNEL}/query"), connections=8, threads=2,
                     duration_s=size["warmup"], script=post_script, headers=[AUTH])  # fmt: skip
@@ -224,6 +302,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                "constant JSON endpoint", rps(c32["constant"]), informative=True))  # fmt: skip
     add(Figure("  (atp, cold caches: first pass over the skus) requests/s @32", "req/s",
                [warm[0].requests_per_s], "constant JSON endpoint", rps(c32["constant"]), informative=True))  # fmt: skip
+    sql_name = "compute-on-read: SQL per request (PostgreSQL, asyncpg pool)"
+    add(Figure("GET one sku vs compute-on-read: requests/s @32", "req/s", rps(c32["atp"]), sql_name,
+               rps(c32["sql"]), [("ratio", ">=", 5.0)]))  # fmt: skip
+    add(Figure("GET one sku vs compute-on-read: p99 @32", "ms", pct(c32["atp"], "99"), sql_name,
+               pct(c32["sql"], "99"), [("ratio", "<", 1.0)], target_text="x< 1 (lower)"))  # fmt: skip
     for conns, results in (("1", c1), ("32", c32)):
         add(Figure(f"GET one sku: p50 @{conns} conn", "ms", pct(results["atp"], "50"), "constant JSON endpoint",
                    pct(results["constant"], "50"), [("ratio", "<=", 1.3)]))  # fmt: skip
@@ -262,6 +345,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     report.notes.append(
         "wrk, the servers and Redis share this machine's cores; compare ratios, not absolutes."
+    )
+    report.notes.append(
+        f"compute-on-read: one SQL query per request (stock + reservations + inbound + overrides of "
+        f"the sku over the channel's locations, prepared, through an asyncpg pool of {SQL_POOL} per "
+        f"worker) over {sql['counts']['stock']:,} sku-location stock rows, "
+        f"{sql['counts']['reservations']:,} reservations and {sql['counts']['inbound']:,} inbound "
+        f"lines of {len(sql['skus']):,} skus in PostgreSQL {report.parameters['postgresql']} "
+        "(fsync off, shared_buffers 256MB: all in memory); no auth check on that server; the "
+        "PostgreSQL server shares the machine's cores too."
     )
     report.notes.append(
         "bulk per worker = wrk requests/s x 1000 / workers; the baseline is one Python process "
