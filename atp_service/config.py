@@ -76,7 +76,7 @@ class ApiKeySettings(_Section, frozen=True):
 
 
 class ConsumerSettings(_Section, frozen=True):
-    batch_size: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 20_000
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 100_000
     batch_timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=60_000)] = 5
     # How long applied event_ids are remembered; a duplicate older than this is applied again.
     dedupe_window_days: Annotated[float, msgspec.Meta(gt=0)] = 7.0

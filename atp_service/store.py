@@ -17,24 +17,41 @@ import redis
 import redis.asyncio as aredis
 
 from atp_service import keys
-from streams.changeset import ChangeSet
+from streams.changeset import ChangeSet, encode_outbox
 from streams.state import SkuState, load_state
 
 TRIM_EVERY: Final = 16
 WRITE_SCRIPT: Final = resources.files("atp_service").joinpath("write.lua").read_text()
 
-# Delete an outbox entry only if it still holds what was published; a newer value written
-# meanwhile stays to be published next.
-ACK_SCRIPT: Final = """
-local done = 0
-for i = 1, #ARGV, 2 do
-  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
-    redis.call('HDEL', KEYS[1], ARGV[i])
-    done = done + 1
+
+# One round trip for a whole batch's reads (a pipeline of one command per sku cost more in
+# the client than the reads cost Redis). KEYS: per sku its hash and its dedupe set.
+# ARGV: per sku the number of event_ids to look up, then those ids. Returns per sku version
+# and state (false when absent), then the ids found among the dedupe marks. Flagged
+# no-writes so it runs during a CLIENT PAUSE WRITE and on replicas, like the reads it replaces.
+READ_SCRIPT: Final = """#!lua flags=no-writes
+local out = {}
+local found = {}
+local a = 1
+for k = 1, #KEYS, 2 do
+  local got = redis.call('HMGET', KEYS[k], 'v', 's')
+  out[#out + 1] = got[1]
+  out[#out + 1] = got[2]
+  local n = tonumber(ARGV[a])
+  if n > 0 then
+    local ids = {}
+    for e = 1, n do ids[e] = ARGV[a + e] end
+    local scores = redis.call('ZMSCORE', KEYS[k + 1], unpack(ids))
+    for e = 1, n do
+      if scores[e] then found[#found + 1] = ids[e] end
+    end
   end
+  a = a + 1 + n
 end
-return done
+out[#out + 1] = found
+return out
 """
+READ_CHUNK: Final = 2000  # skus per script call: bounds the time Redis is busy with one
 
 
 @dataclass(frozen=True)
@@ -64,9 +81,10 @@ def script_arguments(
     args.append(len(changes.offsets))
     for name, offset in changes.offsets.items():
         args += [name, offset]
-    args.append(len(changes.outbox))
-    for name, value in changes.outbox.items():
-        args += [name, value]
+    if changes.outbox:
+        args += [changes.outbox_id, encode_outbox(changes.outbox)]
+    else:
+        args += ["", ""]
     for write in changes.skus:
         key_list += [keys.sku_key(write.sku), keys.seen_key(write.sku)]
         args += [
@@ -85,19 +103,33 @@ def script_arguments(
     return key_list, args
 
 
-def _snapshot(skus: Sequence[str], replies: list[Any], event_ids: Mapping[str, Sequence[str]]) -> Snapshot:
+def read_arguments(
+    skus: Sequence[str], event_ids: Mapping[str, Sequence[str]]
+) -> tuple[list[str], list[Any]]:
+    key_list: list[str] = []
+    args: list[Any] = []
+    for sku in skus:
+        key_list += [keys.sku_key(sku), keys.seen_key(sku)]
+        ids = event_ids.get(sku, ())
+        args.append(len(ids))
+        args += ids
+    return key_list, args
+
+
+def _snapshot(skus: Sequence[str], replies: Sequence[list[Any]]) -> Snapshot:
     states: dict[str, SkuState] = {}
     versions: dict[str, int] = {}
     seen: set[str] = set()
-    it = iter(replies)
-    for sku in skus:
-        version, payload = next(it)
-        versions[sku] = int(version) if version is not None else 0
-        states[sku] = load_state(sku, payload)
-        ids = event_ids.get(sku)
-        if ids:
-            scores = next(it)
-            seen.update(event_id for event_id, score in zip(ids, scores, strict=True) if score is not None)
+    at = 0
+    for reply in replies:
+        found = reply[-1]
+        for r in range(0, len(reply) - 1, 2):
+            sku = skus[at]
+            at += 1
+            version = reply[r]
+            versions[sku] = int(version) if version is not None else 0
+            states[sku] = load_state(sku, reply[r + 1])
+        seen.update(event_id.decode() for event_id in found)
     return Snapshot(states, versions, frozenset(seen))
 
 
@@ -136,16 +168,14 @@ class RedisStore:
         self.group_id = group_id
         self.window_ms = window_ms
         self._write = client.register_script(WRITE_SCRIPT)
-        self._ack = client.register_script(ACK_SCRIPT)
+        self._read = client.register_script(READ_SCRIPT)
 
     def read(self, skus: Sequence[str], event_ids: Mapping[str, Sequence[str]] | None = None) -> Snapshot:
-        ids = event_ids or {}
-        pipe = self.client.pipeline(transaction=False)
-        for sku in skus:
-            pipe.hmget(keys.sku_key(sku), keys.VERSION_FIELD, keys.STATE_FIELD)
-            if ids.get(sku):
-                pipe.zmscore(keys.seen_key(sku), list(ids[sku]))
-        return _snapshot(skus, pipe.execute(), ids)
+        replies = []
+        for start in range(0, len(skus), READ_CHUNK):
+            key_list, args = read_arguments(skus[start : start + READ_CHUNK], event_ids or {})
+            replies.append(self._read(keys=key_list, args=args))
+        return _snapshot(skus, replies)
 
     def write(self, changes: ChangeSet, now_ms: int) -> list[str]:
         """Apply atomically; returns the skus whose version moved (nothing was written then)."""
@@ -179,16 +209,13 @@ class RedisStore:
         return [sku.decode() for sku in found]
 
     def outbox(self, limit: int) -> dict[str, bytes]:
+        """Up to about ``limit`` waiting writes' availability events, oldest first."""
         reply: tuple[int, dict[bytes, bytes]] = self.client.hscan(keys.OUTBOX, 0, count=limit)  # type: ignore[assignment]
-        return {k.decode(): v for k, v in reply[1].items()}
+        return {k.decode(): v for k, v in sorted(reply[1].items())}
 
-    def ack_outbox(self, published: Mapping[str, bytes]) -> int:
-        if not published:
-            return 0
-        args: list[Any] = []
-        for name, value in published.items():
-            args += [name, value]
-        return int(self._ack(keys=[keys.OUTBOX], args=args))
+    def ack_outbox(self, outbox_ids: Sequence[str]) -> int:
+        """Forget writes whose availability events the broker acknowledged, every one."""
+        return int(self.client.hdel(keys.OUTBOX, *outbox_ids)) if outbox_ids else 0
 
 
 class AsyncRedisStore:
@@ -199,12 +226,14 @@ class AsyncRedisStore:
         self.group_id = group_id
         self.window_ms = window_ms
         self._write = client.register_script(WRITE_SCRIPT)
+        self._read = client.register_script(READ_SCRIPT)
 
     async def read(self, skus: Sequence[str]) -> Snapshot:
-        pipe = self.client.pipeline(transaction=False)
-        for sku in skus:
-            pipe.hmget(keys.sku_key(sku), keys.VERSION_FIELD, keys.STATE_FIELD)
-        return _snapshot(skus, await pipe.execute(), {})
+        replies = []
+        for start in range(0, len(skus), READ_CHUNK):
+            key_list, args = read_arguments(skus[start : start + READ_CHUNK], {})
+            replies.append(await self._read(keys=key_list, args=args))
+        return _snapshot(skus, replies)
 
     async def write(self, changes: ChangeSet, now_ms: int) -> list[str]:
         key_list, args = script_arguments(

@@ -8,7 +8,7 @@
 --       5 n_puts, then per put: mode ('nx' = must not exist yet, 'set'), value,
 --       then n_streams, then per stream: stream min id to keep, n entries, skus,
 --       then n_offsets, then n_offsets (field, next_offset) pairs,
---       then n_outbox, then n_outbox (field, value) pairs,
+--       then the outbox entry: write id and its availability events ('' '' = none),
 --       then per sku: expected version ('' = unchecked), state, due ms ('' = none),
 --                     n_fields, (field, value) pairs, n_seen, event_ids,
 --                     trim ('1': drop dedupe marks older than the cutoff now)
@@ -31,8 +31,9 @@ end
 local sku_keys_at = 4 + n_puts + n_streams
 local n_offsets = tonumber(ARGV[i]); i = i + 1
 local offsets_at = i; i = i + 2 * n_offsets
-local n_outbox = tonumber(ARGV[i]); i = i + 1
-local outbox_at = i; i = i + 2 * n_outbox
+local outbox_id = ARGV[i]
+local outbox_events = ARGV[i + 1]
+i = i + 2
 
 -- Phase 1: checks only.
 if redis.call('EXISTS', KEYS[4]) == 0 then
@@ -131,8 +132,8 @@ for t = 1, n_streams do
   at = at + 2 + count
 end
 
-for o = 0, n_outbox - 1 do
-  redis.call('HSET', KEYS[3], ARGV[outbox_at + 2 * o], ARGV[outbox_at + 2 * o + 1])
+if outbox_id ~= '' then
+  redis.call('HSET', KEYS[3], outbox_id, outbox_events)
 end
 
 if pubsub ~= '' and #skus > 0 then

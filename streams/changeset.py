@@ -6,6 +6,8 @@ adapter (atp_service.store) executes it in one script.
 
 from __future__ import annotations
 
+import secrets
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -27,6 +29,8 @@ class AvailabilityChanged(msgspec.Struct, frozen=True):
 
 
 _encoder: Final = msgspec.json.Encoder()
+_outbox_encoder: Final = msgspec.msgpack.Encoder()
+_outbox_decoder: Final = msgspec.msgpack.Decoder(list[tuple[str, bytes]])
 
 
 @dataclass
@@ -39,11 +43,28 @@ class SkuWrite:
     seen: list[str] = field(default_factory=list)
 
 
+def new_outbox_id(now_us: int | None = None) -> str:
+    """Unique per write, and in write order when sorted (the time comes first)."""
+    us = time.time_ns() // 1000 if now_us is None else now_us
+    return f"{us:017d}-{secrets.token_hex(6)}"
+
+
+def encode_outbox(outbox: Mapping[str, bytes]) -> bytes:
+    return _outbox_encoder.encode(list(outbox.items()))
+
+
+def decode_outbox(blob: bytes) -> list[tuple[str, bytes]]:
+    return _outbox_decoder.decode(blob)
+
+
 @dataclass
 class ChangeSet:
     skus: list[SkuWrite] = field(default_factory=list)
     offsets: dict[str, int] = field(default_factory=dict)
+    # "channel\x1fsku" -> availability event. Stored as one outbox entry per write (under
+    # ``outbox_id``): one value to write and one to delete once the broker has them all.
     outbox: dict[str, bytes] = field(default_factory=dict)
+    outbox_id: str = field(default_factory=new_outbox_id)
     # Plain keys written with the batch: (key, mode, value); mode "nx" fails the whole
     # write if the key exists (an order allocated concurrently), "set" overwrites.
     puts: list[tuple[str, str, bytes]] = field(default_factory=list)
@@ -67,7 +88,7 @@ def build_changeset(
     """
     rendered: Rendered = projector.render(states, now_us)
     as_of = format_as_of(now_us)
-    out = ChangeSet(offsets=dict(offsets or {}))
+    out = ChangeSet(offsets=dict(offsets or {}), outbox_id=new_outbox_id(now_us))
     for state in states:
         ats = rendered.available_to_sell[state.sku]
         if ats != state.last_ats:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -46,22 +45,26 @@ SCHEMA: Final = pa.schema(
 _FILE = re.compile(r"^(\d{20})-(\d{20})\.parquet$")
 
 
-@dataclass(frozen=True)
-class LedgerRow:
-    event_id: str | None
-    type: str | None
-    sku: str | None
-    location: str | None
-    channel: str | None
-    quantity: int | None
-    occurred_at_us: int | None
-    topic: str
-    partition: int
-    offset: int
-    status: str
-    reason: str | None
-    raw: bytes
-    correlation_id: str | None = None
+# Where a message came from: (topic, partition, offset, raw value, correlation id). A plain
+# tuple, built once per consumed message; sorting them orders a batch by partition and offset.
+Source = tuple[str, int, int, bytes, "str | None"]
+
+
+@dataclass
+class LedgerColumns:
+    """One batch's rows as columns, parallel to ``sources``; built without a row object per
+    message (that cost more than writing the file)."""
+
+    sources: list[Source]
+    event_id: list[str | None]
+    type: list[str | None]
+    sku: list[str | None]
+    location: list[str | None]
+    channel: list[str | None]
+    quantity: list[int | None]
+    occurred_at_us: list[int | None]
+    status: list[str]
+    reason: list[str | None]
 
 
 def _safe(name: str) -> str:
@@ -76,44 +79,45 @@ class Ledger:
     def partition_dir(self, topic: str, partition: int) -> Path:
         return self.root / f"topic={_safe(topic)}" / f"partition={partition}"
 
-    def append(self, rows: Sequence[LedgerRow], applied_at_us: int | None = None) -> list[Path]:
+    def append(self, rows: LedgerColumns, applied_at_us: int | None = None) -> list[Path]:
         """Write one file per (topic, partition) of ``rows``; atomic per file (rename)."""
         applied = applied_at_us if applied_at_us is not None else time.time_ns() // 1000
-        ordered = sorted(rows, key=lambda r: (r.topic, r.partition, r.offset))
-        if not ordered:
+        sources = rows.sources
+        if not sources:
             return []
-        # One Arrow table for the batch, sliced per partition: converting once is most of
-        # the saving over building a table per file.
+        order = sorted(range(len(sources)), key=sources.__getitem__)
+        # One Arrow table for the batch, put in order once and sliced per partition.
         table = pa.Table.from_pydict(
             {
-                "event_id": [r.event_id for r in ordered],
-                "type": [r.type for r in ordered],
-                "sku": [r.sku for r in ordered],
-                "location": [r.location for r in ordered],
-                "channel": [r.channel for r in ordered],
-                "quantity": [r.quantity for r in ordered],
-                "occurred_at": [r.occurred_at_us for r in ordered],
-                "applied_at": [applied] * len(ordered),
-                "source_topic": [r.topic for r in ordered],
-                "source_partition": [r.partition for r in ordered],
-                "source_offset": [r.offset for r in ordered],
-                "status": [r.status for r in ordered],
-                "reason": [r.reason for r in ordered],
-                "raw": [r.raw for r in ordered],
-                "correlation_id": [r.correlation_id for r in ordered],
+                "event_id": rows.event_id,
+                "type": rows.type,
+                "sku": rows.sku,
+                "location": rows.location,
+                "channel": rows.channel,
+                "quantity": rows.quantity,
+                "occurred_at": rows.occurred_at_us,
+                "applied_at": [applied] * len(sources),
+                "source_topic": [s[0] for s in sources],
+                "source_partition": [s[1] for s in sources],
+                "source_offset": [s[2] for s in sources],
+                "status": rows.status,
+                "reason": rows.reason,
+                "raw": [s[3] for s in sources],
+                "correlation_id": [s[4] for s in sources],
             },
             schema=SCHEMA,
-        )
+        ).take(order)
+        ordered = [sources[i] for i in order]
         written = []
         start = 0
         while start < len(ordered):
-            topic, partition = ordered[start].topic, ordered[start].partition
+            topic, partition = ordered[start][0], ordered[start][1]
             end = start
-            while end < len(ordered) and (ordered[end].topic, ordered[end].partition) == (topic, partition):
+            while end < len(ordered) and ordered[end][0] == topic and ordered[end][1] == partition:
                 end += 1
             directory = self.partition_dir(topic, partition)
             directory.mkdir(parents=True, exist_ok=True)
-            path = directory / f"{ordered[start].offset:020d}-{ordered[end - 1].offset:020d}.parquet"
+            path = directory / f"{ordered[start][2]:020d}-{ordered[end - 1][2]:020d}.parquet"
             temporary = path.with_suffix(".tmp")
             pq.write_table(table.slice(start, end - start), temporary, compression="snappy")
             # Atomic against a process crash (rename). Not fsynced: like Redis with AOF

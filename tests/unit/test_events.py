@@ -235,3 +235,22 @@ def test_the_reference_model_accepts_and_rejects_the_same_events(
         accepted = False
     outcome = model.apply(payload)
     assert outcome == ("applied" if accepted else "rejected"), model.rejected
+
+
+@pytest.mark.parametrize(
+    ("field", "text"),
+    [("sku", "SKU\\u0000-1"), ("location", "DC\\nEAST"), ("event_id", "m\\t1"), ("reservation_id", "ORD\x7f9")],
+)
+def test_identifiers_with_control_characters_are_rejected_naming_the_field(field: str, text: str) -> None:
+    payload = CREATED.replace(f'"{field}": "'.encode(), f'"{field}": "{text}'.encode(), 1)
+    assert payload != CREATED
+    with pytest.raises(InvalidEvent, match=f"{field} must not contain control characters"):
+        decode(payload, CHANNELS)
+
+
+def test_identifiers_with_harmless_escapes_decode() -> None:
+    # Escaped quotes, slashes and non-ASCII letters are printable: the slower check passes them.
+    payload = CREATED.replace(b'"ORD-9:1"', b'"ORD-\\"9\\"\\/1-\\u00e9"')
+    event = decode(payload, CHANNELS)
+    assert isinstance(event, ReservationCreated)
+    assert event.reservation_id == 'ORD-"9"/1-\u00e9'
