@@ -66,6 +66,11 @@ def script_arguments(
 ) -> tuple[list[str], list[Any]]:
     key_list = [keys.DUE, keys.offsets_key(group_id), keys.OUTBOX, keys.INITIALIZED]
     args: list[Any] = [len(changes.skus), seen_cutoff_ms, now_ms, keys.INVALIDATIONS if publish else ""]
+    # Every sku writes the same projection fields (one per channel): names once, then
+    # only the values per sku.
+    names = tuple(changes.skus[0].fields) if changes.skus else ()
+    args.append(len(names))
+    args += names
     args.append(len(changes.puts))
     for key, mode, value in changes.puts:
         key_list.append(key)
@@ -91,10 +96,10 @@ def script_arguments(
             "" if write.expected_version is None else write.expected_version,
             write.state,
             "" if write.due_ms is None else write.due_ms,
-            len(write.fields),
         ]
-        for name, doc in write.fields.items():
-            args += [name, doc]
+        if tuple(write.fields) != names:
+            raise ValueError(f"sku {write.sku}: projection fields differ from the batch's")
+        args += write.fields.values()
         args.append(len(write.seen))
         args += write.seen
         # Trimming the dedupe marks is O(log n) but not free; doing it on about one write in

@@ -5,12 +5,13 @@
 --       string keys, then n_streams
 --       change-stream keys, then per sku: hash key, seen key
 -- ARGV: 1 n_skus, 2 seen cutoff ms, 3 now ms, 4 pub/sub channel ('' = none),
---       5 n_puts, then per put: mode ('nx' = must not exist yet, 'set'), value,
+--       5 n_fields, then the names of the projection fields every sku writes,
+--       then n_puts, then per put: mode ('nx' = must not exist yet, 'set'), value,
 --       then n_streams, then per stream: stream min id to keep, n entries, skus,
 --       then n_offsets, then n_offsets (field, next_offset) pairs,
 --       then the outbox entry: write id and its availability events ('' '' = none),
 --       then per sku: expected version ('' = unchecked), state, due ms ('' = none),
---                     n_fields, (field, value) pairs, n_seen, event_ids,
+--                     n_fields values (in the order of the names), n_seen, event_ids,
 --                     trim ('1': drop dedupe marks older than the cutoff now)
 -- Returns: {} when applied, else the 1-based indexes of skus whose version moved, or the
 -- negated 1-based index of an 'nx' put whose key exists, or {0} when the marker is missing
@@ -21,6 +22,8 @@ local now = ARGV[3]
 local pubsub = ARGV[4]
 
 local i = 5
+local n_fields = tonumber(ARGV[i]); i = i + 1
+local names_at = i; i = i + n_fields
 local n_puts = tonumber(ARGV[i]); i = i + 1
 local puts_at = i; i = i + 2 * n_puts
 local n_streams = tonumber(ARGV[i]); i = i + 1
@@ -55,8 +58,7 @@ for s = 1, n do
   if expected ~= '' and expected ~= current then
     conflicts[#conflicts + 1] = s
   end
-  local n_fields = tonumber(ARGV[i + 3])
-  local j = i + 4 + 2 * n_fields
+  local j = i + 3 + n_fields
   local n_seen = tonumber(ARGV[j])
   i = j + 2 + n_seen
 end
@@ -71,9 +73,9 @@ for s = 1, n do
   local key = KEYS[sku_keys_at - 1 + 2 * s]
   local seen = KEYS[sku_keys_at + 2 * s]
   local fields = {'v', versions[s] + 1, 's', ARGV[at + 1]}
-  local n_fields = tonumber(ARGV[at + 3])
-  for f = 0, 2 * n_fields - 1 do
-    fields[#fields + 1] = ARGV[at + 4 + f]
+  for f = 0, n_fields - 1 do
+    fields[5 + 2 * f] = ARGV[names_at + f]
+    fields[6 + 2 * f] = ARGV[at + 3 + f]
   end
   redis.call('HSET', key, unpack(fields))
   local due = ARGV[at + 2]
@@ -84,7 +86,7 @@ for s = 1, n do
   else
     redis.call('ZADD', KEYS[1], due, sku)
   end
-  local j = at + 4 + 2 * n_fields
+  local j = at + 3 + n_fields
   local n_seen = tonumber(ARGV[j])
   local batch = {}
   for e = 1, n_seen do

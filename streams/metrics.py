@@ -22,7 +22,7 @@ FOLD_SECONDS: Final = Histogram(
 )
 VISIBLE_SECONDS: Final = Histogram(
     "atp_event_to_visible_seconds",
-    "From the message's produce time to its projection write",
+    "From the message's produce time to its projection write (up to 500 messages a batch)",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
 SWEPT: Final = Counter(
