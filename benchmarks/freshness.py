@@ -15,6 +15,11 @@ consumer started recomputing it) and the moment the write script's PUBLISH on th
 invalidation channel named the probe sku (seen by a subscriber thread): produce -> written
 to Redis is the broker + consumer part, written -> visible over HTTP the API's part.
 
+For scale, the broker alone: a raw confluent-kafka consumer in its own process (a fresh
+group, the service's consumer settings, from the latest offsets) records produce time ->
+received for every message of the same load during the same windows. No consumer of this
+broker can be fresher than that.
+
 ``python -m benchmarks.freshness --size small|full``
 """
 
@@ -32,7 +37,7 @@ from typing import Any
 import httpx
 import msgspec
 import redis
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer
 
 from atp_service import keys
 from atp_service.config import Settings
@@ -52,6 +57,7 @@ from benchmarks.common import (
     timed,
 )
 from benchmarks.workload import Workload, encoded, now_iso, sku_name
+from streams.kafka import consumer_config
 
 SIZES: dict[str, dict[str, Any]] = {
     "small": {"rate": 2_000, "skus": 10_000, "window_s": 10.0},
@@ -100,6 +106,25 @@ def load(bootstrap: str, topics: dict[str, str], n_skus: int, rate: float, secon
     cpu = os.times()
     result.put({"sent": sent, "seconds": time.perf_counter() - started, "max_burst": behind_max,
                 "cpu_s": cpu.user + cpu.system})  # fmt: skip
+
+
+def broker_floor(bootstrap: str, topics: Sequence[str], seconds: float, result: Any) -> None:
+    """The broker's own latency: produce time -> a raw consumer has the message, in ms."""
+    config = consumer_config(bootstrap, f"floor-{os.getpid()}", 6000)
+    config["auto.offset.reset"] = "latest"
+    consumer = Consumer(config)
+    consumer.subscribe(list(topics))
+    latencies: list[float] = []
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            for message in consumer.consume(num_messages=10_000, timeout=0.005):
+                kind, stamp = message.timestamp()
+                if message.error() is None and kind and stamp > 0:
+                    latencies.append(time.time() * 1000 - stamp)
+    finally:
+        consumer.close()
+    result.put(latencies)
 
 
 def _as_of_ms(text: str) -> float:
@@ -272,6 +297,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             target=load, args=(bootstrap, topics, size["skus"], size["rate"], seconds, result), daemon=True
         )
         loader.start()
+        floor_result = context.Queue()
+        floor = context.Process(
+            target=broker_floor, args=(bootstrap, list(topics.values()), seconds, floor_result), daemon=True
+        )
+        floor.start()
         try:
             time.sleep(2)  # let the load reach its steady rate
             cpu_before, wall_before = bench.cpu_seconds(), time.perf_counter()
@@ -284,13 +314,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             cpu_after, wall = bench.cpu_seconds(), time.perf_counter() - wall_before
             loaded = result.get(timeout=seconds + 120)
             loader.join(30)
+            # The first fifth may include catching up after its group join: dropped.
+            floor_ms = floor_result.get(timeout=seconds + 60)
+            floor_ms = floor_ms[len(floor_ms) // 5 :]
+            floor.join(30)
             lag = loaded["sent"] + len(opening) + sum(len(t) for t in totals) - stored_offsets_total(
                 client, settings.kafka.group_id
             )
         finally:
-            if loader.is_alive():
-                loader.terminate()
-                loader.join(5)
+            for process in (loader, floor):
+                if process.is_alive():
+                    process.terminate()
+                    process.join(5)
         if not consumer.alive:
             raise RuntimeError(f"the consumer died:\n{consumer.log.read_text()[-3000:]}")
 
@@ -308,6 +343,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ):
         for p in (50, 99):
             report.add(Figure(f"{label}: p{p}", "ms", per_window(samples[name], p), informative=True))
+    for p in (50, 99):
+        report.add(Figure(f"  broker alone, produce -> raw consumer (same load, same windows): p{p}", "ms",
+                          [pct(floor_ms, p)], informative=True))  # fmt: skip
     cpu = {
         name: 100 * (cpu_after.get(name, 0.0) - cpu_before.get(name, 0.0)) / wall
         for name in cpu_before
@@ -329,10 +367,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     report.series_unit["produce -> HTTP percentiles, all probes"] = "ms"
     report.series_kind["produce -> HTTP percentiles, all probes"] = "bar"
-    report.details = {
+    report.details.update({
         "probes": sum(len(v) for v in totals), "timeouts": timeouts, "load": loaded,
-        "samples_ms": samples,
-    }  # fmt: skip
+        "samples_ms": samples, "broker_floor_messages": len(floor_ms),
+    })  # fmt: skip
     if timeouts:
         report.notes.append(
             f"{timeouts} probes were not visible within {PROBE_TIMEOUT_S:.0f} s; they count as "
