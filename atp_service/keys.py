@@ -12,6 +12,8 @@ from typing import Final
 PREFIX: Final = "atp:v1"
 DUE: Final = f"{PREFIX}:due"  # zset sku -> ms when its projection changes with no event
 OUTBOX: Final = f"{PREFIX}:outbox"  # hash write id -> that write's availability events (msgpack)
+# hash "topic\x1fpartition\x1ffirst offset" -> ledger rows not yet in a ledger file
+LEDGER_STAGED: Final = f"{PREFIX}:ledger:staged"
 INVALIDATIONS: Final = f"{PREFIX}:changed"  # pub/sub: skus whose projection was rewritten
 # Exists while Redis holds a projection built from the start (by a consumer that found its
 # ledger empty, or by `atp rebuild`). The write script refuses every write without it, so

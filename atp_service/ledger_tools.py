@@ -6,6 +6,7 @@ bytes the ledger kept, in the order each partition was applied.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,11 +28,12 @@ from streams.changeset import build_changeset
 from streams.consumer import offset_field
 from streams.events import AnyEvent, decode
 from streams.fold import fold
-from streams.ledger import Ledger, iter_rows_sql, view_sql
+from streams.ledger import Ledger, iter_rows_sql, staged_table, view_sql
 from streams.projector import Availability
 from streams.state import US_PER_DAY, SkuState, load_state, to_us
 
 CHUNK = 500
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -42,11 +44,30 @@ class Recomputed:
     events: int = 0
 
 
-def _connect(ledger: Ledger) -> duckdb.DuckDBPyConnection | None:
-    if not ledger.files():
+def _connect(settings: Settings) -> duckdb.DuckDBPyConnection | None:
+    """DuckDB with the view ``ledger``: the files, plus the rows still staged in Redis (the
+    consumer moves them to files about once a second; see streams/ledger.py)."""
+    ledger = Ledger(settings.ledger.dir)
+    try:
+        staged = staged_table(store_for(settings, sync_redis(settings)).staged_ledger())
+    except redis.RedisError as exc:
+        log.warning("the staged ledger rows in Redis are not readable (%s): files only", exc)
+        staged = None
+    has_files = bool(ledger.files())
+    if staged is None and not has_files:
         return None
     connection = duckdb.connect()
-    connection.execute(view_sql(ledger))
+    if staged is not None:
+        connection.register("ledger_staged", staged)
+    if has_files and staged is not None:
+        connection.execute(view_sql(ledger, "ledger_files"))
+        connection.execute(
+            "CREATE VIEW ledger AS SELECT * FROM ledger_files UNION ALL BY NAME SELECT * FROM ledger_staged"
+        )
+    elif has_files:
+        connection.execute(view_sql(ledger))
+    else:
+        connection.execute("CREATE VIEW ledger AS SELECT * FROM ledger_staged")
     return connection
 
 
@@ -67,7 +88,7 @@ def recompute(
         sku: only this sku's rows.
     """
     out = Recomputed()
-    connection = _connect(Ledger(settings.ledger.dir))
+    connection = _connect(settings)
     if connection is None:
         return out
     query = iter_rows_sql()
@@ -248,7 +269,7 @@ def _raw_differences(
 
 
 def history(settings: Settings, console: Console, sku: str, location: str | None) -> int:
-    connection = _connect(Ledger(settings.ledger.dir))
+    connection = _connect(settings)
     if connection is None:
         console.print("the ledger is empty")
         return 0

@@ -64,7 +64,7 @@ class Snapshot:
 def script_arguments(
     changes: ChangeSet, *, group_id: str, now_ms: int, seen_cutoff_ms: int, publish: bool = True
 ) -> tuple[list[str], list[Any]]:
-    key_list = [keys.DUE, keys.offsets_key(group_id), keys.OUTBOX, keys.INITIALIZED]
+    key_list = [keys.DUE, keys.offsets_key(group_id), keys.OUTBOX, keys.INITIALIZED, keys.LEDGER_STAGED]
     args: list[Any] = [len(changes.skus), seen_cutoff_ms, now_ms, keys.INVALIDATIONS if publish else ""]
     # Every sku writes the same projection fields (one per channel): names once, then
     # only the values per sku.
@@ -90,6 +90,9 @@ def script_arguments(
         args += [changes.outbox_id, encode_outbox(changes.outbox)]
     else:
         args += ["", ""]
+    args.append(len(changes.ledger))
+    for name, rows in changes.ledger.items():
+        args += [name, rows]
     for write in changes.skus:
         key_list += [keys.sku_key(write.sku), keys.seen_key(write.sku)]
         args += [
@@ -217,6 +220,15 @@ class RedisStore:
         """Up to about ``limit`` waiting writes' availability events, oldest first."""
         reply: tuple[int, dict[bytes, bytes]] = self.client.hscan(keys.OUTBOX, 0, count=limit)  # type: ignore[assignment]
         return {k.decode(): v for k, v in sorted(reply[1].items())}
+
+    def staged_ledger(self) -> dict[str, bytes]:
+        """Ledger rows written with their batch, not yet moved to a ledger file."""
+        raw: dict[bytes, bytes] = self.client.hgetall(keys.LEDGER_STAGED)  # type: ignore[assignment]
+        return {k.decode(): v for k, v in raw.items()}
+
+    def drop_staged_ledger(self, names: Sequence[str]) -> None:
+        for start in range(0, len(names), 1000):
+            self.client.hdel(keys.LEDGER_STAGED, *names[start : start + 1000])
 
     def ack_outbox(self, outbox_ids: Sequence[str]) -> int:
         """Forget writes whose availability events the broker acknowledged, every one."""

@@ -1,7 +1,8 @@
 -- Apply one batch of sku changes atomically, if no sku changed since it was read.
 -- Redis scripts never roll back, so every check comes before the first write.
 --
--- KEYS: 1 due zset, 2 offsets hash, 3 outbox hash, 4 the 'initialized' marker, then n_puts
+-- KEYS: 1 due zset, 2 offsets hash, 3 outbox hash, 4 the 'initialized' marker, 5 the staged
+--       ledger rows (hash), then n_puts
 --       string keys, then n_streams
 --       change-stream keys, then per sku: hash key, seen key
 -- ARGV: 1 n_skus, 2 seen cutoff ms, 3 now ms, 4 pub/sub channel ('' = none),
@@ -10,6 +11,7 @@
 --       then n_streams, then per stream: stream min id to keep, n entries, skus,
 --       then n_offsets, then n_offsets (field, next_offset) pairs,
 --       then the outbox entry: write id and its availability events ('' '' = none),
+--       then n_ledger, then n_ledger (field, ledger rows) pairs,
 --       then per sku: expected version ('' = unchecked), state, due ms ('' = none),
 --                     n_fields values (in the order of the names), n_seen, event_ids,
 --                     trim ('1': drop dedupe marks older than the cutoff now)
@@ -31,19 +33,21 @@ local streams_at = i
 for t = 1, n_streams do
   i = i + 2 + tonumber(ARGV[i + 1])
 end
-local sku_keys_at = 4 + n_puts + n_streams
+local sku_keys_at = 5 + n_puts + n_streams
 local n_offsets = tonumber(ARGV[i]); i = i + 1
 local offsets_at = i; i = i + 2 * n_offsets
 local outbox_id = ARGV[i]
 local outbox_events = ARGV[i + 1]
 i = i + 2
+local n_ledger = tonumber(ARGV[i]); i = i + 1
+local ledger_at = i; i = i + 2 * n_ledger
 
 -- Phase 1: checks only.
 if redis.call('EXISTS', KEYS[4]) == 0 then
   return {0}
 end
 for p = 1, n_puts do
-  if ARGV[puts_at + 2 * (p - 1)] == 'nx' and redis.call('EXISTS', KEYS[4 + p]) == 1 then
+  if ARGV[puts_at + 2 * (p - 1)] == 'nx' and redis.call('EXISTS', KEYS[5 + p]) == 1 then
     return {-p}
   end
 end
@@ -117,7 +121,7 @@ for o = 0, n_offsets - 1 do
 end
 
 for p = 1, n_puts do
-  redis.call('SET', KEYS[4 + p], ARGV[puts_at + 2 * (p - 1) + 1])
+  redis.call('SET', KEYS[5 + p], ARGV[puts_at + 2 * (p - 1) + 1])
 end
 
 -- Changes feed: one stream per channel, trimmed by age (entry ids are milliseconds). One
@@ -130,12 +134,17 @@ for t = 1, n_streams do
   for e = 1, count do
     skus_here[e] = ARGV[at + 1 + e]
   end
-  redis.call('XADD', KEYS[4 + n_puts + t], 'MINID', '~', min_id, '*', 's', table.concat(skus_here, '\n'))
+  redis.call('XADD', KEYS[5 + n_puts + t], 'MINID', '~', min_id, '*', 's', table.concat(skus_here, '\n'))
   at = at + 2 + count
 end
 
 if outbox_id ~= '' then
   redis.call('HSET', KEYS[3], outbox_id, outbox_events)
+end
+
+-- The batch's ledger rows, with the offsets they end at (streams/ledger.py says why).
+for l = 0, n_ledger - 1 do
+  redis.call('HSET', KEYS[5], ARGV[ledger_at + 2 * l], ARGV[ledger_at + 2 * l + 1])
 end
 
 if pubsub ~= '' and #skus > 0 then

@@ -52,7 +52,7 @@ from streams.kafka import consumer_config
 
 SIZES = {"small": {"events": 50_000, "skus": 10_000}, "full": {"events": 500_000, "skus": 10_000}}
 PARTITIONS = 4
-STAGES = ("decode", "redis read", "fold", "render + change set", "ledger append", "redis write",
+STAGES = ("decode", "redis read", "fold", "render + change set", "ledger rows", "redis write",
           "outbox publish", "kafka commit")  # fmt: skip
 
 
@@ -139,7 +139,7 @@ def real_pipeline(
     projector._commit = _timed(totals, "kafka commit", projector._commit)  # type: ignore[method-assign]
     ledger = getattr(projector, "ledger", None)
     if ledger is not None:
-        ledger.append = _timed(totals, "ledger append", ledger.append)
+        ledger.stage = _timed(totals, "ledger rows", ledger.stage)
     process = projector.process
 
     def timed_process(messages: list[Any]) -> None:

@@ -37,7 +37,7 @@ from streams.changeset import build_changeset, decode_outbox
 from streams.events import AnyEvent, InvalidEvent, decode
 from streams.fold import fold
 from streams.kafka import Outgoing, ReliableProducer
-from streams.ledger import Ledger, LedgerColumns, Source
+from streams.ledger import Ledger, LedgerColumns, Source, parse_staged_field
 from streams.projector import Projector
 from streams.snapshot import SnapshotBook, encode_snapshot
 from streams.state import to_us
@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 OFFSET_FIELD_SEPARATOR = "\x1f"
 VISIBLE_SAMPLE = 500
+LEDGER_FLUSH_INTERVAL_S = 1.0
 T = TypeVar("T")
 
 
@@ -200,18 +201,21 @@ class StreamProjector:
         self._initialized = False
         self._expiry_seen_until = 0  # expiries up to this time (µs) are counted already
         self._acked: list[tuple[str, int]] = []  # (outbox id, events) the broker has, all
+        self._owned: frozenset[tuple[str, int]] = frozenset()  # partitions assigned to us
         self.book = SnapshotBook(instance=f"{socket.gethostname()}:{os.getpid()}")
 
     # -- the loop ---------------------------------------------------------------------
 
-    def ensure_initialized(self) -> None:
-        """Mark an empty Redis as ours to fill, unless the ledger says it lost its data."""
+    def ensure_initialized(self, wrote: bool = False) -> None:
+        """Mark an empty Redis as ours to fill, unless it lost its data: the ledger has
+        files, or (``wrote``) this consumer wrote to it already (its staged ledger rows may
+        not have reached a file yet)."""
         marker = self.store.marker()
         if marker == "rebuilding":
             raise LedgerAhead("an `atp rebuild` did not finish; run it again before consuming")
         if marker is not None:
             return
-        if self.ledger is not None and self.ledger.files():
+        if self.ledger is not None and (wrote or self.ledger.files()):
             raise LedgerAhead(
                 "Redis holds no projection but the ledger has events: Redis lost its data; "
                 "stop the consumers and run `atp rebuild`"
@@ -220,7 +224,12 @@ class StreamProjector:
 
     def run(self, stop: threading.Event) -> None:
         self._retrying(self.ensure_initialized, stop)
-        self.consumer.subscribe(list(self.options.topics), on_assign=self._on_assign)
+        self.consumer.subscribe(
+            list(self.options.topics), on_assign=self._on_assign, on_revoke=self._on_revoke
+        )
+        flushing = threading.Event()
+        flusher = threading.Thread(target=self._flush_loop, args=(flushing,), name="ledger-flush", daemon=True)
+        flusher.start()
         try:
             while not stop.is_set():
                 messages = self._next_batch()
@@ -232,7 +241,37 @@ class StreamProjector:
                 self._touch_alive()
                 self._write_snapshot()
         finally:
+            flushing.set()
+            flusher.join()
+            try:
+                self.flush_ledger()
+            except (redis.RedisError, OSError) as exc:  # the rows stay staged in Redis
+                log.warning("could not move the staged ledger rows to files on shutdown: %s", exc)
             self.consumer.close()
+
+    def flush_ledger(self) -> int:
+        """Move the staged ledger rows of the partitions this instance owns into files."""
+        if self.ledger is None:
+            return 0
+        owned = self._owned
+        staged = {
+            name: rows
+            for name, rows in self.store.staged_ledger().items()
+            if parse_staged_field(name)[:2] in owned
+        }
+        if not staged:
+            return 0
+        done = self.ledger.flush(staged)
+        self.store.drop_staged_ledger(done)
+        return len(done)
+
+    def _flush_loop(self, stopping: threading.Event) -> None:
+        # In its own thread: the files are written while the loop goes on with batches.
+        while not stopping.wait(LEDGER_FLUSH_INTERVAL_S):
+            try:
+                self.flush_ledger()
+            except Exception as exc:  # the rows stay staged; the next round tries again
+                log.warning("ledger flush failed (%s); retrying", exc)
 
     def _next_batch(self) -> list[Message]:
         """Wait briefly for the first messages, then take what librdkafka already fetched.
@@ -348,14 +387,14 @@ class StreamProjector:
                 touched, snapshot.versions, self.projector, now, seen=applied_ids, offsets=offsets
             )
             if self.ledger is not None and batch is not None:
-                # Before the Redis write: see streams/ledger.py for why this order.
-                self.ledger.append(ledger_rows(batch, result.duplicates), applied_at_us=now)
+                # Staged with the state and the offsets: see streams/ledger.py.
+                changes.ledger = self.ledger.stage(ledger_rows(batch, result.duplicates), applied_at_us=now)
             try:
                 conflicts = self.store.write(changes, now // 1000)
             except ProjectionMissing:
                 # Redis lost its data while we ran. Never fold onto an empty Redis: with a
                 # ledger that means stopping for `atp rebuild`; without one, start afresh.
-                self.ensure_initialized()
+                self.ensure_initialized(wrote=True)
                 continue
             if not conflicts:
                 if changes.outbox:
@@ -383,7 +422,7 @@ class StreamProjector:
             try:
                 conflicts = self.store.write(changes, now // 1000)
             except ProjectionMissing:
-                self.ensure_initialized()
+                self.ensure_initialized(wrote=True)
                 continue
             if not conflicts:
                 self.stats.swept += len(due)
@@ -493,7 +532,13 @@ class StreamProjector:
                     )
             tp.offset = OFFSET_BEGINNING if position is None else position
         log.info("assigned %s", [(tp.topic, tp.partition, tp.offset) for tp in partitions])
+        self._owned = frozenset((tp.topic, tp.partition) for tp in partitions)
         consumer.assign(partitions)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Their staged ledger rows are the next owner's to move to files from now on.
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        self._owned = frozenset(self._owned - gone)
 
     def _record_lag(self, offsets: dict[str, int]) -> None:
         now = time.monotonic()
