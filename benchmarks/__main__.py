@@ -1,8 +1,7 @@
 """Run every benchmark in turn: ``python -m benchmarks --size small|full``.
 
 Each benchmark module runs in its own interpreter (``python -m benchmarks.<name> --size S
---runs N``), so one's services, threads and memory never leak into the next. A module that
-does not exist yet (e.g. ``benchmarks.allocation``) is skipped with a message. A new module
+--runs N``), so one's services, threads and memory never leak into the next. A module
 joins the suite by being listed in ``MODULES`` and accepting ``--size`` and ``--runs``
 (``benchmarks.common.parse_args``).
 """
