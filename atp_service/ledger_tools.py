@@ -28,7 +28,7 @@ from streams.changeset import build_changeset
 from streams.consumer import offset_field
 from streams.events import AnyEvent, decode
 from streams.fold import fold
-from streams.ledger import Ledger, iter_rows_sql, staged_table, view_sql
+from streams.ledger import Ledger, iter_rows_sql, parse_staged_field, staged_table, view_sql
 from streams.projector import Availability
 from streams.state import US_PER_DAY, SkuState, load_state, to_us
 
@@ -49,7 +49,14 @@ def _connect(settings: Settings) -> duckdb.DuckDBPyConnection | None:
     consumer moves them to files about once a second; see streams/ledger.py)."""
     ledger = Ledger(settings.ledger.dir)
     try:
-        staged = staged_table(store_for(settings, sync_redis(settings)).staged_ledger())
+        inputs = {settings.topics.movements, settings.topics.reservations, settings.topics.inbound}
+        staged = staged_table(
+            {
+                name: rows
+                for name, rows in store_for(settings, sync_redis(settings)).staged_ledger().items()
+                if parse_staged_field(name)[0] in inputs
+            }
+        )
     except redis.RedisError as exc:
         log.warning("the staged ledger rows in Redis are not readable (%s): files only", exc)
         staged = None
@@ -61,8 +68,14 @@ def _connect(settings: Settings) -> duckdb.DuckDBPyConnection | None:
         connection.register("ledger_staged", staged)
     if has_files and staged is not None:
         connection.execute(view_sql(ledger, "ledger_files"))
+        # A consumer may move staged rows into a file between reading them here and DuckDB
+        # listing the files: a message's position is in the ledger once, so positions
+        # already in a file win.
         connection.execute(
-            "CREATE VIEW ledger AS SELECT * FROM ledger_files UNION ALL BY NAME SELECT * FROM ledger_staged"
+            "CREATE VIEW ledger AS SELECT * FROM ledger_files UNION ALL BY NAME "
+            "SELECT * FROM ledger_staged s WHERE NOT EXISTS (SELECT 1 FROM ledger_files f "
+            "WHERE f.source_topic = s.source_topic AND f.source_partition = s.source_partition "
+            "AND f.source_offset = s.source_offset)"
         )
     elif has_files:
         connection.execute(view_sql(ledger))

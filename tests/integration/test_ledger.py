@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -13,6 +14,8 @@ import pytest
 import redis
 
 from atp_service import keys
+from streams.ledger import Ledger, LedgerColumns
+from streams.state import to_us
 from tests.conftest import READ_KEY, WRITE_KEY, Stack
 from tests.integration.helpers import now_iso, poll, receipt, reservation, shipment
 
@@ -140,3 +143,30 @@ def test_ledger_answers_history_and_point_in_time(stack: Stack) -> None:
     assert "available_to_sell=10" in then.stdout, then.stdout + then.stderr
     now = atp(stack, "ledger", "at", "--channel", "web", "--sku", "H-1", "--time", now_iso(1))
     assert "available_to_sell=15" in now.stdout
+
+
+def test_the_ledger_tools_count_rows_still_staged_in_redis_once(stack: Stack) -> None:
+    """Rows staged in Redis and not yet in a file are part of the ledger; rows in both (a
+    move to a file whose clean-up did not happen) count once."""
+    settings = stack.settings
+    events = [receipt("ST-1", 1, event_id=f"st-{n}") for n in range(3)]
+    raws = [json.dumps(e).encode() for e in events]
+    topic = settings.topics.movements
+    rows = LedgerColumns(
+        sources=[(topic, 0, n, raw, None) for n, raw in enumerate(raws)],
+        event_id=[e["event_id"] for e in events], type=["bin_movement"] * 3, sku=["ST-1"] * 3,
+        location=["DC-EAST"] * 3, channel=[None] * 3, quantity=[1] * 3,
+        occurred_at_us=[to_us(datetime.fromisoformat(e["occurred_at"])) for e in events],
+        status=["applied"] * 3, reason=[None] * 3,
+    )  # fmt: skip
+    ledger = Ledger(settings.ledger.dir)
+    staged = ledger.stage(rows)
+    first_two = LedgerColumns(**{k: v[:2] for k, v in vars(rows).items()})
+    ledger.flush(ledger.stage(first_two))  # offsets 0 and 1 are in a file already
+    client = redis.Redis.from_url(settings.redis.url)
+    client.hset(keys.LEDGER_STAGED, mapping=staged)  # type: ignore[arg-type]
+
+    listed = atp(stack, "ledger", "history", "--sku", "ST-1")
+    assert listed.returncode == 0, listed.stderr
+    for n in range(3):
+        assert listed.stdout.count(f"st-{n}") == 1, listed.stdout
