@@ -1,20 +1,32 @@
 """Allocation as check-and-reserve, atomic in Redis with the projection.
 
 1. Orders already stored are answered from the store (same body) or refused (other body).
-2. Read the skus' states and versions; allocate every new line in one vectorized call.
+2. Read the skus' states and versions; allocate every new line.
 3. One write script: new states + projection + the orders' records (``nx``) + dedupe marks of
    the reservation events, refused as a whole if any sku changed since the read (then 2
    again) or an order appeared meanwhile (then 1 again).
 4. Publish every reservation as ``reservation_created`` (idempotent producer, acks=all) and
    answer only after the broker acknowledged. If it does not, the reservations are released
    again and the order record removed: no acknowledged allocation exists only in Redis.
+
+A batch (``POST /v1/allocations/batch``) looks its orders up first and allocates them in one
+vectorized call. Single orders (``POST /v1/allocations``) that arrive while earlier ones are
+being written are written together (group commit): one read, the orders allocated one after
+another in arrival order (each exactly as if alone, see ``orders.plan_in_turn``), one write
+script and one wait for the broker, so the per-write costs (Redis round trips, the
+projection, the broker's acknowledgement) are paid once per group rather than per order.
+They skip step 1 at first: the ``nx`` put of their records refuses the write if one exists,
+and only then are the group's orders looked up. Every order still answers only after its own
+events were acknowledged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Final
 
 import msgspec
@@ -33,10 +45,11 @@ from atp_service.orders import (
     encode_stored,
     fingerprint,
     plan,
+    plan_in_turn,
     release,
     released_event_id,
 )
-from atp_service.store import AsyncRedisStore, PutExists
+from atp_service.store import AsyncRedisStore, ProjectionMissing, PutExists
 from streams.changeset import build_changeset
 from streams.events import ReservationCreated, ReservationReleased
 from streams.kafka import Outgoing, ProduceFailed
@@ -47,8 +60,13 @@ MAX_ATTEMPTS: Final = 50
 ALLOCATED_UNITS: Final = Counter(
     "atp_allocation_units_total", "Units requested by allocations, by outcome", ["outcome"]
 )
+_UNITS_ALLOCATED: Final = ALLOCATED_UNITS.labels("allocated")
+_UNITS_BACKORDERED: Final = ALLOCATED_UNITS.labels("backordered")
+_UNITS_UNFILLED: Final = ALLOCATED_UNITS.labels("unfilled")
 RELEASED_ORDERS: Final = Counter("atp_released_orders_total", "Orders released over the API")
 PUBLISH_TIMEOUT_S: Final = 5.0
+GROUP_MAX_ORDERS: Final = 64  # single orders written together, at most
+GROUP_MAX_LINES: Final = 2000  # ... and their lines (a larger first order goes alone)
 
 
 class OrderConflict(Exception):
@@ -67,13 +85,40 @@ class Busy(Exception):
     """Too many concurrent writers on the same skus; retry (503)."""
 
 
+def _count(result: OrderResult) -> None:
+    for line in result.lines:
+        _UNITS_ALLOCATED.inc(sum(a.quantity for a in line.allocations))
+        _UNITS_BACKORDERED.inc(line.backordered)
+        _UNITS_UNFILLED.inc(line.unfilled)
+
+
 def _now_us() -> int:
     return time.time_ns() // 1000
 
 
-def _headers() -> list[tuple[str, bytes]]:
-    cid = correlation_id.get()
+def _headers(cid: str | None) -> list[tuple[str, bytes]]:
     return [(CORRELATION_HEADER, cid.encode())] if cid else []
+
+
+@dataclass
+class _Waiting:
+    """A single order waiting for its group's write."""
+
+    order: OrderRequest
+    fingerprint: str
+    correlation_id: str | None
+    future: asyncio.Future[tuple[OrderResult, bool]]
+
+
+def _settle(waiting: _Waiting, result: tuple[OrderResult, bool] | BaseException) -> None:
+    if waiting.future.done():  # its request went away; the order was handled all the same
+        return
+    if isinstance(result, asyncio.CancelledError):
+        waiting.future.cancel()
+    elif isinstance(result, BaseException):
+        waiting.future.set_exception(result)
+    else:
+        waiting.future.set_result(result)
 
 
 class Allocator:
@@ -90,6 +135,9 @@ class Allocator:
         self.send = send
         self.topic = reservations_topic
         self.clock = clock
+        self._waiting: list[_Waiting] = []
+        self._writer: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def _send(self, messages: list[Outgoing]) -> None:
         # An async sender awaits its own acknowledgements; a blocking one runs in a thread.
@@ -106,6 +154,8 @@ class Allocator:
 
     async def allocate(self, orders: Sequence[OrderRequest]) -> list[tuple[OrderResult, bool]]:
         """Allocate; each result says whether it was created now (False: a stored repeat)."""
+        if len(orders) == 1:
+            return [await self._allocate_single(orders[0])]
         prints = [fingerprint(o) for o in orders]
         for _ in range(MAX_ATTEMPTS):
             known = await self.stored([o.order_id for o in orders])
@@ -141,34 +191,169 @@ class Allocator:
                     continue  # a sku moved since the read: allocate again on fresh state
             except PutExists:
                 continue  # the same order_id was allocated concurrently: answer as a repeat
-            await self._publish_or_undo(records, now)
+            cid = correlation_id.get()
+            await self._publish_or_undo(records, now, [cid] * len(records))
             for i, record in zip(fresh, records, strict=True):
                 answers[i] = (record.result, True)
-                for line in record.result.lines:
-                    ALLOCATED_UNITS.labels("allocated").inc(sum(a.quantity for a in line.allocations))
-                    ALLOCATED_UNITS.labels("backordered").inc(line.backordered)
-                    ALLOCATED_UNITS.labels("unfilled").inc(line.unfilled)
+                _count(record.result)
             return [a for a in answers if a is not None]
         raise Busy("too many concurrent changes to the same skus")
 
-    async def _publish_or_undo(self, records: list[StoredOrder], now_us: int) -> None:
+    # -- single orders, written in groups -------------------------------------------------
+
+    async def _allocate_single(self, order: OrderRequest) -> tuple[OrderResult, bool]:
+        loop = asyncio.get_running_loop()
+        waiting = _Waiting(order, fingerprint(order), correlation_id.get(), loop.create_future())
+        writer = self._writer
+        if writer is not None and writer.get_loop() is not loop:
+            # Left by another event loop (tests run one per call): forget what it held.
+            writer, self._waiting = None, [w for w in self._waiting if w.future.get_loop() is loop]
+        self._waiting.append(waiting)
+        if writer is None or writer.done():
+            # Its own empty context: the group's work belongs to no single request.
+            self._writer = loop.create_task(self._write_groups(), context=contextvars.Context())
+        return await waiting.future
+
+    async def _write_groups(self) -> None:
+        """Write the waiting orders, a group at a time, until none is left. The group's wait
+        for the broker runs in a task of its own, so the next group is written meanwhile."""
+        while self._waiting:
+            group: list[_Waiting] = []
+            later: list[_Waiting] = []
+            ids: set[str] = set()
+            lines = 0
+            for waiting in self._waiting:
+                if waiting.future.done():
+                    continue  # its request went away before anything was done: nothing to do
+                # The same order_id twice in a group would pass both 'nx' checks: the second
+                # goes in a later group, where it is answered as a repeat.
+                fits = not group or (
+                    len(group) < GROUP_MAX_ORDERS
+                    and lines + len(waiting.order.lines) <= GROUP_MAX_LINES
+                )
+                if fits and waiting.order.order_id not in ids:
+                    group.append(waiting)
+                    ids.add(waiting.order.order_id)
+                    lines += len(waiting.order.lines)
+                else:
+                    later.append(waiting)
+            self._waiting = later
+            if not group:
+                continue
+            try:
+                await self._write_group(group)
+            except BaseException as exc:
+                for waiting in group:
+                    _settle(waiting, exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+
+    async def _write_group(self, group: list[_Waiting]) -> None:
+        look_up = False
+        for _ in range(MAX_ATTEMPTS):
+            if look_up:
+                known = await self.stored([w.order.order_id for w in group])
+                fresh = []
+                for waiting, stored in zip(group, known, strict=True):
+                    if stored is None:
+                        fresh.append(waiting)
+                    elif stored.fingerprint != waiting.fingerprint:
+                        _settle(waiting, OrderConflict(waiting.order.order_id))
+                    else:
+                        _settle(waiting, (stored.result, False))
+                group = fresh
+                if not group:
+                    return
+            orders = [w.order for w in group]
+            skus = list(dict.fromkeys(line.sku for o in orders for line in o.lines))
+            snapshot = await self.store.read(skus)
+            now = self.clock()
+            try:
+                planned = plan_in_turn(orders, snapshot.states, self.projector, now)
+            except Exception:
+                if len(group) == 1:
+                    raise
+                # An order the engine refuses fails alone, not its group.
+                group = self._without_refused(group, snapshot.states, now)
+                if not group:
+                    return
+                continue
+            changes = build_changeset(
+                planned.states, snapshot.versions, self.projector, now, seen=planned.event_ids
+            )
+            records = [
+                StoredOrder(w.fingerprint, result, held)
+                for w, result, held in zip(group, planned.results, planned.held, strict=True)
+            ]
+            changes.puts = [
+                (keys.order_key(r.result.order_id), "nx", encode_stored(r)) for r in records
+            ]
+            try:
+                if await self.store.write(changes, now // 1000):
+                    continue  # a sku moved since the read: allocate again on fresh state
+            except PutExists:
+                look_up = True  # an order_id exists (a repeat, or allocated concurrently)
+                continue
+            except ProjectionMissing:
+                if look_up:
+                    raise
+                look_up = True  # as with a look-up first, a stored order is still answered
+                continue
+            task = asyncio.get_running_loop().create_task(
+                self._publish_group(group, records, now), context=contextvars.Context()
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+        raise Busy("too many concurrent changes to the same skus")
+
+    def _without_refused(
+        self, group: list[_Waiting], states: dict[str, SkuState], now: int
+    ) -> list[_Waiting]:
+        kept = []
+        for waiting in group:
+            mine = {line.sku: states[line.sku] for line in waiting.order.lines}
+            try:
+                plan_in_turn([waiting.order], mine, self.projector, now)
+            except Exception as exc:
+                _settle(waiting, exc)
+            else:
+                kept.append(waiting)
+        return kept
+
+    async def _publish_group(self, group: list[_Waiting], records: list[StoredOrder], now: int) -> None:
+        try:
+            await self._publish_or_undo(records, now, [w.correlation_id for w in group])
+        except BaseException as exc:
+            for waiting in group:
+                _settle(waiting, exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        for waiting, record in zip(group, records, strict=True):
+            _count(record.result)
+            _settle(waiting, (record.result, True))
+
+    async def _publish_or_undo(
+        self, records: list[StoredOrder], now_us: int, correlation_ids: Sequence[str | None]
+    ) -> None:
         occurred = from_us(now_us)
-        channel_of = {r.result.order_id: r.result.channel for r in records}
         messages = []
-        for record in records:
+        for record, cid in zip(records, correlation_ids, strict=True):
+            headers = _headers(cid)
             for held in record.held:
                 event = ReservationCreated(
                     event_id=created_event_id(held.reservation_id),
                     occurred_at=occurred,
                     sku=held.sku,
                     reservation_id=held.reservation_id,
-                    channel=channel_of[record.result.order_id],
+                    channel=record.result.channel,
                     location=held.location,
                     quantity=held.quantity,
-                    correlation_id=correlation_id.get(),
+                    correlation_id=cid,
                 )
                 messages.append(
-                    Outgoing(self.topic, held.sku.encode(), msgspec.json.encode(event), _headers())
+                    Outgoing(self.topic, held.sku.encode(), msgspec.json.encode(event), headers)
                 )
         try:
             await self._send(messages)
@@ -205,7 +390,7 @@ class Allocator:
                         correlation_id=correlation_id.get(),
                     )
                 ),
-                _headers(),
+                _headers(correlation_id.get()),
             )
             for h in stored.held
         ]

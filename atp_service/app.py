@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import re
 import time
 from collections.abc import AsyncIterator
@@ -177,8 +178,11 @@ def create_app(settings: Settings) -> Litestar:
         reader = AvailabilityReader(
             client, app.state.projector, settings.api.cache_staleness_ms / 1000
         )
-        # Connected on the first allocation: a read-only deployment never dials the broker.
         publisher = AsyncPublisher(api_producer_config(settings.kafka.bootstrap))
+        # Connected now, in the background: the idempotent producer's first acknowledgement
+        # waits about 0.5 s for its producer id, which would otherwise fall on the first
+        # allocation of every worker. A broker that is down only delays it (no blocking).
+        publisher.start()
         app.state.redis = client
         app.state.reader = reader
         app.state.allocator = Allocator(
@@ -188,6 +192,10 @@ def create_app(settings: Settings) -> Litestar:
             settings.topics.reservations,
         )
         await reader.start()
+        # What start-up allocated lives as long as the worker: out of the collector's way,
+        # so full collections pause a worker ~1-2 ms instead of ~50 ms (measured).
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:

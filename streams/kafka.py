@@ -153,6 +153,10 @@ class AsyncPublisher:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
+    def start(self) -> None:
+        """Create the producer now (it connects in the background)."""
+        self._ensure()
+
     def _ensure(self) -> Producer:
         with self._lock:
             if self.producer is None:
@@ -167,6 +171,8 @@ class AsyncPublisher:
             self.producer.poll(0.05)
 
     async def send_all(self, messages: Sequence[Outgoing], timeout_s: float) -> None:
+        if not messages:
+            return
         producer = self._ensure()
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[KafkaError | None]] = []
@@ -186,9 +192,16 @@ class AsyncPublisher:
                 except BufferError:
                     await asyncio.sleep(0.005)
             futures.append(future)
+        # One deadline over the futures themselves (no task or gather per call: this is on
+        # every allocation's path).
+        errors: list[KafkaError | None] = []
         try:
-            errors = await asyncio.wait_for(asyncio.gather(*futures), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                for future in futures:
+                    errors.append(await future)
         except TimeoutError:
+            for future in futures:
+                future.cancel()
             raise ProduceFailed("the broker did not acknowledge in time") from None
         failed = [e for e in errors if e is not None]
         if failed:

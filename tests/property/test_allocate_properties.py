@@ -17,19 +17,11 @@ from allocation.allocate import NONE, Allocation, allocate
 from allocation.network import Network, Supply
 from allocation.projection import available_to_sell
 from allocation.reference import allocate_reference
+from tests.channels import Channel
 
 TODAY = 20_000
 FIELDS = ("taken", "backordered", "promise_day", "promise_location", "unfilled", "reserved")
 EXAMPLES = settings(max_examples=200, deadline=None)
-
-
-@dataclass(frozen=True)
-class Channel:
-    name: str
-    priority: int
-    locations: tuple[str, ...]
-    safety_stock: int
-    inbound_horizon_days: int
 
 
 @dataclass(frozen=True)

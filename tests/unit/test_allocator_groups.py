@@ -1,0 +1,203 @@
+"""Single orders written in groups (atp_service.allocator): concurrent requests share one read,
+one write and one wait for the broker, yet each answers exactly as if allocated alone in
+arrival order; repeats, conflicts, refused input and broker failures stay per order."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from allocation.network import Network
+from atp_service import keys
+from atp_service.allocator import Allocator, OrderConflict, PublishFailed
+from atp_service.orders import OrderLine, OrderRequest, plan
+from atp_service.store import PutExists, Snapshot
+from streams.changeset import ChangeSet
+from streams.kafka import Outgoing, ProduceFailed
+from streams.projector import Projector
+from streams.state import US_PER_DAY, BinStock, SkuState, dump_state, load_state
+from tests.channels import Channel
+
+NOW_US = 20_000 * US_PER_DAY
+
+
+PROJECTOR = Projector(
+    Network.of([Channel("web", 1, ("L0", "L1"), 0, 7), Channel("b2b", 2, ("L1",), 1, 7)]),
+    frozenset({"available"}),
+    ({}, {}),
+)
+
+
+class FakeClient:
+    def __init__(self, store: FakeStore) -> None:
+        self.store = store
+
+    async def mget(self, names: Sequence[str]) -> list[bytes | None]:
+        await asyncio.sleep(0)
+        return [self.store.strings.get(n) for n in names]
+
+    async def delete(self, *names: str) -> int:
+        for name in names:
+            self.store.strings.pop(name, None)
+        return len(names)
+
+
+class FakeStore:
+    """The AsyncRedisStore contract over dicts: versioned states, 'nx'/'set' puts."""
+
+    def __init__(self, states: dict[str, SkuState]) -> None:
+        self.states = {sku: dump_state(s) for sku, s in states.items()}
+        self.versions = dict.fromkeys(states, 1)
+        self.strings: dict[str, bytes] = {}
+        self.client = FakeClient(self)
+        self.reads = 0
+        self.writes = 0
+        self.conflict_next = 0  # refuse this many writes as if a sku had moved
+
+    async def read(self, skus: Sequence[str]) -> Snapshot:
+        self.reads += 1
+        await asyncio.sleep(0)
+        return Snapshot(
+            {sku: load_state(sku, self.states.get(sku)) for sku in skus},
+            {sku: self.versions.get(sku, 0) for sku in skus},
+            frozenset(),
+        )
+
+    async def write(self, changes: ChangeSet, now_ms: int) -> list[str]:
+        await asyncio.sleep(0)
+        for key, mode, _ in changes.puts:
+            if mode == "nx" and key in self.strings:
+                raise PutExists(key)
+        moved = [w.sku for w in changes.skus if w.expected_version != self.versions.get(w.sku, 0)]
+        if self.conflict_next and changes.skus:
+            self.conflict_next -= 1
+            moved = [changes.skus[0].sku]
+        if moved:
+            return moved
+        self.writes += 1
+        for w in changes.skus:
+            self.states[w.sku] = w.state
+            self.versions[w.sku] = self.versions.get(w.sku, 0) + 1
+        for key, _, value in changes.puts:
+            self.strings[key] = value
+        return []
+
+    def open_units(self, sku: str) -> int:
+        return sum(r.open_quantity(NOW_US) for r in load_state(sku, self.states[sku]).reservations)
+
+
+class Broker:
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.sends: list[list[Outgoing]] = []
+
+    async def send(self, messages: Sequence[Outgoing], timeout_s: float) -> None:
+        await asyncio.sleep(0)
+        self.sends.append(list(messages))
+        if self.fail:
+            raise ProduceFailed("down")
+
+
+def stocked(**skus: int) -> dict[str, SkuState]:
+    return {
+        sku: SkuState(sku, bins=(BinStock("L0", "B", "available", units // 2), BinStock("L1", "B", "available", units - units // 2)))
+        for sku, units in skus.items()
+    }
+
+
+def order(order_id: str, channel: str = "web", **lines: int) -> OrderRequest:
+    return OrderRequest(
+        order_id, channel, [OrderLine(str(i), sku, q) for i, (sku, q) in enumerate(lines.items())]
+    )
+
+
+def run(allocator: Allocator, orders: list[OrderRequest]) -> list[Any]:
+    async def go() -> list[Any]:
+        return await asyncio.gather(
+            *(allocator.allocate([o]) for o in orders), return_exceptions=True
+        )
+
+    return asyncio.run(go())
+
+
+def test_concurrent_orders_share_writes_and_answer_as_if_one_after_another() -> None:
+    states = stocked(A=7, B=3)
+    store, broker = FakeStore(states), Broker()
+    allocator = Allocator(store, PROJECTOR, broker.send, "res", clock=lambda: NOW_US)  # type: ignore[arg-type]
+    orders = [order(f"o{i}", "b2b" if i % 3 == 0 else "web", A=2, B=1) for i in range(8)]
+    answers = run(allocator, orders)
+
+    # The same answers as each order alone, in arrival order.
+    current = dict(states)
+    for got, o in zip(answers, orders, strict=True):
+        alone = plan([o], {s: current[s] for s in ("A", "B")}, PROJECTOR, NOW_US, scalar=False)
+        current.update({s.sku: s for s in alone.states})
+        assert got == [(alone.results[0], True)]
+    assert store.writes < len(orders)  # written in groups
+    assert store.open_units("A") == sum(
+        a.quantity for r in answers for line in r[0][0].lines if line.sku == "A" for a in line.allocations
+    )
+    assert store.open_units("A") <= 7 and store.open_units("B") <= 3
+    # Every reservation was published once, with the order's own correlation id (none here).
+    published = [m for batch in broker.sends for m in batch]
+    assert len(published) == sum(len(r[0][0].lines[0].allocations) + len(r[0][0].lines[1].allocations) for r in answers)
+
+
+def test_repeats_conflicts_and_duplicates_in_one_burst() -> None:
+    store, broker = FakeStore(stocked(A=10)), Broker()
+    allocator = Allocator(store, PROJECTOR, broker.send, "res", clock=lambda: NOW_US)  # type: ignore[arg-type]
+    (first,) = run(allocator, [order("done", A=1)])
+    burst = [order("done", A=1), order("done", A=2), order("new", A=1), order("new", A=1), order("x", A=1)]
+    answers = run(allocator, burst)
+    assert answers[0] == [(first[0][0], False)]  # a stored repeat: 200, same result
+    assert isinstance(answers[1], OrderConflict)  # another body: 409
+    # The same new order twice at once: allocated once, the other answered as its repeat.
+    assert answers[2][0][1] is True and answers[3] == [(answers[2][0][0], False)]
+    assert answers[4][0][1] is True
+    assert store.open_units("A") == 3
+
+
+def test_a_refused_order_fails_alone_and_a_conflict_is_retried() -> None:
+    store, broker = FakeStore(stocked(A=10)), Broker()
+    store.conflict_next = 1
+    allocator = Allocator(store, PROJECTOR, broker.send, "res", clock=lambda: NOW_US)  # type: ignore[arg-type]
+    bad = OrderRequest("bad", "web", [OrderLine("1", "A", 0)])  # the HTTP layer refuses it earlier
+    answers = run(allocator, [order("a", A=1), bad, order("b", A=2)])
+    assert isinstance(answers[1], ValueError)
+    assert answers[0][0][1] and answers[2][0][1]
+    assert store.open_units("A") == 3
+
+
+def test_a_broker_failure_undoes_the_whole_group() -> None:
+    store, broker = FakeStore(stocked(A=10)), Broker(fail=True)
+    allocator = Allocator(store, PROJECTOR, broker.send, "res", clock=lambda: NOW_US)  # type: ignore[arg-type]
+    answers = run(allocator, [order(f"o{i}", A=1) for i in range(5)])
+    assert all(isinstance(a, PublishFailed) for a in answers)
+    assert store.open_units("A") == 0
+    assert not any(k.startswith(keys.order_key("")) for k in store.strings)
+
+
+@pytest.mark.parametrize("size", [1, 3])
+def test_each_event_carries_its_own_requests_correlation_id(size: int) -> None:
+    from atp_service.logs import correlation_id
+
+    store, broker = FakeStore(stocked(A=10)), Broker()
+    allocator = Allocator(store, PROJECTOR, broker.send, "res", clock=lambda: NOW_US)  # type: ignore[arg-type]
+
+    async def one(i: int) -> None:
+        correlation_id.set(f"cid-{i}")
+        await allocator.allocate([order(f"o{i}", A=1)])
+
+    async def go() -> None:
+        await asyncio.gather(*(one(i) for i in range(size)))
+
+    asyncio.run(go())
+    published = [m for batch in broker.sends for m in batch]
+    assert sorted(dict(m.headers)["correlation-id"] for m in published) == [
+        f"cid-{i}".encode() for i in range(size)
+    ]
+    for message in published:
+        assert f'"correlation_id":"{dict(message.headers)["correlation-id"].decode()}"'.encode() in message.value
