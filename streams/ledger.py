@@ -131,6 +131,11 @@ def _safe(name: str) -> str:
 class Ledger:
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.root = Path(directory)
+        # Highest offset in each partition's files, as this process last saw or wrote it:
+        # listing a directory that gains a file a second on every flush would grow without
+        # end. Forgotten when the partition is assigned again (another owner may have
+        # written meanwhile).
+        self._last: dict[tuple[str, int], int | None] = {}
 
     def partition_dir(self, topic: str, partition: int) -> Path:
         return self.root / f"topic={_safe(topic)}" / f"partition={partition}"
@@ -185,6 +190,7 @@ class Ledger:
             topic, partition, first = parse_staged_field(name)
             by_partition[(topic, partition)].append((first, name))
         files = []
+        written: dict[tuple[str, int], int] = {}
         for (topic, partition), names in by_partition.items():
             names.sort()
             table = pa.concat_tables([from_ipc(staged[name]) for _, name in names])
@@ -196,21 +202,28 @@ class Ledger:
                 first, last = offsets[0].as_py(), offsets[-1].as_py()
                 path = self.partition_dir(topic, partition) / f"{first:020d}-{last:020d}.parquet"
                 files.append((path, table))
+                written[(topic, partition)] = last
         # A file costs about a millisecond whatever its size: Arrow writes them with the
         # GIL released, so in parallel.
         if len(files) == 1:
             _write_file(*files[0])
         elif files:
             list(_writers().map(_write_file, *zip(*files, strict=True)))
+        self._last.update(written)
         return list(staged)
 
     def last_offset(self, topic: str, partition: int) -> int | None:
         """The highest offset in the partition's files, or None without any."""
+        if (topic, partition) in self._last:
+            return self._last[(topic, partition)]
         directory = self.partition_dir(topic, partition)
-        if not directory.is_dir():
-            return None
-        lasts = [int(m.group(2)) for p in directory.iterdir() if (m := _FILE.match(p.name))]
-        return max(lasts) if lasts else None
+        lasts = (
+            [int(m.group(2)) for p in directory.iterdir() if (m := _FILE.match(p.name))]
+            if directory.is_dir()
+            else []
+        )
+        last = self._last[(topic, partition)] = max(lasts) if lasts else None
+        return last
 
     def reconcile(self, topic: str, partition: int, stored_offset: int | None) -> int:
         """Remove files at or past the offset stored in Redis; returns how many.
@@ -218,6 +231,7 @@ class Ledger:
         Those files come from a batch whose Redis write never happened; it will be
         consumed again from ``stored_offset`` and its file written again.
         """
+        self._last.pop((topic, partition), None)
         directory = self.partition_dir(topic, partition)
         if not directory.is_dir():
             return 0
