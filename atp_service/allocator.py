@@ -39,6 +39,7 @@ from atp_service.orders import (
     Held,
     OrderRequest,
     OrderResult,
+    Planned,
     StoredOrder,
     created_event_id,
     decode_stored,
@@ -50,7 +51,7 @@ from atp_service.orders import (
     released_event_id,
 )
 from atp_service.store import AsyncRedisStore, ProjectionMissing, PutExists
-from streams.changeset import build_changeset
+from streams.changeset import ChangeSet, build_changeset
 from streams.events import ReservationCreated, ReservationReleased
 from streams.kafka import Outgoing, ProduceFailed
 from streams.projector import Projector
@@ -176,16 +177,7 @@ class Allocator:
             snapshot = await self.store.read(skus)
             now = self.clock()
             planned = plan(new_orders, snapshot.states, self.projector, now)
-            changes = build_changeset(
-                planned.states, snapshot.versions, self.projector, now, seen=planned.event_ids
-            )
-            records = [
-                StoredOrder(prints[i], result, held)
-                for i, result, held in zip(fresh, planned.results, planned.held, strict=True)
-            ]
-            changes.puts = [
-                (keys.order_key(r.result.order_id), "nx", encode_stored(r)) for r in records
-            ]
+            changes, records = self._write_of(planned, snapshot.versions, [prints[i] for i in fresh], now)
             try:
                 if await self.store.write(changes, now // 1000):
                     continue  # a sku moved since the read: allocate again on fresh state
@@ -278,16 +270,7 @@ class Allocator:
                 if not group:
                     return
                 continue
-            changes = build_changeset(
-                planned.states, snapshot.versions, self.projector, now, seen=planned.event_ids
-            )
-            records = [
-                StoredOrder(w.fingerprint, result, held)
-                for w, result, held in zip(group, planned.results, planned.held, strict=True)
-            ]
-            changes.puts = [
-                (keys.order_key(r.result.order_id), "nx", encode_stored(r)) for r in records
-            ]
+            changes, records = self._write_of(planned, snapshot.versions, [w.fingerprint for w in group], now)
             try:
                 if await self.store.write(changes, now // 1000):
                     continue  # a sku moved since the read: allocate again on fresh state
@@ -306,6 +289,19 @@ class Allocator:
             task.add_done_callback(self._tasks.discard)
             return
         raise Busy("too many concurrent changes to the same skus")
+
+    def _write_of(
+        self, planned: Planned, versions: dict[str, int], prints: list[str], now: int
+    ) -> tuple[ChangeSet, list[StoredOrder]]:
+        """What one allocation write carries: the new states and projection, and each
+        order's record, which must not exist yet (``nx``: a repeat or a concurrent twin)."""
+        changes = build_changeset(planned.states, versions, self.projector, now, seen=planned.event_ids)
+        records = [
+            StoredOrder(fp, result, held)
+            for fp, result, held in zip(prints, planned.results, planned.held, strict=True)
+        ]
+        changes.puts = [(keys.order_key(r.result.order_id), "nx", encode_stored(r)) for r in records]
+        return changes, records
 
     def _without_refused(
         self, group: list[_Waiting], states: dict[str, SkuState], now: int

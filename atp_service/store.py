@@ -8,7 +8,7 @@ because the API reserved stock meanwhile. The caller then re-reads and re-folds.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Final
@@ -111,17 +111,19 @@ def script_arguments(
     return key_list, args
 
 
-def read_arguments(
+def read_calls(
     skus: Sequence[str], event_ids: Mapping[str, Sequence[str]]
-) -> tuple[list[str], list[Any]]:
-    key_list: list[str] = []
-    args: list[Any] = []
-    for sku in skus:
-        key_list += [keys.sku_key(sku), keys.seen_key(sku)]
-        ids = event_ids.get(sku, ())
-        args.append(len(ids))
-        args += ids
-    return key_list, args
+) -> Iterator[tuple[list[str], list[Any]]]:
+    """The read script's keys and arguments, a call per READ_CHUNK skus."""
+    for start in range(0, len(skus), READ_CHUNK):
+        key_list: list[str] = []
+        args: list[Any] = []
+        for sku in skus[start : start + READ_CHUNK]:
+            key_list += [keys.sku_key(sku), keys.seen_key(sku)]
+            ids = event_ids.get(sku, ())
+            args.append(len(ids))
+            args += ids
+        yield key_list, args
 
 
 def _snapshot(skus: Sequence[str], replies: Sequence[list[Any]]) -> Snapshot:
@@ -179,10 +181,7 @@ class RedisStore:
         self._read = client.register_script(READ_SCRIPT)
 
     def read(self, skus: Sequence[str], event_ids: Mapping[str, Sequence[str]] | None = None) -> Snapshot:
-        replies = []
-        for start in range(0, len(skus), READ_CHUNK):
-            key_list, args = read_arguments(skus[start : start + READ_CHUNK], event_ids or {})
-            replies.append(self._read(keys=key_list, args=args))
+        replies = [self._read(keys=k, args=a) for k, a in read_calls(skus, event_ids or {})]
         return _snapshot(skus, replies)
 
     def write(self, changes: ChangeSet, now_ms: int) -> list[str]:
@@ -246,10 +245,7 @@ class AsyncRedisStore:
         self._read = client.register_script(READ_SCRIPT)
 
     async def read(self, skus: Sequence[str]) -> Snapshot:
-        replies = []
-        for start in range(0, len(skus), READ_CHUNK):
-            key_list, args = read_arguments(skus[start : start + READ_CHUNK], {})
-            replies.append(await self._read(keys=key_list, args=args))
+        replies = [await self._read(keys=k, args=a) for k, a in read_calls(skus, {})]
         return _snapshot(skus, replies)
 
     async def write(self, changes: ChangeSet, now_ms: int) -> list[str]:

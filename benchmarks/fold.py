@@ -10,7 +10,7 @@ N events (10k skus, 8 locations, 5 channels; a realistic mix) are produced once 
   until it has consumed all N (its stored offsets are checked to cover them afterwards).
 
 Both are timed from the first non-empty batch to the last, so group join is excluded from
-both. The pipeline's stages (decode, Redis read, fold, render + change set, Redis write,
+both. The pipeline's stages (decode, Redis read, fold, render + change set, ledger rows, Redis write,
 outbox publish, Kafka commit) are timed by wrapping them in this process, not by editing
 the service.
 

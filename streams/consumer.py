@@ -33,7 +33,7 @@ from atp_service.logs import HEADER as CORRELATION_HEADER
 from atp_service.logs import correlation_id, new_correlation_id
 from atp_service.store import ProjectionMissing, RedisStore
 from streams import metrics
-from streams.changeset import build_changeset, decode_outbox
+from streams.changeset import ChangeSet, build_changeset, decode_outbox
 from streams.events import AnyEvent, InvalidEvent, decode
 from streams.fold import fold
 from streams.kafka import Outgoing, ReliableProducer
@@ -217,8 +217,9 @@ class StreamProjector:
             return
         if self.ledger is not None and (wrote or self.ledger.files()):
             raise LedgerAhead(
-                "Redis holds no projection but the ledger has events: Redis lost its data; "
-                "stop the consumers and run `atp rebuild`"
+                "Redis holds no projection but events were applied to it before (ledger files, "
+                "or this consumer's own writes): Redis lost its data; stop the consumers and "
+                "run `atp rebuild`"
             )
         self.store.mark_initialized("consumer")
 
@@ -389,12 +390,8 @@ class StreamProjector:
             if self.ledger is not None and batch is not None:
                 # Staged with the state and the offsets: see streams/ledger.py.
                 changes.ledger = self.ledger.stage(ledger_rows(batch, result.duplicates), applied_at_us=now)
-            try:
-                conflicts = self.store.write(changes, now // 1000)
-            except ProjectionMissing:
-                # Redis lost its data while we ran. Never fold onto an empty Redis: with a
-                # ledger that means stopping for `atp rebuild`; without one, start afresh.
-                self.ensure_initialized(wrote=True)
+            conflicts = self._write(changes, now)
+            if conflicts is None:
                 continue
             if not conflicts:
                 if changes.outbox:
@@ -406,6 +403,18 @@ class StreamProjector:
         self.stats.duplicates += len(result.duplicates)
         _count(result.applied, "applied")
         _count(result.duplicates, "duplicate")
+
+    def _write(self, changes: ChangeSet, now_us: int) -> list[str] | None:
+        """The write's conflicting skus, or None when Redis had lost its data (write again).
+
+        Never fold onto an empty Redis: with a ledger that means stopping for `atp rebuild`
+        (LedgerAhead); without one, starting afresh.
+        """
+        try:
+            return self.store.write(changes, now_us // 1000)
+        except ProjectionMissing:
+            self.ensure_initialized(wrote=True)
+            return None
 
     def sweep(self) -> None:
         """Recompute skus whose projection changes with no event: expiries, day changes."""
@@ -419,10 +428,8 @@ class StreamProjector:
             snapshot = self.store.read(due)
             states = [snapshot.states[sku] for sku in due]
             changes = build_changeset(states, snapshot.versions, self.projector, now)
-            try:
-                conflicts = self.store.write(changes, now // 1000)
-            except ProjectionMissing:
-                self.ensure_initialized(wrote=True)
+            conflicts = self._write(changes, now)
+            if conflicts is None:
                 continue
             if not conflicts:
                 self.stats.swept += len(due)

@@ -228,8 +228,10 @@ class Ledger:
     def reconcile(self, topic: str, partition: int, stored_offset: int | None) -> int:
         """Remove files at or past the offset stored in Redis; returns how many.
 
-        Those files come from a batch whose Redis write never happened; it will be
-        consumed again from ``stored_offset`` and its file written again.
+        Flushes only write rows Redis already holds, so such files come from an older
+        version of this module (files before the Redis write) or a stale owner; their
+        messages will be consumed again from ``stored_offset``. Also forgets the
+        partition's last flushed offset: another owner may have written since.
         """
         self._last.pop((topic, partition), None)
         directory = self.partition_dir(topic, partition)
