@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,6 +18,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from prometheus_client import Histogram
 
 from allocation.network import Network
+from atp_service import fast
 from atp_service.allocator import Allocator
 from atp_service.auth import KeyRing
 from atp_service.config import Settings, load_settings
@@ -28,7 +28,7 @@ from atp_service.controllers.channels import ChannelController
 from atp_service.controllers.health import healthz, metrics, readyz
 from atp_service.controllers.safety_stock import SafetyStockController
 from atp_service.controllers.ui import UiController
-from atp_service.logs import correlation_id, new_correlation_id
+from atp_service.logs import correlation_id
 from atp_service.problems import EXCEPTION_HANDLERS
 from atp_service.reader import AvailabilityReader
 from atp_service.store import AsyncRedisStore
@@ -59,64 +59,24 @@ def redis_client(settings: Settings) -> aredis.Redis:
     )
 
 
-_READ_PATH = re.compile(r"^/v1/availability/([A-Za-z0-9_.\-]{1,64})/([^/]{1,200})$")
-_JSON_HEADERS = (b"content-type", b"application/json")
-
-
-async def _fast_read(scope: Scope, send: Send, started: float) -> bool:
-    """Answer a single-sku read from the cache, skipping the framework's per-request work.
-
-    Only the common case: a known channel, an authorised key and a cached document. The
-    answer is byte for byte what the handler would send; anything else (a miss, a bad key,
-    an odd sku) returns False and goes through the full Litestar route, which owns every
-    error and edge case.
-    """
-    match = _READ_PATH.match(scope["path"])
-    if match is None or scope.get("method") != "GET" or scope.get("query_string"):
-        return False
-    state = scope["app"].state
-    found = state.keyring.scopes_for(_header(scope, b"authorization"))
-    if found is None or "availability:read" not in found[1]:
-        return False
-    channel, sku = match.group(1), match.group(2)
-    if "%" in sku or not sku.isprintable():
-        return False
-    document = state.reader.cached(channel, sku)
-    if document is None:
-        return False
-    cid = _header(scope, b"x-correlation-id")
-    if not (cid and len(cid) <= 128 and cid.isprintable()):
-        cid = new_correlation_id()
-    start: Any = {
-        "type": "http.response.start",
-        "status": 200,
-        "headers": [
-            _JSON_HEADERS,
-            (b"content-length", str(len(document)).encode()),
-            (b"x-correlation-id", cid.encode()),
-        ],
-    }
-    body: Any = {"type": "http.response.body", "body": document}
-    await send(start)
-    await send(body)
-    HTTP_DURATION.labels(_FAST_ROUTE, "200").observe(time.perf_counter() - started)
-    return True
-
-
-_FAST_ROUTE = "/v1/availability/{channel:str}/{sku:str}"
-
-
 def _metrics_middleware(app: ASGIApp) -> ASGIApp:
     async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # type: ignore[comparison-overlap]
             await app(scope, receive, send)
             return
         started = time.perf_counter()
-        if await _fast_read(scope, send, started):
+        answered = await fast.read(scope, send)
+        if answered is not None:
+            HTTP_DURATION.labels(fast.READ_ROUTE, "200").observe(time.perf_counter() - started)
+            return
+        answered, receive = await fast.allocate(scope, receive, send)
+        if answered is not None:
+            HTTP_DURATION.labels(fast.ALLOCATE_ROUTE, str(answered)).observe(
+                time.perf_counter() - started
+            )
             return
         status = 500
-        given = _header(scope, b"x-correlation-id")
-        cid = given if given and len(given) <= 128 and given.isprintable() else new_correlation_id()
+        cid = fast.request_correlation_id(scope)
         token = correlation_id.set(cid)
 
         async def record(message: Any) -> None:
@@ -136,13 +96,6 @@ def _metrics_middleware(app: ASGIApp) -> ASGIApp:
             correlation_id.reset(token)
 
     return wrapped
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", ()):
-        if key == name:
-            return bytes(value).decode("latin-1")
-    return None
 
 
 def _route_of(handler: Any) -> str:
@@ -186,7 +139,11 @@ def create_app(settings: Settings) -> Litestar:
         app.state.redis = client
         app.state.reader = reader
         app.state.allocator = Allocator(
-            AsyncRedisStore(client, settings.kafka.group_id, int(settings.consumer.dedupe_window_days * US_PER_DAY // 1000)),
+            AsyncRedisStore(
+                client,
+                settings.kafka.group_id,
+                int(settings.consumer.dedupe_window_days * US_PER_DAY // 1000),
+            ),
             app.state.projector,
             publisher.send_all,
             settings.topics.reservations,

@@ -11,6 +11,7 @@ from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 
+from atp_service.allocator import Busy, OrderConflict, PublishFailed
 from atp_service.store import ProjectionMissing
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,26 @@ def problem_responses(*codes: int) -> dict[int, ResponseSpec]:
     }
 
 
+def problem_body(
+    path: str,
+    status: int,
+    detail: str | None,
+    *,
+    errors: list[dict[str, Any]] | None = None,
+    kind: str | None = None,
+) -> bytes:
+    return msgspec.json.encode(
+        Problem(
+            type=f"https://atp.dev/problems/{kind or status}",
+            title=TITLES.get(status, "Error"),
+            status=status,
+            detail=detail,
+            instance=path,
+            errors=errors,
+        )
+    )
+
+
 def problem(
     request: Request[Any, Any, Any],
     status: int,
@@ -71,20 +92,64 @@ def problem(
     headers: dict[str, str] | None = None,
     kind: str | None = None,
 ) -> Response[Any]:
-    body = Problem(
-        type=f"https://atp.dev/problems/{kind or status}",
-        title=TITLES.get(status, "Error"),
-        status=status,
-        detail=detail,
-        instance=request.url.path,
-        errors=errors,
-    )
     return Response(
-        content=msgspec.json.encode(body),
+        content=problem_body(request.url.path, status, detail, errors=errors, kind=kind),
         status_code=status,
         media_type=PROBLEM_JSON,
         headers=headers,
     )
+
+
+class Failure(msgspec.Struct, frozen=True):
+    """What an exception from the store or the service's own refusals answers."""
+
+    status: int
+    detail: str
+    kind: str
+    headers: dict[str, str] | None = None
+
+
+def failure_of(exc: Exception) -> Failure:
+    """Every non-HTTP exception's answer, in one place: the Litestar handlers below and the
+    fast allocation path (atp_service/fast.py) both answer from it."""
+    if isinstance(exc, OrderConflict):
+        return Failure(
+            409, f"order {exc.order_id!r} exists with a different body", "order-conflict"
+        )
+    if isinstance(exc, PublishFailed):
+        return Failure(503, str(exc), "publish-failed", {"Retry-After": "1"})
+    if isinstance(exc, Busy):
+        return Failure(503, str(exc), "busy", {"Retry-After": "1"})
+    if isinstance(exc, ProjectionMissing):
+        return Failure(
+            503,
+            "the projection is not initialized (Redis lost its data?); run `atp rebuild`",
+            "projection-not-ready",
+            {"Retry-After": "5"},
+        )
+    if isinstance(exc, (redis.RedisError, ConnectionError)):
+        return Failure(
+            503,
+            "the availability store is unavailable; retry shortly",
+            "store-unavailable",
+            {"Retry-After": "1"},
+        )
+    return Failure(500, "internal error", "internal")
+
+
+def logged_failure(path: str, exc: Exception) -> Failure:
+    """``failure_of``, with the log line an outage or a bug deserves."""
+    found = failure_of(exc)
+    if found.kind == "store-unavailable":
+        log.warning("redis unavailable during %s: %s", path, exc)
+    elif found.kind == "internal":
+        log.exception("unhandled error on %s", path, exc_info=exc)
+    return found
+
+
+def failure(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    found = logged_failure(request.url.path, exc)
+    return problem(request, found.status, found.detail, headers=found.headers, kind=found.kind)
 
 
 def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
@@ -100,38 +165,22 @@ def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes
     return problem(request, exc.status_code, detail, errors=errors, headers=exc.headers)
 
 
-def _redis_down(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    log.warning("redis unavailable during %s: %s", request.url.path, exc)
-    return problem(
-        request,
-        503,
-        "the availability store is unavailable; retry shortly",
-        headers={"Retry-After": "1"},
-        kind="store-unavailable",
-    )
-
-
-def _not_ready(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    return problem(
-        request,
-        503,
-        "the projection is not initialized (Redis lost its data?); run `atp rebuild`",
-        headers={"Retry-After": "5"},
-        kind="projection-not-ready",
-    )
-
-
-def _internal(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    log.exception("unhandled error on %s", request.url.path)
-    return problem(request, 500, "internal error", kind="internal")
-
-
 EXCEPTION_HANDLERS: dict[Any, Any] = {
     HTTPException: _http,
-    redis.RedisError: _redis_down,
-    ProjectionMissing: _not_ready,
-    ConnectionError: _redis_down,
-    Exception: _internal,
+    redis.RedisError: failure,
+    ProjectionMissing: failure,
+    ConnectionError: failure,
+    Exception: failure,
 }
 
-__all__ = ["EXCEPTION_HANDLERS", "PROBLEM_JSON", "MediaType", "problem"]
+__all__ = [
+    "EXCEPTION_HANDLERS",
+    "PROBLEM_JSON",
+    "Failure",
+    "MediaType",
+    "failure",
+    "failure_of",
+    "logged_failure",
+    "problem",
+    "problem_body",
+]

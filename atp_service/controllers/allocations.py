@@ -12,7 +12,7 @@ from atp_service.allocator import Allocator, Busy, OrderConflict, PublishFailed
 from atp_service.auth import require
 from atp_service.config import Settings
 from atp_service.orders import BatchRequest, BatchResult, OrderRequest, OrderResult
-from atp_service.problems import problem, problem_responses
+from atp_service.problems import failure, problem_responses
 
 
 def check_order(settings: Settings, order: OrderRequest, where: str = "") -> None:
@@ -35,19 +35,6 @@ def check_order(settings: Settings, order: OrderRequest, where: str = "") -> Non
         if line.line_id in seen:
             raise ValidationException(detail=f"{where}lines[{i}].line_id: {line.line_id!r} repeats")
         seen.add(line.line_id)
-
-
-def _failure(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    if isinstance(exc, OrderConflict):
-        return problem(
-            request,
-            409,
-            f"order {exc.order_id!r} exists with a different body",
-            kind="order-conflict",
-        )
-    if isinstance(exc, PublishFailed):
-        return problem(request, 503, str(exc), headers={"Retry-After": "1"}, kind="publish-failed")
-    return problem(request, 503, str(exc), headers={"Retry-After": "1"}, kind="busy")
 
 
 class AllocationController(Controller):
@@ -76,7 +63,7 @@ class AllocationController(Controller):
         try:
             ((result, created),) = await allocator.allocate([data])
         except (OrderConflict, PublishFailed, Busy) as exc:
-            return _failure(request, exc)
+            return failure(request, exc)
         return Response(result, status_code=201 if created else 200)
 
     @post(
@@ -109,7 +96,7 @@ class AllocationController(Controller):
         try:
             results = await allocator.allocate(data.orders)
         except (OrderConflict, PublishFailed, Busy) as exc:
-            return _failure(request, exc)
+            return failure(request, exc)
         return Response(BatchResult([r for r, _ in results]))
 
     @get(
@@ -135,7 +122,7 @@ class AllocationController(Controller):
         try:
             result = await allocator.release(order_id)
         except (PublishFailed, Busy) as exc:
-            return _failure(request, exc)
+            return failure(request, exc)
         if result is None:
             raise NotFoundException(detail=f"unknown order {order_id!r}")
         return Response(result)

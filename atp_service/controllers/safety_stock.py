@@ -11,7 +11,7 @@ from atp_service.allocator import Allocator, Busy
 from atp_service.auth import require
 from atp_service.config import Settings
 from atp_service.controllers.availability import check_sku, known_channel
-from atp_service.problems import problem, problem_responses
+from atp_service.problems import failure, problem_responses
 
 
 class SafetyStock(msgspec.Struct, frozen=True):
@@ -43,7 +43,7 @@ class SafetyStockController(Controller):
         try:
             await allocator.set_safety_stock(channel, sku, data.quantity)
         except Busy as exc:
-            return problem(request, 503, str(exc), headers={"Retry-After": "1"}, kind="busy")
+            return failure(request, exc)
         return Response(SafetyStockSet(channel, sku, data.quantity))
 
     @delete(
@@ -65,5 +65,5 @@ class SafetyStockController(Controller):
         try:
             await allocator.set_safety_stock(channel, sku, None)
         except Busy as exc:
-            return problem(request, 503, str(exc), headers={"Retry-After": "1"}, kind="busy")
+            return failure(request, exc)
         return Response(SafetyStockSet(channel, sku, None))
