@@ -65,16 +65,6 @@ def _metrics_middleware(app: ASGIApp) -> ASGIApp:
             await app(scope, receive, send)
             return
         started = time.perf_counter()
-        answered = await fast.read(scope, send)
-        if answered is not None:
-            HTTP_DURATION.labels(fast.READ_ROUTE, "200").observe(time.perf_counter() - started)
-            return
-        answered, receive = await fast.allocate(scope, receive, send)
-        if answered is not None:
-            HTTP_DURATION.labels(fast.ALLOCATE_ROUTE, str(answered)).observe(
-                time.perf_counter() - started
-            )
-            return
         status = 500
         cid = fast.request_correlation_id(scope)
         token = correlation_id.set(cid)
@@ -203,6 +193,27 @@ def create_app(settings: Settings) -> Litestar:
     return app
 
 
-def app_from_environment() -> Litestar:
+def serving_app(app: Litestar) -> ASGIApp:
+    """The application as served: the hot routes' fast paths (atp_service/fast.py) in front
+    of Litestar, which answers everything they leave, lifespan included."""
+    state = app.state
+
+    async def serve(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":  # type: ignore[comparison-overlap]
+            started = time.perf_counter()
+            route = fast.READ_ROUTE
+            answered = await fast.read(state, scope, send)
+            if answered is None:
+                route = fast.ALLOCATE_ROUTE
+                answered, receive = await fast.allocate(state, scope, receive, send)
+            if answered is not None:
+                HTTP_DURATION.labels(route, str(answered)).observe(time.perf_counter() - started)
+                return
+        await app(scope, receive, send)
+
+    return serve
+
+
+def app_from_environment() -> ASGIApp:
     """Factory for the ASGI server: settings from ATP_CONFIG and the ATP_* overrides."""
-    return create_app(load_settings())
+    return serving_app(create_app(load_settings()))

@@ -1,9 +1,10 @@
-"""The two hot routes answered below the framework, for their common case only.
+"""The two hot routes answered in front of the framework, for their common case only.
 
 A storefront's single-sku read and an order router's single allocation are most of the
-traffic. Litestar's per-request work (routing, dependency and signature resolution, guards,
-response objects) cost a quarter of a worker's CPU on the allocation path (measured with
-py-spy under the allocation benchmark), which at 32 clients is latency. Here each is
+traffic. Litestar's per-request work (its ASGI entry, routing, middleware, dependency and
+signature resolution, guards, response objects) cost a quarter of a worker's CPU on the
+allocation path (measured with py-spy under the allocation benchmark), which at 32 clients
+is latency. ``app.serving_app`` puts these in front of the Litestar application: each is
 answered from the ASGI scope directly when the request is ordinary: a known key with the
 scope, a well-formed body, a known channel. Anything else (a bad key, a body the schema or
 the order rules refuse, an odd path) goes through the full Litestar route, which owns every
@@ -18,6 +19,7 @@ import re
 from typing import Any, Final
 
 import msgspec
+from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from litestar.types import Receive, ReceiveMessage, Scope, Send
 
@@ -69,23 +71,23 @@ async def _answer(
     await send(done)
 
 
-def _has_scope(scope: Scope, wanted: str) -> bool:
-    found = scope["app"].state.keyring.scopes_for(header(scope, b"authorization"))
+def _has_scope(state: State, scope: Scope, wanted: str) -> bool:
+    found = state.keyring.scopes_for(header(scope, b"authorization"))
     return found is not None and wanted in found[1]
 
 
-async def read(scope: Scope, send: Send) -> int | None:
+async def read(state: State, scope: Scope, send: Send) -> int | None:
     """``GET /v1/availability/{channel}/{sku}`` from the cache: the status answered, or None
     when the full route must answer."""
     match = _READ_PATH.match(scope["path"])
     if match is None or scope.get("method") != "GET" or scope.get("query_string"):
         return None
-    if not _has_scope(scope, "availability:read"):
+    if not _has_scope(state, scope, "availability:read"):
         return None
     channel, sku = match.group(1), match.group(2)
     if "%" in sku or not sku.isprintable():
         return None
-    document = scope["app"].state.reader.cached(channel, sku)
+    document = state.reader.cached(channel, sku)
     if document is None:
         return None
     await _answer(send, 200, document, request_correlation_id(scope))
@@ -104,20 +106,21 @@ def _replay(messages: list[ReceiveMessage], receive: Receive) -> Receive:
     return replayed
 
 
-async def allocate(scope: Scope, receive: Receive, send: Send) -> tuple[int | None, Receive]:
+async def allocate(
+    state: State, scope: Scope, receive: Receive, send: Send
+) -> tuple[int | None, Receive]:
     """``POST /v1/allocations``: the status answered, or None and the receive the full
     route must use (the body read so far, replayed)."""
     if (
         scope["path"] not in _ALLOCATE_PATHS
         or scope.get("method") != "POST"
         or scope.get("query_string")
-        or not _has_scope(scope, "allocations:write")
+        or not _has_scope(state, scope, "allocations:write")
     ):
         return None, receive
     media = header(scope, b"content-type")
     if media is not None and media.split(";", 1)[0].strip().lower() != "application/json":
         return None, receive
-    state = scope["app"].state
     limit: int = state.settings.api.max_body_bytes
     messages: list[ReceiveMessage] = []
     chunks: list[bytes] = []
