@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from litestar.testing import TestClient
 
-from atp_service.app import create_app
+from atp_service.app import create_app, serving_app
 from atp_service.config import parse_config
 from atp_service.services import start_redis
 from tests.conftest import ADMIN_KEY, ALL_KEY, READ_KEY, WRITE_KEY, config_text
@@ -37,7 +37,8 @@ KEY_FOR_SCOPE = {"availability:read": READ_KEY, "allocations:write": WRITE_KEY, 
 
 @pytest.fixture
 def client(redis_url: str) -> Iterator[TestClient[Any]]:
-    app = create_app(parse_config(config_text(redis_url)))
+    # As served: the fast paths in front of Litestar.
+    app = serving_app(create_app(parse_config(config_text(redis_url))))
     with TestClient(app) as test_client:
         yield test_client
 
@@ -109,7 +110,7 @@ def test_bad_input_is_400_problem_json(client: TestClient[Any]) -> None:
 
 def test_redis_down_is_503_problem_json_never_500(tmp_path: Path) -> None:
     service = start_redis(tmp_path / "redis")
-    app = create_app(parse_config(config_text(f"redis://127.0.0.1:{service.port}/0")))
+    app = serving_app(create_app(parse_config(config_text(f"redis://127.0.0.1:{service.port}/0"))))
     headers = {"Authorization": f"Bearer {READ_KEY}"}
     with TestClient(app) as test_client:
         assert test_client.get("/readyz").status_code == 200
@@ -136,10 +137,15 @@ def test_correlation_id_is_echoed_or_generated(client: TestClient[Any]) -> None:
 
 def test_oversized_body_is_413_problem_json(redis_url: str) -> None:
     text = config_text(redis_url) + "\n[api]\nmax_body_bytes = 2000\n"
-    with TestClient(create_app(parse_config(text))) as small:
+    with TestClient(serving_app(create_app(parse_config(text)))) as small:
         body = {"skus": [f"SKU-{i:06d}" for i in range(400)]}
         reply = small.post("/v1/availability/web/query", json=body, headers={"Authorization": f"Bearer {READ_KEY}"})
         assert reply.status_code == 413
+        assert reply.headers["content-type"].startswith("application/problem+json")
+        # An order read by the fast path until it passed the limit, then replayed to Litestar.
+        order = {**ORDER, "lines": [{"line_id": str(i), "sku": "S", "quantity": 1} for i in range(100)]}
+        reply = small.post("/v1/allocations", json=order, headers={"Authorization": f"Bearer {WRITE_KEY}"})
+        assert reply.status_code == 413, reply.text
         assert reply.headers["content-type"].startswith("application/problem+json")
 
 
