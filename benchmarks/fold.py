@@ -12,7 +12,8 @@ N events (10k skus, 8 locations, 5 channels; a realistic mix) are produced once 
 Both are timed from the first non-empty batch to the last, so group join is excluded from
 both. The pipeline's stages (decode, Redis read, fold, render + change set, ledger rows, Redis write,
 outbox publish, Kafka commit) are timed by wrapping them in this process, not by editing
-the service.
+the service. The loop consumes and decodes the next batch while a batch's Redis write is in
+flight, so the stages' shares of the time can add up to more than 100%.
 
 ``python -m benchmarks.fold --size small|full``
 """
@@ -112,6 +113,10 @@ def _timed(totals: dict[str, float], stage: str, fn: Callable[..., Any]) -> Call
     return wrapper
 
 
+def _processed(stats: Any) -> int:
+    return int(stats.applied + stats.duplicates + stats.dead_lettered)
+
+
 def command_stats(client: Any) -> dict[str, dict[str, float]]:
     """Redis server-side time per command since the last CONFIG RESETSTAT."""
     raw: dict[str, Any] = client.info("commandstats")
@@ -142,12 +147,15 @@ def real_pipeline(
         ledger.stage = _timed(totals, "ledger rows", ledger.stage)
     process = projector.process
 
-    def timed_process(messages: list[Any]) -> None:
-        window.setdefault("first", time.perf_counter())
-        cpu = time.thread_time()
-        process(messages)
-        totals["consumer thread CPU"] += time.thread_time() - cpu
+    def timed_process(messages: list[Any], *args: Any, **kwargs: Any) -> None:
+        if "first" not in window:
+            window["first"] = time.perf_counter()
+            window["cpu"] = time.process_time()
+        process(messages, *args, **kwargs)
         window["last"] = time.perf_counter()
+        # All threads of the process: the Redis write runs on its own thread, overlapped
+        # with the next batch's consume and decode; librdkafka's and the ledger's threads too.
+        totals["consumer process CPU"] = time.process_time() - window["cpu"]
 
     projector.process = timed_process  # type: ignore[method-assign]
     # The loop calls these module-level functions: wrap them for the run, restore after.
@@ -168,11 +176,12 @@ def real_pipeline(
     thread.start()
     deadline = time.monotonic() + 900
     try:
-        while projector.stats.consumed < n:
+        # Applied, not consumed: the loop consumes the next batch before it applies it.
+        while (done := _processed(projector.stats)) < n:
             if errors:
                 raise RuntimeError(f"the stream projector failed: {errors[0]!r}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the stream projector consumed {projector.stats.consumed} of {n}")
+                raise RuntimeError(f"the stream projector applied {done} of {n} messages")
             time.sleep(0.02)
     finally:
         stop.set()
@@ -259,10 +268,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         us = statistics.median(s.get(st, 0.0) for s in stages) / n * 1e6 if st in STAGES else None
         label = f"  stage: {st}" + (f" ({us:.1f} us/event)" if us is not None else "")
         report.add(Figure(label, "% of time", [100 * share], informative=True))
-    # CPU time of the consumer's thread is steadier than wall time on a shared machine: it
-    # says what one process could reach if it never waited on Redis or the broker.
-    cpu_us = [s.get("consumer thread CPU", 0.0) / n * 1e6 for s in stages]
-    report.add(Figure("  consumer thread CPU per event", "us/event", cpu_us, informative=True))
+    # CPU time is steadier than wall time on a shared machine: it says what one process
+    # could reach if it never waited on Redis or the broker.
+    cpu_us = [s.get("consumer process CPU", 0.0) / n * 1e6 for s in stages]
+    report.add(Figure("  consumer process CPU per event", "us/event", cpu_us, informative=True))
     for label, commands in (
         ("read and write scripts (EVALSHA)", ("evalsha", "eval")),
         ("of which reads (HMGET, ZMSCORE)", ("hmget", "zmscore")),

@@ -22,6 +22,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -204,6 +205,12 @@ class StreamProjector:
         self._acked: list[tuple[str, int]] = []  # (outbox id, events) the broker has, all
         self._owned: frozenset[tuple[str, int]] = frozenset()  # partitions assigned to us
         self.book = SnapshotBook(instance=f"{socket.gethostname()}:{os.getpid()}")
+        # The batch's Redis write runs on this thread so the loop can consume and decode the
+        # next batch meanwhile (``_read_ahead``); one thread, so writes stay in order.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="redis-write")
+        self._writing: Future[list[str]] | None = None
+        # Messages consumed (and, once decoded, their batch) during the last write.
+        self._ahead: tuple[list[Message], Batch | None] | None = None
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -234,9 +241,12 @@ class StreamProjector:
         flusher.start()
         try:
             while not stop.is_set():
-                messages = self._next_batch()
+                messages, batch = self._ahead or (self._next_batch(), None)
+                self._ahead = None
                 if messages:
-                    self._retrying(partial(self.process, messages), stop)
+                    if batch is None:
+                        batch = self.decode(messages)
+                    self._retrying(partial(self.process, messages, batch, read_ahead=True), stop)
                 if time.monotonic() - self._last_sweep >= self.options.sweep_interval_s:
                     self._retrying(self.sweep, stop)
                     self._last_sweep = time.monotonic()
@@ -249,6 +259,7 @@ class StreamProjector:
                 self.flush_ledger()
             except (redis.RedisError, OSError) as exc:  # the rows stay staged in Redis
                 log.warning("could not move the staged ledger rows to files on shutdown: %s", exc)
+            self._writer.shutdown(wait=True)
             self.consumer.close()
 
     def flush_ledger(self) -> int:
@@ -292,7 +303,10 @@ class StreamProjector:
             messages.extend(more)
         return messages
 
-    def process(self, messages: list[Message]) -> None:
+    def process(self, messages: list[Message], batch: Batch | None = None, read_ahead: bool = False) -> None:
+        """Apply one consumed batch (``batch``: its messages decoded already), publish its
+        availability events and commit it. With ``read_ahead`` the next batch is consumed and
+        decoded while this one's Redis write is in flight, and kept for the loop."""
         # The cyclic collector runs each time ~700 new container objects outlive their
         # statement, and walks all of them: a large batch triggers it thousands of times
         # over objects that die by reference count when the batch is done anyway. Paused
@@ -301,19 +315,18 @@ class StreamProjector:
         collecting = gc.isenabled()
         gc.disable()
         try:
-            self._process(messages)
+            self._process(messages, batch or self.decode(messages), read_ahead)
         finally:
             if collecting:
                 gc.enable()
 
-    def _process(self, messages: list[Message]) -> None:
+    def _process(self, messages: list[Message], batch: Batch, read_ahead: bool) -> None:
         started = time.perf_counter()
-        batch = self.decode(messages)
         if batch.dead:
             # Dead letters are delivered before the offsets move past them in Redis.
             self.producer.send_all(batch.dead)
             self.stats.dead_lettered += len(batch.dead)
-        self.apply(batch.events, batch.offsets, batch)
+        self.apply(batch.events, batch.offsets, batch, self._read_ahead if read_ahead else None)
         metrics.FOLD_SECONDS.observe(time.perf_counter() - started)
         metrics.BATCH_SIZE.observe(len(messages))
         visible = time.time()
@@ -374,9 +387,16 @@ class StreamProjector:
         return Batch(events, sources, dead, dead_sources, offsets)
 
     def apply(
-        self, events: list[AnyEvent], offsets: dict[str, int], batch: Batch | None = None
+        self,
+        events: list[AnyEvent],
+        offsets: dict[str, int],
+        batch: Batch | None = None,
+        meanwhile: Callable[[], None] | None = None,
     ) -> None:
-        """Fold the events into Redis, retrying from a fresh read if the API wrote meanwhile."""
+        """Fold the events into Redis, retrying from a fresh read if the API wrote meanwhile.
+
+        ``meanwhile`` runs while the write is in flight (it must not touch these skus).
+        """
         if not self._initialized:
             # Before the ledger is written: its files are what tell a lost Redis apart.
             self.ensure_initialized()
@@ -405,7 +425,8 @@ class StreamProjector:
             if self.ledger is not None and batch is not None:
                 # Staged with the state and the offsets: see streams/ledger.py.
                 changes.ledger = self.ledger.stage(ledger_rows(batch, result.duplicates), applied_at_us=now)
-            conflicts = self._write(changes, now)
+            conflicts = self._write(changes, now, meanwhile)
+            meanwhile = None
             if conflicts is None:
                 continue
             if not conflicts:
@@ -419,17 +440,51 @@ class StreamProjector:
         _count(result.applied, "applied")
         _count(result.duplicates, "duplicate")
 
-    def _write(self, changes: ChangeSet, now_us: int) -> list[str] | None:
+    def _write(
+        self, changes: ChangeSet, now_us: int, meanwhile: Callable[[], None] | None = None
+    ) -> list[str] | None:
         """The write's conflicting skus, or None when Redis had lost its data (write again).
 
         Never fold onto an empty Redis: with a ledger that means stopping for `atp rebuild`
         (LedgerAhead); without one, starting afresh.
         """
         try:
-            return self.store.write(changes, now_us // 1000)
+            if meanwhile is None:
+                return self.store.write(changes, now_us // 1000)
+            self._writing = self._writer.submit(self.store.write, changes, now_us // 1000)
+            try:
+                meanwhile()
+            finally:
+                # Whatever ``meanwhile`` did, nothing moves on while the write is in flight.
+                writing, self._writing = self._writing, None
+                conflicts = writing.result()
+            return conflicts
         except ProjectionMissing:
             self.ensure_initialized(wrote=True)
             return None
+
+    def _read_ahead(self) -> None:
+        """Consume and decode the next batch while this one is written: the wait for Redis
+        was a quarter of the loop's time. Only consuming and decoding, which read no state;
+        the next batch's Redis read comes after this write."""
+        if self._ahead is not None:
+            return
+        messages = self._next_batch()
+        if messages:
+            # Kept before decoding: if decoding raised, the loop still has them.
+            self._ahead = (messages, None)
+            self._ahead = (messages, self.decode(messages))
+
+    def _settle_write(self) -> None:
+        """Wait for a write in flight: called by the rebalance callbacks, which librdkafka
+        may run inside the read-ahead's consume. Partitions are handed over, and stored
+        offsets read, only once the batch is in Redis."""
+        writing = self._writing
+        if writing is not None:
+            try:
+                writing.result()
+            except Exception:  # the loop sees the same error, and retries
+                pass
 
     def sweep(self) -> None:
         """Recompute skus whose projection changes with no event: expiries, day changes."""
@@ -535,6 +590,7 @@ class StreamProjector:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Seek every assigned partition to the offset stored with the state in Redis."""
+        self._settle_write()
         # Initialized first: the stored offsets of an emptied Redis must not be trusted.
         self._retrying_plain(self.ensure_initialized)
         stored = self._retrying_plain(self.store.offsets)
@@ -558,6 +614,7 @@ class StreamProjector:
         consumer.assign(partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._settle_write()
         # Their staged ledger rows are the next owner's to move to files from now on.
         gone = {(tp.topic, tp.partition) for tp in partitions}
         self._owned = frozenset(self._owned - gone)
