@@ -10,6 +10,10 @@ Crash points and what happens on restart:
 - after the Redis write, before publishing: the availability events wait in the Redis
   outbox and are published by the next instance;
 - after publishing, before the Kafka commit: offsets come from Redis, nothing is redone.
+
+While a batch's write is in flight the next batch is consumed and decoded, never folded. A
+crash or a stop drops only that read-ahead from memory, and it is consumed again from the
+offsets in Redis; a rebalance waits for the write before the partitions change hands.
 """
 
 from __future__ import annotations
