@@ -93,6 +93,22 @@ class Batch:
     dead: list[Outgoing]
     dead_sources: list[tuple[Source, str]]
     offsets: dict[str, int]
+    # The consumer's rebalance count when these messages were consumed (see ``apply``).
+    generation: int = 0
+
+
+class ReadAheadFailed(Exception):
+    """Consuming or decoding the next batch failed while a write was in flight.
+
+    Not retried in place (the messages consumed so far are not held anywhere): the loop
+    stops, and a restart consumes them again from the offsets in Redis.
+    """
+
+
+class BatchAbandoned(Exception):
+    """The partitions changed hands after the batch was consumed and before its write
+    landed: the new assignment starts from the offsets in Redis, so the batch's messages
+    are delivered again (to us or to their new owner) and must not be applied from here."""
 
 
 class LedgerAhead(Exception):
@@ -214,7 +230,8 @@ class StreamProjector:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="redis-write")
         self._writing: Future[list[str]] | None = None
         # Messages consumed (and, once decoded, their batch) during the last write.
-        self._ahead: tuple[list[Message], Batch | None] | None = None
+        self._ahead: tuple[list[Message], Batch] | None = None
+        self._rebalances = 0  # assignments and revocations seen, to spot stale batches
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -245,11 +262,12 @@ class StreamProjector:
         flusher.start()
         try:
             while not stop.is_set():
-                messages, batch = self._ahead or (self._next_batch(), None)
-                self._ahead = None
+                if self._ahead is not None:
+                    (messages, batch), self._ahead = self._ahead, None
+                else:
+                    messages, generation = self._next_batch()
+                    batch = self.decode(messages, generation)
                 if messages:
-                    if batch is None:
-                        batch = self.decode(messages)
                     self._retrying(partial(self.process, messages, batch, read_ahead=True), stop)
                 if time.monotonic() - self._last_sweep >= self.options.sweep_interval_s:
                     self._retrying(self.sweep, stop)
@@ -290,7 +308,7 @@ class StreamProjector:
             except Exception as exc:  # the rows stay staged; the next round tries again
                 log.warning("ledger flush failed (%s); retrying", exc)
 
-    def _next_batch(self) -> list[Message]:
+    def _next_batch(self) -> tuple[list[Message], int]:
         """Wait briefly for the first messages, then take what librdkafka already fetched.
 
         A short first wait keeps latency low when the stream is quiet; draining the local
@@ -298,14 +316,19 @@ class StreamProjector:
         """
         limit = self.options.batch_size
         messages = self.consumer.consume(num_messages=limit, timeout=self.options.batch_timeout_s)
+        generation = self._rebalances
         # Bounded in time too: a steady stream refills the local queue as fast as we drain it.
         deadline = time.monotonic() + self.options.batch_timeout_s
         while messages and len(messages) < limit and time.monotonic() < deadline:
             more = self.consumer.consume(num_messages=limit - len(messages), timeout=0)
+            if self._rebalances != generation:
+                # Partitions changed hands inside that call and were sought to the offsets in
+                # Redis: what came before it is delivered again from there.
+                messages, generation = [], self._rebalances
             if not more:
                 break
             messages.extend(more)
-        return messages
+        return messages, generation
 
     def process(self, messages: list[Message], batch: Batch | None = None, read_ahead: bool = False) -> None:
         """Apply one consumed batch (``batch``: its messages decoded already), publish its
@@ -320,6 +343,9 @@ class StreamProjector:
         gc.disable()
         try:
             self._process(messages, batch or self.decode(messages), read_ahead)
+        except BatchAbandoned:
+            log.info("partitions changed hands before a batch of %d messages was written; "
+                     "it is consumed again from the offsets in Redis", len(messages))
         finally:
             if collecting:
                 gc.enable()
@@ -351,7 +377,7 @@ class StreamProjector:
         self.stats.batches += 1
         self._record_lag(batch.offsets)
 
-    def decode(self, messages: Iterable[Message]) -> Batch:
+    def decode(self, messages: Iterable[Message], generation: int | None = None) -> Batch:
         events: list[AnyEvent] = []
         sources: list[Source] = []
         dead: list[Outgoing] = []
@@ -388,7 +414,8 @@ class StreamProjector:
                 continue
             events.append(event)
             sources.append((topic, partition, offset, value, given or event.correlation_id))
-        return Batch(events, sources, dead, dead_sources, offsets)
+        generation = self._rebalances if generation is None else generation
+        return Batch(events, sources, dead, dead_sources, offsets, generation)
 
     def apply(
         self,
@@ -410,6 +437,9 @@ class StreamProjector:
             by_sku[event.sku].append(event.event_id)
         skus = list(by_sku)
         while True:
+            if batch is not None and batch.generation != self._rebalances:
+                # Before every attempt, also a retry after a failed or conflicting write.
+                raise BatchAbandoned
             now = self.clock()
             snapshot = self.store.read(skus, by_sku)
             result = fold(
@@ -456,12 +486,18 @@ class StreamProjector:
             if meanwhile is None:
                 return self.store.write(changes, now_us // 1000)
             self._writing = self._writer.submit(self.store.write, changes, now_us // 1000)
+            failed: Exception | None = None
             try:
                 meanwhile()
-            finally:
-                # Whatever ``meanwhile`` did, nothing moves on while the write is in flight.
-                writing, self._writing = self._writing, None
+            except Exception as exc:
+                failed = exc
+            # Nothing moves on while the write is in flight, whatever ``meanwhile`` did.
+            writing, self._writing = self._writing, None
+            try:
                 conflicts = writing.result()
+            finally:
+                if failed is not None:
+                    raise ReadAheadFailed(f"reading the next batch failed: {failed!r}") from failed
             return conflicts
         except ProjectionMissing:
             self.ensure_initialized(wrote=True)
@@ -473,16 +509,17 @@ class StreamProjector:
         the next batch's Redis read comes after this write."""
         if self._ahead is not None:
             return
-        messages = self._next_batch()
+        messages, generation = self._next_batch()
         if messages:
-            # Kept before decoding: if decoding raised, the loop still has them.
-            self._ahead = (messages, None)
-            self._ahead = (messages, self.decode(messages))
+            self._ahead = (messages, self.decode(messages, generation))
 
     def _settle_write(self) -> None:
         """Wait for a write in flight: called by the rebalance callbacks, which librdkafka
         may run inside the read-ahead's consume. Partitions are handed over, and stored
-        offsets read, only once the batch is in Redis."""
+        offsets read, only once the write settled; a write that did not land (it failed, or
+        conflicted with the API) leaves its batch to be abandoned (``BatchAbandoned``)."""
+        self._rebalances += 1
+        self._ahead = None  # consumed under the old assignment: delivered again
         writing = self._writing
         if writing is not None:
             try:

@@ -2,7 +2,9 @@
 
 Against a real Redis: the batch read ahead is held, not applied, until its turn; a write
 that fails leaves both batches to be applied once each; a rebalance during the read-ahead
-sees the offsets of the write that was in flight.
+sees the offsets of the write that was in flight, and a batch whose write did not land by
+then is abandoned (it is delivered again from the offsets in Redis); a read-ahead that fails
+stops the loop rather than dropping what it consumed.
 """
 
 from __future__ import annotations
@@ -15,13 +17,13 @@ from typing import Any
 
 import pytest
 import redis
-from confluent_kafka import TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 
 from atp_service import keys
 from atp_service.app import projector_for
 from atp_service.config import parse_config
 from atp_service.store import RedisStore
-from streams.consumer import ConsumerOptions, StreamProjector, offset_field
+from streams.consumer import ConsumerOptions, ReadAheadFailed, StreamProjector, offset_field
 from tests.conftest import config_text
 from tests.faults.test_stateful_model import FakeConsumer, FakeMessage, FakeProducer
 
@@ -44,11 +46,14 @@ class QueueConsumer(FakeConsumer):
         super().__init__()
         self.batches = batches
         self.inside_consume: Any = None
+        self.failure: Exception | None = None
 
     def consume(self, num_messages: int = 1, timeout: float = -1) -> list[FakeMessage]:
         if self.inside_consume is not None:
             hook, self.inside_consume = self.inside_consume, None
             hook()
+        if self.failure is not None:
+            raise self.failure
         return self.batches.pop(0) if self.batches else []
 
 
@@ -57,12 +62,16 @@ class SlowStore(RedisStore):
 
     delay_s = 0.2
     fail_next = False
+    conflict_next = False
 
     def write(self, changes: Any, now_ms: int) -> list[str]:
         time.sleep(self.delay_s)
         if self.fail_next:
             self.fail_next = False
             raise redis.ConnectionError("redis went away")
+        if self.conflict_next:  # as when the API wrote one of the skus since the read
+            self.conflict_next = False
+            return [changes.skus[0].sku]
         return super().write(changes, now_ms)
 
 
@@ -134,6 +143,35 @@ def test_a_rebalance_during_the_read_ahead_sees_the_write_in_flight(stream: Stre
     stream.process(batch(0, 3), read_ahead=True)
     # Assigned at the offset after the batch whose write was in flight, not before it.
     assert seen == [3]
+
+
+def test_a_rebalance_while_the_write_does_not_land_abandons_the_batch(stream: StreamProjector) -> None:
+    consumer: QueueConsumer = stream.consumer  # type: ignore[assignment]
+    seen: list[int | None] = []
+
+    def rebalance() -> None:
+        stream._on_assign(consumer, [TopicPartition(TOPIC, 0)])  # type: ignore[arg-type]
+        seen.append(consumer.assigned[0].offset)
+
+    consumer.inside_consume = rebalance
+    stream.store.conflict_next = True  # type: ignore[attr-defined]
+    stream.process(batch(0, 3), read_ahead=True)
+    # Sought to the start (nothing stored), so the batch comes again: applying it here too
+    # would count it twice.
+    assert seen == [OFFSET_BEGINNING]
+    assert stored_offset(stream) is None and on_hand(stream) == 0 and stream.stats.applied == 0
+
+
+@pytest.mark.parametrize("failure", [KafkaException("broker went away"), OSError("no memory")])
+def test_a_failed_read_ahead_stops_the_loop_instead_of_dropping_messages(
+    stream: StreamProjector, failure: Exception
+) -> None:
+    consumer: QueueConsumer = stream.consumer  # type: ignore[assignment]
+    consumer.failure = failure
+    # Not a Redis or OS error: the loop's retry-in-place (``_retrying``) must not catch it.
+    with pytest.raises(ReadAheadFailed):
+        stream.process(batch(0, 3), read_ahead=True)
+    assert stored_offset(stream) == 3 and on_hand(stream) == 3 and stream._ahead is None
 
 
 def test_the_loop_applies_every_batch_once(stream: StreamProjector) -> None:
