@@ -13,7 +13,9 @@ Crash points and what happens on restart:
 
 While a batch's write is in flight the next batch is consumed and decoded, never folded. A
 crash or a stop drops only that read-ahead from memory, and it is consumed again from the
-offsets in Redis; a rebalance waits for the write before the partitions change hands.
+offsets in Redis. A rebalance waits for the write before the partitions change hands; if the
+write did not land, the batch is abandoned (``BatchAbandoned``) and delivered again from the
+offsets in Redis. A read-ahead that fails stops the loop (``ReadAheadFailed``).
 """
 
 from __future__ import annotations
