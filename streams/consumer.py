@@ -264,11 +264,12 @@ class StreamProjector:
         flusher.start()
         try:
             while not stop.is_set():
+                batch: Batch | None
                 if self._ahead is not None:
                     (messages, batch), self._ahead = self._ahead, None
                 else:
                     messages, generation = self._next_batch()
-                    batch = self.decode(messages, generation)
+                    batch = self.decode(messages, generation) if messages else None
                 if messages:
                     self._retrying(partial(self.process, messages, batch, read_ahead=True), stop)
                 if time.monotonic() - self._last_sweep >= self.options.sweep_interval_s:
@@ -354,6 +355,8 @@ class StreamProjector:
 
     def _process(self, messages: list[Message], batch: Batch, read_ahead: bool) -> None:
         started = time.perf_counter()
+        if batch.generation != self._rebalances:
+            raise BatchAbandoned  # before its dead letters: they come again with the batch
         if batch.dead:
             # Dead letters are delivered before the offsets move past them in Redis.
             self.producer.send_all(batch.dead)
