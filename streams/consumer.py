@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 OFFSET_FIELD_SEPARATOR = "\x1f"
 VISIBLE_SAMPLE = 500
 LEDGER_FLUSH_INTERVAL_S = 1.0
+COLLECT_INTERVAL_S = 10.0
 T = TypeVar("T")
 
 
@@ -262,8 +263,17 @@ class StreamProjector:
         flushing = threading.Event()
         flusher = threading.Thread(target=self._flush_loop, args=(flushing,), name="ledger-flush", daemon=True)
         flusher.start()
+        # The loop's objects die by reference count; the cyclic collector, left on, would
+        # walk a batch held for reading ahead after every batch. Off while the loop runs,
+        # with a full collection every COLLECT_INTERVAL_S for the rare cycle.
+        collecting = gc.isenabled()
+        gc.disable()
+        last_collect = time.monotonic()
         try:
             while not stop.is_set():
+                if time.monotonic() - last_collect >= COLLECT_INTERVAL_S:
+                    gc.collect()
+                    last_collect = time.monotonic()
                 batch: Batch | None
                 if self._ahead is not None:
                     (messages, batch), self._ahead = self._ahead, None
@@ -286,6 +296,8 @@ class StreamProjector:
                 log.warning("could not move the staged ledger rows to files on shutdown: %s", exc)
             self._writer.shutdown(wait=True)
             self.consumer.close()
+            if collecting:
+                gc.enable()
 
     def flush_ledger(self) -> int:
         """Move the staged ledger rows of the partitions this instance owns into files."""
@@ -387,7 +399,10 @@ class StreamProjector:
         sources: list[Source] = []
         dead: list[Outgoing] = []
         dead_sources: list[tuple[Source, str]] = []
-        offsets: dict[str, int] = {}
+        next_offsets: dict[tuple[str, int], int] = {}
+        limit = self.options.max_message_bytes
+        known = self.options.known_channels
+        consumed = 0
         for message in messages:
             error = message.error()
             if error is not None:
@@ -395,17 +410,14 @@ class StreamProjector:
                     log.warning("consume error: %s", error)
                 continue
             topic, partition, offset = _position(message)
-            offsets[offset_field(topic, partition)] = offset + 1
-            self.stats.consumed += 1
+            next_offsets[(topic, partition)] = offset + 1
+            consumed += 1
             value = message.value() or b""
             given = _correlation_header(message)
             try:
-                if len(value) > self.options.max_message_bytes:
-                    raise InvalidEvent(
-                        f"message of {len(value)} bytes exceeds the limit of "
-                        f"{self.options.max_message_bytes} bytes"
-                    )
-                event = decode(value, self.options.known_channels)
+                if len(value) > limit:
+                    raise InvalidEvent(f"message of {len(value)} bytes exceeds the limit of {limit} bytes")
+                event = decode(value, known)
             except InvalidEvent as exc:
                 cid = given or new_correlation_id()
                 dead.append(self._dead_letter(message, exc.reason, cid))
@@ -419,6 +431,8 @@ class StreamProjector:
                 continue
             events.append(event)
             sources.append((topic, partition, offset, value, given or event.correlation_id))
+        self.stats.consumed += consumed
+        offsets = {offset_field(topic, partition): n for (topic, partition), n in next_offsets.items()}
         generation = self._rebalances if generation is None else generation
         return Batch(events, sources, dead, dead_sources, offsets, generation)
 
