@@ -263,9 +263,11 @@ class StreamProjector:
         flushing = threading.Event()
         flusher = threading.Thread(target=self._flush_loop, args=(flushing,), name="ledger-flush", daemon=True)
         flusher.start()
-        # The loop's objects die by reference count; the cyclic collector, left on, would
-        # walk a batch held for reading ahead after every batch. Off while the loop runs,
-        # with a full collection every COLLECT_INTERVAL_S for the rare cycle.
+        # The loop's objects die by reference count, but the cyclic collector runs each time
+        # ~700 new containers outlive their statement and walks all of them: a large batch
+        # (and the next one, read ahead) triggered it thousands of times, about a sixth of
+        # the CPU per event (benchmarks/fold.py). Off while the loop runs, with a full
+        # collection every COLLECT_INTERVAL_S for the rare cycle.
         collecting = gc.isenabled()
         gc.disable()
         last_collect = time.monotonic()
@@ -349,21 +351,11 @@ class StreamProjector:
         """Apply one consumed batch (``batch``: its messages decoded already), publish its
         availability events and commit it. With ``read_ahead`` the next batch is consumed and
         decoded while this one's Redis write is in flight, and kept for the loop."""
-        # The cyclic collector runs each time ~700 new container objects outlive their
-        # statement, and walks all of them: a large batch triggers it thousands of times
-        # over objects that die by reference count when the batch is done anyway. Paused
-        # for the batch (a bounded amount of memory), it was about a sixth of the consumer's
-        # CPU per event (benchmarks/fold.py).
-        collecting = gc.isenabled()
-        gc.disable()
         try:
             self._process(messages, batch or self.decode(messages), read_ahead)
         except BatchAbandoned:
             log.info("partitions changed hands before a batch of %d messages was written; "
                      "it is consumed again from the offsets in Redis", len(messages))
-        finally:
-            if collecting:
-                gc.enable()
 
     def _process(self, messages: list[Message], batch: Batch, read_ahead: bool) -> None:
         started = time.perf_counter()
