@@ -109,6 +109,21 @@ for s = 1, n do
   end
 end
 
+-- The batch's ledger rows (streams/ledger.py says why they are staged here). A field is
+-- "topic\31partition\31first offset", and the rows of a partition start at the offset stored
+-- before this write: a stale owner's batch that begins below it (its rows there are
+-- duplicates) must not overwrite the rows staged under its first offset. Flushes drop rows
+-- below the offset a field names, so fields never overlap. Before the offsets move.
+for l = 0, n_ledger - 1 do
+  local field = ARGV[ledger_at + 2 * l]
+  local first = tonumber(string.sub(field, -20))
+  local stored = tonumber(redis.call('HGET', KEYS[2], string.sub(field, 1, -22)) or '-1')
+  if stored > first then
+    field = string.sub(field, 1, -21) .. string.format('%020d', stored)
+  end
+  redis.call('HSET', KEYS[5], field, ARGV[ledger_at + 2 * l + 1])
+end
+
 -- Offsets only move forward: a stale owner of a partition after a rebalance cannot move
 -- the stored position back.
 for o = 0, n_offsets - 1 do
@@ -140,11 +155,6 @@ end
 
 if outbox_id ~= '' then
   redis.call('HSET', KEYS[3], outbox_id, outbox_events)
-end
-
--- The batch's ledger rows, with the offsets they end at (streams/ledger.py says why).
-for l = 0, n_ledger - 1 do
-  redis.call('HSET', KEYS[5], ARGV[ledger_at + 2 * l], ARGV[ledger_at + 2 * l + 1])
 end
 
 if pubsub ~= '' and #skus > 0 then
