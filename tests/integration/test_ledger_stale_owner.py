@@ -14,23 +14,18 @@ from atp_service import keys
 from atp_service.app import projector_for
 from atp_service.config import parse_config
 from atp_service.store import RedisStore
-from streams.consumer import ConsumerOptions, StreamProjector
+from streams.consumer import StreamProjector
 from streams.ledger import Ledger
 from tests.conftest import config_text
 from tests.faults.test_stateful_model import FakeConsumer, FakeProducer
-from tests.integration.test_read_ahead import TOPIC, batch, on_hand, stored_offset
+from tests.integration.test_read_ahead import TOPIC, batch, on_hand, options_for, stored_offset
 
 pytestmark = pytest.mark.integration
 
 
 def instance(redis_url: str, ledger_dir: Path) -> StreamProjector:
     settings = parse_config(config_text(redis_url=redis_url, ledger_dir=str(ledger_dir)))
-    options = ConsumerOptions(
-        topics=(TOPIC,), dead_letter_topic="dlq", availability_topic="availability",
-        known_channels=frozenset(c.name for c in settings.channels), batch_size=100,
-        batch_timeout_s=0.01, sweep_interval_s=60, window_us=7 * 86_400_000_000,
-        max_message_bytes=1_000_000,
-    )  # fmt: skip
+    options = options_for(settings)
     store = RedisStore(redis.Redis.from_url(redis_url), settings.kafka.group_id, 7 * 86_400_000)
     stream = StreamProjector(FakeConsumer(), FakeProducer(), store, projector_for(settings), options, ledger=Ledger(ledger_dir))  # type: ignore[arg-type]
     stream._on_assign(stream.consumer, [TopicPartition(TOPIC, 0)])  # type: ignore[arg-type]

@@ -21,7 +21,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 
 from atp_service import keys
 from atp_service.app import projector_for
-from atp_service.config import parse_config
+from atp_service.config import Settings, parse_config
 from atp_service.store import RedisStore
 from streams.consumer import ConsumerOptions, ReadAheadFailed, StreamProjector, offset_field
 from tests.conftest import config_text
@@ -79,16 +79,20 @@ def batch(first: int, count: int) -> list[FakeMessage]:
     return [FakeMessage(TOPIC, 0, n, receipt(n), b"SKU-1") for n in range(first, first + count)]
 
 
-@pytest.fixture
-def stream(redis_url: str, tmp_path: Path) -> StreamProjector:
-    settings = parse_config(config_text(redis_url=redis_url, ledger_dir=str(tmp_path / "ledger")))
-    redis.Redis.from_url(redis_url).set(keys.INITIALIZED, "test")
-    options = ConsumerOptions(
+def options_for(settings: Settings) -> ConsumerOptions:
+    return ConsumerOptions(
         topics=(TOPIC,), dead_letter_topic="dlq", availability_topic="availability",
         known_channels=frozenset(c.name for c in settings.channels), batch_size=100,
         batch_timeout_s=0.01, sweep_interval_s=60, window_us=7 * 86_400_000_000,
         max_message_bytes=1_000_000,
     )  # fmt: skip
+
+
+@pytest.fixture
+def stream(redis_url: str, tmp_path: Path) -> StreamProjector:
+    settings = parse_config(config_text(redis_url=redis_url, ledger_dir=str(tmp_path / "ledger")))
+    redis.Redis.from_url(redis_url).set(keys.INITIALIZED, "test")
+    options = options_for(settings)
     store = SlowStore(redis.Redis.from_url(redis_url), settings.kafka.group_id, 7 * 86_400_000)
     return StreamProjector(QueueConsumer([]), FakeProducer(), store, projector_for(settings), options)  # type: ignore[arg-type]
 
