@@ -51,6 +51,7 @@ end
 out[#out + 1] = found
 return out
 """
+REPLACED: Final = b"\x1freplaced"  # the write script's answer when its server changed
 READ_CHUNK: Final = 2000  # skus per script call: bounds the time Redis is busy with one
 
 
@@ -65,7 +66,10 @@ def script_arguments(
     changes: ChangeSet, *, group_id: str, now_ms: int, seen_cutoff_ms: int, publish: bool = True
 ) -> tuple[list[str], list[Any]]:
     key_list = [keys.DUE, keys.offsets_key(group_id), keys.OUTBOX, keys.INITIALIZED, keys.LEDGER_STAGED]
-    args: list[Any] = [len(changes.skus), seen_cutoff_ms, now_ms, keys.INVALIDATIONS if publish else ""]
+    args: list[Any] = [
+        len(changes.skus), seen_cutoff_ms, now_ms, keys.INVALIDATIONS if publish else "",
+        changes.assumed_server,
+    ]  # fmt: skip
     # Every sku writes the same projection fields (one per channel): names once, then
     # only the values per sku.
     names = tuple(changes.skus[0].fields) if changes.skus else ()
@@ -93,6 +97,10 @@ def script_arguments(
     args.append(len(changes.ledger))
     for name, rows in changes.ledger.items():
         args += [name, rows]
+    args.append(len(changes.marked))
+    for ids in changes.marked.values():
+        args.append(len(ids))
+        args += ids
     for write in changes.skus:
         key_list += [keys.sku_key(write.sku), keys.seen_key(write.sku)]
         args += [
@@ -108,6 +116,7 @@ def script_arguments(
         # Trimming the dedupe marks is O(log n) but not free; doing it on about one write in
         # TRIM_EVERY keeps every set within the window plus a few writes' worth of marks.
         args.append("1" if write.seen and random.random() < 1 / TRIM_EVERY else "0")
+    key_list += [keys.seen_key(sku) for sku in changes.marked]
     return key_list, args
 
 
@@ -151,6 +160,11 @@ class ProjectionMissing(Exception):
     """
 
 
+class ServerReplaced(Exception):
+    """The write assumed states from a Redis server (by run_id) that is gone: it restarted
+    (possibly from older data) or a replica took over. Nothing was written."""
+
+
 class PutExists(Exception):
     """An 'nx' put of the write found its key already there; nothing was written."""
 
@@ -161,7 +175,13 @@ class PutExists(Exception):
 
 def _conflicts(changes: ChangeSet, reply: list[Any]) -> list[str]:
     out = []
-    for index in (int(i) for i in reply):
+    for item in reply:
+        if item == REPLACED:
+            raise ServerReplaced("the Redis server is not the one the write's assumptions came from")
+        if isinstance(item, bytes):  # a sku whose marks lack an id taken as applied
+            out.append(item.decode())
+            continue
+        index = int(item)
         if index == 0:
             raise ProjectionMissing("redis holds no projection marker")
         if index < 0:
@@ -192,6 +212,11 @@ class RedisStore:
             changes, group_id=self.group_id, now_ms=now_ms, seen_cutoff_ms=now_ms - self.window_ms
         )
         return _conflicts(changes, self._write(keys=key_list, args=args))
+
+    def server_id(self) -> str:
+        """The server's run_id, which changes when it restarts or a replica takes over."""
+        info: dict[str, Any] = self.client.info("server")
+        return str(info["run_id"])
 
     def marker(self) -> str | None:
         value = self.client.get(keys.INITIALIZED)

@@ -4,26 +4,36 @@
 -- KEYS: 1 due zset, 2 offsets hash, 3 outbox hash, 4 the 'initialized' marker, 5 the staged
 --       ledger rows (hash), then n_puts
 --       string keys, then n_streams
---       change-stream keys, then per sku: hash key, seen key
+--       change-stream keys, then per sku: hash key, seen key, then n_marked seen keys
 -- ARGV: 1 n_skus, 2 seen cutoff ms, 3 now ms, 4 pub/sub channel ('' = none),
---       5 n_fields, then the names of the projection fields every sku writes,
+--       5 the run_id of the Redis server the writer's assumptions come from, or '' for
+--         none: the consumer folds skus it wrote last without reading them again, so it
+--         needs the same server (not one restarted from older data, or a promoted
+--         replica), none of the event_ids to mark (below) marked yet, and the 'marked'
+--         ids (below) marked already,
+--       6 n_fields, then the names of the projection fields every sku writes,
 --       then n_puts, then per put: mode ('nx' = must not exist yet, 'set'), value,
 --       then n_streams, then per stream: stream min id to keep, n entries, skus,
 --       then n_offsets, then n_offsets (field, next_offset) pairs,
 --       then the outbox entry: write id and its availability events ('' '' = none),
 --       then n_ledger, then n_ledger (field, ledger rows) pairs,
+--       then n_marked, then per marked key: n ids, event_ids that must be marked already
+--       (the consumer took them as applied without reading),
 --       then per sku: expected version ('' = unchecked), state, due ms ('' = none),
 --                     n_fields values (in the order of the names), n_seen, event_ids,
 --                     trim ('1': drop dedupe marks older than the cutoff now)
--- Returns: {} when applied, else the 1-based indexes of skus whose version moved, or the
+-- Returns: {} when applied, {'\31replaced'} when the server is not the one of ARGV[5],
+-- else the 1-based indexes of skus whose version moved or whose marks differ from what
+-- the write expects (and the sku names of marked keys that lack an id), or the
 -- negated 1-based index of an 'nx' put whose key exists, or {0} when the marker is missing
 -- (Redis lost its data: nothing may be written until `atp rebuild`).
 local n = tonumber(ARGV[1])
 local cutoff = ARGV[2]
 local now = ARGV[3]
 local pubsub = ARGV[4]
+local verify = ARGV[5] ~= ''
 
-local i = 5
+local i = 6
 local n_fields = tonumber(ARGV[i]); i = i + 1
 local names_at = i; i = i + n_fields
 local n_puts = tonumber(ARGV[i]); i = i + 1
@@ -41,16 +51,39 @@ local outbox_events = ARGV[i + 1]
 i = i + 2
 local n_ledger = tonumber(ARGV[i]); i = i + 1
 local ledger_at = i; i = i + 2 * n_ledger
+local n_marked = tonumber(ARGV[i]); i = i + 1
+local marked_at = i
+for m = 1, n_marked do
+  i = i + 1 + tonumber(ARGV[i])
+end
 
 -- Phase 1: checks only.
 if redis.call('EXISTS', KEYS[4]) == 0 then
   return {0}
+end
+if verify and string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') ~= ARGV[5] then
+  return {'\31replaced'}
 end
 for p = 1, n_puts do
   if ARGV[puts_at + 2 * (p - 1)] == 'nx' and redis.call('EXISTS', KEYS[5 + p]) == 1 then
     return {-p}
   end
 end
+-- Whether any of ARGV[from .. from + count - 1] is (want_marked false) or is not (true) in
+-- the dedupe set; in slices, as Lua's stack holds a few thousand values at most.
+local function marks_differ(key, from, count, want_marked)
+  for start = 0, count - 1, 400 do
+    local last = math.min(count - 1, start + 399)
+    local scores = redis.call('ZMSCORE', key, unpack(ARGV, from + start, from + last))
+    for e = 1, last - start + 1 do
+      if (scores[e] ~= false) ~= want_marked then
+        return true
+      end
+    end
+  end
+  return false
+end
+
 local starts = {}
 local conflicts = {}
 local versions = {}
@@ -59,12 +92,24 @@ for s = 1, n do
   local expected = ARGV[i]
   local current = redis.call('HGET', KEYS[sku_keys_at - 1 + 2 * s], 'v') or '0'
   versions[s] = tonumber(current)
-  if expected ~= '' and expected ~= current then
-    conflicts[#conflicts + 1] = s
-  end
   local j = i + 3 + n_fields
   local n_seen = tonumber(ARGV[j])
+  if expected ~= '' and expected ~= current then
+    conflicts[#conflicts + 1] = s
+  elseif verify and n_seen > 0 and marks_differ(KEYS[sku_keys_at + 2 * s], j + 1, n_seen, false) then
+    conflicts[#conflicts + 1] = s
+  end
   i = j + 2 + n_seen
+end
+local m_at = marked_at
+for m = 1, n_marked do
+  local count = tonumber(ARGV[m_at])
+  local key = KEYS[sku_keys_at + 2 * n + m]
+  if marks_differ(key, m_at + 1, count, true) then
+    -- The sku, out of '<prefix>:{<sku>}:seen'.
+    conflicts[#conflicts + 1] = string.sub(key, string.find(key, '{', 1, true) + 1, -7)
+  end
+  m_at = m_at + 1 + count
 end
 if #conflicts > 0 then
   return conflicts

@@ -197,7 +197,7 @@ def real_pipeline(
         raise RuntimeError(f"{s.dead_lettered} generated events were dead-lettered")
     elapsed = window["last"] - window["first"]
     counts = {"applied": s.applied, "duplicates": s.duplicates, "batches": s.batches,
-              "conflicts": s.conflicts, "published": s.published}  # fmt: skip
+              "prepared": s.prepared, "conflicts": s.conflicts, "published": s.published}  # fmt: skip
     totals["elapsed"] = elapsed
     server = command_stats(client)
     client.close()

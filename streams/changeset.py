@@ -72,6 +72,12 @@ class ChangeSet:
     puts: list[tuple[str, str, bytes]] = field(default_factory=list)
     # (channel, sku) -> new available_to_sell, for metrics and the changes feed.
     changed: dict[tuple[str, str], int] = field(default_factory=dict)
+    # Set by the consumer when it folded skus from what it wrote last instead of reading
+    # them: the Redis run_id those writes went to. The write is then refused if the server
+    # changed, and (as a conflict on the sku) if one of the skus' ``seen`` ids is marked
+    # already or one of ``marked`` (sku -> event_ids taken as applied) is not.
+    assumed_server: str = ""
+    marked: dict[str, list[str]] = field(default_factory=dict)
 
 
 def build_changeset(

@@ -39,16 +39,16 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Top
 
 from atp_service.logs import HEADER as CORRELATION_HEADER
 from atp_service.logs import correlation_id, new_correlation_id
-from atp_service.store import ProjectionMissing, RedisStore
+from atp_service.store import ProjectionMissing, RedisStore, ServerReplaced
 from streams import metrics
 from streams.changeset import ChangeSet, build_changeset, decode_outbox
 from streams.events import AnyEvent, InvalidEvent, decode
-from streams.fold import fold
+from streams.fold import FoldResult, fold
 from streams.kafka import Outgoing, ReliableProducer
 from streams.ledger import Ledger, LedgerColumns, Source, parse_staged_field
 from streams.projector import Projector
 from streams.snapshot import SnapshotBook, encode_snapshot
-from streams.state import to_us
+from streams.state import SkuState, load_state, to_us
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,11 @@ OFFSET_FIELD_SEPARATOR = "\x1f"
 VISIBLE_SAMPLE = 500
 LEDGER_FLUSH_INTERVAL_S = 1.0
 COLLECT_INTERVAL_S = 10.0
+# Skus whose state the consumer keeps as it wrote them last (about half a kilobyte each), to
+# fold the next events of a sku without reading it again.
+WRITTEN_STATES_MAX = 100_000
 T = TypeVar("T")
+Written = dict[str, tuple[int, bytes]]  # sku -> (version, state) as written
 
 
 def offset_field(topic: str, partition: int) -> str:
@@ -85,6 +89,7 @@ class Stats:
     dead_lettered: int = 0
     batches: int = 0
     conflicts: int = 0
+    prepared: int = 0  # batches folded while the previous write was in flight, and used
     swept: int = 0
     published: int = 0
 
@@ -98,6 +103,22 @@ class Batch:
     offsets: dict[str, int]
     # The consumer's rebalance count when these messages were consumed (see ``apply``).
     generation: int = 0
+
+
+# A batch's skus as the fold needs them: states, versions, event_ids applied already, and
+# those taken as applied without reading (sku -> ids, for the write to check).
+Known = tuple[dict[str, SkuState], dict[str, int], set[str], dict[str, list[str]]]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A batch folded while the previous write was in flight (``StreamProjector._prepare``)."""
+
+    batch: Batch
+    epoch: int
+    now: int
+    result: FoldResult
+    changes: ChangeSet
 
 
 class ReadAheadFailed(Exception):
@@ -178,6 +199,13 @@ def _tag(event: AnyEvent) -> str:
     return tag
 
 
+def _by_sku(events: Iterable[AnyEvent]) -> dict[str, list[str]]:
+    by_sku: dict[str, list[str]] = defaultdict(list)
+    for event in events:
+        by_sku[event.sku].append(event.event_id)
+    return by_sku
+
+
 def _count(events: Iterable[AnyEvent], outcome: str) -> None:
     # One counter update per event type and batch: a labelled inc() per event was a few
     # percent of the consumer's time.
@@ -235,6 +263,17 @@ class StreamProjector:
         # Messages consumed (and, once decoded, their batch) during the last write.
         self._ahead: tuple[list[Message], Batch] | None = None
         self._rebalances = 0  # assignments and revocations seen, to spot stale batches
+        # sku -> (version, state) as this process last wrote it to the server ``_server``
+        # (its run_id). A batch folds these skus without reading them; its write checks
+        # what that assumes (``_known``), and anything else found is a conflict on the sku.
+        self._written: Written = {}
+        self._server = ""
+        # Assumptions dropped so far: work prepared under an older count is not used.
+        self._epoch = 0
+        # While a write is in flight, what it writes (as ``_written`` will hold it if it
+        # lands), and the next batch folded on top of that meanwhile (``_prepare``).
+        self._landing: Written = {}
+        self._prepared: Prepared | None = None
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -443,41 +482,39 @@ class StreamProjector:
             # Before the ledger is written: its files are what tell a lost Redis apart.
             self.ensure_initialized()
             self._initialized = True
-        by_sku: dict[str, list[str]] = defaultdict(list)
-        for event in events:
-            by_sku[event.sku].append(event.event_id)
-        skus = list(by_sku)
+        by_sku = _by_sku(events)
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None and (prepared.batch is not batch or prepared.epoch != self._epoch):
+            prepared = None  # prepared for another batch, or on assumptions dropped since
         while True:
             if batch is not None and batch.generation != self._rebalances:
                 # Before every attempt, also a retry after a failed or conflicting write.
                 raise BatchAbandoned
-            now = self.clock()
-            snapshot = self.store.read(skus, by_sku)
-            result = fold(
-                snapshot.states,
-                events,
-                seen=snapshot.seen,
-                now_us=now,
-                window_us=self.options.window_us,
-            )
-            applied_ids: dict[str, list[str]] = defaultdict(list)
-            for event in result.applied:
-                applied_ids[event.sku].append(event.event_id)
-            touched = [result.states[sku] for sku in skus if sku in result.touched]
-            changes = build_changeset(
-                touched, snapshot.versions, self.projector, now, seen=applied_ids, offsets=offsets
-            )
-            if self.ledger is not None and batch is not None:
-                # Staged with the state and the offsets: see streams/ledger.py.
-                changes.ledger = self.ledger.stage(ledger_rows(batch, result.duplicates), applied_at_us=now)
-            conflicts = self._write(changes, now, meanwhile)
+            if prepared is not None:
+                now, result, changes = prepared.now, prepared.result, prepared.changes
+                prepared = None
+                self.stats.prepared += 1
+            else:
+                now = self.clock()
+                result, changes = self._fold(events, by_sku, offsets, batch, now, self._known(by_sku, {}))
+            self._landing = {
+                w.sku: (w.expected_version + 1, w.state) for w in changes.skus if w.expected_version is not None
+            }
+            try:
+                conflicts = self._write(changes, now, meanwhile)
+            finally:
+                self._landing = {}
             meanwhile = None
             if conflicts is None:
                 continue
             if not conflicts:
+                self._remember(changes)
                 if changes.outbox:
                     self._pending_outbox[changes.outbox_id] = changes.outbox
                 break
+            for sku in conflicts:
+                self._written.pop(sku, None)
+            self._epoch += 1
             self.stats.conflicts += 1
             metrics.CONFLICTS.inc()
         self.stats.applied += len(result.applied)
@@ -485,14 +522,115 @@ class StreamProjector:
         _count(result.applied, "applied")
         _count(result.duplicates, "duplicate")
 
+    def _fold(
+        self,
+        events: list[AnyEvent],
+        by_sku: dict[str, list[str]],
+        offsets: dict[str, int],
+        batch: Batch | None,
+        now: int,
+        known: Known,
+    ) -> tuple[FoldResult, ChangeSet]:
+        """Fold the events into the known states: the write that applies them."""
+        states, versions, seen, marked = known
+        result = fold(states, events, seen=seen, now_us=now, window_us=self.options.window_us)
+        applied_ids: dict[str, list[str]] = defaultdict(list)
+        for event in result.applied:
+            applied_ids[event.sku].append(event.event_id)
+        touched = [result.states[sku] for sku in by_sku if sku in result.touched]
+        changes = build_changeset(touched, versions, self.projector, now, seen=applied_ids, offsets=offsets)
+        changes.assumed_server, changes.marked = self._server, marked
+        if self.ledger is not None and batch is not None:
+            # Staged with the state and the offsets: see streams/ledger.py.
+            changes.ledger = self.ledger.stage(ledger_rows(batch, result.duplicates), applied_at_us=now)
+        return result, changes
+
+    def _prepare(self, batch: Batch) -> Prepared | None:
+        """Fold the batch read ahead while the current write is in flight, on the states
+        that write is writing (skus it does not write are read: it cannot change them).
+        Used only if that write lands and nothing was dropped meanwhile (``_epoch``); its
+        own write checks the rest like any other."""
+        if not batch.events or not self._server or batch.generation != self._rebalances:
+            return None
+        by_sku = _by_sku(batch.events)
+        landing = self._landing
+        now = self.clock()
+        epoch = self._epoch
+        result, changes = self._fold(batch.events, by_sku, batch.offsets, batch, now, self._known(by_sku, landing))
+        return Prepared(batch, epoch, now, result, changes)
+
+    def _known(self, by_sku: dict[str, list[str]], landing: Written) -> Known:
+        """The skus' states and versions, the batch's event_ids already applied, and those
+        of them taken as applied without reading (sku -> ids, for the write to check).
+
+        A sku this process wrote last comes from ``_written``, not from Redis: its events
+        are taken as new, except the API's own reservation events, which the API marked
+        applied when it wrote them. The write refuses the batch if either is wrong (or the
+        sku changed, or the server did), and the sku is read on the next attempt.
+        """
+        written = self._written
+        if not self._server:
+            written.clear()
+            self._server = self.store.server_id()
+        skus = list(by_sku)
+        missing = [sku for sku in skus if sku not in written and sku not in landing]
+        states: dict[str, SkuState] = {}
+        versions: dict[str, int] = {}
+        seen: set[str] = set()
+        if missing:
+            snapshot = self.store.read(missing, by_sku)
+            states.update(snapshot.states)
+            versions.update(snapshot.versions)
+            seen.update(snapshot.seen)
+        marked: dict[str, list[str]] = {}
+        for sku in skus:
+            known = landing.get(sku) or written.get(sku)
+            if known is None:
+                continue
+            versions[sku] = known[0]
+            states[sku] = load_state(sku, known[1])
+            ids = [e for e in by_sku[sku] if e.startswith(API_EVENT_PREFIXES)]
+            if ids:
+                marked[sku] = ids
+                seen.update(ids)
+        return states, versions, seen, marked
+
+    def _remember(self, changes: ChangeSet) -> None:
+        written = self._written
+        if len(written) + len(changes.skus) > WRITTEN_STATES_MAX:
+            written.clear()  # simpler than an LRU, and a full read costs one batch
+        for write in changes.skus:
+            if write.expected_version is not None:
+                written[write.sku] = (write.expected_version + 1, write.state)
+
+    def _forget(self) -> None:
+        """Drop every assumption: Redis failed, changed, or partitions changed hands."""
+        self._written.clear()
+        self._server = ""
+        self._epoch += 1
+
     def _write(
         self, changes: ChangeSet, now_us: int, meanwhile: Callable[[], None] | None = None
     ) -> list[str] | None:
-        """The write's conflicting skus, or None when Redis had lost its data (write again).
+        """The write's conflicting skus, or None when it must be prepared again: Redis had
+        lost its data, or its server is not the one the write's assumptions came from.
 
         Never fold onto an empty Redis: with a ledger that means stopping for `atp rebuild`
         (LedgerAhead); without one, starting afresh.
         """
+        try:
+            return self._write_once(changes, now_us, meanwhile)
+        except ServerReplaced:
+            log.warning("the Redis server changed (restart or failover); reading every sku again")
+            self._forget()
+            return None
+        except BaseException:
+            self._forget()  # the write may have landed, or Redis restarted: read again
+            raise
+
+    def _write_once(
+        self, changes: ChangeSet, now_us: int, meanwhile: Callable[[], None] | None
+    ) -> list[str] | None:
         try:
             if meanwhile is None:
                 return self.store.write(changes, now_us // 1000)
@@ -511,6 +649,7 @@ class StreamProjector:
                     raise ReadAheadFailed(f"reading the next batch failed: {failed!r}") from failed
             return conflicts
         except ProjectionMissing:
+            self._forget()
             self.ensure_initialized(wrote=True)
             return None
 
@@ -522,7 +661,12 @@ class StreamProjector:
             return
         messages, generation = self._next_batch()
         if messages:
-            self._ahead = (messages, self.decode(messages, generation))
+            batch = self.decode(messages, generation)
+            self._ahead = (messages, batch)
+            try:
+                self._prepared = self._prepare(batch)
+            except (redis.RedisError, OSError) as exc:  # its own turn reads, and retries
+                log.info("could not fold the next batch ahead (%s)", exc)
 
     def _settle_write(self) -> None:
         """Wait for a write in flight: called by the rebalance callbacks, which librdkafka
@@ -531,6 +675,7 @@ class StreamProjector:
         conflicted with the API) leaves its batch to be abandoned (``BatchAbandoned``)."""
         self._rebalances += 1
         self._ahead = None  # consumed under the old assignment: delivered again
+        self._forget()
         writing = self._writing
         if writing is not None:
             try:
@@ -553,7 +698,11 @@ class StreamProjector:
             conflicts = self._write(changes, now)
             if conflicts is None:
                 continue
+            for sku in conflicts:
+                self._written.pop(sku, None)
             if not conflicts:
+                self._remember(changes)
+                self._epoch += 1  # a batch folded before this sweep would only conflict
                 self.stats.swept += len(due)
                 metrics.SWEPT.inc(len(due))
                 metrics.EXPIRED.inc(

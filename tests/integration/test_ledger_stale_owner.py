@@ -18,7 +18,7 @@ from streams.consumer import StreamProjector
 from streams.ledger import Ledger
 from tests.conftest import config_text
 from tests.faults.test_stateful_model import FakeConsumer, FakeProducer
-from tests.integration.test_read_ahead import TOPIC, batch, on_hand, options_for, stored_offset
+from tests.integration.inprocess import TOPIC, batch, on_hand, options_for, stored_offset
 
 pytestmark = pytest.mark.integration
 

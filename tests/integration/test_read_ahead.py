@@ -9,101 +9,15 @@ stops the loop rather than dropping what it consumed.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
 from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 
-from atp_service import keys
-from atp_service.app import projector_for
-from atp_service.config import Settings, parse_config
-from atp_service.store import RedisStore
-from streams.consumer import ConsumerOptions, ReadAheadFailed, StreamProjector, offset_field
-from tests.conftest import config_text
-from tests.faults.test_stateful_model import FakeConsumer, FakeMessage, FakeProducer
-
-TOPIC = "wms.bin-movements"
-
-
-def receipt(n: int, quantity: int = 1) -> bytes:
-    return json.dumps({
-        "type": "bin_movement", "event_id": f"e-{n}", "occurred_at": "2026-11-27T08:00:00Z",
-        "sku": "SKU-1", "location": "DC-EAST", "quantity": quantity,
-        "to_bin": "A1", "to_status": "available",
-    }).encode()  # fmt: skip
-
-
-class QueueConsumer(FakeConsumer):
-    """Hands out queued batches from consume(), and runs a hook inside it (as librdkafka runs
-    rebalance callbacks inside consume)."""
-
-    def __init__(self, batches: list[list[FakeMessage]]) -> None:
-        super().__init__()
-        self.batches = batches
-        self.inside_consume: Any = None
-        self.failure: Exception | None = None
-
-    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[FakeMessage]:
-        if self.inside_consume is not None:
-            hook, self.inside_consume = self.inside_consume, None
-            hook()
-        if self.failure is not None:
-            raise self.failure
-        return self.batches.pop(0) if self.batches else []
-
-
-class SlowStore(RedisStore):
-    """A real store whose writes take a while (and can be made to fail once)."""
-
-    delay_s = 0.2
-    fail_next = False
-    conflict_next = False
-
-    def write(self, changes: Any, now_ms: int) -> list[str]:
-        time.sleep(self.delay_s)
-        if self.fail_next:
-            self.fail_next = False
-            raise redis.ConnectionError("redis went away")
-        if self.conflict_next:  # as when the API wrote one of the skus since the read
-            self.conflict_next = False
-            return [changes.skus[0].sku]
-        return super().write(changes, now_ms)
-
-
-def batch(first: int, count: int) -> list[FakeMessage]:
-    return [FakeMessage(TOPIC, 0, n, receipt(n), b"SKU-1") for n in range(first, first + count)]
-
-
-def options_for(settings: Settings) -> ConsumerOptions:
-    return ConsumerOptions(
-        topics=(TOPIC,), dead_letter_topic="dlq", availability_topic="availability",
-        known_channels=frozenset(c.name for c in settings.channels), batch_size=100,
-        batch_timeout_s=0.01, sweep_interval_s=60, window_us=7 * 86_400_000_000,
-        max_message_bytes=1_000_000,
-    )  # fmt: skip
-
-
-@pytest.fixture
-def stream(redis_url: str, tmp_path: Path) -> StreamProjector:
-    settings = parse_config(config_text(redis_url=redis_url, ledger_dir=str(tmp_path / "ledger")))
-    redis.Redis.from_url(redis_url).set(keys.INITIALIZED, "test")
-    options = options_for(settings)
-    store = SlowStore(redis.Redis.from_url(redis_url), settings.kafka.group_id, 7 * 86_400_000)
-    return StreamProjector(QueueConsumer([]), FakeProducer(), store, projector_for(settings), options)  # type: ignore[arg-type]
-
-
-def on_hand(stream: StreamProjector) -> int:
-    raw = stream.store.client.hget(keys.sku_key("SKU-1"), keys.projection_field("web"))
-    return int(json.loads(raw)["on_hand"]) if raw else 0
-
-
-def stored_offset(stream: StreamProjector) -> int | None:
-    return stream.store.offsets().get(offset_field(TOPIC, 0))
+from streams.consumer import ReadAheadFailed, StreamProjector
+from tests.integration.inprocess import TOPIC, QueueConsumer, batch, on_hand, stored_offset
 
 
 def test_the_batch_read_ahead_is_held_and_applied_next(stream: StreamProjector) -> None:
