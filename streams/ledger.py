@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -160,8 +161,8 @@ class Ledger:
         sources = rows.sources
         if not sources:
             return {}
-        order = sorted(range(len(sources)), key=sources.__getitem__)
-        # One Arrow table for the batch, put in order once and sliced per partition.
+        # One Arrow table for the batch, put in (topic, partition, offset) order by Arrow and
+        # sliced per partition: sorting and splitting the sources in Python cost more.
         table = pa.Table.from_pydict(
             {
                 "event_id": rows.event_id,
@@ -181,17 +182,21 @@ class Ledger:
                 "correlation_id": [s[4] for s in sources],
             },
             schema=SCHEMA,
-        ).take(order)
-        ordered = [sources[i] for i in order]
+        )
+        order = [("source_topic", "ascending"), ("source_partition", "ascending"), ("source_offset", "ascending")]
+        table = table.take(pc.sort_indices(table, sort_keys=order))
+        topics = pc.dictionary_encode(table["source_topic"]).combine_chunks()
+        partition_of = topics.indices.to_numpy().astype(np.int64) << 32
+        partition_of |= table["source_partition"].to_numpy().astype(np.int64)
+        starts = [0, *(np.flatnonzero(np.diff(partition_of)) + 1).tolist()]
+        ends = [*starts[1:], len(sources)]
+        topic_names = topics.dictionary.to_pylist()
+        first_offsets = table["source_offset"].to_numpy()[starts].tolist()
         staged = {}
-        start = 0
-        while start < len(ordered):
-            topic, partition = ordered[start][0], ordered[start][1]
-            end = start
-            while end < len(ordered) and ordered[end][0] == topic and ordered[end][1] == partition:
-                end += 1
-            staged[staged_field(topic, partition, ordered[start][2])] = to_ipc(table.slice(start, end - start))
-            start = end
+        for start, end, first in zip(starts, ends, first_offsets, strict=True):
+            topic = topic_names[topics.indices[start].as_py()]
+            partition = int(partition_of[start] & 0xFFFFFFFF)
+            staged[staged_field(topic, partition, first)] = to_ipc(table.slice(start, end - start))
         return staged
 
     def flush(self, staged: Mapping[str, bytes]) -> list[str]:

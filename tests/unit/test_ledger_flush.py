@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from streams.ledger import Ledger, LedgerColumns
+from streams.ledger import Ledger, LedgerColumns, from_ipc, parse_staged_field, staged_field
 
 
 def rows(offsets: range) -> LedgerColumns:
@@ -47,3 +47,22 @@ def test_a_partition_assigned_again_is_read_from_its_files(tmp_path: Path) -> No
     ours.reconcile("t.movements", 0, 4)  # what assignment does
     ours.flush(ours.stage(rows(range(2, 6))))
     assert offsets_in_files(tmp_path) == [0, 1, 2, 3, 4, 5]
+
+
+def test_a_batch_from_several_partitions_is_staged_per_partition_in_offset_order() -> None:
+    # As consumed: partitions interleaved, and the dead letters' rows appended at the end.
+    order = [("t.b", 1, 7), ("t.a", 0, 3), ("t.b", 1, 8), ("t.a", 2, 5), ("t.a", 0, 4), ("t.a", 0, 2)]
+    n = len(order)
+    batch = LedgerColumns(
+        sources=[(topic, partition, offset, b"{}", None) for topic, partition, offset in order],
+        event_id=[f"e-{o}" for _, _, o in order], type=["bin_movement"] * n, sku=["S"] * n,
+        location=["L"] * n, channel=[None] * n, quantity=[1] * n,
+        occurred_at_us=[1_000_000] * n, status=["applied"] * n, reason=[None] * n,
+    )  # fmt: skip
+    staged = Ledger("unused").stage(batch)
+    assert {parse_staged_field(name): from_ipc(blob)["source_offset"].to_pylist() for name, blob in staged.items()} == {
+        ("t.a", 0, 2): [2, 3, 4],
+        ("t.a", 2, 5): [5],
+        ("t.b", 1, 7): [7, 8],
+    }
+    assert [r["event_id"] for r in from_ipc(staged[staged_field("t.a", 0, 2)]).to_pylist()] == ["e-2", "e-3", "e-4"]
