@@ -621,8 +621,7 @@ class StreamProjector:
         try:
             return self._write_once(changes, now_us, meanwhile)
         except ServerReplaced:
-            log.warning("the Redis server changed (restart or failover); reading every sku again")
-            self._forget()
+            self._resync()
             return None
         except BaseException:
             self._forget()  # the write may have landed, or Redis restarted: read again
@@ -792,6 +791,25 @@ class StreamProjector:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Seek every assigned partition to the offset stored with the state in Redis."""
         self._settle_write()
+        self._stored_positions(partitions)
+        log.info("assigned %s", [(tp.topic, tp.partition, tp.offset) for tp in partitions])
+        self._owned = frozenset((tp.topic, tp.partition) for tp in partitions)
+        consumer.assign(partitions)
+
+    def _resync(self) -> None:
+        """The Redis server changed (a restart, or a replica took over): it may hold older
+        data than this process wrote, and so older offsets. Consume again from those, as
+        after a rebalance; the dedupe marks skip what it does hold."""
+        self._settle_write()  # the batch in hand is abandoned, as in a rebalance
+        partitions = self.consumer.assignment()
+        self._stored_positions(partitions)
+        for tp in partitions:
+            self.consumer.seek(tp)
+        log.warning("the Redis server changed (restart or failover): consuming again from %s",
+                    [(tp.topic, tp.partition, tp.offset) for tp in partitions])  # fmt: skip
+
+    def _stored_positions(self, partitions: list[TopicPartition]) -> None:
+        """Set each partition's offset to the one stored with the state in Redis."""
         # Initialized first: the stored offsets of an emptied Redis must not be trusted.
         self._retrying_plain(self.ensure_initialized)
         stored = self._retrying_plain(self.store.offsets)
@@ -810,9 +828,6 @@ class StreamProjector:
                         position,
                     )
             tp.offset = OFFSET_BEGINNING if position is None else position
-        log.info("assigned %s", [(tp.topic, tp.partition, tp.offset) for tp in partitions])
-        self._owned = frozenset((tp.topic, tp.partition) for tp in partitions)
-        consumer.assign(partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._settle_write()

@@ -35,6 +35,10 @@ class QueueConsumer(FakeConsumer):
         self.batches = batches
         self.inside_consume: Any = None
         self.failure: Exception | None = None
+        self.seeks: list[tuple[str, int, int]] = []
+
+    def seek(self, partition: Any) -> None:
+        self.seeks.append((partition.topic, partition.partition, partition.offset))
 
     def consume(self, num_messages: int = 1, timeout: float = -1) -> list[FakeMessage]:
         if self.inside_consume is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import msgspec
+from confluent_kafka import TopicPartition
 
 from atp_service import keys
 from atp_service.orders import created_event_id
@@ -76,6 +77,8 @@ def test_the_apis_own_reservations_are_taken_as_applied_and_that_is_checked(stre
 
 
 def test_a_replaced_server_drops_every_assumption(stream: StreamProjector) -> None:
+    consumer: QueueConsumer = stream.consumer  # type: ignore[assignment]
+    stream._on_assign(consumer, [TopicPartition(TOPIC, 0)])  # type: ignore[arg-type]
     stream.process(batch(0, 3))
     # As after a failover to a replica that holds other data under the same version.
     other = SkuState("SKU-1", bins=(BinStock("DC-EAST", "A1", "available", 10),))
@@ -83,7 +86,28 @@ def test_a_replaced_server_drops_every_assumption(stream: StreamProjector) -> No
     real = stream._server
     stream._server = "f" * 40  # the run_id the consumer saw before (a new server has another)
     stream.process(batch(3, 2))
-    assert stream._server == real and on_hand(stream) == 12 and stream.stats.applied == 5
+    # Nothing written; the partition is consumed again from the offset the server holds.
+    assert consumer.seeks == [(TOPIC, 0, 3)] and stream.stats.applied == 3
+    stream.process(batch(3, 2))
+    assert on_hand(stream) == 12 and stored_offset(stream) == 5 and stream._server == real
+
+
+def test_a_write_the_replaced_server_lost_is_applied_again(stream: StreamProjector) -> None:
+    consumer: QueueConsumer = stream.consumer  # type: ignore[assignment]
+    stream._on_assign(consumer, [TopicPartition(TOPIC, 0)])  # type: ignore[arg-type]
+    client = stream.store.client
+    stream.process(batch(0, 3))
+    saved = {key: client.dump(key) for key in client.keys("*")}
+    stream.process(batch(3, 2))
+    # As after a restart from a snapshot taken before the last write (AOF every second).
+    client.flushall()
+    for key, value in saved.items():
+        client.restore(key, 0, value)
+    stream._server = "f" * 40
+    stream.process(batch(5, 1))
+    assert consumer.seeks == [(TOPIC, 0, 3)] and on_hand(stream) == 3
+    stream.process(batch(3, 3))  # consumed again from there
+    assert on_hand(stream) == 6 and stored_offset(stream) == 6
 
 
 def test_the_batch_folded_during_a_write_is_used_when_the_write_lands(stream: StreamProjector) -> None:
