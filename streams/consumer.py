@@ -11,11 +11,18 @@ Crash points and what happens on restart:
   outbox and are published by the next instance;
 - after publishing, before the Kafka commit: offsets come from Redis, nothing is redone.
 
-While a batch's write is in flight the next batch is consumed and decoded, never folded. A
-crash or a stop drops only that read-ahead from memory, and it is consumed again from the
-offsets in Redis. A rebalance waits for the write before the partitions change hands; if the
-write did not land, the batch is abandoned (``BatchAbandoned``) and delivered again from the
-offsets in Redis. A read-ahead that fails stops the loop (``ReadAheadFailed``).
+While a batch's write is in flight the next batch is consumed, decoded and folded on top of
+the states being written (``_prepare``); that work is used only if the write lands. A crash
+or a stop drops only that read-ahead from memory, and it is consumed again from the offsets
+in Redis. A rebalance waits for the write before the partitions change hands; if the write
+did not land, the batch is abandoned (``BatchAbandoned``) and delivered again from the
+offsets in Redis. A read-ahead that fails to consume or decode stops the loop
+(``ReadAheadFailed``).
+
+The skus this process wrote last are folded from what it wrote, not read again
+(``_known``); the write script checks what that assumes, and a wrong assumption is a
+conflict (read, fold again). When the Redis server changed (restart or failover, seen by its
+run_id), the partitions are consumed again from the offsets that server holds (``_resync``).
 """
 
 from __future__ import annotations
@@ -197,6 +204,12 @@ def _tag(event: AnyEvent) -> str:
     if tag is None:
         tag = _TAGS[kind] = str(kind.__struct_config__.tag)
     return tag
+
+
+def _as_written(changes: ChangeSet) -> Written:
+    """What ``_written`` holds of the change set's skus once it landed (the script adds 1
+    to the version it checked)."""
+    return {w.sku: (w.expected_version + 1, w.state) for w in changes.skus if w.expected_version is not None}
 
 
 def _by_sku(events: Iterable[AnyEvent]) -> dict[str, list[str]]:
@@ -497,9 +510,7 @@ class StreamProjector:
             else:
                 now = self.clock()
                 result, changes = self._fold(events, by_sku, offsets, batch, now, self._known(by_sku, {}))
-            self._landing = {
-                w.sku: (w.expected_version + 1, w.state) for w in changes.skus if w.expected_version is not None
-            }
+            landing = self._landing = _as_written(changes)
             try:
                 conflicts = self._write(changes, now, meanwhile)
             finally:
@@ -508,7 +519,7 @@ class StreamProjector:
             if conflicts is None:
                 continue
             if not conflicts:
-                self._remember(changes)
+                self._remember(landing)
                 if changes.outbox:
                     self._pending_outbox[changes.outbox_id] = changes.outbox
                 break
@@ -595,13 +606,11 @@ class StreamProjector:
                 seen.update(ids)
         return states, versions, seen, marked
 
-    def _remember(self, changes: ChangeSet) -> None:
+    def _remember(self, landed: Written) -> None:
         written = self._written
-        if len(written) + len(changes.skus) > WRITTEN_STATES_MAX:
+        if len(written) + len(landed) > WRITTEN_STATES_MAX:
             written.clear()  # simpler than an LRU, and a full read costs one batch
-        for write in changes.skus:
-            if write.expected_version is not None:
-                written[write.sku] = (write.expected_version + 1, write.state)
+        written.update(landed)
 
     def _forget(self) -> None:
         """Drop every assumption: Redis failed, changed, or partitions changed hands."""
@@ -700,7 +709,7 @@ class StreamProjector:
             for sku in conflicts:
                 self._written.pop(sku, None)
             if not conflicts:
-                self._remember(changes)
+                self._remember(_as_written(changes))
                 self._epoch += 1  # a batch folded before this sweep would only conflict
                 self.stats.swept += len(due)
                 metrics.SWEPT.inc(len(due))

@@ -42,7 +42,8 @@ def test_a_sku_another_writer_changed_is_read_again(stream: StreamProjector) -> 
     # As the API's safety-stock override does: read, change, write with the version.
     snapshot = stream.store.read(["SKU-1"])
     state = msgspec.structs.replace(snapshot.states["SKU-1"], safety_stock={"web": 1})
-    assert not stream.store.write(build_changeset([state], snapshot.versions, stream.projector, stream.clock()), 0)
+    now = stream.clock()
+    assert not stream.store.write(build_changeset([state], snapshot.versions, stream.projector, now), now // 1000)
     stream.process(batch(3, 2))
     assert stream.stats.conflicts == 1  # folded on what it wrote, refused, read, folded again
     assert on_hand(stream) == 5 and document(stream)["safety_stock"] == 1
@@ -60,11 +61,13 @@ def test_the_apis_own_reservations_are_taken_as_applied_and_that_is_checked(stre
     stream.process(batch(0, 5))
     # R-1 as the API applies it: its event_id marked with the sku's write.
     snapshot = stream.store.read(["SKU-1"])
+    now = stream.clock()
     changes = build_changeset(
-        [snapshot.states["SKU-1"]], snapshot.versions, stream.projector, stream.clock(),
+        [snapshot.states["SKU-1"]], snapshot.versions, stream.projector, now,
         seen={"SKU-1": [created_event_id("R-1")]},
     )  # fmt: skip
-    assert not stream.store.write(changes, 0)
+    # Marked now: a mark from long ago would be trimmed, as the dedupe window says.
+    assert not stream.store.write(changes, now // 1000)
     stream._written.clear()
     stream.process(batch(5, 1))  # read once, so written again from what it wrote
     stream.process([message(6, api_reservation("R-1", 2))])
