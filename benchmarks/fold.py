@@ -12,8 +12,8 @@ N events (10k skus, 8 locations, 5 channels; a realistic mix) are produced once 
 Both are timed from the first non-empty batch to the last, so group join is excluded from
 both. The pipeline's stages (decode, Redis read, fold, render + change set, ledger rows, Redis write,
 outbox publish, Kafka commit) are timed by wrapping them in this process, not by editing
-the service. The loop consumes and decodes the next batch while a batch's Redis write is in
-flight, so the stages' shares of the time can add up to more than 100%.
+the service. The loop consumes, decodes and folds the next batch while a batch's Redis
+write is in flight, so the stages' shares of the time can add up to more than 100%.
 
 ``python -m benchmarks.fold --size small|full``
 """

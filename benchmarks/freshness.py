@@ -10,8 +10,9 @@ GET /v1/availability/web/{sku} over one keep-alive connection (2 ms apart) until
 The time from just before the produce to the 200 showing the value is one sample. Three
 windows of ~10 s each give p50/p99 per window (median, min, max across windows). The windows
 start once the consumer has caught up with the load (its stored offsets within 250 ms of
-the events produced), so they measure the steady state; the time that took is reported
-(a burst from the load generator, starved of CPU, can leave a backlog at first).
+the events produced; at most 60 s are waited, then they run anyway and a note says so), so
+they measure the steady state; the time that took is reported (a burst from the load
+generator, starved of CPU, can leave a backlog at first).
 
 Each sample is split by two more clocks on this machine: the document's ``as_of`` (when the
 consumer started recomputing it) and the moment the write script's PUBLISH on the API's

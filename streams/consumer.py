@@ -269,8 +269,8 @@ class StreamProjector:
         self._acked: list[tuple[str, int]] = []  # (outbox id, events) the broker has, all
         self._owned: frozenset[tuple[str, int]] = frozenset()  # partitions assigned to us
         self.book = SnapshotBook(instance=f"{socket.gethostname()}:{os.getpid()}")
-        # The batch's Redis write runs on this thread so the loop can consume and decode the
-        # next batch meanwhile (``_read_ahead``); one thread, so writes stay in order.
+        # The batch's Redis write runs on this thread so the loop can consume, decode and fold
+        # the next batch meanwhile (``_read_ahead``); one thread, so writes stay in order.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="redis-write")
         self._writing: Future[list[str]] | None = None
         # Messages consumed (and, once decoded, their batch) during the last write.
@@ -523,9 +523,7 @@ class StreamProjector:
                 if changes.outbox:
                     self._pending_outbox[changes.outbox_id] = changes.outbox
                 break
-            for sku in conflicts:
-                self._written.pop(sku, None)
-            self._epoch += 1
+            self._conflicted(conflicts)
             self.stats.conflicts += 1
             metrics.CONFLICTS.inc()
         self.stats.applied += len(result.applied)
@@ -581,6 +579,8 @@ class StreamProjector:
         """
         written = self._written
         if not self._server:
+            # Also drops states remembered after ``_forget`` (a write that landed while a
+            # rebalance waited for it): they belong to no known server.
             written.clear()
             self._server = self.store.server_id()
         skus = list(by_sku)
@@ -611,6 +611,13 @@ class StreamProjector:
         if len(written) + len(landed) > WRITTEN_STATES_MAX:
             written.clear()  # simpler than an LRU, and a full read costs one batch
         written.update(landed)
+
+    def _conflicted(self, skus: list[str]) -> None:
+        """A write found these skus other than assumed: read them next time."""
+        if skus:
+            for sku in skus:
+                self._written.pop(sku, None)
+            self._epoch += 1
 
     def _forget(self) -> None:
         """Drop every assumption: Redis failed, changed, or partitions changed hands."""
@@ -662,9 +669,8 @@ class StreamProjector:
             return None
 
     def _read_ahead(self) -> None:
-        """Consume and decode the next batch while this one is written: the wait for Redis
-        was a quarter of the loop's time. Only consuming and decoding, which read no state;
-        the next batch's Redis read comes after this write."""
+        """Consume, decode and fold (``_prepare``) the next batch while this one is written:
+        the wait for Redis was a quarter of the loop's time, and then more."""
         if self._ahead is not None:
             return
         messages, generation = self._next_batch()
@@ -706,8 +712,7 @@ class StreamProjector:
             conflicts = self._write(changes, now)
             if conflicts is None:
                 continue
-            for sku in conflicts:
-                self._written.pop(sku, None)
+            self._conflicted(conflicts)
             if not conflicts:
                 self._remember(_as_written(changes))
                 self._epoch += 1  # a batch folded before this sweep would only conflict

@@ -13,8 +13,9 @@ in a file; the next flush skips rows at or below the partition's last file. So t
 plus the staged rows hold exactly the events below the offsets stored in Redis: none lost,
 none twice. A stale owner's batch (after a rebalance) that begins below the stored offset is
 staged under that offset, and its rows below it are dropped when read (:func:`staged_rows`),
-so it cannot replace the rows staged before it. Writing a Parquet file per partition per batch before the Redis write, as this
-module did first, cost about a millisecond per file, most of a small batch's time.
+so it cannot replace the rows staged before it. Writing a Parquet file per partition per
+batch before the Redis write, as this module did first, cost about a millisecond per file,
+most of a small batch's time.
 
 Files past the offsets stored in Redis cannot arise this way; any found on assignment (from
 an older version, or a stale owner) are removed (:meth:`Ledger.reconcile`).
@@ -186,17 +187,17 @@ class Ledger:
         order = [("source_topic", "ascending"), ("source_partition", "ascending"), ("source_offset", "ascending")]
         table = table.take(pc.sort_indices(table, sort_keys=order))
         topics = pc.dictionary_encode(table["source_topic"]).combine_chunks()
-        partition_of = topics.indices.to_numpy().astype(np.int64) << 32
-        partition_of |= table["source_partition"].to_numpy().astype(np.int64)
-        starts = [0, *(np.flatnonzero(np.diff(partition_of)) + 1).tolist()]
+        topic_of = topics.indices.to_numpy().astype(np.int64)
+        partitions = table["source_partition"].to_numpy().astype(np.int64)
+        # A partition's rows end where the (topic, partition) pair changes.
+        starts = [0, *(np.flatnonzero(np.diff((topic_of << 32) | partitions)) + 1).tolist()]
         ends = [*starts[1:], len(sources)]
         topic_names = topics.dictionary.to_pylist()
-        first_offsets = table["source_offset"].to_numpy()[starts].tolist()
+        offsets = table["source_offset"].to_numpy()
         staged = {}
-        for start, end, first in zip(starts, ends, first_offsets, strict=True):
-            topic = topic_names[topics.indices[start].as_py()]
-            partition = int(partition_of[start] & 0xFFFFFFFF)
-            staged[staged_field(topic, partition, first)] = to_ipc(table.slice(start, end - start))
+        for start, end in zip(starts, ends, strict=True):
+            field = staged_field(topic_names[topic_of[start]], int(partitions[start]), int(offsets[start]))
+            staged[field] = to_ipc(table.slice(start, end - start))
         return staged
 
     def flush(self, staged: Mapping[str, bytes]) -> list[str]:
