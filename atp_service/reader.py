@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_S: Final = 0.05
 HEARTBEAT_PREFIX: Final = "hb:"
+STOP_S: Final = 3.0
 
 
 class AvailabilityReader:
@@ -50,6 +51,7 @@ class AvailabilityReader:
         self._fresh_until = 0.0
         self._task: asyncio.Task[None] | None = None
         self._beat: asyncio.Task[None] | None = None
+        self._stopping = False
         self._token = f"{HEARTBEAT_PREFIX}{id(self)}:{time.monotonic_ns()}"
         self.hits = 0
         self.misses = 0
@@ -59,16 +61,30 @@ class AvailabilityReader:
     async def start(self) -> None:
         if self.staleness_s <= 0:
             return
+        self._stopping = False
         self._task = asyncio.create_task(self._listen())
         self._beat = asyncio.create_task(self._heartbeat())
 
     async def stop(self) -> None:
-        tasks = [task for task in (self._task, self._beat) if task is not None]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            # Bounded: a half-closed Redis connection must not hold up shutdown.
-            await asyncio.wait(tasks, timeout=2.0)
+        """End both tasks, within STOP_S. A cancel alone is not enough: one that lands while
+        redis-py sets up a connection can be lost (seen with redis-py 8.1 on Python 3.11), and
+        the loop then runs on, past our shutdown, until the event loop's own shutdown cancels
+        it, which waits for it without a bound. So each loop also ends on ``_stopping`` (the
+        listener within its 1 s read timeout) and the cancel is repeated while we wait."""
+        self._stopping = True
+        deadline = time.monotonic() + STOP_S
+        while True:
+            running = [task for task in (self._task, self._beat) if task is not None and not task.done()]
+            if not running:
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                # Bounded: a half-closed Redis connection must not hold up shutdown.
+                log.warning("the invalidation tasks did not stop within %.1f s", STOP_S)
+                return
+            for task in running:
+                task.cancel()
+            await asyncio.wait(running, timeout=min(0.1, left))
 
     @property
     def cache_usable(self) -> bool:
@@ -154,14 +170,14 @@ class AvailabilityReader:
                 self._cache.pop((channel, sku), None)
 
     async def _listen(self) -> None:
-        while True:
+        while not self._stopping:
             pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(keys.INVALIDATIONS)
                 # Anything may have changed while we were not subscribed.
                 self._cache.clear()
                 self._generation += 1
-                while True:
+                while not self._stopping:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is None:
                         continue
@@ -184,7 +200,7 @@ class AvailabilityReader:
                     await asyncio.wait_for(pubsub.aclose(), timeout=1.0)  # type: ignore[no-untyped-call]
 
     async def _heartbeat(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await self.client.publish(
                     keys.INVALIDATIONS, f"{self._token}@{time.monotonic():.6f}"
