@@ -1,8 +1,9 @@
 """The read cache's invalidation tasks end at shutdown, even when a cancellation is lost.
 
-redis-py 8.1 on Python 3.11 can drop a cancel that lands while it sets up a connection; the
-reader's loop then ran on past the API's shutdown, and the event loop's own shutdown waited
-for it forever (a hung worker, and a CI run that never finished)."""
+A cancel that lands just as redis-py's connection handshake finishes a write is lost on
+Python 3.11 (``asyncio.wait_for`` returns the result instead of raising); the reader's loop
+then ran on past the API's shutdown, and the event loop's own shutdown waited for it forever
+(a hung worker, and a CI run that never finished)."""
 
 from __future__ import annotations
 
