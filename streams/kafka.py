@@ -211,8 +211,13 @@ class AsyncPublisher:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(2)
-        if self.producer is not None:
-            self.producer.flush(timeout_s)
+        with self._lock:
+            producer, self.producer = self.producer, None
+        if producer is not None:
+            producer.flush(timeout_s)
+        # The last reference goes here, and with it librdkafka's threads: kept, they would
+        # go on reconnecting to the brokers after the API stopped.
+        del producer
 
 
 def _settle(future: asyncio.Future[KafkaError | None], err: KafkaError | None) -> None:

@@ -1,6 +1,6 @@
-"""The read cache's invalidation tasks end at shutdown, even when a cancellation is lost.
+"""What the API starts ends with its shutdown.
 
-A cancel that lands just as redis-py's connection handshake finishes a write is lost on
+The read cache's invalidation tasks end even when a cancellation is lost: a cancel that lands just as redis-py's connection handshake finishes a write is lost on
 Python 3.11 (``asyncio.wait_for`` returns the result instead of raising); the reader's loop
 then ran on past the API's shutdown, and the event loop's own shutdown waited for it forever
 (a hung worker, and a CI run that never finished)."""
@@ -8,6 +8,7 @@ then ran on past the API's shutdown, and the event loop's own shutdown waited fo
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -17,6 +18,7 @@ import redis.asyncio as aredis
 from atp_service.app import projector_for
 from atp_service.config import Settings
 from atp_service.reader import AvailabilityReader
+from streams.kafka import AsyncPublisher, api_producer_config
 
 pytestmark = pytest.mark.integration
 
@@ -75,3 +77,22 @@ async def test_reader_stops_promptly(redis_url: str, test_settings: Settings) ->
     assert reader._task is not None and reader._task.done()
     assert reader._beat is not None and reader._beat.done()
     await client.aclose()
+
+
+def _os_threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def test_closed_publisher_leaves_no_broker_threads() -> None:
+    before = _os_threads()
+    for _ in range(3):
+        publisher = AsyncPublisher(api_producer_config("127.0.0.1:1"))  # nothing listens there
+        publisher.start()
+        time.sleep(0.05)
+        assert _os_threads() > before  # librdkafka's threads, and our poller
+        publisher.close()
+    # A producer kept after close went on reconnecting to the broker, a few threads each.
+    deadline = time.monotonic() + 5
+    while _os_threads() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _os_threads() <= before
