@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -66,6 +67,10 @@ _UNITS_BACKORDERED: Final = ALLOCATED_UNITS.labels("backordered")
 _UNITS_UNFILLED: Final = ALLOCATED_UNITS.labels("unfilled")
 RELEASED_ORDERS: Final = Counter("atp_released_orders_total", "Orders released over the API")
 PUBLISH_TIMEOUT_S: Final = 5.0
+# At shutdown: a group's write and publish take at most about PUBLISH_TIMEOUT_S, plus an undo.
+DRAIN_S: Final = 8.0
+
+log = logging.getLogger(__name__)
 GROUP_MAX_ORDERS: Final = 64  # single orders written together, at most
 GROUP_MAX_LINES: Final = 2000  # ... and their lines (a larger first order goes alone)
 
@@ -139,6 +144,30 @@ class Allocator:
         self._waiting: list[_Waiting] = []
         self._writer: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+
+    async def drain(self, timeout_s: float = DRAIN_S) -> bool:
+        """Wait for the groups being written or published to end, each published or undone.
+
+        For shutdown, before the publisher closes: a publish cancelled by the event loop's
+        own shutdown would leave its reservations in Redis, neither announced nor undone.
+        False if some were still running after ``timeout_s``.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            # The writer may start publishes while we wait: look again each time.
+            running = [
+                task
+                for task in (self._writer, *self._tasks)
+                if task is not None and not task.done() and task.get_loop() is loop
+            ]
+            left = deadline - loop.time()
+            if not running:
+                return True
+            if left <= 0:
+                log.warning("%d allocation group(s) still in flight at shutdown", len(running))
+                return False
+            await asyncio.wait(running, timeout=left, return_when=asyncio.FIRST_COMPLETED)
 
     async def _send(self, messages: list[Outgoing]) -> None:
         # An async sender awaits its own acknowledgements; a blocking one runs in a thread.

@@ -146,6 +146,8 @@ def create_app(settings: Settings) -> Litestar:
         try:
             yield
         finally:
+            # In flight allocations first: they need Redis and the publisher to finish.
+            await app.state.allocator.drain()
             await reader.stop()
             await client.aclose()
             publisher.close()

@@ -66,12 +66,13 @@ class AvailabilityReader:
         self._beat = asyncio.create_task(self._heartbeat())
 
     async def stop(self) -> None:
-        """End both tasks, within STOP_S. A cancel alone is not enough: one that lands just as
-        redis-py's connection handshake finishes a write is lost (Python 3.11's
-        ``asyncio.wait_for`` then returns the result instead of raising; fixed in 3.12), and
-        the loop runs on, past our shutdown, until the event loop's own shutdown cancels it and
-        waits for it without a bound. So each loop also ends on ``_stopping`` (the listener
-        within its 1 s read timeout) and the cancel is repeated while we wait."""
+        """End both tasks, waiting at most STOP_S. A cancel alone is not enough: on Python
+        3.11 one that lands while redis-py writes a command (``asyncio.wait_for`` in its
+        ``send_packed_command``, e.g. in the connection handshake) is lost when the write has
+        just finished (fixed in 3.12), and the loop runs on, past our shutdown, until the
+        event loop's own shutdown cancels it and waits for it without a bound. So each loop
+        also ends on ``_stopping`` (the listener within its 1 s read timeout) and the cancel
+        is repeated while we wait."""
         self._stopping = True
         deadline = time.monotonic() + STOP_S
         while True:

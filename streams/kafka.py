@@ -152,6 +152,7 @@ class AsyncPublisher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._closed = False
 
     def start(self) -> None:
         """Create the producer now (it connects in the background)."""
@@ -159,6 +160,9 @@ class AsyncPublisher:
 
     def _ensure(self) -> Producer:
         with self._lock:
+            if self._closed:
+                # A new producer now would never be polled (and would outlive us).
+                raise ProduceFailed("the publisher is closed")
             if self.producer is None:
                 self.producer = Producer(self.config)
                 self._thread = threading.Thread(target=self._poll, name="atp-publisher", daemon=True)
@@ -208,16 +212,25 @@ class AsyncPublisher:
             raise ProduceFailed(f"the broker refused {len(failed)} message(s): {failed[0]}")
 
     def close(self, timeout_s: float = 5.0) -> None:
+        """Wait up to ``timeout_s`` for what is in flight, then end the producer and its
+        librdkafka threads (kept, they went on reconnecting after the API stopped). A send
+        still waiting then fails (ProduceFailed), and so does any send after."""
+        with self._lock:
+            self._closed = True
+            producer = self.producer
+        if producer is not None:
+            producer.flush(timeout_s)
         self._stop.set()
         if self._thread is not None:
             self._thread.join(2)
-        with self._lock:
-            producer, self.producer = self.producer, None
         if producer is not None:
-            producer.flush(timeout_s)
-        # The last reference goes here, and with it librdkafka's threads: kept, they would
-        # go on reconnecting to the brokers after the API stopped.
-        del producer
+            producer.purge()
+            producer.poll(0)  # the purged messages' callbacks: their sends fail now
+            # Explicit where the client has it (confluent-kafka 2.16 does): a send's frame
+            # or traceback may still hold a reference, which would keep the threads alive.
+            close = getattr(producer, "close", None)
+            if close is not None:
+                close()
 
 
 def _settle(future: asyncio.Future[KafkaError | None], err: KafkaError | None) -> None:

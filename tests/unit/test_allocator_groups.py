@@ -201,3 +201,49 @@ def test_each_event_carries_its_own_requests_correlation_id(size: int) -> None:
     ]
     for message in published:
         assert f'"correlation_id":"{dict(message.headers)["correlation-id"].decode()}"'.encode() in message.value
+
+
+class SlowBroker(Broker):
+    """Acknowledges after ``delay_s`` (forever with None); ``started`` once a send began."""
+
+    def __init__(self, delay_s: float | None) -> None:
+        super().__init__()
+        self.delay_s = delay_s
+        self.started = asyncio.Event()
+
+    async def send(self, messages: Sequence[Outgoing], timeout_s: float) -> None:
+        self.started.set()
+        if self.delay_s is None:
+            await asyncio.Event().wait()
+        await asyncio.sleep(self.delay_s or 0)
+        self.sends.append(list(messages))
+
+
+def test_shutdown_drain_lets_a_publish_in_flight_finish_even_if_its_request_went_away() -> None:
+    store, broker = FakeStore(stocked(A=10)), SlowBroker(0.3)
+    allocator = Allocator(store, PROJECTOR, broker.send, "res", clock=lambda: NOW_US)  # type: ignore[arg-type]
+
+    async def go() -> bool:
+        request = asyncio.create_task(allocator.allocate([order("o1", A=2)]))
+        await broker.started.wait()
+        request.cancel()  # the client (or the server's shutdown) dropped the request
+        return await allocator.drain(5)
+
+    assert asyncio.run(go()) is True
+    # Written to Redis and announced: the stream and the ledger will see the reservation.
+    assert store.open_units("A") == 2
+    assert [len(batch) for batch in broker.sends] == [1]
+
+
+def test_shutdown_drain_is_bounded() -> None:
+    store, broker = FakeStore(stocked(A=10)), SlowBroker(None)  # never acknowledges
+    allocator = Allocator(store, PROJECTOR, broker.send, "res", clock=lambda: NOW_US)  # type: ignore[arg-type]
+
+    async def go() -> bool:
+        request = asyncio.create_task(allocator.allocate([order("o1", A=2)]))
+        await broker.started.wait()
+        drained = await allocator.drain(0.2)
+        request.cancel()
+        return drained
+
+    assert asyncio.run(go()) is False
