@@ -223,6 +223,7 @@ class AsyncPublisher:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(2)
+        self.producer = None  # after the poller stopped: it reads this attribute
         if producer is not None:
             producer.purge()
             producer.poll(0)  # the purged messages' callbacks: their sends fail now
