@@ -97,6 +97,8 @@ def build_changeset(
     rendered: Rendered = projector.render(states, now_us)
     as_of = format_as_of(now_us)
     out = ChangeSet(offsets=dict(offsets or {}), outbox_id=new_outbox_id(now_us))
+    field_of = {channel: projection_field(channel) for channel in projector.network.channels}
+    seen = seen or {}
     for state in states:
         ats = rendered.available_to_sell[state.sku]
         if ats != state.last_ats:
@@ -117,11 +119,8 @@ def build_changeset(
                 expected_version=versions.get(state.sku, 0),
                 state=dump_state(state),
                 due_ms=None if due is None else -(-due // 1000),
-                fields={
-                    projection_field(channel): doc
-                    for channel, doc in rendered.documents[state.sku].items()
-                },
-                seen=list((seen or {}).get(state.sku, ())),
+                fields={field_of[channel]: doc for channel, doc in rendered.documents[state.sku].items()},
+                seen=list(seen.get(state.sku, ())),
             )
         )
     return out

@@ -17,8 +17,9 @@ older than the dedupe window, which bounds the state of a sku.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Set
+from collections.abc import Callable, Iterable, Mapping, Set
 from dataclasses import dataclass, field
+from typing import Any, Final
 
 from streams.events import (
     AnyEvent,
@@ -117,43 +118,33 @@ def fold(
     """
     work: dict[str, _Work] = {}
     result = FoldResult(states={})
+    applied, duplicates = result.applied, result.duplicates
     batch_seen: set[str] = set()
     for event in events:
-        if event.event_id in seen or event.event_id in batch_seen:
-            result.duplicates.append(event)
+        event_id = event.event_id
+        if event_id in seen or event_id in batch_seen:
+            duplicates.append(event)
             continue
-        batch_seen.add(event.event_id)
+        batch_seen.add(event_id)
         target = work.get(event.sku)
         if target is None:
             state = states.get(event.sku) or SkuState(sku=event.sku)
             target = work[event.sku] = _Work.of(state)
-        _apply(target, event, now_us)
-        result.applied.append(event)
+        # By exact type (events are decoded into these classes only): a dict lookup, not a
+        # chain of isinstance checks, as this runs per event.
+        _APPLY[type(event)](target, event, now_us)
+        applied.append(event)
     for sku, target in work.items():
         result.states[sku] = target.freeze(now_us, window_us)
         result.touched.add(sku)
     return result
 
 
-def _apply(work: _Work, event: AnyEvent, now_us: int) -> None:
-    if isinstance(event, BinMovement):
-        _apply_movement(work, event, now_us)
-    elif isinstance(event, BinCount):
-        _apply_count(work, event)
-    elif isinstance(event, ReservationCreated):
-        _apply_created(work, event)
-    elif isinstance(event, ReservationReleased):
-        _apply_released(work, event, now_us)
-    elif isinstance(event, Inbound):
-        _apply_inbound(work, event)
-
-
 def _apply_movement(work: _Work, event: BinMovement, now_us: int) -> None:
-    at = to_us(event.occurred_at)
     if event.from_bin is not None and event.from_status is not None:
-        _move(work, (event.location, event.from_bin, event.from_status), -event.quantity, at)
+        _move(work, (event.location, event.from_bin, event.from_status), -event.quantity, event)
     if event.to_bin is not None and event.to_status is not None:
-        _move(work, (event.location, event.to_bin, event.to_status), event.quantity, at)
+        _move(work, (event.location, event.to_bin, event.to_status), event.quantity, event)
     elif event.reservation_id is not None:
         # Stock left the location against a reservation: the shipment consumes it, so
         # on_hand and reserved drop together and available_to_sell does not drop twice.
@@ -161,17 +152,18 @@ def _apply_movement(work: _Work, event: BinMovement, now_us: int) -> None:
         _consume(work, event.reservation_id, event.quantity, now_us)
 
 
-def _move(work: _Work, key: BinKey, delta: int, at: int) -> None:
+def _move(work: _Work, key: BinKey, delta: int, event: BinMovement) -> None:
     current = work.bins.get(key)
     if current is None:
         work.bins[key] = BinStock(key[0], key[1], key[2], delta)
         return
-    if current.counted_at and at < current.counted_at:
+    # The movement's time matters only against a count, so it is converted only then.
+    if current.counted_at and to_us(event.occurred_at) < current.counted_at:
         return  # the count already includes this movement
     work.bins[key] = BinStock(key[0], key[1], key[2], current.quantity + delta, current.counted_at)
 
 
-def _apply_count(work: _Work, event: BinCount) -> None:
+def _apply_count(work: _Work, event: BinCount, now_us: int) -> None:
     at = to_us(event.occurred_at)
     key = (event.location, event.bin, event.status)
     current = work.bins.get(key)
@@ -201,7 +193,7 @@ def _consume(work: _Work, reservation_id: str, quantity: int, now_us: int) -> No
     )
 
 
-def _apply_created(work: _Work, event: ReservationCreated) -> None:
+def _apply_created(work: _Work, event: ReservationCreated, now_us: int) -> None:
     current = work.reservations.get(event.reservation_id)
     if current is not None and current.created:
         return  # a second reservation_created for a known reservation is ignored
@@ -242,7 +234,7 @@ def _apply_released(work: _Work, event: ReservationReleased, now_us: int) -> Non
     )
 
 
-def _apply_inbound(work: _Work, event: Inbound) -> None:
+def _apply_inbound(work: _Work, event: Inbound, now_us: int) -> None:
     at = to_us(event.occurred_at)
     current = work.inbound.get(event.inbound_id)
     if current is not None and at < current.occurred_at:
@@ -250,3 +242,13 @@ def _apply_inbound(work: _Work, event: Inbound) -> None:
     work.inbound[event.inbound_id] = InboundLine(
         event.inbound_id, event.location, event.quantity, to_day(event.eta), at
     )
+
+
+# Every event type and the function that applies it (``now_us`` stamps closures).
+_APPLY: Final[dict[type, Callable[[_Work, Any, int], None]]] = {
+    BinMovement: _apply_movement,
+    BinCount: _apply_count,
+    ReservationCreated: _apply_created,
+    ReservationReleased: _apply_released,
+    Inbound: _apply_inbound,
+}

@@ -134,25 +134,18 @@ class Projector:
         reserved = projection.reserved.tolist()
         safety = projection.safety_stock.tolist()
         next_day = projection.next_change_day.tolist()
+        channels = list(enumerate(self.network.channels))
+        encode = _encoder.encode
         for s, state in enumerate(states):
-            per_channel: dict[str, bytes] = {}
-            per_ats: dict[str, int] = {}
-            for c, name in enumerate(self.network.channels):
-                per_channel[name] = _encoder.encode(
-                    Availability(
-                        channel=name,
-                        sku=state.sku,
-                        available_to_sell=ats[s][c],
-                        on_hand=on_hand[s][c],
-                        reserved=reserved[s][c],
-                        safety_stock=safety[s][c],
-                        atp=timelines.get((c, s), []),
-                        as_of=as_of,
-                    )
+            sku, ats_s, on_hand_s, reserved_s, safety_s = state.sku, ats[s], on_hand[s], reserved[s], safety[s]
+            documents[sku] = {
+                name: encode(
+                    Availability(name, sku, ats_s[c], on_hand_s[c], reserved_s[c], safety_s[c],
+                                 timelines.get((c, s), []), as_of)
                 )
-                per_ats[name] = ats[s][c]
-            documents[state.sku] = per_channel
-            ats_out[state.sku] = per_ats
+                for c, name in channels
+            }  # fmt: skip
+            ats_out[sku] = {name: ats_s[c] for c, name in channels}
             change = _next_expiry(state, now_us)
             if next_day[s] != NO_CHANGE:
                 change = min(change, next_day[s] * US_PER_DAY)
