@@ -9,6 +9,7 @@ from confluent_kafka import Consumer, Producer
 
 from atp_service.app import projector_for
 from atp_service.config import Settings
+from atp_service.resp import ChunkedPacker
 from atp_service.store import RedisStore
 from streams.consumer import ConsumerOptions, StreamProjector
 from streams.kafka import ReliableProducer, consumer_config, producer_config
@@ -20,7 +21,11 @@ ALIVE_FILE = "/tmp/atp-consumer-alive"  # the Helm chart's exec probe checks its
 
 def sync_redis(settings: Settings) -> redis.Redis:
     return redis.Redis.from_url(
-        settings.redis.url, socket_connect_timeout=2.0, socket_timeout=10.0, health_check_interval=5
+        settings.redis.url,
+        socket_connect_timeout=2.0,
+        socket_timeout=10.0,
+        health_check_interval=5,
+        command_packer=ChunkedPacker(),
     )
 
 
