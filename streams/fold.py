@@ -60,9 +60,7 @@ class _Work:
             b for b in self.bins.values() if b.quantity != 0 or (b.counted_at and b.counted_at > horizon)
         )
         reservations = tuple(
-            r
-            for r in self.reservations.values()
-            if not _closed_since(r, now_us) or _closed_since(r, now_us) > horizon
+            r for r in self.reservations.values() if (closed := _closed_since(r, now_us)) == 0 or closed > horizon
         )
         inbound = tuple(
             i for i in self.inbound.values() if i.quantity > 0 or i.occurred_at > horizon

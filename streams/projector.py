@@ -82,34 +82,39 @@ class Projector:
         in_qty: list[int] = []
         in_eta: list[int] = []
         safety = np.broadcast_to(self.network.safety_stock, (n_skus, len(channel_index))).copy()
+        # Hoisted out of the loop, which runs per sku and record of every batch.
+        sellable = self.sellable
+        where_of = loc.get
+        overridden = [(c, overrides) for c, overrides in enumerate(self.config_overrides) if overrides]
         for s, state in enumerate(states):
             base = s * n_locations
             for b in state.bins:
-                where = loc.get(b.location)
-                if where is not None and b.status in self.sellable:
+                where = where_of(b.location)
+                if where is not None and b.status in sellable:
                     stock_cells.append(base + where)
                     stock_qty.append(b.quantity)
             for r in state.reservations:
-                where = loc.get(r.location)
-                if where is not None:
-                    held = r.open_quantity(now_us)
-                    if held:
+                held = r.open_quantity(now_us)
+                if held:
+                    where = where_of(r.location)
+                    if where is not None:
                         held_cells.append(base + where)
                         held_qty.append(held)
             for line in state.inbound:
-                where = loc.get(line.location)
+                where = where_of(line.location)
                 if where is not None and line.quantity > 0:
                     in_sku.append(s)
                     in_loc.append(where)
                     in_qty.append(line.quantity)
                     in_eta.append(line.eta)
-            for c, overrides in enumerate(self.config_overrides):
-                if overrides and state.sku in overrides:
+            for c, overrides in overridden:
+                if state.sku in overrides:
                     safety[s, c] = overrides[state.sku]
-            for name, quantity in state.safety_stock.items():
-                c_index = channel_index.get(name)
-                if c_index is not None:
-                    safety[s, c_index] = quantity
+            if state.safety_stock:
+                for name, quantity in state.safety_stock.items():
+                    c_index = channel_index.get(name)
+                    if c_index is not None:
+                        safety[s, c_index] = quantity
         size = n_skus * n_locations
         return Supply(
             on_hand=_cells(stock_cells, stock_qty, size).reshape(n_skus, n_locations),
