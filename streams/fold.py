@@ -17,6 +17,7 @@ older than the dedupe window, which bounds the state of a sku.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -32,6 +33,12 @@ from streams.events import (
 from streams.state import BinStock, InboundLine, Reservation, SkuState, to_day, to_us
 
 BinKey = tuple[str, str, str]  # (location, bin, status)
+
+# Records keep one shared string per location, bin, status and channel rather than the one
+# each event decoded. Walking a batch's states (copying, projecting, encoding them) is
+# mostly waiting for memory: encoding 5,000 different states cost 4.6x encoding one state
+# 5,000 times. Shared strings stay in the CPU caches, and a state has fewer objects apart.
+intern = sys.intern
 
 
 @dataclass
@@ -153,21 +160,22 @@ def _apply_movement(work: _Work, event: BinMovement, now_us: int) -> None:
 def _move(work: _Work, key: BinKey, delta: int, event: BinMovement) -> None:
     current = work.bins.get(key)
     if current is None:
-        work.bins[key] = BinStock(key[0], key[1], key[2], delta)
+        work.bins[key] = BinStock(intern(key[0]), intern(key[1]), intern(key[2]), delta)
         return
     # The movement's time matters only against a count, so it is converted only then.
     if current.counted_at and to_us(event.occurred_at) < current.counted_at:
         return  # the count already includes this movement
-    work.bins[key] = BinStock(key[0], key[1], key[2], current.quantity + delta, current.counted_at)
+    work.bins[key] = BinStock(current.location, current.bin, current.status, current.quantity + delta, current.counted_at)
 
 
 def _apply_count(work: _Work, event: BinCount, now_us: int) -> None:
     at = to_us(event.occurred_at)
     key = (event.location, event.bin, event.status)
     current = work.bins.get(key)
-    if current is not None and current.counted_at and at < current.counted_at:
-        return  # an older count than the one applied
-    work.bins[key] = BinStock(key[0], key[1], key[2], event.quantity, at)
+    if current is None:
+        work.bins[key] = BinStock(intern(key[0]), intern(key[1]), intern(key[2]), event.quantity, at)
+    elif not (current.counted_at and at < current.counted_at):  # else an older count
+        work.bins[key] = BinStock(current.location, current.bin, current.status, event.quantity, at)
 
 
 def _consume(work: _Work, reservation_id: str, quantity: int, now_us: int) -> None:
@@ -203,8 +211,8 @@ def _apply_created(work: _Work, event: ReservationCreated, now_us: int) -> None:
     work.reservations[event.reservation_id] = Reservation(
         event.reservation_id,
         True,
-        event.channel,
-        event.location,
+        intern(event.channel),
+        intern(event.location),
         event.quantity,
         consumed,
         released,
@@ -238,7 +246,7 @@ def _apply_inbound(work: _Work, event: Inbound, now_us: int) -> None:
     if current is not None and at < current.occurred_at:
         return  # an older update arriving late
     work.inbound[event.inbound_id] = InboundLine(
-        event.inbound_id, event.location, event.quantity, to_day(event.eta), at
+        event.inbound_id, intern(event.location), event.quantity, to_day(event.eta), at
     )
 
 
