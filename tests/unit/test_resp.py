@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hiredis
 import pytest
+from redis.exceptions import DataError
 
 from atp_service.resp import LARGE_BYTES, ChunkedPacker
 
@@ -40,3 +41,12 @@ def test_a_large_value_is_handed_on_as_it_is() -> None:
     chunks = ChunkedPacker().pack("HSET", "h", "f", blob, "g", "small")
     assert any(chunk is blob for chunk in chunks)
     assert sum(len(chunk) for chunk in chunks) < len(blob) + 200
+
+
+def test_a_bytearray_is_sent_as_its_bytes() -> None:
+    assert wire(ChunkedPacker().pack("SET", "k", bytearray(b"abc"))) == hiredis.pack_command(("SET", "k", b"abc"))
+
+
+def test_a_value_redis_cannot_hold_is_a_data_error_naming_the_problem() -> None:
+    with pytest.raises(DataError, match="str, int, float or bytes"):
+        ChunkedPacker().pack("SET", "k", None)  # type: ignore[arg-type]
