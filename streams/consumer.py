@@ -165,8 +165,8 @@ def ledger_rows(batch: Batch, duplicates: list[AnyEvent]) -> LedgerColumns:
     """
     events = batch.events
     dead = [None] * len(batch.dead_sources)
-    # Column by column, each a plain comprehension: per event, a function call cost more
-    # than the work it does.
+    # Column by column, each a plain comprehension with no function call per event: this
+    # runs for every message of every batch.
     status = ["applied_by_api" if e.event_id.startswith(API_EVENT_PREFIXES) else "applied" for e in events]
     if duplicates:
         repeated = {id(e) for e in duplicates}

@@ -23,7 +23,7 @@ Sku = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=PRINTABL
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 Text = Id
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
-# RFC 3339 needs the offset; checked by msgspec while it decodes, which costs nothing extra.
+# RFC 3339 needs the offset; msgspec checks it while it decodes, not a second look after.
 Moment = Annotated[datetime, msgspec.Meta(tz=True)]
 
 
