@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = "0" ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-deps run test test-fast lint bench bench-small clean
+.PHONY: help install lock lock-check system-deps run test test-fast lint bench bench-small clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -22,13 +22,32 @@ system-deps: ## Install redis-server (Debian package) when it is not on PATH
 	  fi; \
 	fi
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[dev]"
+# Dependencies come from uv.lock only (runtime, `local`, `dev` and `bench` sets, with hashes).
+# uv itself is pinned and bootstrapped into a tool venv of its own, so nothing is installed by
+# hand; `make lock` is the one way the lock changes.
+UV_VERSION := 0.13.9
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install -q "uv==$(UV_VERSION)"
+
+lock-check: $(UV) ## Fail when uv.lock does not match pyproject.toml
+	@$(UV) lock --check --python $(PYTHON) >/dev/null 2>&1 || { \
+	  echo "uv.lock does not match pyproject.toml: run 'make lock' and commit uv.lock" >&2; exit 1; }
+
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	@$(MAKE) --no-print-directory lock-check
+	$(UV) sync --locked --python $(PYTHON) --extra dev --extra bench
 	@touch $(STAMP)
 
-install: system-deps $(STAMP) ## Create .venv and install the project with its dev dependencies
+install: system-deps $(STAMP) ## Create .venv with exactly the locked dependencies (runtime, local, dev, bench)
+
+lock: $(UV) ## Refresh uv.lock on purpose (commit it on its own, after running the suite)
+	$(UV) lock --upgrade --python $(PYTHON)
 
 run: install ## The whole stack locally with a demo feed (atp dev)
 	$(BIN)/atp dev
@@ -51,4 +70,4 @@ bench: install ## Every benchmark, small and full size
 	$(BIN)/python -m benchmarks --size full
 
 clean: ## Remove the venv and run state
-	rm -rf $(VENV) .run var
+	rm -rf $(VENV) $(TOOLS) .run var

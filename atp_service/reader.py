@@ -199,7 +199,7 @@ class AvailabilityReader:
                 await asyncio.sleep(0.5)
             finally:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(pubsub.aclose(), timeout=1.0)  # type: ignore[no-untyped-call]
+                    await asyncio.wait_for(pubsub.aclose(), timeout=1.0)
 
     async def _heartbeat(self) -> None:
         while not self._stopping:
