@@ -140,7 +140,8 @@ async def allocate(
     try:
         order = _decode_order(b"".join(chunks))
         check_order(state.settings, order)
-    except (msgspec.ValidationError, msgspec.DecodeError, HTTPException):
+    except (msgspec.ValidationError, msgspec.DecodeError, HTTPException, RecursionError):
+        # Litestar answers these with the problem document.
         return None, _replay(messages, receive)
     cid = request_correlation_id(scope)
     token = correlation_id.set(cid)

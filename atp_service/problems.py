@@ -112,6 +112,10 @@ class Failure(msgspec.Struct, frozen=True):
 def failure_of(exc: Exception) -> Failure:
     """Every non-HTTP exception's answer, in one place: the Litestar handlers below and the
     fast allocation path (atp_service/fast.py) both answer from it."""
+    if isinstance(exc, RecursionError):
+        # Raised by the body's JSON decoder (it follows nesting down the C stack); nothing
+        # else a route runs recurses.
+        return Failure(400, "the request body is not valid JSON: nested too deeply", "invalid-body")
     if isinstance(exc, OrderConflict):
         return Failure(
             409, f"order {exc.order_id!r} exists with a different body", "order-conflict"

@@ -136,6 +136,15 @@ class ReadAheadFailed(Exception):
     """
 
 
+class Unfoldable(Exception):
+    """Folding a batch raised an unexpected error; ``culprits`` are the events (by index in
+    the batch) that cause it, with the reason each is dead-lettered with."""
+
+    def __init__(self, culprits: dict[int, str]) -> None:
+        super().__init__(f"{len(culprits)} events cannot be folded")
+        self.culprits = culprits
+
+
 class BatchAbandoned(Exception):
     """The partitions changed hands after the batch was consumed and before its write
     landed: the new assignment starts from the offsets in Redis, so the batch's messages
@@ -191,6 +200,21 @@ def _correlation_header(headers: list[tuple[str, str | bytes | None]]) -> str | 
             text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
             return text[:128] if text.isprintable() else None
     return None
+
+
+def _unexpected(step: str, exc: BaseException) -> str:
+    metrics.UNEXPECTED.labels(step).inc()
+    log.error("unexpected %s in %s; the message is dead-lettered", type(exc).__name__, step, exc_info=exc)
+    return f"internal error in {step}: {type(exc).__name__}"
+
+
+def _log_dead_letter(topic: str, partition: int, offset: int, reason: str, cid: str) -> None:
+    token = correlation_id.set(cid)
+    log.warning(
+        "dead-lettered %s[%d]@%d: %s", topic, partition, offset, reason,
+        extra={"source_topic": topic, "source_partition": partition, "source_offset": offset},
+    )  # fmt: skip
+    correlation_id.reset(token)
 
 
 def _as_written(changes: ChangeSet) -> Written:
@@ -401,7 +425,12 @@ class StreamProjector:
             # Dead letters are delivered before the offsets move past them in Redis.
             self.producer.send_all(batch.dead)
             self.stats.dead_lettered += len(batch.dead)
-        self.apply(batch.events, batch.offsets, batch, self._read_ahead if read_ahead else None)
+        try:
+            self.apply(batch.events, batch.offsets, batch, self._read_ahead if read_ahead else None)
+        except Unfoldable as exc:
+            self.producer.send_all(self._set_aside(messages, batch, exc.culprits))
+            self.stats.dead_lettered += len(exc.culprits)
+            self.apply(batch.events, batch.offsets, batch)
         metrics.FOLD_SECONDS.observe(time.perf_counter() - started)
         metrics.BATCH_SIZE.observe(len(messages))
         visible = time.time()
@@ -450,18 +479,18 @@ class StreamProjector:
                     raise InvalidEvent(f"message of {len(value)} bytes exceeds the limit of {limit} bytes")
                 event = decode(value, known)
             except InvalidEvent as exc:
-                cid = given or new_correlation_id()
-                dead.append(self._dead_letter(message, exc.reason, cid))
-                dead_sources.append(((topic, partition, offset, value, cid), exc.reason))
-                token = correlation_id.set(cid)
-                log.warning(
-                    "dead-lettered %s[%d]@%d: %s", topic, partition, offset, exc.reason,
-                    extra={"source_topic": topic, "source_partition": partition, "source_offset": offset},
-                )  # fmt: skip
-                correlation_id.reset(token)
+                reason = exc.reason
+            except Exception as exc:
+                # A defect of ours, not bad input; still, one message must never stop the loop.
+                reason = _unexpected("decode", exc)
+            else:
+                events.append(event)
+                sources.append((topic, partition, offset, value, given or event.correlation_id))
                 continue
-            events.append(event)
-            sources.append((topic, partition, offset, value, given or event.correlation_id))
+            cid = given or new_correlation_id()
+            dead.append(self._dead_letter(message, reason, cid))
+            dead_sources.append(((topic, partition, offset, value, cid), reason))
+            _log_dead_letter(topic, partition, offset, reason, cid)
         self.stats.consumed += len(sources) + len(dead_sources)
         offsets = {offset_field(topic, partition): n for (topic, partition), n in next_offsets.items()}
         generation = self._rebalances if generation is None else generation
@@ -527,7 +556,57 @@ class StreamProjector:
         now: int,
         known: Known,
     ) -> tuple[FoldResult, ChangeSet]:
-        """Fold the events into the known states: the write that applies them."""
+        """Fold the events into the known states: the write that applies them.
+
+        Raises:
+            Unfoldable: folding raised an unexpected error, and these events cause it.
+        """
+        try:
+            return self._fold_unguarded(events, by_sku, offsets, batch, now, known)
+        except Exception as exc:
+            culprits = self._culprits(events, offsets, now, known)
+            if not culprits:
+                raise  # not caused by any event alone: a defect to see, not to hide
+            raise Unfoldable(culprits) from exc
+
+    def _culprits(self, events: list[AnyEvent], offsets: dict[str, int], now: int, known: Known) -> dict[int, str]:
+        """The events (by index) whose fold raises, with the reason to dead-letter them.
+
+        Rare (a defect), so simple: a sku's events are folded alone, and a sku that fails
+        is folded one more event at a time; an event that fails is left out of the rest.
+        """
+        by_sku: dict[str, list[int]] = defaultdict(list)
+        for index, event in enumerate(events):
+            by_sku[event.sku].append(index)
+        culprits: dict[int, str] = {}
+        for indices in by_sku.values():
+            if self._folds([events[i] for i in indices], offsets, now, known) is None:
+                continue
+            good: list[AnyEvent] = []
+            for index in indices:
+                error = self._folds([*good, events[index]], offsets, now, known)
+                if error is None:
+                    good.append(events[index])
+                else:
+                    culprits[index] = _unexpected("fold", error)
+        return culprits
+
+    def _folds(self, events: list[AnyEvent], offsets: dict[str, int], now: int, known: Known) -> Exception | None:
+        try:
+            self._fold_unguarded(events, _by_sku(events), offsets, None, now, known)
+        except Exception as exc:
+            return exc
+        return None
+
+    def _fold_unguarded(
+        self,
+        events: list[AnyEvent],
+        by_sku: dict[str, list[str]],
+        offsets: dict[str, int],
+        batch: Batch | None,
+        now: int,
+        known: Known,
+    ) -> tuple[FoldResult, ChangeSet]:
         states, versions, seen, marked = known
         result = fold(states, events, seen=seen, now_us=now, window_us=self.options.window_us)
         applied_ids = by_sku  # every event of the batch, unless some were duplicates
@@ -540,6 +619,23 @@ class StreamProjector:
             # Staged with the state and the offsets: see streams/ledger.py.
             changes.ledger = self.ledger.stage(ledger_rows(batch, result.duplicates), applied_at_us=now)
         return result, changes
+
+    def _set_aside(self, messages: list[Message], batch: Batch, culprits: dict[int, str]) -> list[Outgoing]:
+        """Move the events that cannot be folded from the batch to its dead letters."""
+        by_position = {_position(m): m for m in messages}
+        dead: list[Outgoing] = []
+        for index in sorted(culprits):
+            reason = culprits[index]
+            topic, partition, offset, value, given = batch.sources[index]
+            cid = given or new_correlation_id()
+            dead.append(self._dead_letter(by_position[topic, partition, offset], reason, cid))
+            batch.dead_sources.append(((topic, partition, offset, value, cid), reason))
+            _log_dead_letter(topic, partition, offset, reason, cid)
+        keep = [i for i in range(len(batch.events)) if i not in culprits]
+        batch.events[:] = [batch.events[i] for i in keep]
+        batch.sources[:] = [batch.sources[i] for i in keep]
+        batch.dead.extend(dead)
+        return dead
 
     def _prepare(self, batch: Batch) -> Prepared | None:
         """Fold the batch read ahead while the current write is in flight, on the states
@@ -668,6 +764,8 @@ class StreamProjector:
                 self._prepared = self._prepare(batch)
             except (redis.RedisError, OSError) as exc:  # its own turn reads, and retries
                 log.info("could not fold the next batch ahead (%s)", exc)
+            except Unfoldable:
+                pass  # its own turn folds it again, and sets the culprits aside
 
     def _settle_write(self) -> None:
         """Wait for a write in flight: called by the rebalance callbacks, which librdkafka

@@ -101,6 +101,10 @@ def decode(payload: bytes, known_channels: frozenset[str] | None = None) -> AnyE
         raise InvalidEvent(f"invalid event: {exc}") from None
     except msgspec.DecodeError as exc:
         raise InvalidEvent(f"not JSON: {exc}") from None
+    except RecursionError:
+        # Unknown fields are skipped recursively: a value nested thousands of levels deep
+        # exhausts the stack before any field is checked.
+        raise InvalidEvent("not JSON: nested too deeply") from None
     # JSON cannot carry a raw control character inside a string, only an escape (which
     # starts with a backslash); DEL may appear raw. Without either no field can hold one.
     problem = _control_characters(event) if b"\\" in payload or b"\x7f" in payload else None

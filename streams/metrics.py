@@ -35,3 +35,9 @@ PUBLISHED: Final = Counter("atp_availability_events_total", "Availability events
 EXPIRED: Final = Counter(
     "atp_reservation_expiries_total", "Reservations that stopped counting when their expires_at passed"
 )
+UNEXPECTED: Final = Counter(
+    "atp_dead_letters_unexpected_total",
+    "Messages dead-lettered because decoding or folding them raised an unexpected error "
+    "(a defect in atp, not bad input), by the step that raised",
+    ["step"],
+)

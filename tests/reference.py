@@ -24,8 +24,10 @@ Choices where the contract is silent (each a user's natural reading):
   count already includes it (the count says nothing about the reservation).
 - A per-sku safety stock set over HTTP wins over the config file's per-sku override.
 - An event that cannot be applied (contract section 2's list) is rejected and its
-  ``event_id`` is not marked as applied. The implementation's size limits on identifiers
-  and quantities are not modelled.
+  ``event_id`` is not marked as applied. So is text that is not UTF-8 (a lone UTF-16
+  surrogate escape), JSON's non-standard NaN and Infinity, and nesting deeper than a parser
+  follows. The implementation's documented limits are modelled: identifiers of at most 200
+  characters, quantities of at most 1,000,000,000.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ _RFC3339 = re.compile(
     r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
 )
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+MAX_ID_LENGTH = 200
+MAX_QUANTITY = 1_000_000_000
 
 Outcome = Literal["applied", "duplicate", "rejected"]
 
@@ -282,9 +286,9 @@ class ReferenceModel:
             raw = msgspec.to_builtins(event)
         elif isinstance(event, bytes | bytearray | str):
             try:
-                raw = json.loads(event)
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise Rejected(f"not JSON: {exc}") from None
+                raw = json.loads(event, parse_constant=_not_a_number)
+            except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+                raise Rejected(f"not JSON: {exc!r}") from None
         else:
             raw = event
         if not isinstance(raw, Mapping):
@@ -339,15 +343,25 @@ def _text(raw: Mapping[str, Any], name: str, *, optional: bool = False) -> Any:
         return None
     if not isinstance(value, str) or not value:
         raise Rejected(f"{name} must be a non-empty string")
+    if len(value) > MAX_ID_LENGTH:
+        raise Rejected(f"{name} is longer than {MAX_ID_LENGTH} characters")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise Rejected(f"{name} is not UTF-8 text") from None
     return value
+
+
+def _not_a_number(constant: str) -> float:
+    raise ValueError(f"{constant} is not JSON")
 
 
 def _quantity(raw: Mapping[str, Any], *, minimum: int) -> int:
     value = raw.get("quantity")
     if isinstance(value, bool) or not isinstance(value, int):
         raise Rejected("quantity must be an integer")
-    if value < minimum:
-        raise Rejected(f"quantity must be >= {minimum}")
+    if not minimum <= value <= MAX_QUANTITY:
+        raise Rejected(f"quantity must be from {minimum} to {MAX_QUANTITY}")
     return value
 
 

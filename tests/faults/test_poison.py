@@ -77,7 +77,22 @@ def _poison_kinds(rng: random.Random) -> list[tuple[str, str, Callable[[int], by
         ("unknown type", "movements", event("teleport", location="DC-EAST"), "teleport"),
         ("unknown channel", "reservations", event("reservation_created", **{**reserve, "channel": "pigeon"}), "pigeon"),
         ("movement with no side", "movements", event("bin_movement", location="DC-EAST", quantity=2), "side"),
+        # What a hostile or broken upstream sends: none of it may stop the consumer.
+        ("nested 50,000 levels", "movements", lambda n: _nested(n, 50_000), "nested"),
+        ("random binary", "reservations", lambda n: rng.randbytes(512 + n % 512), "JSON"),
+        ("lone surrogate in sku", "movements", event("bin_movement", **move, sku="SKU-\ud800"), "surrogate"),
+        ("quantity beyond 64 bits", "movements", event("bin_movement", **{**move, "quantity": 2**70}), "quantity"),
+        ("NaN quantity", "inbound", lambda n: event("inbound", **inbound)(n).replace(b'"quantity": 5', b'"quantity": NaN'), "JSON"),
+        ("sku of 100,000 characters", "movements", event("bin_movement", **move, sku="S" * 100_000), "sku"),
     ]
+
+
+def _nested(n: int, depth: int) -> bytes:
+    """A valid event but for an unknown field nested ``depth`` levels deep (about 2 bytes
+    a level): unknown fields are skipped, and skipping follows the nesting."""
+    head = f'{{"type": "bin_count", "event_id": "deep-{n}", "occurred_at": "2026-11-27T10:00:00Z", '
+    head += '"sku": "F-001", "location": "DC-EAST", "bin": "B-1", "status": "available", "quantity": 1, "x": '
+    return (head + "[" * depth + "]" * depth + "}").encode()
 
 
 def test_poison_messages_are_dead_lettered_and_the_rest_applied(make_stack: Callable[..., Stack]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -157,3 +158,36 @@ def test_keys_never_reach_the_logs(client: TestClient[Any], caplog: pytest.LogCa
     text = caplog.text + "".join(str(r.__dict__) for r in caplog.records)
     for key in (READ_KEY, "not-a-key-but-secret", ADMIN_KEY):
         assert key not in text
+
+
+# Every route that takes a JSON body, with a body of its own shape to nest inside.
+BODIES: list[tuple[str, str, dict[str, Any]]] = [
+    ("POST", "/v1/availability/web/query", {"skus": ["SKU-1"]}),
+    ("POST", "/v1/allocations", ORDER),
+    ("POST", "/v1/allocations/batch", {"orders": [ORDER]}),
+    ("PUT", "/v1/channels/web/safety-stock/SKU-1", {"quantity": 3}),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), BODIES)
+@pytest.mark.parametrize("where", ["whole body", "unknown field", "known field"])
+def test_deeply_nested_bodies_answer_400_problem(
+    client: TestClient[Any], method: str, path: str, body: dict[str, Any], where: str
+) -> None:
+    """A body nested 50,000 levels deep (about 100 KB) is a client's error, not a crash."""
+    deep = "[" * 50_000 + "]" * 50_000
+    if where == "whole body":
+        content = deep
+    else:
+        field = "extra" if where == "unknown field" else next(iter(body))
+        content = json.dumps({**body, field: "DEEP"}).replace('"DEEP"', deep)
+    headers = {"Authorization": f"Bearer {ALL_KEY}", "Content-Type": "application/json"}
+    reply = client.request(method, path, content=content, headers=headers)
+    assert reply.status_code == 400, reply.text[:300]
+    assert reply.headers["content-type"].startswith("application/problem+json")
+    problem = reply.json()
+    assert problem["status"] == 400
+    assert problem["detail"], problem
+    # The process is fine afterwards.
+    again = client.get("/v1/channels", headers={"Authorization": f"Bearer {READ_KEY}"})
+    assert again.status_code == 200
