@@ -9,9 +9,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import redis.asyncio as aredis
-from litestar import Litestar
+from litestar import Litestar, Request, Response, Router, route
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.enums import HttpMethod
+from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ASGIApp, Receive, Scope, Send
@@ -28,6 +30,7 @@ from atp_service.controllers.channels import ChannelController
 from atp_service.controllers.health import healthz, metrics, readyz
 from atp_service.controllers.safety_stock import SafetyStockController
 from atp_service.controllers.ui import UiController
+from atp_service.document import complete
 from atp_service.logs import correlation_id
 from atp_service.problems import EXCEPTION_HANDLERS
 from atp_service.reader import AvailabilityReader
@@ -155,17 +158,25 @@ def create_app(settings: Settings) -> Litestar:
     def provide_settings() -> Settings:
         return settings
 
-    app = Litestar(
+    # Every route but the public operations ones (contract: no key) needs the bearer key, and
+    # the document says so per route: security is only added up the layers, never removed.
+    keyed = Router(
+        "/",
         route_handlers=[
+            # Before the controllers: Litestar's own OPTIONS answer on a path with handlers
+            # in several methods lists only the first method's (it is made with the first).
+            allow_header_for(f"{AllocationController.path}/{{order_id:str}}"),
+            allow_header_for(SafetyStockController.path),
             AvailabilityController,
             ChannelController,
             AllocationController,
             SafetyStockController,
             UiController,
-            healthz,
-            readyz,
-            metrics,
         ],
+        security=[{"bearer": []}],
+    )
+    app = Litestar(
+        route_handlers=[keyed, healthz, readyz, metrics],
         dependencies={
             "settings": Provide(provide_settings, sync_to_thread=False),
             "reader": Provide(_provide_reader, sync_to_thread=False),
@@ -185,14 +196,26 @@ def create_app(settings: Settings) -> Litestar:
                     "bearer": SecurityScheme(type="http", scheme="bearer", description="API key")
                 }
             ),
-            security=[{"bearer": []}],
         ),
         debug=False,
     )
+    complete(app.openapi_schema)
     app.state.settings = settings
     app.state.keyring = KeyRing(settings.api_keys)
     app.state.projector = projector_for(settings)
     return app
+
+
+def allow_header_for(path: str) -> HTTPRouteHandler:
+    """OPTIONS for ``path``: 204 with every method its route answers."""
+
+    @route(path, http_method=[HttpMethod.OPTIONS], include_in_schema=False, status_code=204)
+    async def allowed(request: Request[Any, Any, Any]) -> Response[None]:
+        template = request.scope["path_template"]
+        methods = next(r.methods for r in request.app.routes if r.path_format == template)
+        return Response(None, status_code=204, headers={"Allow": ", ".join(sorted(methods))})
+
+    return allowed
 
 
 def serving_app(app: Litestar) -> ASGIApp:

@@ -87,10 +87,17 @@ class ConsumerSettings(_Section, frozen=True):
     metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9108
 
 
+# Ceilings of the allocation input limits: the OpenAPI document states them (request body
+# types in atp_service/orders.py), so a deployment may lower the limits, never raise them.
+MAX_LINE_QUANTITY: Final = 1_000_000
+MAX_LINES_PER_ORDER: Final = 500
+MAX_BATCH_ORDERS: Final = 10_000
+
+
 class ApiSettings(_Section, frozen=True):
-    max_line_quantity: Positive = 1_000_000
-    max_lines_per_order: Positive = 500
-    max_batch_orders: Positive = 10_000
+    max_line_quantity: Annotated[int, msgspec.Meta(ge=1, le=MAX_LINE_QUANTITY)] = MAX_LINE_QUANTITY
+    max_lines_per_order: Annotated[int, msgspec.Meta(ge=1, le=MAX_LINES_PER_ORDER)] = MAX_LINES_PER_ORDER
+    max_batch_orders: Annotated[int, msgspec.Meta(ge=1, le=MAX_BATCH_ORDERS)] = MAX_BATCH_ORDERS
     max_body_bytes: Positive = 16 * 1024 * 1024
     # Upper bound on how much older than Redis an in-process cached read may be.
     cache_staleness_ms: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 250

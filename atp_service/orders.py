@@ -14,29 +14,41 @@ import numpy as np
 
 from allocation.allocate import NONE, Allocation, allocate
 from allocation.network import Network
+from atp_service.config import MAX_BATCH_ORDERS, MAX_LINE_QUANTITY, MAX_LINES_PER_ORDER
 from streams.events import Sku
 from streams.projector import Projector
 from streams.state import US_PER_DAY, Reservation, SkuState, from_day
 
 LineId = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f:]+$")]
-OrderId = Annotated[str, msgspec.Meta(min_length=1, max_length=150, pattern=r"^[^\x00-\x1f\x7f/:]+$")]
 
 
-class OrderLine(msgspec.Struct, frozen=True):
+ORDER_ID_PATTERN: Final = r"^[^\x00-\x1f\x7f/:]+$"
+OrderId = Annotated[str, msgspec.Meta(min_length=1, max_length=150, pattern=ORDER_ID_PATTERN)]
+
+
+# Request bodies refuse unknown fields (a misspelt "backorder" must not pass unnoticed);
+# events ignore them, for forward compatibility (contract section 2).
+class OrderLine(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     line_id: LineId
     sku: Sku
-    quantity: int
+    quantity: Annotated[int, msgspec.Meta(ge=1, le=MAX_LINE_QUANTITY)]
 
 
-class OrderRequest(msgspec.Struct, frozen=True):
+class OrderRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     order_id: OrderId
     channel: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-    lines: list[OrderLine]
+    lines: Annotated[
+        list[OrderLine],
+        msgspec.Meta(min_length=1, max_length=MAX_LINES_PER_ORDER, description="line_ids are unique within the order"),
+    ]
     backorder: bool = False
 
 
-class BatchRequest(msgspec.Struct, frozen=True):
-    orders: list[OrderRequest]
+class BatchRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    orders: Annotated[
+        list[OrderRequest],
+        msgspec.Meta(min_length=1, max_length=MAX_BATCH_ORDERS, description="order_ids are unique within the batch"),
+    ]
 
 
 class LineAllocation(msgspec.Struct, frozen=True):

@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Final
 
 import msgspec
+from litestar.params import Parameter
 
 from streams.events import Sku
 from streams.projector import Availability
 
+# Path parameters, as the document states them and the server checks them. A sku in a path
+# cannot hold "/" (it would be two segments); in a body it can.
+SKU_IN_PATH: Final = r"^[^\x00-\x1f\x7f/]{1,200}$"
+CHANNEL_NAME: Final = r"^[A-Za-z0-9_.\-]{1,64}$"
+SkuParam = Annotated[
+    str, Parameter(pattern=SKU_IN_PATH, min_length=1, max_length=200, description="1 to 200 printable characters, no /")
+]
+ChannelParam = Annotated[str, Parameter(pattern=CHANNEL_NAME, min_length=1, max_length=64)]
 
-class SkuQuery(msgspec.Struct, frozen=True):
+
+class SkuQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     skus: Annotated[list[Sku], msgspec.Meta(min_length=1, max_length=1000)]
+
+
+class SafetyStock(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    quantity: Annotated[int, msgspec.Meta(ge=0, le=1_000_000_000)]
 
 
 class AvailabilityList(msgspec.Struct, frozen=True):

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.exceptions import NotFoundException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import Parameter
 
 from atp_service.allocator import Allocator, Busy, OrderConflict, PublishFailed
 from atp_service.auth import require
 from atp_service.config import Settings
-from atp_service.orders import BatchRequest, BatchResult, OrderRequest, OrderResult
+from atp_service.orders import (
+    ORDER_ID_PATTERN,
+    BatchRequest,
+    BatchResult,
+    OrderRequest,
+    OrderResult,
+)
 from atp_service.problems import failure, problem_responses
 
 
@@ -35,6 +42,9 @@ def check_order(settings: Settings, order: OrderRequest, where: str = "") -> Non
         if line.line_id in seen:
             raise ValidationException(detail=f"{where}lines[{i}].line_id: {line.line_id!r} repeats")
         seen.add(line.line_id)
+
+
+OrderIdParam = Annotated[str, Parameter(pattern=ORDER_ID_PATTERN, min_length=1, max_length=150)]
 
 
 class AllocationController(Controller):
@@ -102,10 +112,10 @@ class AllocationController(Controller):
 
     @get(
         "/{order_id:str}",
-        responses=problem_responses(401, 403, 404, 503),
+        responses=problem_responses(400, 401, 403, 404, 503),
         summary="The stored result of an order",
     )
-    async def read(self, order_id: str, allocator: Allocator) -> OrderResult:
+    async def read(self, order_id: OrderIdParam, allocator: Allocator) -> OrderResult:
         (stored,) = await allocator.stored([order_id])
         if stored is None:
             raise NotFoundException(detail=f"unknown order {order_id!r}")
@@ -113,12 +123,12 @@ class AllocationController(Controller):
 
     @delete(
         "/{order_id:str}",
-        responses=problem_responses(401, 403, 404, 503),
+        responses=problem_responses(400, 401, 403, 404, 503),
         summary="Release every open reservation of an order",
         status_code=200,
     )
     async def remove(
-        self, request: Request[Any, Any, Any], order_id: str, allocator: Allocator
+        self, request: Request[Any, Any, Any], order_id: OrderIdParam, allocator: Allocator
     ) -> Response[OrderResult]:
         try:
             result = await allocator.release(order_id)

@@ -17,23 +17,29 @@ from atp_service.config import Settings
 from atp_service.keys import changes_key
 from atp_service.problems import problem_responses
 from atp_service.reader import AvailabilityReader
-from atp_service.schemas import AvailabilityList, ChangeItem, ChangesPage, SkuQuery
+from atp_service.schemas import (
+    AvailabilityList,
+    ChangeItem,
+    ChangesPage,
+    ChannelParam,
+    SkuParam,
+    SkuQuery,
+)
 from streams.projector import Availability
 
-_SKU: Final = re.compile(r"^[^\x00-\x1f\x7f]{1,200}$")
-_STREAM_ID: Final = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
+# A cursor is a position in the channel's change stream: "<entry id>.<skus of that entry
+# already returned>". Any string of this form is a position the service can resume from
+# (19 digits stay below Redis' 64-bit stream ids), so the document states it as a pattern.
+# Empty, like none at all, is the start.
+CURSOR: Final = r"^([0-9]{1,19}-[0-9]{1,19}\.[0-9]{1,9})?$"
+_CURSOR: Final = re.compile(r"^[0-9]{1,19}-[0-9]{1,19}\.[0-9]{1,9}$")
+_OLD_STREAM_ID: Final = re.compile(r"^[0-9]{1,19}-[0-9]{1,19}$")
 
 
 def known_channel(settings: Settings, channel: str) -> str:
     if settings.channel(channel) is None:
         raise NotFoundException(detail=f"unknown channel {channel!r}")
     return channel
-
-
-def check_sku(sku: str) -> str:
-    if not _SKU.match(sku):
-        raise ValidationException(detail="sku must be 1 to 200 printable characters")
-    return sku
 
 
 class _Value(msgspec.Struct):
@@ -49,18 +55,27 @@ def _decode_cursor(cursor: str | None) -> tuple[str, int] | None:
     """(stream entry id, skus of that entry already returned); None: from the start."""
     if not cursor:
         return None
+    if _CURSOR.match(cursor):
+        entry, _, done = cursor.partition(".")
+        return entry, int(done)
+    return _decode_issued_before(cursor)
+
+
+def _decode_issued_before(cursor: str) -> tuple[str, int]:
+    """A cursor of the earlier form (base64url of "<entry>/<done>"), which sync jobs may
+    still hold; the document states only the current form."""
     try:
         raw = base64.urlsafe_b64decode(cursor.encode() + b"=" * (-len(cursor) % 4)).decode()
     except (ValueError, UnicodeDecodeError):
         raise ValidationException(detail="cursor: not a cursor this service issued") from None
     entry, _, done = raw.partition("/")
-    if not _STREAM_ID.match(entry) or not done.isdigit() or len(done) > 9:
+    if not _OLD_STREAM_ID.match(entry) or not done.isdigit() or len(done) > 9:
         raise ValidationException(detail="cursor: not a cursor this service issued")
     return entry, int(done)
 
 
 def _encode_cursor(entry: str, done: int) -> str:
-    return base64.urlsafe_b64encode(f"{entry}/{done}".encode()).decode().rstrip("=")
+    return f"{entry}.{done}"
 
 
 class AvailabilityController(Controller):
@@ -74,10 +89,9 @@ class AvailabilityController(Controller):
         summary="Available to sell and the atp timeline of one sku",
     )
     async def one(
-        self, channel: str, sku: str, settings: Settings, reader: AvailabilityReader
+        self, channel: ChannelParam, sku: SkuParam, settings: Settings, reader: AvailabilityReader
     ) -> Response[Availability]:
         known_channel(settings, channel)
-        check_sku(sku)
         return Response(content=await reader.one(channel, sku), media_type="application/json")  # type: ignore[arg-type]
 
     @get(
@@ -87,11 +101,18 @@ class AvailabilityController(Controller):
     )
     async def changes(
         self,
-        channel: str,
+        channel: ChannelParam,
         settings: Settings,
         reader: AvailabilityReader,
         redis_client: aredis.Redis,
-        cursor: str | None = None,
+        cursor: Annotated[
+            str | None,
+            # Stated, not checked by the framework: _decode_cursor also takes the earlier form.
+            Parameter(
+                schema_extra={"pattern": CURSOR},
+                description="next_cursor of the previous page; none: from the start",
+            ),
+        ] = None,
         limit: Annotated[int, Parameter(ge=1, le=1000)] = 500,
     ) -> ChangesPage:
         known_channel(settings, channel)
@@ -132,7 +153,7 @@ class AvailabilityController(Controller):
         status_code=200,
     )
     async def query(
-        self, channel: str, data: SkuQuery, settings: Settings, reader: AvailabilityReader
+        self, channel: ChannelParam, data: SkuQuery, settings: Settings, reader: AvailabilityReader
     ) -> Response[AvailabilityList]:
         known_channel(settings, channel)
         documents = await reader.many(channel, data.skus)

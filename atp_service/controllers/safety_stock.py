@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
 from litestar import Controller, Request, Response, delete, put
@@ -10,12 +10,9 @@ from litestar import Controller, Request, Response, delete, put
 from atp_service.allocator import Allocator, Busy
 from atp_service.auth import require
 from atp_service.config import Settings
-from atp_service.controllers.availability import check_sku, known_channel
+from atp_service.controllers.availability import known_channel
 from atp_service.problems import failure, problem_responses
-
-
-class SafetyStock(msgspec.Struct, frozen=True):
-    quantity: Annotated[int, msgspec.Meta(ge=0, le=1_000_000_000)]
+from atp_service.schemas import ChannelParam, SafetyStock, SkuParam
 
 
 class SafetyStockSet(msgspec.Struct, frozen=True):
@@ -35,11 +32,10 @@ class SafetyStockController(Controller):
         summary="Set a per-sku safety stock override; recomputed at once",
     )
     async def set_override(
-        self, request: Request[Any, Any, Any], channel: str, sku: str, data: SafetyStock,
+        self, request: Request[Any, Any, Any], channel: ChannelParam, sku: SkuParam, data: SafetyStock,
         settings: Settings, allocator: Allocator,
     ) -> Response[SafetyStockSet]:  # fmt: skip
         known_channel(settings, channel)
-        check_sku(sku)
         try:
             await allocator.set_safety_stock(channel, sku, data.quantity)
         except Busy as exc:
@@ -55,13 +51,12 @@ class SafetyStockController(Controller):
     async def remove_override(
         self,
         request: Request[Any, Any, Any],
-        channel: str,
-        sku: str,
+        channel: ChannelParam,
+        sku: SkuParam,
         settings: Settings,
         allocator: Allocator,
     ) -> Response[SafetyStockSet]:
         known_channel(settings, channel)
-        check_sku(sku)
         try:
             await allocator.set_safety_stock(channel, sku, None)
         except Busy as exc:

@@ -29,8 +29,8 @@ from litestar.handlers.base import BaseRouteHandler
 
 from atp_service.auth import KeyRing
 from atp_service.config import Settings
-from atp_service.controllers.availability import check_sku
 from atp_service.problems import problem_responses
+from atp_service.schemas import SkuParam
 from atp_service.tower import SkuView, Summary, Tower
 
 OPS_SCOPES: Final = ("admin", "availability:read")
@@ -115,8 +115,7 @@ class UiController(Controller):
         summary="One sku for operators: stock per location and status, reservations, "
         "inbound with ETAs, available_to_sell per channel",
     )
-    async def sku(self, sku: str, tower: Tower) -> SkuView:
-        check_sku(sku)
+    async def sku(self, sku: SkuParam, tower: Tower) -> SkuView:
         return await tower.sku(sku)
 
 

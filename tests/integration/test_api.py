@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -191,3 +192,26 @@ def test_deeply_nested_bodies_answer_400_problem(
     # The process is fine afterwards.
     again = client.get("/v1/channels", headers={"Authorization": f"Bearer {READ_KEY}"})
     assert again.status_code == 200
+
+
+@pytest.mark.parametrize(("method", "path", "body"), BODIES)
+def test_request_bodies_refuse_unknown_fields(
+    client: TestClient[Any], method: str, path: str, body: dict[str, Any]
+) -> None:
+    """A misspelt field (here "backordr") must not pass unnoticed: 400 naming it."""
+    headers = {"Authorization": f"Bearer {ALL_KEY}"}
+    reply = client.request(method, path, json={**body, "backordr": True}, headers=headers)
+    assert reply.status_code == 400, reply.text[:300]
+    assert reply.headers["content-type"].startswith("application/problem+json")
+    assert "backordr" in reply.json()["detail"]
+
+
+def test_a_cursor_of_the_earlier_form_still_resumes(client: TestClient[Any]) -> None:
+    """Sync jobs may hold a cursor issued before the cursor took its documented form."""
+    headers = {"Authorization": f"Bearer {READ_KEY}"}
+    old = base64.urlsafe_b64encode(b"0-0/0").decode().rstrip("=")
+    reply = client.get(f"/v1/availability/web/changes?cursor={old}", headers=headers)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["next_cursor"] == old  # nothing changed yet: the same position
+    bad = client.get("/v1/availability/web/changes?cursor=bm90LWEtY3Vyc29y", headers=headers)
+    assert bad.status_code == 400

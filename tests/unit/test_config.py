@@ -31,6 +31,9 @@ def test_the_contract_example_config_parses_with_env_overrides() -> None:
         pytest.param(GOOD.replace("priority = 2", 'priority = "high"'), "priority", id="wrong-type"),
         pytest.param(GOOD + "\n[[channels]\n", "TOML", id="not-toml"),
         pytest.param(GOOD.replace('sha256 = "', 'sha256 = "zz'), "sha256", id="bad-hash"),
+        # The OpenAPI document states these ceilings; a deployment may only lower them.
+        pytest.param(GOOD + "\n[api]\nmax_line_quantity = 1000001\n", "max_line_quantity", id="above-line-ceiling"),
+        pytest.param(GOOD + "\n[api]\nmax_batch_orders = 10001\n", "max_batch_orders", id="above-batch-ceiling"),
     ],
 )
 def test_an_invalid_config_names_the_problem(text: str, named: str) -> None:
