@@ -8,7 +8,6 @@ The defect is injected into the real fold for one sku, against a real Redis.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -38,7 +37,7 @@ def _unexpected(step: str) -> float:
 
 
 @pytest.fixture
-def defect_for_sku_bug(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def defect_for_sku_bug(monkeypatch: pytest.MonkeyPatch) -> None:
     """Folding a movement of sku BUG with quantity 1 at offset 3 raises, as a defect would."""
     real = fold_module._APPLY[BinMovement]
 
@@ -48,7 +47,6 @@ def defect_for_sku_bug(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         real(work, event, now_us)
 
     monkeypatch.setitem(fold_module._APPLY, BinMovement, broken)
-    yield
 
 
 def test_an_event_the_fold_cannot_take_is_dead_lettered_and_the_rest_applied(
