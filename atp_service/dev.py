@@ -1,17 +1,23 @@
 """``atp dev``: Redis, broker, consumer, API and a demo feed on this machine, no set-up.
 
-Everything runs under .run/ and stops on Ctrl-C.
+Everything runs under .run/ and stops on Ctrl-C, or as soon as any process it started
+exits (with that process's own message above, and exit status 1). Every start is clean:
+the broker keeps its topics in memory only, so what an earlier run left under .run/ (Redis
+data, ledger files) is removed first; a projection folded from a stream that no longer
+exists could not be resumed.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from hashlib import sha256
 from pathlib import Path
 
@@ -66,13 +72,25 @@ scopes = ["availability:read", "allocations:write", "admin"]
 
 def run_dev(port: int = 8000, skus: int = 300, rate: float = 50.0, run_dir: str = ".run") -> int:
     run = Path(run_dir).resolve()
+    for earlier in ("redis", "ledger"):
+        shutil.rmtree(run / earlier, ignore_errors=True)
     run.mkdir(parents=True, exist_ok=True)
     redis_service = start_redis(run / "redis")
     broker = start_broker(log_file=run / "broker.log")
     started = [redis_service, broker]
     children: list[subprocess.Popen[bytes]] = []
+    watched = {"redis-server": redis_service.process, "the broker": broker.process}
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    status = 0
+
+    def exited() -> str | None:
+        for name, process in watched.items():
+            code = process.poll()
+            if code is not None:
+                return f"{name} exited with status {code}"
+        return None
+
     try:
         key = "dev-" + secrets.token_urlsafe(18)
         config_text = DEV_CONFIG.format(
@@ -89,9 +107,12 @@ def run_dev(port: int = 8000, skus: int = 300, rate: float = 50.0, run_dir: str 
         create_topics(bootstrap, [t.movements, t.reservations, t.inbound, t.dead_letter, t.availability])
         env = {**os.environ, "ATP_CONFIG": str(config_path)}
         atp = [sys.executable, "-m", "atp_service.cli"]
-        children.append(subprocess.Popen([*atp, "consume"], env=env))
-        children.append(subprocess.Popen([*atp, "serve", "--port", str(port)], env=env))
-        wait_until(lambda: _http_ok(port), 30, "the API")
+        for command in (["consume"], ["serve", "--port", str(port)]):
+            children.append(subprocess.Popen([*atp, *command], env=env))
+            watched[f"atp {command[0]}"] = children[-1]
+        wait_until(lambda: exited() is not None or _http_ok(port), 30, "the API")
+        if (why := exited()) is not None:
+            raise _Exited(why)
         base = f"http://127.0.0.1:{port}"
         print(
             f"\natp dev is up.\n  API:      {base}\n  key:      {key}\n"
@@ -101,7 +122,10 @@ def run_dev(port: int = 8000, skus: int = 300, rate: float = 50.0, run_dir: str 
             "Feeding demo events; Ctrl-C stops everything.\n",
             flush=True,
         )
-        _feed(settings.kafka.bootstrap, settings, skus, rate, stop)
+        _feed(settings.kafka.bootstrap, settings, skus, rate, stop, exited)
+    except _Exited as exc:
+        print(f"\natp dev: {exc}; stopping everything (its message is above).", file=sys.stderr, flush=True)
+        status = 1
     except KeyboardInterrupt:
         pass
     finally:
@@ -116,7 +140,11 @@ def run_dev(port: int = 8000, skus: int = 300, rate: float = 50.0, run_dir: str 
         for service in reversed(started):
             service.stop()
         print("atp dev stopped.", flush=True)
-    return 0
+    return status
+
+
+class _Exited(Exception):
+    """A process ``atp dev`` started has exited."""
 
 
 def _http_ok(port: int) -> bool:
@@ -126,7 +154,9 @@ def _http_ok(port: int) -> bool:
         return bool(reply.status == 200)
 
 
-def _feed(bootstrap: str, settings, skus: int, rate: float, stop: threading.Event) -> None:  # type: ignore[no-untyped-def]
+def _feed(  # type: ignore[no-untyped-def]
+    bootstrap: str, settings, skus: int, rate: float, stop: threading.Event, exited: Callable[[], str | None]
+) -> None:
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
     topics = {
         "movements": settings.topics.movements,
@@ -144,7 +174,13 @@ def _feed(bootstrap: str, settings, skus: int, rate: float, stop: threading.Even
         producer.poll(0)
     producer.flush(10)
     interval = 1.0 / rate if rate > 0 else 1.0
+    checked = time.monotonic()
     while not stop.is_set():
+        if time.monotonic() - checked > 0.5:
+            checked = time.monotonic()
+            if (why := exited()) is not None:
+                producer.flush(5)
+                raise _Exited(why)
         kind, event = feed.next_event()
         producer.produce(topics[kind], key=event["sku"].encode(), value=encode(event))
         producer.poll(0)
