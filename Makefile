@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = "0" ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock lock-check system-deps run test test-fast lint bench bench-small clean
+.PHONY: help install lock upgrade lock-check imports system-deps run test test-fast lint bench bench-small clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -46,7 +46,10 @@ $(STAMP): pyproject.toml uv.lock | $(UV)
 
 install: system-deps $(STAMP) ## Create .venv with exactly the locked dependencies (runtime, local, dev, bench)
 
-lock: $(UV) ## Refresh uv.lock on purpose (commit it on its own, after running the suite)
+lock: $(UV) ## Update uv.lock after a change to pyproject.toml (keeps every other pin)
+	$(UV) lock --python $(PYTHON)
+
+upgrade: $(UV) ## Upgrade every locked package (a commit of its own, after the suite ran on it)
 	$(UV) lock --upgrade --python $(PYTHON)
 
 run: install ## The whole stack locally with a demo feed (atp dev)
@@ -55,6 +58,7 @@ run: install ## The whole stack locally with a demo feed (atp dev)
 lint: install ## ruff and mypy
 	$(BIN)/ruff check atp_service streams allocation benchmarks tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: install lint ## Lint, then the whole suite (unit, property, integration, faults)
 	$(BIN)/python -m pytest -p no:cacheprovider

@@ -33,9 +33,6 @@ from typing import Final
 import msgspec
 from prometheus_client import Counter
 
-from atp_service import keys
-from atp_service.logs import HEADER as CORRELATION_HEADER
-from atp_service.logs import correlation_id
 from atp_service.orders import (
     Held,
     OrderRequest,
@@ -51,12 +48,16 @@ from atp_service.orders import (
     release,
     released_event_id,
 )
-from atp_service.store import AsyncRedisStore, ProjectionMissing, PutExists
+from atp_service.store import keys
+from atp_service.store.redis_store import AsyncRedisStore, PutExists
 from streams.changeset import ChangeSet, build_changeset
 from streams.events import ReservationCreated, ReservationReleased
 from streams.kafka import Outgoing, ProduceFailed
+from streams.logs import HEADER as CORRELATION_HEADER
+from streams.logs import correlation_id
 from streams.projector import Projector
 from streams.state import SkuState, from_us
+from streams.store import ProjectionMissing
 
 MAX_ATTEMPTS: Final = 50
 ALLOCATED_UNITS: Final = Counter(

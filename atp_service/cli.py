@@ -66,7 +66,7 @@ def serve(args: argparse.Namespace) -> int:
 
     _settings()  # fail fast, with the message, before any worker starts
     Granian(
-        "atp_service.app:app_from_environment",
+        "atp_service.http.app:app_from_environment",
         factory=True,
         interface=Interfaces.ASGI,
         address=args.host,
@@ -79,7 +79,7 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def dev(args: argparse.Namespace) -> int:
-    from atp_service.dev import run_dev
+    from atp_service.local.dev import run_dev
 
     return run_dev(port=args.port, skus=args.skus, rate=args.rate)
 
@@ -87,7 +87,7 @@ def dev(args: argparse.Namespace) -> int:
 def rebuild(_: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from atp_service.ledger_tools import rebuild as run_rebuild
+    from atp_service.ops.ledger_tools import rebuild as run_rebuild
 
     return run_rebuild(_settings(), Console())
 
@@ -95,7 +95,7 @@ def rebuild(_: argparse.Namespace) -> int:
 def verify(_: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from atp_service.ledger_tools import verify as run_verify
+    from atp_service.ops.ledger_tools import verify as run_verify
 
     return run_verify(_settings(), Console(width=160))
 
@@ -105,7 +105,7 @@ def ledger(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
-    from atp_service import ledger_tools
+    from atp_service.ops import ledger_tools
 
     console = Console(width=200)
     if args.ledger_command == "history":
@@ -123,7 +123,7 @@ def ledger(args: argparse.Namespace) -> int:
 def report(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from atp_service.report import run_report
+    from atp_service.ops.report import run_report
 
     return run_report(_settings(), Console(width=160), sku=args.sku)
 
@@ -137,7 +137,7 @@ def _default_loop() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from atp_service.logs import configure
+    from streams.logs import configure
 
     # Logging is set up before the config file is read, so that its errors are logged too.
     configure(os.environ.get("ATP_LOG_LEVEL", "INFO"), os.environ.get("ATP_LOG_FORMAT", "json"))

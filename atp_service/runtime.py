@@ -7,10 +7,10 @@ from collections.abc import Callable
 import redis
 from confluent_kafka import Consumer, Producer
 
-from atp_service.app import projector_for
 from atp_service.config import Settings
-from atp_service.resp import ChunkedPacker
-from atp_service.store import RedisStore
+from atp_service.model import projector_for
+from atp_service.store.packer import ChunkedPacker
+from atp_service.store.redis_store import RedisStore
 from streams.consumer import ConsumerOptions, StreamProjector
 from streams.kafka import ReliableProducer, consumer_config, producer_config
 from streams.ledger import Ledger

@@ -36,8 +36,8 @@ import numpy as np
 from allocation.allocate import allocate
 from allocation.network import Network, Supply
 from allocation.reference import allocate_reference
-from atp_service import keys
 from atp_service.orders import StoredOrder, decode_stored
+from atp_service.store import keys
 from benchmarks.common import (
     API_KEY,
     Bench,

@@ -15,8 +15,9 @@ import redis.asyncio as aredis
 from litestar import Litestar, Response, get
 from litestar.datastructures import State
 
-from atp_service import keys
 from atp_service.config import load_settings
+from atp_service.store import keys
+from streams.changeset import projection_field
 
 CONSTANT = (
     b'{"channel":"web","sku":"SKU-0000001","available_to_sell":112,"on_hand":131,'
@@ -37,7 +38,7 @@ def constant(channel: str, sku: str) -> Response[bytes]:
 
 @get("/v1/availability/{channel:str}/{sku:str}")
 async def redis_get(channel: str, sku: str, state: State) -> Response[bytes]:
-    document = await state.redis.hget(keys.sku_key(sku), keys.projection_field(channel))
+    document = await state.redis.hget(keys.sku_key(sku), projection_field(channel))
     return Response(content=document or CONSTANT, media_type="application/json")
 
 

@@ -1,7 +1,7 @@
 """Shared benchmark plumbing: services, wrk, the result table, versions, JSON and PNG.
 
 Every benchmark starts its own redis-server, broker and servers as processes on free
-loopback ports (never 6379), through ``atp_service.services``, and stops every one of them
+loopback ports (never 6379), through ``atp_service.local.services``, and stops every one of them
 in a ``finally``. Figures are the median of at least three runs, printed with min and max
 beside the baseline measured in the same run.
 """
@@ -34,7 +34,7 @@ import httpx
 import redis
 
 from atp_service.config import Settings, parse_config
-from atp_service.services import (
+from atp_service.local.services import (
     Service,
     create_topics,
     free_port,
@@ -745,7 +745,7 @@ def environment() -> dict[str, Any]:
         return _ENV_CACHE
     import confluent_kafka
 
-    from atp_service.services import broker_binary
+    from atp_service.local.services import broker_binary
 
     try:
         broker = _command_version([broker_binary(), "--version"], r"tansu (\S+)")
@@ -824,7 +824,7 @@ def direct_projector(settings: Settings) -> Any:
     Same store, projector, fold and write script as ``atp consume``; only the Kafka consumer
     and producer are absent (apply() uses neither).
     """
-    from atp_service.app import projector_for
+    from atp_service.model import projector_for
     from atp_service.runtime import consumer_options, store_for
     from streams.consumer import StreamProjector
 
@@ -839,7 +839,7 @@ def apply_events(projector: Any, events: Sequence[Any], batch: int = 5000) -> No
 
 
 def stored_offsets_total(client: redis.Redis, group_id: str) -> int:
-    from atp_service import keys
+    from atp_service.store import keys
 
     raw: dict[bytes, bytes] = client.hgetall(keys.offsets_key(group_id))  # type: ignore[assignment]
     return sum(int(v) for v in raw.values())

@@ -43,8 +43,8 @@ import msgspec
 import redis
 from confluent_kafka import Consumer, Producer
 
-from atp_service import keys
 from atp_service.config import Settings
+from atp_service.store import keys
 from benchmarks.common import (
     API_KEY,
     LOCATIONS,

@@ -30,7 +30,7 @@ from typing import Any
 
 import redis
 
-from atp_service import keys
+from atp_service.store import keys
 from benchmarks.common import (
     LOCATIONS,
     Bench,
@@ -44,7 +44,7 @@ from benchmarks.common import (
     timed,
 )
 from benchmarks.workload import sku_name
-from streams.changeset import decode_outbox
+from streams.changeset import decode_outbox, projection_field
 from streams.events import AnyEvent, BinMovement, Inbound, ReservationCreated
 
 SIZES = {"small": (10_000, 100_000), "full": (100_000, 1_000_000)}
@@ -148,7 +148,7 @@ def measure(client: redis.Redis, n_skus: int, channels: Sequence[str]) -> dict[s
         pipe.memory_usage(seen_keys[i], samples=0)
         pipe.hstrlen(sku_keys[i], keys.STATE_FIELD)
         for channel in channels:
-            pipe.hstrlen(sku_keys[i], keys.projection_field(channel))
+            pipe.hstrlen(sku_keys[i], projection_field(channel))
     replies = pipe.execute()
     step = 3 + len(channels)
     out["sample_memory_usage_sku_hash"] = statistics.mean(replies[0::step])
@@ -172,7 +172,7 @@ def measure(client: redis.Redis, n_skus: int, channels: Sequence[str]) -> dict[s
         out["shared"][key] = {"entries": n, "bytes": freed, "bytes_per_entry": freed / max(1, n)}
     # Projection documents.
     before = used_memory(client)
-    fields = [keys.projection_field(c) for c in channels]
+    fields = [projection_field(c) for c in channels]
     for chunk in _chunks(sku_keys):
         pipe = client.pipeline(transaction=False)
         for key in chunk:

@@ -25,7 +25,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from atp_service.services import Service, free_port, wait_until
+from atp_service.local.services import Service, free_port, wait_until
 from benchmarks.common import apt_install
 
 DB_USER = "atp"

@@ -40,7 +40,7 @@ from typing import Any
 import httpx
 import msgspec
 
-from atp_service import keys
+from atp_service.store import keys
 from benchmarks import postgres
 
 try:
@@ -76,6 +76,7 @@ from benchmarks.common import (
     timed,
 )
 from benchmarks.workload import Workload, encoded, sku_name
+from streams.changeset import projection_field
 from streams.events import decode
 
 SIZES: dict[str, dict[str, Any]] = {
@@ -125,7 +126,7 @@ def preload(bench: Bench, size: dict[str, Any], skus: list[str]) -> int:
 def python_bulk(bench: Bench, skus: Sequence[str], seconds: float, mode: str) -> float:
     """Sku values/s from one Python process: pipelined HGET of the fields, or MGET of copies."""
     client = bench.redis()
-    field = keys.projection_field(CHANNEL)
+    field = projection_field(CHANNEL)
     names = [keys.sku_key(s) for s in skus]
     copies = [f"bench:copy:{s}" for s in skus]
     if mode == "mget":
@@ -204,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with timed(f"preload {len(skus)} skus ({size['preload']})"):
             report.parameters["preload_events"] = preload(bench, size, skus)
         client = bench.redis()
-        field = keys.projection_field(CHANNEL)
+        field = projection_field(CHANNEL)
         pipe = client.pipeline(transaction=False)
         for sku in skus:
             pipe.hget(keys.sku_key(sku), field)

@@ -1,6 +1,6 @@
 """A fast, realistic event workload for the benchmarks (contract section 2 events).
 
-Unlike ``atp_service.demo.DemoFeed`` (which scans its bin list per event and is meant for a
+Unlike ``atp_service.local.demo.DemoFeed`` (which scans its bin list per event and is meant for a
 few hundred skus), every step here is O(1), so 500k-event streams over 10k skus take seconds
 to generate. The mix: receipts, reservations, shipments consuming a reservation, releases,
 moves to damaged, internal moves, cycle counts and inbound purchase-order lines; all valid,
@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from atp_service.demo import movement
+from atp_service.local.demo import movement
 
 TOPIC_OF = {
     "bin_movement": "movements",

@@ -1,7 +1,8 @@
 """What one atomic write carries: new sku states, their projection, dedupe marks, offsets.
 
 Pure: builds the change set from the folded states and their rendered projection; the Redis
-adapter (atp_service.store) executes it in one script.
+adapter (atp_service.store.redis_store) executes it in one script. It also names the fields a write fills
+in a sku's record and in the outbox, so the store and the readers agree on them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from typing import Final
 
 import msgspec
 
-from atp_service.keys import outbox_field, projection_field
 from streams.projector import Projector, Rendered, format_as_of
 from streams.state import SkuState, dump_state
 
@@ -31,6 +31,16 @@ class AvailabilityChanged(msgspec.Struct, frozen=True):
 _encoder: Final = msgspec.json.Encoder()
 _outbox_encoder: Final = msgspec.msgpack.Encoder()
 _outbox_decoder: Final = msgspec.msgpack.Decoder(list[tuple[str, bytes]])
+
+
+def projection_field(channel: str) -> str:
+    """The field of a sku's stored record that holds its read document for ``channel``."""
+    return f"p:{channel}"
+
+
+def outbox_field(channel: str, sku: str) -> str:
+    """The outbox entry of one (channel, sku): a later write replaces an earlier one."""
+    return f"{channel}\x1f{sku}"
 
 
 @dataclass

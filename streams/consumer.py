@@ -41,21 +41,20 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
-from atp_service.logs import HEADER as CORRELATION_HEADER
-from atp_service.logs import correlation_id, new_correlation_id
-from atp_service.store import ProjectionMissing, RedisStore, ServerReplaced
 from streams import metrics
 from streams.changeset import ChangeSet, build_changeset, decode_outbox
 from streams.events import TAGS, AnyEvent, InvalidEvent, decode
 from streams.fold import FoldResult, fold
 from streams.kafka import Outgoing, ReliableProducer
 from streams.ledger import Ledger, LedgerColumns, Source, parse_staged_field
+from streams.logs import HEADER as CORRELATION_HEADER
+from streams.logs import correlation_id, new_correlation_id
 from streams.projector import Projector
 from streams.snapshot import SnapshotBook, encode_snapshot
 from streams.state import SkuState, load_state, to_us
+from streams.store import ProjectionMissing, ServerReplaced, Store
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +248,7 @@ class StreamProjector:
         self,
         consumer: Consumer,
         producer: ReliableProducer,
-        store: RedisStore,
+        store: Store,
         projector: Projector,
         options: ConsumerOptions,
         clock: Callable[[], int] = now_us,
@@ -354,7 +353,7 @@ class StreamProjector:
             flusher.join()
             try:
                 self.flush_ledger()
-            except (redis.RedisError, OSError) as exc:  # the rows stay staged in Redis
+            except self.store.transient_errors as exc:  # the rows stay staged in Redis
                 log.warning("could not move the staged ledger rows to files on shutdown: %s", exc)
             self._writer.shutdown(wait=True)
             self.consumer.close()
@@ -762,7 +761,7 @@ class StreamProjector:
             self._ahead = (messages, batch)
             try:
                 self._prepared = self._prepare(batch)
-            except (redis.RedisError, OSError) as exc:  # its own turn reads, and retries
+            except self.store.transient_errors as exc:  # its own turn reads, and retries
                 log.info("could not fold the next batch ahead (%s)", exc)
             except Unfoldable:
                 pass  # its own turn folds it again, and sets the culprits aside
@@ -872,7 +871,7 @@ class StreamProjector:
         self.producer.producer.flush(timeout_s)
         try:
             self._ack_delivered()
-        except redis.RedisError as exc:  # the entries stay in the outbox: published again
+        except self.store.transient_errors as exc:  # the entries stay in the outbox: published again
             log.warning("could not clear the outbox on shutdown: %s", exc)
 
     def _ack_delivered(self) -> None:
@@ -956,7 +955,7 @@ class StreamProjector:
         while True:
             try:
                 return step()
-            except redis.RedisError as exc:
+            except self.store.transient_errors as exc:
                 log.warning("redis unavailable (%s); retrying in %.1fs", exc, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -995,7 +994,7 @@ class StreamProjector:
             try:
                 step()
                 break
-            except (redis.RedisError, OSError) as exc:
+            except self.store.transient_errors as exc:
                 log.warning("redis unavailable (%s); retrying in %.1fs", exc, delay)
             if stop.is_set() and not paused:
                 # Shutting down: the batch is not applied and not committed; the next
@@ -1025,7 +1024,7 @@ class StreamProjector:
         snapshot = self.book.snapshot(s.consumed, s.applied, s.duplicates, s.dead_lettered, s.swept)
         try:
             self.store.put_snapshot(self.book.instance, encode_snapshot(snapshot))
-        except redis.RedisError:  # figures for people; the loop's own retries handle Redis
+        except self.store.transient_errors:  # figures for people; the loop's own retries handle Redis
             pass
 
     def _touch_alive(self) -> None:

@@ -25,7 +25,7 @@ from confluent_kafka import Producer
 from hypothesis import HealthCheck, settings
 
 from atp_service.config import Settings, parse_config
-from atp_service.services import (
+from atp_service.local.services import (
     Service,
     create_topics,
     free_port,

@@ -42,9 +42,10 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from atp_service import keys
 from atp_service.config import Settings, parse_config
-from atp_service.services import create_topics
+from atp_service.local.services import create_topics
+from atp_service.store import keys
+from streams.changeset import projection_field
 from streams.ledger import Ledger, view_sql
 from tests.conftest import Stack, config_text
 from tests.reference import ReferenceModel
@@ -253,7 +254,7 @@ def sku_keys(client: redis.Redis) -> set[str]:
 def documents(client: redis.Redis, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any] | None]:
     pipe = client.pipeline(transaction=False)
     for channel, sku in pairs:
-        pipe.hget(keys.sku_key(sku), keys.projection_field(channel))
+        pipe.hget(keys.sku_key(sku), projection_field(channel))
     out: dict[tuple[str, str], dict[str, Any] | None] = {}
     for pair, raw in zip(pairs, pipe.execute(), strict=True):
         out[pair] = json.loads(raw) if raw else None

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from atp_service.services import Service, broker_binary, free_port, wait_until
+from atp_service.local.services import Service, broker_binary, free_port, wait_until
 from tests.conftest import READ_KEY, WRITE_KEY, Stack
 from tests.faults.harness import (
     Feed,

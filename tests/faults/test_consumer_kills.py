@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import pytest
 
-from atp_service import keys
+from atp_service.store import keys
 from streams.ledger import Ledger
 from tests.conftest import Stack
 from tests.faults.harness import (

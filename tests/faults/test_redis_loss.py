@@ -27,9 +27,9 @@ import httpx
 import pytest
 import redis
 
-from atp_service import keys
+from atp_service.local.services import Service, restart, start_redis, wait_until
 from atp_service.orders import created_event_id
-from atp_service.services import Service, restart, start_redis, wait_until
+from atp_service.store import keys
 from tests.conftest import ADMIN_KEY, READ_KEY, WRITE_KEY, Stack
 from tests.faults.harness import (
     Feed,

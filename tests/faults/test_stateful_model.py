@@ -41,12 +41,12 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from atp_service import keys
 from atp_service.allocator import Allocator
-from atp_service.app import projector_for
 from atp_service.config import Settings, parse_config
+from atp_service.model import projector_for
 from atp_service.orders import OrderLine, OrderRequest, OrderResult
-from atp_service.store import AsyncRedisStore, RedisStore
+from atp_service.store import keys
+from atp_service.store.redis_store import AsyncRedisStore, RedisStore
 from streams.consumer import ConsumerOptions, StreamProjector, offset_field
 from streams.kafka import Outgoing
 from streams.ledger import Ledger

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from atp_service import keys
-from atp_service.app import projector_for
 from atp_service.config import parse_config
+from atp_service.model import projector_for
+from atp_service.store import keys
 from streams.consumer import StreamProjector
 from tests.conftest import config_text
 from tests.faults.test_stateful_model import FakeProducer

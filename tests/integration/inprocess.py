@@ -9,9 +9,10 @@ from typing import Any
 
 import redis
 
-from atp_service import keys
 from atp_service.config import Settings
-from atp_service.store import RedisStore
+from atp_service.store import keys
+from atp_service.store.redis_store import RedisStore
+from streams.changeset import projection_field
 from streams.consumer import ConsumerOptions, StreamProjector, offset_field
 from tests.faults.test_stateful_model import FakeConsumer, FakeMessage
 
@@ -88,7 +89,7 @@ def options_for(settings: Settings) -> ConsumerOptions:
 
 
 def on_hand(stream: StreamProjector) -> int:
-    raw = stream.store.client.hget(keys.sku_key("SKU-1"), keys.projection_field("web"))
+    raw = stream.store.client.hget(keys.sku_key("SKU-1"), projection_field("web"))
     return int(json.loads(raw)["on_hand"]) if raw else 0
 
 

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from litestar.testing import TestClient
 
-from atp_service.app import create_app, serving_app
 from atp_service.config import parse_config
-from atp_service.services import start_redis
+from atp_service.http.app import create_app, serving_app
+from atp_service.local.services import start_redis
 from tests.conftest import ADMIN_KEY, ALL_KEY, READ_KEY, WRITE_KEY, config_text
 
 pytestmark = pytest.mark.integration

@@ -24,11 +24,12 @@ import pytest
 import redis.asyncio as aredis
 from rich.console import Console
 
-from atp_service import keys
-from atp_service.app import projector_for
 from atp_service.config import parse_config
-from atp_service.report import run_report
-from atp_service.tower import gather_summary
+from atp_service.model import projector_for
+from atp_service.ops.report import run_report
+from atp_service.ops.tower import gather_summary
+from atp_service.store import keys
+from streams.changeset import projection_field
 from streams.state import BinStock, Reservation, SkuState, dump_state, to_us
 from tests.conftest import ADMIN_KEY, READ_KEY, WRITE_KEY, Stack, config_text
 from tests.integration.helpers import availability, now_iso, poll, receipt, reservation
@@ -389,7 +390,7 @@ def test_the_scan_is_bounded_and_says_so(redis_url: str) -> None:
             for state in states:
                 fields = {keys.STATE_FIELD: dump_state(state)}
                 for channel, doc in rendered.documents[state.sku].items():
-                    fields[keys.projection_field(channel)] = doc
+                    fields[projection_field(channel)] = doc
                 await client.hset(keys.sku_key(state.sku), mapping=fields)  # type: ignore[misc]
             await client.zadd(keys.seen_key("S1"), {"e1": 1})  # not a sku hash: skipped
             return await gather_summary(client, settings), await gather_summary(

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from atp_service.services import free_port
+from atp_service.local.services import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import redis
 
-from atp_service import keys
+from atp_service.store import keys
 from streams.ledger import Ledger, LedgerColumns
 from streams.state import to_us
 from tests.conftest import READ_KEY, WRITE_KEY, Stack

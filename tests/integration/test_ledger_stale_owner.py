@@ -10,10 +10,10 @@ import pytest
 import redis
 from confluent_kafka import TopicPartition
 
-from atp_service import keys
-from atp_service.app import projector_for
 from atp_service.config import parse_config
-from atp_service.store import RedisStore
+from atp_service.model import projector_for
+from atp_service.store import keys
+from atp_service.store.redis_store import RedisStore
 from streams.consumer import StreamProjector
 from streams.ledger import Ledger
 from tests.conftest import config_text

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from atp_service.services import free_port
+from atp_service.local.services import free_port
 from tests.conftest import READ_KEY, WRITE_KEY, Stack
 from tests.integration.helpers import availability, now_iso, poll, receipt, reservation
 

@@ -6,8 +6,8 @@ import msgspec
 import pytest
 
 from atp_service.config import Settings
-from atp_service.resp import LARGE_BYTES
 from atp_service.runtime import sync_redis
+from atp_service.store.packer import LARGE_BYTES
 
 pytestmark = pytest.mark.integration
 

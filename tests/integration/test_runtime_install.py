@@ -58,7 +58,7 @@ def test_the_image_install_holds_the_runtime_set_only(tmp_path: Path) -> None:
         assert shown.returncode == 0, shown.stderr
     # The code behind both commands imports with the runtime set alone.
     imported = subprocess.run(
-        [str(python), "-c", "import atp_service.app, atp_service.runtime, streams.consumer"],
+        [str(python), "-c", "import atp_service.http.app, atp_service.runtime, streams.consumer"],
         capture_output=True, text=True, check=False, cwd=tmp_path,
     )  # fmt: skip
     assert imported.returncode == 0, imported.stderr[-2000:]

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 import redis.asyncio as aredis
 
-from atp_service.app import projector_for
 from atp_service.config import Settings
-from atp_service.reader import AvailabilityReader
+from atp_service.http.reader import AvailabilityReader
+from atp_service.model import projector_for
 from streams.kafka import AsyncPublisher, Outgoing, ProduceFailed, api_producer_config
 
 pytestmark = pytest.mark.integration

@@ -10,9 +10,9 @@ import json
 import msgspec
 from confluent_kafka import TopicPartition
 
-from atp_service import keys
 from atp_service.orders import created_event_id
-from streams.changeset import build_changeset
+from atp_service.store import keys
+from streams.changeset import build_changeset, projection_field
 from streams.consumer import StreamProjector
 from streams.state import BinStock, SkuState, dump_state
 from tests.faults.test_stateful_model import FakeMessage
@@ -20,7 +20,7 @@ from tests.integration.inprocess import TOPIC, QueueConsumer, batch, on_hand, re
 
 
 def document(stream: StreamProjector) -> dict[str, int]:
-    raw = stream.store.client.hget(keys.sku_key("SKU-1"), keys.projection_field("web"))
+    raw = stream.store.client.hget(keys.sku_key("SKU-1"), projection_field("web"))
     return json.loads(raw) if raw else {}
 
 

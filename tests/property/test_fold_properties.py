@@ -18,8 +18,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from atp_service.app import projector_for
 from atp_service.config import Settings, parse_config
+from atp_service.model import projector_for
 from streams.events import (
     AnyEvent,
     BinCount,

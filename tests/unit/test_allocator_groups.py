@@ -11,14 +11,15 @@ from typing import Any
 import pytest
 
 from allocation.network import Network
-from atp_service import keys
 from atp_service.allocator import Allocator, OrderConflict, PublishFailed
 from atp_service.orders import OrderLine, OrderRequest, plan
-from atp_service.store import PutExists, Snapshot
+from atp_service.store import keys
+from atp_service.store.redis_store import PutExists
 from streams.changeset import ChangeSet
 from streams.kafka import Outgoing, ProduceFailed
 from streams.projector import Projector
 from streams.state import US_PER_DAY, BinStock, SkuState, dump_state, load_state
+from streams.store import Snapshot
 from tests.channels import Channel
 
 NOW_US = 20_000 * US_PER_DAY
@@ -182,7 +183,7 @@ def test_a_broker_failure_undoes_the_whole_group() -> None:
 
 @pytest.mark.parametrize("size", [1, 3])
 def test_each_event_carries_its_own_requests_correlation_id(size: int) -> None:
-    from atp_service.logs import correlation_id
+    from streams.logs import correlation_id
 
     store, broker = FakeStore(stocked(A=10)), Broker()
     allocator = Allocator(store, PROJECTOR, broker.send, "res", clock=lambda: NOW_US)  # type: ignore[arg-type]

@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 import logging
 
-from atp_service.logs import JsonFormatter, correlation_id
+from streams.logs import JsonFormatter, correlation_id
 
 
 def record(message: str, **extra: object) -> logging.LogRecord:

@@ -13,8 +13,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from atp_service.app import projector_for
 from atp_service.config import Settings
+from atp_service.model import projector_for
 from streams.projector import Projector, Rendered
 from streams.state import (
     US_PER_DAY,

@@ -6,7 +6,7 @@ import hiredis
 import pytest
 from redis.exceptions import DataError
 
-from atp_service.resp import LARGE_BYTES, ChunkedPacker
+from atp_service.store.packer import LARGE_BYTES, ChunkedPacker
 
 
 def wire(chunks: list[bytes | memoryview]) -> bytes:

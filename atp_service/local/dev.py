@@ -25,8 +25,8 @@ import msgspec
 from confluent_kafka import Producer
 
 from atp_service.config import parse_config
-from atp_service.demo import DemoFeed
-from atp_service.services import create_topics, start_broker, start_redis, wait_until
+from atp_service.local.demo import DemoFeed
+from atp_service.local.services import create_topics, start_broker, start_redis, wait_until
 
 DEV_CONFIG = """\
 [redis]

@@ -12,7 +12,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 
 from atp_service.allocator import Busy, OrderConflict, PublishFailed
-from atp_service.store import ProjectionMissing
+from streams.store import ProjectionMissing
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,8 @@ from typing import Final
 
 import redis.asyncio as aredis
 
-from atp_service import keys
+from atp_service.store import keys
+from streams.changeset import projection_field
 from streams.projector import Projector
 from streams.state import SkuState
 
@@ -112,7 +113,7 @@ class AvailabilityReader:
         self.misses += 1
         generation = self._generation
         document: bytes | None = await self.client.hget(  # type: ignore[assignment]
-            keys.sku_key(sku), keys.projection_field(channel)
+            keys.sku_key(sku), projection_field(channel)
         )
         if document is None:
             return self._unseen(channel, sku)
@@ -134,7 +135,7 @@ class AvailabilityReader:
         if missing:
             self.misses += len(missing)
             generation = self._generation
-            field = keys.projection_field(channel)
+            field = projection_field(channel)
             pipe = self.client.pipeline(transaction=False)
             for i in missing:
                 pipe.hget(keys.sku_key(skus[i]), field)

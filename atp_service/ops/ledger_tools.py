@@ -20,11 +20,11 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from atp_service import keys
-from atp_service.app import projector_for
 from atp_service.config import Settings
+from atp_service.model import projector_for
 from atp_service.runtime import store_for, sync_redis
-from streams.changeset import build_changeset
+from atp_service.store import keys
+from streams.changeset import build_changeset, projection_field
 from streams.consumer import offset_field
 from streams.events import AnyEvent, decode
 from streams.fold import fold
@@ -232,7 +232,7 @@ def verify(settings: Settings, console: Console) -> int:
         for s, fields in zip(chunk, pipe.execute(), strict=True):
             for channel in projector.network.channels:
                 want = _doc_decoder.decode(rendered[s][channel])
-                raw = fields.get(keys.projection_field(channel).encode())
+                raw = fields.get(projection_field(channel).encode())
                 if raw is None:
                     if s in data.states:
                         differences.append((s, channel, "projection", "present", "missing"))

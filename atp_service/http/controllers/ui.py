@@ -27,17 +27,17 @@ from litestar.di import Provide
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 
-from atp_service.auth import KeyRing
 from atp_service.config import Settings
-from atp_service.problems import problem_responses
-from atp_service.schemas import SkuParam
-from atp_service.tower import SkuView, Summary, Tower
+from atp_service.http.auth import KeyRing
+from atp_service.http.problems import problem_responses
+from atp_service.http.schemas import SkuParam
+from atp_service.ops.tower import SkuView, Summary, Tower
 
 OPS_SCOPES: Final = ("admin", "availability:read")
 
 
 def require_any(*scopes: str, query_key: bool = False):  # type: ignore[no-untyped-def]
-    """A guard like :func:`atp_service.auth.require` that accepts any one of ``scopes``;
+    """A guard like :func:`atp_service.http.auth.require` that accepts any one of ``scopes``;
     with ``query_key`` a ``?key=`` query parameter stands in for a missing header."""
     wanted = frozenset(scopes)
     named = " or ".join(repr(s) for s in scopes)

@@ -33,10 +33,6 @@ def seen_key(sku: str) -> str:
     return f"{PREFIX}:{{{sku}}}:seen"
 
 
-def projection_field(channel: str) -> str:
-    return f"p:{channel}"
-
-
 def offsets_key(group_id: str) -> str:
     """Hash "topic\x1fpartition" -> next offset to consume, written with the state."""
     return f"{PREFIX}:offsets:{group_id}"
@@ -44,10 +40,6 @@ def offsets_key(group_id: str) -> str:
 
 def order_key(order_id: str) -> str:
     return f"{PREFIX}:order:{order_id}"
-
-
-def outbox_field(channel: str, sku: str) -> str:
-    return f"{channel}\x1f{sku}"
 
 
 def changes_key(channel: str) -> str:

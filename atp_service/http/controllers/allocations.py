@@ -10,8 +10,9 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 
 from atp_service.allocator import Allocator, Busy, OrderConflict, PublishFailed
-from atp_service.auth import require
 from atp_service.config import Settings
+from atp_service.http.auth import require
+from atp_service.http.problems import failure, problem_responses
 from atp_service.orders import (
     ORDER_ID_PATTERN,
     BatchRequest,
@@ -19,7 +20,6 @@ from atp_service.orders import (
     OrderRequest,
     OrderResult,
 )
-from atp_service.problems import failure, problem_responses
 
 
 def check_order(settings: Settings, order: OrderRequest, where: str = "") -> None:

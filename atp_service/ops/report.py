@@ -1,7 +1,7 @@
 """`atp report`: the control tower's figures as rich tables in the terminal.
 
 The figures are those of `GET /v1/ops/summary` (and `GET /v1/ops/sku/{sku}` with a sku),
-gathered by :mod:`atp_service.tower` straight from Redis; no API needs to be running.
+gathered by :mod:`atp_service.ops.tower` straight from Redis; no API needs to be running.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from atp_service.config import Settings
-from atp_service.tower import SkuView, Summary, gather_sku, gather_summary
+from atp_service.ops.tower import SkuView, Summary, gather_sku, gather_summary
 
 
 def _na(value: object) -> str:

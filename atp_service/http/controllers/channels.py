@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from litestar import Controller, get
 
-from atp_service.auth import require
 from atp_service.config import Settings
-from atp_service.problems import problem_responses
-from atp_service.schemas import ChannelList, ChannelView
+from atp_service.http.auth import require
+from atp_service.http.problems import problem_responses
+from atp_service.http.schemas import ChannelList, ChannelView
 
 
 class ChannelController(Controller):

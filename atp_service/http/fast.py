@@ -23,10 +23,10 @@ from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from litestar.types import Receive, ReceiveMessage, Scope, Send
 
-from atp_service.controllers.allocations import check_order
-from atp_service.logs import correlation_id, new_correlation_id
+from atp_service.http.controllers.allocations import check_order
+from atp_service.http.problems import PROBLEM_JSON, logged_failure, problem_body
 from atp_service.orders import OrderRequest
-from atp_service.problems import PROBLEM_JSON, logged_failure, problem_body
+from streams.logs import correlation_id, new_correlation_id
 
 READ_ROUTE: Final = "/v1/availability/{channel:str}/{sku:str}"
 ALLOCATE_ROUTE: Final = "/v1/allocations"

@@ -12,12 +12,11 @@ from litestar import Controller, Response, get, post
 from litestar.exceptions import NotFoundException, ValidationException
 from litestar.params import Parameter
 
-from atp_service.auth import require
 from atp_service.config import Settings
-from atp_service.keys import changes_key
-from atp_service.problems import problem_responses
-from atp_service.reader import AvailabilityReader
-from atp_service.schemas import (
+from atp_service.http.auth import require
+from atp_service.http.problems import problem_responses
+from atp_service.http.reader import AvailabilityReader
+from atp_service.http.schemas import (
     AvailabilityList,
     ChangeItem,
     ChangesPage,
@@ -25,6 +24,7 @@ from atp_service.schemas import (
     SkuParam,
     SkuQuery,
 )
+from atp_service.store.keys import changes_key
 from streams.projector import Availability
 
 # A cursor is a position in the channel's change stream: "<entry id>.<skus of that entry

@@ -19,24 +19,23 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ASGIApp, Receive, Scope, Send
 from prometheus_client import Histogram
 
-from allocation.network import Network
-from atp_service import fast
 from atp_service.allocator import Allocator
-from atp_service.auth import KeyRing
 from atp_service.config import Settings, load_settings
-from atp_service.controllers.allocations import AllocationController
-from atp_service.controllers.availability import AvailabilityController
-from atp_service.controllers.channels import ChannelController
-from atp_service.controllers.health import healthz, metrics, readyz
-from atp_service.controllers.safety_stock import SafetyStockController
-from atp_service.controllers.ui import UiController
-from atp_service.document import complete
-from atp_service.logs import correlation_id
-from atp_service.problems import EXCEPTION_HANDLERS
-from atp_service.reader import AvailabilityReader
-from atp_service.store import AsyncRedisStore
+from atp_service.http import fast
+from atp_service.http.auth import KeyRing
+from atp_service.http.controllers.allocations import AllocationController
+from atp_service.http.controllers.availability import AvailabilityController
+from atp_service.http.controllers.channels import ChannelController
+from atp_service.http.controllers.health import healthz, metrics, readyz
+from atp_service.http.controllers.safety_stock import SafetyStockController
+from atp_service.http.controllers.ui import UiController
+from atp_service.http.document import complete
+from atp_service.http.problems import EXCEPTION_HANDLERS
+from atp_service.http.reader import AvailabilityReader
+from atp_service.model import projector_for
+from atp_service.store.redis_store import AsyncRedisStore
 from streams.kafka import AsyncPublisher, api_producer_config
-from streams.projector import Projector
+from streams.logs import correlation_id
 from streams.state import US_PER_DAY
 
 HTTP_DURATION = Histogram(
@@ -45,14 +44,6 @@ HTTP_DURATION = Histogram(
     ["route", "status"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 )
-
-
-def projector_for(settings: Settings) -> Projector:
-    return Projector(
-        network=Network.of(settings.channels),
-        sellable=frozenset(settings.statuses.sellable),
-        config_overrides=tuple(c.safety_stock_overrides for c in settings.channels),
-    )
 
 
 def redis_client(settings: Settings) -> aredis.Redis:

@@ -8,8 +8,8 @@ import redis.asyncio as aredis
 from litestar import Request, Response, get
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from atp_service.problems import problem, problem_responses
-from atp_service.schemas import Health
+from atp_service.http.problems import problem, problem_responses
+from atp_service.http.schemas import Health
 
 
 @get("/healthz", summary="200 while the process lives", tags=["operations"])

@@ -36,8 +36,9 @@ from typing import Final
 import msgspec
 import redis.asyncio as aredis
 
-from atp_service import keys
 from atp_service.config import Settings
+from atp_service.store import keys
+from streams.changeset import projection_field
 from streams.projector import Availability, format_as_of
 from streams.snapshot import ConsumerSnapshot, decode_snapshot
 from streams.state import SkuState, from_day, load_state
@@ -408,7 +409,7 @@ async def gather_summary(
 ) -> Summary:
     """SCAN at most ``max_skus`` sku hashes and summarize them with the consumer snapshots."""
     names = [c.name for c in settings.channels]
-    fields = [keys.STATE_FIELD, *(keys.projection_field(n) for n in names)]
+    fields = [keys.STATE_FIELD, *(projection_field(n) for n in names)]
     rows: list[_Row] = []
     truncated = False
     batch: list[str] = []
@@ -445,7 +446,7 @@ async def gather_summary(
 async def gather_sku(client: aredis.Redis, settings: Settings, sku: str) -> SkuView:
     names = [c.name for c in settings.channels]
     values: list[bytes | None] = await client.hmget(  # type: ignore[assignment]
-        keys.sku_key(sku), [keys.STATE_FIELD, *(keys.projection_field(n) for n in names)]
+        keys.sku_key(sku), [keys.STATE_FIELD, *(projection_field(n) for n in names)]
     )
     state, *docs = values
     return sku_view(settings, sku, state, dict(zip(names, docs, strict=True)), time.time())

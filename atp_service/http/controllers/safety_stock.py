@@ -8,11 +8,11 @@ import msgspec
 from litestar import Controller, Request, Response, delete, put
 
 from atp_service.allocator import Allocator, Busy
-from atp_service.auth import require
 from atp_service.config import Settings
-from atp_service.controllers.availability import known_channel
-from atp_service.problems import failure, problem_responses
-from atp_service.schemas import ChannelParam, SafetyStock, SkuParam
+from atp_service.http.auth import require
+from atp_service.http.controllers.availability import known_channel
+from atp_service.http.problems import failure, problem_responses
+from atp_service.http.schemas import ChannelParam, SafetyStock, SkuParam
 
 
 class SafetyStockSet(msgspec.Struct, frozen=True):

@@ -15,8 +15,8 @@ from typing import Any, Final
 import msgspec
 from litestar.openapi.spec import Link, OpenAPI, OpenAPIResponse, Schema
 
+from atp_service.http.schemas import SafetyStock, SkuQuery
 from atp_service.orders import BatchRequest, OrderLine, OrderRequest
-from atp_service.schemas import SafetyStock, SkuQuery
 
 REQUEST_BODIES: Final[tuple[type[msgspec.Struct], ...]] = (
     SkuQuery,

@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Final
 
 import redis
 import redis.asyncio as aredis
 
-from atp_service import keys
+from atp_service.store import keys
 from streams.changeset import ChangeSet, encode_outbox
 from streams.state import SkuState, load_state
+from streams.store import ProjectionMissing, ServerReplaced, Snapshot
 
 TRIM_EVERY: Final = 16
-WRITE_SCRIPT: Final = resources.files("atp_service").joinpath("write.lua").read_text()
+WRITE_SCRIPT: Final = resources.files("atp_service.store").joinpath("write.lua").read_text()
 
 
 # One round trip for a whole batch's reads (a pipeline of one command per sku cost more in
@@ -53,13 +53,6 @@ return out
 """
 REPLACED: Final = b"\x1freplaced"  # the write script's answer when its server changed
 READ_CHUNK: Final = 2000  # skus per script call: bounds the time Redis is busy with one
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    states: dict[str, SkuState]
-    versions: dict[str, int]
-    seen: frozenset[str]
 
 
 def script_arguments(
@@ -152,19 +145,6 @@ def _snapshot(skus: Sequence[str], replies: Sequence[list[Any]]) -> Snapshot:
     return Snapshot(states, versions, frozenset(seen))
 
 
-class ProjectionMissing(Exception):
-    """Redis has no projection marker: it lost its data (or was never initialized).
-
-    Operator action: stop the consumers and run `atp rebuild`; a consumer whose ledger is
-    empty initializes a new Redis by itself.
-    """
-
-
-class ServerReplaced(Exception):
-    """The write assumed states from a Redis server (by run_id) that is gone: it restarted
-    (possibly from older data) or a replica took over. Nothing was written."""
-
-
 class PutExists(Exception):
     """An 'nx' put of the write found its key already there; nothing was written."""
 
@@ -191,7 +171,10 @@ def _conflicts(changes: ChangeSet, reply: list[Any]) -> list[str]:
 
 
 class RedisStore:
-    """Synchronous adapter, used by the consumer and the command-line tools."""
+    """Synchronous adapter, used by the consumer and the command-line tools
+    (streams.store.Store)."""
+
+    transient_errors: tuple[type[Exception], ...] = (redis.RedisError, OSError)
 
     def __init__(self, client: redis.Redis, group_id: str, window_ms: int) -> None:
         self.client = client

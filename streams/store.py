@@ -1,0 +1,73 @@
+"""What the consumer needs of the place the projection lives: a Protocol, no adapter.
+
+``atp_service.store.redis_store.RedisStore`` implements it on Redis; the consumer's unit
+tests use an in-memory one. A write is atomic: the states, their projection, dedupe marks,
+offsets, outbox entries and staged ledger rows of one change set land together or not at
+all, and only where every sku still has the version the change set names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from streams.changeset import ChangeSet
+from streams.state import SkuState
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Skus as read: their states and versions, and which of the asked event_ids were
+    applied already."""
+
+    states: dict[str, SkuState]
+    versions: dict[str, int]
+    seen: frozenset[str]
+
+
+class ProjectionMissing(Exception):
+    """The store has no projection marker: it lost its data (or was never initialized).
+
+    Operator action: stop the consumers and run `atp rebuild`; a consumer whose ledger is
+    empty initializes a new store by itself.
+    """
+
+
+class ServerReplaced(Exception):
+    """The write assumed states from a server (by its id) that is gone: it restarted
+    (possibly from older data) or a replica took over. Nothing was written."""
+
+
+class Store(Protocol):
+    """The consumer's store. Any method may raise one of ``transient_errors`` while the
+    store is unreachable; the consumer retries those with backoff."""
+
+    transient_errors: tuple[type[Exception], ...]
+
+    def read(self, skus: Sequence[str], event_ids: Mapping[str, Sequence[str]] | None = None) -> Snapshot: ...
+
+    def write(self, changes: ChangeSet, now_ms: int) -> list[str]:
+        """Apply atomically. Returns the skus whose version moved since the change set was
+        folded (then nothing was written). Raises ProjectionMissing or ServerReplaced."""
+        ...
+
+    def server_id(self) -> str: ...
+
+    def marker(self) -> str | None: ...
+
+    def mark_initialized(self, how: str) -> None: ...
+
+    def put_snapshot(self, instance: str, payload: bytes, ttl_s: int = 30) -> None: ...
+
+    def offsets(self) -> dict[str, int]: ...
+
+    def due(self, now_ms: int, limit: int) -> list[str]: ...
+
+    def outbox(self, limit: int) -> dict[str, bytes]: ...
+
+    def ack_outbox(self, outbox_ids: Sequence[str]) -> int: ...
+
+    def staged_ledger(self) -> dict[str, bytes]: ...
+
+    def drop_staged_ledger(self, names: Sequence[str]) -> None: ...
