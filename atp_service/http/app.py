@@ -23,6 +23,7 @@ from atp_service.allocator import Allocator
 from atp_service.config import Settings, load_settings
 from atp_service.http import fast
 from atp_service.http.auth import KeyRing
+from atp_service.http.controllers import ui
 from atp_service.http.controllers.allocations import AllocationController
 from atp_service.http.controllers.availability import AvailabilityController
 from atp_service.http.controllers.channels import ChannelController
@@ -167,7 +168,7 @@ def create_app(settings: Settings) -> Litestar:
         security=[{"bearer": []}],
     )
     app = Litestar(
-        route_handlers=[keyed, healthz, readyz, metrics],
+        route_handlers=[keyed, ui.STATIC, healthz, readyz, metrics],
         dependencies={
             "settings": Provide(provide_settings, sync_to_thread=False),
             "reader": Provide(_provide_reader, sync_to_thread=False),
