@@ -55,8 +55,9 @@ upgrade: $(UV) ## Upgrade every locked package (a commit of its own, after the s
 run: install ## The whole stack locally with a demo feed (atp dev)
 	$(BIN)/atp dev
 
-lint: install ## ruff and mypy
+lint: install ## ruff (lint and format), mypy (strict), the import layers
 	$(BIN)/ruff check atp_service streams allocation benchmarks tests
+	$(BIN)/ruff format --check atp_service streams allocation benchmarks tests
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

@@ -180,7 +180,9 @@ class Allocator:
     async def stored(self, order_ids: Sequence[str]) -> list[StoredOrder | None]:
         if not order_ids:
             return []
-        found: list[bytes | None] = await self.store.client.mget([keys.order_key(o) for o in order_ids])  # type: ignore[assignment]
+        found: list[bytes | None] = await self.store.client.mget(
+            [keys.order_key(o) for o in order_ids]
+        )  # type: ignore[assignment]
         return [decode_stored(raw) if raw else None for raw in found]
 
     async def allocate(self, orders: Sequence[OrderRequest]) -> list[tuple[OrderResult, bool]]:
@@ -207,7 +209,9 @@ class Allocator:
             snapshot = await self.store.read(skus)
             now = self.clock()
             planned = plan(new_orders, snapshot.states, self.projector, now)
-            changes, records = self._write_of(planned, snapshot.versions, [prints[i] for i in fresh], now)
+            changes, records = self._write_of(
+                planned, snapshot.versions, [prints[i] for i in fresh], now
+            )
             try:
                 if await self.store.write(changes, now // 1000):
                     continue  # a sku moved since the read: allocate again on fresh state
@@ -300,7 +304,9 @@ class Allocator:
                 if not group:
                     return
                 continue
-            changes, records = self._write_of(planned, snapshot.versions, [w.fingerprint for w in group], now)
+            changes, records = self._write_of(
+                planned, snapshot.versions, [w.fingerprint for w in group], now
+            )
             try:
                 if await self.store.write(changes, now // 1000):
                     continue  # a sku moved since the read: allocate again on fresh state
@@ -325,12 +331,16 @@ class Allocator:
     ) -> tuple[ChangeSet, list[StoredOrder]]:
         """What one allocation write carries: the new states and projection, and each
         order's record, which must not exist yet (``nx``: a repeat or a concurrent twin)."""
-        changes = build_changeset(planned.states, versions, self.projector, now, seen=planned.event_ids)
+        changes = build_changeset(
+            planned.states, versions, self.projector, now, seen=planned.event_ids
+        )
         records = [
             StoredOrder(fp, result, held)
             for fp, result, held in zip(prints, planned.results, planned.held, strict=True)
         ]
-        changes.puts = [(keys.order_key(r.result.order_id), "nx", encode_stored(r)) for r in records]
+        changes.puts = [
+            (keys.order_key(r.result.order_id), "nx", encode_stored(r)) for r in records
+        ]
         return changes, records
 
     def _without_refused(
@@ -347,7 +357,9 @@ class Allocator:
                 kept.append(waiting)
         return kept
 
-    async def _publish_group(self, group: list[_Waiting], records: list[StoredOrder], now: int) -> None:
+    async def _publish_group(
+        self, group: list[_Waiting], records: list[StoredOrder], now: int
+    ) -> None:
         try:
             await self._publish_or_undo(records, now, [w.correlation_id for w in group])
         except BaseException as exc:
@@ -385,7 +397,9 @@ class Allocator:
             await self._send(messages)
         except ProduceFailed:
             held_all = [h for r in records for h in r.held]
-            await self._release_held(held_all, extra_deletes=[keys.order_key(r.result.order_id) for r in records])
+            await self._release_held(
+                held_all, extra_deletes=[keys.order_key(r.result.order_id) for r in records]
+            )
             raise PublishFailed("the broker did not acknowledge the reservations") from None
 
     async def release(self, order_id: str) -> OrderResult | None:

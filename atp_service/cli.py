@@ -143,7 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure(os.environ.get("ATP_LOG_LEVEL", "INFO"), os.environ.get("ATP_LOG_FORMAT", "json"))
     parser = argparse.ArgumentParser(prog="atp", description="Inventory availability to promise")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("consume", help="fold the event streams into Redis").set_defaults(run=consume)
+    commands.add_parser("consume", help="fold the event streams into Redis").set_defaults(
+        run=consume
+    )
     p_serve = commands.add_parser("serve", help="serve the HTTP API")
     p_serve.add_argument("--host", default="127.0.0.1")
     p_serve.add_argument("--port", type=int, default=8000)

@@ -96,7 +96,9 @@ MAX_BATCH_ORDERS: Final = 10_000
 
 class ApiSettings(_Section, frozen=True):
     max_line_quantity: Annotated[int, msgspec.Meta(ge=1, le=MAX_LINE_QUANTITY)] = MAX_LINE_QUANTITY
-    max_lines_per_order: Annotated[int, msgspec.Meta(ge=1, le=MAX_LINES_PER_ORDER)] = MAX_LINES_PER_ORDER
+    max_lines_per_order: Annotated[int, msgspec.Meta(ge=1, le=MAX_LINES_PER_ORDER)] = (
+        MAX_LINES_PER_ORDER
+    )
     max_batch_orders: Annotated[int, msgspec.Meta(ge=1, le=MAX_BATCH_ORDERS)] = MAX_BATCH_ORDERS
     max_body_bytes: Positive = 16 * 1024 * 1024
     # Upper bound on how much older than Redis an in-process cached read may be.
@@ -200,7 +202,9 @@ def _validate(settings: Settings) -> None:
     key_names: set[str] = set()
     for i, key in enumerate(settings.api_keys):
         if key.name in key_names:
-            raise ConfigError(f"invalid config: duplicate api key name {key.name!r} at `api_keys[{i}]`")
+            raise ConfigError(
+                f"invalid config: duplicate api key name {key.name!r} at `api_keys[{i}]`"
+            )
         key_names.add(key.name)
         if not key.scopes:
             raise ConfigError(f"invalid config: `api_keys[{i}].scopes` must not be empty")

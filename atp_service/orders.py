@@ -39,7 +39,11 @@ class OrderRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     channel: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
     lines: Annotated[
         list[OrderLine],
-        msgspec.Meta(min_length=1, max_length=MAX_LINES_PER_ORDER, description="line_ids are unique within the order"),
+        msgspec.Meta(
+            min_length=1,
+            max_length=MAX_LINES_PER_ORDER,
+            description="line_ids are unique within the order",
+        ),
     ]
     backorder: bool = False
 
@@ -47,7 +51,11 @@ class OrderRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class BatchRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     orders: Annotated[
         list[OrderRequest],
-        msgspec.Meta(min_length=1, max_length=MAX_BATCH_ORDERS, description="order_ids are unique within the batch"),
+        msgspec.Meta(
+            min_length=1,
+            max_length=MAX_BATCH_ORDERS,
+            description="order_ids are unique within the batch",
+        ),
     ]
 
 
@@ -164,7 +172,9 @@ def plan_in_turn(
     lines = _allocate_in_turn(orders, states, projector, now_us)
     if lines is None:  # input the engine refuses
         if len(orders) != 1:
-            raise ValueError("an order the allocation engine refuses (plan each alone to see which)")
+            raise ValueError(
+                "an order the allocation engine refuses (plan each alone to see which)"
+            )
         lines = _allocate_vectorized(orders, states, projector, now_us)  # raises the engine's error
     return _assemble(orders, states, projector.network, lines)
 
@@ -266,7 +276,9 @@ def _allocate_in_turn(
                 head = net - take - safety
                 backordered = min(rest, max(0, head + due[-1][1]))
                 if backordered > 0:
-                    day, where = next((d, loc) for d, total, loc in due if head + total >= backordered)
+                    day, where = next(
+                        (d, loc) for d, total, loc in due if head + total >= backordered
+                    )
                     unreserved[where] -= backordered
             out.taken.append(taken)
             out.backordered.append(backordered)
@@ -410,12 +422,20 @@ class _Book:
     """The reservations a plan makes, with ids unique within each sku's state."""
 
     def __init__(self, states: dict[str, SkuState]) -> None:
-        self.existing = {sku: {r.reservation_id for r in st.reservations} for sku, st in states.items()}
+        self.existing = {
+            sku: {r.reservation_id for r in st.reservations} for sku, st in states.items()
+        }
         self.new: dict[str, list[Reservation]] = {sku: [] for sku in states}
         self.event_ids: dict[str, list[str]] = {}
 
     def reserve(
-        self, order: OrderRequest, line: OrderLine, location: str, quantity: int, suffix: str, held: list[Held]
+        self,
+        order: OrderRequest,
+        line: OrderLine,
+        location: str,
+        quantity: int,
+        suffix: str,
+        held: list[Held],
     ) -> str:
         base = f"{order.order_id}:{line.line_id}:{location}{suffix}"
         reservation_id, attempt = base, 1
@@ -424,7 +444,9 @@ class _Book:
             attempt += 1
             reservation_id = f"{base}#{attempt}"
         self.existing[line.sku].add(reservation_id)
-        self.new[line.sku].append(Reservation(reservation_id, True, order.channel, location, quantity))
+        self.new[line.sku].append(
+            Reservation(reservation_id, True, order.channel, location, quantity)
+        )
         self.event_ids.setdefault(line.sku, []).append(created_event_id(reservation_id))
         held.append(Held(line.sku, reservation_id, location, quantity))
         return reservation_id

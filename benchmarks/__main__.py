@@ -45,7 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\n-- {module} --size {args.size}", flush=True)
         started = time.monotonic()
         child = subprocess.Popen(
-            [sys.executable, "-m", module, "--size", args.size, "--runs", str(args.runs)], cwd=ROOT, env=env
+            [sys.executable, "-m", module, "--size", args.size, "--runs", str(args.runs)],
+            cwd=ROOT,
+            env=env,
         )
         try:
             code = child.wait()

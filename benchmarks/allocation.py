@@ -58,7 +58,13 @@ from streams.events import decode
 
 SIZES = {
     "small": {"lines": 10_000, "skus": 5_000, "inbound": 5_000, "http_skus": 2_000, "seconds": 4},
-    "full": {"lines": 100_000, "skus": 50_000, "inbound": 50_000, "http_skus": 20_000, "seconds": 10},
+    "full": {
+        "lines": 100_000,
+        "skus": 50_000,
+        "inbound": 50_000,
+        "http_skus": 20_000,
+        "seconds": 10,
+    },
 }
 LOCATIONS = 8
 TODAY = 20_000
@@ -75,12 +81,16 @@ COLD_SECONDS = 2
 
 
 class _Channel:
-    def __init__(self, name: str, priority: int, locations: Sequence[str], safety: int, horizon: int) -> None:
+    def __init__(
+        self, name: str, priority: int, locations: Sequence[str], safety: int, horizon: int
+    ) -> None:
         self.name, self.priority, self.locations = name, priority, list(locations)
         self.safety_stock, self.inbound_horizon_days = safety, horizon
 
 
-def batch_input(lines: int, skus: int, inbound: int, seed: int = 5) -> tuple[Supply, Network, tuple[Any, ...]]:
+def batch_input(
+    lines: int, skus: int, inbound: int, seed: int = 5
+) -> tuple[Supply, Network, tuple[Any, ...]]:
     rng = np.random.default_rng(seed)
     names = [f"DC-{i}" for i in range(LOCATIONS)]
     channels = [
@@ -120,10 +130,19 @@ def time_batch(size: dict[str, Any], runs: int) -> tuple[list[float], list[float
         started = time.perf_counter()
         theirs = allocate_reference(supply, network, TODAY, *demand)
         slow.append(time.perf_counter() - started)
-        for field in ("taken", "backordered", "promise_day", "promise_location", "unfilled", "reserved"):
+        for field in (
+            "taken",
+            "backordered",
+            "promise_day",
+            "promise_location",
+            "unfilled",
+            "reserved",
+        ):
             if not np.array_equal(getattr(ours, field), getattr(theirs, field)):
                 raise AssertionError(f"vectorized and reference differ in {field}")
-        say(f"  run {run + 1}/{runs}: vectorized {fast[-1] * 1000:.1f} ms, reference {slow[-1] * 1000:.0f} ms")
+        say(
+            f"  run {run + 1}/{runs}: vectorized {fast[-1] * 1000:.1f} ms, reference {slow[-1] * 1000:.0f} ms"
+        )
     return fast, slow
 
 
@@ -168,7 +187,9 @@ end
     return path
 
 
-def stock_events(skus: Sequence[str], locations: Sequence[str], quantity: int, tag: str) -> list[Any]:
+def stock_events(
+    skus: Sequence[str], locations: Sequence[str], quantity: int, tag: str
+) -> list[Any]:
     return [
         decode(json.dumps({
             "type": "bin_movement", "event_id": f"stock-{tag}-{sku}-{loc}",
@@ -191,7 +212,9 @@ def stored_orders(client: Any) -> list[StoredOrder]:
     return out
 
 
-def check_orders(client: Any, stock: dict[tuple[str, str], int], hot: set[str]) -> tuple[int, int, int]:
+def check_orders(
+    client: Any, stock: dict[tuple[str, str], int], hot: set[str]
+) -> tuple[int, int, int]:
     """From the stored orders: (sku, location) pairs reserved beyond their stock, skus whose
     projected reserved differs from the orders' holds, and unfilled orders of spread skus."""
     held: dict[tuple[str, str], int] = {}
@@ -209,7 +232,9 @@ def check_orders(client: Any, stock: dict[tuple[str, str], int], hot: set[str]) 
         doc = json.loads(client.hget(keys.sku_key(sku), "p:web") or b"{}")
         reserved, on_hand = doc.get("reserved", 0), doc.get("on_hand", 0)
         if reserved != per_sku.get(sku, 0) or reserved > on_hand:
-            mismatched.append(f"{sku}: reserved {reserved}, on hand {on_hand}, held {per_sku.get(sku, 0)}")
+            mismatched.append(
+                f"{sku}: reserved {reserved}, on hand {on_hand}, held {per_sku.get(sku, 0)}"
+            )
     if mismatched:
         say("  projection and orders differ: " + "; ".join(mismatched[:5]))
     return over, len(mismatched), short
@@ -274,12 +299,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 stock[pair] = stock.get(pair, 0) + HOT_STOCK
             before = count_orders(client)
             post = lua_orders(bench.tmp / f"orders-{tag}.lua", skus, hot, tag)
-            result = run_wrk(base, connections=32, threads=2, duration_s=seconds, script=post, headers=[AUTH])
+            result = run_wrk(
+                base, connections=32, threads=2, duration_s=seconds, script=post, headers=[AUTH]
+            )
             settle(client)
             created = count_orders(client) - before
             # Answers still in flight when wrk stops are not counted by wrk but may create orders.
             if created < result.requests:
-                raise RuntimeError(f"{result.requests} requests created only {created} orders: repeats?")
+                raise RuntimeError(
+                    f"{result.requests} requests created only {created} orders: repeats?"
+                )
             return result
 
         cold = []
@@ -289,27 +318,76 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"p99 {cold[-1].latency_ms['99']:.1f} ms")  # fmt: skip
         allocations, reads = [], []
         for run in range(args.runs):
-            reads.append(run_wrk(base, connections=32, threads=2, duration_s=size["seconds"], script=get, headers=[AUTH]))
+            reads.append(
+                run_wrk(
+                    base,
+                    connections=32,
+                    threads=2,
+                    duration_s=size["seconds"],
+                    script=get,
+                    headers=[AUTH],
+                )
+            )
             allocations.append(allocations_run(f"r{run}", size["seconds"]))
             say(f"  run {run + 1}/{args.runs}: allocations {allocations[-1].requests_per_s:,.0f}/s "
                 f"p99 {allocations[-1].latency_ms['99']:.1f} ms; reads {reads[-1].requests_per_s:,.0f}/s")  # fmt: skip
         over, mismatched, short = check_orders(client, stock, set(hot))
         if short:
             raise RuntimeError(f"{short} orders of spread skus were not filled: raise SPREAD_STOCK")
-        report.add(Figure("single allocation over HTTP @32: p50", "ms", [a.latency_ms["50"] for a in allocations],
-                          "single-sku read, same run", [r.latency_ms["50"] for r in reads], informative=True))
-        report.add(Figure("single allocation over HTTP @32: p99", "ms", [a.latency_ms["99"] for a in allocations],
-                          "single-sku read, same run", [r.latency_ms["99"] for r in reads],
-                          targets=[("value", "<", 25.0)]))
-        report.add(Figure("single allocation over HTTP @32: requests/s", "req/s",
-                          [a.requests_per_s for a in allocations], "single-sku read, same run",
-                          [r.requests_per_s for r in reads], informative=True))
-        report.add(Figure("cold passes (first allocations after start) @32: p99", "ms",
-                          [c.latency_ms["99"] for c in cold if c.requests], informative=True))
-        report.add(Figure("(sku, location) reserved beyond its stock, from the orders", "pairs", [float(over)],
-                          targets=[("value", "<=", 0.0)]))
-        report.add(Figure("skus whose projected reserved differs from the orders' holds", "skus",
-                          [float(mismatched)], targets=[("value", "<=", 0.0)]))
+        report.add(
+            Figure(
+                "single allocation over HTTP @32: p50",
+                "ms",
+                [a.latency_ms["50"] for a in allocations],
+                "single-sku read, same run",
+                [r.latency_ms["50"] for r in reads],
+                informative=True,
+            )
+        )
+        report.add(
+            Figure(
+                "single allocation over HTTP @32: p99",
+                "ms",
+                [a.latency_ms["99"] for a in allocations],
+                "single-sku read, same run",
+                [r.latency_ms["99"] for r in reads],
+                targets=[("value", "<", 25.0)],
+            )
+        )
+        report.add(
+            Figure(
+                "single allocation over HTTP @32: requests/s",
+                "req/s",
+                [a.requests_per_s for a in allocations],
+                "single-sku read, same run",
+                [r.requests_per_s for r in reads],
+                informative=True,
+            )
+        )
+        report.add(
+            Figure(
+                "cold passes (first allocations after start) @32: p99",
+                "ms",
+                [c.latency_ms["99"] for c in cold if c.requests],
+                informative=True,
+            )
+        )
+        report.add(
+            Figure(
+                "(sku, location) reserved beyond its stock, from the orders",
+                "pairs",
+                [float(over)],
+                targets=[("value", "<=", 0.0)],
+            )
+        )
+        report.add(
+            Figure(
+                "skus whose projected reserved differs from the orders' holds",
+                "skus",
+                [float(mismatched)],
+                targets=[("value", "<=", 0.0)],
+            )
+        )
         report.parameters.update({
             "http_skus": len(skus), "hot_skus": HOT_SKUS, "hot_every": HOT_EVERY,
             "hot_stock_per_run": HOT_STOCK * len(locations), "spread_stock": SPREAD_STOCK * len(locations),

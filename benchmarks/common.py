@@ -241,7 +241,16 @@ class Bench:
         port = free_port()
         proc = self.spawn(
             f"api-{port}",
-            [sys.executable, "-m", "atp_service.cli", "serve", "--port", str(port), "--workers", str(workers)],
+            [
+                sys.executable,
+                "-m",
+                "atp_service.cli",
+                "serve",
+                "--port",
+                str(port),
+                "--workers",
+                str(workers),
+            ],
             port,
         )
         self._wait_http(proc, "/readyz")
@@ -253,7 +262,16 @@ class Bench:
         name = target.rsplit(":", 1)[-1]
         proc = self.spawn(
             f"{name}-{port}",
-            [sys.executable, "-m", "benchmarks.serve", target, "--port", str(port), "--workers", str(workers)],
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.serve",
+                target,
+                "--port",
+                str(port),
+                "--workers",
+                str(workers),
+            ],
             port,
         )
         self._wait_http(proc, "/healthz")
@@ -267,7 +285,9 @@ class Bench:
 
         def ready() -> bool:
             if not proc.alive:
-                raise RuntimeError(f"{proc.name} exited:\n{proc.log.read_text(errors='replace')[-3000:]}")
+                raise RuntimeError(
+                    f"{proc.name} exited:\n{proc.log.read_text(errors='replace')[-3000:]}"
+                )
             return httpx.get(url, timeout=1).status_code == 200
 
         try:
@@ -377,9 +397,14 @@ def parse_wrk(output: str) -> WrkResult:
     total = re.search(r"(\d+) requests in", output)
     if not rps or not total:
         raise RuntimeError(f"cannot parse wrk output:\n{output}")
-    latency = {m.group(1): _ms(m.group(2)) for m in re.finditer(r"^\s+(50|75|90|99)%\s+(\S+)", output, re.M)}
+    latency = {
+        m.group(1): _ms(m.group(2))
+        for m in re.finditer(r"^\s+(50|75|90|99)%\s+(\S+)", output, re.M)
+    }
     non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
-    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
     return WrkResult(
         requests_per_s=float(rps.group(1)),
         latency_ms=latency,
@@ -405,7 +430,9 @@ def run_wrk(
     if script is not None:
         argv += ["-s", str(script)]
     argv.append(url)
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + 60, check=False)
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=duration_s + 60, check=False
+    )
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
     result = parse_wrk(done.stdout)
@@ -509,7 +536,10 @@ class Figure:
     def target(self) -> str:
         if self.target_text:
             return self.target_text
-        parts = [f"{'x' if w == 'ratio' else ''}{op} {fmt(v)}{'' if w == 'ratio' else ' ' + self.unit}" for w, op, v in self.targets]
+        parts = [
+            f"{'x' if w == 'ratio' else ''}{op} {fmt(v)}{'' if w == 'ratio' else ' ' + self.unit}"
+            for w, op, v in self.targets
+        ]
         return ", ".join(parts)
 
     def as_json(self) -> dict[str, Any]:
@@ -572,7 +602,16 @@ class Report:
         return figure
 
     def table(self) -> str:
-        header = ["figure", "unit", "median [min-max]", "baseline", "baseline median [min-max]", "ratio", "target", "met"]
+        header = [
+            "figure",
+            "unit",
+            "median [min-max]",
+            "baseline",
+            "baseline median [min-max]",
+            "ratio",
+            "target",
+            "met",
+        ]
         rows = [header]
         for f in self.figures:
             met = {True: "yes", False: "NO", None: "-" if not f.informative else "info"}[f.met]
@@ -599,7 +638,9 @@ class Report:
             print(f"note: {note}")
         print("versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()))
         m = env["machine"]
-        print(f"machine: {m['nproc']} cpus, {m['cpu_model']}, {m['memory_gb']} GB, {m['kernel']}; load {m['loadavg']}")
+        print(
+            f"machine: {m['nproc']} cpus, {m['cpu_model']}, {m['memory_gb']} GB, {m['kernel']}; load {m['loadavg']}"
+        )
         RESULTS.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         stem = RESULTS / f"{self.name}-{self.size}-{stamp}"
@@ -639,7 +680,7 @@ class Report:
         fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False)
         for ax, draw in zip(axes.flat, panels, strict=False):
             draw(ax)
-        for ax in list(axes.flat)[len(panels):]:
+        for ax in list(axes.flat)[len(panels) :]:
             ax.axis("off")
         fig.suptitle(f"{self.title} ({self.size}) - {self.started}", fontsize=11)
         fig.tight_layout(rect=(0, 0, 1, 0.95))
@@ -647,7 +688,9 @@ class Report:
         plt.close(fig)
 
 
-def _series_panel(title: str, lines: dict[str, dict[str, float]], unit: str, kind: str) -> Callable[[Any], None]:
+def _series_panel(
+    title: str, lines: dict[str, dict[str, float]], unit: str, kind: str
+) -> Callable[[Any], None]:
     def draw(ax: Any) -> None:
         if kind == "bar":
             labels = list(next(iter(lines.values())))
@@ -779,7 +822,10 @@ def environment() -> dict[str, Any]:
     commit = "unknown"
     with contextlib.suppress(Exception):
         commit = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
@@ -845,7 +891,9 @@ def stored_offsets_total(client: redis.Redis, group_id: str) -> int:
     return sum(int(v) for v in raw.values())
 
 
-def produce_all(bootstrap: str, messages: Sequence[tuple[str, bytes, bytes]], linger_ms: int = 20) -> float:
+def produce_all(
+    bootstrap: str, messages: Sequence[tuple[str, bytes, bytes]], linger_ms: int = 20
+) -> float:
     """Produce (topic, key, value) messages; returns the seconds it took (flushed)."""
     from confluent_kafka import Producer
 

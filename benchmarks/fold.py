@@ -76,7 +76,9 @@ def generate(settings: Settings, n_events: int, n_skus: int) -> list[tuple[str, 
 def raw_consume(settings: Settings, n: int, group_id: str) -> float:
     """Baseline: consume n messages and msgspec-decode each; events/s."""
     t = settings.topics
-    consumer = Consumer(consumer_config(settings.kafka.bootstrap, group_id, settings.kafka.session_timeout_ms))
+    consumer = Consumer(
+        consumer_config(settings.kafka.bootstrap, group_id, settings.kafka.session_timeout_ms)
+    )
     consumer.subscribe([t.movements, t.reservations, t.inbound])
     known = frozenset(c.name for c in settings.channels)
     batch, timeout = settings.consumer.batch_size, settings.consumer.batch_timeout_ms / 1000
@@ -217,7 +219,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     with Bench("fold") as bench:
         redis_url = bench.start_redis()
         bootstrap = bench.start_broker()
-        text = bench_config(redis_url, bootstrap, prefix="fold", group_id="fold-setup", ledger_dir=bench.tmp / "ledger")
+        text = bench_config(
+            redis_url,
+            bootstrap,
+            prefix="fold",
+            group_id="fold-setup",
+            ledger_dir=bench.tmp / "ledger",
+        )
         settings = bench.write_config(text, create=True, partitions=PARTITIONS)
         report.parameters = {
             "events": n, "skus": size["skus"], "locations": len(LOCATIONS),
@@ -230,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             produce_s = produce_all(bootstrap, messages)
         kinds: dict[str, int] = defaultdict(int)
         for _, _, value in messages:
-            kinds[value[9:value.index(b'"', 9)].decode()] += 1
+            kinds[value[9 : value.index(b'"', 9)].decode()] += 1
         report.details["event_mix"] = dict(kinds)
         report.details["produce_events_per_s"] = n / produce_s
         baseline: list[float] = []
@@ -247,8 +255,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         say(f"    {baseline[-1]:,.0f} events/s")
                     else:
                         run_settings = parse_config(
-                            bench_config(redis_url, bootstrap, prefix="fold", group_id=f"fold-{run}",
-                                         ledger_dir=bench.tmp / f"ledger-{run}")
+                            bench_config(
+                                redis_url,
+                                bootstrap,
+                                prefix="fold",
+                                group_id=f"fold-{run}",
+                                ledger_dir=bench.tmp / f"ledger-{run}",
+                            )
                         )
                         rate, stage, count, server = real_pipeline(run_settings, n, bench)
                         pipeline.append(rate)
@@ -261,7 +274,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "raw consume + msgspec decode", baseline,
                       [("ratio", ">=", 0.5), ("value", ">=", 100_000)],
                       target_text="x>= 0.50, >= 100,000/s"))  # fmt: skip
-    per_stage = {st: statistics.median(s.get(st, 0.0) / s["elapsed"] for s in stages) for st in STAGES}
+    per_stage = {
+        st: statistics.median(s.get(st, 0.0) / s["elapsed"] for s in stages) for st in STAGES
+    }
     busy = sum(per_stage.values())
     per_stage["consume + rest of loop"] = max(0.0, 1 - busy)
     for st, share in per_stage.items():

@@ -78,8 +78,14 @@ PROBE_LOCATION = LOCATIONS[0]  # one of web's locations
 
 
 def load(
-    bootstrap: str, topics: dict[str, str], n_skus: int, rate: float, seconds: float, result: Any,
-    stop: Any, produced: Any,
+    bootstrap: str,
+    topics: dict[str, str],
+    n_skus: int,
+    rate: float,
+    seconds: float,
+    result: Any,
+    stop: Any,
+    produced: Any,
 ) -> None:
     """The load process: the event mix at a steady rate, produced in 5 ms ticks, until
     ``stop`` is set (or ``seconds`` passed); ``produced`` counts the events so far."""
@@ -119,7 +125,9 @@ def load(
                 "cpu_s": cpu.user + cpu.system})  # fmt: skip
 
 
-def broker_floor(bootstrap: str, topics: Sequence[str], seconds: float, result: Any, stop: Any) -> None:
+def broker_floor(
+    bootstrap: str, topics: Sequence[str], seconds: float, result: Any, stop: Any
+) -> None:
     """The broker's own latency: (produce time, produce time -> a raw consumer has the
     message), in ms since the epoch and ms."""
     config = consumer_config(bootstrap, f"floor-{os.getpid()}", 6000)
@@ -139,7 +147,9 @@ def broker_floor(bootstrap: str, topics: Sequence[str], seconds: float, result: 
     result.put(latencies)
 
 
-def wait_steady(client: redis.Redis, settings: Settings, opening: int, produced: Any, rate: float) -> float | None:
+def wait_steady(
+    client: redis.Redis, settings: Settings, opening: int, produced: Any, rate: float
+) -> float | None:
     """Seconds until the consumer's stored offsets are within STEADY_LAG_S of what the load
     produced so far, or None if that did not happen within STEADY_WAIT_S."""
     started = time.monotonic()
@@ -234,7 +244,9 @@ def probe_windows(
                 }  # fmt: skip
                 wall_ms = time.time() * 1000
                 t0 = time.perf_counter()
-                producer.produce(settings.topics.movements, key=sku.encode(), value=msgspec.json.encode(event))
+                producer.produce(
+                    settings.topics.movements, key=sku.encode(), value=msgspec.json.encode(event)
+                )
                 producer.flush(10)
                 path = f"/v1/availability/{CHANNEL}/{sku}"
                 while True:
@@ -265,9 +277,16 @@ def probe_windows(
                     time.sleep(pause)
                 else:
                     next_at = time.perf_counter()
-            for name, values in (("total", total), ("fold", fold), ("written", written), ("http", http)):
+            for name, values in (
+                ("total", total),
+                ("fold", fold),
+                ("written", written),
+                ("http", http),
+            ):
                 out[name].append(values)
-            say(f"    window: {len(total)} probes, p50 {pct(total, 50):.1f} ms, p99 {pct(total, 99):.1f} ms")
+            say(
+                f"    window: {len(total)} probes, p50 {pct(total, 50):.1f} ms, p99 {pct(total, 99):.1f} ms"
+            )
     finally:
         client.close()
         producer.flush(5)
@@ -297,13 +316,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         redis_url = bench.start_redis()
         bootstrap = bench.start_broker()
         settings = bench.write_config(
-            bench_config(redis_url, bootstrap, prefix="fresh", group_id="fresh", ledger_dir=bench.tmp / "ledger"),
+            bench_config(
+                redis_url,
+                bootstrap,
+                prefix="fresh",
+                group_id="fresh",
+                ledger_dir=bench.tmp / "ledger",
+            ),
             create=True,
         )
         report.parameters["cache_staleness_ms"] = settings.api.cache_staleness_ms
         topics = {k: getattr(settings.topics, k) for k in ("movements", "reservations", "inbound")}
         skus = [sku_name(i) for i in range(1, size["skus"] + 1)]
-        opening = [encoded(item) for item in Workload(skus, LOCATIONS, channel_locations(), seed=31).opening_stock()]
+        opening = [
+            encoded(item)
+            for item in Workload(skus, LOCATIONS, channel_locations(), seed=31).opening_stock()
+        ]
         produce_all(bootstrap, [(topics[kind], key, value) for kind, key, value in opening])
         consumer = bench.start_consumer()
         api = bench.start_api()
@@ -312,7 +340,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             deadline = time.monotonic() + 300
             while stored_offsets_total(client, settings.kafka.group_id) < len(opening):
                 if not consumer.alive or time.monotonic() > deadline:
-                    raise RuntimeError(f"consumer did not catch up:\n{consumer.log.read_text()[-3000:]}")
+                    raise RuntimeError(
+                        f"consumer did not catch up:\n{consumer.log.read_text()[-3000:]}"
+                    )
                 time.sleep(0.1)
         # The windows start once the consumer has caught up with the load (steady state, as
         # the issue's row asks), or after STEADY_WAIT_S regardless; how long that took is
@@ -323,13 +353,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop = context.Event()
         produced = context.Value("q", 0)
         loader = context.Process(
-            target=load, args=(bootstrap, topics, size["skus"], size["rate"], seconds, result, stop, produced),
+            target=load,
+            args=(bootstrap, topics, size["skus"], size["rate"], seconds, result, stop, produced),
             daemon=True,
         )
         loader.start()
         floor_result = context.Queue()
         floor = context.Process(
-            target=broker_floor, args=(bootstrap, list(topics.values()), seconds, floor_result, stop), daemon=True
+            target=broker_floor,
+            args=(bootstrap, list(topics.values()), seconds, floor_result, stop),
+            daemon=True,
         )
         floor.start()
         try:
@@ -338,10 +371,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 steady_s = wait_steady(client, settings, len(opening), produced, size["rate"])
             cpu_before, wall_before = bench.cpu_seconds(), time.perf_counter()
             windows_from_ms = time.time() * 1000
-            with timed(f"probe {windows} windows of {size['window_s']:.0f}s at {size['rate']:,} events/s"):
+            with timed(
+                f"probe {windows} windows of {size['window_s']:.0f}s at {size['rate']:,} events/s"
+            ):
                 with WriteObserver(bench.redis()) as observer:
                     samples, timeouts = probe_windows(
-                        settings, f"http://127.0.0.1:{api.port}", windows, size["window_s"], observer
+                        settings,
+                        f"http://127.0.0.1:{api.port}",
+                        windows,
+                        size["window_s"],
+                        observer,
                     )
                 totals = samples["total"]
             windows_to_ms = time.time() * 1000
@@ -354,8 +393,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if windows_from_ms <= stamp <= windows_to_ms
             ]  # fmt: skip
             floor.join(30)
-            lag = loaded["sent"] + len(opening) + sum(len(t) for t in totals) - stored_offsets_total(
-                client, settings.kafka.group_id
+            lag = (
+                loaded["sent"]
+                + len(opening)
+                + sum(len(t) for t in totals)
+                - stored_offsets_total(client, settings.kafka.group_id)
             )
         finally:
             for process in (loader, floor):
@@ -378,7 +420,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("  written to Redis -> visible over HTTP", "http"),
     ):
         for p in (50, 99):
-            report.add(Figure(f"{label}: p{p}", "ms", per_window(samples[name], p), informative=True))
+            report.add(
+                Figure(f"{label}: p{p}", "ms", per_window(samples[name], p), informative=True)
+            )
     for p in (50, 99):
         report.add(Figure(f"  broker alone, produce -> raw consumer (same load, same windows): p{p}", "ms",
                           [pct(floor_ms, p)], informative=True))  # fmt: skip
@@ -396,7 +440,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     report.add(Figure("load sustained by the producer", "events/s", [loaded["sent"] / loaded["seconds"]],
                       informative=True))  # fmt: skip
-    report.add(Figure("consumer lag after the load stopped", "events", [float(lag)], informative=True))
+    report.add(
+        Figure("consumer lag after the load stopped", "events", [float(lag)], informative=True)
+    )
     if steady_s is None:
         report.notes.append(
             f"the consumer did not catch up with the load within {STEADY_WAIT_S:.0f} s (lag over "
@@ -407,7 +453,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                           informative=True))  # fmt: skip
     everything = [x for v in totals for x in v]
     report.series["produce -> HTTP percentiles, all probes"] = {
-        "ms": {f"p{p}": pct(everything, p) for p in (50, 75, 90, 99)} | {"max": max(everything, default=0.0)}
+        "ms": {f"p{p}": pct(everything, p) for p in (50, 75, 90, 99)}
+        | {"max": max(everything, default=0.0)}
     }
     report.series_unit["produce -> HTTP percentiles, all probes"] = "ms"
     report.series_kind["produce -> HTTP percentiles, all probes"] = "bar"

@@ -204,7 +204,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args("memory benchmark: Redis bytes per document, state and dedupe mark", argv)
     stop_on_sigterm()
     sizes = SIZES[args.size]
-    report = Report("memory", args.size, "Memory: Redis bytes per projection, state and dedupe mark")
+    report = Report(
+        "memory", args.size, "Memory: Redis bytes per projection, state and dedupe mark"
+    )
     results: list[dict[str, Any]] = []
     with Bench("memory") as bench:
         redis_url = bench.start_redis()
@@ -239,11 +241,27 @@ def main(argv: Sequence[str] | None = None) -> int:
                           target_text="linear: x0.8-1.25"))  # fmt: skip
 
     n_channels = len(channels)
-    row(f"projection per (channel, sku) @{label_large}", "bytes", lambda r: r["projection_bytes"] / (r["skus"] * n_channels))
+    row(
+        f"projection per (channel, sku) @{label_large}",
+        "bytes",
+        lambda r: r["projection_bytes"] / (r["skus"] * n_channels),
+    )
     row(f"raw state per sku @{label_large}", "bytes", lambda r: r["state_bytes"] / r["skus"])
-    row(f"raw state per (sku, location) @{label_large}", "bytes", lambda r: r["state_bytes"] / (r["skus"] * LOCATIONS_PER_SKU))
-    row(f"dedupe mark per event_id @{label_large}", "bytes", lambda r: r["marks_bytes"] / max(1, r["marks"]))
-    row(f"everything per sku @{label_large}", "bytes", lambda r: (r["used_memory_loaded"] - r["used_memory_empty"]) / r["skus"])
+    row(
+        f"raw state per (sku, location) @{label_large}",
+        "bytes",
+        lambda r: r["state_bytes"] / (r["skus"] * LOCATIONS_PER_SKU),
+    )
+    row(
+        f"dedupe mark per event_id @{label_large}",
+        "bytes",
+        lambda r: r["marks_bytes"] / max(1, r["marks"]),
+    )
+    row(
+        f"everything per sku @{label_large}",
+        "bytes",
+        lambda r: (r["used_memory_loaded"] - r["used_memory_empty"]) / r["skus"],
+    )
     for key in sorted(large["shared"]):
         if key in small["shared"] and large["shared"][key]["entries"] > 1:
             short = key.removeprefix(f"{keys.PREFIX}:")

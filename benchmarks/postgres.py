@@ -46,7 +46,9 @@ def find_binaries() -> Binaries | None:
     """The newest /usr/lib/postgresql/<version>/bin holding postgres, initdb and pg_ctl."""
     found: list[tuple[tuple[int, ...], Path]] = []
     for bindir in Path("/usr/lib/postgresql").glob("*/bin"):
-        if all((bindir / name).is_file() for name in ("postgres", "initdb", "pg_ctl", "pg_isready")):
+        if all(
+            (bindir / name).is_file() for name in ("postgres", "initdb", "pg_ctl", "pg_isready")
+        ):
             key = tuple(int(p) for p in re.findall(r"\d+", bindir.parent.name)) or (0,)
             found.append((key, bindir))
     if not found:
@@ -179,6 +181,8 @@ def start_postgres(base: Path, binaries: Binaries | None = None) -> tuple[Postgr
 
 
 def server_version(binaries: Binaries) -> str:
-    done = subprocess.run([binaries.path("postgres"), "--version"], capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [binaries.path("postgres"), "--version"], capture_output=True, text=True, check=False
+    )
     match = re.search(r"(\d+(?:\.\d+)*)", done.stdout)
     return match.group(1) if match else binaries.version

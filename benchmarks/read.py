@@ -117,7 +117,9 @@ def preload(bench: Bench, size: dict[str, Any], skus: list[str]) -> int:
     deadline = time.monotonic() + 600
     while stored_offsets_total(client, settings.kafka.group_id) < len(messages):
         if not consumer.alive or time.monotonic() > deadline:
-            raise RuntimeError(f"the consumer did not catch up:\n{consumer.log.read_text()[-3000:]}")
+            raise RuntimeError(
+                f"the consumer did not catch up:\n{consumer.log.read_text()[-3000:]}"
+            )
         time.sleep(0.2)
     bench.stop(consumer)
     return len(messages)
@@ -148,7 +150,9 @@ def python_bulk(bench: Bench, skus: Sequence[str], seconds: float, mode: str) ->
     return done / elapsed
 
 
-def start_sql(bench: Bench, size: dict[str, Any], skus: Sequence[str], binaries: postgres.Binaries) -> dict[str, Any]:
+def start_sql(
+    bench: Bench, size: dict[str, Any], skus: Sequence[str], binaries: postgres.Binaries
+) -> dict[str, Any]:
     """Start PostgreSQL, generate and load the raw rows, and pass the DSN to the SQL app.
 
     The SQL skus are SKU-0000001.. (stock rows / 4 of them), a superset of the preloaded
@@ -181,7 +185,9 @@ def check_sql(port: int, rows: sql_app.Rows, skus: Sequence[str]) -> None:
             got = client.get(f"/v1/availability/{CHANNEL}/{sku}")
             body = got.json() if got.status_code == 200 else None
             if body is None or {k: v for k, v in body.items() if k != "as_of"} != want[sku]:
-                raise RuntimeError(f"SQL endpoint answer for {sku}: {got.status_code} {got.text[:300]}, expected {want[sku]}")
+                raise RuntimeError(
+                    f"SQL endpoint answer for {sku}: {got.status_code} {got.text[:300]}, expected {want[sku]}"
+                )
         if client.get("/v1/availability/no-such-channel/SKU-0000001").status_code != 404:
             raise RuntimeError("SQL endpoint: an unknown channel is not 404")
 
@@ -201,7 +207,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     with Bench("read") as bench:
         redis_url = bench.start_redis()
         bootstrap = bench.start_broker() if size["preload"] == "consumer" else "127.0.0.1:1"
-        bench.write_config(bench_config(redis_url, bootstrap, ledger_dir=bench.tmp / "ledger"), create=size["preload"] == "consumer")
+        bench.write_config(
+            bench_config(redis_url, bootstrap, ledger_dir=bench.tmp / "ledger"),
+            create=size["preload"] == "consumer",
+        )
         with timed(f"preload {len(skus)} skus ({size['preload']})"):
             report.parameters["preload_events"] = preload(bench, size, skus)
         client = bench.redis()
@@ -236,7 +245,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             headers={"Authorization": f"Bearer {API_KEY}"},
         )
         if got.status_code != 200 or got.content != docs[len(skus) // 2]:
-            raise RuntimeError(f"the API does not return the stored document: {got.status_code} {got.text[:300]}")
+            raise RuntimeError(
+                f"the API does not return the stored document: {got.status_code} {got.text[:300]}"
+            )
 
         paths = [f"/v1/availability/{CHANNEL}/{s}" for s in skus]
         random.Random(5).shuffle(paths)
@@ -269,7 +280,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             say(f"    atp warm-up: {len(warm)} passes, {done:,} requests, "
                 f"{warm[0].requests_per_s:,.0f} -> {warm[-1].requests_per_s:,.0f} req/s")  # fmt: skip
             for name in ("constant", "redis-get", "sql"):
-                run_wrk(url(name), connections=32, threads=2, duration_s=size["warmup"], script=get_script, headers=[AUTH])
+                run_wrk(
+                    url(name),
+                    connections=32,
+                    threads=2,
+                    duration_s=size["warmup"],
+                    script=get_script,
+                    headers=[AUTH],
+                )
             run_wrk(url("atp", f"/v1/availability/{CHANNEL}/query"), connections=8, threads=2,
                     duration_s=size["warmup"], script=post_script, headers=[AUTH])  # fmt: skip
 
@@ -282,9 +300,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         for run in range(args.runs):
             with timed(f"run {run + 1}/{args.runs}"):
                 # Rotate the order so no server always runs first (or after the same one).
-                for name in order[run % len(order):] + order[: run % len(order)]:
-                    c32[name].append(run_wrk(url(name), connections=32, threads=2, duration_s=duration, script=get_script, headers=[AUTH]))
-                    c1[name].append(run_wrk(url(name), connections=1, threads=1, duration_s=duration, script=get_script, headers=[AUTH]))
+                for name in order[run % len(order) :] + order[: run % len(order)]:
+                    c32[name].append(
+                        run_wrk(
+                            url(name),
+                            connections=32,
+                            threads=2,
+                            duration_s=duration,
+                            script=get_script,
+                            headers=[AUTH],
+                        )
+                    )
+                    c1[name].append(
+                        run_wrk(
+                            url(name),
+                            connections=1,
+                            threads=1,
+                            duration_s=duration,
+                            script=get_script,
+                            headers=[AUTH],
+                        )
+                    )
                 bulk.append(run_wrk(url("atp", f"/v1/availability/{CHANNEL}/query"), connections=8, threads=2,
                                     duration_s=duration, script=post_script, headers=[AUTH]))  # fmt: skip
                 raw_hget.append(python_bulk(bench, bulk_skus, duration, "hget"))
@@ -342,7 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "c32": {n: [r.__dict__ for r in rs] for n, rs in c32.items()},
             "c1": {n: [r.__dict__ for r in rs] for n, rs in c1.items()},
             "bulk": [r.__dict__ for r in bulk],
-        }
+        },
     }
     report.notes.append(
         "wrk, the servers and Redis share this machine's cores; compare ratios, not absolutes."

@@ -191,7 +191,9 @@ def sql_app() -> Litestar:
         finally:
             await pool.close()
 
-    return Litestar(route_handlers=[healthz, computed], lifespan=[lifespan], debug=False, openapi_config=None)
+    return Litestar(
+        route_handlers=[healthz, computed], lifespan=[lifespan], debug=False, openapi_config=None
+    )
 
 
 # -- the data --------------------------------------------------------------------------------
@@ -230,7 +232,9 @@ def generate(
     rng = random.Random(seed)
     rows = Rows(
         channels=[(name, safety, horizon) for name, _, safety, horizon in channels],
-        channel_locations=[(name, loc, k) for name, locs, _, _ in channels for k, loc in enumerate(locs)],
+        channel_locations=[
+            (name, loc, k) for name, locs, _, _ in channels for k, loc in enumerate(locs)
+        ],
     )
     held: list[list[str]] = []
     every = list(locations)
@@ -247,7 +251,9 @@ def generate(
             expires = now - timedelta(seconds=rng.randint(3600, 86400))
         elif roll < 0.30:
             expires = now + timedelta(seconds=rng.randint(3600, 86400))
-        rows.reservations.append((f"R-{k}", skus[i], rng.choice(held[i]), rng.randint(1, 5), expires))
+        rows.reservations.append(
+            (f"R-{k}", skus[i], rng.choice(held[i]), rng.randint(1, 5), expires)
+        )
     today = now.date()
     for k in range(inbound):
         quantity = 0 if rng.random() < 0.1 else rng.randint(10, 100)
@@ -285,7 +291,9 @@ async def load(dsn: str, rows: Rows) -> dict[str, int]:
         await conn.close()
 
 
-def expected(rows: Rows, channel: str, skus: Sequence[str], now: datetime) -> dict[str, dict[str, Any]]:
+def expected(
+    rows: Rows, channel: str, skus: Sequence[str], now: datetime
+) -> dict[str, dict[str, Any]]:
     """The contract's formulas in plain Python over the same rows (the check of ``QUERY``);
     sku -> the answer without ``as_of``."""
     wanted = set(skus)

@@ -129,7 +129,9 @@ def build_changeset(
                 expected_version=versions.get(state.sku, 0),
                 state=dump_state(state),
                 due_ms=None if due is None else -(-due // 1000),
-                fields={field_of[channel]: doc for channel, doc in rendered.documents[state.sku].items()},
+                fields={
+                    field_of[channel]: doc for channel, doc in rendered.documents[state.sku].items()
+                },
                 seen=list(seen.get(state.sku, ())),
             )
         )

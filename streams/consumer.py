@@ -175,10 +175,15 @@ def ledger_rows(batch: Batch, duplicates: list[AnyEvent]) -> LedgerColumns:
     dead = [None] * len(batch.dead_sources)
     # Column by column, each a plain comprehension with no function call per event: this
     # runs for every message of every batch.
-    status = ["applied_by_api" if e.event_id.startswith(API_EVENT_PREFIXES) else "applied" for e in events]
+    status = [
+        "applied_by_api" if e.event_id.startswith(API_EVENT_PREFIXES) else "applied" for e in events
+    ]
     if duplicates:
         repeated = {id(e) for e in duplicates}
-        status = ["duplicate" if s == "applied" and id(e) in repeated else s for e, s in zip(events, status, strict=True)]
+        status = [
+            "duplicate" if s == "applied" and id(e) in repeated else s
+            for e, s in zip(events, status, strict=True)
+        ]
     return LedgerColumns(
         sources=batch.sources + [source for source, _ in batch.dead_sources],
         event_id=[e.event_id for e in events] + dead,
@@ -203,7 +208,9 @@ def _correlation_header(headers: list[tuple[str, str | bytes | None]]) -> str | 
 
 def _unexpected(step: str, exc: BaseException) -> str:
     metrics.UNEXPECTED.labels(step).inc()
-    log.error("unexpected %s in %s; the message is dead-lettered", type(exc).__name__, step, exc_info=exc)
+    log.error(
+        "unexpected %s in %s; the message is dead-lettered", type(exc).__name__, step, exc_info=exc
+    )
     return f"internal error in {step}: {type(exc).__name__}"
 
 
@@ -219,7 +226,11 @@ def _log_dead_letter(topic: str, partition: int, offset: int, reason: str, cid: 
 def _as_written(changes: ChangeSet) -> Written:
     """What ``_written`` holds of the change set's skus once it landed (the script adds 1
     to the version it checked)."""
-    return {w.sku: (w.expected_version + 1, w.state) for w in changes.skus if w.expected_version is not None}
+    return {
+        w.sku: (w.expected_version + 1, w.state)
+        for w in changes.skus
+        if w.expected_version is not None
+    }
 
 
 def _by_sku(events: Iterable[AnyEvent]) -> dict[str, list[str]]:
@@ -320,7 +331,9 @@ class StreamProjector:
             list(self.options.topics), on_assign=self._on_assign, on_revoke=self._on_revoke
         )
         flushing = threading.Event()
-        flusher = threading.Thread(target=self._flush_loop, args=(flushing,), name="ledger-flush", daemon=True)
+        flusher = threading.Thread(
+            target=self._flush_loop, args=(flushing,), name="ledger-flush", daemon=True
+        )
         flusher.start()
         # The loop's objects die by reference count, but the cyclic collector runs each time
         # ~700 new containers outlive their statement and walks all of them: a large batch
@@ -406,15 +419,20 @@ class StreamProjector:
             messages.extend(more)
         return messages, generation
 
-    def process(self, messages: list[Message], batch: Batch | None = None, read_ahead: bool = False) -> None:
+    def process(
+        self, messages: list[Message], batch: Batch | None = None, read_ahead: bool = False
+    ) -> None:
         """Apply one consumed batch (``batch``: its messages decoded already), publish its
         availability events and commit it. With ``read_ahead`` the next batch is consumed and
         decoded while this one's Redis write is in flight, and kept for the loop."""
         try:
             self._process(messages, batch or self.decode(messages), read_ahead)
         except BatchAbandoned:
-            log.info("partitions changed hands before a batch of %d messages was written; "
-                     "it is consumed again from the offsets in Redis", len(messages))
+            log.info(
+                "partitions changed hands before a batch of %d messages was written; "
+                "it is consumed again from the offsets in Redis",
+                len(messages),
+            )
 
     def _process(self, messages: list[Message], batch: Batch, read_ahead: bool) -> None:
         started = time.perf_counter()
@@ -475,7 +493,9 @@ class StreamProjector:
             given = _correlation_header(headers) if headers else None
             try:
                 if len(value) > limit:
-                    raise InvalidEvent(f"message of {len(value)} bytes exceeds the limit of {limit} bytes")
+                    raise InvalidEvent(
+                        f"message of {len(value)} bytes exceeds the limit of {limit} bytes"
+                    )
                 event = decode(value, known)
             except InvalidEvent as exc:
                 reason = exc.reason
@@ -491,7 +511,9 @@ class StreamProjector:
             dead_sources.append(((topic, partition, offset, value, cid), reason))
             _log_dead_letter(topic, partition, offset, reason, cid)
         self.stats.consumed += len(sources) + len(dead_sources)
-        offsets = {offset_field(topic, partition): n for (topic, partition), n in next_offsets.items()}
+        offsets = {
+            offset_field(topic, partition): n for (topic, partition), n in next_offsets.items()
+        }
         generation = self._rebalances if generation is None else generation
         return Batch(events, sources, dead, dead_sources, offsets, generation)
 
@@ -524,7 +546,9 @@ class StreamProjector:
                 self.stats.prepared += 1
             else:
                 now = self.clock()
-                result, changes = self._fold(events, by_sku, offsets, batch, now, self._known(by_sku, {}))
+                result, changes = self._fold(
+                    events, by_sku, offsets, batch, now, self._known(by_sku, {})
+                )
             landing = self._landing = _as_written(changes)
             try:
                 conflicts = self._write(changes, now, meanwhile)
@@ -568,7 +592,9 @@ class StreamProjector:
                 raise  # not caused by any event alone: a defect to see, not to hide
             raise Unfoldable(culprits) from exc
 
-    def _culprits(self, events: list[AnyEvent], offsets: dict[str, int], now: int, known: Known) -> dict[int, str]:
+    def _culprits(
+        self, events: list[AnyEvent], offsets: dict[str, int], now: int, known: Known
+    ) -> dict[int, str]:
         """The events (by index) whose fold raises, with the reason to dead-letter them.
 
         Rare (a defect), so simple: a sku's events are folded alone, and a sku that fails
@@ -590,7 +616,9 @@ class StreamProjector:
                     culprits[index] = _unexpected("fold", error)
         return culprits
 
-    def _folds(self, events: list[AnyEvent], offsets: dict[str, int], now: int, known: Known) -> Exception | None:
+    def _folds(
+        self, events: list[AnyEvent], offsets: dict[str, int], now: int, known: Known
+    ) -> Exception | None:
         try:
             self._fold_unguarded(events, _by_sku(events), offsets, None, now, known)
         except Exception as exc:
@@ -612,14 +640,20 @@ class StreamProjector:
         if result.duplicates:
             applied_ids = _by_sku(result.applied)
         touched = [result.states[sku] for sku in by_sku if sku in result.touched]
-        changes = build_changeset(touched, versions, self.projector, now, seen=applied_ids, offsets=offsets)
+        changes = build_changeset(
+            touched, versions, self.projector, now, seen=applied_ids, offsets=offsets
+        )
         changes.assumed_server, changes.marked = self._server, marked
         if self.ledger is not None and batch is not None:
             # Staged with the state and the offsets: see streams/ledger.py.
-            changes.ledger = self.ledger.stage(ledger_rows(batch, result.duplicates), applied_at_us=now)
+            changes.ledger = self.ledger.stage(
+                ledger_rows(batch, result.duplicates), applied_at_us=now
+            )
         return result, changes
 
-    def _set_aside(self, messages: list[Message], batch: Batch, culprits: dict[int, str]) -> list[Outgoing]:
+    def _set_aside(
+        self, messages: list[Message], batch: Batch, culprits: dict[int, str]
+    ) -> list[Outgoing]:
         """Move the events that cannot be folded from the batch to its dead letters."""
         by_position = {_position(m): m for m in messages}
         dead: list[Outgoing] = []
@@ -647,7 +681,9 @@ class StreamProjector:
         landing = self._landing
         now = self.clock()
         epoch = self._epoch
-        result, changes = self._fold(batch.events, by_sku, batch.offsets, batch, now, self._known(by_sku, landing))
+        result, changes = self._fold(
+            batch.events, by_sku, batch.offsets, batch, now, self._known(by_sku, landing)
+        )
         return Prepared(batch, epoch, now, result, changes)
 
     def _known(self, by_sku: dict[str, list[str]], landing: Written) -> Known:
@@ -807,7 +843,9 @@ class StreamProjector:
                         1
                         for state in states
                         for r in state.reservations
-                        if r.created and not r.released and self._expiry_seen_until < r.expires_at <= now
+                        if r.created
+                        and not r.released
+                        and self._expiry_seen_until < r.expires_at <= now
                     )
                 )
                 if changes.outbox:
@@ -855,7 +893,11 @@ class StreamProjector:
     def _delivered(self, outbox_id: str, err: KafkaError | None, _msg: Message) -> None:
         if err is not None and outbox_id not in self._failed:
             self._failed.add(outbox_id)
-            log.warning("availability events of write %s not delivered (%s); they stay in the outbox", outbox_id, err)
+            log.warning(
+                "availability events of write %s not delivered (%s); they stay in the outbox",
+                outbox_id,
+                err,
+            )
         counts = self._in_flight[outbox_id]
         counts[0] -= 1
         if counts[0]:
@@ -871,7 +913,9 @@ class StreamProjector:
         self.producer.producer.flush(timeout_s)
         try:
             self._ack_delivered()
-        except self.store.transient_errors as exc:  # the entries stay in the outbox: published again
+        except (
+            self.store.transient_errors
+        ) as exc:  # the entries stay in the outbox: published again
             log.warning("could not clear the outbox on shutdown: %s", exc)
 
     def _ack_delivered(self) -> None:
@@ -1024,7 +1068,9 @@ class StreamProjector:
         snapshot = self.book.snapshot(s.consumed, s.applied, s.duplicates, s.dead_lettered, s.swept)
         try:
             self.store.put_snapshot(self.book.instance, encode_snapshot(snapshot))
-        except self.store.transient_errors:  # figures for people; the loop's own retries handle Redis
+        except (
+            self.store.transient_errors
+        ):  # figures for people; the loop's own retries handle Redis
             pass
 
     def _touch_alive(self) -> None:

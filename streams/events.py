@@ -74,7 +74,9 @@ class Inbound(Event, tag="inbound", frozen=True):
 AnyEvent = BinMovement | BinCount | ReservationCreated | ReservationReleased | Inbound
 
 # Each event class and its ``type`` tag, for the ledger and the metrics.
-TAGS: Final[dict[type, str]] = {kind: str(kind.__struct_config__.tag) for kind in get_args(AnyEvent)}
+TAGS: Final[dict[type, str]] = {
+    kind: str(kind.__struct_config__.tag) for kind in get_args(AnyEvent)
+}
 
 # Built once and reused: msgspec decoders are cheapest when constructed a single time.
 _decoder: Final = msgspec.json.Decoder(AnyEvent)

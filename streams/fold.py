@@ -64,10 +64,14 @@ class _Work:
     def freeze(self, now_us: int, window_us: int) -> SkuState:
         horizon = now_us - window_us
         bins = tuple(
-            b for b in self.bins.values() if b.quantity != 0 or (b.counted_at and b.counted_at > horizon)
+            b
+            for b in self.bins.values()
+            if b.quantity != 0 or (b.counted_at and b.counted_at > horizon)
         )
         reservations = tuple(
-            r for r in self.reservations.values() if (closed := _closed_since(r, now_us)) == 0 or closed > horizon
+            r
+            for r in self.reservations.values()
+            if (closed := _closed_since(r, now_us)) == 0 or closed > horizon
         )
         inbound = tuple(
             i for i in self.inbound.values() if i.quantity > 0 or i.occurred_at > horizon
@@ -165,7 +169,9 @@ def _move(work: _Work, key: BinKey, delta: int, event: BinMovement) -> None:
     # The movement's time matters only against a count, so it is converted only then.
     if current.counted_at and to_us(event.occurred_at) < current.counted_at:
         return  # the count already includes this movement
-    work.bins[key] = BinStock(current.location, current.bin, current.status, current.quantity + delta, current.counted_at)
+    work.bins[key] = BinStock(
+        current.location, current.bin, current.status, current.quantity + delta, current.counted_at
+    )
 
 
 def _apply_count(work: _Work, event: BinCount, now_us: int) -> None:
@@ -173,7 +179,9 @@ def _apply_count(work: _Work, event: BinCount, now_us: int) -> None:
     key = (event.location, event.bin, event.status)
     current = work.bins.get(key)
     if current is None:
-        work.bins[key] = BinStock(intern(key[0]), intern(key[1]), intern(key[2]), event.quantity, at)
+        work.bins[key] = BinStock(
+            intern(key[0]), intern(key[1]), intern(key[2]), event.quantity, at
+        )
     elif not (current.counted_at and at < current.counted_at):  # else an older count
         work.bins[key] = BinStock(current.location, current.bin, current.status, event.quantity, at)
 

@@ -104,7 +104,9 @@ class ReliableProducer:
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
 
-    def _produce(self, item: Outgoing, callback: Callable[[KafkaError | None, Message], None]) -> None:
+    def _produce(
+        self, item: Outgoing, callback: Callable[[KafkaError | None, Message], None]
+    ) -> None:
         while True:
             try:
                 self.producer.produce(
@@ -165,7 +167,9 @@ class AsyncPublisher:
                 raise ProduceFailed("the publisher is closed")
             if self.producer is None:
                 self.producer = Producer(self.config)
-                self._thread = threading.Thread(target=self._poll, name="atp-publisher", daemon=True)
+                self._thread = threading.Thread(
+                    target=self._poll, name="atp-publisher", daemon=True
+                )
                 self._thread.start()
             return self.producer
 
@@ -183,7 +187,11 @@ class AsyncPublisher:
         for item in messages:
             future: asyncio.Future[KafkaError | None] = loop.create_future()
 
-            def delivered(err: KafkaError | None, _msg: Message, future: asyncio.Future[KafkaError | None] = future) -> None:
+            def delivered(
+                err: KafkaError | None,
+                _msg: Message,
+                future: asyncio.Future[KafkaError | None] = future,
+            ) -> None:
                 loop.call_soon_threadsafe(_settle, future, err)
 
             while True:

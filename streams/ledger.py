@@ -184,7 +184,11 @@ class Ledger:
             },
             schema=SCHEMA,
         )
-        order = [("source_topic", "ascending"), ("source_partition", "ascending"), ("source_offset", "ascending")]
+        order = [
+            ("source_topic", "ascending"),
+            ("source_partition", "ascending"),
+            ("source_offset", "ascending"),
+        ]
         table = table.take(pc.sort_indices(table, sort_keys=order))
         topics = pc.dictionary_encode(table["source_topic"]).combine_chunks()
         topic_of = topics.indices.to_numpy().astype(np.int64)
@@ -196,7 +200,9 @@ class Ledger:
         offsets = table["source_offset"].to_numpy()
         staged = {}
         for start, end in zip(starts, ends, strict=True):
-            field = staged_field(topic_names[topic_of[start]], int(partitions[start]), int(offsets[start]))
+            field = staged_field(
+                topic_names[topic_of[start]], int(partitions[start]), int(offsets[start])
+            )
             staged[field] = to_ipc(table.slice(start, end - start))
         return staged
 

@@ -11,9 +11,13 @@ EVENTS: Final = Counter(
     "Events by type and outcome: consumed, applied, duplicate, dead_letter",
     ["type", "outcome"],
 )
-LAG: Final = Gauge("atp_consumer_lag_messages", "Messages behind the partition's end", ["topic", "partition"])
+LAG: Final = Gauge(
+    "atp_consumer_lag_messages", "Messages behind the partition's end", ["topic", "partition"]
+)
 BATCH_SIZE: Final = Histogram(
-    "atp_consumer_batch_size", "Messages per consumed batch", buckets=(1, 10, 50, 100, 500, 1000, 5000, 20000)
+    "atp_consumer_batch_size",
+    "Messages per consumed batch",
+    buckets=(1, 10, 50, 100, 500, 1000, 5000, 20000),
 )
 FOLD_SECONDS: Final = Histogram(
     "atp_fold_duration_seconds",
@@ -33,7 +37,8 @@ CONFLICTS: Final = Counter(
 )
 PUBLISHED: Final = Counter("atp_availability_events_total", "Availability events published")
 EXPIRED: Final = Counter(
-    "atp_reservation_expiries_total", "Reservations that stopped counting when their expires_at passed"
+    "atp_reservation_expiries_total",
+    "Reservations that stopped counting when their expires_at passed",
 )
 UNEXPECTED: Final = Counter(
     "atp_dead_letters_unexpected_total",

@@ -85,7 +85,9 @@ class Projector:
         # Hoisted out of the loop, which runs per sku and record of every batch.
         sellable = self.sellable
         where_of = loc.get
-        overridden = [(c, overrides) for c, overrides in enumerate(self.config_overrides) if overrides]
+        overridden = [
+            (c, overrides) for c, overrides in enumerate(self.config_overrides) if overrides
+        ]
         for s, state in enumerate(states):
             base = s * n_locations
             for b in state.bins:
@@ -142,7 +144,13 @@ class Projector:
         channels = list(enumerate(self.network.channels))
         encode = _encoder.encode
         for s, state in enumerate(states):
-            sku, ats_s, on_hand_s, reserved_s, safety_s = state.sku, ats[s], on_hand[s], reserved[s], safety[s]
+            sku, ats_s, on_hand_s, reserved_s, safety_s = (
+                state.sku,
+                ats[s],
+                on_hand[s],
+                reserved[s],
+                safety[s],
+            )
             documents[sku] = {
                 name: encode(
                     Availability(name, sku, ats_s[c], on_hand_s[c], reserved_s[c], safety_s[c],

@@ -44,7 +44,9 @@ class SnapshotBook:
         # Reasons carry the offending value after the first ' - '; group by the rule.
         self.dead.append((at or time.time(), reason.split(" - ", 1)[0][:160]))
 
-    def snapshot(self, consumed: int, applied: int, duplicates: int, dead_lettered: int, swept: int) -> ConsumerSnapshot:
+    def snapshot(
+        self, consumed: int, applied: int, duplicates: int, dead_lettered: int, swept: int
+    ) -> ConsumerSnapshot:
         now = time.time()
         while self.dead and self.dead[0][0] < now - WINDOW_S:
             self.dead.popleft()

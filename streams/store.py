@@ -45,7 +45,9 @@ class Store(Protocol):
 
     transient_errors: tuple[type[Exception], ...]
 
-    def read(self, skus: Sequence[str], event_ids: Mapping[str, Sequence[str]] | None = None) -> Snapshot: ...
+    def read(
+        self, skus: Sequence[str], event_ids: Mapping[str, Sequence[str]] | None = None
+    ) -> Snapshot: ...
 
     def write(self, changes: ChangeSet, now_ms: int) -> list[str]:
         """Apply atomically. Returns the skus whose version moved since the change set was

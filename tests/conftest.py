@@ -172,10 +172,18 @@ class Stack:
 
     def producer(self) -> Producer:
         return Producer(
-            {"bootstrap.servers": self.settings.kafka.bootstrap, "linger.ms": 2, "enable.idempotence": True}
+            {
+                "bootstrap.servers": self.settings.kafka.bootstrap,
+                "linger.ms": 2,
+                "enable.idempotence": True,
+            }
         )
 
-    def produce(self, events: list[dict[str, Any]] | list[tuple[str, bytes, bytes]], producer: Producer | None = None) -> None:
+    def produce(
+        self,
+        events: list[dict[str, Any]] | list[tuple[str, bytes, bytes]],
+        producer: Producer | None = None,
+    ) -> None:
         """Produce event dicts (topic chosen by type) or raw (topic, key, value) triples."""
         own = producer is None
         p = producer or self.producer()
@@ -183,7 +191,11 @@ class Stack:
             if isinstance(item, tuple):
                 topic, key, value = item
             else:
-                topic, key, value = self.topic_for(item), str(item.get("sku", "")).encode(), msgspec.json.encode(item)
+                topic, key, value = (
+                    self.topic_for(item),
+                    str(item.get("sku", "")).encode(),
+                    msgspec.json.encode(item),
+                )
             p.produce(topic, key=key, value=value)
             p.poll(0)
         if own:
@@ -213,7 +225,16 @@ class Stack:
         port = free_port()
         log = open(self.tmp / f"api-{port}.log", "ab")  # noqa: SIM115
         process = subprocess.Popen(
-            [sys.executable, "-m", "atp_service.cli", "serve", "--port", str(port), "--workers", str(workers)],
+            [
+                sys.executable,
+                "-m",
+                "atp_service.cli",
+                "serve",
+                "--port",
+                str(port),
+                "--workers",
+                str(workers),
+            ],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -222,7 +243,9 @@ class Stack:
         base = f"http://127.0.0.1:{port}"
         import httpx
 
-        wait_until(lambda: httpx.get(f"{base}/healthz", timeout=1).status_code == 200, 30, "the API")
+        wait_until(
+            lambda: httpx.get(f"{base}/healthz", timeout=1).status_code == 200, 30, "the API"
+        )
         return base
 
     def logs(self) -> str:
@@ -245,13 +268,19 @@ class Stack:
 def stack(redis_url: str, broker_bootstrap: str, tmp_path: Path) -> Iterator[Stack]:
     prefix = f"t{uuid.uuid4().hex[:10]}"
     text = config_text(
-        redis_url, broker_bootstrap, prefix=prefix, group_id=f"g-{prefix}", ledger_dir=str(tmp_path / "ledger")
+        redis_url,
+        broker_bootstrap,
+        prefix=prefix,
+        group_id=f"g-{prefix}",
+        ledger_dir=str(tmp_path / "ledger"),
     )
     path = tmp_path / "atp.toml"
     path.write_text(text)
     settings_ = parse_config(text)
     t = settings_.topics
-    create_topics(broker_bootstrap, [t.movements, t.reservations, t.inbound, t.dead_letter, t.availability])
+    create_topics(
+        broker_bootstrap, [t.movements, t.reservations, t.inbound, t.dead_letter, t.availability]
+    )
     world = Stack(settings_, path, tmp_path)
     yield world
     world.stop_all()

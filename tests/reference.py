@@ -43,11 +43,15 @@ import msgspec
 
 from atp_service.config import Settings
 
-EVENT_TYPES = ("bin_movement", "bin_count", "reservation_created", "reservation_released", "inbound")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_RFC3339 = re.compile(
-    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
+EVENT_TYPES = (
+    "bin_movement",
+    "bin_count",
+    "reservation_created",
+    "reservation_released",
+    "inbound",
 )
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 MAX_ID_LENGTH = 200
 MAX_QUANTITY = 1_000_000_000
@@ -234,7 +238,11 @@ class ReferenceModel:
                 on_hand += quantity
         reserved = 0
         for (s, _rid), reservation in self.reservations.items():
-            if s == sku and reservation.created is not None and reservation.created[1] in c.locations:
+            if (
+                s == sku
+                and reservation.created is not None
+                and reservation.created[1] in c.locations
+            ):
                 reserved += reservation.open_quantity(now)
         safety = self.safety_stock(channel, sku)
         net = on_hand - reserved

@@ -25,7 +25,10 @@ REQUEST_BODIES: Final[tuple[type[msgspec.Struct], ...]] = (
     BatchRequest,
     SafetyStock,
 )
-ORDER_ROUTES: Final = {"ReadOrder": "V1AllocationsOrderIdRead", "ReleaseOrder": "V1AllocationsOrderIdRemove"}
+ORDER_ROUTES: Final = {
+    "ReadOrder": "V1AllocationsOrderIdRead",
+    "ReleaseOrder": "V1AllocationsOrderIdRemove",
+}
 
 
 def complete(document: OpenAPI) -> OpenAPI:

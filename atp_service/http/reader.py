@@ -77,7 +77,9 @@ class AvailabilityReader:
         self._stopping = True
         deadline = time.monotonic() + STOP_S
         while True:
-            running = [task for task in (self._task, self._beat) if task is not None and not task.done()]
+            running = [
+                task for task in (self._task, self._beat) if task is not None and not task.done()
+            ]
             if not running:
                 return
             left = deadline - time.monotonic()

@@ -15,7 +15,13 @@ from streams.projector import Availability
 SKU_IN_PATH: Final = r"^[^\x00-\x1f\x7f/]{1,200}$"
 CHANNEL_NAME: Final = r"^[A-Za-z0-9_.\-]{1,64}$"
 SkuParam = Annotated[
-    str, Parameter(pattern=SKU_IN_PATH, min_length=1, max_length=200, description="1 to 200 printable characters, no /")
+    str,
+    Parameter(
+        pattern=SKU_IN_PATH,
+        min_length=1,
+        max_length=200,
+        description="1 to 200 printable characters, no /",
+    ),
 ]
 ChannelParam = Annotated[str, Parameter(pattern=CHANNEL_NAME, min_length=1, max_length=64)]
 

@@ -104,7 +104,9 @@ def run_dev(port: int = 8000, skus: int = 300, rate: float = 50.0, run_dir: str 
         settings = parse_config(config_text)
         bootstrap = settings.kafka.bootstrap
         t = settings.topics
-        create_topics(bootstrap, [t.movements, t.reservations, t.inbound, t.dead_letter, t.availability])
+        create_topics(
+            bootstrap, [t.movements, t.reservations, t.inbound, t.dead_letter, t.availability]
+        )
         env = {**os.environ, "ATP_CONFIG": str(config_path)}
         atp = [sys.executable, "-m", "atp_service.cli"]
         for command in (["consume"], ["serve", "--port", str(port)]):
@@ -124,7 +126,11 @@ def run_dev(port: int = 8000, skus: int = 300, rate: float = 50.0, run_dir: str 
         )
         _feed(settings.kafka.bootstrap, settings, skus, rate, stop, exited)
     except _Exited as exc:
-        print(f"\natp dev: {exc}; stopping everything (its message is above).", file=sys.stderr, flush=True)
+        print(
+            f"\natp dev: {exc}; stopping everything (its message is above).",
+            file=sys.stderr,
+            flush=True,
+        )
         status = 1
     except KeyboardInterrupt:
         pass
@@ -155,9 +161,16 @@ def _http_ok(port: int) -> bool:
 
 
 def _feed(  # type: ignore[no-untyped-def]
-    bootstrap: str, settings, skus: int, rate: float, stop: threading.Event, exited: Callable[[], str | None]
+    bootstrap: str,
+    settings,
+    skus: int,
+    rate: float,
+    stop: threading.Event,
+    exited: Callable[[], str | None],
 ) -> None:
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5}
+    )
     topics = {
         "movements": settings.topics.movements,
         "reservations": settings.topics.reservations,

@@ -142,7 +142,11 @@ def _port_open(port: int) -> bool:
 def create_topics(bootstrap: str, topics: Sequence[str], partitions: int = 3) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
     existing = set(admin.list_topics(timeout=10).topics)
-    wanted = [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in topics if t not in existing]
+    wanted = [
+        NewTopic(t, num_partitions=partitions, replication_factor=1)
+        for t in topics
+        if t not in existing
+    ]
     if not wanted:
         return
     for future in admin.create_topics(wanted, operation_timeout=10).values():

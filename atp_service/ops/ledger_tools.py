@@ -175,7 +175,9 @@ def rebuild(settings: Settings, console: Console) -> int:
                 msgspec.structs.replace(data.states[s], safety_stock=overrides.get(s, {}))
                 for s in chunk
             ]
-            changes = build_changeset(states, {}, projector, now, seen={s: data.seen.get(s, []) for s in chunk})
+            changes = build_changeset(
+                states, {}, projector, now, seen={s: data.seen.get(s, []) for s in chunk}
+            )
             for write in changes.skus:
                 write.expected_version = None
             store.write(changes, now // 1000)
@@ -214,7 +216,9 @@ def verify(settings: Settings, console: Console) -> int:
     for name in sorted(set(data.offsets) | set(stored)):
         if data.offsets.get(name) != stored.get(name):
             where = name.replace("\x1f", "/")
-            differences.append(("-", where, "next offset", data.offsets.get(name), stored.get(name)))
+            differences.append(
+                ("-", where, "next offset", data.offsets.get(name), stored.get(name))
+            )
     skus = sorted(redis_skus | set(data.states))
     for i in range(0, len(skus), CHUNK):
         chunk = skus[i : i + CHUNK]
@@ -240,8 +244,12 @@ def verify(settings: Settings, console: Console) -> int:
                 have = _doc_decoder.decode(raw)
                 for attr in ("available_to_sell", "on_hand", "reserved", "safety_stock", "atp"):
                     if getattr(want, attr) != getattr(have, attr):
-                        differences.append((s, channel, attr, getattr(want, attr), getattr(have, attr)))
-            differences += _raw_differences(s, data.states.get(s), in_redis[s], projector.sellable, now)
+                        differences.append(
+                            (s, channel, attr, getattr(want, attr), getattr(have, attr))
+                        )
+            differences += _raw_differences(
+                s, data.states.get(s), in_redis[s], projector.sellable, now
+            )
     if not differences:
         console.print(f"Redis matches the ledger: {len(skus)} skus, {data.events} events.")
         return 0
@@ -296,10 +304,22 @@ def history(settings: Settings, console: Console, sku: str, location: str | None
         params.append(location)
     rows = connection.execute(query + " ORDER BY applied_at, source_offset", params).fetchall()
     table = Table(title=f"ledger of {sku}" + (f" at {location}" if location else ""))
-    for column in ("applied_at", "occurred_at", "type", "event_id", "location", "channel", "qty", "status", "source"):
+    for column in (
+        "applied_at",
+        "occurred_at",
+        "type",
+        "event_id",
+        "location",
+        "channel",
+        "qty",
+        "status",
+        "source",
+    ):
         table.add_column(column)
     for row in rows:
-        table.add_row(*(str(v) if v is not None else "" for v in row[:8]), f"{row[8]}/{row[9]}@{row[10]}")
+        table.add_row(
+            *(str(v) if v is not None else "" for v in row[:8]), f"{row[8]}/{row[9]}@{row[10]}"
+        )
     console.print(table)
     return 0
 

@@ -58,7 +58,13 @@ READ_CHUNK: Final = 2000  # skus per script call: bounds the time Redis is busy 
 def script_arguments(
     changes: ChangeSet, *, group_id: str, now_ms: int, seen_cutoff_ms: int, publish: bool = True
 ) -> tuple[list[str], list[Any]]:
-    key_list = [keys.DUE, keys.offsets_key(group_id), keys.OUTBOX, keys.INITIALIZED, keys.LEDGER_STAGED]
+    key_list = [
+        keys.DUE,
+        keys.offsets_key(group_id),
+        keys.OUTBOX,
+        keys.INITIALIZED,
+        keys.LEDGER_STAGED,
+    ]
     args: list[Any] = [
         len(changes.skus), seen_cutoff_ms, now_ms, keys.INVALIDATIONS if publish else "",
         changes.assumed_server,
@@ -157,7 +163,9 @@ def _conflicts(changes: ChangeSet, reply: list[Any]) -> list[str]:
     out = []
     for item in reply:
         if item == REPLACED:
-            raise ServerReplaced("the Redis server is not the one the write's assumptions came from")
+            raise ServerReplaced(
+                "the Redis server is not the one the write's assumptions came from"
+            )
         if isinstance(item, bytes):  # a sku whose marks lack an id taken as applied
             out.append(item.decode())
             continue
@@ -183,7 +191,9 @@ class RedisStore:
         self._write = client.register_script(WRITE_SCRIPT)
         self._read = client.register_script(READ_SCRIPT)
 
-    def read(self, skus: Sequence[str], event_ids: Mapping[str, Sequence[str]] | None = None) -> Snapshot:
+    def read(
+        self, skus: Sequence[str], event_ids: Mapping[str, Sequence[str]] | None = None
+    ) -> Snapshot:
         replies = [self._read(keys=k, args=a) for k, a in read_calls(skus, event_ids or {})]
         return _snapshot(skus, replies)
 

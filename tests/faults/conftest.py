@@ -17,7 +17,9 @@ def make_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Calla
     every process it started is stopped at the end."""
     made: list[Stack] = []
 
-    def make(redis_url: str | None = None, bootstrap: str | None = None, extra_consumer: str = "") -> Stack:
+    def make(
+        redis_url: str | None = None, bootstrap: str | None = None, extra_consumer: str = ""
+    ) -> Stack:
         url = redis_url or request.getfixturevalue("redis_url")
         servers = bootstrap or request.getfixturevalue("broker_bootstrap")
         directory = tmp_path / f"stack-{len(made)}"

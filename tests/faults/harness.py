@@ -108,7 +108,9 @@ def home_partition(sku: str) -> int:
 
 
 def redis_for(stack: Stack) -> redis.Redis:
-    return redis.Redis.from_url(stack.settings.redis.url, socket_connect_timeout=2, socket_timeout=10)
+    return redis.Redis.from_url(
+        stack.settings.redis.url, socket_connect_timeout=2, socket_timeout=10
+    )
 
 
 def stored_offsets(client: redis.Redis, settings: Settings) -> dict[tuple[str, int], int]:
@@ -156,7 +158,12 @@ def wait_consumed(
 
 
 def wait_applying(
-    stack: Stack, client: redis.Redis, consumer: subprocess.Popen[bytes], before: int, who: str, timeout: float = 60
+    stack: Stack,
+    client: redis.Redis,
+    consumer: subprocess.Popen[bytes],
+    before: int,
+    who: str,
+    timeout: float = 60,
 ) -> int:
     """Wait until the consumer has applied more than ``before`` messages; fail at once if it exits."""
     deadline = time.monotonic() + timeout
@@ -166,7 +173,9 @@ def wait_applying(
             return applied
         code = consumer.poll()
         if code is not None:
-            raise AssertionError(f"{who} exited with code {code} instead of consuming:\n{tail(stack.logs())}")
+            raise AssertionError(
+                f"{who} exited with code {code} instead of consuming:\n{tail(stack.logs())}"
+            )
         if time.monotonic() > deadline:
             raise AssertionError(f"{who} applied nothing within {timeout}s:\n{tail(stack.logs())}")
         time.sleep(0.02)
@@ -204,10 +213,16 @@ def read_all(bootstrap: str, topic: str, timeout: float = 60.0) -> list[Any]:
         consumer.close()
 
 
-def partition_ends(bootstrap: str, topics: Iterable[str], timeout: float = 30.0) -> dict[tuple[str, int], int]:
+def partition_ends(
+    bootstrap: str, topics: Iterable[str], timeout: float = 30.0
+) -> dict[tuple[str, int], int]:
     """The end offset of every non-empty partition, read from the log itself (fetch to EOF)."""
     consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": f"ends-{uuid.uuid4().hex}", "enable.partition.eof": True}
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"ends-{uuid.uuid4().hex}",
+            "enable.partition.eof": True,
+        }
     )
     try:
         wanted = [(t, p) for t in topics for p in range(PARTITIONS)]
@@ -251,7 +266,9 @@ def sku_keys(client: redis.Redis) -> set[str]:
     return out
 
 
-def documents(client: redis.Redis, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any] | None]:
+def documents(
+    client: redis.Redis, pairs: list[tuple[str, str]]
+) -> dict[tuple[str, str], dict[str, Any] | None]:
     pipe = client.pipeline(transaction=False)
     for channel, sku in pairs:
         pipe.hget(keys.sku_key(sku), projection_field(channel))
@@ -262,7 +279,9 @@ def documents(client: redis.Redis, pairs: list[tuple[str, str]]) -> dict[tuple[s
 
 
 def projection_differences(
-    client: redis.Redis, model: ReferenceModel, expected: dict[tuple[str, str], dict[str, Any]] | None = None
+    client: redis.Redis,
+    model: ReferenceModel,
+    expected: dict[tuple[str, str], dict[str, Any]] | None = None,
 ) -> list[str]:
     """Every (channel, sku) document in Redis against the reference; [] when equal."""
     in_redis = sku_keys(client)
@@ -355,11 +374,17 @@ def atp_cli(stack: Stack, *args: str, timeout: float = 180) -> subprocess.Comple
 
 def assert_verify_clean(stack: Stack) -> None:
     result = atp_cli(stack, "verify")
-    assert result.returncode == 0, f"atp verify found differences:\n{result.stdout}\n{result.stderr}"
+    assert result.returncode == 0, (
+        f"atp verify found differences:\n{result.stdout}\n{result.stderr}"
+    )
 
 
 def assert_exactly_once(
-    stack: Stack, client: redis.Redis, model: ReferenceModel, duplicates: int = 0, ignore_marks: tuple[str, ...] = ()
+    stack: Stack,
+    client: redis.Redis,
+    model: ReferenceModel,
+    duplicates: int = 0,
+    ignore_marks: tuple[str, ...] = (),
 ) -> None:
     """None lost, none applied twice: ledger and dedupe marks hold each applied event once."""
     applied = sorted(model.applied_ids)
@@ -371,7 +396,9 @@ def assert_exactly_once(
         f"missing {sorted(set(applied) - set(ledgered))[:5]}, extra {sorted(set(ledgered) - set(applied))[:5]}"
     )
     assert summary.by_status.get("duplicate", 0) == duplicates, summary.by_status
-    marks = [m for m in seen_ids(client, model.skus) if not (ignore_marks and m.startswith(ignore_marks))]
+    marks = [
+        m for m in seen_ids(client, model.skus) if not (ignore_marks and m.startswith(ignore_marks))
+    ]
     assert sorted(marks) == applied, "the dedupe marks in Redis differ from the applied events"
 
 
@@ -385,11 +412,15 @@ class Tracked:
         self.producer = Producer(
             {"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True, **config}
         )
-        self.delivered: dict[int, tuple[str, int, int, float]] = {}  # n -> (topic, partition, offset, when)
+        self.delivered: dict[
+            int, tuple[str, int, int, float]
+        ] = {}  # n -> (topic, partition, offset, when)
         self.failed: dict[int, str] = {}
         self.sent = 0
 
-    def send(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None) -> int:
+    def send(
+        self, topic: str, key: bytes | None, value: bytes, partition: int | None = None
+    ) -> int:
         n = self.sent
         self.sent += 1
 
@@ -397,7 +428,12 @@ class Tracked:
             if err is not None:
                 self.failed[n] = str(err)
             else:
-                self.delivered[n] = (message.topic(), message.partition(), message.offset(), time.time())
+                self.delivered[n] = (
+                    message.topic(),
+                    message.partition(),
+                    message.offset(),
+                    time.time(),
+                )
 
         kwargs: dict[str, Any] = {"key": key, "value": value, "on_delivery": report}
         if partition is not None:
@@ -412,7 +448,9 @@ class Tracked:
         return n
 
     def event(self, settings: Settings, event: dict[str, Any], partition: int | None = None) -> int:
-        return self.send(topic_of(settings, event), str(event["sku"]).encode(), encode(event), partition)
+        return self.send(
+            topic_of(settings, event), str(event["sku"]).encode(), encode(event), partition
+        )
 
     def flush(self, timeout: float = 60) -> None:
         assert self.producer.flush(timeout) == 0, "messages still queued after the flush"
@@ -426,7 +464,9 @@ def encode(event: dict[str, Any]) -> bytes:
 class Paced(threading.Thread):
     """Produce events at ``rate`` per second until told to hurry (then all that is left)."""
 
-    def __init__(self, producer: Tracked, settings: Settings, events: list[dict[str, Any]], rate: float) -> None:
+    def __init__(
+        self, producer: Tracked, settings: Settings, events: list[dict[str, Any]], rate: float
+    ) -> None:
         super().__init__(daemon=True)
         self.producer = producer
         self.settings = settings
@@ -443,7 +483,11 @@ class Paced(threading.Thread):
         try:
             started = time.monotonic()
             while self.produced < len(self.events) and not self.stop.is_set():
-                target = len(self.events) if self.hurry.is_set() else int((time.monotonic() - started) * self.rate)
+                target = (
+                    len(self.events)
+                    if self.hurry.is_set()
+                    else int((time.monotonic() - started) * self.rate)
+                )
                 target = min(target, len(self.events))
                 while self.produced < target and not self.pause.is_set():
                     self.producer.event(self.settings, self.events[self.produced])
@@ -492,7 +536,12 @@ class Feed:
     def _base(self, kind: str, sku: str, at: int | None = None) -> dict[str, Any]:
         self.count += 1
         self.clock += 1000
-        event = {"type": kind, "event_id": f"{self.prefix}{self.seed}-{self.count}", "occurred_at": iso(at or self.clock), "sku": sku}
+        event = {
+            "type": kind,
+            "event_id": f"{self.prefix}{self.seed}-{self.count}",
+            "occurred_at": iso(at or self.clock),
+            "sku": sku,
+        }
         if self.rng.random() < 0.03:
             event["x_future_field"] = {"ignored": True}  # forward compatibility
         return event
@@ -515,7 +564,11 @@ class Feed:
         if not self.bins:
             return None
         for _ in range(6):
-            key = self.rng.choice(list(self.bins)) if sku is None else (sku, self.rng.choice(LOCATIONS), self._bin())
+            key = (
+                self.rng.choice(list(self.bins))
+                if sku is None
+                else (sku, self.rng.choice(LOCATIONS), self._bin())
+            )
             if self.bins.get(key, 0) > 0:
                 return key
         return None
@@ -528,12 +581,20 @@ class Feed:
             quantity = self.rng.randint(1, 40)
             status = "available" if self.rng.random() < 0.93 else "qc_hold"
             if status == "available":
-                self.bins[(sku, location, bin_)] = self.bins.get((sku, location, bin_), 0) + quantity
+                self.bins[(sku, location, bin_)] = (
+                    self.bins.get((sku, location, bin_), 0) + quantity
+                )
             return self._movement(sku, location, quantity, None, (bin_, status))
         if r < 0.42:  # reservation
             channel = self.rng.choice(list(CHANNEL_LOCATIONS))
-            location = self.rng.choice(CHANNEL_LOCATIONS[channel]) if self.rng.random() < 0.92 else "STORE-9"
-            if self.owed and self.rng.random() < 0.25:  # the reservation a shipment already consumed
+            location = (
+                self.rng.choice(CHANNEL_LOCATIONS[channel])
+                if self.rng.random() < 0.92
+                else "STORE-9"
+            )
+            if (
+                self.owed and self.rng.random() < 0.25
+            ):  # the reservation a shipment already consumed
                 rid, sku, channel, location = self.owed.pop(0)
             else:
                 rid = f"R{self.seed}-{self.count}"
@@ -547,7 +608,13 @@ class Feed:
             elif expiry < 0.12:
                 expires_at = iso(self.clock - 60_000_000)  # already expired
             event = self._base("reservation_created", sku)
-            event.update(reservation_id=rid, channel=channel, location=location, quantity=quantity, expires_at=expires_at)
+            event.update(
+                reservation_id=rid,
+                channel=channel,
+                location=location,
+                quantity=quantity,
+                expires_at=expires_at,
+            )
             self.created.append((sku, rid))
             if expires_at is None:
                 self.open.append((sku, rid, location, quantity))
@@ -589,7 +656,9 @@ class Feed:
             if self.rng.random() < 0.1:
                 event = self._base("bin_count", sku, at=self.clock - 600_000_000)
             elif self.rng.random() < 0.1:
-                return self._movement(sku, location, 2, None, (bin_, "available"), at=self.clock - 900_000_000)
+                return self._movement(
+                    sku, location, 2, None, (bin_, "available"), at=self.clock - 900_000_000
+                )
             else:
                 event = self._base("bin_count", sku)
                 self.bins[(sku, location, bin_)] = quantity
@@ -645,7 +714,9 @@ class TcpProxy:
         listener.settimeout(0.05)
         self._listener = listener
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, args=(listener, self._stop), daemon=True)
+        self._thread = threading.Thread(
+            target=self._accept, args=(listener, self._stop), daemon=True
+        )
         self._thread.start()
 
     @property

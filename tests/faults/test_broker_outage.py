@@ -59,7 +59,9 @@ def proxied_broker(tmp_path: Path) -> Iterator[tuple[Service, TcpProxy]]:
         "--storage-engine", "memory://tansu/",
     ]  # fmt: skip
     log = open(tmp_path / "broker.log", "ab")  # noqa: SIM115
-    service = Service("broker", real, subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT), argv)
+    service = Service(
+        "broker", real, subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT), argv
+    )
     proxy = TcpProxy(real, front)
     try:
         wait_until(lambda: not port_refuses(real), 20, "the proxied broker")
@@ -96,7 +98,9 @@ def test_broker_outage_consumer_catches_up_api_serves_last_values(
     watched = list(before.skus)[:50]
 
     def query() -> httpx.Response:
-        return httpx.post(f"{base}/v1/availability/web/query", json={"skus": watched}, headers=R, timeout=5)
+        return httpx.post(
+            f"{base}/v1/availability/web/query", json={"skus": watched}, headers=R, timeout=5
+        )
 
     last = {item["sku"]: item for item in query().json()["items"]}
     expected_last = before.expected(time.time_ns() // 1000, skus=watched)
@@ -112,17 +116,31 @@ def test_broker_outage_consumer_catches_up_api_serves_last_values(
     producer.flush()
     wait_consumed(client, stack, merged_ends(producer))
     last = {item["sku"]: item for item in query().json()["items"]}
-    expected_last_all = reference(settings, first + second[: flow.produced]).expected(time.time_ns() // 1000)
+    expected_last_all = reference(settings, first + second[: flow.produced]).expected(
+        time.time_ns() // 1000
+    )
     outage_started = time.time()
     cut = proxy.outage()
     flow.pause.clear()
     assert cut > 0, "no client was connected through the proxy"
     # An allocation while the broker is away: 503, and nothing stays reserved.
-    spare = next(sku for sku in before.skus if sku not in watched and expected_last_all[("web", sku)]["available_to_sell"] > 0)
-    order = {"order_id": "OUTAGE-1", "channel": "web", "lines": [{"line_id": "1", "sku": spare, "quantity": 1}]}
+    spare = next(
+        sku
+        for sku in before.skus
+        if sku not in watched and expected_last_all[("web", sku)]["available_to_sell"] > 0
+    )
+    order = {
+        "order_id": "OUTAGE-1",
+        "channel": "web",
+        "lines": [{"line_id": "1", "sku": spare, "quantity": 1}],
+    }
     pool = ThreadPoolExecutor(1)
     allocation = pool.submit(
-        httpx.post, f"{base}/v1/allocations", json=order, headers={"Authorization": f"Bearer {WRITE_KEY}"}, timeout=30
+        httpx.post,
+        f"{base}/v1/allocations",
+        json=order,
+        headers={"Authorization": f"Bearer {WRITE_KEY}"},
+        timeout=30,
     )
     assert port_refuses(proxy.port)
     served = 0
@@ -131,12 +149,16 @@ def test_broker_outage_consumer_catches_up_api_serves_last_values(
         assert reply.status_code == 200, reply.text
         for item in reply.json()["items"]:
             # The last values, as they were; as_of older than the outage, so their age shows.
-            assert item == last[item["sku"]], f"{item} changed during the outage (was {last[item['sku']]})"
+            assert item == last[item["sku"]], (
+                f"{item} changed during the outage (was {last[item['sku']]})"
+            )
             assert _as_of(item) < outage_started
         one = httpx.get(f"{base}/v1/availability/web/{watched[0]}", headers=R, timeout=5)
         assert one.status_code == 200 and one.json() == last[watched[0]]
         served += 1
-        assert consumer.poll() is None, f"the consumer exited during the outage:\n{tail(stack.logs())}"
+        assert consumer.poll() is None, (
+            f"the consumer exited during the outage:\n{tail(stack.logs())}"
+        )
         time.sleep(0.2)
     refused = allocation.result(timeout=30)
     pool.shutdown()
@@ -169,12 +191,20 @@ def test_broker_outage_consumer_catches_up_api_serves_last_values(
     model = reference(settings, first + second)
     assert_projection(client, model, " after the outage")
     after = {item["sku"]: item for item in query().json()["items"]}
-    assert any(_as_of(item) > resumed_at for item in after.values()), "no value was recomputed after the outage"
-    gone = httpx.get(f"{base}/v1/allocations/OUTAGE-1", headers={"Authorization": f"Bearer {WRITE_KEY}"}, timeout=5)
+    assert any(_as_of(item) > resumed_at for item in after.values()), (
+        "no value was recomputed after the outage"
+    )
+    gone = httpx.get(
+        f"{base}/v1/allocations/OUTAGE-1",
+        headers={"Authorization": f"Bearer {WRITE_KEY}"},
+        timeout=5,
+    )
     assert gone.status_code == 404, gone.text
     consumer.send_signal(signal.SIGTERM)
     assert consumer.wait(30) == 0
     assert broker.alive
     # (the undone allocation left only its dedupe marks behind)
-    assert_exactly_once(stack, client, model, ignore_marks=("atp-alloc:OUTAGE-1:", "atp-release:OUTAGE-1:"))
+    assert_exactly_once(
+        stack, client, model, ignore_marks=("atp-alloc:OUTAGE-1:", "atp-release:OUTAGE-1:")
+    )
     assert_verify_clean(stack)

@@ -44,7 +44,9 @@ KILLS = 10
 RATE = 900.0  # events/s while the kills happen; the rest follows at full speed
 
 
-def test_kill_9_at_random_points_loses_nothing_and_applies_nothing_twice(make_stack: Callable[..., Stack]) -> None:
+def test_kill_9_at_random_points_loses_nothing_and_applies_nothing_twice(
+    make_stack: Callable[..., Stack],
+) -> None:
     stack = make_stack()
     client = redis_for(stack)
     settings = stack.settings
@@ -95,7 +97,9 @@ def test_kill_9_at_random_points_loses_nothing_and_applies_nothing_twice(make_st
     assert_verify_clean(stack)
 
 
-def test_kill_between_the_ledger_file_and_dropping_its_staged_rows(make_stack: Callable[..., Stack]) -> None:
+def test_kill_between_the_ledger_file_and_dropping_its_staged_rows(
+    make_stack: Callable[..., Stack],
+) -> None:
     """The one crash window of the ledger with two copies of some rows, hit deterministically.
 
     A batch's ledger rows are staged in Redis with its state and offsets; the consumer's
@@ -129,20 +133,36 @@ def test_kill_between_the_ledger_file_and_dropping_its_staged_rows(make_stack: C
     producer.flush()
     ends = merged_ends(producer)
     # The batch reaches Redis and is staged; pause before the flusher (1 s) moves it.
-    wait_for(lambda: stored_offsets(client, settings).get((movements, 0), 0) >= ends[(movements, 0)], 20, "the batch in Redis")
+    wait_for(
+        lambda: stored_offsets(client, settings).get((movements, 0), 0) >= ends[(movements, 0)],
+        20,
+        "the batch in Redis",
+    )
     client.execute_command("CLIENT", "PAUSE", "60000", "WRITE")
     try:
-        assert client.hlen(keys.LEDGER_STAGED) > 0, "the batch's rows left Redis before the pause: not the window aimed at"
-        wait_for(lambda: bool(set(directory.glob("*.parquet")) - files_before), 20, "the batch's ledger file")
+        assert client.hlen(keys.LEDGER_STAGED) > 0, (
+            "the batch's rows left Redis before the pause: not the window aimed at"
+        )
+        wait_for(
+            lambda: bool(set(directory.glob("*.parquet")) - files_before),
+            20,
+            "the batch's ledger file",
+        )
         time.sleep(0.3)  # the flusher is now blocked deleting the staged rows
         consumer.send_signal(signal.SIGKILL)
         assert consumer.wait(10) == -signal.SIGKILL
     finally:
         client.execute_command("CLIENT", "UNPAUSE")
-    assert client.hlen(keys.LEDGER_STAGED) > 0, "the staged rows were deleted: not the window aimed at"
+    assert client.hlen(keys.LEDGER_STAGED) > 0, (
+        "the staged rows were deleted: not the window aimed at"
+    )
 
     consumer = stack.start_consumer()
-    wait_for(lambda: client.hlen(keys.LEDGER_STAGED) == 0, 30, "the staged rows settled by the restarted consumer")
+    wait_for(
+        lambda: client.hlen(keys.LEDGER_STAGED) == 0,
+        30,
+        "the staged rows settled by the restarted consumer",
+    )
     assert consumer.poll() is None, f"the restarted consumer exited:\n{tail(stack.logs(), 5)}"
     more = [e for e in feed.take(600) if topic_of(settings, e) == movements][:50]
     for event in more:

@@ -55,7 +55,9 @@ def test_reservations_expire_within_a_second_under_load(make_stack: Callable[...
     wait_consumed(client, stack, merged_ends(producer))
 
     def read() -> dict[str, int]:
-        reply = httpx.post(f"{base}/v1/availability/web/query", json={"skus": skus}, headers=R, timeout=5)
+        reply = httpx.post(
+            f"{base}/v1/availability/web/query", json={"skus": skus}, headers=R, timeout=5
+        )
         assert reply.status_code == 200, reply.text
         return {item["sku"]: item["reserved"] for item in reply.json()["items"]}
 
@@ -74,7 +76,9 @@ def test_reservations_expire_within_a_second_under_load(make_stack: Callable[...
     holds = []
     next_wave, wave = time.time(), 0
     deadline = time.time() + WAVES * 1.5 + 10
-    while wave < WAVES or any(sku not in gone and time.time() < expires[sku] + 2.0 for sku in expires):
+    while wave < WAVES or any(
+        sku not in gone and time.time() < expires[sku] + 2.0 for sku in expires
+    ):
         now = time.time()
         assert now < deadline, "the measurement loop overran"
         if wave < WAVES and now >= next_wave:
@@ -111,10 +115,14 @@ def test_reservations_expire_within_a_second_under_load(make_stack: Callable[...
     # wave may be applied only after its expiry (a stalled machine): then it never counts,
     # which is no measurement; the other waves must be measured.
     measured = [sku for sku in skus if sku in counted]
-    assert len(measured) >= (WAVES - 1) * PER_WAVE, f"too few reservations seen counting: {sorted(counted)}"
+    assert len(measured) >= (WAVES - 1) * PER_WAVE, (
+        f"too few reservations seen counting: {sorted(counted)}"
+    )
     assert all(counted[sku] < expires[sku] for sku in measured)
     late = {sku: round(gone[sku] - expires[sku], 3) if sku in gone else None for sku in measured}
-    assert all(v is not None and v < 1.0 for v in late.values()), f"expiries seen late (s after expires_at): {late}"
+    assert all(v is not None and v < 1.0 for v in late.values()), (
+        f"expiries seen late (s after expires_at): {late}"
+    )
     assert set(read().values()) == {0}
 
     flow.hurry.set()

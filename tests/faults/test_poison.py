@@ -50,40 +50,147 @@ def _poison_kinds(rng: random.Random) -> list[tuple[str, str, Callable[[int], by
 
     def event(kind: str, **fields: Any) -> Callable[[int], bytes]:
         def build(n: int) -> bytes:
-            body = {"type": kind, "event_id": f"poison-{n}", "occurred_at": at, "sku": f"F-{n % 200:03d}"}
+            body = {
+                "type": kind,
+                "event_id": f"poison-{n}",
+                "occurred_at": at,
+                "sku": f"F-{n % 200:03d}",
+            }
             body.update(fields)
             return json.dumps(body).encode()
 
         return build
 
-    move = {"location": "DC-EAST", "quantity": 3, "from_bin": None, "from_status": None, "to_bin": "B-1", "to_status": "available"}
+    move = {
+        "location": "DC-EAST",
+        "quantity": 3,
+        "from_bin": None,
+        "from_status": None,
+        "to_bin": "B-1",
+        "to_status": "available",
+    }
     reserve = {"reservation_id": "P:1", "channel": "web", "location": "DC-EAST", "quantity": 1}
     inbound = {"inbound_id": "PO-P", "location": "DC-EAST", "quantity": 5, "eta": "2026-12-01"}
     count = {"location": "DC-EAST", "bin": "B-1", "status": "available", "quantity": 4}
     return [
-        ("truncated JSON", "movements", lambda n: b'{"type": "bin_movement", "event_id": "p' + str(n).encode(), "JSON"),
+        (
+            "truncated JSON",
+            "movements",
+            lambda n: b'{"type": "bin_movement", "event_id": "p' + str(n).encode(),
+            "JSON",
+        ),
         ("not UTF-8", "reservations", lambda n: b"\xff\xfe\x00garbage" + str(n).encode(), "JSON"),
         ("a JSON array", "inbound", lambda n: f"[{n}, 2, 3]".encode(), "object"),
-        ("quantity as text", "movements", event("bin_movement", **{**move, "quantity": "ten"}), "quantity"),
-        ("quantity as float", "movements", event("bin_movement", **{**move, "quantity": 1.5}), "quantity"),
-        ("sku as number", "movements", lambda n: json.dumps({"type": "bin_movement", "event_id": f"poison-{n}", "occurred_at": at, "sku": n, **move}).encode(), "sku"),
-        ("occurred_at not a timestamp", "inbound", event("inbound", **{**inbound, "occurred_at": "yesterday"}), "occurred_at"),
+        (
+            "quantity as text",
+            "movements",
+            event("bin_movement", **{**move, "quantity": "ten"}),
+            "quantity",
+        ),
+        (
+            "quantity as float",
+            "movements",
+            event("bin_movement", **{**move, "quantity": 1.5}),
+            "quantity",
+        ),
+        (
+            "sku as number",
+            "movements",
+            lambda n: json.dumps(
+                {
+                    "type": "bin_movement",
+                    "event_id": f"poison-{n}",
+                    "occurred_at": at,
+                    "sku": n,
+                    **move,
+                }
+            ).encode(),
+            "sku",
+        ),
+        (
+            "occurred_at not a timestamp",
+            "inbound",
+            event("inbound", **{**inbound, "occurred_at": "yesterday"}),
+            "occurred_at",
+        ),
         ("eta not a date", "inbound", event("inbound", **{**inbound, "eta": "soon"}), "eta"),
-        ("missing event_id", "reservations", lambda n: json.dumps({"type": "reservation_released", "occurred_at": at, "sku": "F-001", "reservation_id": "X"}).encode(), "event_id"),
-        ("negative movement", "movements", event("bin_movement", **{**move, "quantity": -3}), "quantity"),
-        ("negative count", "movements", event("bin_count", **{**count, "quantity": -1}), "quantity"),
-        ("negative reservation", "reservations", event("reservation_created", **{**reserve, "quantity": -2}), "quantity"),
-        ("negative inbound", "inbound", event("inbound", **{**inbound, "quantity": -10}), "quantity"),
+        (
+            "missing event_id",
+            "reservations",
+            lambda n: json.dumps(
+                {
+                    "type": "reservation_released",
+                    "occurred_at": at,
+                    "sku": "F-001",
+                    "reservation_id": "X",
+                }
+            ).encode(),
+            "event_id",
+        ),
+        (
+            "negative movement",
+            "movements",
+            event("bin_movement", **{**move, "quantity": -3}),
+            "quantity",
+        ),
+        (
+            "negative count",
+            "movements",
+            event("bin_count", **{**count, "quantity": -1}),
+            "quantity",
+        ),
+        (
+            "negative reservation",
+            "reservations",
+            event("reservation_created", **{**reserve, "quantity": -2}),
+            "quantity",
+        ),
+        (
+            "negative inbound",
+            "inbound",
+            event("inbound", **{**inbound, "quantity": -10}),
+            "quantity",
+        ),
         ("unknown type", "movements", event("teleport", location="DC-EAST"), "teleport"),
-        ("unknown channel", "reservations", event("reservation_created", **{**reserve, "channel": "pigeon"}), "pigeon"),
-        ("movement with no side", "movements", event("bin_movement", location="DC-EAST", quantity=2), "side"),
+        (
+            "unknown channel",
+            "reservations",
+            event("reservation_created", **{**reserve, "channel": "pigeon"}),
+            "pigeon",
+        ),
+        (
+            "movement with no side",
+            "movements",
+            event("bin_movement", location="DC-EAST", quantity=2),
+            "side",
+        ),
         # What a hostile or broken upstream sends: none of it may stop the consumer.
         ("nested 50,000 levels", "movements", lambda n: _nested(n, 50_000), "nested"),
         ("random binary", "reservations", lambda n: rng.randbytes(512 + n % 512), "JSON"),
-        ("lone surrogate in sku", "movements", event("bin_movement", **move, sku="SKU-\ud800"), "surrogate"),
-        ("quantity beyond 64 bits", "movements", event("bin_movement", **{**move, "quantity": 2**70}), "quantity"),
-        ("NaN quantity", "inbound", lambda n: event("inbound", **inbound)(n).replace(b'"quantity": 5', b'"quantity": NaN'), "JSON"),
-        ("sku of 100,000 characters", "movements", event("bin_movement", **move, sku="S" * 100_000), "sku"),
+        (
+            "lone surrogate in sku",
+            "movements",
+            event("bin_movement", **move, sku="SKU-\ud800"),
+            "surrogate",
+        ),
+        (
+            "quantity beyond 64 bits",
+            "movements",
+            event("bin_movement", **{**move, "quantity": 2**70}),
+            "quantity",
+        ),
+        (
+            "NaN quantity",
+            "inbound",
+            lambda n: event("inbound", **inbound)(n).replace(b'"quantity": 5', b'"quantity": NaN'),
+            "JSON",
+        ),
+        (
+            "sku of 100,000 characters",
+            "movements",
+            event("bin_movement", **move, sku="S" * 100_000),
+            "sku",
+        ),
     ]
 
 
@@ -95,10 +202,16 @@ def _nested(n: int, depth: int) -> bytes:
     return (head + "[" * depth + "]" * depth + "}").encode()
 
 
-def test_poison_messages_are_dead_lettered_and_the_rest_applied(make_stack: Callable[..., Stack]) -> None:
+def test_poison_messages_are_dead_lettered_and_the_rest_applied(
+    make_stack: Callable[..., Stack],
+) -> None:
     stack = make_stack()
     settings = stack.settings
-    topics = {"movements": settings.topics.movements, "reservations": settings.topics.reservations, "inbound": settings.topics.inbound}
+    topics = {
+        "movements": settings.topics.movements,
+        "reservations": settings.topics.reservations,
+        "inbound": settings.topics.inbound,
+    }
     client = redis_for(stack)
     rng = random.Random(SEED)
     good = Feed(SEED).take(GOOD)
@@ -116,7 +229,9 @@ def test_poison_messages_are_dead_lettered_and_the_rest_applied(make_stack: Call
     for n in range(2):  # 1 MB payloads: a valid event padded past the size limit
         big = json.loads(kinds[3][2](10_000 + n))
         big.update(quantity=1, padding="x" * ONE_MB)
-        poison.append(("1 MB payload", topics[rng.choice(list(topics))], json.dumps(big).encode(), "bytes"))
+        poison.append(
+            ("1 MB payload", topics[rng.choice(list(topics))], json.dumps(big).encode(), "bytes")
+        )
 
     # Interleave: each poison message at a random point of the good stream.
     stream: list[tuple[str, Any]] = [("good", e) for e in good]
@@ -149,15 +264,23 @@ def test_poison_messages_are_dead_lettered_and_the_rest_applied(make_stack: Call
     matched = set()
     for message in dead:
         headers = {k: v.decode() for k, v in message.headers() or []}
-        source = (headers["atp-source-topic"], int(headers["atp-source-partition"]), int(headers["atp-source-offset"]))
-        assert source in by_source, f"a dead letter for a message that was not poison: {source} {headers}"
+        source = (
+            headers["atp-source-topic"],
+            int(headers["atp-source-partition"]),
+            int(headers["atp-source-offset"]),
+        )
+        assert source in by_source, (
+            f"a dead letter for a message that was not poison: {source} {headers}"
+        )
         assert source not in matched, f"dead-lettered twice: {source}"
         matched.add(source)
         name, topic, payload, word, key = by_source[source]
         assert message.value() == payload, f"{name}: the dead letter is not the message unchanged"
         assert message.key() == key
         assert headers["atp-error"], name
-        assert word in headers["atp-error"], f"{name}: reason {headers['atp-error']!r} does not say {word!r}"
+        assert word in headers["atp-error"], (
+            f"{name}: reason {headers['atp-error']!r} does not say {word!r}"
+        )
     assert len(matched) == POISON
 
     # More good events after all that: still consumed by the same process.

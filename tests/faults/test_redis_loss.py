@@ -77,7 +77,11 @@ class OwnRedis:
             wait_until(lambda: bool(client.ping()), 15, "redis-server after the restart")
             # Only the running consumer's status snapshot may be back already: it reconnects
             # at once, and that write needs no projection.
-            found = [k for k in client.scan_iter(count=1000) if not k.decode().startswith(f"{keys.PREFIX}:consumers:")]
+            found = [
+                k
+                for k in client.scan_iter(count=1000)
+                if not k.decode().startswith(f"{keys.PREFIX}:consumers:")
+            ]
             assert found == [], f"the restarted redis-server is not empty: {found[:5]}"
         finally:
             client.close()
@@ -130,11 +134,17 @@ def test_redis_loss_503s_then_rebuild_restores_and_consumer_resumes(
 
     # A few allocations: reservations the API made (ledgered through the reservations topic).
     skus = sorted(model.skus)
-    stock = httpx.post(f"{base}/v1/availability/web/query", json={"skus": skus}, headers=R, timeout=10).json()["items"]
+    stock = httpx.post(
+        f"{base}/v1/availability/web/query", json={"skus": skus}, headers=R, timeout=10
+    ).json()["items"]
     orders = [item["sku"] for item in stock if item["available_to_sell"] >= 2][:5]
     assert len(orders) == 5
     for n, sku in enumerate(orders):
-        body = {"order_id": f"LOSS-{n}", "channel": "web", "lines": [{"line_id": "1", "sku": sku, "quantity": 2}]}
+        body = {
+            "order_id": f"LOSS-{n}",
+            "channel": "web",
+            "lines": [{"line_id": "1", "sku": sku, "quantity": 2}],
+        }
         reply = httpx.post(f"{base}/v1/allocations", json=body, headers=W, timeout=10)
         assert reply.status_code == 201, reply.text
         for held in reply.json()["lines"][0]["allocations"]:
@@ -156,14 +166,44 @@ def test_redis_loss_503s_then_rebuild_restores_and_consumer_resumes(
     sku = skus[0]
     for _ in range(3):
         _assert_problem_503(httpx.get(f"{base}/readyz", timeout=5), "readyz")
-        _assert_problem_503(httpx.get(f"{base}/v1/availability/web/{sku}", headers=R, timeout=10), "GET availability")
-        _assert_problem_503(httpx.get(f"{base}/v1/availability/marketplace/NEVER-SEEN", headers=R, timeout=10), "GET unseen sku")
-        _assert_problem_503(httpx.post(f"{base}/v1/availability/web/query", json={"skus": skus[:20]}, headers=R, timeout=10), "POST query")
-        _assert_problem_503(httpx.get(f"{base}/v1/availability/web/changes", headers=R, timeout=10), "GET changes")
-        order = {"order_id": "DOWN-1", "channel": "web", "lines": [{"line_id": "1", "sku": sku, "quantity": 1}]}
-        _assert_problem_503(httpx.post(f"{base}/v1/allocations", json=order, headers=W, timeout=10), "POST allocation")
-        _assert_problem_503(httpx.get(f"{base}/v1/allocations/LOSS-0", headers=W, timeout=10), "GET allocation")
-        _assert_problem_503(httpx.put(f"{base}/v1/channels/web/safety-stock/{sku}", json={"quantity": 3}, headers=A, timeout=10), "PUT safety stock")
+        _assert_problem_503(
+            httpx.get(f"{base}/v1/availability/web/{sku}", headers=R, timeout=10),
+            "GET availability",
+        )
+        _assert_problem_503(
+            httpx.get(f"{base}/v1/availability/marketplace/NEVER-SEEN", headers=R, timeout=10),
+            "GET unseen sku",
+        )
+        _assert_problem_503(
+            httpx.post(
+                f"{base}/v1/availability/web/query", json={"skus": skus[:20]}, headers=R, timeout=10
+            ),
+            "POST query",
+        )
+        _assert_problem_503(
+            httpx.get(f"{base}/v1/availability/web/changes", headers=R, timeout=10), "GET changes"
+        )
+        order = {
+            "order_id": "DOWN-1",
+            "channel": "web",
+            "lines": [{"line_id": "1", "sku": sku, "quantity": 1}],
+        }
+        _assert_problem_503(
+            httpx.post(f"{base}/v1/allocations", json=order, headers=W, timeout=10),
+            "POST allocation",
+        )
+        _assert_problem_503(
+            httpx.get(f"{base}/v1/allocations/LOSS-0", headers=W, timeout=10), "GET allocation"
+        )
+        _assert_problem_503(
+            httpx.put(
+                f"{base}/v1/channels/web/safety-stock/{sku}",
+                json={"quantity": 3},
+                headers=A,
+                timeout=10,
+            ),
+            "PUT safety stock",
+        )
         assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200
 
     # Events keep arriving; the consumer cannot apply them and is stopped (the runbook).
@@ -171,12 +211,16 @@ def test_redis_loss_503s_then_rebuild_restores_and_consumer_resumes(
         producer.event(settings, event)
     producer.flush()
     time.sleep(0.5)
-    assert consumer.poll() is None, f"the consumer gave up while Redis was down:\n{tail(stack.logs())}"
+    assert consumer.poll() is None, (
+        f"the consumer gave up while Redis was down:\n{tail(stack.logs())}"
+    )
     consumer.send_signal(signal.SIGTERM)
     assert consumer.wait(30) == 0, tail(stack.logs())
 
     own_redis.restart_empty()
-    wait_for(lambda: httpx.get(f"{base}/readyz", timeout=5).status_code == 200, 20, "/readyz 200 again")
+    wait_for(
+        lambda: httpx.get(f"{base}/readyz", timeout=5).status_code == 200, 20, "/readyz 200 again"
+    )
     assert "Traceback" not in stack.logs(), tail(stack.logs(), 80)
 
     client = redis_for(stack)
@@ -215,9 +259,15 @@ def test_consumer_running_through_the_loss_does_not_fold_onto_an_empty_redis(
     stack = make_stack(redis_url=own_redis.url)
     base = stack.start_api()
     consumer = stack.start_consumer()
-    stack.produce([receipt("LOSS-A", 10, event_id="loss-a1"), receipt("LOSS-B", 5, event_id="loss-b1")])
+    stack.produce(
+        [receipt("LOSS-A", 10, event_id="loss-a1"), receipt("LOSS-B", 5, event_id="loss-b1")]
+    )
     client = redis_for(stack)
-    wait_for(lambda: client.exists(keys.sku_key("LOSS-A"), keys.sku_key("LOSS-B")) == 2, 30, "the first events applied")
+    wait_for(
+        lambda: client.exists(keys.sku_key("LOSS-A"), keys.sku_key("LOSS-B")) == 2,
+        30,
+        "the first events applied",
+    )
 
     own_redis.kill()
     stack.produce([receipt("LOSS-A", 1, event_id="loss-a2")])  # the truth is now on_hand 11
@@ -228,7 +278,10 @@ def test_consumer_running_through_the_loss_does_not_fold_onto_an_empty_redis(
     deadline = time.monotonic() + 15
     while consumer.poll() is None and not sku_keys(client) and time.monotonic() < deadline:
         time.sleep(0.1)
-    written = {sku: json.loads(client.hget(keys.sku_key(sku), "p:web") or b"null") for sku in sku_keys(client)}
+    written = {
+        sku: json.loads(client.hget(keys.sku_key(sku), "p:web") or b"null")
+        for sku in sku_keys(client)
+    }
     served = httpx.get(f"{base}/v1/availability/web/LOSS-A", headers=R, timeout=5).json()
     assert not written, (
         f"the consumer folded onto the emptied Redis and wrote {written} "
@@ -238,6 +291,8 @@ def test_consumer_running_through_the_loss_does_not_fold_onto_an_empty_redis(
     deadline = time.monotonic() + 15
     while consumer.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert consumer.poll() == 3, f"the consumer did not refuse (exit code {consumer.poll()}):\n{tail(stack.logs())}"
+    assert consumer.poll() == 3, (
+        f"the consumer did not refuse (exit code {consumer.poll()}):\n{tail(stack.logs())}"
+    )
     assert "atp rebuild" in stack.logs()
     assert not sku_keys(client)

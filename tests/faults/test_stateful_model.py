@@ -150,11 +150,15 @@ class FakeProducer:
         self.sent.extend(messages)
 
 
-def _order(order_id: str, channel: str, lines: list[tuple[str, int]], backorder: bool) -> OrderRequest:
+def _order(
+    order_id: str, channel: str, lines: list[tuple[str, int]], backorder: bool
+) -> OrderRequest:
     return OrderRequest(
         order_id=order_id,
         channel=channel,
-        lines=[OrderLine(line_id=str(i + 1), sku=sku, quantity=q) for i, (sku, q) in enumerate(lines)],
+        lines=[
+            OrderLine(line_id=str(i + 1), sku=sku, quantity=q) for i, (sku, q) in enumerate(lines)
+        ],
         backorder=backorder,
     )
 
@@ -207,8 +211,17 @@ class Machine(RuleBasedStateMachine):
         shutil.rmtree(self.ledger_dir, ignore_errors=True)
 
     def _new_stream(self) -> StreamProjector:
-        store = RedisStore(redis.Redis.from_url(self.redis_url), self.settings_.kafka.group_id, WINDOW_US // 1000)
-        return StreamProjector(FakeConsumer(), self.producer, store, self.projector, self.options, ledger=Ledger(self.ledger_dir))  # type: ignore[arg-type]
+        store = RedisStore(
+            redis.Redis.from_url(self.redis_url), self.settings_.kafka.group_id, WINDOW_US // 1000
+        )
+        return StreamProjector(
+            FakeConsumer(),
+            self.producer,
+            store,
+            self.projector,
+            self.options,
+            ledger=Ledger(self.ledger_dir),
+        )  # type: ignore[arg-type]
 
     # -- feeding the consumer --------------------------------------------------------------
 
@@ -233,18 +246,34 @@ class Machine(RuleBasedStateMachine):
         return SKUS.index(sku) % 3 if sku in SKUS else 0
 
     def _draw_event(self, data: st.DataObject) -> dict[str, Any]:
-        kind = data.draw(st.sampled_from(["receipt", "receipt", "ship", "move", "count", "reserve", "release", "inbound"]))
+        kind = data.draw(
+            st.sampled_from(
+                ["receipt", "receipt", "ship", "move", "count", "reserve", "release", "inbound"]
+            )
+        )
         sku = data.draw(st.sampled_from(SKUS))
         at = iso(self.base_us + data.draw(st.integers(0, 600)) * 1_000_000)
         self.order_count += 1
-        base: dict[str, Any] = {"event_id": f"e-{self.order_count}-{data.draw(st.integers(0, 10**6))}", "occurred_at": at, "sku": sku}
+        base: dict[str, Any] = {
+            "event_id": f"e-{self.order_count}-{data.draw(st.integers(0, 10**6))}",
+            "occurred_at": at,
+            "sku": sku,
+        }
         location = data.draw(st.sampled_from(LOCATIONS))
         bin_, status = data.draw(st.sampled_from(BINS)), data.draw(st.sampled_from(STATUSES))
         if kind in ("receipt", "ship", "move"):
             quantity = data.draw(st.integers(1, 20))
             src = None if kind == "receipt" else (bin_, status)
-            dst = None if kind == "ship" else (data.draw(st.sampled_from(BINS)), data.draw(st.sampled_from(STATUSES)))
-            rid = data.draw(st.sampled_from(self.reservation_ids)) if kind == "ship" and data.draw(st.booleans()) else None
+            dst = (
+                None
+                if kind == "ship"
+                else (data.draw(st.sampled_from(BINS)), data.draw(st.sampled_from(STATUSES)))
+            )
+            rid = (
+                data.draw(st.sampled_from(self.reservation_ids))
+                if kind == "ship" and data.draw(st.booleans())
+                else None
+            )
             return {**base, "type": "bin_movement", "location": location, "quantity": quantity,
                     "from_bin": src and src[0], "from_status": src and src[1],
                     "to_bin": dst and dst[0], "to_status": dst and dst[1], "reservation_id": rid}  # fmt: skip
@@ -262,7 +291,11 @@ class Machine(RuleBasedStateMachine):
                     "channel": channel, "location": location, "quantity": data.draw(st.integers(0, 10)),
                     "expires_at": expires_at}  # fmt: skip
         if kind == "release":
-            return {**base, "type": "reservation_released", "reservation_id": data.draw(st.sampled_from(self.reservation_ids))}
+            return {
+                **base,
+                "type": "reservation_released",
+                "reservation_id": data.draw(st.sampled_from(self.reservation_ids)),
+            }
         eta = self.today + timedelta(days=data.draw(st.integers(-3, 20)))
         return {**base, "type": "inbound", "inbound_id": data.draw(st.sampled_from(INBOUND_IDS)), "location": location,
                 "quantity": data.draw(st.integers(0, 30)), "eta": eta.isoformat()}  # fmt: skip
@@ -272,7 +305,17 @@ class Machine(RuleBasedStateMachine):
         batch = [self._draw_event(data) for _ in range(size)]
         for event in batch:
             assert self.model.apply(event) == "applied"
-        self._deliver([(self._topic(e["type"]), e["sku"].encode(), msgspec.json.encode(e), self._home(e["sku"])) for e in batch])
+        self._deliver(
+            [
+                (
+                    self._topic(e["type"]),
+                    e["sku"].encode(),
+                    msgspec.json.encode(e),
+                    self._home(e["sku"]),
+                )
+                for e in batch
+            ]
+        )
 
     @rule(data=st.data(), size=st.integers(1, 4))
     def more_events(self, data: st.DataObject, size: int) -> None:
@@ -365,8 +408,15 @@ class Machine(RuleBasedStateMachine):
                 horizon = self.today + timedelta(days=channel.horizon_days)
                 due: dict[date, list[tuple[str, int]]] = {}
                 for (s, _iid), inbound in self.model.inbound.items():
-                    if s == line.sku and inbound.quantity > 0 and inbound.location in channel.locations and inbound.eta <= horizon:
-                        due.setdefault(max(inbound.eta, self.today), []).append((inbound.location, inbound.quantity))
+                    if (
+                        s == line.sku
+                        and inbound.quantity > 0
+                        and inbound.location in channel.locations
+                        and inbound.eta <= horizon
+                    ):
+                        due.setdefault(max(inbound.eta, self.today), []).append(
+                            (inbound.location, inbound.quantity)
+                        )
                 running, timeline = 0, []
                 for day in sorted(due):
                     running += sum(q for _, q in due[day])
@@ -374,7 +424,9 @@ class Machine(RuleBasedStateMachine):
                 backordered = min(rest, timeline[-1][1]) if timeline else 0
                 if backordered:
                     day = next(d for d, q in timeline if q >= backordered)
-                    where = next(loc for loc in channel.locations if any(l_ == loc for l_, _ in due[day]))
+                    where = next(
+                        loc for loc in channel.locations if any(l_ == loc for l_, _ in due[day])
+                    )
                     promise = (day.isoformat(), where)
                     stock[where] -= backordered
             out[(order.order_id, line.line_id)] = {
@@ -383,7 +435,9 @@ class Machine(RuleBasedStateMachine):
             }  # fmt: skip
         return out
 
-    def _check_and_record(self, orders: list[OrderRequest], results: list[OrderResult], published: list[Outgoing]) -> None:
+    def _check_and_record(
+        self, orders: list[OrderRequest], results: list[OrderResult], published: list[Outgoing]
+    ) -> None:
         expected = self._expected(orders)
         created = [json.loads(m.value) for m in published]
         assert all(m.topic == self.topics[1] for m in published)
@@ -393,13 +447,23 @@ class Machine(RuleBasedStateMachine):
                 want = expected[(order.order_id, line.line_id)]
                 got = [(a.location, a.quantity) for a in line.allocations]
                 assert got == want["allocations"], (order, line, want)
-                assert (line.backordered, line.unfilled) == (want["backordered"], want["unfilled"]), (order, line, want)
+                assert (line.backordered, line.unfilled) == (
+                    want["backordered"],
+                    want["unfilled"],
+                ), (order, line, want)
                 if want["promise"] is not None:
                     assert line.promise_date == want["promise"][0], (order, line, want)
-                held = [e for e in created if e["reservation_id"].startswith(f"{order.order_id}:{line.line_id}:")]
+                held = [
+                    e
+                    for e in created
+                    if e["reservation_id"].startswith(f"{order.order_id}:{line.line_id}:")
+                ]
                 assert sum(e["quantity"] for e in held) == sum(q for _, q in got) + line.backordered
                 if want["promise"] is not None:
-                    assert any(e["location"] == want["promise"][1] and ":backorder" in e["reservation_id"] for e in held)
+                    assert any(
+                        e["location"] == want["promise"][1] and ":backorder" in e["reservation_id"]
+                        for e in held
+                    )
             self.orders[order.order_id] = (order, result)
         for event in created:
             assert event["type"] == "reservation_created"
@@ -410,7 +474,12 @@ class Machine(RuleBasedStateMachine):
 
     @rule(
         channel=st.sampled_from(["web", "marketplace"]),
-        lines=st.lists(st.tuples(st.sampled_from(SKUS), st.integers(1, 15)), min_size=1, max_size=2, unique_by=lambda t: t[0]),
+        lines=st.lists(
+            st.tuples(st.sampled_from(SKUS), st.integers(1, 15)),
+            min_size=1,
+            max_size=2,
+            unique_by=lambda t: t[0],
+        ),
         backorder=st.booleans(),
     )
     def allocate(self, channel: str, lines: list[tuple[str, int]], backorder: bool) -> None:
@@ -451,7 +520,10 @@ class Machine(RuleBasedStateMachine):
             event = json.loads(message.value)
             assert event["type"] == "reservation_released"
             self.model.apply(event)  # "duplicate" on a repeated release
-        self.orders[order_id] = (self.orders[order_id][0], msgspec.structs.replace(self.orders[order_id][1], status="released"))
+        self.orders[order_id] = (
+            self.orders[order_id][0],
+            msgspec.structs.replace(self.orders[order_id][1], status="released"),
+        )
         self.api_events += published
 
     @precondition(lambda self: self.api_consumed < len(self.api_events))
@@ -462,7 +534,9 @@ class Machine(RuleBasedStateMachine):
         self.api_consumed = len(self.api_events)
         for message in fresh:
             assert self.model.apply(message.value) == "duplicate"
-        self._deliver([(m.topic, m.key or b"", m.value, self._home((m.key or b"").decode())) for m in fresh])
+        self._deliver(
+            [(m.topic, m.key or b"", m.value, self._home((m.key or b"").decode())) for m in fresh]
+        )
 
     # -- the consumer's life ----------------------------------------------------------------
 

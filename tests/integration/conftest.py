@@ -22,4 +22,6 @@ def stream(redis_url: str, tmp_path: Path) -> StreamProjector:
     redis.Redis.from_url(redis_url).set(keys.INITIALIZED, "test")
     options = options_for(settings)
     store = SlowStore(redis.Redis.from_url(redis_url), settings.kafka.group_id, 7 * 86_400_000)
-    return StreamProjector(QueueConsumer([]), FakeProducer(), store, projector_for(settings), options)  # type: ignore[arg-type]
+    return StreamProjector(
+        QueueConsumer([]), FakeProducer(), store, projector_for(settings), options
+    )  # type: ignore[arg-type]

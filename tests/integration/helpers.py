@@ -18,7 +18,9 @@ def now_iso(offset_s: float = 0.0) -> str:
     return (datetime.now(UTC) + timedelta(seconds=offset_s)).isoformat().replace("+00:00", "Z")
 
 
-def receipt(sku: str, quantity: int, location: str = "DC-EAST", bin_: str = "A-1", **kw: Any) -> dict[str, Any]:
+def receipt(
+    sku: str, quantity: int, location: str = "DC-EAST", bin_: str = "A-1", **kw: Any
+) -> dict[str, Any]:
     return {
         "type": "bin_movement", "event_id": kw.pop("event_id", f"m-{next(_ids)}"),
         "occurred_at": kw.pop("occurred_at", now_iso()), "sku": sku, "location": location,
@@ -27,7 +29,13 @@ def receipt(sku: str, quantity: int, location: str = "DC-EAST", bin_: str = "A-1
     }  # fmt: skip
 
 
-def shipment(sku: str, quantity: int, reservation_id: str | None, location: str = "DC-EAST", bin_: str = "A-1") -> dict[str, Any]:
+def shipment(
+    sku: str,
+    quantity: int,
+    reservation_id: str | None,
+    location: str = "DC-EAST",
+    bin_: str = "A-1",
+) -> dict[str, Any]:
     return {
         "type": "bin_movement", "event_id": f"m-{next(_ids)}", "occurred_at": now_iso(),
         "sku": sku, "location": location, "quantity": quantity,
@@ -36,7 +44,14 @@ def shipment(sku: str, quantity: int, reservation_id: str | None, location: str 
     }  # fmt: skip
 
 
-def reservation(sku: str, quantity: int, reservation_id: str, channel: str = "web", location: str = "DC-EAST", expires_at: str | None = None) -> dict[str, Any]:
+def reservation(
+    sku: str,
+    quantity: int,
+    reservation_id: str,
+    channel: str = "web",
+    location: str = "DC-EAST",
+    expires_at: str | None = None,
+) -> dict[str, Any]:
     return {
         "type": "reservation_created", "event_id": f"r-{next(_ids)}", "occurred_at": now_iso(),
         "reservation_id": reservation_id, "sku": sku, "channel": channel, "location": location,
@@ -44,7 +59,9 @@ def reservation(sku: str, quantity: int, reservation_id: str, channel: str = "we
     }  # fmt: skip
 
 
-def poll(fetch: Callable[[], T], done: Callable[[T], bool], timeout: float = 30.0, pause: float = 0.05) -> T:
+def poll(
+    fetch: Callable[[], T], done: Callable[[T], bool], timeout: float = 30.0, pause: float = 0.05
+) -> T:
     deadline = time.monotonic() + timeout
     value = fetch()
     while not done(value):
@@ -56,7 +73,11 @@ def poll(fetch: Callable[[], T], done: Callable[[T], bool], timeout: float = 30.
 
 
 def availability(base: str, key: str, channel: str, sku: str) -> dict[str, Any]:
-    reply = httpx.get(f"{base}/v1/availability/{channel}/{sku}", headers={"Authorization": f"Bearer {key}"}, timeout=5)
+    reply = httpx.get(
+        f"{base}/v1/availability/{channel}/{sku}",
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=5,
+    )
     assert reply.status_code == 200, reply.text
     body: dict[str, Any] = reply.json()
     return body

@@ -17,12 +17,17 @@ pytestmark = pytest.mark.integration
 W = {"Authorization": f"Bearer {WRITE_KEY}"}
 
 
-def order(order_id: str, channel: str = "web", backorder: bool = False, **lines: int) -> dict[str, Any]:
+def order(
+    order_id: str, channel: str = "web", backorder: bool = False, **lines: int
+) -> dict[str, Any]:
     return {
         "order_id": order_id,
         "channel": channel,
         "backorder": backorder,
-        "lines": [{"line_id": str(i + 1), "sku": sku, "quantity": q} for i, (sku, q) in enumerate(lines.items())],
+        "lines": [
+            {"line_id": str(i + 1), "sku": sku, "quantity": q}
+            for i, (sku, q) in enumerate(lines.items())
+        ],
     }
 
 
@@ -42,7 +47,9 @@ def test_allocate_reserve_read_release(stack: Stack) -> None:
     assert result["status"] == "allocated"
     (line,) = result["lines"]
     # DC-EAST (first in web's order) cannot cover 6, DC-WEST can: the whole line goes there.
-    assert line["allocations"] == [{"location": "DC-WEST", "quantity": 6, "reservation_id": "ORD-1:1:DC-WEST"}]
+    assert line["allocations"] == [
+        {"location": "DC-WEST", "quantity": 6, "reservation_id": "ORD-1:1:DC-WEST"}
+    ]
     assert (line["backordered"], line["unfilled"], line["promise_date"]) == (0, 0, None)
     # Visible to the very next read.
     doc = availability(base, READ_KEY, "web", "A-1")
@@ -50,7 +57,9 @@ def test_allocate_reserve_read_release(stack: Stack) -> None:
     # A repeat is 200 with the same result and reserves nothing; another body is 409.
     again = httpx.post(f"{base}/v1/allocations", json=body, headers=W, timeout=10)
     assert again.status_code == 200 and again.json() == result
-    other = httpx.post(f"{base}/v1/allocations", json=order("ORD-1", **{"A-1": 1}), headers=W, timeout=10)
+    other = httpx.post(
+        f"{base}/v1/allocations", json=order("ORD-1", **{"A-1": 1}), headers=W, timeout=10
+    )
     assert other.status_code == 409
     assert other.headers["content-type"].startswith("application/problem+json")
     assert availability(base, READ_KEY, "web", "A-1")["reserved"] == 6
@@ -58,7 +67,9 @@ def test_allocate_reserve_read_release(stack: Stack) -> None:
     # The reservation event reached the reservations topic; the consumer treats it as applied.
     events = read_topic(stack, stack.settings.topics.reservations, expected=1)
     created = json.loads(events[0].value())
-    assert created["type"] == "reservation_created" and created["reservation_id"] == "ORD-1:1:DC-WEST"
+    assert (
+        created["type"] == "reservation_created" and created["reservation_id"] == "ORD-1:1:DC-WEST"
+    )
     stack.produce([receipt("A-1", 1, "DC-EAST")])
     doc = poll(lambda: availability(base, READ_KEY, "web", "A-1"), lambda d: d["on_hand"] == 15)
     assert doc["reserved"] == 6  # not doubled by consuming its own event
@@ -74,11 +85,18 @@ def test_nested_safety_stock_marketplace_stops_at_five_web_sells_to_zero(stack: 
     base = stack.start_api()
     stack.start_consumer()
     stocked(stack, base, [receipt("N-1", 10, "DC-EAST")], "N-1", 10)
-    market = httpx.post(f"{base}/v1/allocations", json=order("M-1", "marketplace", **{"N-1": 8}), headers=W, timeout=10).json()
+    market = httpx.post(
+        f"{base}/v1/allocations",
+        json=order("M-1", "marketplace", **{"N-1": 8}),
+        headers=W,
+        timeout=10,
+    ).json()
     assert market["lines"][0]["allocations"][0]["quantity"] == 5
     assert market["lines"][0]["unfilled"] == 3
     assert availability(base, READ_KEY, "marketplace", "N-1")["available_to_sell"] == 0
-    web = httpx.post(f"{base}/v1/allocations", json=order("W-1", **{"N-1": 8}), headers=W, timeout=10).json()
+    web = httpx.post(
+        f"{base}/v1/allocations", json=order("W-1", **{"N-1": 8}), headers=W, timeout=10
+    ).json()
     assert web["lines"][0]["allocations"][0]["quantity"] == 5
     assert availability(base, READ_KEY, "web", "N-1")["available_to_sell"] == 0
 
@@ -93,8 +111,15 @@ def test_backorder_promises_from_inbound(stack: Stack) -> None:
         {"type": "inbound", "event_id": "i-b2", "occurred_at": now_iso(), "inbound_id": "PO-9:2",
          "sku": "B-1", "location": "DC-EAST", "quantity": 3, "eta": now_iso()[:10]},
     ])  # fmt: skip
-    poll(lambda: availability(base, READ_KEY, "web", "B-1"), lambda d: d["on_hand"] == 2 and d["atp"])
-    reply = httpx.post(f"{base}/v1/allocations", json=order("BO-1", backorder=True, **{"B-1": 7}), headers=W, timeout=10)
+    poll(
+        lambda: availability(base, READ_KEY, "web", "B-1"), lambda d: d["on_hand"] == 2 and d["atp"]
+    )
+    reply = httpx.post(
+        f"{base}/v1/allocations",
+        json=order("BO-1", backorder=True, **{"B-1": 7}),
+        headers=W,
+        timeout=10,
+    )
     assert reply.status_code == 201, reply.text
     (line,) = reply.json()["lines"]
     assert line["allocations"][0]["quantity"] == 2
@@ -119,9 +144,23 @@ def test_input_checks_name_the_field(stack: Stack) -> None:
     too_many = {"orders": [order(f"O-{i}", **{"S": 1}) for i in range(10_001)]}
     reply = httpx.post(f"{base}/v1/allocations/batch", json=too_many, headers=W, timeout=30)
     assert reply.status_code == 400 and "orders" in reply.json()["detail"]
-    for method, path in (("POST", "/v1/allocations"), ("GET", "/v1/allocations/X"), ("DELETE", "/v1/allocations/X")):
-        assert httpx.request(method, f"{base}{path}", json=order("X", **{"S": 1})).status_code == 401
-        assert httpx.request(method, f"{base}{path}", json=order("X", **{"S": 1}), headers={"Authorization": f"Bearer {READ_KEY}"}).status_code == 403
+    for method, path in (
+        ("POST", "/v1/allocations"),
+        ("GET", "/v1/allocations/X"),
+        ("DELETE", "/v1/allocations/X"),
+    ):
+        assert (
+            httpx.request(method, f"{base}{path}", json=order("X", **{"S": 1})).status_code == 401
+        )
+        assert (
+            httpx.request(
+                method,
+                f"{base}{path}",
+                json=order("X", **{"S": 1}),
+                headers={"Authorization": f"Bearer {READ_KEY}"},
+            ).status_code
+            == 403
+        )
 
 
 def test_the_fast_path_answers_exactly_as_the_framework_route(stack: Stack) -> None:
@@ -159,12 +198,15 @@ def test_the_fast_path_answers_exactly_as_the_framework_route(stack: Stack) -> N
     assert conflict[0].headers["content-type"] == "application/problem+json"
     same(*conflict, "F-ORD")
     assert availability(base, READ_KEY, "web", "F-1")["reserved"] == 4
+
     # A body the fast path does not accept is handed, whole, to the framework route: sent in
     # chunks, a bad one is refused naming the field; a good one is allocated.
     def chunked(body: dict[str, Any]) -> httpx.Response:
         raw = json.dumps(body).encode()
         parts = (raw[i : i + 7] for i in range(0, len(raw), 7))
-        return httpx.post(url, content=parts, headers={**W, "Content-Type": "application/json"}, timeout=10)
+        return httpx.post(
+            url, content=parts, headers={**W, "Content-Type": "application/json"}, timeout=10
+        )
 
     bad = chunked(order("F-BAD", **{"F-1": 0}))
     assert bad.status_code == 400 and "quantity" in bad.json()["detail"], bad.text
@@ -198,7 +240,9 @@ def test_64_concurrent_clients_never_oversell(stack: Stack) -> None:
             tasks = [
                 client.post(
                     f"{base}/v1/allocations",
-                    json=order(f"RACE-{i}", "web" if i % 2 else "marketplace", **{"HOT": 1 + i % 3}),
+                    json=order(
+                        f"RACE-{i}", "web" if i % 2 else "marketplace", **{"HOT": 1 + i % 3}
+                    ),
                     headers=W,
                 )
                 for i in range(64)
@@ -206,7 +250,9 @@ def test_64_concurrent_clients_never_oversell(stack: Stack) -> None:
             return await asyncio.gather(*tasks)
 
     replies = asyncio.run(race())
-    assert all(r.status_code == 201 for r in replies), [r.text for r in replies if r.status_code != 201][:3]
+    assert all(r.status_code == 201 for r in replies), [
+        r.text for r in replies if r.status_code != 201
+    ][:3]
     taken = {"web": 0, "marketplace": 0}
     for reply in replies:
         line = reply.json()["lines"][0]
@@ -238,11 +284,18 @@ def test_a_wave_of_10000_orders_is_answered_in_one_request(stack: Stack) -> None
     base = stack.start_api()
     stack.start_consumer()
     skus = [f"W-{i:04d}" for i in range(400)]
-    stack.produce([receipt(sku, 30, "DC-EAST") for sku in skus] + [receipt(sku, 10, "DC-WEST") for sku in skus[::2]])
+    stack.produce(
+        [receipt(sku, 30, "DC-EAST") for sku in skus]
+        + [receipt(sku, 10, "DC-WEST") for sku in skus[::2]]
+    )
     expected = {sku: 30 + (10 if i % 2 == 0 else 0) for i, sku in enumerate(skus)}
 
     def stocked() -> bool:
-        reply = httpx.post(f"{base}/v1/availability/web/query", json={"skus": skus}, headers={"Authorization": f"Bearer {READ_KEY}"})
+        reply = httpx.post(
+            f"{base}/v1/availability/web/query",
+            json={"skus": skus},
+            headers={"Authorization": f"Bearer {READ_KEY}"},
+        )
         return {i["sku"]: i["on_hand"] for i in reply.json()["items"]} == expected
 
     poll(stocked, bool, timeout=60)
@@ -252,11 +305,16 @@ def test_a_wave_of_10000_orders_is_answered_in_one_request(stack: Stack) -> None
             "order_id": f"WAVE-{n}",
             "channel": "web" if n % 3 else "marketplace",
             "backorder": False,
-            "lines": [{"line_id": str(k), "sku": rng.choice(skus), "quantity": rng.randint(1, 3)} for k in range(rng.randint(1, 5))],
+            "lines": [
+                {"line_id": str(k), "sku": rng.choice(skus), "quantity": rng.randint(1, 3)}
+                for k in range(rng.randint(1, 5))
+            ],
         }
         for n in range(10_000)
     ]
-    reply = httpx.post(f"{base}/v1/allocations/batch", json={"orders": orders}, headers=W, timeout=120)
+    reply = httpx.post(
+        f"{base}/v1/allocations/batch", json={"orders": orders}, headers=W, timeout=120
+    )
     assert reply.status_code == 200, reply.text[:500]
     results = reply.json()["orders"]
     assert [r["order_id"] for r in results] == [o["order_id"] for o in orders]
@@ -267,6 +325,10 @@ def test_a_wave_of_10000_orders_is_answered_in_one_request(stack: Stack) -> None
             assert got + line["backordered"] + line["unfilled"] == asked["quantity"]
             taken[asked["sku"]] = taken.get(asked["sku"], 0) + got
     # No oversell: every sku reserved at most its stock, and what the wave took is reserved.
-    reply = httpx.post(f"{base}/v1/availability/web/query", json={"skus": skus}, headers={"Authorization": f"Bearer {READ_KEY}"})
+    reply = httpx.post(
+        f"{base}/v1/availability/web/query",
+        json={"skus": skus},
+        headers={"Authorization": f"Bearer {READ_KEY}"},
+    )
     for item in reply.json()["items"]:
         assert item["reserved"] == taken.get(item["sku"], 0) <= item["on_hand"], item

@@ -18,7 +18,11 @@ from tests.conftest import ADMIN_KEY, ALL_KEY, READ_KEY, WRITE_KEY, config_text
 
 pytestmark = pytest.mark.integration
 
-ORDER = {"order_id": "AUTH-1", "channel": "web", "lines": [{"line_id": "1", "sku": "S", "quantity": 1}]}
+ORDER = {
+    "order_id": "AUTH-1",
+    "channel": "web",
+    "lines": [{"line_id": "1", "sku": "S", "quantity": 1}],
+}
 # (method, path, body, scope) for every endpoint that needs a key.
 PROTECTED: list[tuple[str, str, Any, str]] = [
     ("GET", "/v1/availability/web/SKU-1", None, "availability:read"),
@@ -33,7 +37,12 @@ PROTECTED: list[tuple[str, str, Any, str]] = [
     ("DELETE", "/v1/channels/web/safety-stock/SKU-1", None, "admin"),
 ]
 # Writes are exercised with their key in the allocation tests (they need the broker).
-READS_WITH_KEY = {"/v1/availability/web/SKU-1", "/v1/availability/web/query", "/v1/availability/web/changes", "/v1/channels"}
+READS_WITH_KEY = {
+    "/v1/availability/web/SKU-1",
+    "/v1/availability/web/query",
+    "/v1/availability/web/changes",
+    "/v1/channels",
+}
 KEY_FOR_SCOPE = {"availability:read": READ_KEY, "allocations:write": WRITE_KEY, "admin": ADMIN_KEY}
 
 
@@ -85,7 +94,9 @@ def test_health_readiness_metrics_and_openapi_need_no_key(client: TestClient[Any
     assert "/v1/availability/{channel}/{sku}" in schema["paths"]
     assert "/v1/availability/{channel}/query" in schema["paths"]
     props = schema["components"]["schemas"]["Availability"]["properties"]
-    assert {"available_to_sell", "on_hand", "reserved", "safety_stock", "atp", "as_of"} <= set(props)
+    assert {"available_to_sell", "on_hand", "reserved", "safety_stock", "atp", "as_of"} <= set(
+        props
+    )
 
 
 def test_channels_lists_the_configuration(client: TestClient[Any]) -> None:
@@ -122,7 +133,9 @@ def test_redis_down_is_503_problem_json_never_500(tmp_path: Path) -> None:
         assert ready.status_code == 503
         for reply in (
             test_client.get("/v1/availability/web/SKU-2", headers=headers),
-            test_client.post("/v1/availability/web/query", json={"skus": ["A", "B"]}, headers=headers),
+            test_client.post(
+                "/v1/availability/web/query", json={"skus": ["A", "B"]}, headers=headers
+            ),
         ):
             assert reply.status_code == 503, reply.text
             assert reply.headers["content-type"].startswith("application/problem+json")
@@ -141,21 +154,32 @@ def test_oversized_body_is_413_problem_json(redis_url: str) -> None:
     text = config_text(redis_url) + "\n[api]\nmax_body_bytes = 2000\n"
     with TestClient(serving_app(create_app(parse_config(text)))) as small:
         body = {"skus": [f"SKU-{i:06d}" for i in range(400)]}
-        reply = small.post("/v1/availability/web/query", json=body, headers={"Authorization": f"Bearer {READ_KEY}"})
+        reply = small.post(
+            "/v1/availability/web/query", json=body, headers={"Authorization": f"Bearer {READ_KEY}"}
+        )
         assert reply.status_code == 413
         assert reply.headers["content-type"].startswith("application/problem+json")
         # An order read by the fast path until it passed the limit, then replayed to Litestar.
-        order = {**ORDER, "lines": [{"line_id": str(i), "sku": "S", "quantity": 1} for i in range(100)]}
-        reply = small.post("/v1/allocations", json=order, headers={"Authorization": f"Bearer {WRITE_KEY}"})
+        order = {
+            **ORDER,
+            "lines": [{"line_id": str(i), "sku": "S", "quantity": 1} for i in range(100)],
+        }
+        reply = small.post(
+            "/v1/allocations", json=order, headers={"Authorization": f"Bearer {WRITE_KEY}"}
+        )
         assert reply.status_code == 413, reply.text
         assert reply.headers["content-type"].startswith("application/problem+json")
 
 
-def test_keys_never_reach_the_logs(client: TestClient[Any], caplog: pytest.LogCaptureFixture) -> None:
+def test_keys_never_reach_the_logs(
+    client: TestClient[Any], caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level("DEBUG")
     for key in (READ_KEY, "not-a-key-but-secret", ADMIN_KEY):
         client.get("/v1/channels", headers={"Authorization": f"Bearer {key}"})
-        client.post("/v1/availability/web/query", content=b"{", headers={"Authorization": f"Bearer {key}"})
+        client.post(
+            "/v1/availability/web/query", content=b"{", headers={"Authorization": f"Bearer {key}"}
+        )
     text = caplog.text + "".join(str(r.__dict__) for r in caplog.records)
     for key in (READ_KEY, "not-a-key-but-secret", ADMIN_KEY):
         assert key not in text

@@ -45,12 +45,16 @@ def test_sync_client_following_next_cursor_ends_with_the_servers_values(stack: S
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         params = {"limit": 25, **({"cursor": cursor} if cursor else {})}
-        reply = httpx.get(f"{base}/v1/availability/web/changes", params=params, headers=R, timeout=5)
+        reply = httpx.get(
+            f"{base}/v1/availability/web/changes", params=params, headers=R, timeout=5
+        )
         assert reply.status_code == 200, reply.text
         page = reply.json()
         pages += 1
         assert len(page["items"]) <= 25
-        assert len({item["sku"] for item in page["items"]}) == len(page["items"])  # no repeats in a page
+        assert len({item["sku"] for item in page["items"]}) == len(
+            page["items"]
+        )  # no repeats in a page
         for item in page["items"]:
             mirror[item["sku"]] = item["available_to_sell"]
         cursor = page["next_cursor"]
@@ -84,5 +88,8 @@ def test_changes_feed_rejects_bad_cursors_and_limits(stack: Stack) -> None:
         assert reply.status_code == 400, params
         assert reply.headers["content-type"].startswith("application/problem+json")
     assert httpx.get(f"{base}/v1/availability/nope/changes", headers=R).status_code == 404
-    empty = poll(lambda: httpx.get(f"{base}/v1/availability/web/changes", headers=R), lambda r: r.status_code == 200)
+    empty = poll(
+        lambda: httpx.get(f"{base}/v1/availability/web/changes", headers=R),
+        lambda r: r.status_code == 200,
+    )
     assert empty.json()["items"] == []

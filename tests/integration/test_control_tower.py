@@ -327,7 +327,11 @@ def test_ops_endpoints_need_a_read_or_admin_key_and_report_the_world(stack: Stac
     assert page.headers["cache-control"] == "no-store"
     # Style and script come from the service's own files, nothing inline, nothing elsewhere.
     policy = page.headers["content-security-policy"]
-    assert "script-src 'self'" in policy and "style-src 'self'" in policy and "unsafe-inline" not in policy
+    assert (
+        "script-src 'self'" in policy
+        and "style-src 'self'" in policy
+        and "unsafe-inline" not in policy
+    )
     script = httpx.get(f"{base}/ui/static/ui.js", timeout=5)
     assert script.status_code == 200 and "javascript" in script.headers["content-type"]
     assert "/v1/ops/summary" in script.text and "http" not in script.text

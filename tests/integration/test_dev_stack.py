@@ -59,7 +59,9 @@ class Dev:
         headers = {"Authorization": f"Bearer {key}"}
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            reply = httpx.get(f"http://127.0.0.1:{self.port}/v1/availability/web/SKU-00001", headers=headers)
+            reply = httpx.get(
+                f"http://127.0.0.1:{self.port}/v1/availability/web/SKU-00001", headers=headers
+            )
             if reply.status_code == 200 and reply.json()["on_hand"] > 0:
                 return int(reply.json()["on_hand"])
             time.sleep(0.2)

@@ -57,7 +57,11 @@ def test_verify_rebuild_after_redis_loss_and_resume(stack: Stack) -> None:
     expected_on_hand[skus[0]] -= 1
 
     def caught_up() -> bool:
-        reply = httpx.post(f"{base}/v1/availability/web/query", json={"skus": skus}, headers={"Authorization": f"Bearer {READ_KEY}"})
+        reply = httpx.post(
+            f"{base}/v1/availability/web/query",
+            json={"skus": skus},
+            headers={"Authorization": f"Bearer {READ_KEY}"},
+        )
         return {i["sku"]: i["on_hand"] for i in reply.json()["items"]} == expected_on_hand
 
     poll(caught_up, bool)
@@ -90,7 +94,9 @@ def test_verify_rebuild_after_redis_loss_and_resume(stack: Stack) -> None:
     stack.start_consumer()
     stack.produce([receipt("L-1", 100, "DC-EAST")])
     doc = poll(
-        lambda: httpx.get(f"{base}/v1/availability/web/L-1", headers={"Authorization": f"Bearer {READ_KEY}"}).json(),
+        lambda: httpx.get(
+            f"{base}/v1/availability/web/L-1", headers={"Authorization": f"Bearer {READ_KEY}"}
+        ).json(),
         lambda d: d["on_hand"] == 106,
     )
     assert doc["on_hand"] == 106

@@ -27,7 +27,14 @@ def instance(redis_url: str, ledger_dir: Path) -> StreamProjector:
     settings = parse_config(config_text(redis_url=redis_url, ledger_dir=str(ledger_dir)))
     options = options_for(settings)
     store = RedisStore(redis.Redis.from_url(redis_url), settings.kafka.group_id, 7 * 86_400_000)
-    stream = StreamProjector(FakeConsumer(), FakeProducer(), store, projector_for(settings), options, ledger=Ledger(ledger_dir))  # type: ignore[arg-type]
+    stream = StreamProjector(
+        FakeConsumer(),
+        FakeProducer(),
+        store,
+        projector_for(settings),
+        options,
+        ledger=Ledger(ledger_dir),
+    )  # type: ignore[arg-type]
     stream._on_assign(stream.consumer, [TopicPartition(TOPIC, 0)])  # type: ignore[arg-type]
     return stream
 

@@ -20,12 +20,36 @@ def test_consumer_and_api_metrics(stack: Stack) -> None:
     stack.start_consumer()
     stack.produce([receipt("MET-1", 5)])
     stack.produce([(stack.settings.topics.movements, b"MET-1", b"not json")])
-    poll(lambda: availability(base, READ_KEY, "web", "MET-1"), lambda d: d["on_hand"] == 5, timeout=30)
+    poll(
+        lambda: availability(base, READ_KEY, "web", "MET-1"),
+        lambda d: d["on_hand"] == 5,
+        timeout=30,
+    )
     stack.produce([reservation("MET-1", 1, "CART-M", expires_at=now_iso(2.0))])
-    poll(lambda: availability(base, READ_KEY, "web", "MET-1"), lambda d: d["reserved"] == 1, timeout=10)
-    poll(lambda: availability(base, READ_KEY, "web", "MET-1"), lambda d: d["reserved"] == 0, timeout=10)
-    order = {"order_id": "MET-O", "channel": "web", "lines": [{"line_id": "1", "sku": "MET-1", "quantity": 9}]}
-    assert httpx.post(f"{base}/v1/allocations", json=order, headers={"Authorization": f"Bearer {WRITE_KEY}"}, timeout=10).status_code == 201
+    poll(
+        lambda: availability(base, READ_KEY, "web", "MET-1"),
+        lambda d: d["reserved"] == 1,
+        timeout=10,
+    )
+    poll(
+        lambda: availability(base, READ_KEY, "web", "MET-1"),
+        lambda d: d["reserved"] == 0,
+        timeout=10,
+    )
+    order = {
+        "order_id": "MET-O",
+        "channel": "web",
+        "lines": [{"line_id": "1", "sku": "MET-1", "quantity": 9}],
+    }
+    assert (
+        httpx.post(
+            f"{base}/v1/allocations",
+            json=order,
+            headers={"Authorization": f"Bearer {WRITE_KEY}"},
+            timeout=10,
+        ).status_code
+        == 201
+    )
 
     def scrape() -> str:
         return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
@@ -45,4 +69,7 @@ def test_consumer_and_api_metrics(stack: Stack) -> None:
     api = httpx.get(f"{base}/metrics").text
     assert 'atp_allocation_units_total{outcome="allocated"} 5.0' in api
     assert 'atp_allocation_units_total{outcome="unfilled"} 4.0' in api
-    assert 'atp_http_request_duration_seconds_count{route="/v1/availability/{channel:str}/{sku:str}",status="200"}' in api
+    assert (
+        'atp_http_request_duration_seconds_count{route="/v1/availability/{channel:str}/{sku:str}",status="200"}'
+        in api
+    )

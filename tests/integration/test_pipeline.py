@@ -49,8 +49,14 @@ def test_events_flow_to_http_reads(stack: Stack) -> None:
             receipt("SKU-1", 4, "DC-WEST"),
             reservation("SKU-1", 3, "ORD-1:1"),
             {
-                "type": "inbound", "event_id": "i-1", "occurred_at": now_iso(), "inbound_id": "PO-1:1",
-                "sku": "SKU-1", "location": "DC-EAST", "quantity": 50, "eta": "2099-01-01",
+                "type": "inbound",
+                "event_id": "i-1",
+                "occurred_at": now_iso(),
+                "inbound_id": "PO-1:1",
+                "sku": "SKU-1",
+                "location": "DC-EAST",
+                "quantity": 50,
+                "eta": "2099-01-01",
             },
         ]
     )
@@ -79,7 +85,9 @@ def test_unknown_sku_reads_zeros_and_unknown_channel_is_404(stack: Stack) -> Non
     assert doc["available_to_sell"] == doc["on_hand"] == doc["reserved"] == 0
     assert doc["safety_stock"] == 5
     assert doc["atp"] == []
-    reply = httpx.get(f"{base}/v1/availability/nope/SKU-1", headers={"Authorization": f"Bearer {READ_KEY}"})
+    reply = httpx.get(
+        f"{base}/v1/availability/nope/SKU-1", headers={"Authorization": f"Bearer {READ_KEY}"}
+    )
     assert reply.status_code == 404
     assert reply.headers["content-type"].startswith("application/problem+json")
 
@@ -104,12 +112,18 @@ def test_bulk_query_keeps_the_order_asked(stack: Stack) -> None:
 
     assert poll(query, lambda values: values == [5, 1, 4, 0, 2]) == [5, 1, 4, 0, 2]
     for bad in ({"skus": []}, {"skus": [f"S{i}" for i in range(1001)]}, {"sku": ["x"]}):
-        reply = httpx.post(f"{base}/v1/availability/web/query", json=bad, headers={"Authorization": f"Bearer {READ_KEY}"})
+        reply = httpx.post(
+            f"{base}/v1/availability/web/query",
+            json=bad,
+            headers={"Authorization": f"Bearer {READ_KEY}"},
+        )
         assert reply.status_code == 400, bad
         assert reply.headers["content-type"].startswith("application/problem+json")
 
 
-def test_poison_messages_go_to_dead_letter_with_headers_and_the_consumer_goes_on(stack: Stack) -> None:
+def test_poison_messages_go_to_dead_letter_with_headers_and_the_consumer_goes_on(
+    stack: Stack,
+) -> None:
     base = stack.start_api()
     stack.start_consumer()
     t = stack.settings.topics
@@ -163,7 +177,9 @@ def test_reservation_expires_within_a_second_with_no_event(stack: Stack) -> None
         pause=0.02,
     )
     seen_at = time.time()
-    expiry = msgspec.json.decode(json.dumps(expires).encode(), type=__import__("datetime").datetime).timestamp()
+    expiry = msgspec.json.decode(
+        json.dumps(expires).encode(), type=__import__("datetime").datetime
+    ).timestamp()
     assert doc["available_to_sell"] == 10
     assert seen_at - expiry < 1.0, f"expiry visible {seen_at - expiry:.3f}s late"
 
@@ -185,7 +201,9 @@ def test_consumer_killed_mid_stream_loses_and_doubles_nothing(stack: Stack) -> N
     assert producer.flush(30) == 0
     stack.start_consumer()
     for sku in skus:
-        doc = poll(lambda sku=sku: availability(base, READ_KEY, "web", sku), lambda d: d["on_hand"] >= 50)
+        doc = poll(
+            lambda sku=sku: availability(base, READ_KEY, "web", sku), lambda d: d["on_hand"] >= 50
+        )
         assert doc["on_hand"] == 50, sku
     time.sleep(0.5)
     assert all(availability(base, READ_KEY, "web", sku)["on_hand"] == 50 for sku in skus)

@@ -34,7 +34,9 @@ def test_the_batch_read_ahead_is_held_and_applied_next(stream: StreamProjector) 
     assert stream.stats.applied == 5 and stream.stats.consumed == 5
 
 
-def test_a_failed_write_loses_nothing_read_ahead_and_counts_nothing_twice(stream: StreamProjector) -> None:
+def test_a_failed_write_loses_nothing_read_ahead_and_counts_nothing_twice(
+    stream: StreamProjector,
+) -> None:
     consumer: QueueConsumer = stream.consumer  # type: ignore[assignment]
     consumer.batches = [batch(3, 2)]
     stream.store.fail_next = True  # type: ignore[attr-defined]
@@ -48,7 +50,9 @@ def test_a_failed_write_loses_nothing_read_ahead_and_counts_nothing_twice(stream
     assert stored_offset(stream) == 5 and on_hand(stream) == 5 and stream.stats.applied == 5
 
 
-def test_a_rebalance_during_the_read_ahead_sees_the_write_in_flight(stream: StreamProjector) -> None:
+def test_a_rebalance_during_the_read_ahead_sees_the_write_in_flight(
+    stream: StreamProjector,
+) -> None:
     consumer: QueueConsumer = stream.consumer  # type: ignore[assignment]
     seen: list[int | None] = []
 
@@ -63,7 +67,9 @@ def test_a_rebalance_during_the_read_ahead_sees_the_write_in_flight(stream: Stre
     assert seen == [3]
 
 
-def test_a_rebalance_while_the_write_does_not_land_abandons_the_batch(stream: StreamProjector) -> None:
+def test_a_rebalance_while_the_write_does_not_land_abandons_the_batch(
+    stream: StreamProjector,
+) -> None:
     consumer: QueueConsumer = stream.consumer  # type: ignore[assignment]
     seen: list[int | None] = []
 

@@ -43,7 +43,9 @@ def test_the_image_install_holds_the_runtime_set_only(tmp_path: Path) -> None:
     command = _dockerfile_sync()
     assert "--extra" not in command and "--all-extras" not in command
     env = {**os.environ, "UV_PROJECT_ENVIRONMENT": str(venv), "UV_PYTHON_DOWNLOADS": "never"}
-    subprocess.run([_uv(), *command[1:]], cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [_uv(), *command[1:]], cwd=ROOT, env=env, check=True, capture_output=True, timeout=300
+    )
     python = venv / "bin" / "python"
     listed = subprocess.run(
         [str(python), "-c", "import importlib.metadata as m; print('\\n'.join(d.metadata['Name'] for d in m.distributions()))"],
@@ -51,10 +53,14 @@ def test_the_image_install_holds_the_runtime_set_only(tmp_path: Path) -> None:
     ).stdout.lower().split()  # fmt: skip
     names = {name.replace("_", "-") for name in listed}
     assert {"atp", "litestar", "redis", "confluent-kafka", "uvloop"} <= names
-    assert not names & NOT_IN_PRODUCTION, f"development packages in the image: {names & NOT_IN_PRODUCTION}"
+    assert not names & NOT_IN_PRODUCTION, (
+        f"development packages in the image: {names & NOT_IN_PRODUCTION}"
+    )
     atp = venv / "bin" / "atp"
     for command_name in ("serve", "consume"):
-        shown = subprocess.run([str(atp), command_name, "--help"], capture_output=True, text=True, check=False)
+        shown = subprocess.run(
+            [str(atp), command_name, "--help"], capture_output=True, text=True, check=False
+        )
         assert shown.returncode == 0, shown.stderr
     # The code behind both commands imports with the runtime set alone.
     imported = subprocess.run(

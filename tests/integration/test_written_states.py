@@ -43,21 +43,29 @@ def test_a_sku_another_writer_changed_is_read_again(stream: StreamProjector) -> 
     snapshot = stream.store.read(["SKU-1"])
     state = msgspec.structs.replace(snapshot.states["SKU-1"], safety_stock={"web": 1})
     now = stream.clock()
-    assert not stream.store.write(build_changeset([state], snapshot.versions, stream.projector, now), now // 1000)
+    assert not stream.store.write(
+        build_changeset([state], snapshot.versions, stream.projector, now), now // 1000
+    )
     stream.process(batch(3, 2))
     assert stream.stats.conflicts == 1  # folded on what it wrote, refused, read, folded again
     assert on_hand(stream) == 5 and document(stream)["safety_stock"] == 1
     assert stream.stats.applied == 5
 
 
-def test_an_event_applied_before_is_a_duplicate_though_its_sku_was_not_read(stream: StreamProjector) -> None:
+def test_an_event_applied_before_is_a_duplicate_though_its_sku_was_not_read(
+    stream: StreamProjector,
+) -> None:
     stream.process(batch(0, 3))
     stream.process([message(3, receipt(1))])  # e-1 again, at a new offset
     assert on_hand(stream) == 3 and stored_offset(stream) == 4
-    assert stream.stats.duplicates == 1 and stream.stats.applied == 3 and stream.stats.conflicts == 1
+    assert (
+        stream.stats.duplicates == 1 and stream.stats.applied == 3 and stream.stats.conflicts == 1
+    )
 
 
-def test_the_apis_own_reservations_are_taken_as_applied_and_that_is_checked(stream: StreamProjector) -> None:
+def test_the_apis_own_reservations_are_taken_as_applied_and_that_is_checked(
+    stream: StreamProjector,
+) -> None:
     stream.process(batch(0, 5))
     # R-1 as the API applies it: its event_id marked with the sku's write.
     snapshot = stream.store.read(["SKU-1"])
@@ -113,7 +121,9 @@ def test_a_write_the_replaced_server_lost_is_applied_again(stream: StreamProject
     assert on_hand(stream) == 6 and stored_offset(stream) == 6
 
 
-def test_the_batch_folded_during_a_write_is_used_when_the_write_lands(stream: StreamProjector) -> None:
+def test_the_batch_folded_during_a_write_is_used_when_the_write_lands(
+    stream: StreamProjector,
+) -> None:
     consumer: QueueConsumer = stream.consumer  # type: ignore[assignment]
     stream.process(batch(0, 3))
     consumer.batches = [batch(4, 2)]
@@ -126,7 +136,9 @@ def test_the_batch_folded_during_a_write_is_used_when_the_write_lands(stream: St
     assert on_hand(stream) == 6 and stored_offset(stream) == 6 and stream.stats.applied == 6
 
 
-def test_the_batch_folded_during_a_write_that_conflicts_is_folded_again(stream: StreamProjector) -> None:
+def test_the_batch_folded_during_a_write_that_conflicts_is_folded_again(
+    stream: StreamProjector,
+) -> None:
     consumer: QueueConsumer = stream.consumer  # type: ignore[assignment]
     stream.process(batch(0, 3))
     consumer.batches = [batch(4, 2)]
@@ -141,7 +153,9 @@ def test_the_batch_folded_during_a_write_that_conflicts_is_folded_again(stream: 
     assert on_hand(stream) == 6 and stored_offset(stream) == 6 and stream.stats.applied == 6
 
 
-def test_a_failed_read_while_folding_ahead_leaves_the_batch_to_its_turn(stream: StreamProjector) -> None:
+def test_a_failed_read_while_folding_ahead_leaves_the_batch_to_its_turn(
+    stream: StreamProjector,
+) -> None:
     consumer: QueueConsumer = stream.consumer  # type: ignore[assignment]
     stream.process(batch(0, 3))
     other = receipt(3).replace(b'"SKU-1"', b'"SKU-2"')  # a sku not written yet: read ahead

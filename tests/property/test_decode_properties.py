@@ -36,7 +36,9 @@ json_values = st.recursive(
     | st.integers(min_value=-(2**80), max_value=2**80)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -87,7 +89,9 @@ def test_any_bytes_decode_to_an_event_or_an_invalid_event(payload: bytes) -> Non
                            "expires_at", "type", "extra"]),
     value=json_values,
 )  # fmt: skip
-def test_any_value_in_any_field_decodes_or_is_refused(base: dict[str, Any], field: str, value: Any) -> None:
+def test_any_value_in_any_field_decodes_or_is_refused(
+    base: dict[str, Any], field: str, value: Any
+) -> None:
     body = {**base, field: value}
     # ensure_ascii writes a lone surrogate as its escape, as a broken upstream would.
     _outcome(json.dumps(body, ensure_ascii=True).encode())

@@ -74,9 +74,15 @@ def movements(draw: st.DrawFn) -> dict[str, Any]:
     # A reservation_id on a receipt or a move must not consume anything: keep some.
     rid = draw(st.none() | rids) if shape == "shipment" else draw(st.none() | st.just("R-1"))
     return {
-        "cls": BinMovement, "occurred_at": draw(instants()), "sku": draw(skus),
-        "location": draw(locations), "quantity": draw(st.integers(1, 12)),
-        "from_bin": src[0], "from_status": src[1], "to_bin": dst[0], "to_status": dst[1],
+        "cls": BinMovement,
+        "occurred_at": draw(instants()),
+        "sku": draw(skus),
+        "location": draw(locations),
+        "quantity": draw(st.integers(1, 12)),
+        "from_bin": src[0],
+        "from_status": src[1],
+        "to_bin": dst[0],
+        "to_status": dst[1],
         "reservation_id": rid,
     }
 
@@ -85,8 +91,12 @@ def movements(draw: st.DrawFn) -> dict[str, Any]:
 def counts(draw: st.DrawFn) -> dict[str, Any]:
     bin_, status = draw(sides)
     return {
-        "cls": BinCount, "occurred_at": draw(instants()), "sku": draw(skus),
-        "location": draw(locations), "bin": bin_, "status": status,
+        "cls": BinCount,
+        "occurred_at": draw(instants()),
+        "sku": draw(skus),
+        "location": draw(locations),
+        "bin": bin_,
+        "status": status,
         "quantity": draw(st.integers(0, 15)),
     }
 
@@ -94,9 +104,13 @@ def counts(draw: st.DrawFn) -> dict[str, Any]:
 @st.composite
 def creations(draw: st.DrawFn) -> dict[str, Any]:
     return {
-        "cls": ReservationCreated, "occurred_at": draw(instants()), "sku": draw(skus),
-        "reservation_id": draw(rids), "channel": draw(st.sampled_from(sorted(CHANNELS))),
-        "location": draw(locations), "quantity": draw(st.integers(0, 8)),
+        "cls": ReservationCreated,
+        "occurred_at": draw(instants()),
+        "sku": draw(skus),
+        "reservation_id": draw(rids),
+        "channel": draw(st.sampled_from(sorted(CHANNELS))),
+        "location": draw(locations),
+        "quantity": draw(st.integers(0, 8)),
         "expires_at": draw(st.none() | instants(max_minutes=60 * 30)),
     }
 
@@ -104,7 +118,9 @@ def creations(draw: st.DrawFn) -> dict[str, Any]:
 @st.composite
 def releases(draw: st.DrawFn) -> dict[str, Any]:
     return {
-        "cls": ReservationReleased, "occurred_at": draw(instants()), "sku": draw(skus),
+        "cls": ReservationReleased,
+        "occurred_at": draw(instants()),
+        "sku": draw(skus),
         "reservation_id": draw(rids),
     }
 
@@ -112,8 +128,11 @@ def releases(draw: st.DrawFn) -> dict[str, Any]:
 @st.composite
 def inbounds(draw: st.DrawFn) -> dict[str, Any]:
     return {
-        "cls": Inbound, "occurred_at": draw(instants()), "sku": draw(skus),
-        "inbound_id": draw(st.sampled_from(INBOUND_IDS)), "location": draw(locations),
+        "cls": Inbound,
+        "occurred_at": draw(instants()),
+        "sku": draw(skus),
+        "inbound_id": draw(st.sampled_from(INBOUND_IDS)),
+        "location": draw(locations),
         "quantity": draw(st.sampled_from([0, 1, 5, 20])),
         "eta": T0.date() + timedelta(days=draw(st.integers(-3, 18))),
     }
@@ -146,8 +165,11 @@ nows = st.integers(0, 4 * 24 * 60).map(lambda m: to_us(T0 + timedelta(minutes=m)
 # -- helpers ------------------------------------------------------------------------------
 
 
-def run(events: Sequence[AnyEvent], states: Mapping[str, SkuState] | None = None,
-        seen: frozenset[str] = frozenset()) -> Any:
+def run(
+    events: Sequence[AnyEvent],
+    states: Mapping[str, SkuState] | None = None,
+    seen: frozenset[str] = frozenset(),
+) -> Any:
     return fold(states or {}, events, seen=seen, now_us=FOLD_NOW_US, window_us=WINDOW_US)
 
 
@@ -184,8 +206,10 @@ def oracle(events: Sequence[AnyEvent]) -> ReferenceModel:
 
 
 TOPIC = {
-    BinMovement: "movements", BinCount: "movements",
-    ReservationCreated: "reservations", ReservationReleased: "reservations",
+    BinMovement: "movements",
+    BinCount: "movements",
+    ReservationCreated: "reservations",
+    ReservationReleased: "reservations",
     Inbound: "inbound",
 }
 
@@ -314,7 +338,8 @@ def test_moving_a_release_or_a_shipment_before_its_reservation_gives_the_same_pr
         if not (isinstance(e, ReservationReleased) or consumes):
             continue
         created = [
-            j for j, c in enumerate(events[:i])
+            j
+            for j, c in enumerate(events[:i])
             if isinstance(c, ReservationCreated)
             and (c.sku, c.reservation_id) == (e.sku, e.reservation_id)
         ]
@@ -326,8 +351,11 @@ def test_moving_a_release_or_a_shipment_before_its_reservation_gives_the_same_pr
             # a movement does not commute with.
             its_bin = (e.sku, e.location, e.from_bin, e.from_status)
             lowest = 1 + max(
-                (j for j, c in enumerate(events[:i])
-                 if isinstance(c, BinCount) and (c.sku, c.location, c.bin, c.status) == its_bin),
+                (
+                    j
+                    for j, c in enumerate(events[:i])
+                    if isinstance(c, BinCount) and (c.sku, c.location, c.bin, c.status) == its_bin
+                ),
                 default=-1,
             )
         if lowest <= created[0]:
@@ -336,7 +364,7 @@ def test_moving_a_release_or_a_shipment_before_its_reservation_gives_the_same_pr
         return
     i, lowest, first_creation = data.draw(st.sampled_from(movable))
     target = data.draw(st.integers(lowest, first_creation))
-    moved = events[:i] + events[i + 1:]
+    moved = events[:i] + events[i + 1 :]
     moved.insert(target, events[i])
     assert projection(run(moved).states, now_us) == projection(run(events).states, now_us)
 
@@ -357,9 +385,15 @@ def any_event(draw: st.DrawFn) -> AnyEvent:
     body["occurred_at"] = draw(fine_instants())
     if cls is ReservationCreated and body["expires_at"] is not None:
         body["expires_at"] = draw(fine_instants())
-    event_id = draw(st.text(st.characters(min_codepoint=0x20, blacklist_categories=("Cs",),
-                                          blacklist_characters="\x7f"),
-                            min_size=1, max_size=20))
+    event_id = draw(
+        st.text(
+            st.characters(
+                min_codepoint=0x20, blacklist_categories=("Cs",), blacklist_characters="\x7f"
+            ),
+            min_size=1,
+            max_size=20,
+        )
+    )
     return cls(event_id=event_id, **body)
 
 

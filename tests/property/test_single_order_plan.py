@@ -78,7 +78,9 @@ def states(draw: st.DrawFn, sku: str) -> SkuState:
         )
         for i in range(draw(st.integers(0, 6)))
     )
-    safety = draw(st.dictionaries(st.sampled_from(["c0", "c1", "c2", "gone"]), st.integers(0, 6), max_size=2))
+    safety = draw(
+        st.dictionaries(st.sampled_from(["c0", "c1", "c2", "gone"]), st.integers(0, 6), max_size=2)
+    )
     return SkuState(sku, bins=bins, reservations=reservations, inbound=inbound, safety_stock=safety)
 
 
@@ -87,7 +89,9 @@ def cases(draw: st.DrawFn) -> tuple[Projector, dict[str, SkuState], OrderRequest
     projector = draw(projectors())
     skus = [f"s{i}" for i in range(draw(st.integers(1, 3)))]
     lines = [
-        OrderLine(line_id=str(i), sku=draw(st.sampled_from(skus)), quantity=draw(st.integers(1, 12)))
+        OrderLine(
+            line_id=str(i), sku=draw(st.sampled_from(skus)), quantity=draw(st.integers(1, 12))
+        )
         for i in range(draw(st.integers(1, 5)))
     ]
     used = list(dict.fromkeys(line.sku for line in lines))
@@ -107,7 +111,9 @@ def turns(draw: st.DrawFn) -> tuple[Projector, dict[str, SkuState], list[OrderRe
     orders = []
     for o in range(draw(st.integers(1, 5))):
         lines = [
-            OrderLine(line_id=str(i), sku=draw(st.sampled_from(skus)), quantity=draw(st.integers(1, 12)))
+            OrderLine(
+                line_id=str(i), sku=draw(st.sampled_from(skus)), quantity=draw(st.integers(1, 12))
+            )
             for i in range(draw(st.integers(1, 3)))
         ]
         orders.append(
@@ -153,7 +159,9 @@ def test_orders_in_turn_equal_planning_them_one_after_another(
 
 @EXAMPLES
 @given(cases())
-def test_single_order_path_equals_vectorized_engine(case: tuple[Projector, dict[str, SkuState], OrderRequest]) -> None:
+def test_single_order_path_equals_vectorized_engine(
+    case: tuple[Projector, dict[str, SkuState], OrderRequest],
+) -> None:
     projector, sku_states, order = case
     assert plan([order], sku_states, projector, NOW_US, scalar=True) == plan(
         [order], sku_states, projector, NOW_US, scalar=False
@@ -168,7 +176,9 @@ def test_single_order_path_is_the_default_and_refuses_what_the_engine_refuses() 
         bins=(BinStock("L0", "B", "available", 2), BinStock("L1", "B", "available", 5)),
         inbound=(InboundLine("i", "L1", 4, TODAY + 3, 0),),
     )
-    order = OrderRequest("o", "web", [OrderLine("1", "s0", 3), OrderLine("2", "s0", 8)], backorder=True)
+    order = OrderRequest(
+        "o", "web", [OrderLine("1", "s0", 3), OrderLine("2", "s0", 8)], backorder=True
+    )
     planned = plan([order], {"s0": state}, projector, NOW_US)
     assert planned == plan([order], {"s0": state}, projector, NOW_US, scalar=False)
     first, second = planned.results[0].lines

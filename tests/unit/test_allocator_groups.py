@@ -104,7 +104,13 @@ class Broker:
 
 def stocked(**skus: int) -> dict[str, SkuState]:
     return {
-        sku: SkuState(sku, bins=(BinStock("L0", "B", "available", units // 2), BinStock("L1", "B", "available", units - units // 2)))
+        sku: SkuState(
+            sku,
+            bins=(
+                BinStock("L0", "B", "available", units // 2),
+                BinStock("L1", "B", "available", units - units // 2),
+            ),
+        )
         for sku, units in skus.items()
     }
 
@@ -139,19 +145,31 @@ def test_concurrent_orders_share_writes_and_answer_as_if_one_after_another() -> 
         assert got == [(alone.results[0], True)]
     assert store.writes < len(orders)  # written in groups
     assert store.open_units("A") == sum(
-        a.quantity for r in answers for line in r[0][0].lines if line.sku == "A" for a in line.allocations
+        a.quantity
+        for r in answers
+        for line in r[0][0].lines
+        if line.sku == "A"
+        for a in line.allocations
     )
     assert store.open_units("A") <= 7 and store.open_units("B") <= 3
     # Every reservation was published once, with the order's own correlation id (none here).
     published = [m for batch in broker.sends for m in batch]
-    assert len(published) == sum(len(r[0][0].lines[0].allocations) + len(r[0][0].lines[1].allocations) for r in answers)
+    assert len(published) == sum(
+        len(r[0][0].lines[0].allocations) + len(r[0][0].lines[1].allocations) for r in answers
+    )
 
 
 def test_repeats_conflicts_and_duplicates_in_one_burst() -> None:
     store, broker = FakeStore(stocked(A=10)), Broker()
     allocator = Allocator(store, PROJECTOR, broker.send, "res", clock=lambda: NOW_US)  # type: ignore[arg-type]
     (first,) = run(allocator, [order("done", A=1)])
-    burst = [order("done", A=1), order("done", A=2), order("new", A=1), order("new", A=1), order("x", A=1)]
+    burst = [
+        order("done", A=1),
+        order("done", A=2),
+        order("new", A=1),
+        order("new", A=1),
+        order("x", A=1),
+    ]
     answers = run(allocator, burst)
     assert answers[0] == [(first[0][0], False)]  # a stored repeat: 200, same result
     assert isinstance(answers[1], OrderConflict)  # another body: 409
@@ -201,7 +219,10 @@ def test_each_event_carries_its_own_requests_correlation_id(size: int) -> None:
         f"cid-{i}".encode() for i in range(size)
     ]
     for message in published:
-        assert f'"correlation_id":"{dict(message.headers)["correlation-id"].decode()}"'.encode() in message.value
+        assert (
+            f'"correlation_id":"{dict(message.headers)["correlation-id"].decode()}"'.encode()
+            in message.value
+        )
 
 
 class SlowBroker(Broker):

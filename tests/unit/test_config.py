@@ -11,7 +11,10 @@ GOOD = config_text()
 
 
 def test_the_contract_example_config_parses_with_env_overrides() -> None:
-    settings = parse_config(GOOD, {"ATP_REDIS_URL": "redis://r:1/2", "ATP_KAFKA_BOOTSTRAP": "k:9", "ATP_LEDGER_DIR": "/l"})
+    settings = parse_config(
+        GOOD,
+        {"ATP_REDIS_URL": "redis://r:1/2", "ATP_KAFKA_BOOTSTRAP": "k:9", "ATP_LEDGER_DIR": "/l"},
+    )
     assert settings.redis.url == "redis://r:1/2"
     assert settings.kafka.bootstrap == "k:9"
     assert settings.ledger.dir == "/l"
@@ -23,17 +26,45 @@ def test_the_contract_example_config_parses_with_env_overrides() -> None:
     ("text", "named"),
     [
         pytest.param(GOOD + "\n[surprise]\nx = 1\n", "surprise", id="unknown-table"),
-        pytest.param(GOOD.replace('group_id = "atp-test"', 'group_id = "atp-test"\ncolour = "red"'), "colour", id="unknown-key"),
-        pytest.param(GOOD.replace('locations = ["DC-EAST"]', "locations = []"), "locations", id="channel-without-locations"),
-        pytest.param(GOOD.replace('name = "marketplace"', 'name = "web"'), "duplicate channel name", id="duplicate-channel"),
-        pytest.param(GOOD.replace('scopes = ["admin"]', 'scopes = ["root"]'), "scopes", id="bad-scope"),
-        pytest.param(GOOD.replace("safety_stock = 5", "safety_stock = -1"), "safety_stock", id="negative-safety-stock"),
-        pytest.param(GOOD.replace("priority = 2", 'priority = "high"'), "priority", id="wrong-type"),
+        pytest.param(
+            GOOD.replace('group_id = "atp-test"', 'group_id = "atp-test"\ncolour = "red"'),
+            "colour",
+            id="unknown-key",
+        ),
+        pytest.param(
+            GOOD.replace('locations = ["DC-EAST"]', "locations = []"),
+            "locations",
+            id="channel-without-locations",
+        ),
+        pytest.param(
+            GOOD.replace('name = "marketplace"', 'name = "web"'),
+            "duplicate channel name",
+            id="duplicate-channel",
+        ),
+        pytest.param(
+            GOOD.replace('scopes = ["admin"]', 'scopes = ["root"]'), "scopes", id="bad-scope"
+        ),
+        pytest.param(
+            GOOD.replace("safety_stock = 5", "safety_stock = -1"),
+            "safety_stock",
+            id="negative-safety-stock",
+        ),
+        pytest.param(
+            GOOD.replace("priority = 2", 'priority = "high"'), "priority", id="wrong-type"
+        ),
         pytest.param(GOOD + "\n[[channels]\n", "TOML", id="not-toml"),
         pytest.param(GOOD.replace('sha256 = "', 'sha256 = "zz'), "sha256", id="bad-hash"),
         # The OpenAPI document states these ceilings; a deployment may only lower them.
-        pytest.param(GOOD + "\n[api]\nmax_line_quantity = 1000001\n", "max_line_quantity", id="above-line-ceiling"),
-        pytest.param(GOOD + "\n[api]\nmax_batch_orders = 10001\n", "max_batch_orders", id="above-batch-ceiling"),
+        pytest.param(
+            GOOD + "\n[api]\nmax_line_quantity = 1000001\n",
+            "max_line_quantity",
+            id="above-line-ceiling",
+        ),
+        pytest.param(
+            GOOD + "\n[api]\nmax_batch_orders = 10001\n",
+            "max_batch_orders",
+            id="above-batch-ceiling",
+        ),
     ],
 )
 def test_an_invalid_config_names_the_problem(text: str, named: str) -> None:
@@ -49,7 +80,9 @@ def test_a_missing_config_file_names_the_variable(tmp_path: Path) -> None:
 
 def test_config_errors_do_not_echo_secret_values() -> None:
     secret = "s3cr3t-password"
-    text = GOOD.replace('url = "redis://127.0.0.1:1/0"', f'url = "redis://u:{secret}@h:1/0"\npassword = "{secret}"')
+    text = GOOD.replace(
+        'url = "redis://127.0.0.1:1/0"', f'url = "redis://u:{secret}@h:1/0"\npassword = "{secret}"'
+    )
     with pytest.raises(ConfigError) as raised:
         parse_config(text)
     assert secret not in str(raised.value)

@@ -54,36 +54,62 @@ def at(hour: int, minute: int = 0) -> datetime:
 
 def test_the_bin_movement_example_decodes() -> None:
     assert decode(MOVEMENT, CHANNELS) == BinMovement(
-        event_id="m-1001", occurred_at=at(10), sku="SKU-1", location="DC-EAST", quantity=10,
-        from_bin=None, from_status=None, to_bin="A-01-03", to_status="available",
+        event_id="m-1001",
+        occurred_at=at(10),
+        sku="SKU-1",
+        location="DC-EAST",
+        quantity=10,
+        from_bin=None,
+        from_status=None,
+        to_bin="A-01-03",
+        to_status="available",
         reservation_id=None,
     )
 
 
 def test_the_bin_count_example_decodes() -> None:
     assert decode(COUNT, CHANNELS) == BinCount(
-        event_id="c-77", occurred_at=at(11), sku="SKU-1", location="DC-EAST", bin="A-01-03",
-        status="available", quantity=7,
+        event_id="c-77",
+        occurred_at=at(11),
+        sku="SKU-1",
+        location="DC-EAST",
+        bin="A-01-03",
+        status="available",
+        quantity=7,
     )
 
 
 def test_the_reservation_created_example_decodes() -> None:
     assert decode(CREATED, CHANNELS) == ReservationCreated(
-        event_id="r-5", occurred_at=at(10, 1), sku="SKU-1", reservation_id="ORD-9:1",
-        channel="web", location="DC-EAST", quantity=2, expires_at=None,
+        event_id="r-5",
+        occurred_at=at(10, 1),
+        sku="SKU-1",
+        reservation_id="ORD-9:1",
+        channel="web",
+        location="DC-EAST",
+        quantity=2,
+        expires_at=None,
     )
 
 
 def test_the_reservation_released_example_decodes() -> None:
     assert decode(RELEASED, CHANNELS) == ReservationReleased(
-        event_id="r-6", occurred_at=at(10, 5), sku="SKU-1", reservation_id="ORD-9:1",
+        event_id="r-6",
+        occurred_at=at(10, 5),
+        sku="SKU-1",
+        reservation_id="ORD-9:1",
     )
 
 
 def test_the_inbound_example_decodes() -> None:
     assert decode(INBOUND, CHANNELS) == Inbound(
-        event_id="i-3", occurred_at=at(9), sku="SKU-1", inbound_id="PO-7:1", location="DC-EAST",
-        quantity=50, eta=date(2026, 12, 3),
+        event_id="i-3",
+        occurred_at=at(9),
+        sku="SKU-1",
+        inbound_id="PO-7:1",
+        location="DC-EAST",
+        quantity=50,
+        eta=date(2026, 12, 3),
     )
 
 
@@ -103,8 +129,9 @@ _DROP = object()
 @pytest.mark.parametrize("kind", sorted(EXAMPLES))
 def test_unknown_extra_fields_are_ignored(kind: str) -> None:
     plain = decode(EXAMPLES[kind], CHANNELS)
-    extended = _with(EXAMPLES[kind], schema_version=3, origin={"system": "wms", "site": [1, 2]},
-                     note=None)
+    extended = _with(
+        EXAMPLES[kind], schema_version=3, origin={"system": "wms", "site": [1, 2]}, note=None
+    )
     assert decode(extended, CHANNELS) == plain
 
 
@@ -115,23 +142,44 @@ def test_every_example_round_trips_through_encode(kind: str) -> None:
 
 
 ACCEPTED = [
-    pytest.param(_with(MOVEMENT, to_bin=None, to_status=None, from_bin="A-01-03",
-                       from_status="available", reservation_id="ORD-9:1"),
-                 id="a_shipment_with_a_reservation_id"),
-    pytest.param(_with(MOVEMENT, from_bin="A-01-03", from_status="available", to_bin="A-01-03",
-                       to_status="damaged"),
-                 id="a_status_change"),
-    pytest.param(_with(MOVEMENT, from_bin=_DROP, from_status=_DROP, reservation_id=_DROP),
-                 id="a_movement_with_the_null_fields_absent"),
-    pytest.param(_with(CREATED, expires_at="2026-11-27T12:00:00+02:00"),
-                 id="a_reservation_with_expires_at_and_an_offset"),
+    pytest.param(
+        _with(
+            MOVEMENT,
+            to_bin=None,
+            to_status=None,
+            from_bin="A-01-03",
+            from_status="available",
+            reservation_id="ORD-9:1",
+        ),
+        id="a_shipment_with_a_reservation_id",
+    ),
+    pytest.param(
+        _with(
+            MOVEMENT,
+            from_bin="A-01-03",
+            from_status="available",
+            to_bin="A-01-03",
+            to_status="damaged",
+        ),
+        id="a_status_change",
+    ),
+    pytest.param(
+        _with(MOVEMENT, from_bin=_DROP, from_status=_DROP, reservation_id=_DROP),
+        id="a_movement_with_the_null_fields_absent",
+    ),
+    pytest.param(
+        _with(CREATED, expires_at="2026-11-27T12:00:00+02:00"),
+        id="a_reservation_with_expires_at_and_an_offset",
+    ),
     pytest.param(_with(CREATED, expires_at=_DROP), id="a_reservation_with_expires_at_absent"),
     pytest.param(_with(CREATED, channel="marketplace"), id="a_reservation_of_another_channel"),
     pytest.param(_with(COUNT, quantity=0), id="a_count_of_0"),
     pytest.param(_with(INBOUND, quantity=0), id="an_inbound_of_0_closing_the_line"),
     pytest.param(_with(CREATED, quantity=0), id="a_reservation_of_0"),
-    pytest.param(_with(MOVEMENT, occurred_at="2026-11-27T10:00:00.123456-05:30"),
-                 id="a_timestamp_with_fraction_and_negative_offset"),
+    pytest.param(
+        _with(MOVEMENT, occurred_at="2026-11-27T10:00:00.123456-05:30"),
+        id="a_timestamp_with_fraction_and_negative_offset",
+    ),
     pytest.param(_with(MOVEMENT, sku="SKU-ü 1"), id="a_unicode_sku"),
 ]
 
@@ -161,22 +209,24 @@ REJECTED = [
     pytest.param(_with(CREATED, quantity=-2), "quantity", id="negative_reservation_quantity"),
     pytest.param(_with(INBOUND, quantity=-50), "quantity", id="negative_inbound_quantity"),
     pytest.param(_with(MOVEMENT, quantity=0), "quantity", id="quantity_0_for_a_bin_movement"),
-    pytest.param(_with(MOVEMENT, to_bin=None, to_status=None), "side",
-                 id="both_sides_null"),
+    pytest.param(_with(MOVEMENT, to_bin=None, to_status=None), "side", id="both_sides_null"),
     pytest.param(_with(MOVEMENT, to_status=None), "to_", id="a_side_with_a_bin_but_no_status"),
     pytest.param(_with(MOVEMENT, to_bin=None), "to_", id="a_side_with_a_status_but_no_bin"),
-    pytest.param(_with(MOVEMENT, from_bin="A-01-01"), "from_",
-                 id="a_from_side_with_a_bin_but_no_status"),
+    pytest.param(
+        _with(MOVEMENT, from_bin="A-01-01"), "from_", id="a_from_side_with_a_bin_but_no_status"
+    ),
     pytest.param(_with(MOVEMENT, quantity="10"), "quantity", id="quantity_as_a_string"),
     pytest.param(_with(MOVEMENT, quantity=10.5), "quantity", id="quantity_as_a_fraction"),
     pytest.param(_with(MOVEMENT, quantity=10.0), "quantity", id="quantity_as_a_float"),
     pytest.param(_with(MOVEMENT, quantity=True), "quantity", id="quantity_as_a_boolean"),
     pytest.param(_with(MOVEMENT, sku=42), "sku", id="sku_as_a_number"),
     pytest.param(_with(MOVEMENT, location=None), "location", id="location_null"),
-    pytest.param(_with(MOVEMENT, occurred_at=1764237600), "occurred_at",
-                 id="occurred_at_as_a_number"),
-    pytest.param(_with(MOVEMENT, occurred_at="yesterday"), "occurred_at",
-                 id="occurred_at_not_a_timestamp"),
+    pytest.param(
+        _with(MOVEMENT, occurred_at=1764237600), "occurred_at", id="occurred_at_as_a_number"
+    ),
+    pytest.param(
+        _with(MOVEMENT, occurred_at="yesterday"), "occurred_at", id="occurred_at_not_a_timestamp"
+    ),
     pytest.param(_with(INBOUND, eta="03/12/2026"), "eta", id="eta_not_a_date"),
     pytest.param(_with(MOVEMENT, event_id=_DROP), "event_id", id="missing_event_id"),
     pytest.param(_with(MOVEMENT, event_id=""), "event_id", id="empty_event_id"),
@@ -184,14 +234,17 @@ REJECTED = [
     pytest.param(_with(MOVEMENT, sku=_DROP), "sku", id="missing_sku"),
     pytest.param(_with(MOVEMENT, occurred_at=_DROP), "occurred_at", id="missing_occurred_at"),
     pytest.param(_with(COUNT, bin=_DROP), "bin", id="count_missing_bin"),
-    pytest.param(_with(RELEASED, reservation_id=_DROP), "reservation_id",
-                 id="release_missing_reservation_id"),
+    pytest.param(
+        _with(RELEASED, reservation_id=_DROP), "reservation_id", id="release_missing_reservation_id"
+    ),
     pytest.param(_with(INBOUND, inbound_id=_DROP), "inbound_id", id="inbound_missing_id"),
     pytest.param(_with(CREATED, channel="b2b"), "channel", id="unknown_channel_in_a_reservation"),
-    pytest.param(_with(MOVEMENT, occurred_at="2026-11-27T10:00:00"), "occurred_at",
-                 id="naive_occurred_at"),
-    pytest.param(_with(CREATED, expires_at="2026-11-27T12:00:00"), "expires_at",
-                 id="naive_expires_at"),
+    pytest.param(
+        _with(MOVEMENT, occurred_at="2026-11-27T10:00:00"), "occurred_at", id="naive_occurred_at"
+    ),
+    pytest.param(
+        _with(CREATED, expires_at="2026-11-27T12:00:00"), "expires_at", id="naive_expires_at"
+    ),
 ]
 
 
@@ -239,9 +292,16 @@ def test_the_reference_model_accepts_and_rejects_the_same_events(
 
 @pytest.mark.parametrize(
     ("field", "text"),
-    [("sku", "SKU\\u0000-1"), ("location", "DC\\nEAST"), ("event_id", "m\\t1"), ("reservation_id", "ORD\x7f9")],
+    [
+        ("sku", "SKU\\u0000-1"),
+        ("location", "DC\\nEAST"),
+        ("event_id", "m\\t1"),
+        ("reservation_id", "ORD\x7f9"),
+    ],
 )
-def test_identifiers_with_control_characters_are_rejected_naming_the_field(field: str, text: str) -> None:
+def test_identifiers_with_control_characters_are_rejected_naming_the_field(
+    field: str, text: str
+) -> None:
     payload = CREATED.replace(f'"{field}": "'.encode(), f'"{field}": "{text}'.encode(), 1)
     assert payload != CREATED
     with pytest.raises(InvalidEvent, match=f"{field} must not contain control characters"):

@@ -20,7 +20,9 @@ def rows(offsets: range) -> LedgerColumns:
 
 
 def offsets_in_files(root: Path) -> list[int]:
-    return sorted(o for f in root.rglob("*.parquet") for o in pq.read_table(f)["source_offset"].to_pylist())
+    return sorted(
+        o for f in root.rglob("*.parquet") for o in pq.read_table(f)["source_offset"].to_pylist()
+    )
 
 
 def test_rows_already_in_a_file_are_not_written_again(tmp_path: Path) -> None:
@@ -51,7 +53,14 @@ def test_a_partition_assigned_again_is_read_from_its_files(tmp_path: Path) -> No
 
 def test_a_batch_from_several_partitions_is_staged_per_partition_in_offset_order() -> None:
     # As consumed: partitions interleaved, and the dead letters' rows appended at the end.
-    order = [("t.b", 1, 7), ("t.a", 0, 3), ("t.b", 1, 8), ("t.a", 2, 5), ("t.a", 0, 4), ("t.a", 0, 2)]
+    order = [
+        ("t.b", 1, 7),
+        ("t.a", 0, 3),
+        ("t.b", 1, 8),
+        ("t.a", 2, 5),
+        ("t.a", 0, 4),
+        ("t.a", 0, 2),
+    ]
     n = len(order)
     batch = LedgerColumns(
         sources=[(topic, partition, offset, b"{}", None) for topic, partition, offset in order],
@@ -60,9 +69,16 @@ def test_a_batch_from_several_partitions_is_staged_per_partition_in_offset_order
         occurred_at_us=[1_000_000] * n, status=["applied"] * n, reason=[None] * n,
     )  # fmt: skip
     staged = Ledger("unused").stage(batch)
-    assert {parse_staged_field(name): from_ipc(blob)["source_offset"].to_pylist() for name, blob in staged.items()} == {
+    assert {
+        parse_staged_field(name): from_ipc(blob)["source_offset"].to_pylist()
+        for name, blob in staged.items()
+    } == {
         ("t.a", 0, 2): [2, 3, 4],
         ("t.a", 2, 5): [5],
         ("t.b", 1, 7): [7, 8],
     }
-    assert [r["event_id"] for r in from_ipc(staged[staged_field("t.a", 0, 2)]).to_pylist()] == ["e-2", "e-3", "e-4"]
+    assert [r["event_id"] for r in from_ipc(staged[staged_field("t.a", 0, 2)]).to_pylist()] == [
+        "e-2",
+        "e-3",
+        "e-4",
+    ]

@@ -37,10 +37,20 @@ def stock(loc: str, qty: int, status: str = "available", bin: str = "A") -> BinS
     return BinStock(loc, bin, status, qty)
 
 
-def held(rid: str, loc: str, qty: int, *, channel: str = "web", expires: datetime | None = None,
-         consumed: int = 0, released: bool = False, created: bool = True) -> Reservation:
-    return Reservation(rid, created, channel, loc, qty, consumed, released,
-                       to_us(expires) if expires else 0)
+def held(
+    rid: str,
+    loc: str,
+    qty: int,
+    *,
+    channel: str = "web",
+    expires: datetime | None = None,
+    consumed: int = 0,
+    released: bool = False,
+    created: bool = True,
+) -> Reservation:
+    return Reservation(
+        rid, created, channel, loc, qty, consumed, released, to_us(expires) if expires else 0
+    )
 
 
 def line(iid: str, loc: str, qty: int, eta: int) -> InboundLine:
@@ -52,11 +62,20 @@ def d(offset: int) -> str:
     return (TODAY + timedelta(days=offset)).isoformat()
 
 
-def state(bins: Sequence[BinStock] = (), reservations: Sequence[Reservation] = (),
-          inbound: Sequence[InboundLine] = (), safety_stock: dict[str, int] | None = None,
-          sku: str = SKU) -> SkuState:
-    return SkuState(sku=sku, bins=tuple(bins), reservations=tuple(reservations),
-                    inbound=tuple(inbound), safety_stock=safety_stock or {})
+def state(
+    bins: Sequence[BinStock] = (),
+    reservations: Sequence[Reservation] = (),
+    inbound: Sequence[InboundLine] = (),
+    safety_stock: dict[str, int] | None = None,
+    sku: str = SKU,
+) -> SkuState:
+    return SkuState(
+        sku=sku,
+        bins=tuple(bins),
+        reservations=tuple(reservations),
+        inbound=tuple(inbound),
+        safety_stock=safety_stock or {},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +118,10 @@ def test_the_marketplace_stops_selling_first_and_web_sells_the_last_units(
 
 
 def test_net_may_be_negative_and_available_to_sell_is_then_0(projector: Projector) -> None:
-    got = render(projector, state([stock("DC-EAST", 2)], [held("R-1", "DC-EAST", 5)],
-                                  [line("PO-1", "DC-EAST", 10, 2)]))
+    got = render(
+        projector,
+        state([stock("DC-EAST", 2)], [held("R-1", "DC-EAST", 5)], [line("PO-1", "DC-EAST", 10, 2)]),
+    )
     assert short(got["web"]) == (2, 5, 0, 0)
     # The negative net carries into atp: max(0, -3 + 10 - 0).
     assert atp(got["web"]) == [(d(2), 7)]
@@ -108,8 +129,12 @@ def test_net_may_be_negative_and_available_to_sell_is_then_0(projector: Projecto
 
 def test_on_hand_and_reserved_are_summed_over_the_channel_locations(projector: Projector) -> None:
     s = state(
-        [stock("DC-EAST", 10), stock("DC-EAST", 4, bin="B"), stock("DC-WEST", 7),
-         stock("STORE-9", 100)],
+        [
+            stock("DC-EAST", 10),
+            stock("DC-EAST", 4, bin="B"),
+            stock("DC-WEST", 7),
+            stock("STORE-9", 100),
+        ],
         [held("R-1", "DC-EAST", 1), held("R-2", "DC-WEST", 2), held("R-3", "STORE-9", 50)],
     )
     got = render(projector, s)
@@ -118,8 +143,14 @@ def test_on_hand_and_reserved_are_summed_over_the_channel_locations(projector: P
 
 
 def test_only_sellable_statuses_count_as_on_hand(projector: Projector) -> None:
-    s = state([stock("DC-EAST", 5), stock("DC-EAST", 3, "damaged"),
-               stock("DC-EAST", 4, "quarantine"), stock("DC-EAST", 2, "qc_hold")])
+    s = state(
+        [
+            stock("DC-EAST", 5),
+            stock("DC-EAST", 3, "damaged"),
+            stock("DC-EAST", 4, "quarantine"),
+            stock("DC-EAST", 2, "qc_hold"),
+        ]
+    )
     assert render(projector, s)["web"]["on_hand"] == 5
 
 
@@ -135,13 +166,14 @@ def test_negative_bins_are_summed_as_they_are(projector: Projector) -> None:
         pytest.param(held("R", "DC-EAST", 4, consumed=1), 3, id="partly_consumed"),
         pytest.param(held("R", "DC-EAST", 4, consumed=9), 0, id="over_consumed_counts_0"),
         pytest.param(held("R", "DC-EAST", 4, released=True), 0, id="released"),
-        pytest.param(held("R", "DC-EAST", 0, consumed=2, created=False), 0,
-                     id="not_yet_created"),
-        pytest.param(held("R", "DC-EAST", 4, expires=NOW + timedelta(seconds=1)), 4,
-                     id="expiring_in_the_future"),
+        pytest.param(held("R", "DC-EAST", 0, consumed=2, created=False), 0, id="not_yet_created"),
+        pytest.param(
+            held("R", "DC-EAST", 4, expires=NOW + timedelta(seconds=1)),
+            4,
+            id="expiring_in_the_future",
+        ),
         pytest.param(held("R", "DC-EAST", 4, expires=NOW), 0, id="expiring_now"),
-        pytest.param(held("R", "DC-EAST", 4, expires=NOW - timedelta(hours=1)), 0,
-                     id="expired"),
+        pytest.param(held("R", "DC-EAST", 4, expires=NOW - timedelta(hours=1)), 0, id="expired"),
     ],
 )
 def test_reserved_counts_the_open_unexpired_quantity(
@@ -158,18 +190,25 @@ def test_reserved_counts_the_open_unexpired_quantity(
 def test_atp_has_one_entry_per_distinct_due_date_ascending_and_cumulative(
     projector: Projector,
 ) -> None:
-    s = state([stock("DC-EAST", 10)], inbound=[
-        line("PO-1", "DC-EAST", 10, 3), line("PO-2", "DC-WEST", 5, 1),
-        line("PO-3", "DC-EAST", 2, 3), line("PO-4", "DC-WEST", 4, 7),
-    ])
+    s = state(
+        [stock("DC-EAST", 10)],
+        inbound=[
+            line("PO-1", "DC-EAST", 10, 3),
+            line("PO-2", "DC-WEST", 5, 1),
+            line("PO-3", "DC-EAST", 2, 3),
+            line("PO-4", "DC-WEST", 4, 7),
+        ],
+    )
     got = render(projector, s)
     assert atp(got["web"]) == [(d(1), 15), (d(3), 27), (d(7), 31)]
     assert got["web"]["available_to_sell"] == 10
 
 
 def test_atp_subtracts_the_safety_stock_and_is_never_negative(projector: Projector) -> None:
-    s = state([stock("DC-EAST", 1)], inbound=[line("PO-1", "DC-EAST", 2, 0),
-                                              line("PO-2", "DC-EAST", 10, 0)])
+    s = state(
+        [stock("DC-EAST", 1)],
+        inbound=[line("PO-1", "DC-EAST", 2, 0), line("PO-2", "DC-EAST", 10, 0)],
+    )
     got = render(projector, s)
     assert atp(got["marketplace"]) == [(d(0), 8)]  # 1 + 12 - 5
     s = state([stock("DC-EAST", 1)], inbound=[line("PO-1", "DC-EAST", 2, 0)])
@@ -177,10 +216,15 @@ def test_atp_subtracts_the_safety_stock_and_is_never_negative(projector: Project
 
 
 def test_a_past_eta_counts_as_due_today(projector: Projector) -> None:
-    s = state([stock("DC-EAST", 10)], inbound=[
-        line("PO-1", "DC-EAST", 5, -2), line("PO-2", "DC-EAST", 3, 0),
-        line("PO-3", "DC-EAST", 1, -40), line("PO-4", "DC-EAST", 7, 2),
-    ])
+    s = state(
+        [stock("DC-EAST", 10)],
+        inbound=[
+            line("PO-1", "DC-EAST", 5, -2),
+            line("PO-2", "DC-EAST", 3, 0),
+            line("PO-3", "DC-EAST", 1, -40),
+            line("PO-4", "DC-EAST", 7, 2),
+        ],
+    )
     got = render(projector, s)
     assert atp(got["web"]) == [(d(0), 19), (d(2), 26)]
     assert atp(got["marketplace"]) == [(d(0), 14)]
@@ -192,10 +236,14 @@ def test_an_eta_beyond_the_channel_horizon_is_excluded(projector: Projector) -> 
 
 
 def test_a_horizon_of_0_shows_only_inbound_due_today_or_past(projector: Projector) -> None:
-    s = state([stock("DC-EAST", 5)], inbound=[
-        line("PO-1", "DC-EAST", 3, -1), line("PO-2", "DC-EAST", 4, 0),
-        line("PO-3", "DC-EAST", 50, 1),
-    ])
+    s = state(
+        [stock("DC-EAST", 5)],
+        inbound=[
+            line("PO-1", "DC-EAST", 3, -1),
+            line("PO-2", "DC-EAST", 4, 0),
+            line("PO-3", "DC-EAST", 50, 1),
+        ],
+    )
     got = render(projector, s)
     assert atp(got["marketplace"]) == [(d(0), 7)]
     assert atp(got["web"]) == [(d(0), 12), (d(1), 62)]
@@ -237,8 +285,11 @@ def test_today_is_the_utc_date(projector: Projector) -> None:
 def test_a_per_sku_override_in_the_state_replaces_the_channel_default(
     projector: Projector,
 ) -> None:
-    s = state([stock("DC-EAST", 10)], inbound=[line("PO-1", "DC-EAST", 4, 0)],
-              safety_stock={"marketplace": 1, "b2b": 9})
+    s = state(
+        [stock("DC-EAST", 10)],
+        inbound=[line("PO-1", "DC-EAST", 4, 0)],
+        safety_stock={"marketplace": 1, "b2b": 9},
+    )
     got = render(projector, s)
     assert short(got["marketplace"]) == (10, 0, 1, 9)
     assert atp(got["marketplace"]) == [(d(0), 13)]
@@ -259,10 +310,12 @@ def _with_config_overrides(settings: Settings, overrides: dict[str, dict[str, in
 
 
 def test_config_per_sku_overrides_apply_to_their_sku_only(test_settings: Settings) -> None:
-    projector = projector_for(_with_config_overrides(
-        test_settings, {"web": {SKU: 4}, "marketplace": {"SKU-2": 0}}))
+    projector = projector_for(
+        _with_config_overrides(test_settings, {"web": {SKU: 4}, "marketplace": {"SKU-2": 0}})
+    )
     rendered = projector.render(
-        [state([stock("DC-EAST", 10)]), state([stock("DC-EAST", 3)], sku="SKU-2")], NOW_US)
+        [state([stock("DC-EAST", 10)]), state([stock("DC-EAST", 3)], sku="SKU-2")], NOW_US
+    )
     one, two = docs(rendered, SKU), docs(rendered, "SKU-2")
     assert short(one["web"]) == (10, 0, 4, 6)
     assert short(one["marketplace"]) == (10, 0, 5, 5)
@@ -287,8 +340,15 @@ def test_a_sku_never_seen_renders_zeros_the_channel_safety_stock_and_no_atp(
     for channel, safety in (("web", 0), ("marketplace", 5)):
         doc = got[channel]
         doc.pop("as_of")
-        assert doc == {"channel": channel, "sku": "NEW-1", "available_to_sell": 0,
-                       "on_hand": 0, "reserved": 0, "safety_stock": safety, "atp": []}
+        assert doc == {
+            "channel": channel,
+            "sku": "NEW-1",
+            "available_to_sell": 0,
+            "on_hand": 0,
+            "reserved": 0,
+            "safety_stock": safety,
+            "atp": [],
+        }
     assert "NEW-1" not in rendered.next_change_us
 
 
@@ -298,14 +358,24 @@ def test_a_sku_never_seen_renders_zeros_the_channel_safety_stock_and_no_atp(
 def test_the_document_has_exactly_the_contract_fields(projector: Projector) -> None:
     rendered = projector.render([state([stock("DC-EAST", 3)])], NOW_US + 123_456)
     doc = msgspec.json.decode(rendered.documents[SKU]["web"])
-    assert list(doc) == ["channel", "sku", "available_to_sell", "on_hand", "reserved",
-                         "safety_stock", "atp", "as_of"]
+    assert list(doc) == [
+        "channel",
+        "sku",
+        "available_to_sell",
+        "on_hand",
+        "reserved",
+        "safety_stock",
+        "atp",
+        "as_of",
+    ]
     assert doc["as_of"] == "2026-11-27T10:00:00.123Z"
 
 
 def test_rendered_available_to_sell_matches_the_documents(projector: Projector) -> None:
-    states = [state([stock("DC-EAST", 9)], [held("R", "DC-WEST", 2)]),
-              state([stock("DC-WEST", 4)], sku="SKU-2")]
+    states = [
+        state([stock("DC-EAST", 9)], [held("R", "DC-WEST", 2)]),
+        state([stock("DC-WEST", 4)], sku="SKU-2"),
+    ]
     rendered = projector.render(states, NOW_US)
     for s in states:
         for channel, raw in rendered.documents[s.sku].items():
@@ -315,8 +385,12 @@ def test_rendered_available_to_sell_matches_the_documents(projector: Projector) 
 
 def test_many_skus_render_independently(projector: Projector) -> None:
     a = state([stock("DC-EAST", 9)], inbound=[line("PO-1", "DC-EAST", 1, 1)], sku="A")
-    b = state([stock("DC-WEST", 4)], [held("R", "DC-WEST", 1)],
-              inbound=[line("PO-1", "DC-WEST", 2, 2)], sku="B")
+    b = state(
+        [stock("DC-WEST", 4)],
+        [held("R", "DC-WEST", 1)],
+        inbound=[line("PO-1", "DC-WEST", 2, 2)],
+        sku="B",
+    )
     together = projector.render([a, b], NOW_US)
     assert together.documents["A"] == projector.render([a], NOW_US).documents["A"]
     assert together.documents["B"] == projector.render([b], NOW_US).documents["B"]
@@ -336,8 +410,10 @@ def test_nothing_changes_without_expiring_reservations_or_inbound(projector: Pro
 
 def test_the_next_change_is_the_soonest_reservation_expiry(projector: Projector) -> None:
     soon, later = NOW + timedelta(minutes=5), NOW + timedelta(hours=2)
-    s = state([stock("DC-EAST", 9)], [held("R-1", "DC-EAST", 1, expires=later),
-                                      held("R-2", "DC-EAST", 1, expires=soon)])
+    s = state(
+        [stock("DC-EAST", 9)],
+        [held("R-1", "DC-EAST", 1, expires=later), held("R-2", "DC-EAST", 1, expires=soon)],
+    )
     assert _next(projector, s) == to_us(soon)
 
 
@@ -345,10 +421,14 @@ def test_the_next_change_is_the_soonest_reservation_expiry(projector: Projector)
     "reservation",
     [
         pytest.param(held("R", "DC-EAST", 2, expires=NOW - timedelta(minutes=1)), id="expired"),
-        pytest.param(held("R", "DC-EAST", 2, expires=NOW + timedelta(minutes=1),
-                          released=True), id="released"),
-        pytest.param(held("R", "DC-EAST", 2, expires=NOW + timedelta(minutes=1), consumed=2),
-                     id="fully_consumed"),
+        pytest.param(
+            held("R", "DC-EAST", 2, expires=NOW + timedelta(minutes=1), released=True),
+            id="released",
+        ),
+        pytest.param(
+            held("R", "DC-EAST", 2, expires=NOW + timedelta(minutes=1), consumed=2),
+            id="fully_consumed",
+        ),
     ],
 )
 def test_a_reservation_that_no_longer_counts_schedules_nothing(
@@ -403,23 +483,29 @@ def test_closed_inbound_lines_schedule_nothing(projector: Projector) -> None:
 
 def test_the_next_change_is_the_earliest_of_expiry_and_day(projector: Projector) -> None:
     expiry = NOW + timedelta(hours=3)
-    s = state([stock("DC-EAST", 9)], [held("R", "DC-EAST", 2, expires=expiry)],
-              inbound=[line("PO-1", "DC-EAST", 3, -1)])
+    s = state(
+        [stock("DC-EAST", 9)],
+        [held("R", "DC-EAST", 2, expires=expiry)],
+        inbound=[line("PO-1", "DC-EAST", 3, -1)],
+    )
     assert _next(projector, s) == to_us(expiry)
     late = NOW + timedelta(days=3)
-    s = state([stock("DC-EAST", 9)], [held("R", "DC-EAST", 2, expires=late)],
-              inbound=[line("PO-1", "DC-EAST", 3, -1)])
+    s = state(
+        [stock("DC-EAST", 9)],
+        [held("R", "DC-EAST", 2, expires=late)],
+        inbound=[line("PO-1", "DC-EAST", 3, -1)],
+    )
     assert _next(projector, s) == MIDNIGHT_US
 
 
 def test_next_change_is_reported_per_sku(projector: Projector) -> None:
     a = state(inbound=[line("PO-1", "DC-EAST", 3, -1)], sku="A")
     b = state([stock("DC-EAST", 1)], sku="B")
-    c = state([stock("DC-EAST", 9)], [held("R", "DC-EAST", 2, expires=NOW + timedelta(hours=1))],
-              sku="C")
+    c = state(
+        [stock("DC-EAST", 9)], [held("R", "DC-EAST", 2, expires=NOW + timedelta(hours=1))], sku="C"
+    )
     rendered = projector.render([a, b, c], NOW_US)
-    assert rendered.next_change_us == {"A": MIDNIGHT_US,
-                                       "C": to_us(NOW + timedelta(hours=1))}
+    assert rendered.next_change_us == {"A": MIDNIGHT_US, "C": to_us(NOW + timedelta(hours=1))}
 
 
 def test_the_epoch_day_helpers_agree_with_the_calendar() -> None:

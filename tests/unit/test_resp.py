@@ -18,7 +18,18 @@ def wire(chunks: list[bytes | memoryview]) -> bytes:
     [
         ("GET", "k"),
         ("SET", "k", b"v" * (LARGE_BYTES + 1)),
-        ("EVALSHA", "a" * 40, 2, "k1", "k2", 7, b"x" * (LARGE_BYTES * 3), "", b"y" * 10, b"z" * (LARGE_BYTES + 5)),
+        (
+            "EVALSHA",
+            "a" * 40,
+            2,
+            "k1",
+            "k2",
+            7,
+            b"x" * (LARGE_BYTES * 3),
+            "",
+            b"y" * 10,
+            b"z" * (LARGE_BYTES + 5),
+        ),
         ("HSET", "h", "f", b"w" * (LARGE_BYTES * 2)),  # a large value last
         ("SET", b"q" * (LARGE_BYTES + 1), "v"),  # and one right after the name
         ("SET", "k", b"v" * LARGE_BYTES),  # at the limit: packed with the rest
@@ -44,7 +55,9 @@ def test_a_large_value_is_handed_on_as_it_is() -> None:
 
 
 def test_a_bytearray_is_sent_as_its_bytes() -> None:
-    assert wire(ChunkedPacker().pack("SET", "k", bytearray(b"abc"))) == hiredis.pack_command(("SET", "k", b"abc"))
+    assert wire(ChunkedPacker().pack("SET", "k", bytearray(b"abc"))) == hiredis.pack_command(
+        ("SET", "k", b"abc")
+    )
 
 
 def test_a_value_redis_cannot_hold_is_a_data_error_naming_the_problem() -> None:
