@@ -13,6 +13,7 @@ import msgspec
 import numpy as np
 
 from allocation.allocate import NONE, Allocation, allocate
+from allocation.in_turn import Line, Outcomes, allocate_in_turn
 from allocation.network import Network
 from atp_service.config import MAX_BATCH_ORDERS, MAX_LINE_QUANTITY, MAX_LINES_PER_ORDER
 from streams.events import Sku
@@ -179,23 +180,12 @@ def plan_in_turn(
     return _assemble(orders, states, projector.network, lines)
 
 
-@dataclass(frozen=True)
-class _Lines:
-    """Per line, in the order given: what the engine decided."""
-
-    taken: list[list[int]]  # units from stock, per network location
-    backordered: list[int]
-    promise_day: list[int]
-    promise_location: list[int]
-    unfilled: list[int]
-
-
 def _allocate_vectorized(
     orders: Sequence[OrderRequest],
     states: dict[str, SkuState],
     projector: Projector,
     now_us: int,
-) -> _Lines:
+) -> Outcomes:
     network: Network = projector.network
     skus = list(states)
     row = {sku: i for i, sku in enumerate(skus)}
@@ -211,7 +201,7 @@ def _allocate_vectorized(
         np.array([line.quantity for _, line in lines], dtype=np.int64),
         np.array([o.backorder for o, _ in lines], dtype=np.bool_),
     )
-    return _Lines(
+    return Outcomes(
         taken=outcome.taken.tolist(),
         backordered=outcome.backordered.tolist(),
         promise_day=outcome.promise_day.tolist(),
@@ -225,148 +215,27 @@ def _allocate_in_turn(
     states: dict[str, SkuState],
     projector: Projector,
     now_us: int,
-) -> _Lines | None:
-    """The rules of ``allocation.allocate`` as plain loops over a sku's few locations, one
-    order after another and, within an order (one channel, so one priority), line by line
-    as given: for a single order exactly what the engine computes.
-
-    Supply is gathered from the states exactly as ``Projector.supply`` does. None when the
-    input is one the engine refuses (it then raises the engine's error).
-    """
+) -> Outcomes | None:
+    """The orders one after another, each line as given (allocation.in_turn). None when
+    the input is one the engine refuses (it then raises the engine's error)."""
     network = projector.network
-    n_locations = len(network.locations)
-    today = now_us // US_PER_DAY
-    books: dict[str, _SkuSupply] = {}
-    out = _Lines([], [], [], [], [])
-    for order in orders:
-        if order.channel not in network.channels:
-            return None
-        c = network.channels.index(order.channel)
-        for line in order.lines:
-            book = books.get(line.sku)
-            if book is None:
-                book = _SkuSupply.of(projector, states[line.sku], now_us)
-                if book is None:
-                    return None
-                books[line.sku] = book
-            quantity = line.quantity
-            if quantity < 1:
-                return None
-            preferred, safety, due = book.channel(c, today)
-            unreserved = book.unreserved
-            net = sum(unreserved[loc] for loc in preferred)
-            take = min(quantity, max(0, net - safety))
-            taken = [0] * n_locations
-            if take > 0:
-                whole = next((loc for loc in preferred if unreserved[loc] >= take), None)
-                if whole is not None:
-                    taken[whole] = take
-                else:
-                    remaining = take
-                    for loc in preferred:
-                        part = min(max(0, unreserved[loc]), remaining)
-                        taken[loc] = part
-                        remaining -= part
-                for loc in preferred:
-                    unreserved[loc] -= taken[loc]
-            rest = quantity - take
-            backordered, day, where = 0, NONE, NONE
-            if order.backorder and rest > 0 and due:
-                # atp(c,s,d) after the take = max(0, net - take + inbound due by d - safety).
-                head = net - take - safety
-                backordered = min(rest, max(0, head + due[-1][1]))
-                if backordered > 0:
-                    day, where = next(
-                        (d, loc) for d, total, loc in due if head + total >= backordered
-                    )
-                    unreserved[where] -= backordered
-            out.taken.append(taken)
-            out.backordered.append(backordered)
-            out.promise_day.append(day)
-            out.promise_location.append(where)
-            out.unfilled.append(rest - backordered)
-    return out
-
-
-class _SkuSupply:
-    """One sku's supply as the plain-Python path reads it (see ``Projector.supply``).
-
-    ``unreserved`` is on_hand - reserved per network location, updated as lines reserve;
-    ``channel(c)`` gives the channel's locations in preference order, its effective safety
-    stock and its inbound timeline: (day, inbound due by that day, preferred location with
-    a line due that day) per distinct due day within the channel's horizon, ascending.
-    """
-
-    def __init__(self, projector: Projector, state: SkuState, unreserved: list[int]) -> None:
-        self.projector = projector
-        self.state = state
-        self.unreserved = unreserved
-        self._channels: dict[int, tuple[list[int], int, list[tuple[int, int, int]]]] = {}
-
-    @classmethod
-    def of(cls, projector: Projector, state: SkuState, now_us: int) -> _SkuSupply | None:
-        network = projector.network
-        index = network.location_index()
-        unreserved = [0] * len(network.locations)
-        for b in state.bins:
-            where = index.get(b.location)
-            if where is not None and b.status in projector.sellable:
-                unreserved[where] += b.quantity
-        for r in state.reservations:
-            where = index.get(r.location)
-            if where is not None:
-                unreserved[where] -= r.open_quantity(now_us)
-        # The engine refuses a negative safety stock of any channel of the sku.
-        if any(o.get(state.sku, 0) < 0 for o in projector.config_overrides if o) or any(
-            q < 0 for name, q in state.safety_stock.items() if name in network.channels
-        ):
-            return None
-        if (network.safety_stock < 0).any():
-            return None
-        return cls(projector, state, unreserved)
-
-    def channel(self, c: int, today: int) -> tuple[list[int], int, list[tuple[int, int, int]]]:
-        found = self._channels.get(c)
-        if found is None:
-            found = self._channels[c] = self._channel(c, today)
-        return found
-
-    def _channel(self, c: int, today: int) -> tuple[list[int], int, list[tuple[int, int, int]]]:
-        network, state = self.projector.network, self.state
-        rank: list[int] = network.rank[c].tolist()
-        preferred = [loc for _, loc in sorted((r, loc) for loc, r in enumerate(rank) if r >= 0)]
-        safety = int(network.safety_stock[c])
-        overrides = self.projector.config_overrides[c]
-        if overrides and state.sku in overrides:
-            safety = overrides[state.sku]
-        safety = state.safety_stock.get(network.channels[c], safety)
-        index = network.location_index()
-        position = {loc: p for p, loc in enumerate(preferred)}
-        horizon_end = today + int(network.horizon[c])
-        lines = sorted(
-            (max(line.eta, today), position[where], where, line.quantity)
-            for line in state.inbound
-            if (where := index.get(line.location)) is not None
-            and where in position
-            and line.quantity > 0
-            and line.eta <= horizon_end
-        )
-        due: list[tuple[int, int, int]] = []
-        total = 0
-        for day, _, where, quantity in lines:
-            total += quantity
-            if due and due[-1][0] == day:
-                due[-1] = (day, total, due[-1][2])
-            else:
-                due.append((day, total, where))
-        return preferred, safety, due
+    skus = list(states)
+    row = {sku: i for i, sku in enumerate(skus)}
+    channel_index = {name: c for c, name in enumerate(network.channels)}
+    lines = [
+        Line(channel_index.get(order.channel, -1), row[line.sku], line.quantity, order.backorder)
+        for order in orders
+        for line in order.lines
+    ]
+    supply = projector.supply([states[sku] for sku in skus], now_us)
+    return allocate_in_turn(supply, network, now_us // US_PER_DAY, lines)
 
 
 def _assemble(
     orders: Sequence[OrderRequest],
     states: dict[str, SkuState],
     network: Network,
-    outcome: _Lines,
+    outcome: Outcomes,
 ) -> Planned:
     """Reservations, order results and new sku states out of the per-line outcome."""
     taken = outcome.taken

@@ -1,4 +1,4 @@
-"""The plain-Python path of ``atp_service.orders`` (used by ``POST /v1/allocations``)
+"""The plain-Python path (``allocation.in_turn``, used by ``POST /v1/allocations``)
 equals the vectorized engine on every single order, and ``plan_in_turn`` (concurrent
 single orders written together) equals planning them one after another."""
 
