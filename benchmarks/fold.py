@@ -47,7 +47,7 @@ from benchmarks.common import (
     timed,
 )
 from benchmarks.workload import Workload, encoded, sku_name
-from streams import consumer as consumer_module
+from streams.consumer import folding as consumer_module
 from streams.events import decode
 from streams.kafka import consumer_config
 
@@ -160,7 +160,7 @@ def real_pipeline(
         totals["consumer process CPU"] = time.process_time() - window["cpu"]
 
     projector.process = timed_process  # type: ignore[method-assign]
-    # The loop calls these module-level functions: wrap them for the run, restore after.
+    # The fold step calls these module-level functions: wrap them for the run, restore after.
     patched = {"fold": "fold", "build_changeset": "render + change set"}
     original = {name: getattr(consumer_module, name) for name in patched}
     for name, stage in patched.items():

@@ -25,7 +25,7 @@ from atp_service.model import projector_for
 from atp_service.runtime import store_for, sync_redis
 from atp_service.store import keys
 from streams.changeset import build_changeset, projection_field
-from streams.consumer import offset_field
+from streams.consumer.options import offset_field
 from streams.events import AnyEvent, decode
 from streams.fold import fold
 from streams.ledger import Ledger, iter_rows_sql, parse_staged_field, staged_table, view_sql

@@ -52,6 +52,7 @@ from streams.kafka import Outgoing
 from streams.ledger import Ledger
 from streams.state import US_PER_DAY
 from tests.conftest import config_text
+from tests.fakes import FakeConsumer, FakeMessage, FakeProducer
 from tests.faults.harness import documents, iso, now_us, sku_keys
 from tests.reference import ReferenceModel
 
@@ -64,90 +65,6 @@ STATUSES = ("available", "available", "damaged")
 EVENT_IDS = ("R1", "R2", "R3")
 INBOUND_IDS = ("PO1", "PO2", "PO3")
 WINDOW_US = 7 * US_PER_DAY
-
-
-class FakeMessage:
-    def __init__(self, topic: str, partition: int, offset: int, value: bytes, key: bytes) -> None:
-        self._where = (topic, partition, offset)
-        self._value, self._key = value, key
-
-    def error(self) -> None:
-        return None
-
-    def topic(self) -> str:
-        return self._where[0]
-
-    def partition(self) -> int:
-        return self._where[1]
-
-    def offset(self) -> int:
-        return self._where[2]
-
-    def value(self) -> bytes:
-        return self._value
-
-    def key(self) -> bytes:
-        return self._key
-
-    def headers(self) -> None:
-        return None
-
-    def timestamp(self) -> tuple[int, int]:
-        return (0, -1)  # TIMESTAMP_NOT_AVAILABLE
-
-
-class FakeConsumer:
-    def __init__(self) -> None:
-        self.commits: list[list[TopicPartition]] = []
-        self.assigned: list[TopicPartition] = []
-
-    def commit(self, offsets: list[TopicPartition], asynchronous: bool = True) -> None:
-        self.commits.append(offsets)
-
-    def assign(self, partitions: list[TopicPartition]) -> None:
-        self.assigned = list(partitions)
-
-    def assignment(self) -> list[TopicPartition]:
-        return self.assigned
-
-    def get_watermark_offsets(self, *args: Any, **kwargs: Any) -> tuple[int, int]:
-        return (0, 0)
-
-
-class FakeRawProducer:
-    """confluent_kafka.Producer's produce/poll/flush: every message is acknowledged at once."""
-
-    def __init__(self, sent: list[Outgoing]) -> None:
-        self.sent = sent
-        self._reports: list[tuple[Callable[..., None], Outgoing]] = []
-
-    def produce(self, topic: str, value: bytes | None = None, key: bytes | None = None,
-                on_delivery: Callable[..., None] | None = None, **kwargs: Any) -> None:  # fmt: skip
-        message = Outgoing(topic, key, value or b"", list(kwargs.get("headers") or []))
-        self.sent.append(message)
-        if on_delivery is not None:
-            self._reports.append((on_delivery, message))
-
-    def poll(self, timeout: float = 0) -> int:
-        reports, self._reports = self._reports, []
-        for report, _message in reports:
-            report(None, None)
-        return len(reports)
-
-    def flush(self, timeout: float = 0) -> int:
-        self.poll()
-        return 0
-
-
-class FakeProducer:
-    """streams.kafka.ReliableProducer: send_all (dead letters) and the raw producer."""
-
-    def __init__(self) -> None:
-        self.sent: list[Outgoing] = []
-        self.producer = FakeRawProducer(self.sent)
-
-    def send_all(self, messages: Sequence[Outgoing], timeout_s: float | None = None) -> None:
-        self.sent.extend(messages)
 
 
 def _order(

@@ -12,7 +12,7 @@ from atp_service.model import projector_for
 from atp_service.store import keys
 from streams.consumer import StreamProjector
 from tests.conftest import config_text
-from tests.faults.test_stateful_model import FakeProducer
+from tests.fakes import FakeProducer
 from tests.integration.inprocess import QueueConsumer, SlowStore, options_for
 
 

@@ -14,7 +14,7 @@ from atp_service.store import keys
 from atp_service.store.redis_store import RedisStore
 from streams.changeset import projection_field
 from streams.consumer import ConsumerOptions, StreamProjector, offset_field
-from tests.faults.test_stateful_model import FakeConsumer, FakeMessage
+from tests.fakes import FakeConsumer, FakeMessage
 
 TOPIC = "wms.bin-movements"
 

@@ -17,7 +17,7 @@ from atp_service.store.redis_store import RedisStore
 from streams.consumer import StreamProjector
 from streams.ledger import Ledger
 from tests.conftest import config_text
-from tests.faults.test_stateful_model import FakeConsumer, FakeProducer
+from tests.fakes import FakeConsumer, FakeProducer
 from tests.integration.inprocess import TOPIC, batch, on_hand, options_for, stored_offset
 
 pytestmark = pytest.mark.integration

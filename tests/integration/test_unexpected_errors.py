@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-import streams.consumer
+import streams.consumer.batch
 from atp_service.store import keys
 from streams import fold as fold_module
 from streams.changeset import projection_field
 from streams.consumer import StreamProjector
 from streams.events import BinMovement
-from tests.faults.test_stateful_model import FakeMessage
+from tests.fakes import FakeMessage
 from tests.integration.inprocess import TOPIC, on_hand, stored_offset
 
 pytestmark = pytest.mark.integration
@@ -74,14 +74,14 @@ def test_an_event_the_fold_cannot_take_is_dead_lettered_and_the_rest_applied(
 def test_an_event_the_decoder_cannot_take_is_dead_lettered(
     stream: StreamProjector, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = streams.consumer.decode
+    real = streams.consumer.batch.decode
 
     def broken(value: bytes, known: Any = None) -> Any:
         if b'"e-1"' in value:
             raise KeyError("a defect")
         return real(value, known)
 
-    monkeypatch.setattr(streams.consumer, "decode", broken)
+    monkeypatch.setattr(streams.consumer.batch, "decode", broken)
     before = _unexpected("decode")
     stream.process([_receipt(n, "SKU-1") for n in range(3)])
     assert stored_offset(stream) == 3 and on_hand(stream) == 2

@@ -15,7 +15,7 @@ from atp_service.store import keys
 from streams.changeset import build_changeset, projection_field
 from streams.consumer import StreamProjector
 from streams.state import BinStock, SkuState, dump_state
-from tests.faults.test_stateful_model import FakeMessage
+from tests.fakes import FakeMessage
 from tests.integration.inprocess import TOPIC, QueueConsumer, batch, on_hand, receipt, stored_offset
 
 
@@ -38,7 +38,7 @@ def api_reservation(reservation_id: str, quantity: int) -> bytes:
 
 def test_a_sku_another_writer_changed_is_read_again(stream: StreamProjector) -> None:
     stream.process(batch(0, 3))
-    assert "SKU-1" in stream._written
+    assert "SKU-1" in stream.written.states
     # As the API's safety-stock override does: read, change, write with the version.
     snapshot = stream.store.read(["SKU-1"])
     state = msgspec.structs.replace(snapshot.states["SKU-1"], safety_stock={"web": 1})
@@ -76,7 +76,7 @@ def test_the_apis_own_reservations_are_taken_as_applied_and_that_is_checked(
     )  # fmt: skip
     # Marked now: a mark from long ago would be trimmed, as the dedupe window says.
     assert not stream.store.write(changes, now // 1000)
-    stream._written.clear()
+    stream.written.states.clear()
     stream.process(batch(5, 1))  # read once, so written again from what it wrote
     stream.process([message(6, api_reservation("R-1", 2))])
     assert stream.stats.duplicates == 1 and stream.stats.conflicts == 0
@@ -94,13 +94,15 @@ def test_a_replaced_server_drops_every_assumption(stream: StreamProjector) -> No
     # As after a failover to a replica that holds other data under the same version.
     other = SkuState("SKU-1", bins=(BinStock("DC-EAST", "A1", "available", 10),))
     stream.store.client.hset(keys.sku_key("SKU-1"), "s", dump_state(other))
-    real = stream._server
-    stream._server = "f" * 40  # the run_id the consumer saw before (a new server has another)
+    real = stream.written.server
+    stream.written.server = (
+        "f" * 40
+    )  # the run_id the consumer saw before (a new server has another)
     stream.process(batch(3, 2))
     # Nothing written; the partition is consumed again from the offset the server holds.
     assert consumer.seeks == [(TOPIC, 0, 3)] and stream.stats.applied == 3
     stream.process(batch(3, 2))
-    assert on_hand(stream) == 12 and stored_offset(stream) == 5 and stream._server == real
+    assert on_hand(stream) == 12 and stored_offset(stream) == 5 and stream.written.server == real
 
 
 def test_a_write_the_replaced_server_lost_is_applied_again(stream: StreamProjector) -> None:
@@ -114,7 +116,7 @@ def test_a_write_the_replaced_server_lost_is_applied_again(stream: StreamProject
     client.flushall()
     for key, value in saved.items():
         client.restore(key, 0, value)
-    stream._server = "f" * 40
+    stream.written.server = "f" * 40
     stream.process(batch(5, 1))
     assert consumer.seeks == [(TOPIC, 0, 3)] and on_hand(stream) == 3
     stream.process(batch(3, 3))  # consumed again from there

@@ -1,0 +1,163 @@
+"""Step two: a batch's events folded into the states of their skus, and the change set that
+writes the result (states, projection, dedupe marks, offsets, outbox, ledger rows).
+
+Pure: the states come in (``Known``), the change set goes out. A fold that raises is a
+defect; the events that cause it are found (``Unfoldable``) so that they alone are
+dead-lettered and the rest of the batch is applied.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from streams import metrics
+from streams.changeset import ChangeSet, build_changeset
+from streams.consumer.batch import Batch, ledger_rows, unexpected
+from streams.events import TAGS, AnyEvent
+from streams.fold import FoldResult, fold
+from streams.ledger import Ledger
+from streams.projector import Projector
+from streams.state import SkuState
+
+# A batch's skus as the fold needs them: states, versions, event_ids applied already, and
+# those taken as applied without reading (sku -> ids, for the write to check).
+Known = tuple[dict[str, SkuState], dict[str, int], set[str], dict[str, list[str]]]
+Written = dict[str, tuple[int, bytes]]  # sku -> (version, state) as written
+
+
+class Unfoldable(Exception):
+    """Folding a batch raised an unexpected error; ``culprits`` are the events (by index in
+    the batch) that cause it, with the reason each is dead-lettered with."""
+
+    def __init__(self, culprits: dict[int, str]) -> None:
+        super().__init__(f"{len(culprits)} events cannot be folded")
+        self.culprits = culprits
+
+
+@dataclass(frozen=True)
+class Folder:
+    projector: Projector
+    window_us: int  # the dedupe window: how long closed records are kept
+    ledger: Ledger | None = None
+
+    def fold(
+        self,
+        events: list[AnyEvent],
+        by_sku: dict[str, list[str]],
+        offsets: dict[str, int],
+        known: Known,
+        now: int,
+        server: str,
+        batch: Batch | None = None,
+    ) -> tuple[FoldResult, ChangeSet]:
+        """Fold the events into the known states: the write that applies them (its
+        ``assumed_server`` is ``server``; with ``batch``, its ledger rows are staged too).
+
+        Raises:
+            Unfoldable: folding raised an unexpected error, and these events cause it.
+        """
+        try:
+            return self._fold(events, by_sku, offsets, known, now, server, batch)
+        except Exception as exc:
+            culprits = self._culprits(events, offsets, known, now, server)
+            if not culprits:
+                raise  # not caused by any event alone: a defect to see, not to hide
+            raise Unfoldable(culprits) from exc
+
+    def _fold(
+        self,
+        events: list[AnyEvent],
+        by_sku: dict[str, list[str]],
+        offsets: dict[str, int],
+        known: Known,
+        now: int,
+        server: str,
+        batch: Batch | None,
+    ) -> tuple[FoldResult, ChangeSet]:
+        states, versions, seen, marked = known
+        result = fold(states, events, seen=seen, now_us=now, window_us=self.window_us)
+        applied_ids = by_sku  # every event of the batch, unless some were duplicates
+        if result.duplicates:
+            applied_ids = events_by_sku(result.applied)
+        touched = [result.states[sku] for sku in by_sku if sku in result.touched]
+        changes = build_changeset(
+            touched, versions, self.projector, now, seen=applied_ids, offsets=offsets
+        )
+        changes.assumed_server, changes.marked = server, marked
+        if self.ledger is not None and batch is not None:
+            # Staged with the state and the offsets: see streams/ledger.py.
+            changes.ledger = self.ledger.stage(
+                ledger_rows(batch, result.duplicates), applied_at_us=now
+            )
+        return result, changes
+
+    def _culprits(
+        self, events: list[AnyEvent], offsets: dict[str, int], known: Known, now: int, server: str
+    ) -> dict[int, str]:
+        """The events (by index) whose fold raises, with the reason to dead-letter them.
+
+        Rare (a defect), so simple: a sku's events are folded alone, and a sku that fails
+        is folded one more event at a time; an event that fails is left out of the rest.
+        """
+        indices_of: dict[str, list[int]] = defaultdict(list)
+        for index, event in enumerate(events):
+            indices_of[event.sku].append(index)
+        culprits: dict[int, str] = {}
+        for indices in indices_of.values():
+            if self._raises([events[i] for i in indices], offsets, known, now, server) is None:
+                continue
+            good: list[AnyEvent] = []
+            for index in indices:
+                error = self._raises([*good, events[index]], offsets, known, now, server)
+                if error is None:
+                    good.append(events[index])
+                else:
+                    culprits[index] = unexpected("fold", error)
+        return culprits
+
+    def _raises(
+        self, events: list[AnyEvent], offsets: dict[str, int], known: Known, now: int, server: str
+    ) -> Exception | None:
+        try:
+            self._fold(events, events_by_sku(events), offsets, known, now, server, None)
+        except Exception as exc:
+            return exc
+        return None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A batch folded while the previous write was in flight (the loop's ``_prepare``)."""
+
+    batch: Batch
+    epoch: int
+    now: int
+    result: FoldResult
+    changes: ChangeSet
+
+
+def events_by_sku(events: Iterable[AnyEvent]) -> dict[str, list[str]]:
+    """The events' ids per sku, skus in order of first appearance."""
+    by_sku: dict[str, list[str]] = defaultdict(list)
+    for event in events:
+        by_sku[event.sku].append(event.event_id)
+    return by_sku
+
+
+def as_written(changes: ChangeSet) -> Written:
+    """The change set's skus as the store holds them once it landed (the write adds 1 to
+    the version it checked)."""
+    return {
+        w.sku: (w.expected_version + 1, w.state)
+        for w in changes.skus
+        if w.expected_version is not None
+    }
+
+
+def count(events: Iterable[AnyEvent], outcome: str) -> None:
+    # One counter update per event type and batch: a labelled inc() per event was a few
+    # percent of the consumer's time. Counted by type in C (Counter), then named.
+    for kind, n in Counter(map(type, events)).items():
+        metrics.EVENTS.labels(TAGS[kind], outcome).inc(n)

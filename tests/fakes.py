@@ -1,0 +1,244 @@
+"""Test doubles shared by the suites: Kafka messages, consumer and producer stand-ins, and an
+in-memory store that keeps the ``streams.store.Store`` Protocol the way the Redis adapter
+and its write script do (versions, dedupe marks, the server id, the projection marker,
+offsets that only move forward, the outbox, staged ledger rows, the due set).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from confluent_kafka import TopicPartition
+
+from streams.changeset import ChangeSet, encode_outbox
+from streams.kafka import Outgoing
+from streams.ledger import parse_staged_field, staged_field
+from streams.state import SkuState, load_state
+from streams.store import ProjectionMissing, ServerReplaced, Snapshot
+
+
+class StoreDown(ConnectionError):
+    """What the in-memory store raises while it is made unreachable."""
+
+
+class FakeMessage:
+    def __init__(self, topic: str, partition: int, offset: int, value: bytes, key: bytes) -> None:
+        self._where = (topic, partition, offset)
+        self._value, self._key = value, key
+
+    def error(self) -> None:
+        return None
+
+    def topic(self) -> str:
+        return self._where[0]
+
+    def partition(self) -> int:
+        return self._where[1]
+
+    def offset(self) -> int:
+        return self._where[2]
+
+    def value(self) -> bytes:
+        return self._value
+
+    def key(self) -> bytes:
+        return self._key
+
+    def headers(self) -> None:
+        return None
+
+    def timestamp(self) -> tuple[int, int]:
+        return (0, -1)  # TIMESTAMP_NOT_AVAILABLE
+
+
+class FakeConsumer:
+    def __init__(self) -> None:
+        self.commits: list[list[TopicPartition]] = []
+        self.assigned: list[TopicPartition] = []
+        self.seeks: list[tuple[str, int, int]] = []
+
+    def commit(self, offsets: list[TopicPartition], asynchronous: bool = True) -> None:
+        self.commits.append(offsets)
+
+    def assign(self, partitions: list[TopicPartition]) -> None:
+        self.assigned = list(partitions)
+
+    def assignment(self) -> list[TopicPartition]:
+        return self.assigned
+
+    def seek(self, partition: TopicPartition) -> None:
+        self.seeks.append((partition.topic, partition.partition, partition.offset))
+
+    def get_watermark_offsets(self, *args: Any, **kwargs: Any) -> tuple[int, int]:
+        return (0, 0)
+
+
+class FakeRawProducer:
+    """confluent_kafka.Producer's produce/poll/flush: every message is acknowledged at once."""
+
+    def __init__(self, sent: list[Outgoing]) -> None:
+        self.sent = sent
+        self._reports: list[tuple[Callable[..., None], Outgoing]] = []
+
+    def produce(self, topic: str, value: bytes | None = None, key: bytes | None = None,
+                on_delivery: Callable[..., None] | None = None, **kwargs: Any) -> None:  # fmt: skip
+        message = Outgoing(topic, key, value or b"", list(kwargs.get("headers") or []))
+        self.sent.append(message)
+        if on_delivery is not None:
+            self._reports.append((on_delivery, message))
+
+    def poll(self, timeout: float = 0) -> int:
+        reports, self._reports = self._reports, []
+        for report, _message in reports:
+            report(None, None)
+        return len(reports)
+
+    def flush(self, timeout: float = 0) -> int:
+        self.poll()
+        return 0
+
+
+class FakeProducer:
+    """streams.kafka.ReliableProducer: send_all (dead letters) and the raw producer."""
+
+    def __init__(self) -> None:
+        self.sent: list[Outgoing] = []
+        self.producer = FakeRawProducer(self.sent)
+
+    def send_all(self, messages: Sequence[Outgoing], timeout_s: float | None = None) -> None:
+        self.sent.extend(messages)
+
+
+class MemoryStore:
+    """``streams.store.Store`` in memory, with the write script's rules."""
+
+    transient_errors: tuple[type[Exception], ...] = (StoreDown,)
+
+    def __init__(self, server: str = "memory-1", initialized: str | None = None) -> None:
+        self.server = server
+        self.initialized = initialized
+        self.versions: dict[str, int] = {}
+        self.states: dict[str, bytes] = {}
+        self.documents: dict[str, dict[str, bytes]] = {}  # sku -> projection field -> doc
+        self.seen: dict[str, dict[str, int]] = {}  # sku -> event_id -> ms applied
+        self.stored_offsets: dict[str, int] = {}
+        self.outbox_entries: dict[str, bytes] = {}
+        self.staged: dict[str, bytes] = {}
+        self.due_ms: dict[str, int] = {}
+        self.snapshots: dict[str, bytes] = {}
+        self.down = False  # while True every call raises StoreDown
+        self.writes = 0
+
+    def _reachable(self) -> None:
+        if self.down:
+            raise StoreDown("the store is unreachable")
+
+    def read(
+        self, skus: Sequence[str], event_ids: Mapping[str, Sequence[str]] | None = None
+    ) -> Snapshot:
+        self._reachable()
+        seen = {
+            event_id
+            for sku, ids in (event_ids or {}).items()
+            for event_id in ids
+            if event_id in self.seen.get(sku, {})
+        }
+        return Snapshot(
+            states={sku: load_state(sku, self.states.get(sku)) for sku in skus},
+            versions={sku: self.versions.get(sku, 0) for sku in skus},
+            seen=frozenset(seen),
+        )
+
+    def write(self, changes: ChangeSet, now_ms: int) -> list[str]:
+        self._reachable()
+        if not changes.skus and not changes.offsets:
+            return []
+        assert not changes.puts, "the in-memory store keeps no plain keys"
+        if self.initialized is None:
+            raise ProjectionMissing("no projection marker")
+        verify = bool(changes.assumed_server)
+        if verify and changes.assumed_server != self.server:
+            raise ServerReplaced("another server")
+        conflicts: list[str] = []
+        for write in changes.skus:
+            marks = self.seen.get(write.sku, {})
+            if (
+                write.expected_version is not None
+                and write.expected_version != self.versions.get(write.sku, 0)
+            ) or (verify and any(event_id in marks for event_id in write.seen)):
+                conflicts.append(write.sku)
+        for sku, ids in changes.marked.items():
+            if any(event_id not in self.seen.get(sku, {}) for event_id in ids):
+                conflicts.append(sku)
+        if conflicts:
+            return conflicts
+        self.writes += 1
+        for write in changes.skus:
+            self.versions[write.sku] = self.versions.get(write.sku, 0) + 1
+            self.states[write.sku] = write.state
+            self.documents.setdefault(write.sku, {}).update(write.fields)
+            if write.due_ms is None:
+                self.due_ms.pop(write.sku, None)
+            else:
+                self.due_ms[write.sku] = write.due_ms
+            marks = self.seen.setdefault(write.sku, {})
+            for event_id in write.seen:
+                marks[event_id] = now_ms
+        for name, rows in changes.ledger.items():
+            topic, partition, first = parse_staged_field(name)
+            stored = self.stored_offsets.get(f"{topic}\x1f{partition}", -1)
+            self.staged[staged_field(topic, partition, max(first, stored))] = rows
+        for name, offset in changes.offsets.items():
+            if offset > self.stored_offsets.get(name, -1):
+                self.stored_offsets[name] = offset
+        if changes.outbox:
+            self.outbox_entries[changes.outbox_id] = encode_outbox(changes.outbox)
+        return []
+
+    def state(self, sku: str) -> SkuState:
+        return load_state(sku, self.states.get(sku))
+
+    def server_id(self) -> str:
+        self._reachable()
+        return self.server
+
+    def marker(self) -> str | None:
+        self._reachable()
+        return self.initialized
+
+    def mark_initialized(self, how: str) -> None:
+        self._reachable()
+        if self.initialized is None:
+            self.initialized = how
+
+    def put_snapshot(self, instance: str, payload: bytes, ttl_s: int = 30) -> None:
+        self._reachable()
+        self.snapshots[instance] = payload
+
+    def offsets(self) -> dict[str, int]:
+        self._reachable()
+        return dict(self.stored_offsets)
+
+    def due(self, now_ms: int, limit: int) -> list[str]:
+        self._reachable()
+        return sorted(
+            (sku for sku, ms in self.due_ms.items() if ms <= now_ms), key=self.due_ms.__getitem__
+        )[:limit]
+
+    def outbox(self, limit: int) -> dict[str, bytes]:
+        self._reachable()
+        return dict(sorted(self.outbox_entries.items())[:limit])
+
+    def ack_outbox(self, outbox_ids: Sequence[str]) -> int:
+        self._reachable()
+        return sum(self.outbox_entries.pop(outbox_id, None) is not None for outbox_id in outbox_ids)
+
+    def staged_ledger(self) -> dict[str, bytes]:
+        self._reachable()
+        return dict(self.staged)
+
+    def drop_staged_ledger(self, names: Sequence[str]) -> None:
+        self._reachable()
+        for name in names:
+            self.staged.pop(name, None)

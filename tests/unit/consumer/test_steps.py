@@ -1,0 +1,269 @@
+"""The consumer's steps one by one, against the in-memory store (tests/fakes.py): decoding a
+batch, folding it, the states kept from the last write, the outbox, and the loop that runs
+them. The same rules run against a real Redis in tests/integration and tests/faults."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgspec
+import pytest
+from confluent_kafka import TopicPartition
+
+from atp_service.config import parse_config
+from atp_service.model import projector_for
+from streams.changeset import ChangeSet, decode_outbox
+from streams.consumer import LedgerAhead, StreamProjector
+from streams.consumer.batch import decode_batch, ledger_rows
+from streams.consumer.folding import Folder, Unfoldable, events_by_sku
+from streams.consumer.options import ConsumerOptions, offset_field
+from streams.consumer.outbox import OutboxPublisher
+from streams.consumer.written import WrittenStates
+from streams.ledger import Ledger
+from tests.conftest import config_text
+from tests.fakes import FakeConsumer, FakeMessage, FakeProducer, MemoryStore
+
+SETTINGS = parse_config(config_text())
+PROJECTOR = projector_for(SETTINGS)
+MOVES = "wms.bin-movements"
+RESERVATIONS = "oms.reservations"
+NOW = 1_796_000_000_000_000
+WINDOW = 7 * 86_400_000_000
+OPTIONS = ConsumerOptions(
+    topics=(MOVES, RESERVATIONS), dead_letter_topic="dlq", availability_topic="availability",
+    known_channels=frozenset(c.name for c in SETTINGS.channels), batch_size=100,
+    batch_timeout_s=0.01, sweep_interval_s=60, window_us=WINDOW, max_message_bytes=10_000,
+)  # fmt: skip
+
+
+def receipt(n: int, sku: str = "SKU-1", quantity: int = 1, **extra: Any) -> dict[str, Any]:
+    return {
+        "type": "bin_movement", "event_id": f"e-{n}", "occurred_at": "2026-11-27T08:00:00Z",
+        "sku": sku, "location": "DC-EAST", "quantity": quantity, "to_bin": "A1",
+        "to_status": "available", **extra,
+    }  # fmt: skip
+
+
+def message(
+    offset: int, body: dict[str, Any] | bytes, topic: str = MOVES, partition: int = 0
+) -> FakeMessage:
+    value = body if isinstance(body, bytes) else json.dumps(body).encode()
+    sku = body.get("sku", "x") if isinstance(body, dict) else "x"
+    return FakeMessage(topic, partition, offset, value, str(sku).encode())
+
+
+def decode(messages: list[FakeMessage]) -> Any:
+    return decode_batch(
+        messages,  # type: ignore[arg-type]
+        max_message_bytes=OPTIONS.max_message_bytes,
+        known_channels=OPTIONS.known_channels,
+        dead_letter_topic="dlq",
+        generation=0,
+    )
+
+
+# -- decode ------------------------------------------------------------------------------
+
+
+def test_a_batch_keeps_good_events_and_dead_letters_the_rest_with_their_source() -> None:
+    batch = decode([
+        message(0, receipt(0)),
+        message(1, b"{not json"),
+        message(2, receipt(2), partition=1),
+        message(3, receipt(3, quantity=-1)),
+        message(4, receipt(4, padding="x" * 20_000)),
+    ])  # fmt: skip
+    assert [e.event_id for e in batch.events] == ["e-0", "e-2"]
+    assert batch.offsets == {offset_field(MOVES, 0): 5, offset_field(MOVES, 1): 3}
+    reasons = [reason for _, reason in batch.dead_sources]
+    assert "not JSON" in reasons[0] and "quantity" in reasons[1] and "limit" in reasons[2]
+    headers = dict(batch.dead[0].headers)
+    assert batch.dead[0].topic == "dlq" and batch.dead[0].value == b"{not json"
+    assert headers["atp-source-topic"] == MOVES.encode() and headers["atp-source-offset"] == b"1"
+    assert batch.size == 5
+
+
+def test_ledger_rows_cover_every_message_in_order_with_their_status() -> None:
+    api_event = receipt(1) | {"event_id": "atp-alloc:O:1:DC-EAST"}
+    batch = decode([message(0, receipt(0)), message(1, api_event), message(2, b"[]")])
+    rows = ledger_rows(batch, duplicates=[batch.events[0]])
+    assert rows.status == ["duplicate", "applied_by_api", "dead_letter"]
+    assert rows.reason[:2] == [None, None] and "object" in str(rows.reason[2])
+
+
+# -- fold --------------------------------------------------------------------------------
+
+
+def test_the_fold_step_writes_states_offsets_marks_and_the_events_out() -> None:
+    batch = decode([message(0, receipt(0, quantity=4)), message(1, receipt(1, sku="SKU-2"))])
+    by_sku = events_by_sku(batch.events)
+    known = ({}, {}, set(), {})
+    result, changes = Folder(PROJECTOR, WINDOW).fold(
+        batch.events, by_sku, batch.offsets, known, NOW, "srv"
+    )
+    assert [w.sku for w in changes.skus] == ["SKU-1", "SKU-2"]
+    assert [w.seen for w in changes.skus] == [["e-0"], ["e-1"]]
+    assert changes.offsets == {offset_field(MOVES, 0): 2} and changes.assumed_server == "srv"
+    web = msgspec.json.decode(changes.outbox["web\x1fSKU-1"])
+    assert web["available_to_sell"] == 4 and len(result.applied) == 2
+
+
+def test_an_event_already_applied_is_not_marked_again() -> None:
+    batch = decode([message(0, receipt(0)), message(1, receipt(1))])
+    known = ({}, {}, {"e-0"}, {})
+    result, changes = Folder(PROJECTOR, WINDOW).fold(
+        batch.events, events_by_sku(batch.events), batch.offsets, known, NOW, ""
+    )
+    assert [e.event_id for e in result.duplicates] == ["e-0"]
+    assert changes.skus[0].seen == ["e-1"]
+
+
+def test_a_fold_that_raises_names_the_events_that_cause_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from streams import fold as fold_module
+    from streams.events import BinMovement
+
+    real = fold_module._APPLY[BinMovement]
+
+    def broken(work: Any, event: BinMovement, now_us: int) -> None:
+        if event.event_id == "e-1":
+            raise ValueError("a defect")
+        real(work, event, now_us)
+
+    monkeypatch.setitem(fold_module._APPLY, BinMovement, broken)
+    batch = decode([message(n, receipt(n)) for n in range(3)])
+    with pytest.raises(Unfoldable) as raised:
+        Folder(PROJECTOR, WINDOW).fold(
+            batch.events, events_by_sku(batch.events), batch.offsets, ({}, {}, set(), {}), NOW, ""
+        )
+    assert raised.value.culprits == {1: "internal error in fold: ValueError"}
+
+
+# -- the states written last ---------------------------------------------------------------
+
+
+def test_kept_states_are_not_read_again_but_the_api_events_are_checked() -> None:
+    store = MemoryStore(initialized="test")
+    written = WrittenStates(store)
+    assert written.known({"SKU-1": ["e-0"]}, {})[1] == {"SKU-1": 0}
+    assert written.server == "memory-1"
+    written.remember({"SKU-1": (3, b"")})
+    store.down = True  # nothing is read for a kept sku
+    _, versions, seen, marked = written.known({"SKU-1": ["e-1", "atp-alloc:X"]}, {})
+    assert versions == {"SKU-1": 3} and seen == {"atp-alloc:X"}
+    assert marked == {"SKU-1": ["atp-alloc:X"]}
+    written.conflicted(["SKU-1"])
+    assert "SKU-1" not in written.states
+    epoch = written.epoch
+    written.forget()
+    assert written.server == "" and written.epoch == epoch + 1
+
+
+def test_kept_states_are_dropped_whole_past_the_limit() -> None:
+    written = WrittenStates(MemoryStore(), limit=2)
+    written.remember({"A": (1, b""), "B": (1, b"")})
+    written.remember({"C": (1, b"")})
+    assert list(written.states) == ["C"]
+
+
+# -- the outbox --------------------------------------------------------------------------
+
+
+def test_an_outbox_entry_leaves_the_store_once_every_event_is_acknowledged() -> None:
+    store = MemoryStore(initialized="test")
+    producer = FakeProducer()
+    outbox = OutboxPublisher(store, producer, "availability")  # type: ignore[arg-type]
+    events = {"web\x1fSKU-1": b"1", "b2b\x1fSKU-1": b"2"}
+    store.write(ChangeSet(offsets={"t\x1f0": 1}, outbox=events, outbox_id="w1"), 0)
+    assert outbox.publish(from_store=True) == 0  # handed over, not acknowledged yet
+    assert [(m.topic, m.key) for m in producer.sent] == [("availability", b"SKU-1")] * 2
+    assert "w1" in store.outbox_entries
+    assert outbox.publish() == 2  # the fake broker acknowledged both
+    assert store.outbox_entries == {}
+    assert outbox.publish(from_store=True) == 0 and len(producer.sent) == 2
+
+
+def test_a_failed_delivery_leaves_the_entry_to_be_published_again() -> None:
+    store = MemoryStore(initialized="test")
+    producer = FakeProducer()
+    outbox = OutboxPublisher(store, producer, "availability")  # type: ignore[arg-type]
+    store.write(ChangeSet(offsets={"t\x1f0": 1}, outbox={"web\x1fS": b"1"}, outbox_id="w1"), 0)
+    outbox.publish(from_store=True)
+    outbox._delivered("w1", "broker down", None)  # type: ignore[arg-type]
+    producer.producer._reports.clear()
+    assert outbox.ack_delivered() == 0 and "w1" in store.outbox_entries
+    outbox.publish(from_store=True)
+    assert len(producer.sent) == 2 and dict(decode_outbox(store.outbox_entries["w1"])) == {
+        "web\x1fS": b"1"
+    }
+
+
+# -- the loop ------------------------------------------------------------------------------
+
+
+def stream(store: MemoryStore, ledger: Ledger | None = None) -> StreamProjector:
+    return StreamProjector(
+        FakeConsumer(), FakeProducer(), store, PROJECTOR, OPTIONS,  # type: ignore[arg-type]
+        clock=lambda: NOW, ledger=ledger,
+    )  # fmt: skip
+
+
+def on_hand(store: MemoryStore, sku: str = "SKU-1") -> int:
+    return int(json.loads(store.documents[sku]["p:web"])["on_hand"])
+
+
+def test_a_batch_is_written_once_with_its_offsets_and_announced() -> None:
+    store = MemoryStore()
+    loop = stream(store)
+    loop.process([message(n, receipt(n, quantity=2)) for n in range(3)])  # type: ignore[misc]
+    assert store.initialized == "consumer" and store.writes == 1
+    assert on_hand(store) == 6 and store.stored_offsets == {offset_field(MOVES, 0): 3}
+    sent = [m for m in loop.producer.sent if m.topic == "availability"]  # type: ignore[attr-defined]
+    assert {msgspec.json.decode(m.value)["channel"] for m in sent} == {"web", "marketplace"}
+    loop.process([message(n, receipt(n, quantity=2)) for n in range(3)])  # type: ignore[misc]
+    assert on_hand(store) == 6 and loop.stats.duplicates == 3  # redelivered: nothing changes
+
+
+def test_a_sku_changed_by_another_writer_is_read_and_folded_again() -> None:
+    store = MemoryStore()
+    loop = stream(store)
+    loop.process([message(0, receipt(0, quantity=5))])  # type: ignore[misc]
+    # Another writer (the API) moves the sku's version; the kept state is now stale.
+    other = loop.store.read(["SKU-1"])
+    store.versions["SKU-1"] = other.versions["SKU-1"] + 1
+    loop.process([message(1, receipt(1, quantity=1))])  # type: ignore[misc]
+    assert loop.stats.conflicts == 1 and on_hand(store) == 6
+
+
+def test_a_changed_server_means_consuming_again_from_its_offsets() -> None:
+    store = MemoryStore()
+    loop = stream(store)
+    loop.consumer.assign([TopicPartition(MOVES, 0)])
+    loop.process([message(0, receipt(0, quantity=5))])  # type: ignore[misc]
+    store.server = "memory-2"  # restarted, or a replica took over
+    loop.process([message(1, receipt(1, quantity=1))])  # type: ignore[misc]
+    # Not written on the old assumptions: the partition starts again at the stored offset.
+    assert on_hand(store) == 5 and loop.consumer.seeks == [(MOVES, 0, 1)]  # type: ignore[attr-defined]
+    loop.process([message(1, receipt(1, quantity=1))])  # type: ignore[misc]
+    assert on_hand(store) == 6 and loop.written.server == "memory-2"
+
+
+def test_a_store_that_lost_its_data_is_not_folded_onto(tmp_path: Any) -> None:
+    store = MemoryStore()
+    ledger = Ledger(str(tmp_path / "ledger"))
+    loop = stream(store, ledger)
+    loop.process([message(0, receipt(0))])  # type: ignore[misc]
+    store.__init__()  # type: ignore[misc]  # emptied: no marker, no data
+    with pytest.raises(LedgerAhead):
+        loop.process([message(1, receipt(1))])  # type: ignore[misc]
+    assert store.writes == 0
+
+
+def test_the_sweep_publishes_what_an_earlier_instance_left_in_the_outbox() -> None:
+    store = MemoryStore(initialized="test")
+    store.write(ChangeSet(offsets={"t\x1f0": 1}, outbox={"web\x1fS": b"7"}, outbox_id="old"), 0)
+    loop = stream(store)
+    loop.sweep()
+    loop.sweep()
+    assert [m.value for m in loop.producer.sent] == [b"7"]  # type: ignore[attr-defined]
+    assert store.outbox_entries == {} and loop.stats.published == 1
