@@ -26,7 +26,6 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ import httpx
 import redis
 
 from atp_service.config import Settings, parse_config
+from atp_service.local.config_file import ApiKey, Channel, ConfigFile
 from atp_service.local.services import (
     Service,
     create_topics,
@@ -98,45 +98,17 @@ def bench_config(
 
     ``ledger_dir`` must be a directory of the benchmark's own (never the repository's ./var).
     """
-    ledger = Path(ledger_dir).resolve()
-    channels = "".join(
-        f"""
-[[channels]]
-name = "{name}"
-priority = {priority}
-locations = {json.dumps(list(locations))}
-safety_stock = {safety}
-inbound_horizon_days = {horizon}
-"""
-        for name, priority, locations, safety, horizon in CHANNELS
-    )
-    return f"""
-[redis]
-url = "{redis_url}"
-
-[kafka]
-bootstrap = "{bootstrap}"
-group_id = "{group_id}"
-
-[ledger]
-dir = "{ledger}"
-
-[topics]
-movements = "{prefix}.movements"
-reservations = "{prefix}.reservations"
-inbound = "{prefix}.inbound"
-dead_letter = "{prefix}.dead-letter"
-availability = "{prefix}.availability"
-
-[statuses]
-sellable = ["available"]
-{channels}
-[[api_keys]]
-name = "bench"
-sha256 = "{sha256(API_KEY.encode()).hexdigest()}"
-scopes = ["availability:read", "allocations:write", "admin"]
-{extra}
-"""
+    return ConfigFile(
+        redis_url=redis_url,
+        bootstrap=bootstrap,
+        ledger_dir=str(Path(ledger_dir).resolve()),
+        channels=[Channel(name, priority, tuple(locations), safety, horizon)
+                  for name, priority, locations, safety, horizon in CHANNELS],
+        api_keys=[ApiKey("bench", API_KEY)],
+        group_id=group_id,
+        topic_prefix=prefix,
+        extra="\n" + extra if extra else "",
+    ).text()  # fmt: skip
 
 
 def channel_locations() -> list[tuple[str, tuple[str, ...]]]:

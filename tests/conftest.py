@@ -14,7 +14,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from confluent_kafka import Producer
 from hypothesis import HealthCheck, settings
 
 from atp_service.config import Settings, parse_config
+from atp_service.local.config_file import ApiKey, Channel, ConfigFile
 from atp_service.local.services import (
     Service,
     create_topics,
@@ -47,6 +47,18 @@ ADMIN_KEY = "test-admin-key"
 ALL_KEY = "test-all-key"
 
 
+TEST_CHANNELS = (
+    Channel("web", 1, ("DC-EAST", "DC-WEST"), safety_stock=0, inbound_horizon_days=14),
+    Channel("marketplace", 2, ("DC-EAST",), safety_stock=5, inbound_horizon_days=0),
+)
+TEST_KEYS = (
+    ApiKey("reader", READ_KEY, ("availability:read",)),
+    ApiKey("writer", WRITE_KEY, ("allocations:write",)),
+    ApiKey("admin", ADMIN_KEY, ("admin",)),
+    ApiKey("all", ALL_KEY),
+)
+
+
 def config_text(
     redis_url: str = "redis://127.0.0.1:1/0",
     bootstrap: str = "127.0.0.1:1",
@@ -56,70 +68,18 @@ def config_text(
     ledger_dir: str = "/nonexistent/atp-ledger",
     metrics_port: int = 0,
 ) -> str:
-    def h(key: str) -> str:
-        return sha256(key.encode()).hexdigest()
-
-    return f"""
-[redis]
-url = "{redis_url}"
-
-[kafka]
-bootstrap = "{bootstrap}"
-group_id = "{group_id}"
-
-[ledger]
-dir = "{ledger_dir}"
-
-[topics]
-movements = "{prefix}.movements"
-reservations = "{prefix}.reservations"
-inbound = "{prefix}.inbound"
-dead_letter = "{prefix}.dead-letter"
-availability = "{prefix}.availability"
-
-[statuses]
-sellable = ["available"]
-
-[consumer]
-batch_timeout_ms = 20
-sweep_interval_ms = 100
-metrics_port = {metrics_port}
-
-[[channels]]
-name = "web"
-priority = 1
-locations = ["DC-EAST", "DC-WEST"]
-safety_stock = 0
-inbound_horizon_days = 14
-
-[[channels]]
-name = "marketplace"
-priority = 2
-locations = ["DC-EAST"]
-safety_stock = 5
-inbound_horizon_days = 0
-
-[[api_keys]]
-name = "reader"
-sha256 = "{h(READ_KEY)}"
-scopes = ["availability:read"]
-
-[[api_keys]]
-name = "writer"
-sha256 = "{h(WRITE_KEY)}"
-scopes = ["allocations:write"]
-
-[[api_keys]]
-name = "admin"
-sha256 = "{h(ADMIN_KEY)}"
-scopes = ["admin"]
-
-[[api_keys]]
-name = "all"
-sha256 = "{h(ALL_KEY)}"
-scopes = ["availability:read", "allocations:write", "admin"]
-{extra}
-"""
+    """The tests' config: two channels over two locations, a key per scope and one for all."""
+    return ConfigFile(
+        redis_url=redis_url,
+        bootstrap=bootstrap,
+        ledger_dir=ledger_dir,
+        channels=TEST_CHANNELS,
+        api_keys=TEST_KEYS,
+        group_id=group_id,
+        topic_prefix=prefix,
+        consumer={"batch_timeout_ms": 20, "sweep_interval_ms": 100, "metrics_port": metrics_port},
+        extra="\n" + extra if extra else "",
+    ).text()
 
 
 @pytest.fixture(scope="session")

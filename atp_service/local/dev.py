@@ -18,56 +18,23 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from hashlib import sha256
 from pathlib import Path
 
 import msgspec
 from confluent_kafka import Producer
 
 from atp_service.config import parse_config
+from atp_service.local.config_file import ApiKey, Channel, ConfigFile
 from atp_service.local.demo import DemoFeed
 from atp_service.local.services import create_topics, start_broker, start_redis, wait_until
 
-DEV_CONFIG = """\
-[redis]
-url = "redis://127.0.0.1:{redis_port}/0"
-
-[kafka]
-bootstrap = "127.0.0.1:{broker_port}"
-group_id = "atp-projector"
-
-[ledger]
-dir = "{run}/ledger"
-
-[statuses]
-sellable = ["available"]
-
-[[channels]]
-name = "web"
-priority = 1
-locations = ["DC-EAST", "DC-WEST"]
-safety_stock = 0
-inbound_horizon_days = 14
-
-[[channels]]
-name = "b2b"
-priority = 2
-locations = ["DC-EAST", "DC-WEST", "DC-CENTRAL"]
-safety_stock = 2
-inbound_horizon_days = 21
-
-[[channels]]
-name = "marketplace"
-priority = 3
-locations = ["DC-EAST"]
-safety_stock = 5
-inbound_horizon_days = 0
-
-[[api_keys]]
-name = "developer"
-sha256 = "{key_hash}"
-scopes = ["availability:read", "allocations:write", "admin"]
-"""
+DEV_CHANNELS = (
+    Channel("web", 1, ("DC-EAST", "DC-WEST"), safety_stock=0, inbound_horizon_days=14),
+    Channel(
+        "b2b", 2, ("DC-EAST", "DC-WEST", "DC-CENTRAL"), safety_stock=2, inbound_horizon_days=21
+    ),
+    Channel("marketplace", 3, ("DC-EAST",), safety_stock=5, inbound_horizon_days=0),
+)
 
 
 def run_dev(port: int = 8000, skus: int = 300, rate: float = 50.0, run_dir: str = ".run") -> int:
@@ -93,12 +60,13 @@ def run_dev(port: int = 8000, skus: int = 300, rate: float = 50.0, run_dir: str 
 
     try:
         key = "dev-" + secrets.token_urlsafe(18)
-        config_text = DEV_CONFIG.format(
-            redis_port=redis_service.port,
-            broker_port=broker.port,
-            run=run,
-            key_hash=sha256(key.encode()).hexdigest(),
-        )
+        config_text = ConfigFile(
+            redis_url=f"redis://127.0.0.1:{redis_service.port}/0",
+            bootstrap=f"127.0.0.1:{broker.port}",
+            ledger_dir=str(run / "ledger"),
+            channels=DEV_CHANNELS,
+            api_keys=[ApiKey("developer", key)],
+        ).text()
         config_path = run / "atp.toml"
         config_path.write_text(config_text)
         settings = parse_config(config_text)
