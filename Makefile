@@ -64,8 +64,8 @@ lint: install ## ruff (lint and format), mypy (strict), the import layers
 test: install lint ## Lint, then the whole suite (unit, property, integration, faults)
 	$(BIN)/python -m pytest -p no:cacheprovider
 
-test-fast: install ## Unit and property tests only
-	$(BIN)/python -m pytest -p no:cacheprovider tests/unit tests/property
+test-fast: install ## Unit and property tests only: no services, fewer hypothesis examples
+	HYPOTHESIS_PROFILE=dev $(BIN)/python -m pytest -p no:cacheprovider tests/unit tests/property
 
 bench-small: install ## Every benchmark at a small size
 	$(BIN)/python -m benchmarks --size small

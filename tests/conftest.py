@@ -244,3 +244,24 @@ def stack(redis_url: str, broker_bootstrap: str, tmp_path: Path) -> Iterator[Sta
     world = Stack(settings_, path, tmp_path)
     yield world
     world.stop_all()
+
+
+SERVICE_FIXTURES = frozenset(
+    {"redis_service", "redis_url", "broker_bootstrap", "stack", "make_stack"}
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Keep the layout honest: tests/integration and tests/faults carry the integration
+    marker, and tests/unit and tests/property start no service (`make test-fast`)."""
+    wrong = []
+    for item in items:
+        where = item.path.relative_to(Path(__file__).parent).parts[0]
+        uses = SERVICE_FIXTURES & set(getattr(item, "fixturenames", ()))
+        marked = item.get_closest_marker("integration") is not None
+        if where in ("integration", "faults") and not marked:
+            wrong.append(f"{item.nodeid}: in tests/{where} without the integration marker")
+        if where in ("unit", "property") and (uses or marked):
+            wrong.append(f"{item.nodeid}: in tests/{where} but needs services ({sorted(uses)})")
+    if wrong:
+        raise pytest.UsageError("tests in the wrong place:\n" + "\n".join(wrong))

@@ -19,6 +19,8 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 from streams.consumer import ReadAheadFailed, StreamProjector
 from tests.integration.inprocess import TOPIC, QueueConsumer, batch, on_hand, stored_offset
 
+pytestmark = pytest.mark.integration
+
 
 def test_the_batch_read_ahead_is_held_and_applied_next(stream: StreamProjector) -> None:
     consumer: QueueConsumer = stream.consumer  # type: ignore[assignment]

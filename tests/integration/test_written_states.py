@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import msgspec
+import pytest
 from confluent_kafka import TopicPartition
 
 from atp_service.orders import created_event_id
@@ -17,6 +18,8 @@ from streams.consumer import StreamProjector
 from streams.state import BinStock, SkuState, dump_state
 from tests.fakes import FakeMessage
 from tests.integration.inprocess import TOPIC, QueueConsumer, batch, on_hand, receipt, stored_offset
+
+pytestmark = pytest.mark.integration
 
 
 def document(stream: StreamProjector) -> dict[str, int]:
