@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--loop",
         choices=["uvloop", "asyncio"],
         default=_default_loop(),
-        help="event loop of each worker (default: uvloop where it is installed)",
+        help="event loop of each worker (default here: %(default)s; uvloop where installed)",
     )
     p_serve.set_defaults(run=serve)
     p_dev = commands.add_parser("dev", help="the whole stack locally with a demo feed")
