@@ -36,8 +36,8 @@ BinKey = tuple[str, str, str]  # (location, bin, status)
 
 # Records keep one shared string per location, bin, status and channel rather than the one
 # each event decoded. Walking a batch's states (copying, projecting, encoding them) is
-# mostly waiting for memory: encoding 5,000 different states cost 4.6x encoding one state
-# 5,000 times. Shared strings stay in the CPU caches, and a state has fewer objects apart.
+# mostly waiting for memory; shared strings stay in the CPU caches, and a state has fewer
+# objects apart.
 intern = sys.intern
 
 

@@ -1,12 +1,11 @@
 """The two hot routes answered in front of the framework, for their common case only.
 
 A storefront's single-sku read and an order router's single allocation are most of the
-traffic. Litestar's per-request work (its ASGI entry, routing, middleware, dependency and
-signature resolution, guards, response objects) was a sixth of the API's CPU per
-allocation (764 → 638 µs when skipped, interleaved runs of the allocation benchmark's HTTP
-part), which at 32 clients is latency. ``app.serving_app`` puts these in front of the Litestar application: each is
-answered from the ASGI scope directly when the request is ordinary: a known key with the
-scope, a well-formed body, a known channel. Anything else (a bad key, a body the schema or
+traffic, and Litestar's per-request work (its ASGI entry, routing, middleware, dependency
+and signature resolution, guards, response objects) is a large share of their CPU, which
+under load is latency (docs/performance.md). ``app.serving_app`` puts these in front of the
+Litestar application: each is answered from the ASGI scope directly when the request is
+ordinary: a known key with the scope, a well-formed body, a known channel. Anything else (a bad key, a body the schema or
 the order rules refuse, an odd path) goes through the full Litestar route, which owns every
 error and edge case; a body already read is replayed to it unchanged.
 

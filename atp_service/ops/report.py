@@ -14,7 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 from atp_service.config import Settings
-from atp_service.ops.tower import SkuView, Summary, gather_sku, gather_summary
+from atp_service.ops.tower import gather_sku, gather_summary
+from atp_service.ops.views import SkuView, Summary
 
 
 def _na(value: object) -> str:

@@ -4,8 +4,7 @@ A batch's write is one EVALSHA of a few hundred thousand arguments, among them a
 of megabytes (the staged ledger rows, the availability events). redis-py's hiredis packer
 copies every argument into one buffer, holding the GIL all the while. This packer packs the
 small arguments with hiredis as before and hands the large ones to the socket as they are
-(the connection sends a list of chunks one after another), so they are not copied. On a
-100k-event batch's write (230k arguments, 53 MB): 0.99 µs per event against 1.79.
+(the connection sends a list of chunks one after another), so they are not copied.
 """
 
 from __future__ import annotations

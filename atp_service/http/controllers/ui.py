@@ -32,7 +32,8 @@ from atp_service.config import Settings
 from atp_service.http.auth import KeyRing
 from atp_service.http.problems import problem_responses
 from atp_service.http.schemas import SkuParam
-from atp_service.ops.tower import SkuView, Summary, Tower
+from atp_service.ops.tower import Tower
+from atp_service.ops.views import SkuView, Summary
 
 OPS_SCOPES: Final = ("admin", "availability:read")
 
