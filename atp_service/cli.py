@@ -120,6 +120,38 @@ def ledger(args: argparse.Namespace) -> int:
     return ledger_tools.at_time(_settings(), console, args.channel, args.sku, moment)
 
 
+def dead_letters(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from rich.console import Console
+
+    from atp_service.ops import dead_letters as letters
+
+    since = None
+    if args.since:
+        try:
+            since = datetime.fromisoformat(args.since.replace("Z", "+00:00"))
+        except ValueError:
+            print(
+                f"atp dead-letters: --since {args.since!r} is not an RFC 3339 timestamp",
+                file=sys.stderr,
+            )
+            return 2
+        since = since if since.tzinfo else since.replace(tzinfo=UTC)
+    settings = _settings()
+    found = letters.read(settings, since=since, error=args.error)
+    console = Console(width=200)
+    if args.dead_letters_command == "list":
+        letters.print_list(console, found)
+        return 0
+    if not found:
+        console.print("no dead letter matches the filter; nothing replayed")
+        return 0
+    count = letters.replay(settings, found)
+    console.print(f"replayed {count} dead letters to their source topics")
+    return 0
+
+
 def report(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -178,6 +210,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_at.add_argument("--sku", required=True)
     p_at.add_argument("--time", required=True, help="RFC 3339, e.g. 2026-11-27T10:00:00Z")
     p_ledger.set_defaults(run=ledger)
+    p_dead = commands.add_parser("dead-letters", help="list dead letters, or replay them")
+    dead_commands = p_dead.add_subparsers(dest="dead_letters_command", required=True)
+    for name, what in (
+        ("list", "print the dead letters"),
+        ("replay", "produce them again to their source topics"),
+    ):
+        p = dead_commands.add_parser(name, help=what)
+        p.add_argument("--since", help="only those dead-lettered at or after this RFC 3339 time")
+        p.add_argument("--error", help="only those whose reason contains this text")
+    p_dead.set_defaults(run=dead_letters)
     p_report = commands.add_parser("report", help="the control tower's figures in the terminal")
     p_report.add_argument("--sku", help="also show this sku per location and channel")
     p_report.set_defaults(run=report)
