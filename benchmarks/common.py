@@ -871,6 +871,7 @@ def produce_all(
 
     producer = Producer({
         "bootstrap.servers": bootstrap, "linger.ms": linger_ms, "enable.idempotence": True,
+        "partitioner": "murmur2_random",  # as the service hashes keys
         "batch.num.messages": 10000, "queue.buffering.max.messages": 1_000_000,
         "queue.buffering.max.kbytes": 1_048_576, "compression.type": "none",
     })  # fmt: skip

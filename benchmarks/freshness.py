@@ -93,6 +93,7 @@ def load(
     workload = Workload(skus, LOCATIONS, channel_locations(), seed=33, prefix="L")
     producer = Producer({
         "bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True,
+        "partitioner": "murmur2_random",
         "queue.buffering.max.messages": 1_000_000,
     })  # fmt: skip
     sent = 0
@@ -216,6 +217,7 @@ def probe_windows(
     Redis, written -> visible over HTTP; and the count of timeouts."""
     producer = Producer({
         "bootstrap.servers": settings.kafka.bootstrap, "linger.ms": 0, "acks": "all",
+        "partitioner": "murmur2_random",
         "enable.idempotence": True,
     })  # fmt: skip
     client = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=5)

@@ -46,6 +46,9 @@ def producer_config(bootstrap: str) -> dict[str, Any]:
         "bootstrap.servers": bootstrap,
         "enable.idempotence": True,
         "acks": "all",
+        # Keys hash as Java clients, Kafka Connect and kafka-python hash them (murmur2), so
+        # a sku lands on the partition its other producers use (librdkafka's default differs).
+        "partitioner": "murmur2_random",
         "linger.ms": 2,
         "message.max.bytes": MAX_MESSAGE_BYTES + 65536,
         "reconnect.backoff.max.ms": 2000,

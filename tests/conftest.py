@@ -136,6 +136,7 @@ class Stack:
                 "bootstrap.servers": self.settings.kafka.bootstrap,
                 "linger.ms": 2,
                 "enable.idempotence": True,
+                "partitioner": "murmur2_random",  # as the service's own producers
             }
         )
 

@@ -136,8 +136,14 @@ def _feed(  # type: ignore[no-untyped-def]
     stop: threading.Event,
     exited: Callable[[], str | None],
 ) -> None:
+    # The demo feed stands for the WMS, OMS and ERP: keys hashed as their Java clients do.
     producer = Producer(
-        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5}
+        {
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,
+            "linger.ms": 5,
+            "partitioner": "murmur2_random",
+        }
     )
     topics = {
         "movements": settings.topics.movements,
