@@ -46,3 +46,8 @@ UNEXPECTED: Final = Counter(
     "(a defect in atp, not bad input), by the step that raised",
     ["step"],
 )
+REPUBLISHED: Final = Counter(
+    "atp_availability_republished_total",
+    "Availability events published again because the value an acknowledged one carried was "
+    "no longer current (it may have landed after a newer one)",
+)

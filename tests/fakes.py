@@ -120,7 +120,7 @@ class MemoryStore:
         self.initialized = initialized
         self.versions: dict[str, int] = {}
         self.states: dict[str, bytes] = {}
-        self.documents: dict[str, dict[str, bytes]] = {}  # sku -> projection field -> doc
+        self.documents_of: dict[str, dict[str, bytes]] = {}  # sku -> projection field -> doc
         self.seen: dict[str, dict[str, int]] = {}  # sku -> event_id -> ms applied
         self.stored_offsets: dict[str, int] = {}
         self.outbox_entries: dict[str, bytes] = {}
@@ -177,7 +177,7 @@ class MemoryStore:
         for write in changes.skus:
             self.versions[write.sku] = self.versions.get(write.sku, 0) + 1
             self.states[write.sku] = write.state
-            self.documents.setdefault(write.sku, {}).update(write.fields)
+            self.documents_of.setdefault(write.sku, {}).update(write.fields)
             if write.due_ms is None:
                 self.due_ms.pop(write.sku, None)
             else:
@@ -229,6 +229,15 @@ class MemoryStore:
     def outbox(self, limit: int) -> dict[str, bytes]:
         self._reachable()
         return dict(sorted(self.outbox_entries.items())[:limit])
+
+    def documents(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
+        self._reachable()
+        out = {}
+        for channel, sku in pairs:
+            doc = self.documents_of.get(sku, {}).get(f"p:{channel}")
+            if doc is not None:
+                out[channel, sku] = doc
+        return out
 
     def ack_outbox(self, outbox_ids: Sequence[str]) -> int:
         self._reachable()

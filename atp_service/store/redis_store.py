@@ -16,7 +16,7 @@ import redis
 import redis.asyncio as aredis
 
 from atp_service.store import keys
-from streams.changeset import ChangeSet, encode_outbox
+from streams.changeset import ChangeSet, encode_outbox, projection_field
 from streams.state import SkuState, load_state
 from streams.store import ProjectionMissing, ServerReplaced, Snapshot
 
@@ -237,6 +237,13 @@ class RedisStore:
         """Up to about ``limit`` waiting writes' availability events, oldest first."""
         reply: tuple[int, dict[bytes, bytes]] = self.client.hscan(keys.OUTBOX, 0, count=limit)  # type: ignore[assignment]
         return {k.decode(): v for k, v in sorted(reply[1].items())}
+
+    def documents(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
+        pipe = self.client.pipeline(transaction=False)
+        for channel, sku in pairs:
+            pipe.hget(keys.sku_key(sku), projection_field(channel))
+        found: list[bytes | None] = pipe.execute()
+        return {pair: doc for pair, doc in zip(pairs, found, strict=True) if doc is not None}
 
     def staged_ledger(self) -> dict[str, bytes]:
         """Ledger rows written with their batch, not yet moved to a ledger file."""

@@ -169,33 +169,91 @@ def test_kept_states_are_dropped_whole_past_the_limit() -> None:
 # -- the outbox --------------------------------------------------------------------------
 
 
+def event(channel: str, value: int) -> bytes:
+    body = {"channel": channel, "sku": "SKU-1", "available_to_sell": value, "as_of": "t"}
+    return msgspec.json.encode(body)
+
+
+def stored(store: MemoryStore, channel: str, value: int) -> None:
+    """The read document of (channel, SKU-1) as a write would leave it."""
+    doc = {"channel": channel, "sku": "SKU-1", "available_to_sell": value, "as_of": "now"}
+    store.documents_of.setdefault("SKU-1", {})[f"p:{channel}"] = msgspec.json.encode(doc)
+
+
+def published(producer: FakeProducer) -> list[tuple[str, int]]:
+    values = [msgspec.json.decode(m.value) for m in producer.sent]
+    return [(v["channel"], v["available_to_sell"]) for v in values]
+
+
 def test_an_outbox_entry_leaves_the_store_once_every_event_is_acknowledged() -> None:
     store = MemoryStore(initialized="test")
     producer = FakeProducer()
     outbox = OutboxPublisher(store, producer, "availability")  # type: ignore[arg-type]
-    events = {"web\x1fSKU-1": b"1", "b2b\x1fSKU-1": b"2"}
+    stored(store, "web", 1)
+    stored(store, "b2b", 2)
+    events = {"web\x1fSKU-1": event("web", 1), "b2b\x1fSKU-1": event("b2b", 2)}
     store.write(ChangeSet(offsets={"t\x1f0": 1}, outbox=events, outbox_id="w1"), 0)
     assert outbox.publish(from_store=True) == 0  # handed over, not acknowledged yet
     assert [(m.topic, m.key) for m in producer.sent] == [("availability", b"SKU-1")] * 2
     assert "w1" in store.outbox_entries
-    assert outbox.publish() == 2  # the fake broker acknowledged both
+    assert outbox.publish() == 2  # the fake broker acknowledged both; both still current
     assert store.outbox_entries == {}
     assert outbox.publish(from_store=True) == 0 and len(producer.sent) == 2
+
+
+def test_a_value_no_longer_current_once_acknowledged_is_published_again() -> None:
+    """An entry the sweep found may land after a newer value: its check sends the current
+    value again, so the last message per key is the current one (contract section 3)."""
+    store = MemoryStore(initialized="test")
+    producer = FakeProducer()
+    outbox = OutboxPublisher(store, producer, "availability")  # type: ignore[arg-type]
+    store.write(
+        ChangeSet(offsets={"t\x1f0": 1}, outbox={"web\x1fSKU-1": event("web", 5)}, outbox_id="api"),
+        0,
+    )
+    stored(store, "web", 9)  # changed since, and published by its writer already
+    outbox.publish(from_store=True)
+    outbox.publish()
+    assert published(producer) == [("web", 5), ("web", 9)]
+    outbox.publish()
+    outbox.publish()
+    assert published(producer) == [("web", 5), ("web", 9)]  # current now: nothing more
+
+
+def test_a_value_sent_again_whose_delivery_failed_is_sent_once_more() -> None:
+    store = MemoryStore(initialized="test")
+    producer = FakeProducer()
+    outbox = OutboxPublisher(store, producer, "availability")  # type: ignore[arg-type]
+    store.write(
+        ChangeSet(offsets={"t\x1f0": 1}, outbox={"web\x1fSKU-1": event("web", 5)}, outbox_id="api"),
+        0,
+    )
+    stored(store, "web", 9)
+    outbox.publish(from_store=True)
+    outbox.publish()  # 5 acknowledged, not current: 9 sent again
+    producer.producer._reports.clear()  # ... and lost on the way
+    outbox._delivered("recheck-1", "broker down", None)  # type: ignore[arg-type]
+    outbox.publish()
+    outbox.publish()
+    assert published(producer) == [("web", 5), ("web", 9), ("web", 9)]
 
 
 def test_a_failed_delivery_leaves_the_entry_to_be_published_again() -> None:
     store = MemoryStore(initialized="test")
     producer = FakeProducer()
     outbox = OutboxPublisher(store, producer, "availability")  # type: ignore[arg-type]
-    store.write(ChangeSet(offsets={"t\x1f0": 1}, outbox={"web\x1fS": b"1"}, outbox_id="w1"), 0)
+    stored(store, "web", 1)
+    store.write(
+        ChangeSet(offsets={"t\x1f0": 1}, outbox={"web\x1fSKU-1": event("web", 1)}, outbox_id="w1"),
+        0,
+    )
     outbox.publish(from_store=True)
     outbox._delivered("w1", "broker down", None)  # type: ignore[arg-type]
     producer.producer._reports.clear()
     assert outbox.ack_delivered() == 0 and "w1" in store.outbox_entries
     outbox.publish(from_store=True)
-    assert len(producer.sent) == 2 and dict(decode_outbox(store.outbox_entries["w1"])) == {
-        "web\x1fS": b"1"
-    }
+    assert published(producer) == [("web", 1), ("web", 1)]
+    assert dict(decode_outbox(store.outbox_entries["w1"])) == {"web\x1fSKU-1": event("web", 1)}
 
 
 # -- the loop ------------------------------------------------------------------------------
@@ -209,7 +267,7 @@ def stream(store: MemoryStore, ledger: Ledger | None = None) -> StreamProjector:
 
 
 def on_hand(store: MemoryStore, sku: str = "SKU-1") -> int:
-    return int(json.loads(store.documents[sku]["p:web"])["on_hand"])
+    return int(json.loads(store.documents_of[sku]["p:web"])["on_hand"])
 
 
 def test_a_batch_is_written_once_with_its_offsets_and_announced() -> None:
@@ -261,9 +319,13 @@ def test_a_store_that_lost_its_data_is_not_folded_onto(tmp_path: Any) -> None:
 
 def test_the_sweep_publishes_what_an_earlier_instance_left_in_the_outbox() -> None:
     store = MemoryStore(initialized="test")
-    store.write(ChangeSet(offsets={"t\x1f0": 1}, outbox={"web\x1fS": b"7"}, outbox_id="old"), 0)
+    stored(store, "web", 7)
+    store.write(
+        ChangeSet(offsets={"t\x1f0": 1}, outbox={"web\x1fSKU-1": event("web", 7)}, outbox_id="old"),
+        0,
+    )
     loop = stream(store)
     loop.sweep()
     loop.sweep()
-    assert [m.value for m in loop.producer.sent] == [b"7"]  # type: ignore[attr-defined]
+    assert published(loop.producer) == [("web", 7)]  # type: ignore[arg-type]
     assert store.outbox_entries == {} and loop.stats.published == 1
