@@ -52,6 +52,22 @@ class BinCount(Event, tag="bin_count", frozen=True):
     quantity: Quantity
 
 
+class SnapshotBin(msgspec.Struct, frozen=True):
+    bin: Text
+    status: Text
+    quantity: Quantity
+
+
+MAX_SNAPSHOT_BINS: Final = 10_000
+
+
+class StockSnapshot(Event, tag="stock_snapshot", frozen=True):
+    """The whole stock of (sku, location) at occurred_at (contract section 8)."""
+
+    location: Text
+    bins: Annotated[list[SnapshotBin], msgspec.Meta(max_length=MAX_SNAPSHOT_BINS)]
+
+
 class ReservationCreated(Event, tag="reservation_created", frozen=True):
     reservation_id: Id
     channel: Text
@@ -71,7 +87,9 @@ class Inbound(Event, tag="inbound", frozen=True):
     eta: date
 
 
-AnyEvent = BinMovement | BinCount | ReservationCreated | ReservationReleased | Inbound
+AnyEvent = (
+    BinMovement | BinCount | StockSnapshot | ReservationCreated | ReservationReleased | Inbound
+)
 
 # Each event class and its ``type`` tag, for the ledger and the metrics.
 TAGS: Final[dict[type, str]] = {
@@ -125,6 +143,10 @@ def _control_characters(event: AnyEvent) -> str | None:
         value = getattr(event, name)
         if name != "correlation_id" and isinstance(value, str) and _CONTROL.search(value):
             return f"invalid event: {name} must not contain control characters"
+    if type(event) is StockSnapshot:
+        for i, listed in enumerate(event.bins):
+            if _CONTROL.search(listed.bin) or _CONTROL.search(listed.status):
+                return f"invalid event: bins[{i}] must not contain control characters"
     return None
 
 
@@ -140,6 +162,13 @@ def _check(event: AnyEvent, known_channels: frozenset[str] | None) -> str | None
             return "invalid event: to_bin and to_status must both be set or both null"
         if movement.from_bin is None and movement.to_bin is None:
             return "invalid event: a bin_movement needs a from side, a to side, or both"
+    elif kind is StockSnapshot:
+        seen: set[tuple[str, str]] = set()
+        for listed in event.bins:  # type: ignore[union-attr]
+            pair = (listed.bin, listed.status)
+            if pair in seen:
+                return f"invalid event: bin {listed.bin!r} with status {listed.status!r} is listed twice"
+            seen.add(pair)
     elif kind is ReservationCreated and known_channels is not None:
         channel = event.channel  # type: ignore[union-attr]
         if channel not in known_channels:

@@ -5,6 +5,8 @@ Every rule of the contract's section 2 lives here, and only here:
 - an event whose ``event_id`` was already applied is ignored (``seen``);
 - ``on_hand`` is kept per (location, bin, status); a cycle count sets a bin exactly, and a
   movement side older than the latest applied count of that bin and status is ignored;
+- a stock snapshot is a count of every bin it lists and a count of 0 of every other bin
+  the sku holds at its location, all at its time;
 - a shipment (``to_*`` null) with a ``reservation_id`` consumes that reservation;
 - a consumption or a release that arrives before its ``reservation_created`` is remembered
   and applied when the reservation arrives, so the result does not depend on that order;
@@ -29,6 +31,7 @@ from streams.events import (
     Inbound,
     ReservationCreated,
     ReservationReleased,
+    StockSnapshot,
 )
 from streams.state import BinStock, InboundLine, Reservation, SkuState, to_day, to_us
 
@@ -175,15 +178,29 @@ def _move(work: _Work, key: BinKey, delta: int, event: BinMovement) -> None:
 
 
 def _apply_count(work: _Work, event: BinCount, now_us: int) -> None:
+    _count(
+        work, (event.location, event.bin, event.status), event.quantity, to_us(event.occurred_at)
+    )
+
+
+def _apply_snapshot(work: _Work, event: StockSnapshot, now_us: int) -> None:
+    """A count of every listed (bin, status), and a count of 0 of every other one the sku
+    holds at the location, all at the snapshot's time."""
     at = to_us(event.occurred_at)
-    key = (event.location, event.bin, event.status)
+    location = event.location
+    listed = {(b.bin, b.status): b.quantity for b in event.bins}
+    for key in [k for k in work.bins if k[0] == location and (k[1], k[2]) not in listed]:
+        _count(work, key, 0, at)
+    for (bin_, status), quantity in listed.items():
+        _count(work, (location, bin_, status), quantity, at)
+
+
+def _count(work: _Work, key: BinKey, quantity: int, at: int) -> None:
     current = work.bins.get(key)
     if current is None:
-        work.bins[key] = BinStock(
-            intern(key[0]), intern(key[1]), intern(key[2]), event.quantity, at
-        )
+        work.bins[key] = BinStock(intern(key[0]), intern(key[1]), intern(key[2]), quantity, at)
     elif not (current.counted_at and at < current.counted_at):  # else an older count
-        work.bins[key] = BinStock(current.location, current.bin, current.status, event.quantity, at)
+        work.bins[key] = BinStock(current.location, current.bin, current.status, quantity, at)
 
 
 def _consume(work: _Work, reservation_id: str, quantity: int, now_us: int) -> None:
@@ -262,6 +279,7 @@ def _apply_inbound(work: _Work, event: Inbound, now_us: int) -> None:
 _APPLY: Final[dict[type, Callable[[_Work, Any, int], None]]] = {
     BinMovement: _apply_movement,
     BinCount: _apply_count,
+    StockSnapshot: _apply_snapshot,
     ReservationCreated: _apply_created,
     ReservationReleased: _apply_released,
     Inbound: _apply_inbound,

@@ -46,6 +46,7 @@ from atp_service.config import Settings
 EVENT_TYPES = (
     "bin_movement",
     "bin_count",
+    "stock_snapshot",
     "reservation_created",
     "reservation_released",
     "inbound",
@@ -154,6 +155,8 @@ class ReferenceModel:
             self._movement(e)
         elif kind == "bin_count":
             self._count(e)
+        elif kind == "stock_snapshot":
+            self._snapshot(e)
         elif kind == "reservation_created":
             self._created(e)
         elif kind == "reservation_released":
@@ -199,6 +202,19 @@ class ReferenceModel:
             return
         self.bins[key] = e["quantity"]
         self.counted_at[key] = e["occurred_at"]
+
+    def _snapshot(self, e: dict[str, Any]) -> None:
+        """Contract section 8: a bin_count of every listed (bin, status), and a bin_count of 0
+        of every other (bin, status) of the sku at the location, all at occurred_at."""
+        sku, location = e["sku"], e["location"]
+        listed = {(b, s): q for b, s, q in e["bins"]}
+        held = [
+            k for k in self.bins if k[0] == sku and k[1] == location and (k[2], k[3]) not in listed
+        ]
+        for _, _, bin_, status in held:
+            self._count({**e, "bin": bin_, "status": status, "quantity": 0})
+        for (bin_, status), quantity in listed.items():
+            self._count({**e, "bin": bin_, "status": status, "quantity": quantity})
 
     def _created(self, e: dict[str, Any]) -> None:
         reservation = self.reservations.setdefault((e["sku"], e["reservation_id"]), _Reservation())
@@ -327,6 +343,9 @@ class ReferenceModel:
             e["bin"] = _text(raw, "bin")
             e["status"] = _text(raw, "status")
             e["quantity"] = _quantity(raw, minimum=0)
+        elif kind == "stock_snapshot":
+            e["location"] = _text(raw, "location")
+            e["bins"] = _snapshot_bins(raw)
         elif kind == "reservation_created":
             e["reservation_id"] = _text(raw, "reservation_id")
             e["channel"] = _text(raw, "channel")
@@ -358,6 +377,22 @@ def _text(raw: Mapping[str, Any], name: str, *, optional: bool = False) -> Any:
     except UnicodeEncodeError:
         raise Rejected(f"{name} is not UTF-8 text") from None
     return value
+
+
+def _snapshot_bins(raw: Mapping[str, Any]) -> list[tuple[str, str, int]]:
+    bins = raw.get("bins")
+    if not isinstance(bins, list):
+        raise Rejected("bins must be a list")
+    if len(bins) > 10_000:
+        raise Rejected("at most 10,000 bins")
+    out = []
+    for item in bins:
+        if not isinstance(item, Mapping):
+            raise Rejected("a bin is an object")
+        out.append((_text(item, "bin"), _text(item, "status"), _quantity(item, minimum=0)))
+    if len({(b, s) for b, s, _ in out}) != len(out):
+        raise Rejected("a (bin, status) is listed twice")
+    return out
 
 
 def _not_a_number(constant: str) -> float:

@@ -72,6 +72,7 @@ def _poison_kinds(rng: random.Random) -> list[tuple[str, str, Callable[[int], by
     reserve = {"reservation_id": "P:1", "channel": "web", "location": "DC-EAST", "quantity": 1}
     inbound = {"inbound_id": "PO-P", "location": "DC-EAST", "quantity": 5, "eta": "2026-12-01"}
     count = {"location": "DC-EAST", "bin": "B-1", "status": "available", "quantity": 4}
+    snap_bin = {"bin": "B-1", "status": "available", "quantity": 4}
     return [
         (
             "truncated JSON",
@@ -191,7 +192,11 @@ def _poison_kinds(rng: random.Random) -> list[tuple[str, str, Callable[[int], by
             event("bin_movement", **move, sku="S" * 100_000),
             "sku",
         ),
-    ]
+        # Stock snapshots (contract section 8) that cannot be applied.
+        ("snapshot listing a bin twice", "movements", event("stock_snapshot", location="DC-EAST", bins=[snap_bin] * 2), "twice"),
+        ("snapshot with a negative bin", "movements", event("stock_snapshot", location="DC-EAST", bins=[{**snap_bin, "quantity": -4}]), "quantity"),
+        ("snapshot of 10,001 bins", "movements", event("stock_snapshot", location="DC-EAST", bins=[{**snap_bin, "bin": f"B-{i}"} for i in range(10_001)]), "10000"),
+    ]  # fmt: skip
 
 
 def _nested(n: int, depth: int) -> bytes:

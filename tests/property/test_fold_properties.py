@@ -27,6 +27,8 @@ from streams.events import (
     Inbound,
     ReservationCreated,
     ReservationReleased,
+    SnapshotBin,
+    StockSnapshot,
     decode,
     encode,
 )
@@ -102,6 +104,18 @@ def counts(draw: st.DrawFn) -> dict[str, Any]:
 
 
 @st.composite
+def snapshots(draw: st.DrawFn) -> dict[str, Any]:
+    listed = draw(st.lists(sides, max_size=4, unique=True))
+    return {
+        "cls": StockSnapshot,
+        "occurred_at": draw(instants()),
+        "sku": draw(skus),
+        "location": draw(locations),
+        "bins": [SnapshotBin(b, s, draw(st.integers(0, 15))) for b, s in listed],
+    }
+
+
+@st.composite
 def creations(draw: st.DrawFn) -> dict[str, Any]:
     return {
         "cls": ReservationCreated,
@@ -140,7 +154,14 @@ def inbounds(draw: st.DrawFn) -> dict[str, Any]:
 
 # Movements and reservation events are drawn more often: they interact the most.
 any_body = st.one_of(
-    movements(), movements(), counts(), creations(), creations(), releases(), inbounds()
+    movements(),
+    movements(),
+    counts(),
+    snapshots(),
+    creations(),
+    creations(),
+    releases(),
+    inbounds(),
 )
 
 
@@ -208,6 +229,7 @@ def oracle(events: Sequence[AnyEvent]) -> ReferenceModel:
 TOPIC = {
     BinMovement: "movements",
     BinCount: "movements",
+    StockSnapshot: "movements",
     ReservationCreated: "reservations",
     ReservationReleased: "reservations",
     Inbound: "inbound",

@@ -16,6 +16,7 @@ from streams.events import (
     InvalidEvent,
     ReservationCreated,
     ReservationReleased,
+    StockSnapshot,
     decode,
     encode,
 )
@@ -314,3 +315,43 @@ def test_identifiers_with_harmless_escapes_decode() -> None:
     event = decode(payload, CHANNELS)
     assert isinstance(event, ReservationCreated)
     assert event.reservation_id == 'ORD-"9"/1-\u00e9'
+
+
+SNAPSHOT = {
+    "type": "stock_snapshot", "event_id": "s-1", "occurred_at": "2026-11-27T06:00:00Z",
+    "sku": "SKU-1", "location": "DC-EAST",
+    "bins": [{"bin": "A-01-03", "status": "available", "quantity": 7},
+             {"bin": "Q-1", "status": "quarantine", "quantity": 2}],
+}  # fmt: skip
+
+
+def test_the_stock_snapshot_example_decodes() -> None:
+    event = decode(json.dumps(SNAPSHOT).encode())
+    assert isinstance(event, StockSnapshot)
+    assert event.location == "DC-EAST"
+    assert [(b.bin, b.status, b.quantity) for b in event.bins] == [
+        ("A-01-03", "available", 7),
+        ("Q-1", "quarantine", 2),
+    ]
+    assert decode(json.dumps({**SNAPSHOT, "bins": []}).encode()).bins == []  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("bins", "hint"),
+    [
+        ([{"bin": "A", "status": "available", "quantity": 1}] * 2, "listed twice"),
+        ([{"bin": "A", "status": "available", "quantity": -1}], "quantity"),
+        ([{"bin": "A", "status": "available"}], "quantity"),
+        ([{"bin": "", "status": "available", "quantity": 1}], "bin"),
+        ([{"bin": f"B-{i}", "status": "available", "quantity": 1} for i in range(10_001)], "10000"),
+        ([{"bin": "A\u0007", "status": "available", "quantity": 1}], "control"),
+        ("none", "bins"),
+    ],
+)
+def test_a_malformed_snapshot_is_refused_with_a_reason(bins: Any, hint: str) -> None:
+    with pytest.raises(InvalidEvent) as refused:
+        decode(json.dumps({**SNAPSHOT, "bins": bins}).encode())
+    assert hint in refused.value.reason
+    missing = {k: v for k, v in SNAPSHOT.items() if k != "bins"}
+    with pytest.raises(InvalidEvent, match="bins"):
+        decode(json.dumps(missing).encode())

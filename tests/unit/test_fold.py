@@ -23,6 +23,8 @@ from streams.events import (
     Inbound,
     ReservationCreated,
     ReservationReleased,
+    SnapshotBin,
+    StockSnapshot,
 )
 from streams.fold import FoldResult, fold
 from streams.projector import Projector
@@ -116,6 +118,12 @@ def count(
     return BinCount(
         event_id=eid, occurred_at=at(m), sku=SKU, location=loc, bin=bin, status=status, quantity=qty
     )
+
+
+def snapshot(eid: str, bins: dict[str, int], *, m: int, loc: str = "DC-EAST") -> StockSnapshot:
+    """The whole stock of SKU at ``loc``: bin -> quantity, all "available"."""
+    listed = [SnapshotBin(bin_, "available", q) for bin_, q in bins.items()]
+    return StockSnapshot(event_id=eid, occurred_at=at(m), sku=SKU, location=loc, bins=listed)
 
 
 def create(
@@ -315,6 +323,32 @@ CASES = [
         [count("c1", 7, m=10), receive("m1", 5, m=5)],
         both((7, 0, 7), (7, 0, 2)),
         id="a_late_receipt_older_than_the_count_is_ignored",
+    ),
+    # stock snapshots (contract section 8)
+    pytest.param(
+        [receive("m1", 10), receive("m2", 5, bin="B"), snapshot("s1", {"A": 3}, m=10)],
+        both((3, 0, 3), (3, 0, 0)),
+        id="a_snapshot_sets_its_bins_and_zeroes_the_others_of_its_location",
+    ),
+    pytest.param(
+        [receive("m1", 10), receive("m2", 4, loc="DC-WEST", bin="Z"), snapshot("s1", {}, m=10)],
+        both((4, 0, 4), (0, 0, 0)),
+        id="an_empty_snapshot_zeroes_only_its_location",
+    ),
+    pytest.param(
+        [snapshot("s1", {"A": 3}, m=10), receive("m1", 5, m=5)],
+        both((3, 0, 3), (3, 0, 0)),
+        id="a_movement_older_than_the_snapshot_is_ignored",
+    ),
+    pytest.param(
+        [count("c1", 8, m=20), snapshot("s1", {"A": 3}, m=10)],
+        both((8, 0, 8), (8, 0, 3)),
+        id="a_newer_count_wins_over_an_older_snapshot",
+    ),
+    pytest.param(
+        [snapshot("s1", {"A": 3}, m=10), count("c1", 8, m=20)],
+        both((8, 0, 8), (8, 0, 3)),
+        id="a_count_after_the_snapshot_applies",
     ),
     pytest.param(
         [count("c1", 7, m=10), ship("m1", 5, m=5)],
