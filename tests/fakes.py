@@ -138,9 +138,12 @@ class MemoryStore:
         self, skus: Sequence[str], event_ids: Mapping[str, Sequence[str]] | None = None
     ) -> Snapshot:
         self._reachable()
+        asked = (event_ids or {}).items()
+        wanted = set(skus)  # as the read script: only the skus read are looked up
         seen = {
             event_id
-            for sku, ids in (event_ids or {}).items()
+            for sku, ids in asked
+            if sku in wanted
             for event_id in ids
             if event_id in self.seen.get(sku, {})
         }

@@ -146,6 +146,8 @@ def logged_failure(path: str, exc: Exception) -> Failure:
     found = failure_of(exc)
     if found.kind == "store-unavailable":
         log.warning("redis unavailable during %s: %s", path, exc)
+    elif found.kind == "invalid-body":
+        log.info("refused a request body on %s: %r", path, exc)
     elif found.kind == "internal":
         log.exception("unhandled error on %s", path, exc_info=exc)
     return found

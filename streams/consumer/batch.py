@@ -94,14 +94,14 @@ def decode_batch(
 
 
 def set_aside(
-    messages: list[Message], batch: Batch, culprits: dict[int, str], dead_letter_topic: str
+    messages: list[Message], batch: Batch, culprits: dict[int, Exception], dead_letter_topic: str
 ) -> list[Outgoing]:
-    """Move the events that cannot be folded (by index, with reasons) from the batch to its
-    dead letters; returns the new dead letters."""
+    """Move the events that cannot be folded (by index, with what they raised) from the
+    batch to its dead letters; returns the new dead letters."""
     by_position = {position(m): m for m in messages}
     dead: list[Outgoing] = []
     for index in sorted(culprits):
-        reason = culprits[index]
+        reason = unexpected("fold", culprits[index])
         topic, partition, offset, value, given = batch.sources[index]
         cid = given or new_correlation_id()
         message = by_position[topic, partition, offset]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from streams import metrics
 from streams.changeset import ChangeSet, build_changeset
-from streams.consumer.batch import Batch, ledger_rows, unexpected
+from streams.consumer.batch import Batch, ledger_rows
 from streams.events import TAGS, AnyEvent
 from streams.fold import FoldResult, fold
 from streams.ledger import Ledger
@@ -29,9 +29,9 @@ Written = dict[str, tuple[int, bytes]]  # sku -> (version, state) as written
 
 class Unfoldable(Exception):
     """Folding a batch raised an unexpected error; ``culprits`` are the events (by index in
-    the batch) that cause it, with the reason each is dead-lettered with."""
+    the batch) that cause it, with the error each raised."""
 
-    def __init__(self, culprits: dict[int, str]) -> None:
+    def __init__(self, culprits: dict[int, Exception]) -> None:
         super().__init__(f"{len(culprits)} events cannot be folded")
         self.culprits = culprits
 
@@ -95,8 +95,9 @@ class Folder:
 
     def _culprits(
         self, events: list[AnyEvent], offsets: dict[str, int], known: Known, now: int, server: str
-    ) -> dict[int, str]:
-        """The events (by index) whose fold raises, with the reason to dead-letter them.
+    ) -> dict[int, Exception]:
+        """The events (by index) whose fold raises, with what they raise. Counted and logged
+        where they are set aside, once: a batch folded ahead is folded again in its turn.
 
         Rare (a defect), so simple: a sku's events are folded alone, and a sku that fails
         is folded one more event at a time; an event that fails is left out of the rest.
@@ -104,7 +105,7 @@ class Folder:
         indices_of: dict[str, list[int]] = defaultdict(list)
         for index, event in enumerate(events):
             indices_of[event.sku].append(index)
-        culprits: dict[int, str] = {}
+        culprits: dict[int, Exception] = {}
         for indices in indices_of.values():
             if self._raises([events[i] for i in indices], offsets, known, now, server) is None:
                 continue
@@ -114,7 +115,7 @@ class Folder:
                 if error is None:
                     good.append(events[index])
                 else:
-                    culprits[index] = unexpected("fold", error)
+                    culprits[index] = error
         return culprits
 
     def _raises(

@@ -220,10 +220,15 @@ class StreamProjector:
             self.producer.send_all(set_aside(messages, batch, exc.culprits, topic))
             self.stats.dead_lettered += len(exc.culprits)
             self.apply(batch.events, batch.offsets, batch)
-        self.publish_outbox()
+        applied = time.perf_counter() - started
+        try:
+            self.publish_outbox()
+        except self.store.transient_errors as exc:
+            # The batch landed: its events wait in the store's outbox for the next sweep.
+            log.warning("could not publish after a batch (%s); the sweep will", exc)
         partitions.commit(self.consumer, batch.offsets)
         self.stats.batches += 1
-        self.figures.batch_done(messages, batch, time.perf_counter() - started)
+        self.figures.batch_done(messages, batch, applied)
 
     def apply(
         self,

@@ -19,6 +19,8 @@ the messages landed in, the last one for a key carries the current value.
 from __future__ import annotations
 
 import logging
+import time
+from dataclasses import dataclass
 from functools import partial
 from typing import Final
 
@@ -43,7 +45,7 @@ class _Value(msgspec.Struct):
 
 
 _value: Final = msgspec.json.Decoder(_Value)
-RECHECK: Final = "recheck-"  # the prefix of republished entries (they are in no store)
+RESEND: Final = "resend-"  # the prefix of values sent again (they are in no store)
 _encode: Final = msgspec.json.Encoder().encode
 
 
@@ -59,45 +61,82 @@ class OutboxPublisher:
         self.topic = topic
         # Written to the store, not yet handed to the producer: outbox id -> events.
         self.pending: dict[str, dict[str, bytes]] = {}
-        self._in_flight: dict[str, list[int]] = {}  # outbox id -> [outstanding, events]
-        self._failed: set[str] = set()
-        self._acked: list[tuple[str, int]] = []  # (outbox id, events) the broker has, all
-        # Entries to check once acknowledged (from the store, or republished), and the
-        # events of those acknowledged and not checked yet.
-        self._checked: dict[str, dict[str, bytes]] = {}
-        self._to_check: dict[str, bytes] = {}
-        self._republished = 0
+        self._check: set[str] = set()  # of those, the ones to check once acknowledged
+        self._in_flight: dict[str, _Sending] = {}
+        # Acknowledged by the broker: entries to delete from the store, events to count.
+        self._done: list[str] = []
+        self._published = 0
+        # Acknowledged entries whose values are checked against the store before they are
+        # deleted from it (so a crash before the check leaves them to be published again).
+        self._to_check: dict[str, dict[str, bytes]] = {}
+        # Re-sends (in no store) -> the store entries they stand for.
+        self._origins: dict[str, list[str]] = {}
+        self._resends = 0
 
-    def add(self, outbox_id: str, events: dict[str, bytes]) -> None:
-        """A write that landed: publish its events with the next ``publish``."""
+    def add(self, outbox_id: str, events: dict[str, bytes], check: bool = False) -> None:
+        """A write that landed: publish its events with the next ``publish``; with
+        ``check``, compare them with the store once acknowledged (see the module's doc)."""
         if events:
             self.pending[outbox_id] = events
+            if check:
+                self._check.add(outbox_id)
 
     def publish(self, from_store: bool = False) -> int:
         """Hand the waiting events to the producer (with ``from_store``, also the store's
-        outbox); returns how many events the broker acknowledged since the last call."""
+        outbox, checked once acknowledged); returns how many events the broker acknowledged
+        since the last call."""
         published = self.ack_delivered()
-        pending: dict[str, dict[str, bytes]] = {}
         if from_store:
-            done = {outbox_id for outbox_id, _ in self._acked}
+            waiting = {*self._to_check, *self._done}
+            waiting.update(o for standing in self._origins.values() for o in standing)
             for outbox_id, blob in self.store.outbox(limit=READ_LIMIT).items():
-                if outbox_id not in self._in_flight and outbox_id not in done:
-                    pending[outbox_id] = events = dict(decode_outbox(blob))
-                    self._checked[outbox_id] = events
-        pending.update(self.pending)
-        self.pending = {}
+                if outbox_id not in self._in_flight and outbox_id not in waiting:
+                    self.pending.setdefault(outbox_id, dict(decode_outbox(blob)))
+                    self._check.add(outbox_id)
+        pending, self.pending = self.pending, {}
         for outbox_id, events in pending.items():
-            self._produce(outbox_id, events)
+            self._produce(outbox_id, events, outbox_id in self._check)
+        self._check.clear()
         self._republish_stale()
         return published
 
-    def _produce(self, outbox_id: str, events: dict[str, bytes]) -> None:
+    def ack_delivered(self) -> int:
+        """Remove from the store the entries the broker has every event of (and whose check
+        passed); returns how many events were acknowledged."""
+        self.producer.producer.poll(0)
+        if self._done:
+            done, self._done = self._done, []
+            stored = [outbox_id for outbox_id in done if not outbox_id.startswith(RESEND)]
+            try:
+                if stored:
+                    self.store.ack_outbox(stored)
+            except BaseException:
+                self._done = done + self._done  # deleted with the next call
+                raise
+        published, self._published = self._published, 0
+        metrics.PUBLISHED.inc(published)
+        return published
+
+    def finish(self, timeout_s: float = 10.0) -> int:
+        """On shutdown: wait for outstanding deliveries, check what needs it, and clear what
+        was acknowledged; what is left stays in the store and is published again."""
+        deadline = time.monotonic() + timeout_s
+        published = 0
+        try:
+            while True:
+                self.producer.producer.flush(max(0.0, deadline - time.monotonic()))
+                self._republish_stale()
+                published += self.ack_delivered()
+                if not (self._in_flight or self._to_check) or time.monotonic() > deadline:
+                    return published
+        except self.store.transient_errors as exc:
+            log.warning("could not clear the outbox on shutdown: %s", exc)
+            return published
+
+    def _produce(self, outbox_id: str, events: dict[str, bytes], check: bool) -> None:
         if outbox_id in self._in_flight:
             return
-        if not events:
-            self._acked.append((outbox_id, 0))
-            return
-        self._in_flight[outbox_id] = [len(events), len(events)]
+        self._in_flight[outbox_id] = _Sending(events, len(events), check)
         on_delivery = partial(self._delivered, outbox_id)
         producer = self.producer.producer
         for name, value in events.items():
@@ -109,77 +148,81 @@ class OutboxPublisher:
                 except BufferError:
                     producer.poll(0.05)
 
-    def _republish_stale(self) -> None:
-        """Publish again, as they are now, the values acknowledged that are no longer
-        current; those are checked in turn once acknowledged."""
-        if not self._to_check:
-            return
-        sent, self._to_check = self._to_check, {}
-        pairs = [_pair(name) for name in sent]
-        documents = self.store.documents(pairs)
-        stale: dict[str, bytes] = {}
-        for name, pair in zip(sent, pairs, strict=True):
-            published = _value.decode(sent[name]).available_to_sell
-            stored = documents.get(pair)
-            current = _value.decode(stored) if stored is not None else None
-            if current is None:
-                if published != 0:  # never seen reads 0
-                    stale[name] = _encode(
-                        AvailabilityChanged(pair[0], pair[1], 0, format_as_of(now_us()))
-                    )
-            elif current.available_to_sell != published:
-                stale[name] = _encode(
-                    AvailabilityChanged(pair[0], pair[1], current.available_to_sell, current.as_of)
-                )
-        if stale:
-            self._republished += 1
-            outbox_id = f"{RECHECK}{self._republished}"
-            self._checked[outbox_id] = stale
-            self._produce(outbox_id, stale)
-            metrics.REPUBLISHED.inc(len(stale))
-
-    def ack_delivered(self) -> int:
-        """Remove from the store the entries the broker has every event of; returns how
-        many events those were."""
-        self.producer.producer.poll(0)
-        if not self._acked:
-            return 0
-        acked, self._acked = self._acked, []
-        self.store.ack_outbox([outbox_id for outbox_id, _ in acked])
-        published = sum(n for _, n in acked)
-        metrics.PUBLISHED.inc(published)
-        return published
-
-    def finish(self, timeout_s: float = 10.0) -> int:
-        """On shutdown: wait for outstanding deliveries and clear what was acknowledged."""
-        self.producer.producer.flush(timeout_s)
-        try:
-            return self.ack_delivered()
-        except self.store.transient_errors as exc:  # the entries stay: published again
-            log.warning("could not clear the outbox on shutdown: %s", exc)
-            return 0
-
     def _delivered(self, outbox_id: str, err: KafkaError | None, _msg: Message) -> None:
-        if err is not None and outbox_id not in self._failed:
-            self._failed.add(outbox_id)
+        sending = self._in_flight[outbox_id]
+        if err is not None and not sending.failed:
+            sending.failed = True
             log.warning(
-                "availability events of write %s not delivered (%s); they stay in the outbox",
+                "availability events of write %s not delivered (%s); they are sent again",
                 outbox_id,
                 err,
             )
-        counts = self._in_flight[outbox_id]
-        counts[0] -= 1
-        if counts[0]:
+        sending.outstanding -= 1
+        if sending.outstanding:
             return
         del self._in_flight[outbox_id]
-        checked = self._checked.pop(outbox_id, None)
-        if outbox_id in self._failed:
-            self._failed.discard(outbox_id)  # still in the store: the sweep publishes it again
-            if checked is not None and outbox_id.startswith(RECHECK):
-                # Not in the store, so no sweep sends it again: send it with the next batch.
-                self.pending[outbox_id] = checked
-                self._checked[outbox_id] = checked
+        if sending.failed:
+            if outbox_id.startswith(RESEND):
+                # In no store, so no sweep sends it again: send it with the next batch.
+                self.pending[outbox_id] = sending.events
+                self._check.add(outbox_id)
+            return  # a store entry stays there: the sweep publishes it again
+        self._published += len(sending.events)
+        if sending.check:
+            self._to_check[outbox_id] = sending.events
         else:
-            self._acked.append((outbox_id, counts[1]))
-            if checked is not None:
-                self._to_check.update(checked)
+            self._done.append(outbox_id)
+
+    def _republish_stale(self) -> None:
+        """Compare the acknowledged values that need it with the store; an entry whose values
+        are all current is done, and the stale ones are sent again as they are now (checked
+        in turn), standing for the entries they came from until their own check passes."""
+        if not self._to_check:
+            return
+        names = {name for events in self._to_check.values() for name in events}
+        pairs = {name: _pair(name) for name in names}
+        documents = self.store.documents(list(pairs.values()))  # before anything is dropped
+        checking, self._to_check = self._to_check, {}
+        stale: dict[str, bytes] = {}
+        origins: list[str] = []
+        for outbox_id, events in checking.items():
+            found = {
+                name: now
+                for name, value in events.items()
+                if (now := _stale(value, documents.get(pairs[name]), pairs[name])) is not None
+            }
+            standing_for = self._origins.pop(outbox_id, [outbox_id])
+            if found:
+                stale.update(found)
+                origins += standing_for
+            else:
+                self._done += standing_for
+                if outbox_id.startswith(RESEND):
+                    self._done.append(outbox_id)
+        if stale:
+            self._resends += 1
+            resend = f"{RESEND}{self._resends}"
+            self._origins[resend] = [o for o in origins if not o.startswith(RESEND)]
+            self._produce(resend, stale, check=True)
+            metrics.REPUBLISHED.inc(len(stale))
+
+
+@dataclass
+class _Sending:
+    events: dict[str, bytes]
+    outstanding: int
+    check: bool
+    failed: bool = False
+
+
+def _stale(published: bytes, stored: bytes | None, pair: tuple[str, str]) -> bytes | None:
+    """The event to send again when ``published`` is no longer the stored value."""
+    value = _value.decode(published).available_to_sell
+    if stored is None:  # never seen: reads 0
+        if value == 0:
+            return None
+        return _encode(AvailabilityChanged(pair[0], pair[1], 0, format_as_of(now_us())))
+    current = _value.decode(stored)
+    if current.available_to_sell == value:
+        return None
+    return _encode(AvailabilityChanged(pair[0], pair[1], current.available_to_sell, current.as_of))

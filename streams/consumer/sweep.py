@@ -71,5 +71,6 @@ class Sweeper:
                     and self._expiry_seen_until < r.expires_at <= now
                 )
             )
-            self.outbox.add(changes.outbox_id, changes.outbox)
+            # Due skus are any consumer's, not only its partitions': check once published.
+            self.outbox.add(changes.outbox_id, changes.outbox, check=True)
         self._expiry_seen_until = max(self._expiry_seen_until, now)

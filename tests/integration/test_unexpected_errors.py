@@ -88,3 +88,21 @@ def test_an_event_the_decoder_cannot_take_is_dead_lettered(
     dead = [m for m in stream.producer.sent if m.topic == "dlq"]  # type: ignore[attr-defined]
     assert [dict(m.headers)["atp-error"] for m in dead] == [b"internal error in decode: KeyError"]
     assert _unexpected("decode") == before + 1
+
+
+def test_a_defect_met_while_folding_ahead_is_counted_once(
+    stream: StreamProjector, defect_for_sku_bug: None
+) -> None:
+    """The batch read ahead is folded during the previous write, and again in its turn:
+    its culprit is dead-lettered and counted once."""
+    before = _unexpected("fold")
+    stream.consumer.batches = [[_receipt(n, "BUG") for n in (3, 4)]]  # type: ignore[attr-defined]
+    stream.process([_receipt(n, "SKU-1") for n in range(3)], read_ahead=True)
+    assert stream._ahead is not None
+    messages, batch = stream._ahead
+    stream._ahead = None
+    stream.process(messages, batch, read_ahead=True)
+    assert stored_offset(stream) == 5
+    assert _unexpected("fold") == before + 1
+    dead = [m for m in stream.producer.sent if m.topic == "dlq"]  # type: ignore[attr-defined]
+    assert [dict(m.headers)["atp-source-offset"] for m in dead] == [b"3"]
