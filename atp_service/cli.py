@@ -120,6 +120,55 @@ def ledger(args: argparse.Namespace) -> int:
     return ledger_tools.at_time(_settings(), console, args.channel, args.sku, moment)
 
 
+def import_stock(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    import redis
+    from confluent_kafka import Producer
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from atp_service.ops import importer
+    from streams.kafka import ReliableProducer, producer_config
+
+    console = Console(stderr=True)
+    as_of = datetime.now(UTC)
+    if args.as_of:
+        try:
+            as_of = datetime.fromisoformat(args.as_of.replace("Z", "+00:00"))
+        except ValueError:
+            print(
+                f"atp import: --as-of {args.as_of!r} is not an RFC 3339 timestamp", file=sys.stderr
+            )
+            return 2
+        as_of = as_of if as_of.tzinfo else as_of.replace(tzinfo=UTC)
+    settings = _settings()
+    try:
+        plan = importer.plan(Path(args.file))
+    except importer.ImportRefused as exc:
+        print(f"atp import: {exc}; nothing was produced", file=sys.stderr)
+        return 2
+    zeroed: list[tuple[str, str]] = []
+    if args.full:
+        client = redis.Redis.from_url(settings.redis.url, socket_timeout=30)
+        zeroed = importer.held_elsewhere(plan, importer.holdings(client, plan.locations))
+    outgoing = list(importer.events(plan, settings.topics.movements, as_of, zeroed))
+    sender = ReliableProducer(Producer(producer_config(settings.kafka.bootstrap)))
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
+        task = progress.add_task("snapshots", total=len(outgoing))
+        importer.produce(
+            outgoing,
+            lambda chunk: sender.send_all(chunk, timeout_s=120),
+            lambda n: progress.advance(task, n),
+        )
+    print(
+        f"imported {plan.rows} rows: {plan.skus} skus at {len(plan.locations)} locations, "
+        f"{len(outgoing)} snapshots ({len(zeroed)} zeroed), as of {as_of.isoformat()}"
+    )
+    return 0
+
+
 def dead_letters(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
@@ -210,6 +259,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_at.add_argument("--sku", required=True)
     p_at.add_argument("--time", required=True, help="RFC 3339, e.g. 2026-11-27T10:00:00Z")
     p_ledger.set_defaults(run=ledger)
+    p_import = commands.add_parser("import", help="a stock export (CSV or Parquet) as snapshots")
+    p_import.add_argument("file", help="columns sku, location, bin, status, quantity")
+    p_import.add_argument("--as-of", help="the snapshots' time, RFC 3339 (default: now)")
+    p_import.add_argument(
+        "--full", action="store_true", help="zero what the file does not list at its locations"
+    )
+    p_import.set_defaults(run=import_stock)
     p_dead = commands.add_parser("dead-letters", help="list dead letters, or replay them")
     dead_commands = p_dead.add_subparsers(dest="dead_letters_command", required=True)
     for name, what in (

@@ -1,0 +1,235 @@
+"""`atp import FILE`: a stock export into `stock_snapshot` events (contract section 8).
+
+The file (CSV with a header line, or Parquet) has the columns sku, location, bin, status and
+quantity; other columns are ignored. DuckDB reads it and checks every row before anything is
+produced: a row the consumer would refuse stops the import with the row (1-based, header
+excluded) and the column, and nothing reaches the broker. Then one snapshot per (sku,
+location) goes to the movements topic, keyed by sku, with an event_id derived from the
+file's content, the snapshots' time and the (sku, location): importing the same file with
+the same time again changes nothing.
+
+With ``full``, the file is the whole stock of the locations it names: every sku the store
+holds stock of at such a location that the file does not list gets an empty snapshot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Final
+
+import duckdb
+import msgspec
+import redis
+
+from atp_service.store import keys
+from streams.events import MAX_SNAPSHOT_BINS
+from streams.kafka import Outgoing
+from streams.state import load_state
+
+COLUMNS: Final = ("sku", "location", "bin", "status", "quantity")
+TEXT_COLUMNS: Final = ("sku", "location", "bin", "status")
+MAX_TEXT: Final = 200  # the events' identifier limit
+MAX_QUANTITY: Final = 1_000_000_000
+CHUNK: Final = 20_000  # snapshots per wait for the broker
+
+
+class ImportRefused(Exception):
+    """The file cannot be imported; nothing was produced. The message names the row and
+    the column where it can."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    rows: int
+    skus: int
+    locations: tuple[str, ...]
+    snapshots: list[tuple[str, str, list[tuple[str, str, int]]]]  # (sku, location, bins)
+    digest: str  # of the file's bytes
+
+
+class _Bin(msgspec.Struct):
+    bin: str
+    status: str
+    quantity: int
+
+
+class _Snapshot(msgspec.Struct, tag="stock_snapshot", tag_field="type"):
+    event_id: str
+    occurred_at: datetime
+    sku: str
+    location: str
+    bins: list[_Bin]
+
+
+_encode: Final = msgspec.json.Encoder().encode
+
+
+def plan(path: Path) -> Plan:
+    """Read and check the whole file; the snapshots it makes, sorted by sku and location."""
+    if not path.is_file():
+        raise ImportRefused(f"{path}: no such file")
+    con = duckdb.connect()
+    source = _read(con, path)
+    try:
+        header = con.execute(f"SELECT * FROM ({source}) LIMIT 0").description or []
+    except duckdb.Error as exc:
+        raise ImportRefused(f"{path}: not a CSV or Parquet file DuckDB can read ({exc})") from None
+    names = {str(column[0]).lower(): str(column[0]) for column in header}
+    missing = [c for c in COLUMNS if c not in names]
+    if missing:
+        raise ImportRefused(f"{path}: missing column(s) {', '.join(missing)}")
+    picked = ", ".join(f'CAST("{names[c]}" AS VARCHAR) AS {c}' for c in COLUMNS)
+    con.execute(
+        f"CREATE TEMP TABLE rows AS SELECT row_number() OVER () AS row, {picked} FROM ({source})"
+    )
+    _check(con)
+    total = int(con.execute("SELECT count(*) FROM rows").fetchone()[0])  # type: ignore[index]
+    grouped = con.execute(
+        """SELECT sku, location, list((bin, status, CAST(trim(quantity) AS BIGINT)) ORDER BY bin, status)
+           FROM rows GROUP BY sku, location ORDER BY sku, location"""
+    ).fetchall()
+    snapshots = [(sku, location, [tuple(b) for b in bins]) for sku, location, bins in grouped]
+    skus = len({sku for sku, _, _ in snapshots})
+    locations = tuple(sorted({location for _, location, _ in snapshots}))
+    return Plan(total, skus, locations, snapshots, _digest(path))
+
+
+def events(
+    found: Plan, topic: str, as_of: datetime, zeroed: Iterable[tuple[str, str]] = ()
+) -> Iterator[Outgoing]:
+    """The snapshots of the plan, then the empty ones of ``zeroed`` (sku, location)."""
+    stamp = as_of.isoformat()
+    for sku, location, bins in found.snapshots:
+        yield _event(found.digest, stamp, as_of, topic, sku, location, bins)
+    for sku, location in zeroed:
+        yield _event(found.digest, stamp, as_of, topic, sku, location, [])
+
+
+def held_elsewhere(found: Plan, holdings: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Of the (sku, location) pairs the store holds stock at, those at the file's locations
+    that the file does not list: with ``--full`` their stock there becomes 0."""
+    listed = {(sku, location) for sku, location, _ in found.snapshots}
+    locations = set(found.locations)
+    return sorted(p for p in set(holdings) if p[1] in locations and p not in listed)
+
+
+def holdings(client: redis.Redis, locations: Iterable[str]) -> list[tuple[str, str]]:
+    """The (sku, location) pairs at ``locations`` where the store holds stock (a bin with
+    a quantity other than 0)."""
+    wanted = set(locations)
+    out: list[tuple[str, str]] = []
+    prefix = keys.sku_key("")[:-1]  # "atp:v1:{"
+    batch: list[str] = []
+
+    def read() -> None:
+        pipe = client.pipeline(transaction=False)
+        for sku in batch:
+            pipe.hget(keys.sku_key(sku), keys.STATE_FIELD)
+        for sku, raw in zip(batch, pipe.execute(), strict=True):
+            state = load_state(sku, raw)
+            out.extend(
+                {(sku, b.location) for b in state.bins if b.quantity and b.location in wanted}
+            )
+        batch.clear()
+
+    for key in client.scan_iter(match=prefix + "*}", count=1000, _type="HASH"):
+        text = key.decode() if isinstance(key, bytes) else str(key)
+        batch.append(text[len(prefix) : -1])
+        if len(batch) >= 1000:
+            read()
+    if batch:
+        read()
+    return out
+
+
+def produce(
+    outgoing: list[Outgoing],
+    send_all: Callable[[list[Outgoing]], None],
+    advance: Callable[[int], None],
+) -> None:
+    """Send in chunks, each acknowledged by the broker before the next; ``advance`` counts."""
+    for start in range(0, len(outgoing), CHUNK):
+        chunk = outgoing[start : start + CHUNK]
+        send_all(chunk)
+        advance(len(chunk))
+
+
+def _event(
+    digest: str,
+    stamp: str,
+    as_of: datetime,
+    topic: str,
+    sku: str,
+    location: str,
+    bins: list[tuple[str, str, int]],
+) -> Outgoing:
+    ident = hashlib.sha256(f"{digest}\x1f{stamp}\x1f{sku}\x1f{location}".encode()).hexdigest()[:32]
+    body = _Snapshot(f"import-{ident}", as_of, sku, location, [_Bin(*b) for b in bins])
+    return Outgoing(topic, sku.encode(), _encode(body))
+
+
+def _read(con: duckdb.DuckDBPyConnection, path: Path) -> str:
+    quoted = str(path).replace("'", "''")
+    if path.suffix.lower() == ".parquet":
+        return f"SELECT * FROM read_parquet('{quoted}')"
+    return f"SELECT * FROM read_csv('{quoted}', header = true, all_varchar = true)"
+
+
+def _check(con: duckdb.DuckDBPyConnection) -> None:
+    """The first row the consumer would refuse, by row then column, as the refusal."""
+    rules = []
+    for column in TEXT_COLUMNS:
+        rules += [
+            (column, f"{column} IS NULL OR trim({column}) = ''", "is empty"),
+            (column, f"length({column}) > {MAX_TEXT}", f"is longer than {MAX_TEXT} characters"),
+            (
+                column,
+                f"regexp_matches({column}, '[\\x00-\\x1f\\x7f]')",
+                "holds a control character",
+            ),
+        ]
+    rules.append((
+        "quantity",
+        f"quantity IS NULL OR NOT regexp_full_match(trim(quantity), '[0-9]{{1,10}}') "
+        f"OR CAST(trim(quantity) AS BIGINT) > {MAX_QUANTITY}",
+        f"is not a whole number from 0 to {MAX_QUANTITY}",
+    ))  # fmt: skip
+    worst: tuple[int, int, str] | None = None
+    for column, condition, what in rules:
+        hit = con.execute(f"SELECT min(row) FROM rows WHERE {condition}").fetchone()
+        if hit and hit[0] is not None:
+            row = int(hit[0])
+            index = COLUMNS.index(column)
+            if worst is None or (row, index) < worst[:2]:
+                worst = (row, index, f"row {row}, column {column}: {what}")
+    if worst is not None:
+        raise ImportRefused(worst[2])
+    repeated = con.execute(
+        """SELECT min(row), max(row) FROM rows GROUP BY sku, location, bin, status
+           HAVING count(*) > 1 ORDER BY 2 LIMIT 1"""
+    ).fetchone()
+    if repeated:
+        raise ImportRefused(
+            f"row {repeated[1]}, column bin: the same sku, location, bin and status as row {repeated[0]}"
+        )
+    crowded = con.execute(
+        f"""SELECT sku, location, max(row) FROM rows GROUP BY sku, location
+            HAVING count(*) > {MAX_SNAPSHOT_BINS} ORDER BY 3 LIMIT 1"""
+    ).fetchone()
+    if crowded:
+        raise ImportRefused(
+            f"row {crowded[2]}, column bin: more than {MAX_SNAPSHOT_BINS} bins of sku "
+            f"{crowded[0]!r} at {crowded[1]!r}"
+        )
+
+
+def _digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
