@@ -124,15 +124,11 @@ def import_stock(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
     from pathlib import Path
 
-    import redis
-    from confluent_kafka import Producer
     from rich.console import Console
     from rich.progress import Progress
 
     from atp_service.ops import importer
-    from streams.kafka import ReliableProducer, producer_config
 
-    console = Console(stderr=True)
     as_of = datetime.now(UTC)
     if args.as_of:
         try:
@@ -144,27 +140,20 @@ def import_stock(args: argparse.Namespace) -> int:
             return 2
         as_of = as_of if as_of.tzinfo else as_of.replace(tzinfo=UTC)
     settings = _settings()
-    try:
-        plan = importer.plan(Path(args.file))
-    except importer.ImportRefused as exc:
-        print(f"atp import: {exc}; nothing was produced", file=sys.stderr)
-        return 2
-    zeroed: list[tuple[str, str]] = []
-    if args.full:
-        client = redis.Redis.from_url(settings.redis.url, socket_timeout=30)
-        zeroed = importer.held_elsewhere(plan, importer.holdings(client, plan.locations))
-    outgoing = list(importer.events(plan, settings.topics.movements, as_of, zeroed))
-    sender = ReliableProducer(Producer(producer_config(settings.kafka.bootstrap)))
+    console = Console(stderr=True)
     with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
-        task = progress.add_task("snapshots", total=len(outgoing))
-        importer.produce(
-            outgoing,
-            lambda chunk: sender.send_all(chunk, timeout_s=120),
-            lambda n: progress.advance(task, n),
-        )
+        task = progress.add_task("snapshots", total=None)
+        try:
+            done = importer.run(
+                settings, Path(args.file), as_of, args.full,
+                lambda n, total: progress.update(task, completed=n, total=total),
+            )  # fmt: skip
+        except importer.ImportRefused as exc:
+            print(f"atp import: {exc}; nothing was produced", file=sys.stderr)
+            return 2
     print(
-        f"imported {plan.rows} rows: {plan.skus} skus at {len(plan.locations)} locations, "
-        f"{len(outgoing)} snapshots ({len(zeroed)} zeroed), as of {as_of.isoformat()}"
+        f"imported {done.rows} rows: {done.skus} skus at {done.locations} locations, "
+        f"{done.snapshots} snapshots ({done.zeroed} zeroed), as of {as_of.isoformat()}"
     )
     return 0
 

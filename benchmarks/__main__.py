@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from benchmarks.common import ROOT, SIZES
 
-MODULES = ("read", "fold", "freshness", "memory", "allocation")
+MODULES = ("read", "fold", "freshness", "memory", "allocation", "importer")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

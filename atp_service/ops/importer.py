@@ -24,10 +24,12 @@ from typing import Final
 import duckdb
 import msgspec
 import redis
+from confluent_kafka import Producer
 
+from atp_service.config import Settings
 from atp_service.store import keys
 from streams.events import MAX_SNAPSHOT_BINS
-from streams.kafka import Outgoing
+from streams.kafka import Outgoing, ReliableProducer, producer_config
 from streams.state import load_state
 
 COLUMNS: Final = ("sku", "location", "bin", "status", "quantity")
@@ -146,16 +148,35 @@ def holdings(client: redis.Redis, locations: Iterable[str]) -> list[tuple[str, s
     return out
 
 
-def produce(
-    outgoing: list[Outgoing],
-    send_all: Callable[[list[Outgoing]], None],
-    advance: Callable[[int], None],
-) -> None:
-    """Send in chunks, each acknowledged by the broker before the next; ``advance`` counts."""
+@dataclass(frozen=True)
+class Summary:
+    rows: int
+    skus: int
+    locations: int
+    snapshots: int
+    zeroed: int
+
+
+def run(
+    settings: Settings,
+    path: Path,
+    as_of: datetime,
+    full: bool = False,
+    advance: Callable[[int, int], None] = lambda done, total: None,
+) -> Summary:
+    """What `atp import` does: plan, then produce in chunks, each acknowledged by the broker
+    before the next (``advance`` is told how many of how many). Raises ImportRefused."""
+    found = plan(path)
+    zeroed: list[tuple[str, str]] = []
+    if full:
+        client = redis.Redis.from_url(settings.redis.url, socket_timeout=30)
+        zeroed = held_elsewhere(found, holdings(client, found.locations))
+    outgoing = list(events(found, settings.topics.movements, as_of, zeroed))
+    sender = ReliableProducer(Producer(producer_config(settings.kafka.bootstrap)))
     for start in range(0, len(outgoing), CHUNK):
-        chunk = outgoing[start : start + CHUNK]
-        send_all(chunk)
-        advance(len(chunk))
+        sender.send_all(outgoing[start : start + CHUNK], timeout_s=120)
+        advance(min(start + CHUNK, len(outgoing)), len(outgoing))
+    return Summary(found.rows, found.skus, len(found.locations), len(outgoing), len(zeroed))
 
 
 def _event(

@@ -1,0 +1,120 @@
+"""`atp import` benchmark: a stock export to snapshots acknowledged by the broker.
+
+The export has 10 bins per sku over 5 locations (so 2 bins per sku and location): 10,000
+skus (100,000 rows) at small size, 100,000 skus (1,000,000 rows) at full size, as a CSV
+file. Measured per run, each against the same file and broker:
+- import: `atp import`'s own code (atp_service.ops.importer.run), from the file to every
+  snapshot acknowledged, in rows per second;
+- DuckDB alone: DuckDB reading the same file (every column, into Arrow), rows per second;
+- producer alone: the same snapshots, encoded beforehand, produced and acknowledged with the
+  same producer settings, in rows per second (rows / the time to send them).
+Targets: at least 100,000 rows/s, and at least 0.5x the producer alone.
+
+``python -m benchmarks.importer --size small|full``
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+from confluent_kafka import Producer
+
+from atp_service.ops import importer
+from benchmarks.common import (
+    Bench,
+    Figure,
+    Report,
+    bench_config,
+    parse_args,
+    say,
+    stop_on_sigterm,
+)
+from streams.kafka import Outgoing, ReliableProducer, producer_config
+
+SKUS = {"small": 10_000, "full": 100_000}
+BINS_PER_SKU = 10
+LOCATIONS = 5
+
+
+def write_export(path: Path, skus: int) -> int:
+    """The export as DuckDB writes it from a generated series; returns its rows."""
+    con = duckdb.connect()
+    con.execute(
+        f"""COPY (
+              SELECT printf('SKU-%07d', s) AS sku,
+                     printf('DC-%02d', 1 + b % {LOCATIONS}) AS location,
+                     printf('B-%02d', b) AS bin,
+                     CASE WHEN b % 7 = 0 THEN 'damaged' ELSE 'available' END AS status,
+                     (s * 31 + b * 7) % 50 AS quantity
+              FROM range({skus}) t(s), range({BINS_PER_SKU}) u(b)
+              ORDER BY s, b
+            ) TO '{path}' (HEADER, DELIMITER ',')"""
+    )
+    return skus * BINS_PER_SKU
+
+
+def duckdb_alone(path: Path) -> float:
+    started = time.perf_counter()
+    con = duckdb.connect()
+    table = con.execute(
+        f"SELECT * FROM read_csv('{path}', header = true, all_varchar = true)"
+    ).arrow()
+    assert table.num_rows > 0
+    return time.perf_counter() - started
+
+
+def producer_alone(bootstrap: str, outgoing: list[Outgoing]) -> float:
+    sender = ReliableProducer(Producer(producer_config(bootstrap)))
+    started = time.perf_counter()
+    for start in range(0, len(outgoing), importer.CHUNK):
+        sender.send_all(outgoing[start : start + importer.CHUNK], timeout_s=120)
+    return time.perf_counter() - started
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args("atp import: a stock export to acknowledged snapshots", argv)
+    stop_on_sigterm()
+    skus = SKUS[args.size]
+    report = Report("importer", args.size, "atp import: stock export to snapshots")
+    with Bench("importer") as bench:
+        bootstrap = bench.start_broker()
+        settings = bench.write_config(
+            bench_config("redis://127.0.0.1:1/0", bootstrap, ledger_dir=bench.tmp / "ledger"),
+            create=True,
+        )
+        export = bench.tmp / "stock.csv"
+        rows = write_export(export, skus)
+        report.parameters = {"rows": rows, "skus": skus, "locations": LOCATIONS, "bins_per_sku": BINS_PER_SKU,
+                             "file_mb": round(export.stat().st_size / 1e6, 1)}  # fmt: skip
+        found = importer.plan(export)
+        snapshots = list(importer.events(found, settings.topics.movements, datetime.now(UTC)))
+        report.parameters["snapshots"] = len(snapshots)
+        imported: list[float] = []
+        read: list[float] = []
+        sent: list[float] = []
+        for run in range(args.runs):
+            as_of = datetime(2030, 1, 1, run, tzinfo=UTC)  # a new import each run
+            started = time.perf_counter()
+            done = importer.run(settings, export, as_of)
+            seconds = time.perf_counter() - started
+            assert done.rows == rows and done.snapshots == len(snapshots)
+            imported.append(rows / seconds)
+            read.append(rows / duckdb_alone(export))
+            sent.append(rows / producer_alone(bootstrap, snapshots))
+            say(
+                f"  run {run + 1}: import {imported[-1]:,.0f} rows/s, DuckDB {read[-1]:,.0f}, producer {sent[-1]:,.0f}"
+            )
+    report.add(Figure("atp import, file to snapshots acknowledged", "rows/s", imported,
+                      "the producer alone, same snapshots", sent,
+                      [("ratio", ">=", 0.5), ("value", ">=", 100_000)]))  # fmt: skip
+    report.add(Figure("DuckDB reading the file alone", "rows/s", read, informative=True))
+    report.finish()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
