@@ -234,7 +234,8 @@ class RedisStore:
         return [sku.decode() for sku in found]
 
     def outbox(self, limit: int) -> dict[str, bytes]:
-        """Up to about ``limit`` waiting writes' availability events, oldest first."""
+        """Waiting writes' availability events: one HSCAN page of about ``limit`` entries (the
+        whole outbox while it is small), sorted oldest first."""
         reply: tuple[int, dict[bytes, bytes]] = self.client.hscan(keys.OUTBOX, 0, count=limit)  # type: ignore[assignment]
         return {k.decode(): v for k, v in sorted(reply[1].items())}
 

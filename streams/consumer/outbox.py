@@ -4,9 +4,9 @@ broker has all of them.
 A write puts its availability events into the store's outbox as one entry, atomically with
 the change. After the write this process hands them to the producer from memory; the sweep
 also reads the store's outbox, which holds whatever a crashed instance or the API left
-(oldest first). The loop does not wait for acknowledgements: until the broker has every
-event of an entry, the entry stays in the store, so a crash or a failed delivery means it
-is published again (at least once).
+(oldest first among those read). The loop does not wait for acknowledgements: until the
+broker has every event of an entry, the entry stays in the store, so a crash or a failed
+delivery means it is published again (at least once).
 
 Order (contract section 3): the last message per (channel, sku) must carry the current
 value. An entry from the store was written before the sweep found it, maybe before values
