@@ -60,9 +60,9 @@ def write_export(path: Path, skus: int) -> int:
 def duckdb_alone(path: Path) -> float:
     started = time.perf_counter()
     con = duckdb.connect()
-    table = con.execute(
+    table = con.sql(
         f"SELECT * FROM read_csv('{path}', header = true, all_varchar = true)"
-    ).arrow()
+    ).to_arrow_table()
     assert table.num_rows > 0
     return time.perf_counter() - started
 
