@@ -10,6 +10,13 @@ heartbeat published at time t has arrived, every invalidation published before t
 applied. The cache is consulted only while the newest heartbeat received was published
 less than ``staleness_s`` ago; otherwise reads go to Redis. A cached value is therefore
 never older than what Redis holds by more than ``staleness_s`` (default 250 ms).
+
+A lost projection (contract section 4): when Redis answers but its projection marker is
+gone (emptied, or replaced by an empty server), a missing document does not mean "never
+seen", so reads raise ProjectionMissing (503) instead of answering zeros. Every read that
+goes to Redis asks for the marker in the same round trip; the heartbeat asks too, and while
+the marker is missing it publishes no heartbeat, so the cache stops being used within
+``staleness_s``.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from atp_service.store import keys
 from streams.changeset import projection_field
 from streams.projector import Projector
 from streams.state import SkuState
+from streams.store import ProjectionMissing
 
 log = logging.getLogger(__name__)
 
@@ -114,10 +122,14 @@ class AvailabilityReader:
                 return cached
         self.misses += 1
         generation = self._generation
-        document: bytes | None = await self.client.hget(  # type: ignore[assignment]
-            keys.sku_key(sku), projection_field(channel)
-        )
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hget(keys.sku_key(sku), projection_field(channel))
+        pipe.exists(keys.INITIALIZED)
+        document: bytes | None
+        document, initialized = await pipe.execute()
         if document is None:
+            if not initialized:
+                raise ProjectionMissing("redis holds no projection marker")
             return self._unseen(channel, sku)
         self._remember(generation, {(channel, sku): document})
         return document
@@ -141,7 +153,10 @@ class AvailabilityReader:
             pipe = self.client.pipeline(transaction=False)
             for i in missing:
                 pipe.hget(keys.sku_key(skus[i]), field)
-            found = await pipe.execute()
+            pipe.exists(keys.INITIALIZED)
+            *found, initialized = await pipe.execute()
+            if not initialized and any(document is None for document in found):
+                raise ProjectionMissing("redis holds no projection marker")
             fetched: dict[tuple[str, str], bytes] = {}
             for i, document in zip(missing, found, strict=True):
                 if document is None:
@@ -207,9 +222,11 @@ class AvailabilityReader:
     async def _heartbeat(self) -> None:
         while not self._stopping:
             try:
-                await self.client.publish(
-                    keys.INVALIDATIONS, f"{self._token}@{time.monotonic():.6f}"
-                )
+                # No heartbeat while the projection is lost: the cache stops being used.
+                if await self.client.exists(keys.INITIALIZED):
+                    await self.client.publish(
+                        keys.INVALIDATIONS, f"{self._token}@{time.monotonic():.6f}"
+                    )
             except asyncio.CancelledError:
                 raise
             except Exception:  # the listener notices the silence and stops using the cache

@@ -218,8 +218,16 @@ def test_redis_loss_503s_then_rebuild_restores_and_consumer_resumes(
     assert consumer.wait(30) == 0, tail(stack.logs())
 
     own_redis.restart_empty()
+    # Redis answers again but holds no projection: 503 problem+json, never zeros
+    # (contract section 4), until `atp rebuild` restored it.
     wait_for(
-        lambda: httpx.get(f"{base}/readyz", timeout=5).status_code == 200, 20, "/readyz 200 again"
+        lambda: "projection-not-ready" in httpx.get(f"{base}/readyz", timeout=5).text,
+        20,
+        "/readyz saying the projection is lost",
+    )
+    time.sleep(0.5)  # past the read cache's staleness bound
+    _assert_problem_503(
+        httpx.get(f"{base}/v1/availability/web/{sku}", headers=R, timeout=10), "GET after loss"
     )
     assert "Traceback" not in stack.logs(), tail(stack.logs(), 80)
 
@@ -228,6 +236,11 @@ def test_redis_loss_503s_then_rebuild_restores_and_consumer_resumes(
     assert lost.returncode == 1, "atp verify did not notice the loss"
     rebuilt = atp_cli(stack, "rebuild")
     assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
+    wait_for(
+        lambda: httpx.get(f"{base}/readyz", timeout=5).status_code == 200, 20, "/readyz 200 again"
+    )
+    restored = httpx.get(f"{base}/v1/availability/web/{sku}", headers=R, timeout=10).json()
+    assert restored["on_hand"] > 0, restored
     assert _projection(client) == before
     assert stored_offsets(client, settings) == offsets_before
     assert_projection(client, model, " after atp rebuild")

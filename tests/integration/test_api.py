@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from litestar.testing import TestClient
 
 from atp_service.config import parse_config
 from atp_service.http.app import create_app, serving_app
 from atp_service.local.services import start_redis
+from atp_service.store import keys
 from tests.conftest import ADMIN_KEY, ALL_KEY, READ_KEY, WRITE_KEY, config_text
 
 pytestmark = pytest.mark.integration
@@ -48,6 +51,8 @@ KEY_FOR_SCOPE = {"availability:read": READ_KEY, "allocations:write": WRITE_KEY, 
 
 @pytest.fixture
 def client(redis_url: str) -> Iterator[TestClient[Any]]:
+    # An initialized projection, as a consumer leaves it when it starts on an empty Redis.
+    redis.Redis.from_url(redis_url).set(keys.INITIALIZED, "test")
     # As served: the fast paths in front of Litestar.
     app = serving_app(create_app(parse_config(config_text(redis_url))))
     with TestClient(app) as test_client:
@@ -123,6 +128,7 @@ def test_bad_input_is_400_problem_json(client: TestClient[Any]) -> None:
 
 def test_redis_down_is_503_problem_json_never_500(tmp_path: Path) -> None:
     service = start_redis(tmp_path / "redis")
+    redis.Redis(port=service.port).set(keys.INITIALIZED, "test")
     app = serving_app(create_app(parse_config(config_text(f"redis://127.0.0.1:{service.port}/0"))))
     headers = {"Authorization": f"Bearer {READ_KEY}"}
     with TestClient(app) as test_client:
@@ -239,3 +245,28 @@ def test_a_cursor_of_the_earlier_form_still_resumes(client: TestClient[Any]) -> 
     assert reply.json()["next_cursor"] == old  # nothing changed yet: the same position
     bad = client.get("/v1/availability/web/changes?cursor=bm90LWEtY3Vyc29y", headers=headers)
     assert bad.status_code == 400
+
+
+def test_a_lost_projection_answers_503_never_zeros(client: TestClient[Any], redis_url: str) -> None:
+    """Contract section 4: when Redis answers but has lost the projection (emptied, or an
+    empty server in its place), reads answer 503 until it is restored, not "0 available";
+    /readyz says so too."""
+    headers = {"Authorization": f"Bearer {READ_KEY}"}
+    assert client.get("/readyz").status_code == 200
+    assert (
+        client.get("/v1/availability/web/SKU-L1", headers=headers).json()["available_to_sell"] == 0
+    )
+    redis.Redis.from_url(redis_url).flushall()  # the data and the marker are gone
+    time.sleep(0.4)  # past the cache's staleness bound: no heartbeat without the marker
+    for reply in (
+        client.get("/v1/availability/web/SKU-L1", headers=headers),  # cached before
+        client.get("/v1/availability/web/SKU-L2", headers=headers),  # never read
+        client.post("/v1/availability/web/query", json={"skus": ["SKU-L1", "X"]}, headers=headers),
+        client.get("/readyz"),
+    ):
+        assert reply.status_code == 503, reply.text
+        assert reply.headers["content-type"].startswith("application/problem+json")
+        assert reply.headers["retry-after"]
+    redis.Redis.from_url(redis_url).set(keys.INITIALIZED, "rebuild")  # as `atp rebuild` ends
+    assert client.get("/v1/availability/web/SKU-L2", headers=headers).status_code == 200
+    assert client.get("/readyz").status_code == 200

@@ -22,6 +22,7 @@ import redis.asyncio as aredis
 from atp_service.config import Settings
 from atp_service.http.reader import AvailabilityReader
 from atp_service.model import projector_for
+from atp_service.store import keys
 from streams.kafka import AsyncPublisher, Outgoing, ProduceFailed, api_producer_config
 
 pytestmark = pytest.mark.integration
@@ -55,6 +56,7 @@ class LosesOneCancel:
 
 async def test_reader_stops_when_a_cancel_is_lost(redis_url: str, test_settings: Settings) -> None:
     client = aredis.Redis.from_url(redis_url)
+    await client.set(keys.INITIALIZED, "test")  # the heartbeat is published only then
     try:
         losing = LosesOneCancel(client)
         reader = AvailabilityReader(losing, projector_for(test_settings), 0.25)  # type: ignore[arg-type]
@@ -74,6 +76,7 @@ async def test_reader_stops_when_a_cancel_is_lost(redis_url: str, test_settings:
 
 async def test_reader_stops_promptly(redis_url: str, test_settings: Settings) -> None:
     client = aredis.Redis.from_url(redis_url)
+    await client.set(keys.INITIALIZED, "test")
     try:
         reader = AvailabilityReader(client, projector_for(test_settings), 0.25)
         await reader.start()

@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from atp_service.http.problems import problem, problem_responses
 from atp_service.http.schemas import Health
+from atp_service.store import keys
 
 
 @get("/healthz", summary="200 while the process lives", tags=["operations"])
@@ -20,16 +21,22 @@ async def healthz() -> Health:
 @get(
     "/readyz",
     responses=problem_responses(503),
-    summary="200 when Redis answers, else 503",
+    summary="200 when Redis answers and holds an initialized projection, else 503",
     tags=["operations"],
 )
 async def readyz(request: Request[Any, Any, Any], redis_client: aredis.Redis) -> Response[Any]:
     try:
-        await redis_client.ping()
+        initialized = await redis_client.exists(keys.INITIALIZED)
     except Exception:
         return problem(
             request, 503, "redis does not answer", headers={"Retry-After": "1"}, kind="not-ready"
         )
+    if not initialized:
+        return problem(
+            request, 503, "redis holds no initialized projection (lost its data?); "
+            "a consumer initializes an empty one, or run `atp rebuild`",
+            headers={"Retry-After": "5"}, kind="projection-not-ready",
+        )  # fmt: skip
     return Response(content=Health(status="ready"))
 
 
