@@ -76,7 +76,8 @@ _encode: Final = msgspec.json.Encoder().encode
 
 
 def plan(path: Path) -> Plan:
-    """Read and check the whole file; the snapshots it makes, sorted by sku and location."""
+    """Read and check the whole file: its checked rows stay in DuckDB (``Plan.table``), and
+    the plan counts what they make; ``events`` writes the snapshots from them."""
     if not path.is_file():
         raise ImportRefused(f"{path}: no such file")
     con = duckdb.connect()
@@ -110,7 +111,7 @@ def events(
 
     DuckDB writes the plan's snapshots as JSON itself: building them in Python, a struct
     per bin, was most of the import's own time. ``_event`` writes the same JSON for the
-    zeroed ones (the tests hold the two to the decoder)."""
+    zeroed ones; the consumer decodes both in tests/integration/test_import.py."""
     stamp = as_of.isoformat()
     occurred = msgspec.json.encode(as_of).decode()  # "...Z", as the decoder reads it
     cursor = found.table.execute(

@@ -8,8 +8,6 @@ replay changes nothing. A filter that matches nothing says so and exits 0.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 
 import pytest
@@ -19,27 +17,11 @@ from atp_service.local.config_file import Channel, ConfigFile
 from atp_service.store import keys
 from streams.changeset import projection_field
 from tests.conftest import TEST_CHANNELS, TEST_KEYS, Stack
-from tests.faults.harness import read_all
+from tests.faults.harness import atp_cli, read_all, wait_for
 
 pytestmark = pytest.mark.integration
 
 AT = "2026-11-27T10:00:00Z"
-
-
-def atp(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "atp_service.cli", *args],
-        env=stack.env, capture_output=True, text=True, timeout=180, check=False,
-    )  # fmt: skip
-
-
-def wait(check: object, what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{what} within {timeout}s")
 
 
 def reserved(client: redis.Redis, channel: str) -> int | None:
@@ -57,16 +39,17 @@ def test_dead_letters_are_listed_and_replayed_once_their_cause_is_fixed(stack: S
         {"type": "reservation_created", "event_id": "d-2", "occurred_at": AT, "sku": "SKU-D",
          "reservation_id": "O-1:1", "channel": "pigeon", "location": "DC-EAST", "quantity": 3},
     ])  # fmt: skip
-    wait(
+    wait_for(
         lambda: len(read_all(settings.kafka.bootstrap, settings.topics.dead_letter, 10)) == 1,
+        30,
         "a dead letter",
     )
 
-    listed = atp(stack, "dead-letters", "list", "--error", "pigeon")
+    listed = atp_cli(stack, "dead-letters", "list", "--error", "pigeon")
     assert listed.returncode == 0, listed.stderr
     assert "1 dead letters" in listed.stdout and "unknown channel 'pigeon'" in listed.stdout
     assert f"{settings.topics.reservations}[" in listed.stdout
-    none = atp(stack, "dead-letters", "list", "--since", "2999-01-01T00:00:00Z")
+    none = atp_cli(stack, "dead-letters", "list", "--since", "2999-01-01T00:00:00Z")
     assert "0 dead letters" in none.stdout
 
     # The cause fixed: the config now has the channel; the consumer restarts with it.
@@ -82,14 +65,15 @@ def test_dead_letters_are_listed_and_replayed_once_their_cause_is_fixed(stack: S
     stack.config_path.write_text(fixed.text())
     stack.start_consumer()
 
-    nothing = atp(stack, "dead-letters", "replay", "--error", "no such reason")
+    nothing = atp_cli(stack, "dead-letters", "replay", "--error", "no such reason")
     assert nothing.returncode == 0 and "no dead letter matches" in nothing.stdout
     for attempt in range(2):
-        replayed = atp(stack, "dead-letters", "replay", "--error", "pigeon")
+        replayed = atp_cli(stack, "dead-letters", "replay", "--error", "pigeon")
         assert replayed.returncode == 0, replayed.stderr
         assert "replayed 1 " in replayed.stdout
-        wait(
+        wait_for(
             lambda: reserved(client, "pigeon") == 3,
+            30,
             f"the replayed reservation applied ({attempt + 1})",
         )
     time.sleep(1.0)  # the second replay has been consumed by now; it changed nothing

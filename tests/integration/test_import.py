@@ -6,8 +6,6 @@ and names the row and the column."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,19 +17,12 @@ import redis
 from atp_service.store import keys
 from streams.changeset import projection_field
 from tests.conftest import Stack
-from tests.faults.harness import read_all
+from tests.faults.harness import atp_cli, read_all
 from tests.integration.helpers import receipt
 
 pytestmark = pytest.mark.integration
 
 AS_OF = "2030-01-01T06:00:00Z"  # after every other event here
-
-
-def atp(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "atp_service.cli", *args],
-        env=stack.env, capture_output=True, text=True, timeout=180, check=False,
-    )  # fmt: skip
 
 
 def on_hand(client: redis.Redis, sku: str, channel: str = "web") -> int | None:
@@ -62,12 +53,12 @@ def test_a_stock_export_becomes_snapshots_once(stack: Stack, tmp_path: Path) -> 
         "SKU-A,DC-EAST,B1,available,5,first", "SKU-A,DC-EAST,B2,damaged,2,",
         "SKU-A,DC-WEST,B1,available,3,", "SKU-B,DC-EAST,B1,available,7,",
     ])  # fmt: skip
-    done = atp(stack, "import", str(export), "--as-of", AS_OF)
+    done = atp_cli(stack, "import", str(export), "--as-of", AS_OF)
     assert done.returncode == 0, done.stderr
     assert "imported 4 rows: 2 skus at 2 locations, 3 snapshots (0 zeroed)" in done.stdout
     wait_for(client, {"SKU-A": 8, "SKU-B": 7, "SKU-Z": 4})  # damaged is not sellable
 
-    again = atp(stack, "import", str(export), "--as-of", AS_OF)
+    again = atp_cli(stack, "import", str(export), "--as-of", AS_OF)
     assert again.returncode == 0, again.stderr
     messages = read_all(settings.kafka.bootstrap, settings.topics.movements)
     snapshots = [json.loads(m.value()) for m in messages if b"stock_snapshot" in m.value()]
@@ -76,7 +67,7 @@ def test_a_stock_export_becomes_snapshots_once(stack: Stack, tmp_path: Path) -> 
 
     # --full: the file is the whole stock of DC-EAST now; DC-WEST is not in it.
     full = write_csv(tmp_path / "east.csv", ["SKU-A,DC-EAST,B1,available,1,"])
-    done = atp(stack, "import", str(full), "--full", "--as-of", "2030-01-01T07:00:00Z")
+    done = atp_cli(stack, "import", str(full), "--full", "--as-of", "2030-01-01T07:00:00Z")
     assert done.returncode == 0, done.stderr
     assert "1 skus at 1 locations, 3 snapshots (2 zeroed)" in done.stdout
     wait_for(client, {"SKU-A": 4, "SKU-B": 0, "SKU-Z": 0})
@@ -92,7 +83,7 @@ def test_a_stock_export_becomes_snapshots_once(stack: Stack, tmp_path: Path) -> 
         }
     )
     pq.write_table(table, tmp_path / "stock.parquet")
-    done = atp(stack, "import", str(tmp_path / "stock.parquet"), "--as-of", AS_OF)
+    done = atp_cli(stack, "import", str(tmp_path / "stock.parquet"), "--as-of", AS_OF)
     assert done.returncode == 0, done.stderr
     wait_for(client, {"SKU-P": 9})
 
@@ -110,7 +101,7 @@ def test_a_bad_export_produces_nothing(
     stack: Stack, tmp_path: Path, rows: list[str], said: str
 ) -> None:
     export = write_csv(tmp_path / "bad.csv", rows)
-    refused = atp(stack, "import", str(export))
+    refused = atp_cli(stack, "import", str(export))
     assert refused.returncode == 2
     assert said in refused.stderr and "nothing was produced" in refused.stderr
     assert read_all(stack.settings.kafka.bootstrap, stack.settings.topics.movements) == []
@@ -119,5 +110,5 @@ def test_a_bad_export_produces_nothing(
 def test_an_export_without_a_column_is_refused(stack: Stack, tmp_path: Path) -> None:
     export = tmp_path / "short.csv"
     export.write_text("sku,location,bin,quantity\nA,DC-EAST,B1,5\n")
-    refused = atp(stack, "import", str(export))
+    refused = atp_cli(stack, "import", str(export))
     assert refused.returncode == 2 and "missing column(s) status" in refused.stderr

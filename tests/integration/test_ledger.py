@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 from datetime import datetime
 from typing import Any
 
@@ -17,16 +15,10 @@ from atp_service.store import keys
 from streams.ledger import Ledger, LedgerColumns
 from streams.state import to_us
 from tests.conftest import READ_KEY, WRITE_KEY, Stack
+from tests.faults.harness import atp_cli
 from tests.integration.helpers import now_iso, poll, receipt, reservation, shipment
 
 pytestmark = pytest.mark.integration
-
-
-def atp(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "atp_service.cli", *args],
-        env=stack.env, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
 
 
 def projection(client: redis.Redis) -> dict[str, Any]:
@@ -72,23 +64,23 @@ def test_verify_rebuild_after_redis_loss_and_resume(stack: Stack) -> None:
     )  # fmt: skip
     assert allocated.status_code == 201
     # The API's reservation reaches the ledger through the reservations topic.
-    poll(lambda: "LEDGER-1" in atp(stack, "ledger", "history", "--sku", "L-3").stdout, bool)
+    poll(lambda: "LEDGER-1" in atp_cli(stack, "ledger", "history", "--sku", "L-3").stdout, bool)
     consumer.send_signal(signal.SIGTERM)
     assert consumer.wait(20) == 0
 
-    verified = atp(stack, "verify")
+    verified = atp_cli(stack, "verify")
     assert verified.returncode == 0, verified.stdout + verified.stderr
     before = projection(client)
     assert len(before) == 2 * len(skus)
     offsets_before = client.hgetall(keys.offsets_key(stack.settings.kafka.group_id))
 
     client.flushall()  # Redis loses everything
-    assert atp(stack, "verify").returncode == 1
-    rebuilt = atp(stack, "rebuild")
+    assert atp_cli(stack, "verify").returncode == 1
+    rebuilt = atp_cli(stack, "rebuild")
     assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
     assert projection(client) == before
     assert client.hgetall(keys.offsets_key(stack.settings.kafka.group_id)) == offsets_before
-    assert atp(stack, "verify").returncode == 0
+    assert atp_cli(stack, "verify").returncode == 0
 
     # The consumer resumes from the restored offsets: nothing applied twice, new events land.
     stack.start_consumer()
@@ -107,14 +99,14 @@ def test_verify_names_every_difference(stack: Stack) -> None:
     stack.produce([receipt("V-1", 9), receipt("V-2", 4)])
     client = redis.Redis.from_url(stack.settings.redis.url)
     poll(lambda: client.exists(keys.sku_key("V-2")), bool)
-    poll(lambda: atp(stack, "verify").returncode == 0, bool, timeout=20, pause=0.5)
+    poll(lambda: atp_cli(stack, "verify").returncode == 0, bool, timeout=20, pause=0.5)
     consumer.send_signal(signal.SIGTERM)
     consumer.wait(20)
     key = keys.sku_key("V-1")
     doc = json.loads(client.hget(key, "p:web"))
     doc["available_to_sell"] = 99
     client.hset(key, "p:web", json.dumps(doc))
-    result = atp(stack, "verify")
+    result = atp_cli(stack, "verify")
     assert result.returncode == 1
     assert "V-1" in result.stdout and "available_to_sell" in result.stdout and "99" in result.stdout
 
@@ -142,12 +134,12 @@ def test_ledger_answers_history_and_point_in_time(stack: Stack) -> None:
     poll(lambda: b'"on_hand":15' in (client.hget(keys.sku_key("H-1"), "p:web") or b""), bool)
     consumer.send_signal(signal.SIGTERM)
     consumer.wait(20)
-    listed = atp(stack, "ledger", "history", "--sku", "H-1", "--location", "DC-EAST")
+    listed = atp_cli(stack, "ledger", "history", "--sku", "H-1", "--location", "DC-EAST")
     assert listed.returncode == 0
     assert "h-first" in listed.stdout and "h-second" in listed.stdout
-    then = atp(stack, "ledger", "at", "--channel", "web", "--sku", "H-1", "--time", middle)
+    then = atp_cli(stack, "ledger", "at", "--channel", "web", "--sku", "H-1", "--time", middle)
     assert "available_to_sell=10" in then.stdout, then.stdout + then.stderr
-    now = atp(stack, "ledger", "at", "--channel", "web", "--sku", "H-1", "--time", now_iso(1))
+    now = atp_cli(stack, "ledger", "at", "--channel", "web", "--sku", "H-1", "--time", now_iso(1))
     assert "available_to_sell=15" in now.stdout
 
 
@@ -172,7 +164,7 @@ def test_the_ledger_tools_count_rows_still_staged_in_redis_once(stack: Stack) ->
     client = redis.Redis.from_url(settings.redis.url)
     client.hset(keys.LEDGER_STAGED, mapping=staged)  # type: ignore[arg-type]
 
-    listed = atp(stack, "ledger", "history", "--sku", "ST-1")
+    listed = atp_cli(stack, "ledger", "history", "--sku", "ST-1")
     assert listed.returncode == 0, listed.stderr
     for n in range(3):
         assert listed.stdout.count(f"st-{n}") == 1, listed.stdout
