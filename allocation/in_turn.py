@@ -53,31 +53,18 @@ def allocate_in_turn(
         return None
     unreserved: list[list[int]] = (supply.on_hand - supply.reserved).tolist()
     safety: list[list[int]] = supply.safety_stock.tolist()
-    preferred = _preferred(network)
-    timelines = _Timelines(supply, network, today, preferred)
+    by_preference = preferred(network)
+    timelines = Timelines(supply, network, today, by_preference)
     out = Outcomes()
     n_locations = len(network.locations)
     for line in lines:
         c, s, quantity = line.channel, line.sku, line.quantity
         if quantity < 1 or not 0 <= c < n_channels or not 0 <= s < len(unreserved):
             return None
-        locations, free, ss = preferred[c], unreserved[s], safety[s][c]
+        locations, free, ss = by_preference[c], unreserved[s], safety[s][c]
         net = sum(free[loc] for loc in locations)
         take = min(quantity, max(0, net - ss))
-        taken = [0] * n_locations
-        if take > 0:
-            # One location that holds the whole take, else in preference order.
-            whole = next((loc for loc in locations if free[loc] >= take), None)
-            if whole is not None:
-                taken[whole] = take
-            else:
-                remaining = take
-                for loc in locations:
-                    part = min(max(0, free[loc]), remaining)
-                    taken[loc] = part
-                    remaining -= part
-            for loc in locations:
-                free[loc] -= taken[loc]
+        taken = take_from(free, locations, take, n_locations)
         rest = quantity - take
         backordered, day, where = 0, NONE, NONE
         due = timelines.due(c, s) if line.backorder and rest > 0 else []
@@ -96,7 +83,28 @@ def allocate_in_turn(
     return out
 
 
-def _preferred(network: Network) -> list[list[int]]:
+def take_from(free: list[int], locations: Sequence[int], take: int, n_locations: int) -> list[int]:
+    """Per location, the units a line takes from stock (``take`` at most what the channel's
+    available_to_sell allows): one location that holds it whole, else in preference order.
+    ``free`` (unreserved stock per location) is reduced by what is taken."""
+    taken = [0] * n_locations
+    if take <= 0:
+        return taken
+    whole = next((loc for loc in locations if free[loc] >= take), None)
+    if whole is not None:
+        taken[whole] = take
+    else:
+        remaining = take
+        for loc in locations:
+            part = min(max(0, free[loc]), remaining)
+            taken[loc] = part
+            remaining -= part
+    for loc in locations:
+        free[loc] -= taken[loc]
+    return taken
+
+
+def preferred(network: Network) -> list[list[int]]:
     """Each channel's locations, in its preference order."""
     out = []
     for ranks in network.rank.tolist():
@@ -104,7 +112,7 @@ def _preferred(network: Network) -> list[list[int]]:
     return out
 
 
-class _Timelines:
+class Timelines:
     """Per (channel, sku), made when first asked: the inbound due within the channel's
     horizon as (day, total due by that day, the preferred location with a line due that
     day), one entry per distinct day, ascending. An eta in the past is due today."""

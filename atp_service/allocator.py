@@ -39,24 +39,22 @@ from atp_service.orders import (
     OrderResult,
     Planned,
     StoredOrder,
-    created_event_id,
-    decode_stored,
     encode_stored,
     fingerprint,
     plan,
     plan_in_turn,
     release,
-    released_event_id,
 )
 from atp_service.store import keys
 from atp_service.store.redis_store import AsyncRedisStore, PutExists
+from streams.backorders import build_replanned, created_event_id, released_event_id
 from streams.changeset import ChangeSet, build_changeset
 from streams.events import ReservationCreated, ReservationReleased
 from streams.kafka import Outgoing, ProduceFailed
 from streams.logs import HEADER as CORRELATION_HEADER
 from streams.logs import correlation_id
 from streams.projector import Projector
-from streams.state import SkuState, from_us
+from streams.state import NO_PROMISE, SkuState, from_day, from_us
 from streams.store import ProjectionMissing
 
 MAX_ATTEMPTS: Final = 50
@@ -105,6 +103,15 @@ def _now_us() -> int:
 
 def _headers(cid: str | None) -> list[tuple[str, bytes]]:
     return [(CORRELATION_HEADER, cid.encode())] if cid else []
+
+
+def _with_backorder(event: ReservationCreated, held: Held) -> ReservationCreated:
+    """A backorder's place in the queue and its promise, carried by its event so that the
+    ledger replays them (contract section 9)."""
+    if not held.placed_at:
+        return event
+    promise = None if held.promise_day == NO_PROMISE else from_day(held.promise_day)
+    return msgspec.structs.replace(event, placed_at=from_us(held.placed_at), promise_date=promise)
 
 
 @dataclass
@@ -178,12 +185,8 @@ class Allocator:
             await asyncio.to_thread(self.send, messages, PUBLISH_TIMEOUT_S)
 
     async def stored(self, order_ids: Sequence[str]) -> list[StoredOrder | None]:
-        if not order_ids:
-            return []
-        found: list[bytes | None] = await self.store.client.mget(
-            [keys.order_key(o) for o in order_ids]
-        )  # type: ignore[assignment]
-        return [decode_stored(raw) if raw else None for raw in found]
+        """The orders as planned now (backorders re-planned since included), or None."""
+        return await self.store.orders(order_ids)
 
     async def allocate(self, orders: Sequence[OrderRequest]) -> list[tuple[OrderResult, bool]]:
         """Allocate; each result says whether it was created now (False: a stored repeat)."""
@@ -390,6 +393,7 @@ class Allocator:
                     quantity=held.quantity,
                     correlation_id=cid,
                 )
+                event = _with_backorder(event, held)
                 messages.append(
                     Outgoing(self.topic, held.sku.encode(), msgspec.json.encode(event), headers)
                 )
@@ -403,18 +407,25 @@ class Allocator:
             raise PublishFailed("the broker did not acknowledge the reservations") from None
 
     async def release(self, order_id: str) -> OrderResult | None:
-        """Release every open reservation of the order; safe to repeat. None: unknown order."""
-        (stored,) = await self.stored([order_id])
-        if stored is None:
-            return None
-        released = msgspec.structs.replace(
-            stored, result=msgspec.structs.replace(stored.result, status="released")
-        )
-        if stored.result.status != "released":
-            RELEASED_ORDERS.inc()
-            await self._release_held(
-                stored.held, puts=[(keys.order_key(order_id), "set", encode_stored(released))]
+        """Release every open reservation of the order; safe to repeat. None: unknown order.
+
+        What the order holds is read again whenever the write meets a change of its skus:
+        a re-plan of its backorders may have replaced their reservations meanwhile."""
+        for _ in range(MAX_ATTEMPTS):
+            (stored,) = await self.stored([order_id])
+            if stored is None:
+                return None
+            released = msgspec.structs.replace(
+                stored, result=msgspec.structs.replace(stored.result, status="released")
             )
+            if stored.result.status == "released":
+                break
+            puts = [(keys.order_key(order_id), "set", encode_stored(released))]
+            if await self._release_once(stored.held, puts):
+                RELEASED_ORDERS.inc()
+                break
+        else:
+            raise Busy("too many concurrent changes to the same skus")
         # Announce (again, on a repeat: harmless, the event_ids are deterministic).
         now = self.clock()
         messages = [
@@ -440,34 +451,35 @@ class Allocator:
             raise PublishFailed("released, but the broker did not acknowledge the events") from None
         return released.result
 
-    async def _release_held(
-        self,
-        held: Sequence[Held],
-        puts: list[tuple[str, str, bytes]] | None = None,
-        extra_deletes: Sequence[str] = (),
-    ) -> None:
-        by_sku: dict[str, set[str]] = {}
-        for h in held:
-            by_sku.setdefault(h.sku, set()).add(h.reservation_id)
+    async def _release_held(self, held: Sequence[Held], extra_deletes: Sequence[str] = ()) -> None:
         for _ in range(MAX_ATTEMPTS):
-            snapshot = await self.store.read(list(by_sku))
-            now = self.clock()
-            states: list[SkuState] = [
-                release(snapshot.states[sku], ids, now) for sku, ids in by_sku.items()
-            ]
-            changes = build_changeset(
-                states,
-                snapshot.versions,
-                self.projector,
-                now,
-                seen={sku: [released_event_id(r) for r in ids] for sku, ids in by_sku.items()},
-            )
-            changes.puts = list(puts or [])
-            if not await self.store.write(changes, now // 1000):
+            if await self._release_once(held, []):
                 if extra_deletes:
                     await self.store.client.delete(*extra_deletes)
                 return
         raise Busy("too many concurrent changes to the same skus")
+
+    async def _release_once(self, held: Sequence[Held], puts: list[tuple[str, str, bytes]]) -> bool:
+        """Release ``held`` with ``puts`` in one write; False if a sku moved meanwhile. The
+        supply released goes to the skus' backorders at once (contract section 9)."""
+        by_sku: dict[str, set[str]] = {}
+        for h in held:
+            by_sku.setdefault(h.sku, set()).add(h.reservation_id)
+        snapshot = await self.store.read(list(by_sku))
+        now = self.clock()
+        states: list[SkuState] = [
+            release(snapshot.states[sku], ids, now) for sku, ids in by_sku.items()
+        ]
+        changes, _ = build_replanned(
+            states,
+            snapshot.versions,
+            self.projector,
+            now,
+            self.store.window_ms * 1000,
+            seen={sku: [released_event_id(r) for r in ids] for sku, ids in by_sku.items()},
+        )
+        changes.puts = list(puts)
+        return not await self.store.write(changes, now // 1000)
 
     async def set_safety_stock(self, channel: str, sku: str, quantity: int | None) -> None:
         """Set (or with None remove) a per-sku override and recompute the projection now."""
@@ -480,11 +492,12 @@ class Allocator:
             else:
                 overrides[channel] = quantity
             now = self.clock()
-            changes = build_changeset(
+            changes, _ = build_replanned(
                 [msgspec.structs.replace(state, safety_stock=overrides)],
                 snapshot.versions,
                 self.projector,
                 now,
+                self.store.window_ms * 1000,
             )
             if not await self.store.write(changes, now // 1000):
                 return

@@ -53,6 +53,7 @@ class TopicSettings(_Section, frozen=True):
     inbound: Name = "erp.inbound"
     dead_letter: Name = "atp.dead-letter"
     availability: Name = "atp.availability"
+    allocation_updates: Name = "atp.allocation-updates"
 
 
 class StatusSettings(_Section, frozen=True):

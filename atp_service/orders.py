@@ -16,9 +16,16 @@ from allocation.allocate import NONE, Allocation, allocate
 from allocation.in_turn import Line, Outcomes, allocate_in_turn
 from allocation.network import Network
 from atp_service.config import MAX_BATCH_ORDERS, MAX_LINE_QUANTITY, MAX_LINES_PER_ORDER
+from streams.backorders import (
+    BACKORDER,
+    PLAN_FIELD,
+    Converted,
+    LinePlan,
+    created_event_id,
+)
 from streams.events import Sku
 from streams.projector import Projector
-from streams.state import US_PER_DAY, Reservation, SkuState, from_day
+from streams.state import NO_PROMISE, US_PER_DAY, Reservation, SkuState, from_day
 
 LineId = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f:]+$")]
 
@@ -94,6 +101,9 @@ class Held(msgspec.Struct, frozen=True, array_like=True):
     reservation_id: str
     location: str
     quantity: int
+    # A backorder's: when the order was allocated (0: not a backorder) and the promise.
+    placed_at: int = 0
+    promise_day: int = NO_PROMISE
 
 
 class StoredOrder(msgspec.Struct, frozen=True):
@@ -118,13 +128,8 @@ def decode_stored(payload: bytes) -> StoredOrder:
     return _stored_decoder.decode(payload)
 
 
-def created_event_id(reservation_id: str) -> str:
-    """Deterministic, so the consumer recognises the API's own reservations as applied."""
-    return f"atp-alloc:{reservation_id}"
-
-
-def released_event_id(reservation_id: str) -> str:
-    return f"atp-release:{reservation_id}"
+def encode_result(result: OrderResult) -> bytes:
+    return _encoder.encode(result)
 
 
 @dataclass(frozen=True)
@@ -157,7 +162,7 @@ def plan(
         lines = _allocate_in_turn(orders, states, projector, now_us)
     if lines is None:
         lines = _allocate_vectorized(orders, states, projector, now_us)
-    return _assemble(orders, states, projector.network, lines)
+    return _assemble(orders, states, projector.network, lines, now_us)
 
 
 def plan_in_turn(
@@ -177,7 +182,7 @@ def plan_in_turn(
                 "an order the allocation engine refuses (plan each alone to see which)"
             )
         lines = _allocate_vectorized(orders, states, projector, now_us)  # raises the engine's error
-    return _assemble(orders, states, projector.network, lines)
+    return _assemble(orders, states, projector.network, lines, now_us)
 
 
 def _allocate_vectorized(
@@ -236,6 +241,7 @@ def _assemble(
     states: dict[str, SkuState],
     network: Network,
     outcome: Outcomes,
+    now_us: int,
 ) -> Planned:
     """Reservations, order results and new sku states out of the per-line outcome."""
     taken = outcome.taken
@@ -256,13 +262,14 @@ def _assemble(
             for l_index, quantity in enumerate(taken[i]):
                 if quantity:
                     location = network.locations[l_index]
-                    reservation_id = book.reserve(order, line, location, quantity, "", held)
+                    reservation_id = book.reserve(order, line, location, quantity, held)
                     taken_here.append(LineAllocation(location, quantity, reservation_id))
             promise: str | None = None
             if backordered[i]:
                 location = network.locations[promise_location[i]]
-                book.reserve(order, line, location, backordered[i], ":backorder", held)
-                promise = from_day(promise_day[i]).isoformat() if promise_day[i] != NONE else None
+                day = NO_PROMISE if promise_day[i] == NONE else promise_day[i]
+                book.reserve(order, line, location, backordered[i], held, (now_us, day))
+                promise = from_day(day).isoformat() if day != NO_PROMISE else None
             line_results.append(
                 LineResult(
                     line_id=line.line_id,
@@ -303,9 +310,11 @@ class _Book:
         line: OrderLine,
         location: str,
         quantity: int,
-        suffix: str,
         held: list[Held],
+        backorder: tuple[int, int] | None = None,
     ) -> str:
+        """With ``backorder`` (placed at, promise day), a claim on supply to come."""
+        suffix = BACKORDER if backorder else ""
         base = f"{order.order_id}:{line.line_id}:{location}{suffix}"
         reservation_id, attempt = base, 1
         # An id left by an earlier attempt that was undone is not reused.
@@ -313,11 +322,20 @@ class _Book:
             attempt += 1
             reservation_id = f"{base}#{attempt}"
         self.existing[line.sku].add(reservation_id)
+        placed_at, day = backorder or (0, NO_PROMISE)
         self.new[line.sku].append(
-            Reservation(reservation_id, True, order.channel, location, quantity)
+            Reservation(
+                reservation_id,
+                True,
+                order.channel,
+                location,
+                quantity,
+                placed_at=placed_at,
+                promise_day=day,
+            )
         )
         self.event_ids.setdefault(line.sku, []).append(created_event_id(reservation_id))
-        held.append(Held(line.sku, reservation_id, location, quantity))
+        held.append(Held(line.sku, reservation_id, location, quantity, placed_at, day))
         return reservation_id
 
 
@@ -330,3 +348,48 @@ def release(state: SkuState, reservation_ids: set[str], now_us: int) -> SkuState
         for r in state.reservations
     )
     return msgspec.structs.replace(state, reservations=reservations)
+
+
+_plan_decoder: Final = msgspec.json.Decoder(LinePlan)
+_converted_decoder: Final = msgspec.json.Decoder(Converted)
+
+
+def backordered_lines(stored: StoredOrder) -> list[LineResult]:
+    """The lines a re-plan may have changed (contract section 9)."""
+    return [line for line in stored.result.lines if line.backordered]
+
+
+def current(stored: StoredOrder, lines: dict[str, dict[bytes, bytes]]) -> StoredOrder:
+    """The order as planned now: its record, with what re-plans wrote for each line
+    (``lines``: line_id -> the fields of the line's record, streams/backorders.py)."""
+    if not any(lines.values()) or stored.result.status == "released":
+        return stored
+    held = list(stored.held)
+    results = []
+    for line in stored.result.lines:
+        fields = lines.get(line.line_id)
+        if not fields:
+            results.append(line)
+            continue
+        plan = _plan_decoder.decode(fields[PLAN_FIELD.encode()])
+        converted = sorted(
+            (_converted_decoder.decode(v) for k, v in fields.items() if k.startswith(b"c:")),
+            key=lambda c: c.reservation_id,
+        )
+        allocations = [
+            *line.allocations,
+            *(LineAllocation(c.location, c.quantity, c.reservation_id) for c in converted),
+        ]
+        held += [Held(line.sku, c.reservation_id, c.location, c.quantity) for c in converted]
+        if plan.reservation_id is not None and plan.location is not None:
+            held.append(Held(line.sku, plan.reservation_id, plan.location, plan.backordered))
+        results.append(
+            msgspec.structs.replace(
+                line,
+                allocations=allocations,
+                backordered=plan.backordered,
+                promise_date=plan.promise_date,
+            )
+        )
+    result = msgspec.structs.replace(stored.result, lines=results)
+    return msgspec.structs.replace(stored, result=result, held=held)

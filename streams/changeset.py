@@ -43,6 +43,29 @@ def outbox_field(channel: str, sku: str) -> str:
     return f"{channel}\x1f{sku}"
 
 
+# Outbox entries other than availability events start with a separator no channel name
+# holds, then their kind: a reservation event (key: the sku) or an order's update notice.
+_OTHER: Final = "\x1e"
+RESERVATION_KIND: Final = "r"
+UPDATE_KIND: Final = "u"
+
+
+def reservation_field(sku: str, event_id: str) -> str:
+    return f"{_OTHER}{RESERVATION_KIND}\x1f{sku}\x1f{event_id}"
+
+
+def order_update_field(order_id: str) -> str:
+    return f"{_OTHER}{UPDATE_KIND}\x1f{order_id}"
+
+
+def outbox_kind(name: str) -> tuple[str, str]:
+    """(kind, message key) of an outbox entry's name; kind "" is an availability event."""
+    if not name.startswith(_OTHER):
+        return "", name.split("\x1f", 1)[1]
+    kind, key = name[1:].split("\x1f", 2)[:2]
+    return kind, key
+
+
 @dataclass
 class SkuWrite:
     sku: str
@@ -88,6 +111,9 @@ class ChangeSet:
     # already or one of ``marked`` (sku -> event_ids taken as applied) is not.
     assumed_server: str = ""
     marked: dict[str, list[str]] = field(default_factory=dict)
+    # Order lines whose backorder was planned again: (sku, order_id, line_id) -> fields
+    # of the line's record to set (streams/backorders.py).
+    line_fields: dict[tuple[str, str, str], dict[str, bytes]] = field(default_factory=dict)
 
 
 def build_changeset(

@@ -74,6 +74,11 @@ class ReservationCreated(Event, tag="reservation_created", frozen=True):
     location: Text
     quantity: Quantity
     expires_at: Moment | None = None
+    # Set only on the backorder reservations atp makes (contract section 9, docs/backorders.md):
+    # when the order was first allocated, and the date promised (null: none covers it).
+    # Left out of the JSON when unset, so other reservations read as the contract shows.
+    placed_at: Moment | msgspec.UnsetType = msgspec.UNSET
+    promise_date: date | msgspec.UnsetType | None = msgspec.UNSET
 
 
 class ReservationReleased(Event, tag="reservation_released", frozen=True):

@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterable, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from msgspec import UNSET
+
 from streams.events import (
     AnyEvent,
     BinCount,
@@ -33,7 +35,7 @@ from streams.events import (
     ReservationReleased,
     StockSnapshot,
 )
-from streams.state import BinStock, InboundLine, Reservation, SkuState, to_day, to_us
+from streams.state import NO_PROMISE, BinStock, InboundLine, Reservation, SkuState, to_day, to_us
 
 BinKey = tuple[str, str, str]  # (location, bin, status)
 
@@ -53,6 +55,7 @@ class _Work:
     reservations: dict[str, Reservation]
     inbound: dict[str, InboundLine]
     source: SkuState
+    snapshots: dict[str, int]
 
     @classmethod
     def of(cls, state: SkuState) -> _Work:
@@ -62,6 +65,7 @@ class _Work:
             reservations={r.reservation_id: r for r in state.reservations},
             inbound={i.inbound_id: i for i in state.inbound},
             source=state,
+            snapshots=state.snapshots,
         )
 
     def freeze(self, now_us: int, window_us: int) -> SkuState:
@@ -86,6 +90,7 @@ class _Work:
             inbound=inbound,
             safety_stock=self.source.safety_stock,
             last_ats=self.source.last_ats,
+            snapshots=self.snapshots,
         )
 
 
@@ -166,12 +171,15 @@ def _apply_movement(work: _Work, event: BinMovement, now_us: int) -> None:
 
 def _move(work: _Work, key: BinKey, delta: int, event: BinMovement) -> None:
     current = work.bins.get(key)
+    counted_at = current.counted_at if current is not None else 0
+    if work.snapshots:
+        counted_at = max(counted_at, work.snapshots.get(key[0], 0))
+    # The movement's time matters only against a count, so it is converted only then.
+    if counted_at and to_us(event.occurred_at) < counted_at:
+        return  # the count already includes this movement
     if current is None:
         work.bins[key] = BinStock(intern(key[0]), intern(key[1]), intern(key[2]), delta)
         return
-    # The movement's time matters only against a count, so it is converted only then.
-    if current.counted_at and to_us(event.occurred_at) < current.counted_at:
-        return  # the count already includes this movement
     work.bins[key] = BinStock(
         current.location, current.bin, current.status, current.quantity + delta, current.counted_at
     )
@@ -184,19 +192,27 @@ def _apply_count(work: _Work, event: BinCount, now_us: int) -> None:
 
 
 def _apply_snapshot(work: _Work, event: StockSnapshot, now_us: int) -> None:
-    """A count of every listed (bin, status), and a count of 0 of every other one the sku
-    holds at the location, all at the snapshot's time."""
+    """A count of every listed (bin, status), and a count of 0 of every other one at the
+    location, all at the snapshot's time. The location keeps the snapshot's time, so that
+    the zero count covers bins the state does not hold (pruned at 0, or not yet seen):
+    their older movements are ignored too. An unlisted bin counted later keeps its count."""
     at = to_us(event.occurred_at)
     location = event.location
+    if at < work.snapshots.get(location, 0):
+        return  # a newer snapshot of the location counted every bin after this one
+    work.snapshots = {**work.snapshots, location: at}
     listed = {(b.bin, b.status): b.quantity for b in event.bins}
     for key in [k for k in work.bins if k[0] == location and (k[1], k[2]) not in listed]:
-        _count(work, key, 0, at)
+        if work.bins[key].counted_at <= at:
+            del work.bins[key]  # 0 now, and the location's time stands for its count
     for (bin_, status), quantity in listed.items():
         _count(work, (location, bin_, status), quantity, at)
 
 
 def _count(work: _Work, key: BinKey, quantity: int, at: int) -> None:
     current = work.bins.get(key)
+    if work.snapshots and at < work.snapshots.get(key[0], 0):
+        return  # older than the location's latest snapshot, which counted this bin too
     if current is None:
         work.bins[key] = BinStock(intern(key[0]), intern(key[1]), intern(key[2]), quantity, at)
     elif not (current.counted_at and at < current.counted_at):  # else an older count
@@ -221,6 +237,8 @@ def _consume(work: _Work, reservation_id: str, quantity: int, now_us: int) -> No
         current.released,
         current.expires_at,
         closed_at,
+        current.placed_at,
+        current.promise_day,
     )
 
 
@@ -243,6 +261,8 @@ def _apply_created(work: _Work, event: ReservationCreated, now_us: int) -> None:
         released,
         to_us(event.expires_at) if event.expires_at else 0,
         closed_at,
+        0 if event.placed_at is UNSET else to_us(event.placed_at),
+        to_day(event.promise_date) if event.promise_date else NO_PROMISE,
     )
 
 
@@ -262,6 +282,8 @@ def _apply_released(work: _Work, event: ReservationReleased, now_us: int) -> Non
         True,
         current.expires_at,
         current.closed_at or now_us,
+        current.placed_at,
+        current.promise_day,
     )
 
 

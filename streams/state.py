@@ -15,6 +15,7 @@ import msgspec
 EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 EPOCH_DATE: Final = date(1970, 1, 1)
 US_PER_DAY: Final = 86_400_000_000
+NO_PROMISE: Final = -1  # a backorder no supply within the horizon covers
 
 
 def to_us(moment: datetime) -> int:
@@ -52,6 +53,14 @@ class Reservation(msgspec.Struct, frozen=True, array_like=True):
     released: bool = False
     expires_at: int = 0  # 0 = never expires
     closed_at: int = 0  # when it stopped counting (released, consumed, expired); for pruning
+    # A backorder atp made (contract section 9): when its order was first allocated (its
+    # place in the queue), 0 for any other reservation; and the promised day, or NO_PROMISE.
+    placed_at: int = 0
+    promise_day: int = NO_PROMISE
+
+    @property
+    def is_backorder(self) -> bool:
+        return self.placed_at > 0
 
     def open_quantity(self, now_us: int) -> int:
         if not self.created or self.released:
@@ -78,6 +87,9 @@ class SkuState(msgspec.Struct, frozen=True, array_like=True):
     safety_stock: dict[str, int] = {}
     # available_to_sell per channel as last written, to detect changes worth announcing.
     last_ats: dict[str, int] = {}
+    # location -> time of the latest stock snapshot applied there: it counted every bin of
+    # the location, those it did not list at 0, including bins no longer held here.
+    snapshots: dict[str, int] = {}
 
 
 _encoder: Final = msgspec.msgpack.Encoder()

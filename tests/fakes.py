@@ -233,6 +233,9 @@ class MemoryStore:
         self._reachable()
         return dict(sorted(self.outbox_entries.items())[:limit])
 
+    def order_result(self, order_id: str) -> bytes | None:
+        return None  # the consumer's unit tests allocate no orders
+
     def documents(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
         self._reachable()
         out = {}

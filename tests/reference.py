@@ -129,6 +129,8 @@ class ReferenceModel:
         self.bins: dict[tuple[str, str, str, str], int] = {}
         # (sku, location, bin, status) -> occurred_at of the latest applied count
         self.counted_at: dict[tuple[str, str, str, str], datetime] = {}
+        # (sku, location) -> the latest stock snapshot's time: it counted every bin there.
+        self.snapshot_at: dict[tuple[str, str], datetime] = {}
         # (sku, reservation_id) -> reservation
         self.reservations: dict[tuple[str, str], _Reservation] = {}
         # (sku, inbound_id) -> the line as of its latest update
@@ -175,8 +177,12 @@ class ReferenceModel:
         else:
             self.http_safety_stock[(channel, sku)] = quantity
 
+    def _latest_count(self, key: tuple[str, str, str, str]) -> datetime | None:
+        counts = [self.counted_at.get(key), self.snapshot_at.get(key[:2])]
+        return max((c for c in counts if c is not None), default=None)
+
     def _side_applies(self, key: tuple[str, str, str, str], occurred_at: datetime) -> bool:
-        counted = self.counted_at.get(key)
+        counted = self._latest_count(key)
         return counted is None or not occurred_at < counted
 
     def _movement(self, e: dict[str, Any]) -> None:
@@ -197,7 +203,7 @@ class ReferenceModel:
 
     def _count(self, e: dict[str, Any]) -> None:
         key = (e["sku"], e["location"], e["bin"], e["status"])
-        latest = self.counted_at.get(key)
+        latest = self._latest_count(key)
         if latest is not None and e["occurred_at"] < latest:
             return
         self.bins[key] = e["quantity"]
@@ -207,6 +213,9 @@ class ReferenceModel:
         """Contract section 8: a bin_count of every listed (bin, status), and a bin_count of 0
         of every other (bin, status) of the sku at the location, all at occurred_at."""
         sku, location = e["sku"], e["location"]
+        latest = self.snapshot_at.get((sku, location))
+        if latest is not None and e["occurred_at"] < latest:
+            return  # a newer snapshot counted every bin of the location after this one
         listed = {(b, s): q for b, s, q in e["bins"]}
         held = [
             k for k in self.bins if k[0] == sku and k[1] == location and (k[2], k[3]) not in listed
@@ -215,6 +224,8 @@ class ReferenceModel:
             self._count({**e, "bin": bin_, "status": status, "quantity": 0})
         for (bin_, status), quantity in listed.items():
             self._count({**e, "bin": bin_, "status": status, "quantity": quantity})
+        # Bins it did not list and the model never held are counted at 0 too.
+        self.snapshot_at[(sku, location)] = e["occurred_at"]
 
     def _created(self, e: dict[str, Any]) -> None:
         reservation = self.reservations.setdefault((e["sku"], e["reservation_id"]), _Reservation())

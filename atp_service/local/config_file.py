@@ -53,6 +53,7 @@ class ConfigFile:
                 "movements": f"{p}.movements", "reservations": f"{p}.reservations",
                 "inbound": f"{p}.inbound", "dead_letter": f"{p}.dead-letter",
                 "availability": f"{p}.availability",
+                "allocation_updates": f"{p}.allocation-updates",
             }))  # fmt: skip
         parts.append(_table("statuses", {"sellable": ["available"]}))
         if self.consumer:

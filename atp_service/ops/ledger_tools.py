@@ -154,11 +154,13 @@ def rebuild(settings: Settings, console: Console) -> int:
     console.print(f"{data.events} events over {len(data.states)} skus")
     # Overrides set over HTTP are configuration, not events: keep what Redis still has.
     overrides = _overrides(client, list(data.states))
-    # Remove what is left of the old projection (orders, which only the API writes, stay).
+    # Remove what is left of the old projection. Orders and what re-plans made of their
+    # lines stay: the API and the re-plans write them, and the ledger does not hold them.
     stale = [
         key
         for pattern in (f"{keys.PREFIX}:{{*", f"{keys.PREFIX}:changes:*", keys.DUE, keys.OUTBOX)
         for key in client.scan_iter(match=pattern, count=1000)
+        if not keys.is_line_key(key)
     ]
     stale.append(keys.offsets_key(settings.kafka.group_id).encode())
     for i in range(0, len(stale), 1000):

@@ -42,6 +42,16 @@ def order_key(order_id: str) -> str:
     return f"{PREFIX}:order:{order_id}"
 
 
+def line_key(sku: str, order_id: str, line_id: str) -> str:
+    """Hash of what re-plans made of one order line's backorder (streams/backorders.py): in
+    its sku's slot, as the write that re-plans it writes the sku. Neither id holds a colon."""
+    return f"{PREFIX}:{{{sku}}}:line:{order_id}:{line_id}"
+
+
+def is_line_key(key: bytes) -> bool:
+    return b"}:line:" in key
+
+
 def changes_key(channel: str) -> str:
     """Stream of skus whose available_to_sell changed on ``channel`` (the changes feed)."""
     return f"{PREFIX}:changes:{channel}"

@@ -15,6 +15,13 @@ from typing import Any, Final
 import redis
 import redis.asyncio as aredis
 
+from atp_service.orders import (
+    StoredOrder,
+    backordered_lines,
+    current,
+    decode_stored,
+    encode_result,
+)
 from atp_service.store import keys
 from streams.changeset import ChangeSet, encode_outbox, projection_field
 from streams.state import SkuState, load_state
@@ -74,8 +81,12 @@ def script_arguments(
     names = tuple(changes.skus[0].fields) if changes.skus else ()
     args.append(len(names))
     args += names
-    args.append(len(changes.puts))
-    for key, mode, value in changes.puts:
+    puts = list(changes.puts)
+    for (sku, order_id, line_id), fields in changes.line_fields.items():
+        line = keys.line_key(sku, order_id, line_id)
+        puts += [(line, f"h:{name}", value) for name, value in fields.items()]
+    args.append(len(puts))
+    for key, mode, value in puts:
         key_list.append(key)
         args += [mode, value]
     streams: dict[str, list[str]] = {}
@@ -259,6 +270,20 @@ class RedisStore:
         """Forget writes whose availability events the broker acknowledged, every one."""
         return int(self.client.hdel(keys.OUTBOX, *outbox_ids)) if outbox_ids else 0
 
+    def order_result(self, order_id: str) -> bytes | None:
+        """The order's result as planned now (JSON), None for an unknown order."""
+        raw = self.client.get(keys.order_key(order_id))
+        if not isinstance(raw, bytes):
+            return None
+        stored = decode_stored(raw)
+        pipe = self.client.pipeline(transaction=False)
+        lines = backordered_lines(stored)
+        for line in lines:
+            pipe.hgetall(keys.line_key(line.sku, order_id, line.line_id))
+        found: list[dict[bytes, bytes]] = pipe.execute() if lines else []
+        planned = current(stored, {ln.line_id: f for ln, f in zip(lines, found, strict=True)})
+        return encode_result(planned.result)
+
 
 class AsyncRedisStore:
     """The same operations for the API's event loop."""
@@ -279,3 +304,29 @@ class AsyncRedisStore:
             changes, group_id=self.group_id, now_ms=now_ms, seen_cutoff_ms=now_ms - self.window_ms
         )
         return _conflicts(changes, await self._write(keys=key_list, args=args))
+
+    async def orders(self, order_ids: Sequence[str]) -> list[StoredOrder | None]:
+        """The stored orders as planned now (their backorders re-planned since), or None."""
+        if not order_ids:
+            return []
+        found: list[bytes | None] = await self.client.mget([keys.order_key(o) for o in order_ids])  # type: ignore[assignment]
+        stored = [decode_stored(raw) if raw else None for raw in found]
+        wanted = [
+            (i, line)
+            for i, order in enumerate(stored)
+            if order is not None and order.result.status != "released"
+            for line in backordered_lines(order)
+        ]
+        if not wanted:
+            return stored
+        pipe = self.client.pipeline(transaction=False)
+        for i, line in wanted:
+            pipe.hgetall(keys.line_key(line.sku, order_ids[i], line.line_id))
+        replies: list[dict[bytes, bytes]] = await pipe.execute()
+        per_order: dict[int, dict[str, dict[bytes, bytes]]] = {}
+        for (i, line), fields in zip(wanted, replies, strict=True):
+            per_order.setdefault(i, {})[line.line_id] = fields
+        return [
+            current(order, per_order[i]) if order is not None and i in per_order else order
+            for i, order in enumerate(stored)
+        ]

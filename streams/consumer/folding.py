@@ -13,7 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from streams import metrics
-from streams.changeset import ChangeSet, build_changeset
+from streams.backorders import build_replanned
+from streams.changeset import ChangeSet
 from streams.consumer.batch import Batch, ledger_rows
 from streams.events import TAGS, AnyEvent
 from streams.fold import FoldResult, fold
@@ -82,9 +83,10 @@ class Folder:
         if result.duplicates:
             applied_ids = events_by_sku(result.applied)
         touched = [result.states[sku] for sku in by_sku if sku in result.touched]
-        changes = build_changeset(
-            touched, versions, self.projector, now, seen=applied_ids, offsets=offsets
+        changes, replanned = build_replanned(
+            touched, versions, self.projector, now, self.window_us, applied_ids, offsets
         )
+        result.states.update(replanned.states)
         changes.assumed_server, changes.marked = server, marked
         if self.ledger is not None and batch is not None:
             # Staged with the state and the offsets: see streams/ledger.py.

@@ -79,10 +79,18 @@ class StreamProjector:
         self.stats = Stats()
         self.folder = Folder(projector, options.window_us, ledger)
         self.written = WrittenStates(store)
-        self.outbox = OutboxPublisher(store, producer, options.availability_topic)
+        self.outbox = OutboxPublisher(
+            store,
+            producer,
+            options.availability_topic,
+            options.reservations_topic,
+            options.allocation_updates_topic,
+        )
         self.flusher = LedgerFlusher(store, ledger)
         self.figures = Figures(store, consumer, options.alive_file)
-        self.sweeper = Sweeper(store, projector, self.written, self.outbox, self.stats)
+        self.sweeper = Sweeper(
+            store, projector, self.written, self.outbox, self.stats, options.window_us
+        )
         self._initialized = False
         self._last_sweep = 0.0
         # The batch's write runs on this thread so the loop can consume, decode and fold the

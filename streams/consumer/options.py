@@ -25,6 +25,9 @@ class ConsumerOptions:
     topics: tuple[str, ...]
     dead_letter_topic: str
     availability_topic: str
+    # Where the outbox's other messages go: re-planned reservations, orders' plan updates.
+    reservations_topic: str
+    allocation_updates_topic: str
     known_channels: frozenset[str]
     batch_size: int
     batch_timeout_s: float

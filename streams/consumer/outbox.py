@@ -28,7 +28,13 @@ import msgspec
 from confluent_kafka import KafkaError, Message
 
 from streams import metrics
-from streams.changeset import AvailabilityChanged, decode_outbox
+from streams.changeset import (
+    RESERVATION_KIND,
+    UPDATE_KIND,
+    AvailabilityChanged,
+    decode_outbox,
+    outbox_kind,
+)
 from streams.consumer.options import now_us
 from streams.kafka import ReliableProducer
 from streams.projector import format_as_of
@@ -55,10 +61,19 @@ def _pair(name: str) -> tuple[str, str]:
 
 
 class OutboxPublisher:
-    def __init__(self, store: Store, producer: ReliableProducer, topic: str) -> None:
+    def __init__(
+        self,
+        store: Store,
+        producer: ReliableProducer,
+        topic: str,
+        reservations_topic: str = "",
+        updates_topic: str = "",
+    ) -> None:
         self.store = store
         self.producer = producer
         self.topic = topic
+        # By outbox entry kind (streams.changeset.outbox_kind): where its messages go.
+        self.topics = {"": topic, RESERVATION_KIND: reservations_topic, UPDATE_KIND: updates_topic}
         # Written to the store, not yet handed to the producer: outbox id -> events.
         self.pending: dict[str, dict[str, bytes]] = {}
         self._check: set[str] = set()  # of those, the ones to check once acknowledged
@@ -136,17 +151,33 @@ class OutboxPublisher:
     def _produce(self, outbox_id: str, events: dict[str, bytes], check: bool) -> None:
         if outbox_id in self._in_flight:
             return
-        self._in_flight[outbox_id] = _Sending(events, len(events), check)
+        messages = [self._message(name, value) for name, value in events.items()]
+        ready = [m for m in messages if m is not None]
+        if not ready:
+            self._done.append(outbox_id)
+            return
+        self._in_flight[outbox_id] = _Sending(events, len(ready), check)
         on_delivery = partial(self._delivered, outbox_id)
         producer = self.producer.producer
-        for name, value in events.items():
-            key = name.split("\x1f", 1)[1].encode()
+        for topic, key, value in ready:
             while True:
                 try:
-                    producer.produce(self.topic, value=value, key=key, on_delivery=on_delivery)
+                    producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
                     break
                 except BufferError:
                     producer.poll(0.05)
+
+    def _message(self, name: str, value: bytes) -> tuple[str, bytes, bytes] | None:
+        """(topic, key, value) of an outbox event; None for an order update whose order is
+        gone (it was never acknowledged: its allocation was undone)."""
+        kind, key = outbox_kind(name)
+        if kind == UPDATE_KIND:
+            # The order's result as it is now, with why it changed (contract section 9).
+            result = self.store.order_result(key)
+            if result is None:
+                return None
+            value = result[:-1] + b"," + value[1:]
+        return self.topics[kind], key.encode(), value
 
     def _delivered(self, outbox_id: str, err: KafkaError | None, _msg: Message) -> None:
         sending = self._in_flight[outbox_id]
@@ -179,7 +210,12 @@ class OutboxPublisher:
         in turn), standing for the entries they came from until their own check passes."""
         if not self._to_check:
             return
-        names = {name for events in self._to_check.values() for name in events}
+        names = {
+            name
+            for events in self._to_check.values()
+            for name in events
+            if not outbox_kind(name)[0]  # availability events; the others are never stale
+        }
         pairs = {name: _pair(name) for name in names}
         documents = self.store.documents(list(pairs.values()))  # before anything is dropped
         checking, self._to_check = self._to_check, {}
@@ -189,7 +225,8 @@ class OutboxPublisher:
             found = {
                 name: now
                 for name, value in events.items()
-                if (now := _stale(value, documents.get(pairs[name]), pairs[name])) is not None
+                if name in pairs
+                and (now := _stale(value, documents.get(pairs[name]), pairs[name])) is not None
             }
             standing_for = self._origins.pop(outbox_id, [outbox_id])
             if found:

@@ -9,7 +9,8 @@ from collections.abc import Callable
 from typing import Final
 
 from streams import metrics
-from streams.changeset import ChangeSet, build_changeset
+from streams.backorders import build_replanned
+from streams.changeset import ChangeSet
 from streams.consumer.folding import as_written
 from streams.consumer.options import Stats
 from streams.consumer.outbox import OutboxPublisher
@@ -30,7 +31,9 @@ class Sweeper:
         written: WrittenStates,
         outbox: OutboxPublisher,
         stats: Stats,
+        window_us: int,
     ) -> None:
+        self.window_us = window_us
         self.store = store
         self.projector = projector
         self.written = written
@@ -50,7 +53,9 @@ class Sweeper:
                 break
             snapshot = self.store.read(due)
             states = [snapshot.states[sku] for sku in due]
-            changes = build_changeset(states, snapshot.versions, self.projector, now)
+            changes, _ = build_replanned(
+                states, snapshot.versions, self.projector, now, self.window_us
+            )
             conflicts = write(changes, now)
             if conflicts is None:
                 continue

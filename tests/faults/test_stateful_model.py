@@ -102,6 +102,8 @@ class Machine(RuleBasedStateMachine):
             topics=self.topics,
             dead_letter_topic=t.dead_letter,
             availability_topic=t.availability,
+            reservations_topic="oms.reservations",
+            allocation_updates_topic="atp.allocation-updates",
             known_channels=frozenset(c.name for c in s.channels),
             batch_size=5000,
             batch_timeout_s=0.02,

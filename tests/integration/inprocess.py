@@ -82,6 +82,8 @@ def batch(first: int, count: int) -> list[FakeMessage]:
 def options_for(settings: Settings) -> ConsumerOptions:
     return ConsumerOptions(
         topics=(TOPIC,), dead_letter_topic="dlq", availability_topic="availability",
+        reservations_topic="oms.reservations",
+        allocation_updates_topic="atp.allocation-updates",
         known_channels=frozenset(c.name for c in settings.channels), batch_size=100,
         batch_timeout_s=0.01, sweep_interval_s=60, window_us=7 * 86_400_000_000,
         max_message_bytes=1_000_000,

@@ -369,14 +369,15 @@ def test_moving_a_release_or_a_shipment_before_its_reservation_gives_the_same_pr
             continue
         lowest = 0
         if isinstance(e, BinMovement):
-            # It stays after the counts of its bin: a count is the one movements-topic event
-            # a movement does not commute with.
+            # It stays after the counts of its bin and the snapshots of its location: they
+            # are the movements-topic events a movement does not commute with.
             its_bin = (e.sku, e.location, e.from_bin, e.from_status)
             lowest = 1 + max(
                 (
                     j
                     for j, c in enumerate(events[:i])
-                    if isinstance(c, BinCount) and (c.sku, c.location, c.bin, c.status) == its_bin
+                    if (isinstance(c, BinCount) and (c.sku, c.location, c.bin, c.status) == its_bin)
+                    or (isinstance(c, StockSnapshot) and (c.sku, c.location) == its_bin[:2])
                 ),
                 default=-1,
             )

@@ -12,7 +12,7 @@ import pytest
 
 from allocation.network import Network
 from atp_service.allocator import Allocator, OrderConflict, PublishFailed
-from atp_service.orders import OrderLine, OrderRequest, plan
+from atp_service.orders import OrderLine, OrderRequest, StoredOrder, decode_stored, plan
 from atp_service.store import keys
 from atp_service.store.redis_store import PutExists
 from streams.changeset import ChangeSet
@@ -57,6 +57,12 @@ class FakeStore:
         self.reads = 0
         self.writes = 0
         self.conflict_next = 0  # refuse this many writes as if a sku had moved
+        self.window_ms = 7 * 86_400_000
+
+    async def orders(self, order_ids: Sequence[str]) -> list[StoredOrder | None]:
+        # These tests make no backorders, so no order line is ever re-planned.
+        found = [self.strings.get(keys.order_key(o)) for o in order_ids]
+        return [decode_stored(raw) if raw else None for raw in found]
 
     async def read(self, skus: Sequence[str]) -> Snapshot:
         self.reads += 1

@@ -32,6 +32,8 @@ NOW = 1_796_000_000_000_000
 WINDOW = 7 * 86_400_000_000
 OPTIONS = ConsumerOptions(
     topics=(MOVES, RESERVATIONS), dead_letter_topic="dlq", availability_topic="availability",
+    reservations_topic="oms.reservations",
+    allocation_updates_topic="atp.allocation-updates",
     known_channels=frozenset(c.name for c in SETTINGS.channels), batch_size=100,
     batch_timeout_s=0.01, sweep_interval_s=60, window_us=WINDOW, max_message_bytes=10_000,
 )  # fmt: skip

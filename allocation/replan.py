@@ -1,0 +1,68 @@
+"""Backorders planned again on the supply of now (contract section 9), one sku at a time.
+
+A backorder is a claim: units of an order line reserved at a location ahead of stock. When
+the supply of its sku changes, every open claim of the sku is planned again from scratch,
+in queue order (channel priority, then the time its order was first allocated):
+
+- stock first: what the channel's available_to_sell now allows is taken from stock, with
+  the allocation rules of section 4 (``in_turn.take_from``);
+- the rest is promised from inbound: the earliest day whose atp covers all of it, reserved
+  at the location of the inbound line due that day;
+- a rest that nothing within the horizon covers keeps its claim where it is, with no
+  promise day: it stays ahead of the claims behind it in the queue.
+
+Each claim works on what the claims before it left, so the plan is a function of the
+supply without any claim and of the queue, whatever order the changes came in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from allocation.allocate import NONE
+from allocation.in_turn import Timelines, preferred, take_from
+from allocation.network import Network, Supply
+
+
+@dataclass(frozen=True)
+class Claim:
+    channel: int  # index into the network's channels
+    quantity: int  # open backordered units
+    location: int  # where it is reserved now (index into the network's locations)
+
+
+@dataclass(frozen=True)
+class ClaimPlan:
+    taken: list[int]  # per network location: units now taken from stock
+    backordered: int  # units still claimed
+    promise_day: int  # NONE when nothing within the horizon covers them
+    location: int  # where the backordered units are reserved (the claim's own if NONE)
+
+
+def replan_claims(
+    supply: Supply, network: Network, today: int, claims: Sequence[Claim]
+) -> list[ClaimPlan]:
+    """Plan ``claims`` (in queue order) on row 0 of ``supply``, which holds none of them."""
+    by_preference = preferred(network)
+    timelines = Timelines(supply, network, today, by_preference)
+    free: list[int] = (supply.on_hand[0] - supply.reserved[0]).tolist()
+    safety: list[int] = supply.safety_stock[0].tolist()
+    n_locations = len(network.locations)
+    plans = []
+    for claim in claims:
+        c = claim.channel
+        locations, ss = by_preference[c], safety[c]
+        net = sum(free[loc] for loc in locations)
+        take = min(claim.quantity, max(0, net - ss))
+        taken = take_from(free, locations, take, n_locations)
+        rest = claim.quantity - take
+        day, where = NONE, claim.location
+        if rest > 0:
+            head = net - take - ss  # atp(c,s,d) = head + inbound due by d
+            covering = [(d, loc) for d, total, loc in timelines.due(c, 0) if head + total >= rest]
+            if covering:
+                day, where = covering[0]
+            free[where] -= rest
+        plans.append(ClaimPlan(taken, rest, day, where))
+    return plans

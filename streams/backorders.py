@@ -1,0 +1,285 @@
+"""Backorders follow supply (contract section 9): the shell-free step every writer runs.
+
+Whoever changes the supply of a sku (the consumer's fold, the sweep, a release or a
+safety-stock change over the API) passes the new states through ``replan`` before writing
+them. For each sku with open backorders it plans every backorder again
+(``allocation.replan``) and turns what changed into reservation events of the contract: a
+claim that changed is released, and its units reserved again as they are now planned
+(from stock, or as a new claim carrying its promise date). The events are folded into the
+states here, so the write applies exactly what the ledger will replay (``atp rebuild`` gives
+the same reservations and promise dates), and they go out on the reservations topic through
+the outbox with the write.
+
+Pure: states in; states, events and what each order line now holds out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import partial
+from typing import Final, Literal
+
+import msgspec
+
+from allocation.replan import Claim, replan_claims
+from streams.changeset import (
+    ChangeSet,
+    build_changeset,
+    order_update_field,
+    reservation_field,
+)
+from streams.events import AnyEvent, ReservationCreated, ReservationReleased
+from streams.fold import fold
+from streams.projector import Projector, format_as_of
+from streams.state import NO_PROMISE, US_PER_DAY, Reservation, SkuState, from_day, from_us
+
+CREATED_PREFIX: Final = "atp-alloc:"
+RELEASED_PREFIX: Final = "atp-release:"
+BACKORDER: Final = ":backorder"
+
+Reason = Literal["confirmed", "promise_changed"]
+
+
+def created_event_id(reservation_id: str) -> str:
+    """Deterministic, so the consumer recognises the service's own reservations as applied."""
+    return f"{CREATED_PREFIX}{reservation_id}"
+
+
+def released_event_id(reservation_id: str) -> str:
+    return f"{RELEASED_PREFIX}{reservation_id}"
+
+
+def order_and_line(reservation_id: str) -> tuple[str, str]:
+    """The order and line of a reservation atp made ("<order>:<line>:<location>...";
+    neither id may hold a colon)."""
+    order_id, line_id, _ = reservation_id.split(":", 2)
+    return order_id, line_id
+
+
+class Converted(msgspec.Struct, frozen=True):
+    """Units of a line's backorder now allocated from stock."""
+
+    reservation_id: str
+    location: str
+    quantity: int
+
+
+class LinePlan(msgspec.Struct, frozen=True):
+    """A line's backorder as planned last: what it still claims, where, and until when."""
+
+    backordered: int
+    promise_date: str | None
+    reservation_id: str | None  # the claim holding the backordered units, if any
+    location: str | None
+
+
+@dataclass
+class LineChange:
+    plan: LinePlan
+    converted: list[Converted] = field(default_factory=list)
+
+
+@dataclass
+class Replanned:
+    """What re-planning changed. ``states`` holds every sku given, changed or not."""
+
+    states: dict[str, SkuState]
+    events: dict[str, list[AnyEvent]] = field(default_factory=dict)  # sku -> applied
+    # (sku, order_id, line_id) -> the line's new plan and its new allocations
+    lines: dict[tuple[str, str, str], LineChange] = field(default_factory=dict)
+    orders: dict[str, Reason] = field(default_factory=dict)  # order_id -> why it changed
+
+    def event_ids(self) -> dict[str, list[str]]:
+        return {sku: [e.event_id for e in events] for sku, events in self.events.items()}
+
+
+def open_claims(state: SkuState, now_us: int) -> list[Reservation]:
+    return [r for r in state.reservations if r.is_backorder and r.open_quantity(now_us) > 0]
+
+
+def replan(
+    states: Iterable[SkuState], projector: Projector, now_us: int, window_us: int
+) -> Replanned:
+    """Plan every open backorder of ``states`` on their supply of now."""
+    out = Replanned(states={})
+    for state in states:
+        out.states[state.sku] = state
+        claims = open_claims(state, now_us)
+        if claims:
+            events = _replan_sku(state, claims, projector, now_us, out)
+            if events:
+                folded = fold(
+                    {state.sku: state}, events, seen=frozenset(), now_us=now_us, window_us=window_us
+                )
+                out.states[state.sku] = folded.states[state.sku]
+                out.events[state.sku] = events
+    return out
+
+
+def _replan_sku(
+    state: SkuState,
+    claims: list[Reservation],
+    projector: Projector,
+    now_us: int,
+    out: Replanned,
+) -> list[AnyEvent]:
+    network = projector.network
+    channel_index = {name: c for c, name in enumerate(network.channels)}
+    location_index = network.location_index()
+    # A claim whose channel or location left the config cannot be planned: it stays as is.
+    planned = sorted(
+        (
+            (int(network.priority[channel_index[r.channel]]), r.placed_at, r.reservation_id, r)
+            for r in claims
+            if r.channel in channel_index and r.location in location_index
+        ),
+        key=lambda row: row[:3],
+    )
+    queue = [row[3] for row in planned]
+    if not queue:
+        return []
+    in_queue = {r.reservation_id for r in queue}
+    without = msgspec.structs.replace(
+        state, reservations=tuple(r for r in state.reservations if r.reservation_id not in in_queue)
+    )
+    supply = projector.supply([without], now_us)
+    plans = replan_claims(
+        supply,
+        network,
+        now_us // US_PER_DAY,
+        [
+            Claim(channel_index[r.channel], r.open_quantity(now_us), location_index[r.location])
+            for r in queue
+        ],
+    )
+    taken_ids = {r.reservation_id for r in state.reservations}
+    occurred = from_us(now_us)
+    events: list[AnyEvent] = []
+
+    def new_id(base: str) -> str:
+        reservation_id, attempt = base, 1
+        while reservation_id in taken_ids:  # an id is never reused within a sku
+            attempt += 1
+            reservation_id = f"{base}#{attempt}"
+        taken_ids.add(reservation_id)
+        return reservation_id
+
+    for claim, plan in zip(queue, plans, strict=True):
+        where = network.locations[plan.location]
+        converted = any(plan.taken)
+        if not converted and (where, plan.promise_day) == (claim.location, claim.promise_day):
+            continue
+        order_id, line_id = order_and_line(claim.reservation_id)
+        reserve = partial(_created, state.sku, claim.channel, occurred)
+        events.append(
+            ReservationReleased(
+                event_id=released_event_id(claim.reservation_id),
+                occurred_at=occurred,
+                sku=state.sku,
+                reservation_id=claim.reservation_id,
+            )
+        )
+        change = LineChange(LinePlan(0, None, None, None))
+        for l_index, quantity in enumerate(plan.taken):
+            if quantity:
+                location = network.locations[l_index]
+                reservation_id = new_id(f"{order_id}:{line_id}:{location}")
+                events.append(reserve(reservation_id, location, quantity))
+                change.converted.append(Converted(reservation_id, location, quantity))
+        if plan.backordered:
+            promise = None if plan.promise_day == NO_PROMISE else from_day(plan.promise_day)
+            reservation_id = new_id(f"{order_id}:{line_id}:{where}{BACKORDER}")
+            claimed = reserve(reservation_id, where, plan.backordered)
+            events.append(
+                msgspec.structs.replace(
+                    claimed, placed_at=from_us(claim.placed_at), promise_date=promise
+                )
+            )
+            change.plan = LinePlan(
+                plan.backordered,
+                None if promise is None else promise.isoformat(),
+                reservation_id,
+                where,
+            )
+        key = (state.sku, order_id, line_id)
+        if key in out.lines:  # two claims of one line (made by an older version): merge
+            before = out.lines[key]
+            change.converted[:0] = before.converted
+            if before.plan.backordered and not plan.backordered:
+                change.plan = before.plan
+        out.lines[key] = change
+        if converted:
+            out.orders[order_id] = "confirmed"
+        else:
+            out.orders.setdefault(order_id, "promise_changed")
+    return events
+
+
+def _created(
+    sku: str, channel: str, occurred: datetime, reservation_id: str, location: str, quantity: int
+) -> ReservationCreated:
+    return ReservationCreated(
+        event_id=created_event_id(reservation_id),
+        occurred_at=occurred,
+        sku=sku,
+        reservation_id=reservation_id,
+        channel=channel,
+        location=location,
+        quantity=quantity,
+    )
+
+
+class AllocationUpdate(msgspec.Struct, frozen=True):
+    """What the outbox keeps of an order's update: its current result is read when it is
+    published (so the message carries the plan as it is then)."""
+
+    reason: Reason
+    as_of: str
+
+
+def update_notice(reason: Reason, now_us: int) -> bytes:
+    return msgspec.json.encode(AllocationUpdate(reason, format_as_of(now_us)))
+
+
+PLAN_FIELD: Final = "plan"
+_encode: Final = msgspec.json.Encoder().encode
+
+
+def converted_field(reservation_id: str) -> str:
+    return f"c:{reservation_id}"
+
+
+def build_replanned(
+    states: Sequence[SkuState],
+    versions: Mapping[str, int],
+    projector: Projector,
+    now_us: int,
+    window_us: int,
+    seen: Mapping[str, Iterable[str]] | None = None,
+    offsets: Mapping[str, int] | None = None,
+) -> tuple[ChangeSet, Replanned]:
+    """``build_changeset`` for states whose supply changed: their backorders planned again
+    first, and what that changed carried by the same write (the reservation events, marked
+    as applied and queued in the outbox; the order lines' records; a notice per order)."""
+    replanned = replan(states, projector, now_us, window_us)
+    if not replanned.events:
+        return build_changeset(states, versions, projector, now_us, seen, offsets), replanned
+    marks: dict[str, list[str]] = {sku: list(ids) for sku, ids in (seen or {}).items()}
+    for sku, ids in replanned.event_ids().items():
+        marks.setdefault(sku, []).extend(ids)
+    changes = build_changeset(
+        [replanned.states[s.sku] for s in states], versions, projector, now_us, marks, offsets
+    )
+    for sku, events in replanned.events.items():
+        for event in events:
+            changes.outbox[reservation_field(sku, event.event_id)] = _encode(event)
+    for key, change in replanned.lines.items():
+        fields = changes.line_fields.setdefault(key, {})
+        fields[PLAN_FIELD] = _encode(change.plan)
+        for converted in change.converted:
+            fields[converted_field(converted.reservation_id)] = _encode(converted)
+    for order_id, reason in replanned.orders.items():
+        changes.outbox[order_update_field(order_id)] = update_notice(reason, now_us)
+    return changes, replanned
