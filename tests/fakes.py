@@ -129,6 +129,7 @@ class MemoryStore:
         self.snapshots: dict[str, bytes] = {}
         self.down = False  # while True every call raises StoreDown
         self.writes = 0
+        self.orders: dict[str, bytes] = {}  # order_id -> its current result (JSON)
 
     def _reachable(self) -> None:
         if self.down:
@@ -234,7 +235,7 @@ class MemoryStore:
         return dict(sorted(self.outbox_entries.items())[:limit])
 
     def order_result(self, order_id: str) -> bytes | None:
-        return None  # the consumer's unit tests allocate no orders
+        return self.orders.get(order_id)
 
     def documents(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
         self._reachable()

@@ -113,7 +113,7 @@ class AllocationController(Controller):
     @get(
         "/{order_id:str}",
         responses=problem_responses(400, 401, 403, 404, 503),
-        summary="The stored result of an order",
+        summary="An order as planned now (its backorders follow supply)",
     )
     async def read(self, order_id: OrderIdParam, allocator: Allocator) -> OrderResult:
         (stored,) = await allocator.stored([order_id])

@@ -13,7 +13,7 @@ from confluent_kafka import TopicPartition
 
 from atp_service.config import parse_config
 from atp_service.model import projector_for
-from streams.changeset import ChangeSet, decode_outbox
+from streams.changeset import ChangeSet, decode_outbox, order_update_field, reservation_field
 from streams.consumer import LedgerAhead, StreamProjector
 from streams.consumer.batch import decode_batch, ledger_rows
 from streams.consumer.folding import Folder, Unfoldable, events_by_sku
@@ -204,6 +204,37 @@ def test_an_outbox_entry_leaves_the_store_once_every_event_is_acknowledged() -> 
     outbox.publish()
     assert store.outbox_entries == {}
     assert outbox.publish(from_store=True) == 0 and len(producer.sent) == 2
+
+
+def test_outbox_entries_of_a_replan_go_to_their_own_topics() -> None:
+    """A re-plan's write queues reservation events and order notices beside availability
+    events (streams/backorders.py): each goes to its topic, keyed by sku or order_id, and
+    a notice carries the order's result as the store holds it when it is sent."""
+    store = MemoryStore(initialized="test")
+    producer = FakeProducer()
+    outbox = OutboxPublisher(store, producer, "availability", "reservations", "updates")  # type: ignore[arg-type]
+    stored(store, "web", 1)
+    store.orders["O-1"] = b'{"order_id":"O-1","status":"allocated","lines":[]}'
+    released = b'{"type":"reservation_released","reservation_id":"O-1:1:L:backorder"}'
+    events = {
+        "web\x1fSKU-1": event("web", 1),
+        reservation_field("SKU-1", "atp-release:O-1:1:L:backorder"): released,
+        order_update_field("O-1"): b'{"reason":"confirmed","as_of":"t"}',
+        order_update_field("GONE"): b'{"reason":"confirmed","as_of":"t"}',  # undone since
+    }
+    store.write(ChangeSet(offsets={"t\x1f0": 1}, outbox=events, outbox_id="w1"), 0)
+    outbox.publish(from_store=True)
+    sent = {(m.topic, m.key): m.value for m in producer.sent}
+    assert set(sent) == {
+        ("availability", b"SKU-1"), ("reservations", b"SKU-1"), ("updates", b"O-1")
+    }  # fmt: skip
+    assert sent[("reservations", b"SKU-1")] == released
+    assert msgspec.json.decode(sent[("updates", b"O-1")]) == {
+        "order_id": "O-1", "status": "allocated", "lines": [], "reason": "confirmed", "as_of": "t"
+    }  # fmt: skip
+    outbox.publish()
+    outbox.publish()
+    assert store.outbox_entries == {}  # all acknowledged, and the one value still current
 
 
 def test_a_value_no_longer_current_once_acknowledged_is_published_again() -> None:
