@@ -57,11 +57,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from allocation.network import Bools, Ints, Network, Supply
+from allocation.in_turn import Line, allocate_in_turn
+from allocation.network import NONE, Bools, Ints, Network, Supply
 from allocation.projection import available_to_sell, inbound_timeline
 
-NONE = -1
-"""promise_day / promise_location of a line with nothing backordered."""
+__all__ = ["NONE", "Allocation", "allocate", "check_lines"]  # NONE: promise of no backorder
 
 
 @dataclass(frozen=True)
@@ -142,6 +142,8 @@ def allocate(
     sku = np.asarray(line_sku, dtype=np.int64)
     quantity = np.asarray(line_quantity, dtype=np.int64)
     backorder = np.asarray(line_backorder, dtype=np.bool_)
+    if network.offers_differ:
+        return _one_by_one(supply, network, today, channel, sku, quantity, backorder)
     n = quantity.size
     # The state: on_hand - reserved per (sku, location); free = max(0, unreserved).
     unreserved = (supply.on_hand - supply.reserved).astype(np.int64)
@@ -172,6 +174,41 @@ def allocate(
         unfilled=quantity - out.take - out.backordered,
         reserved=supply.on_hand - unreserved,
     )
+
+
+def _one_by_one(
+    supply: Supply,
+    network: Network,
+    today: int,
+    channel: Ints,
+    sku: Ints,
+    quantity: Ints,
+    backorder: Bools,
+) -> Allocation:
+    """The batch's lines one after another in its order (priority, then as given), by the
+    scalar rules of ``allocation.in_turn``: for networks where some channel has
+    min_available, max_available or max_order_quantity (contract section 11). A cap lets
+    a line stop short while the next one still takes, which the vectorized runs below do
+    not model."""
+    priority = network.priority.tolist()
+    channels, skus = channel.tolist(), sku.tolist()
+    order = sorted(range(quantity.size), key=lambda i: (priority[channels[i]], i))
+    lines = [Line(channels[i], skus[i], int(quantity[i]), bool(backorder[i])) for i in order]
+    outcome = allocate_in_turn(supply, network, today, lines)
+    if outcome is None:  # input check_lines lets through but the scalar path refuses
+        raise ValueError("a line the allocation refuses")
+    n, n_locations = quantity.size, len(network.locations)
+    taken = np.zeros((n, n_locations), dtype=np.int64)
+    backordered, day, where, unfilled = (np.zeros(n, dtype=np.int64) for _ in range(4))
+    reserved = supply.reserved.copy()
+    for k, i in enumerate(order):
+        taken[i] = outcome.taken[k]
+        backordered[i], day[i] = outcome.backordered[k], outcome.promise_day[k]
+        where[i], unfilled[i] = outcome.promise_location[k], outcome.unfilled[k]
+        reserved[skus[i]] += taken[i]
+        if backordered[i]:
+            reserved[skus[i], where[i]] += backordered[i]
+    return Allocation(taken, backordered, day, where, unfilled, reserved)
 
 
 @dataclass(frozen=True)

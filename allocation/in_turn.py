@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from allocation.allocate import NONE
-from allocation.network import Network, Supply
+from allocation.network import NONE, Network, Supply
+from allocation.projection import offer
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,9 @@ def allocate_in_turn(
     safety: list[list[int]] = supply.safety_stock.tolist()
     by_preference = preferred(network)
     timelines = Timelines(supply, network, today, by_preference)
+    low: list[int] = network.min_available.tolist()
+    high: list[int] = network.max_available.tolist()
+    cap: list[int] = network.max_order_quantity.tolist()
     out = Outcomes()
     n_locations = len(network.locations)
     for line in lines:
@@ -62,24 +65,29 @@ def allocate_in_turn(
         if quantity < 1 or not 0 <= c < n_channels or not 0 <= s < len(unreserved):
             return None
         locations, free, ss = by_preference[c], unreserved[s], safety[s][c]
+        wanted = min(quantity, cap[c])  # beyond the channel's order cap: unfilled
         net = sum(free[loc] for loc in locations)
-        take = min(quantity, max(0, net - ss))
+        take = min(wanted, offer(max(0, net - ss), low[c], high[c]))
         taken = take_from(free, locations, take, n_locations)
-        rest = quantity - take
+        rest = wanted - take
         backordered, day, where = 0, NONE, NONE
         due = timelines.due(c, s) if line.backorder and rest > 0 else []
         if due:
-            # atp(c,s,d) after the take = max(0, net - take + inbound due by d - safety).
-            head = net - take - ss
-            backordered = min(rest, max(0, head + due[-1][1]))
+            # atp(c,s,d) after the take = offer(max(0, net - take + inbound due by d - safety)).
+            head, lo, hi = net - take - ss, low[c], high[c]
+            backordered = min(rest, offer(max(0, head + due[-1][1]), lo, hi))
             if backordered > 0:
-                day, where = next((d, loc) for d, total, loc in due if head + total >= backordered)
+                day, where = next(
+                    (d, loc)
+                    for d, total, loc in due
+                    if offer(max(0, head + total), lo, hi) >= backordered
+                )
                 free[where] -= backordered
         out.taken.append(taken)
         out.backordered.append(backordered)
         out.promise_day.append(day)
         out.promise_location.append(where)
-        out.unfilled.append(rest - backordered)
+        out.unfilled.append(quantity - take - backordered)
     return out
 
 

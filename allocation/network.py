@@ -15,6 +15,9 @@ from numpy.typing import NDArray
 Ints = NDArray[np.int64]
 Bools = NDArray[np.bool_]
 
+NONE = -1  # an index (day, location) that does not exist
+NO_CAP = 1 << 62  # max_available / max_order_quantity not set
+
 
 class ChannelLike(Protocol):
     @property
@@ -29,6 +32,21 @@ class ChannelLike(Protocol):
     def inbound_horizon_days(self) -> int: ...
 
 
+# The buffers of contract section 11, optional on a channel (absent: section 1 unchanged).
+_BUFFERS = {
+    "safety_stock_percent": 0,
+    "min_available": 0,
+    "max_available": None,
+    "max_order_quantity": None,
+    "low_stock_threshold": 0,
+}
+
+
+def _buffer(channel: ChannelLike, name: str) -> int:
+    value = getattr(channel, name, _BUFFERS[name])
+    return NO_CAP if value is None else int(value)
+
+
 @dataclass(frozen=True)
 class Network:
     """The channels as arrays, in configuration order.
@@ -41,6 +59,8 @@ class Network:
         priority: (C,) 1 = highest.
         horizon: (C,) inbound horizon in days.
         safety_stock: (C,) channel default safety stock.
+        safety_stock_percent, min_available, max_available, max_order_quantity,
+            low_stock_threshold: (C,) the buffers of contract section 11 (NO_CAP: none).
     """
 
     channels: tuple[str, ...]
@@ -50,6 +70,11 @@ class Network:
     priority: Ints
     horizon: Ints
     safety_stock: Ints
+    safety_stock_percent: Ints
+    min_available: Ints
+    max_available: Ints
+    max_order_quantity: Ints
+    low_stock_threshold: Ints
 
     @classmethod
     def of(cls, channels: Sequence[ChannelLike]) -> Network:
@@ -69,6 +94,20 @@ class Network:
             priority=np.array([ch.priority for ch in channels], dtype=np.int64),
             horizon=np.array([ch.inbound_horizon_days for ch in channels], dtype=np.int64),
             safety_stock=np.array([ch.safety_stock for ch in channels], dtype=np.int64),
+            **{
+                name: np.array([_buffer(ch, name) for ch in channels], dtype=np.int64)
+                for name in _BUFFERS
+            },
+        )
+
+    @property
+    def offers_differ(self) -> bool:
+        """Whether some channel offers other than max(0, net - safety stock), or caps lines:
+        then allocation takes the sequential path (allocation.allocate)."""
+        return bool(
+            (self.min_available > 0).any()
+            or (self.max_available < NO_CAP).any()
+            or (self.max_order_quantity < NO_CAP).any()
         )
 
     def channel_index(self, name: str) -> int:

@@ -1,8 +1,11 @@
-"""The contract's formulas (section 1), for many skus and every channel at once.
+"""The contract's formulas (sections 1 and 11), for many skus and every channel at once.
 
     net(c,s)               = sum over l in L_c of (on_hand(s,l) - reserved(s,l))
-    available_to_sell(c,s) = max(0, net(c,s) - safety_stock(c,s))
-    atp(c,s,d)             = max(0, net(c,s) + inbound due by d - safety_stock(c,s))
+    safety_stock(c,s)      = max(the channel's, the sku's override, if any, and
+                                 ceil(on_hand(c,s) * safety_stock_percent(c) / 100))
+    v                      = max(0, net(c,s) - safety_stock(c,s))
+    available_to_sell(c,s) = offer(v): 0 if v < min_available(c), else min(v, max_available(c))
+    atp(c,s,d)             = offer(max(0, net(c,s) + inbound due by d - safety_stock(c,s)))
 
 "inbound due by d" counts lines at locations of L_c with eta <= d and eta <= today + H_c; an
 eta in the past counts as due today. This module is the one place these formulas are
@@ -46,8 +49,36 @@ class Projection:
 
 
 def available_to_sell(net: Ints, safety_stock: Ints) -> Ints:
+    """max(0, net - safety stock): available_to_sell of a channel with no buffers."""
     ats: Ints = np.maximum(0, net - safety_stock)
     return ats
+
+
+def offer(value: int, min_available: int, max_available: int) -> int:
+    """A channel's buffers applied to one value (section 11): the last units below
+    ``min_available`` are not offered, and no more than ``max_available`` is."""
+    return 0 if value < min_available else min(value, max_available)
+
+
+def offered(values: Ints, network: Network, channel: Ints | None = None) -> Ints:
+    """``offer`` for many values: (S, C) by column, or (T,) with each entry's ``channel``."""
+    if channel is None:
+        low, high = network.min_available[None, :], network.max_available[None, :]
+    else:
+        low, high = network.min_available[channel], network.max_available[channel]
+    out: Ints = np.where(values < low, 0, np.minimum(values, high))
+    return out
+
+
+def with_percent(safety_stock: Ints, on_hand: Ints, network: Network) -> Ints:
+    """Safety stock (S, C) raised to each channel's percent of its on_hand (S, L), rounded up."""
+    percent = network.safety_stock_percent
+    if not percent.any():
+        return safety_stock
+    on_hand_c = on_hand @ network.mask.T.astype(np.int64)
+    share = -((-on_hand_c * percent[None, :]) // 100)  # ceil, also for negative on_hand
+    out: Ints = np.maximum(safety_stock, share)
+    return out
 
 
 def project(supply: Supply, network: Network, today: int) -> Projection:
@@ -62,7 +93,7 @@ def project(supply: Supply, network: Network, today: int) -> Projection:
     on_hand = supply.on_hand @ mask
     reserved = supply.reserved @ mask
     net = on_hand - reserved
-    ats = available_to_sell(net, supply.safety_stock)
+    ats = offered(available_to_sell(net, supply.safety_stock), network)
     timeline = _timeline(supply, network, net, today)
     return Projection(
         on_hand=on_hand,
@@ -161,7 +192,7 @@ def _timeline(
     inbound = inbound_timeline(supply, network, today)
     channel, sku = inbound.channel, inbound.sku
     atp = np.maximum(0, net[sku, channel] + inbound.cumulative - supply.safety_stock[sku, channel])
-    return channel, sku, inbound.day, atp.astype(np.int64)
+    return channel, sku, inbound.day, offered(atp.astype(np.int64), network, channel)
 
 
 def _next_change_day(supply: Supply, network: Network, today: int) -> Ints:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from allocation.allocate import NONE, Allocation, check_lines
-from allocation.network import Bools, Ints, Network, Supply
-from allocation.projection import available_to_sell
+from allocation.network import NO_CAP, Bools, Ints, Network, Supply
+from allocation.projection import available_to_sell, offer
 
 
 def allocate_reference(
@@ -56,6 +56,8 @@ def allocate_reference(
     unfilled = [0] * n_lines
 
     priority = network.priority.tolist()
+    low, high = network.min_available.tolist(), network.max_available.tolist()
+    cap = network.max_order_quantity.tolist()
     channels, skus = line_channel.tolist(), line_sku.tolist()
     quantities, backorders = line_quantity.tolist(), line_backorder.tolist()
     # Higher priority (lower number) first, then in the order given.
@@ -63,11 +65,12 @@ def allocate_reference(
         c, s, quantity = channels[i], skus[i], quantities[i]
         locations = channel_locations[c]
         ss = safety_stock[s][c]
+        wanted = min(quantity, cap[c])  # the channel's order cap; the rest is unfilled
 
-        # Take from stock what available_to_sell allows.
+        # Take from stock what available_to_sell (with the channel's buffers) allows.
         net = sum(on_hand[s][loc] - reserved[s][loc] for loc in locations)
-        ats = int(available_to_sell(np.array([net]), np.array([ss]))[0])
-        take = min(quantity, ats)
+        ats = offer(int(available_to_sell(np.array([net]), np.array([ss]))[0]), low[c], high[c])
+        take = min(wanted, ats)
         free = {loc: max(0, on_hand[s][loc] - reserved[s][loc]) for loc in locations}
         assert take <= sum(free.values())
         if take > 0:
@@ -83,9 +86,9 @@ def allocate_reference(
                 assert remaining == 0
             for loc in locations:
                 reserved[s][loc] += taken[i][loc]
-        rest = quantity - take
+        rest = wanted - take
         if not backorders[i] or rest == 0:
-            unfilled[i] = rest
+            unfilled[i] = quantity - take
             continue
 
         # Promise the rest from inbound: atp(c,s,d) after this line's take.
@@ -96,18 +99,22 @@ def allocate_reference(
             if location in locations and eta <= horizon_end:
                 due.append((max(eta, today), location, qty))
 
-        # The rest exhausted available_to_sell, so atp before any inbound is 0: backordered
-        # units are always covered by some inbound line.
-        assert _atp(net_after, ss, due, today - 1) == 0
-        bo = min(rest, _atp(net_after, ss, due, horizon_end))
+        def atp(d: int) -> int:
+            return offer(_atp(net_after, ss, due, d), low[c], high[c])  # noqa: B023
+
+        # The rest exhausted available_to_sell, so atp before any inbound is 0 (unless the
+        # channel's max_available capped the take): backordered units are covered by some
+        # inbound line, promised on the first due date whose atp covers them.
+        assert atp(today - 1) == 0 or high[c] < NO_CAP
+        bo = min(rest, atp(horizon_end)) if due else 0
         if bo > 0:
             days = sorted({day for day, _, _ in due})
-            day = next(d for d in days if _atp(net_after, ss, due, d) >= bo)
+            day = next(d for d in days if atp(d) >= bo)
             here = [loc for d, loc, _ in due if d == day]
             location = min(here, key=lambda loc: int(network.rank[c, loc]))
             reserved[s][location] += bo
             backordered[i], promise_day[i], promise_location[i] = bo, day, location
-        unfilled[i] = rest - bo
+        unfilled[i] = quantity - take - bo
 
     return Allocation(
         taken=np.array(taken, dtype=np.int64).reshape(n_lines, n_locations),

@@ -20,9 +20,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from allocation.allocate import NONE
 from allocation.in_turn import Timelines, preferred, take_from
-from allocation.network import Network, Supply
+from allocation.network import NONE, Network, Supply
+from allocation.projection import offer
 
 
 @dataclass(frozen=True)
@@ -48,19 +48,25 @@ def replan_claims(
     timelines = Timelines(supply, network, today, by_preference)
     free: list[int] = (supply.on_hand[0] - supply.reserved[0]).tolist()
     safety: list[int] = supply.safety_stock[0].tolist()
+    low: list[int] = network.min_available.tolist()
+    high: list[int] = network.max_available.tolist()
     n_locations = len(network.locations)
     plans = []
     for claim in claims:
         c = claim.channel
         locations, ss = by_preference[c], safety[c]
         net = sum(free[loc] for loc in locations)
-        take = min(claim.quantity, max(0, net - ss))
+        take = min(claim.quantity, offer(max(0, net - ss), low[c], high[c]))
         taken = take_from(free, locations, take, n_locations)
         rest = claim.quantity - take
         day, where = NONE, claim.location
         if rest > 0:
-            head = net - take - ss  # atp(c,s,d) = head + inbound due by d
-            covering = [(d, loc) for d, total, loc in timelines.due(c, 0) if head + total >= rest]
+            head = net - take - ss  # atp(c,s,d) = offer(max(0, head + inbound due by d))
+            covering = [
+                (d, loc)
+                for d, total, loc in timelines.due(c, 0)
+                if offer(max(0, head + total), low[c], high[c]) >= rest
+            ]
             if covering:
                 day, where = covering[0]
             free[where] -= rest

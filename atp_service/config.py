@@ -54,6 +54,11 @@ class TopicSettings(_Section, frozen=True):
     dead_letter: Name = "atp.dead-letter"
     availability: Name = "atp.availability"
     allocation_updates: Name = "atp.allocation-updates"
+    stock_states: Name = "atp.stock-states"
+
+    def names(self) -> list[str]:
+        """Every topic the service reads or writes."""
+        return [str(name) for name in msgspec.structs.astuple(self)]
 
 
 class StatusSettings(_Section, frozen=True):
@@ -68,6 +73,12 @@ class ChannelSettings(_Section, frozen=True):
     inbound_horizon_days: NonNegative = 14
     # Per-sku overrides from the file; overrides set over HTTP take precedence over these.
     safety_stock_overrides: dict[str, NonNegative] = {}
+    # Buffers and caps (contract section 11); the defaults leave section 1 unchanged.
+    safety_stock_percent: Annotated[int, msgspec.Meta(ge=0, le=100)] = 0
+    min_available: NonNegative = 0
+    max_available: NonNegative | None = None
+    max_order_quantity: Positive | None = None
+    low_stock_threshold: NonNegative = 0
 
 
 class ApiKeySettings(_Section, frozen=True):

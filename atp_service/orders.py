@@ -22,10 +22,22 @@ from streams.backorders import (
     Converted,
     LinePlan,
     created_event_id,
+    released_event_id,
 )
-from streams.events import Sku
+from streams.events import TAGS, ReservationCreated, ReservationReleased, Sku
 from streams.projector import Projector
-from streams.state import NO_PROMISE, US_PER_DAY, Reservation, SkuState, from_day
+from streams.state import (
+    NO_PROMISE,
+    US_PER_DAY,
+    Recent,
+    Reservation,
+    SkuState,
+    from_day,
+    with_recent,
+)
+
+CREATED: Final = TAGS[ReservationCreated]
+RELEASED: Final = TAGS[ReservationReleased]
 
 LineId = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f:]+$")]
 
@@ -285,8 +297,11 @@ def _assemble(
         results.append(OrderResult(order.order_id, order.channel, "allocated", line_results))
         held_per_order.append(held)
     new_states = [
-        msgspec.structs.replace(
-            states[sku], reservations=(*states[sku].reservations, *book.new[sku])
+        with_recent(
+            msgspec.structs.replace(
+                states[sku], reservations=(*states[sku].reservations, *book.new[sku])
+            ),
+            [Recent(created_event_id(r.reservation_id), CREATED, now_us) for r in book.new[sku]],
         )
         for sku in states
         if book.new[sku]
@@ -347,7 +362,12 @@ def release(state: SkuState, reservation_ids: set[str], now_us: int) -> SkuState
         else r
         for r in state.reservations
     )
-    return msgspec.structs.replace(state, reservations=reservations)
+    released = [
+        Recent(released_event_id(r.reservation_id), RELEASED, now_us)
+        for r in state.reservations
+        if r.reservation_id in reservation_ids and not r.released
+    ]
+    return with_recent(msgspec.structs.replace(state, reservations=reservations), released)
 
 
 _plan_decoder: Final = msgspec.json.Decoder(LinePlan)

@@ -45,6 +45,7 @@ def consumer_options(settings: Settings, alive_file: str | None = None) -> Consu
         availability_topic=topics.availability,
         reservations_topic=topics.reservations,
         allocation_updates_topic=topics.allocation_updates,
+        stock_states_topic=topics.stock_states,
         known_channels=frozenset(c.name for c in settings.channels),
         batch_size=settings.consumer.batch_size,
         batch_timeout_s=settings.consumer.batch_timeout_ms / 1000,

@@ -28,6 +28,27 @@ class AvailabilityChanged(msgspec.Struct, frozen=True):
     as_of: str
 
 
+class StockStateChanged(msgspec.Struct, frozen=True):
+    """The event out of contract section 12."""
+
+    channel: str
+    sku: str
+    state: str
+    previous_state: str
+    available_to_sell: int
+    as_of: str
+
+
+OUT_OF_STOCK: Final = "out_of_stock"
+
+
+def stock_state(available_to_sell: int, low_stock_threshold: int) -> str:
+    """Contract section 12: a sku never seen reads 0, so it is out of stock."""
+    if available_to_sell <= 0:
+        return OUT_OF_STOCK
+    return "low_stock" if available_to_sell <= low_stock_threshold else "in_stock"
+
+
 _encoder: Final = msgspec.json.Encoder()
 _outbox_encoder: Final = msgspec.msgpack.Encoder()
 _outbox_decoder: Final = msgspec.msgpack.Decoder(list[tuple[str, bytes]])
@@ -48,6 +69,7 @@ def outbox_field(channel: str, sku: str) -> str:
 _OTHER: Final = "\x1e"
 RESERVATION_KIND: Final = "r"
 UPDATE_KIND: Final = "u"
+STATE_KIND: Final = "s"
 
 
 def reservation_field(sku: str, event_id: str) -> str:
@@ -56,6 +78,20 @@ def reservation_field(sku: str, event_id: str) -> str:
 
 def order_update_field(order_id: str) -> str:
     return f"{_OTHER}{UPDATE_KIND}\x1f{order_id}"
+
+
+def stock_state_field(channel: str, sku: str) -> str:
+    """A (channel, sku)'s stock state event: a later write replaces an earlier one."""
+    return f"{_OTHER}{STATE_KIND}\x1f{sku}\x1f{channel}"
+
+
+def channel_and_sku(name: str) -> tuple[str, str]:
+    """The (channel, sku) of an availability or stock state entry's name."""
+    if name.startswith(_OTHER):
+        _, sku, channel = name[1:].split("\x1f", 2)
+        return channel, sku
+    channel, sku = name.split("\x1f", 1)
+    return channel, sku
 
 
 def outbox_kind(name: str) -> tuple[str, str]:
@@ -133,7 +169,9 @@ def build_changeset(
     rendered: Rendered = projector.render(states, now_us)
     as_of = format_as_of(now_us)
     out = ChangeSet(offsets=dict(offsets or {}), outbox_id=new_outbox_id(now_us))
-    field_of = {channel: projection_field(channel) for channel in projector.network.channels}
+    network = projector.network
+    field_of = {channel: projection_field(channel) for channel in network.channels}
+    threshold = dict(zip(network.channels, network.low_stock_threshold.tolist(), strict=True))
     seen = seen or {}
     for state in states:
         ats = rendered.available_to_sell[state.sku]
@@ -147,6 +185,12 @@ def build_changeset(
                 out.outbox[outbox_field(channel, state.sku)] = _encoder.encode(
                     AvailabilityChanged(channel, state.sku, value, as_of)
                 )
+                now_state = stock_state(value, threshold[channel])
+                was = stock_state(previous or 0, threshold[channel])
+                if now_state != was:
+                    out.outbox[stock_state_field(channel, state.sku)] = _encoder.encode(
+                        StockStateChanged(channel, state.sku, now_state, was, value, as_of)
+                    )
             state = msgspec.structs.replace(state, last_ats=ats)
         due = rendered.next_change_us.get(state.sku)
         out.skus.append(

@@ -27,6 +27,7 @@ from typing import Any, Final
 from msgspec import UNSET
 
 from streams.events import (
+    TAGS,
     AnyEvent,
     BinCount,
     BinMovement,
@@ -35,7 +36,17 @@ from streams.events import (
     ReservationReleased,
     StockSnapshot,
 )
-from streams.state import NO_PROMISE, BinStock, InboundLine, Reservation, SkuState, to_day, to_us
+from streams.state import (
+    NO_PROMISE,
+    RECENT_KEPT,
+    BinStock,
+    InboundLine,
+    Recent,
+    Reservation,
+    SkuState,
+    to_day,
+    to_us,
+)
 
 BinKey = tuple[str, str, str]  # (location, bin, status)
 
@@ -56,6 +67,7 @@ class _Work:
     inbound: dict[str, InboundLine]
     source: SkuState
     snapshots: dict[str, int]
+    recent: list[Recent]
 
     @classmethod
     def of(cls, state: SkuState) -> _Work:
@@ -66,6 +78,7 @@ class _Work:
             inbound={i.inbound_id: i for i in state.inbound},
             source=state,
             snapshots=state.snapshots,
+            recent=list(state.recent),
         )
 
     def freeze(self, now_us: int, window_us: int) -> SkuState:
@@ -91,6 +104,7 @@ class _Work:
             safety_stock=self.source.safety_stock,
             last_ats=self.source.last_ats,
             snapshots=self.snapshots,
+            recent=tuple(self.recent[-RECENT_KEPT:]),
         )
 
 
@@ -149,7 +163,9 @@ def fold(
             target = work[event.sku] = _Work.of(state)
         # By exact type (events are decoded into these classes only): a dict lookup, not a
         # chain of isinstance checks, as this runs per event.
-        _APPLY[type(event)](target, event, now_us)
+        kind = type(event)
+        _APPLY[kind](target, event, now_us)
+        target.recent.append(Recent(event_id, TAGS[kind], to_us(event.occurred_at)))
         applied.append(event)
     for sku, target in work.items():
         result.states[sku] = target.freeze(now_us, window_us)

@@ -16,7 +16,7 @@ import msgspec
 import numpy as np
 
 from allocation.network import Network, Supply
-from allocation.projection import NO_CHANGE, Projection, project
+from allocation.projection import NO_CHANGE, Projection, project, with_percent
 from streams.state import US_PER_DAY, SkuState, from_day
 
 
@@ -118,10 +118,11 @@ class Projector:
                     if c_index is not None:
                         safety[s, c_index] = quantity
         size = n_skus * n_locations
+        on_hand = _cells(stock_cells, stock_qty, size).reshape(n_skus, n_locations)
         return Supply(
-            on_hand=_cells(stock_cells, stock_qty, size).reshape(n_skus, n_locations),
+            on_hand=on_hand,
             reserved=_cells(held_cells, held_qty, size).reshape(n_skus, n_locations),
-            safety_stock=safety,
+            safety_stock=with_percent(safety, on_hand, self.network),
             inbound_sku=np.array(in_sku, dtype=np.int64),
             inbound_location=np.array(in_loc, dtype=np.int64),
             inbound_quantity=np.array(in_qty, dtype=np.int64),

@@ -78,6 +78,17 @@ class InboundLine(msgspec.Struct, frozen=True, array_like=True):
     occurred_at: int
 
 
+class Recent(msgspec.Struct, frozen=True, array_like=True):
+    """An event applied to the sku, as `explain` lists it (contract section 13)."""
+
+    event_id: str
+    type: str
+    occurred_at: int
+
+
+RECENT_KEPT: Final = 10
+
+
 class SkuState(msgspec.Struct, frozen=True, array_like=True):
     sku: str
     bins: tuple[BinStock, ...] = ()
@@ -90,6 +101,15 @@ class SkuState(msgspec.Struct, frozen=True, array_like=True):
     # location -> time of the latest stock snapshot applied there: it counted every bin of
     # the location, those it did not list at 0, including bins no longer held here.
     snapshots: dict[str, int] = {}
+    # The last RECENT_KEPT events applied, oldest first.
+    recent: tuple[Recent, ...] = ()
+
+
+def with_recent(state: SkuState, applied: list[Recent]) -> SkuState:
+    """``state`` with events applied outside the fold (the API's reservations) listed."""
+    if not applied:
+        return state
+    return msgspec.structs.replace(state, recent=(*state.recent, *applied)[-RECENT_KEPT:])
 
 
 _encoder: Final = msgspec.msgpack.Encoder()

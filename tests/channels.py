@@ -12,3 +12,9 @@ class Channel:
     locations: tuple[str, ...]
     safety_stock: int
     inbound_horizon_days: int
+    # Contract section 11; the defaults leave section 1 unchanged.
+    safety_stock_percent: int = 0
+    min_available: int = 0
+    max_available: int | None = None
+    max_order_quantity: int | None = None
+    low_stock_threshold: int = 0

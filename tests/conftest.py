@@ -49,7 +49,15 @@ ALL_KEY = "test-all-key"
 
 
 TEST_CHANNELS = (
-    Channel("web", 1, ("DC-EAST", "DC-WEST"), safety_stock=0, inbound_horizon_days=14),
+    # web's low_stock_threshold changes no value, only the stock states (contract section 12).
+    Channel(
+        "web",
+        1,
+        ("DC-EAST", "DC-WEST"),
+        safety_stock=0,
+        inbound_horizon_days=14,
+        buffers={"low_stock_threshold": 3},
+    ),
     Channel("marketplace", 2, ("DC-EAST",), safety_stock=5, inbound_horizon_days=0),
 )
 TEST_KEYS = (
@@ -239,10 +247,7 @@ def stack(redis_url: str, broker_bootstrap: str, tmp_path: Path) -> Iterator[Sta
     path = tmp_path / "atp.toml"
     path.write_text(text)
     settings_ = parse_config(text)
-    t = settings_.topics
-    create_topics(
-        broker_bootstrap, [t.movements, t.reservations, t.inbound, t.dead_letter, t.availability]
-    )
+    create_topics(broker_bootstrap, settings_.topics.names())
     # Initialized, as the first consumer of a deployment leaves it: the API answers 503, not
     # zeros, until a projection is there (contract section 4), and a test may start the API
     # before its consumer.

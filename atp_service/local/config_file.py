@@ -20,6 +20,8 @@ class Channel:
     locations: tuple[str, ...]
     safety_stock: int = 0
     inbound_horizon_days: int = 14
+    # Optional keys of contract section 11, written only when set.
+    buffers: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class ConfigFile:
                 "inbound": f"{p}.inbound", "dead_letter": f"{p}.dead-letter",
                 "availability": f"{p}.availability",
                 "allocation_updates": f"{p}.allocation-updates",
+                "stock_states": f"{p}.stock-states",
             }))  # fmt: skip
         parts.append(_table("statuses", {"sellable": ["available"]}))
         if self.consumer:
@@ -62,6 +65,7 @@ class ConfigFile:
             parts.append(_table("[channels]", {
                 "name": c.name, "priority": c.priority, "locations": list(c.locations),
                 "safety_stock": c.safety_stock, "inbound_horizon_days": c.inbound_horizon_days,
+                **c.buffers,
             }))  # fmt: skip
         for k in self.api_keys:
             digest = sha256(k.key.encode()).hexdigest()

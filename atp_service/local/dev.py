@@ -71,10 +71,7 @@ def run_dev(port: int = 8000, skus: int = 300, rate: float = 50.0, run_dir: str 
         config_path.write_text(config_text)
         settings = parse_config(config_text)
         bootstrap = settings.kafka.bootstrap
-        t = settings.topics
-        create_topics(
-            bootstrap, [t.movements, t.reservations, t.inbound, t.dead_letter, t.availability]
-        )
+        create_topics(bootstrap, settings.topics.names())
         env = {**os.environ, "ATP_CONFIG": str(config_path)}
         atp = [sys.executable, "-m", "atp_service.cli"]
         for command in (["consume"], ["serve", "--port", str(port)]):

@@ -85,6 +85,14 @@ class StreamProjector:
             options.availability_topic,
             options.reservations_topic,
             options.allocation_updates_topic,
+            options.stock_states_topic,
+            dict(
+                zip(
+                    projector.network.channels,
+                    projector.network.low_stock_threshold.tolist(),
+                    strict=True,
+                )
+            ),
         )
         self.flusher = LedgerFlusher(store, ledger)
         self.figures = Figures(store, consumer, options.alive_file)

@@ -28,6 +28,7 @@ class ConsumerOptions:
     # Where the outbox's other messages go: re-planned reservations, orders' plan updates.
     reservations_topic: str
     allocation_updates_topic: str
+    stock_states_topic: str
     known_channels: frozenset[str]
     batch_size: int
     batch_timeout_s: float

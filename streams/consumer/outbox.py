@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Final
@@ -30,10 +31,15 @@ from confluent_kafka import KafkaError, Message
 from streams import metrics
 from streams.changeset import (
     RESERVATION_KIND,
+    STATE_KIND,
     UPDATE_KIND,
     AvailabilityChanged,
+    StockStateChanged,
+    channel_and_sku,
     decode_outbox,
     outbox_kind,
+    stock_state,
+    stock_state_field,
 )
 from streams.consumer.options import now_us
 from streams.kafka import ReliableProducer
@@ -51,13 +57,9 @@ class _Value(msgspec.Struct):
 
 
 _value: Final = msgspec.json.Decoder(_Value)
+STATE_PREFIX: Final = stock_state_field("", "")[:3]
 RESEND: Final = "resend-"  # the prefix of values sent again (they are in no store)
 _encode: Final = msgspec.json.Encoder().encode
-
-
-def _pair(name: str) -> tuple[str, str]:
-    channel, sku = name.split("\x1f", 1)
-    return channel, sku
 
 
 class OutboxPublisher:
@@ -68,12 +70,20 @@ class OutboxPublisher:
         topic: str,
         reservations_topic: str = "",
         updates_topic: str = "",
+        stock_states_topic: str = "",
+        low_stock: Mapping[str, int] | None = None,
     ) -> None:
         self.store = store
         self.producer = producer
         self.topic = topic
         # By outbox entry kind (streams.changeset.outbox_kind): where its messages go.
-        self.topics = {"": topic, RESERVATION_KIND: reservations_topic, UPDATE_KIND: updates_topic}
+        self.topics = {
+            "": topic,
+            RESERVATION_KIND: reservations_topic,
+            UPDATE_KIND: updates_topic,
+            STATE_KIND: stock_states_topic,
+        }
+        self.low_stock = dict(low_stock or {})  # channel -> low_stock_threshold
         # Written to the store, not yet handed to the producer: outbox id -> events.
         self.pending: dict[str, dict[str, bytes]] = {}
         self._check: set[str] = set()  # of those, the ones to check once acknowledged
@@ -214,9 +224,10 @@ class OutboxPublisher:
             name
             for events in self._to_check.values()
             for name in events
-            if not outbox_kind(name)[0]  # availability events; the others are never stale
+            # Availability and stock states; the other kinds are never stale.
+            if outbox_kind(name)[0] in ("", STATE_KIND)
         }
-        pairs = {name: _pair(name) for name in names}
+        pairs = {name: channel_and_sku(name) for name in names}
         documents = self.store.documents(list(pairs.values()))  # before anything is dropped
         checking, self._to_check = self._to_check, {}
         stale: dict[str, bytes] = {}
@@ -226,7 +237,8 @@ class OutboxPublisher:
                 name: now
                 for name, value in events.items()
                 if name in pairs
-                and (now := _stale(value, documents.get(pairs[name]), pairs[name])) is not None
+                and (now := self._stale(name, value, documents.get(pairs[name]), pairs[name]))
+                is not None
             }
             standing_for = self._origins.pop(outbox_id, [outbox_id])
             if found:
@@ -243,6 +255,13 @@ class OutboxPublisher:
             self._produce(resend, stale, check=True)
             metrics.REPUBLISHED.inc(len(stale))
 
+    def _stale(
+        self, name: str, published: bytes, stored: bytes | None, pair: tuple[str, str]
+    ) -> bytes | None:
+        if name.startswith(STATE_PREFIX):
+            return _stale_state(published, stored, pair, self.low_stock.get(pair[0], 0))
+        return _stale(published, stored, pair)
+
 
 @dataclass
 class _Sending:
@@ -250,6 +269,29 @@ class _Sending:
     outstanding: int
     check: bool
     failed: bool = False
+
+
+class _State(msgspec.Struct):
+    state: str
+
+
+_state: Final = msgspec.json.Decoder(_State)
+
+
+def _stale_state(
+    published: bytes, stored: bytes | None, pair: tuple[str, str], threshold: int
+) -> bytes | None:
+    """The stock state event to send again when ``published`` is no longer the state of
+    the stored value (contract section 12, with section 3's ordering)."""
+    sent = _state.decode(published).state
+    current = _value.decode(stored) if stored is not None else _Value(0, format_as_of(now_us()))
+    state = stock_state(current.available_to_sell, threshold)
+    if state == sent:
+        return None
+    channel, sku = pair
+    return _encode(
+        StockStateChanged(channel, sku, state, sent, current.available_to_sell, current.as_of)
+    )
 
 
 def _stale(published: bytes, stored: bytes | None, pair: tuple[str, str]) -> bytes | None:

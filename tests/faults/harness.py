@@ -78,12 +78,7 @@ def build_stack(tmp: Path, redis_url: str, bootstrap: str, extra_consumer: str =
     path.write_text(text)
     settings = parse_config(text)
     assert settings.kafka.session_timeout_ms == SESSION_TIMEOUT_MS
-    t = settings.topics
-    create_topics(
-        bootstrap,
-        [t.movements, t.reservations, t.inbound, t.dead_letter, t.availability],
-        partitions=PARTITIONS,
-    )
+    create_topics(bootstrap, settings.topics.names(), partitions=PARTITIONS)
     return Stack(settings, path, tmp)
 
 

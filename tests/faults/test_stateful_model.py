@@ -104,6 +104,7 @@ class Machine(RuleBasedStateMachine):
             availability_topic=t.availability,
             reservations_topic="oms.reservations",
             allocation_updates_topic="atp.allocation-updates",
+            stock_states_topic="atp.stock-states",
             known_channels=frozenset(c.name for c in s.channels),
             batch_size=5000,
             batch_timeout_s=0.02,

@@ -84,6 +84,7 @@ def options_for(settings: Settings) -> ConsumerOptions:
         topics=(TOPIC,), dead_letter_topic="dlq", availability_topic="availability",
         reservations_topic="oms.reservations",
         allocation_updates_topic="atp.allocation-updates",
+        stock_states_topic="atp.stock-states",
         known_channels=frozenset(c.name for c in settings.channels), batch_size=100,
         batch_timeout_s=0.01, sweep_interval_s=60, window_us=7 * 86_400_000_000,
         max_message_bytes=1_000_000,

@@ -1,5 +1,6 @@
-"""Contract section 3: for each (channel, sku) the last message on the availability topic
-carries the value a read returns once the service is idle, whichever path changed it.
+"""Contract sections 3 and 12: for each (channel, sku) the last message on the availability
+topic carries the value a read returns once the service is idle, whichever path changed it,
+and the last message on the stock states topic carries the state of that value.
 
 The API's changes (allocations, releases, safety-stock changes) reach the topic through the
 store's outbox and a consumer's sweep, while the consumer publishes its own at once: they
@@ -25,9 +26,19 @@ pytestmark = pytest.mark.integration
 
 SKUS = [f"SKU-O{i:02d}" for i in range(40)]
 CHANNELS = ("web", "marketplace")
+LOW_STOCK = {"web": 3, "marketplace": 0}  # the test channels' low_stock_threshold
 
 
-def test_the_last_message_per_channel_and_sku_is_the_current_value(stack: Stack) -> None:
+def state_of(value: int, channel: str) -> str:
+    if value <= 0:
+        return "out_of_stock"
+    return "low_stock" if value <= LOW_STOCK[channel] else "in_stock"
+
+
+@pytest.mark.parametrize("stocked", [30, 4], ids=["deep-stock", "near-zero"])
+def test_the_last_message_per_channel_and_sku_is_the_current_value(
+    stack: Stack, stocked: int
+) -> None:
     rng = random.Random(7)
     stack.start_consumer()
     base = stack.start_api()
@@ -36,7 +47,7 @@ def test_the_last_message_per_channel_and_sku_is_the_current_value(stack: Stack)
     admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
     client = httpx.Client(base_url=base, timeout=10)
     producer = stack.producer()
-    stack.produce([receipt(sku, 30) for sku in SKUS], producer)
+    stack.produce([receipt(sku, stocked) for sku in SKUS], producer)
     producer.flush(10)
     time.sleep(1.0)
     orders: list[str] = []
@@ -79,17 +90,31 @@ def test_the_last_message_per_channel_and_sku_is_the_current_value(stack: Stack)
             time.sleep(0.05)
     producer.flush(10)
 
-    def differences() -> list[tuple[str, str, int | None, int]]:
-        last: dict[tuple[str, str], int] = {}
-        for message in read_all(stack.settings.kafka.bootstrap, stack.settings.topics.availability):
+    def last(topic: str, field: str) -> dict[tuple[str, str], object]:
+        out: dict[tuple[str, str], object] = {}
+        for message in read_all(stack.settings.kafka.bootstrap, topic):
             event = json.loads(message.value())
-            last[event["channel"], event["sku"]] = event["available_to_sell"]
-        wrong = []
+            out[event["channel"], event["sku"]] = event[field]
+            if field == "state":
+                assert event["state"] != event["previous_state"], event
+        return out
+
+    def differences() -> list[tuple[str, str, object, object]]:
+        topics = stack.settings.topics
+        values = last(topics.availability, "available_to_sell")
+        states = last(topics.stock_states, "state")
+        wrong: list[tuple[str, str, object, object]] = []
         for sku in SKUS:
             for channel in CHANNELS:
                 now = client.get(f"/v1/availability/{channel}/{sku}", headers=read).json()
-                if last.get((channel, sku), 0) != now["available_to_sell"]:
-                    wrong.append((channel, sku, last.get((channel, sku)), now["available_to_sell"]))
+                value = now["available_to_sell"]
+                if values.get((channel, sku), 0) != value:
+                    wrong.append((channel, sku, values.get((channel, sku)), value))
+                # Never announced: out of stock since it was first seen.
+                if states.get((channel, sku), "out_of_stock") != state_of(value, channel):
+                    wrong.append(
+                        (channel, sku, states.get((channel, sku)), state_of(value, channel))
+                    )
         return wrong
 
     # Idle: every write published; give the sweeps and their checks time to settle.

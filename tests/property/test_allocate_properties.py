@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import allocation.allocate as engine
 from allocation.allocate import NONE, Allocation, allocate
-from allocation.network import Network, Supply
+from allocation.network import NO_CAP, Network, Supply
 from allocation.projection import available_to_sell
 from allocation.reference import allocate_reference
 from tests.channels import Channel
@@ -55,6 +55,18 @@ def ints(draw: st.DrawFn, shape: tuple[int, ...], low: int, high: int) -> np.nda
 
 
 @st.composite
+def buffers(draw: st.DrawFn) -> dict[str, int | None]:
+    """A channel's section 11 buffers: none half of the time (the vectorized runs)."""
+    if draw(st.booleans()):
+        return {}
+    return {
+        "min_available": draw(st.integers(0, 4)),
+        "max_available": draw(st.none() | st.integers(0, 10)),
+        "max_order_quantity": draw(st.none() | st.integers(1, 6)),
+    }
+
+
+@st.composite
 def batches(draw: st.DrawFn) -> Batch:
     names = [f"L{i}" for i in range(draw(st.integers(1, 4)))]
     channels = []
@@ -67,6 +79,7 @@ def batches(draw: st.DrawFn) -> Batch:
                 locations=tuple(locations),
                 safety_stock=0,
                 inbound_horizon_days=draw(st.integers(0, 10)),
+                **draw(buffers()),
             )
         )
     network = Network.of(channels)
@@ -201,8 +214,13 @@ def test_no_channel_crosses_its_safety_stock(batch: Batch) -> None:
         net = int(((sup.on_hand[s] - reserved) * mask[c]).sum())
         ss = int(sup.safety_stock[s, c])
         ats = int(available_to_sell(np.array([net]), np.array([ss]))[0])
+        # With the channel's buffers (contract section 11): nothing offered while the value
+        # is below min_available, never more than max_available, a line capped.
+        network = batch.network
+        offered = 0 if ats < network.min_available[c] else min(ats, network.max_available[c])
+        wanted = min(int(batch.quantity[i]), int(network.max_order_quantity[c]))
         take = int(result.taken[i].sum())
-        assert take == min(int(batch.quantity[i]), ats)
+        assert take == min(wanted, offered)
         if take:
             assert net - take >= ss  # available_to_sell after the take is >= 0
 
@@ -222,15 +240,23 @@ def test_promises_come_from_inbound_within_the_horizon(batch: Batch) -> None:
         assert day >= min(d for d, _, _ in lines)
         # Inbound due by the promise date covers the backorder; not so the day before.
         by = {d: sum(q for dd, _, q in lines if dd <= d) for d, _, _ in lines}
-        assert by[day] >= bo
-        assert day >= min(d for d in by if by[d] >= bo)
+        # (A take held back by the channel's buffers may leave stock for its backorder.)
+        if network.max_available[c] == NO_CAP and network.min_available[c] == 0:
+            assert by[day] >= bo
+            assert day >= min(d for d in by if by[d] >= bo)
         # atp after the take: covers on the promise date, not on any earlier due date.
         net_after = int(((sup.on_hand[s] - reserved) * network.mask[c]).sum()) - int(
             result.taken[i].sum()
         )
         ss = int(sup.safety_stock[s, c])
-        assert max(0, net_after + by[day] - ss) >= bo
-        assert all(max(0, net_after + by[d] - ss) < bo for d in by if d < day)
+
+        def atp(d: int) -> int:  # with the channel's buffers (contract section 11)
+            value = max(0, net_after + by[d] - ss)  # noqa: B023
+            low, high = network.min_available[c], network.max_available[c]  # noqa: B023
+            return 0 if value < low else min(value, high)
+
+        assert atp(day) >= bo
+        assert all(atp(d) < bo for d in by if d < day)
         # Reserved at the preferred location with a line due that day.
         here = [loc for d, loc, _ in lines if d == day]
         assert location == min(here, key=lambda loc: network.rank[c, loc])
@@ -254,3 +280,11 @@ def test_a_lower_priority_line_never_costs_a_higher_one(batch: Batch, data: st.D
         assert got_part >= got_full
         np.testing.assert_array_equal(part.taken[j], full.taken[i])
         assert part.promise_day[j] == full.promise_day[i]
+
+
+@given(batches())
+@EXAMPLES
+def test_a_line_takes_no_more_than_its_channels_order_cap(batch: Batch) -> None:
+    result = allocate(batch.supply, batch.network, TODAY, *batch.lines())
+    cap = batch.network.max_order_quantity[batch.channel]
+    assert (result.taken.sum(axis=1) + result.backordered <= cap).all()

@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from allocation.network import Network
 from atp_service.config import Settings
 from atp_service.model import projector_for
 from streams.projector import Projector, Rendered
@@ -25,6 +26,7 @@ from streams.state import (
     to_day,
     to_us,
 )
+from tests.channels import Channel
 
 NOW = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 NOW_US = to_us(NOW)
@@ -511,3 +513,32 @@ def test_next_change_is_reported_per_sku(projector: Projector) -> None:
 def test_the_epoch_day_helpers_agree_with_the_calendar() -> None:
     assert to_day(date(1970, 1, 2)) == 1
     assert MIDNIGHT_US % US_PER_DAY == 0
+
+
+# -- channel buffers (contract section 11) -------------------------------------------------
+
+
+def buffered(**buffers: Any) -> Projector:
+    channel = Channel("feed", 1, ("DC-EAST",), safety_stock=1, inbound_horizon_days=14, **buffers)
+    return Projector(Network.of([channel]), frozenset({"available"}), ({},))
+
+
+def test_safety_stock_percent_raises_the_safety_stock_to_a_share_of_on_hand() -> None:
+    # 20% of 23 is 4.6, rounded up to 5: above the channel's own 1, so 5 applies and shows.
+    got = render(buffered(safety_stock_percent=20), state([stock("DC-EAST", 23)]))["feed"]
+    assert short(got) == (23, 0, 5, 18)
+    # On 3 units 20% is 0.6 -> 1: the channel's 1 stands.
+    got = render(buffered(safety_stock_percent=20), state([stock("DC-EAST", 3)]))["feed"]
+    assert short(got) == (3, 0, 1, 2)
+
+
+def test_min_available_hides_the_last_units_and_max_available_caps_the_value() -> None:
+    projector = buffered(min_available=2, max_available=40)
+    assert render(projector, state([stock("DC-EAST", 2)]))["feed"]["available_to_sell"] == 0
+    assert render(projector, state([stock("DC-EAST", 3)]))["feed"]["available_to_sell"] == 2
+    got = render(projector, state([stock("DC-EAST", 100)], inbound=[line("i", "DC-EAST", 5, 2)]))
+    assert got["feed"]["available_to_sell"] == 40
+    assert atp(got["feed"]) == [(d(2), 40)]  # the timeline is capped too
+    # Below min_available today, offered once the inbound line is due.
+    got = render(projector, state([stock("DC-EAST", 1)], inbound=[line("i", "DC-EAST", 5, 2)]))
+    assert got["feed"]["available_to_sell"] == 0 and atp(got["feed"]) == [(d(2), 5)]

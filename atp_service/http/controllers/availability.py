@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
+import time
 from typing import Annotated, Final
 
 import msgspec
@@ -12,6 +13,7 @@ from litestar import Controller, Response, get, post
 from litestar.exceptions import NotFoundException, ValidationException
 from litestar.params import Parameter
 
+from atp_service.allocator import Allocator
 from atp_service.config import Settings
 from atp_service.http.auth import require
 from atp_service.http.problems import problem_responses
@@ -24,6 +26,7 @@ from atp_service.http.schemas import (
     SkuParam,
     SkuQuery,
 )
+from atp_service.ops.explain import ExplainedAvailability, explain
 from atp_service.store.keys import changes_key
 from streams.projector import Availability
 
@@ -93,6 +96,26 @@ class AvailabilityController(Controller):
     ) -> Response[Availability]:
         known_channel(settings, channel)
         return Response(content=await reader.one(channel, sku), media_type="application/json")  # type: ignore[arg-type]
+
+    @get(
+        "/{sku:str}/explain",
+        responses=problem_responses(400, 401, 403, 404, 503),
+        summary="The read of one sku and why it shows that value",
+    )
+    async def explain(
+        self,
+        channel: ChannelParam,
+        sku: SkuParam,
+        settings: Settings,
+        reader: AvailabilityReader,
+        allocator: Allocator,
+    ) -> Response[ExplainedAvailability]:
+        known_channel(settings, channel)
+        document = await reader.many(channel, [sku], fresh=True)
+        snapshot = await allocator.store.read([sku])
+        why = explain(snapshot.states[sku], channel, allocator.projector, time.time_ns() // 1000)
+        body = document[0][:-1] + b',"explain":' + msgspec.json.encode(why) + b"}"
+        return Response(content=body, media_type="application/json")  # type: ignore[arg-type]
 
     @get(
         "/changes",

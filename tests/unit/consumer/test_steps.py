@@ -34,6 +34,7 @@ OPTIONS = ConsumerOptions(
     topics=(MOVES, RESERVATIONS), dead_letter_topic="dlq", availability_topic="availability",
     reservations_topic="oms.reservations",
     allocation_updates_topic="atp.allocation-updates",
+    stock_states_topic="atp.stock-states",
     known_channels=frozenset(c.name for c in SETTINGS.channels), batch_size=100,
     batch_timeout_s=0.01, sweep_interval_s=60, window_us=WINDOW, max_message_bytes=10_000,
 )  # fmt: skip
