@@ -40,35 +40,42 @@ class ClaimPlan:
     location: int  # where the backordered units are reserved (the claim's own if NONE)
 
 
-def replan_claims(
-    supply: Supply, network: Network, today: int, claims: Sequence[Claim]
-) -> list[ClaimPlan]:
-    """Plan ``claims`` (in queue order) on row 0 of ``supply``, which holds none of them."""
-    by_preference = preferred(network)
-    timelines = Timelines(supply, network, today, by_preference)
-    free: list[int] = (supply.on_hand[0] - supply.reserved[0]).tolist()
-    safety: list[int] = supply.safety_stock[0].tolist()
-    low: list[int] = network.min_available.tolist()
-    high: list[int] = network.max_available.tolist()
-    n_locations = len(network.locations)
-    plans = []
-    for claim in claims:
-        c = claim.channel
-        locations, ss = by_preference[c], safety[c]
-        net = sum(free[loc] for loc in locations)
-        take = min(claim.quantity, offer(max(0, net - ss), low[c], high[c]))
-        taken = take_from(free, locations, take, n_locations)
-        rest = claim.quantity - take
-        day, where = NONE, claim.location
-        if rest > 0:
-            head = net - take - ss  # atp(c,s,d) = offer(max(0, head + inbound due by d))
-            covering = [
-                (d, loc)
-                for d, total, loc in timelines.due(c, 0)
-                if offer(max(0, head + total), low[c], high[c]) >= rest
-            ]
-            if covering:
-                day, where = covering[0]
-            free[where] -= rest
-        plans.append(ClaimPlan(taken, rest, day, where))
-    return plans
+class Planner:
+    """Plans the claims of many skus on one ``supply`` (row s: a sku without its claims)."""
+
+    def __init__(self, supply: Supply, network: Network, today: int) -> None:
+        self.supply = supply
+        self.network = network
+        self.by_preference = preferred(network)
+        self.timelines = Timelines(supply, network, today, self.by_preference)
+        self.unreserved: list[list[int]] = (supply.on_hand - supply.reserved).tolist()
+        self.safety: list[list[int]] = supply.safety_stock.tolist()
+        self.low: list[int] = network.min_available.tolist()
+        self.high: list[int] = network.max_available.tolist()
+
+    def plan(self, row: int, claims: Sequence[Claim]) -> list[ClaimPlan]:
+        """Plan ``claims`` (in queue order) of the sku in ``row``."""
+        free, safety = self.unreserved[row], self.safety[row]
+        low, high = self.low, self.high
+        n_locations = len(self.network.locations)
+        plans = []
+        for claim in claims:
+            c = claim.channel
+            locations, ss = self.by_preference[c], safety[c]
+            net = sum(free[loc] for loc in locations)
+            take = min(claim.quantity, offer(max(0, net - ss), low[c], high[c]))
+            taken = take_from(free, locations, take, n_locations)
+            rest = claim.quantity - take
+            day, where = NONE, claim.location
+            if rest > 0:
+                head = net - take - ss  # atp(c,s,d) = offer(max(0, head + inbound due by d))
+                covering = [
+                    (d, loc)
+                    for d, total, loc in self.timelines.due(c, row)
+                    if offer(max(0, head + total), low[c], high[c]) >= rest
+                ]
+                if covering:
+                    day, where = covering[0]
+                free[where] -= rest
+            plans.append(ClaimPlan(taken, rest, day, where))
+        return plans

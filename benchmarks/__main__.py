@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from benchmarks.common import ROOT, SIZES
 
-MODULES = ("read", "fold", "freshness", "memory", "allocation", "importer")
+MODULES = ("read", "fold", "freshness", "memory", "allocation", "importer", "replan")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

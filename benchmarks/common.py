@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -64,10 +65,17 @@ CHANNELS: tuple[tuple[str, int, tuple[str, ...], int, int], ...] = (
 # -- command line ---------------------------------------------------------------------
 
 
-def parse_args(description: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
+def parse_args(
+    description: str,
+    argv: Sequence[str] | None = None,
+    extra: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> argparse.Namespace:
+    """``--size`` and ``--runs``; ``extra`` adds a benchmark's own options."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--size", choices=SIZES, default="small", help="small (quick) or full")
     parser.add_argument("--runs", type=int, default=3, help="repetitions (median, min, max); >= 3")
+    if extra is not None:
+        extra(parser)
     args = parser.parse_args(argv)
     args.runs = max(3, args.runs)
     return args
@@ -177,11 +185,8 @@ class Bench:
         self.config_path.write_text(text)
         self.settings = parse_config(text)
         if create:
-            t = self.settings.topics
             create_topics(
-                self.settings.kafka.bootstrap,
-                [t.movements, t.reservations, t.inbound, t.dead_letter, t.availability],
-                partitions=partitions,
+                self.settings.kafka.bootstrap, self.settings.topics.names(), partitions=partitions
             )
         return self.settings
 
@@ -888,3 +893,129 @@ def produce_all(
     if left:
         raise RuntimeError(f"{left} messages were not delivered to the broker")
     return time.perf_counter() - started
+
+
+# -- where the consumer's writes got to ---------------------------------------------------
+
+
+def produce_tracked(
+    bootstrap: str,
+    messages: Sequence[tuple[str, bytes, bytes]],
+    producer: Any = None,
+    linger_ms: int = 20,
+) -> dict[str, int]:
+    """Produce (topic, key, value) messages, flushed; returns the next offset of every
+    partition written to, keyed as the store keeps offsets ("topic\x1fpartition"), from the
+    delivery reports: a consumer has applied the messages once its stored offsets reach these.
+
+    (Not the broker's high watermarks: Tansu 0.6.0 answers the last batch's base offset + 1.)
+    """
+    from confluent_kafka import Producer
+
+    from streams.consumer.options import offset_field
+
+    own = producer is None
+    if own:
+        producer = Producer({
+            "bootstrap.servers": bootstrap, "linger.ms": linger_ms, "enable.idempotence": True,
+            "partitioner": "murmur2_random", "batch.num.messages": 10000,
+            "queue.buffering.max.messages": 1_000_000, "queue.buffering.max.kbytes": 1_048_576,
+            "compression.type": "none",
+        })  # fmt: skip
+    ends: dict[str, int] = {}
+    failed: list[str] = []
+
+    def delivered(err: Any, message: Any) -> None:
+        if err is not None:
+            failed.append(str(err))
+            return
+        name = offset_field(message.topic(), message.partition())
+        ends[name] = max(ends.get(name, 0), message.offset() + 1)
+
+    for topic, key, value in messages:
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value, on_delivery=delivered)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+    left = producer.flush(120)
+    if left or failed:
+        raise RuntimeError(f"{left} messages not delivered; errors: {failed[:3]}")
+    return ends
+
+
+def count_messages(bootstrap: str, topic: str, idle_s: float = 2.0, timeout_s: float = 60) -> int:
+    """Messages in ``topic``, read from the beginning of every partition (no group)."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "atp-bench-count",
+                         "enable.auto.commit": False, "enable.partition.eof": False})  # fmt: skip
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        count, deadline, last = 0, time.monotonic() + timeout_s, time.monotonic()
+        while time.monotonic() - last < idle_s and time.monotonic() < deadline:
+            got = [m for m in consumer.consume(1000, 0.2) if m.error() is None]
+            if got:
+                count += len(got)
+                last = time.monotonic()
+        return count
+    finally:
+        consumer.close()
+
+
+class LandedWrites:
+    """Wraps a store's ``write``: after each write that landed (no conflicts), when it
+    returned and the offsets stored so far. ``reached(target)`` is the moment the stored
+    offsets first covered ``target`` (from ``produce_tracked``): every message up to there
+    was folded and written, with everything its write carries (states, projection, re-plans,
+    outbox), in one atomic write."""
+
+    def __init__(self) -> None:
+        self.offsets: dict[str, int] = {}
+        self.history: list[tuple[float, dict[str, int]]] = []
+        self._landed = threading.Condition()
+
+    def wrap(self, write: Callable[..., Any]) -> Callable[..., Any]:
+        def landed(changes: Any, now_ms: int) -> Any:
+            conflicts = write(changes, now_ms)
+            if not conflicts and changes.offsets:
+                at = time.perf_counter()
+                with self._landed:
+                    for name, offset in changes.offsets.items():
+                        if offset > self.offsets.get(name, 0):
+                            self.offsets[name] = offset
+                    self.history.append((at, dict(self.offsets)))
+                    self._landed.notify_all()
+            return conflicts
+
+        return landed
+
+    def reached(self, target: dict[str, int]) -> float | None:
+        with self._landed:
+            for at, offsets in self.history:
+                if all(offsets.get(name, 0) >= offset for name, offset in target.items()):
+                    return at
+        return None
+
+    def wait(
+        self, target: dict[str, int], timeout_s: float, failed: Callable[[], BaseException | None]
+    ) -> float:
+        """Block until the stored offsets cover ``target``; the perf_counter time it happened."""
+        deadline = time.monotonic() + timeout_s
+        while (at := self.reached(target)) is None:
+            error = failed()
+            if error is not None:
+                raise RuntimeError(f"the stream projector failed: {error!r}")
+            if time.monotonic() > deadline:
+                behind = {
+                    n: (self.offsets.get(n, 0), o)
+                    for n, o in target.items()
+                    if self.offsets.get(n, 0) < o
+                }
+                raise RuntimeError(f"stored offsets did not reach the target: {behind}")
+            with self._landed:  # woken by the next landed write (the time is the writer's)
+                self._landed.wait(0.2)
+        return at

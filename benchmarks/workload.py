@@ -47,7 +47,12 @@ class Workload:
     channels: Sequence[tuple[str, Sequence[str]]]  # (channel, its locations)
     seed: int = 11
     prefix: str = "b"
+    # Share of reservation_created events made as atp's own backorders (contract section
+    # 9): "<order>:1:<location>:backorder", event_id "atp-alloc:<id>", placed_at set. Drawn
+    # from a generator of their own, so 0 gives exactly the plain workload.
+    backordered: float = 0.0
     _rng: random.Random = field(init=False)
+    _backorder_rng: random.Random = field(init=False)
     _n: int = field(init=False, default=0)
     # sku -> list of (location, bin) holding stock (ever received)
     _bins: dict[str, list[tuple[str, str]]] = field(init=False, default_factory=dict)
@@ -56,6 +61,7 @@ class Workload:
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
+        self._backorder_rng = random.Random(self.seed + 1)
 
     def _id(self, kind: str) -> str:
         self._n += 1
@@ -117,12 +123,31 @@ class Workload:
         sku = self._rng.choice(self.skus)
         location = self._rng.choice(locations)
         quantity = self._rng.randint(1, 3)
+        if self.backordered and self._backorder_rng.random() < self.backordered:
+            return self._backorder(sku, channel, location, quantity)
         reservation_id = f"ORD-{self._id('o')}:1"
         self._open.append((reservation_id, sku, location, quantity))
         return "reservations", sku, {
             "type": "reservation_created", "event_id": self._id("r"), "occurred_at": now_iso(),
             "reservation_id": reservation_id, "sku": sku, "channel": channel,
             "location": location, "quantity": quantity, "expires_at": None,
+        }  # fmt: skip
+
+    def _backorder(
+        self, sku: str, channel: str, location: str, quantity: int
+    ) -> tuple[str, str, dict[str, Any]]:
+        """A backorder as the service makes it after POST /v1/allocations. Its promise is
+        null: the generator does not know the sku's supply, and a date the planner does not
+        agree with would be re-planned at once (a promise_changed the service never makes).
+        Never shipped or released here (a shipment goes against the stock reservation a
+        conversion makes, which only the consumer knows)."""
+        reservation_id = f"ORD-{self._id('o')}:1:{location}:backorder"
+        now = now_iso()
+        return "reservations", sku, {
+            "type": "reservation_created", "event_id": f"atp-alloc:{reservation_id}",
+            "occurred_at": now, "reservation_id": reservation_id, "sku": sku,
+            "channel": channel, "location": location, "quantity": quantity, "expires_at": None,
+            "placed_at": now, "promise_date": None,
         }  # fmt: skip
 
     def _take_open(self) -> tuple[str, str, str, int]:

@@ -23,7 +23,8 @@ from typing import Final, Literal
 
 import msgspec
 
-from allocation.replan import Claim, replan_claims
+from allocation.network import Network
+from allocation.replan import Claim, ClaimPlan, Planner
 from streams.changeset import (
     ChangeSet,
     build_changeset,
@@ -103,57 +104,57 @@ def replan(
     states: Iterable[SkuState], projector: Projector, now_us: int, window_us: int
 ) -> Replanned:
     """Plan every open backorder of ``states`` on their supply of now."""
-    out = Replanned(states={})
-    for state in states:
-        out.states[state.sku] = state
-        claims = open_claims(state, now_us)
-        if claims:
-            events = _replan_sku(state, claims, projector, now_us, out)
-            if events:
-                folded = fold(
-                    {state.sku: state}, events, seen=frozenset(), now_us=now_us, window_us=window_us
-                )
-                out.states[state.sku] = folded.states[state.sku]
-                out.events[state.sku] = events
-    return out
-
-
-def _replan_sku(
-    state: SkuState,
-    claims: list[Reservation],
-    projector: Projector,
-    now_us: int,
-    out: Replanned,
-) -> list[AnyEvent]:
+    out = Replanned(states={state.sku: state for state in states})
     network = projector.network
     channel_index = {name: c for c, name in enumerate(network.channels)}
     location_index = network.location_index()
-    # A claim whose channel or location left the config cannot be planned: it stays as is.
-    planned = sorted(
-        (
-            (int(network.priority[channel_index[r.channel]]), r.placed_at, r.reservation_id, r)
-            for r in claims
-            if r.channel in channel_index and r.location in location_index
-        ),
-        key=lambda row: row[:3],
-    )
-    queue = [row[3] for row in planned]
-    if not queue:
-        return []
-    in_queue = {r.reservation_id for r in queue}
-    without = msgspec.structs.replace(
-        state, reservations=tuple(r for r in state.reservations if r.reservation_id not in in_queue)
-    )
-    supply = projector.supply([without], now_us)
-    plans = replan_claims(
-        supply,
-        network,
-        now_us // US_PER_DAY,
-        [
+    priority: list[int] = network.priority.tolist()
+    queues: list[tuple[SkuState, list[Reservation]]] = []
+    for state in out.states.values():
+        claims = open_claims(state, now_us)
+        # A claim whose channel or location left the config cannot be planned: it stays.
+        queue = sorted(
+            (r for r in claims if r.channel in channel_index and r.location in location_index),
+            key=lambda r: (priority[channel_index[r.channel]], r.placed_at, r.reservation_id),
+        )
+        if queue:
+            queues.append((state, queue))
+    if not queues:
+        return out
+    # One supply for every sku, each without its claims, planned row by row.
+    withouts = []
+    for state, queue in queues:
+        in_queue = {r.reservation_id for r in queue}
+        kept = tuple(r for r in state.reservations if r.reservation_id not in in_queue)
+        withouts.append(msgspec.structs.replace(state, reservations=kept))
+    planner = Planner(projector.supply(withouts, now_us), network, now_us // US_PER_DAY)
+    events: list[AnyEvent] = []
+    for row, (state, queue) in enumerate(queues):
+        wanted = [
             Claim(channel_index[r.channel], r.open_quantity(now_us), location_index[r.location])
             for r in queue
-        ],
-    )
+        ]
+        made = _events(state, queue, planner.plan(row, wanted), network, now_us, out)
+        if made:
+            out.events[state.sku] = made
+            events += made
+    if events:
+        changed = {sku: out.states[sku] for sku in out.events}
+        folded = fold(changed, events, seen=frozenset(), now_us=now_us, window_us=window_us)
+        out.states.update(folded.states)
+    return out
+
+
+def _events(
+    state: SkuState,
+    queue: list[Reservation],
+    plans: list[ClaimPlan],
+    network: Network,
+    now_us: int,
+    out: Replanned,
+) -> list[AnyEvent]:
+    """The reservation events that turn ``queue`` into ``plans``; what each line now holds
+    and why its order changed go into ``out``."""
     taken_ids = {r.reservation_id for r in state.reservations}
     occurred = from_us(now_us)
     events: list[AnyEvent] = []
@@ -239,10 +240,6 @@ class AllocationUpdate(msgspec.Struct, frozen=True):
     as_of: str
 
 
-def update_notice(reason: Reason, now_us: int) -> bytes:
-    return msgspec.json.encode(AllocationUpdate(reason, format_as_of(now_us)))
-
-
 PLAN_FIELD: Final = "plan"
 _encode: Final = msgspec.json.Encoder().encode
 
@@ -280,6 +277,7 @@ def build_replanned(
         fields[PLAN_FIELD] = _encode(change.plan)
         for converted in change.converted:
             fields[converted_field(converted.reservation_id)] = _encode(converted)
+    as_of = format_as_of(now_us)
     for order_id, reason in replanned.orders.items():
-        changes.outbox[order_update_field(order_id)] = update_notice(reason, now_us)
+        changes.outbox[order_update_field(order_id)] = _encode(AllocationUpdate(reason, as_of))
     return changes, replanned

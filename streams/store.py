@@ -74,8 +74,8 @@ class Store(Protocol):
 
     def ack_outbox(self, outbox_ids: Sequence[str]) -> int: ...
 
-    def order_result(self, order_id: str) -> bytes | None:
-        """An order's current result as JSON (contract section 4), None when unknown."""
+    def order_results(self, order_ids: Sequence[str]) -> dict[str, bytes]:
+        """The current result (contract section 4, JSON) of those orders that exist."""
         ...
 
     def staged_ledger(self) -> dict[str, bytes]: ...

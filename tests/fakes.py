@@ -234,8 +234,8 @@ class MemoryStore:
         self._reachable()
         return dict(sorted(self.outbox_entries.items())[:limit])
 
-    def order_result(self, order_id: str) -> bytes | None:
-        return self.orders.get(order_id)
+    def order_results(self, order_ids: Sequence[str]) -> dict[str, bytes]:
+        return {o: self.orders[o] for o in order_ids if o in self.orders}
 
     def documents(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
         self._reachable()

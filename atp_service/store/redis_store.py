@@ -270,19 +270,24 @@ class RedisStore:
         """Forget writes whose availability events the broker acknowledged, every one."""
         return int(self.client.hdel(keys.OUTBOX, *outbox_ids)) if outbox_ids else 0
 
-    def order_result(self, order_id: str) -> bytes | None:
-        """The order's result as planned now (JSON), None for an unknown order."""
-        raw = self.client.get(keys.order_key(order_id))
-        if not isinstance(raw, bytes):
-            return None
-        stored = decode_stored(raw)
+    def order_results(self, order_ids: Sequence[str]) -> dict[str, bytes]:
+        """The results, as planned now (JSON), of those orders that exist: two round trips
+        for any number of orders."""
+        if not order_ids:
+            return {}
+        found: list[bytes | None] = self.client.mget([keys.order_key(o) for o in order_ids])  # type: ignore[assignment]
+        stored = {o: decode_stored(raw) for o, raw in zip(order_ids, found, strict=True) if raw}
+        wanted = [(o, line) for o, order in stored.items() for line in backordered_lines(order)]
         pipe = self.client.pipeline(transaction=False)
-        lines = backordered_lines(stored)
-        for line in lines:
+        for order_id, line in wanted:
             pipe.hgetall(keys.line_key(line.sku, order_id, line.line_id))
-        found: list[dict[bytes, bytes]] = pipe.execute() if lines else []
-        planned = current(stored, {ln.line_id: f for ln, f in zip(lines, found, strict=True)})
-        return encode_result(planned.result)
+        replies: list[dict[bytes, bytes]] = pipe.execute() if wanted else []
+        lines: dict[str, dict[str, dict[bytes, bytes]]] = {}
+        for (order_id, line), fields in zip(wanted, replies, strict=True):
+            lines.setdefault(order_id, {})[line.line_id] = fields
+        return {
+            o: encode_result(current(order, lines.get(o, {})).result) for o, order in stored.items()
+        }
 
 
 class AsyncRedisStore:

@@ -161,7 +161,11 @@ class OutboxPublisher:
     def _produce(self, outbox_id: str, events: dict[str, bytes], check: bool) -> None:
         if outbox_id in self._in_flight:
             return
-        messages = [self._message(name, value) for name, value in events.items()]
+        # Orders' updates carry each order's result as it is now: read together.
+        orders = self.store.order_results(
+            [key for name in events for kind, key in [outbox_kind(name)] if kind == UPDATE_KIND]
+        )
+        messages = [self._message(name, value, orders) for name, value in events.items()]
         ready = [m for m in messages if m is not None]
         if not ready:
             self._done.append(outbox_id)
@@ -177,13 +181,15 @@ class OutboxPublisher:
                 except BufferError:
                     producer.poll(0.05)
 
-    def _message(self, name: str, value: bytes) -> tuple[str, bytes, bytes] | None:
+    def _message(
+        self, name: str, value: bytes, orders: dict[str, bytes]
+    ) -> tuple[str, bytes, bytes] | None:
         """(topic, key, value) of an outbox event; None for an order update whose order is
         gone (it was never acknowledged: its allocation was undone)."""
         kind, key = outbox_kind(name)
         if kind == UPDATE_KIND:
             # The order's result as it is now, with why it changed (contract section 9).
-            result = self.store.order_result(key)
+            result = orders.get(key)
             if result is None:
                 return None
             value = result[:-1] + b"," + value[1:]

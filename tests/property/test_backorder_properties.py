@@ -40,7 +40,16 @@ from streams.backorders import (
 )
 from streams.events import AnyEvent, BinMovement, Inbound
 from streams.fold import fold
-from streams.state import NO_PROMISE, US_PER_DAY, SkuState, from_day, to_day, to_us
+from streams.state import (
+    NO_PROMISE,
+    US_PER_DAY,
+    BinStock,
+    InboundLine,
+    SkuState,
+    from_day,
+    to_day,
+    to_us,
+)
 from tests.conftest import config_text
 
 SETTINGS: Settings = parse_config(config_text())  # web (1): DC-EAST, DC-WEST, horizon 14;
@@ -58,6 +67,9 @@ class World:
     """What Redis would hold: the sku's state, the order records and their lines' fields."""
 
     state: SkuState = field(default_factory=lambda: SkuState(sku=SKU))
+    # Another sku with claims of its own, written with SKU-1 every time (a batch of two
+    # skus, SKU-1 in its second row): its plan must not move, nor leak into SKU-1's.
+    other: SkuState = field(default_factory=lambda: _other())
     orders: dict[str, StoredOrder] = field(default_factory=dict)
     lines: dict[tuple[str, str], dict[bytes, bytes]] = field(default_factory=dict)
     clock: int = to_us(T0)
@@ -69,7 +81,8 @@ class World:
         return self.clock
 
     def replan(self, state: SkuState, now: int) -> None:
-        replanned = replan([state], PROJECTOR, now, WINDOW_US)
+        replanned = replan([self.other, state], PROJECTOR, now, WINDOW_US)
+        assert replanned.states[OTHER] == self.other  # planned already: nothing changes
         self.state = replanned.states[SKU]
         for (_sku, order_id, line_id), change in replanned.lines.items():
             fields = self.lines.setdefault((order_id, line_id), {})
@@ -103,6 +116,23 @@ class World:
         """GET /v1/allocations/{order_id}."""
         stored = self.orders[order_id]
         return current(stored, {"1": self.lines.get((order_id, "1"), {})})
+
+
+OTHER = "SKU-2"
+
+
+def _other() -> SkuState:
+    """SKU-2: 3 on hand, 20 due in 2 days, and backorders of 2 and 5 planned on them."""
+    now = to_us(T0)
+    state = SkuState(
+        OTHER,
+        bins=(BinStock("DC-EAST", "A", "available", 3),),
+        inbound=(InboundLine("PO-9", "DC-WEST", 20, TODAY + 2, now),),
+    )
+    for order_id, quantity in (("X-1", 5), ("X-2", 5)):
+        request = OrderRequest(order_id, "web", [OrderLine("1", OTHER, quantity)], backorder=True)
+        state = plan([request], {OTHER: state}, PROJECTOR, now).states[0]
+    return replan([state], PROJECTOR, now, WINDOW_US).states[OTHER]
 
 
 # -- the from-scratch plan, from the contract's words -------------------------------------
