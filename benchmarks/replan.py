@@ -223,8 +223,8 @@ class Measured:
     setup_s: float
     replan_ms: float  # time in the fold step's build_replanned during the wave
     publish_ms: float  # time in the loop's outbox publishing (consumer thread) during it
-    orders_read_ms: float  # of which reading notices' orders (store.order_result)
-    orders_read: int  # how many
+    orders_read_ms: float  # of which reading notices' orders (store.order_results)
+    orders_read: int  # how many reads of them (one per outbox entry with notices)
     batches: int  # writes that carried the wave (from the first message to the last plan)
     cpu_ms: float  # this process's CPU (consumer thread, write thread, librdkafka) in the wave
     redis_ms: float  # Redis server time (commandstats) during the wave
@@ -295,9 +295,9 @@ def one_run(
     consumer_module.build_replanned = _timed_into(totals, "replan", original)  # type: ignore[assignment]
     # On the consumer thread, after each batch's write: notices read their order from Redis.
     projector.publish_outbox = _timed_into(totals, "publish", projector.publish_outbox)  # type: ignore[method-assign]
-    # Each notice's order, read from Redis by the publisher when it sends the notice.
-    order_result = projector.store.order_result
-    projector.store.order_result = _counted_into(totals, "orders read", order_result)  # type: ignore[method-assign]
+    # The notices' orders, read from Redis by the publisher when it sends an outbox entry.
+    order_results = projector.store.order_results
+    projector.store.order_results = _counted_into(totals, "orders read", order_results)  # type: ignore[method-assign]
     stop = threading.Event()
     errors: list[BaseException] = []
 
@@ -559,7 +559,7 @@ def main(argv: Sequence[str] | None = None) -> int:
          lambda m: m.replan_ms),
         ("  of it, outbox publishing on the consumer thread (blocks the next batch)", "ms",
          lambda m: m.publish_ms),
-        ("    of which reading each notice's order (store.order_result, one by one)", "ms",
+        ("    of which reading the notices' orders (store.order_results, per outbox entry)", "ms",
          lambda m: m.orders_read_ms),
         ("  this process's CPU during it (all its threads)", "ms", lambda m: m.cpu_ms),
         ("  Redis server time during it (all commands)", "ms", lambda m: m.redis_ms),
@@ -589,7 +589,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.details["offline_profile_percent"] = shares
     report.notes.append(
         f"writes that carried the wave: backorders {[m.batches for m in bo]}, baseline "
-        f"{[m.batches for m in base]}; orders read for notices before the last write: "
+        f"{[m.batches for m in base]}; reads of notices' orders before the last write: "
         f"{[m.orders_read for m in bo]}"
     )
     report.notes.append(
