@@ -39,6 +39,7 @@ from atp_service.orders import (
     OrderResult,
     Planned,
     StoredOrder,
+    backordered_lines,
     encode_stored,
     fingerprint,
     plan,
@@ -400,32 +401,17 @@ class Allocator:
         try:
             await self._send(messages)
         except ProduceFailed:
-            held_all = [h for r in records for h in r.held]
-            await self._release_held(
-                held_all, extra_deletes=[keys.order_key(r.result.order_id) for r in records]
-            )
+            await self._release_orders(records, keep=False)
             raise PublishFailed("the broker did not acknowledge the reservations") from None
 
     async def release(self, order_id: str) -> OrderResult | None:
-        """Release every open reservation of the order; safe to repeat. None: unknown order.
-
-        What the order holds is read again whenever the write meets a change of its skus:
-        a re-plan of its backorders may have replaced their reservations meanwhile."""
-        for _ in range(MAX_ATTEMPTS):
-            (stored,) = await self.stored([order_id])
-            if stored is None:
-                return None
-            released = msgspec.structs.replace(
-                stored, result=msgspec.structs.replace(stored.result, status="released")
-            )
-            if stored.result.status == "released":
-                break
-            puts = [(keys.order_key(order_id), "set", encode_stored(released))]
-            if await self._release_once(stored.held, puts):
-                RELEASED_ORDERS.inc()
-                break
-        else:
-            raise Busy("too many concurrent changes to the same skus")
+        """Release every open reservation of the order; safe to repeat. None: unknown order."""
+        (stored,) = await self.stored([order_id])
+        if stored is None:
+            return None
+        if stored.result.status != "released":
+            (stored,) = await self._release_orders([stored], keep=True)
+            RELEASED_ORDERS.inc()
         # Announce (again, on a repeat: harmless, the event_ids are deterministic).
         now = self.clock()
         messages = [
@@ -449,37 +435,55 @@ class Allocator:
             await self._send(messages)
         except ProduceFailed:
             raise PublishFailed("released, but the broker did not acknowledge the events") from None
-        return released.result
+        return stored.result
 
-    async def _release_held(self, held: Sequence[Held], extra_deletes: Sequence[str] = ()) -> None:
+    async def _release_orders(self, orders: Sequence[StoredOrder], keep: bool) -> list[StoredOrder]:
+        """Release what the orders hold now, in one write with the supply it frees going to
+        the skus' backorders (contract section 9). ``keep``: store each order as released
+        (DELETE); else remove its record and line records (an allocation undone).
+
+        Each attempt reads the orders after the skus: a re-plan that replaced an order's
+        reservations before the skus were read is in both reads, and one that lands after
+        moves a sku's version, so the write is refused and the attempt made again."""
+        skus = list(dict.fromkeys(line.sku for o in orders for line in o.result.lines))
+        ids = [o.result.order_id for o in orders]
         for _ in range(MAX_ATTEMPTS):
-            if await self._release_once(held, []):
-                if extra_deletes:
-                    await self.store.client.delete(*extra_deletes)
-                return
+            snapshot = await self.store.read(skus)
+            current = [o for o in await self.stored(ids) if o is not None]
+            by_sku: dict[str, set[str]] = {}
+            for h in (h for o in current if o.result.status != "released" for h in o.held):
+                by_sku.setdefault(h.sku, set()).add(h.reservation_id)
+            now = self.clock()
+            states = [release(snapshot.states[sku], by_sku.get(sku, set()), now) for sku in skus]
+            changes, _ = build_replanned(
+                states,
+                snapshot.versions,
+                self.projector,
+                now,
+                self.store.window_ms * 1000,
+                seen={sku: [released_event_id(r) for r in rs] for sku, rs in by_sku.items()},
+            )
+            released = [
+                msgspec.structs.replace(
+                    o, result=msgspec.structs.replace(o.result, status="released")
+                )
+                for o in current
+            ]
+            if keep:
+                changes.puts = [
+                    (keys.order_key(o.result.order_id), "set", encode_stored(o)) for o in released
+                ]
+            if not await self.store.write(changes, now // 1000):
+                if not keep:
+                    gone = [keys.order_key(o.result.order_id) for o in current]
+                    gone += [
+                        keys.line_key(line.sku, o.result.order_id, line.line_id)
+                        for o in current
+                        for line in backordered_lines(o)
+                    ]
+                    await self.store.client.delete(*gone)
+                return released
         raise Busy("too many concurrent changes to the same skus")
-
-    async def _release_once(self, held: Sequence[Held], puts: list[tuple[str, str, bytes]]) -> bool:
-        """Release ``held`` with ``puts`` in one write; False if a sku moved meanwhile. The
-        supply released goes to the skus' backorders at once (contract section 9)."""
-        by_sku: dict[str, set[str]] = {}
-        for h in held:
-            by_sku.setdefault(h.sku, set()).add(h.reservation_id)
-        snapshot = await self.store.read(list(by_sku))
-        now = self.clock()
-        states: list[SkuState] = [
-            release(snapshot.states[sku], ids, now) for sku, ids in by_sku.items()
-        ]
-        changes, _ = build_replanned(
-            states,
-            snapshot.versions,
-            self.projector,
-            now,
-            self.store.window_ms * 1000,
-            seen={sku: [released_event_id(r) for r in ids] for sku, ids in by_sku.items()},
-        )
-        changes.puts = list(puts)
-        return not await self.store.write(changes, now // 1000)
 
     async def set_safety_stock(self, channel: str, sku: str, quantity: int | None) -> None:
         """Set (or with None remove) a per-sku override and recompute the projection now."""

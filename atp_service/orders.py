@@ -28,6 +28,7 @@ from streams.events import TAGS, ReservationCreated, ReservationReleased, Sku
 from streams.projector import Projector
 from streams.state import (
     NO_PROMISE,
+    RECENT_TYPES,
     US_PER_DAY,
     Recent,
     Reservation,
@@ -36,8 +37,8 @@ from streams.state import (
     with_recent,
 )
 
-CREATED: Final = TAGS[ReservationCreated]
-RELEASED: Final = TAGS[ReservationReleased]
+CREATED: Final = RECENT_TYPES.index(TAGS[ReservationCreated])
+RELEASED: Final = RECENT_TYPES.index(TAGS[ReservationReleased])
 
 LineId = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f:]+$")]
 
@@ -265,7 +266,9 @@ def _assemble(
     results: list[OrderResult] = []
     held_per_order: list[list[Held]] = []
     i = 0
-    for order in orders:
+    # Orders allocated together keep their order in the backorder queue (contract section
+    # 9: "in the order they were first allocated"): a microsecond apart.
+    for k, order in enumerate(orders):
         line_results: list[LineResult] = []
         held: list[Held] = []
         for line in order.lines:
@@ -280,7 +283,7 @@ def _assemble(
             if backordered[i]:
                 location = network.locations[promise_location[i]]
                 day = NO_PROMISE if promise_day[i] == NONE else promise_day[i]
-                book.reserve(order, line, location, backordered[i], held, (now_us, day))
+                book.reserve(order, line, location, backordered[i], held, (now_us + k, day))
                 promise = from_day(day).isoformat() if day != NO_PROMISE else None
             line_results.append(
                 LineResult(

@@ -160,10 +160,12 @@ def _events(
     events: list[AnyEvent] = []
 
     def new_id(base: str) -> str:
-        reservation_id, attempt = base, 1
-        while reservation_id in taken_ids:  # an id is never reused within a sku
+        # The re-plan's time makes the id (and its event ids) new for good: the state alone
+        # cannot say, as it forgets closed reservations after the dedupe window.
+        reservation_id, attempt = f"{base}#{now_us}", 1
+        while reservation_id in taken_ids:  # two claims of one line at one location
             attempt += 1
-            reservation_id = f"{base}#{attempt}"
+            reservation_id = f"{base}#{now_us}.{attempt}"
         taken_ids.add(reservation_id)
         return reservation_id
 

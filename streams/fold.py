@@ -39,6 +39,7 @@ from streams.events import (
 from streams.state import (
     NO_PROMISE,
     RECENT_KEPT,
+    RECENT_TYPES,
     BinStock,
     InboundLine,
     Recent,
@@ -67,7 +68,7 @@ class _Work:
     inbound: dict[str, InboundLine]
     source: SkuState
     snapshots: dict[str, int]
-    recent: list[Recent]
+    applied: list[AnyEvent]  # events applied to this sku in this fold, for ``recent``
 
     @classmethod
     def of(cls, state: SkuState) -> _Work:
@@ -78,7 +79,7 @@ class _Work:
             inbound={i.inbound_id: i for i in state.inbound},
             source=state,
             snapshots=state.snapshots,
-            recent=list(state.recent),
+            applied=[],
         )
 
     def freeze(self, now_us: int, window_us: int) -> SkuState:
@@ -104,8 +105,16 @@ class _Work:
             safety_stock=self.source.safety_stock,
             last_ats=self.source.last_ats,
             snapshots=self.snapshots,
-            recent=tuple(self.recent[-RECENT_KEPT:]),
+            recent=self._recent(),
         )
+
+    def _recent(self) -> tuple[Recent, ...]:
+        # Only the last few events become entries: a batch may apply thousands to a sku.
+        latest = [
+            Recent(e.event_id, RECENT_KIND[type(e)], to_us(e.occurred_at))
+            for e in self.applied[-RECENT_KEPT:]
+        ]
+        return (*self.source.recent, *latest)[-RECENT_KEPT:]
 
 
 def _closed_since(reservation: Reservation, now_us: int) -> int:
@@ -163,9 +172,8 @@ def fold(
             target = work[event.sku] = _Work.of(state)
         # By exact type (events are decoded into these classes only): a dict lookup, not a
         # chain of isinstance checks, as this runs per event.
-        kind = type(event)
-        _APPLY[kind](target, event, now_us)
-        target.recent.append(Recent(event_id, TAGS[kind], to_us(event.occurred_at)))
+        _APPLY[type(event)](target, event, now_us)
+        target.applied.append(event)
         applied.append(event)
     for sku, target in work.items():
         result.states[sku] = target.freeze(now_us, window_us)
@@ -314,6 +322,7 @@ def _apply_inbound(work: _Work, event: Inbound, now_us: int) -> None:
 
 
 # Every event type and the function that applies it (``now_us`` stamps closures).
+RECENT_KIND: Final[dict[type, int]] = {kind: RECENT_TYPES.index(TAGS[kind]) for kind in TAGS}
 _APPLY: Final[dict[type, Callable[[_Work, Any, int], None]]] = {
     BinMovement: _apply_movement,
     BinCount: _apply_count,

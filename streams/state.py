@@ -78,12 +78,27 @@ class InboundLine(msgspec.Struct, frozen=True, array_like=True):
     occurred_at: int
 
 
+# The event types, by the code a sku's state keeps for them (append only: stored).
+RECENT_TYPES: Final = (
+    "bin_movement",
+    "bin_count",
+    "stock_snapshot",
+    "reservation_created",
+    "reservation_released",
+    "inbound",
+)
+
+
 class Recent(msgspec.Struct, frozen=True, array_like=True):
     """An event applied to the sku, as `explain` lists it (contract section 13)."""
 
     event_id: str
-    type: str
+    kind: int  # index into RECENT_TYPES: one byte in the stored state, not the type's name
     occurred_at: int
+
+    @property
+    def type(self) -> str:
+        return RECENT_TYPES[self.kind]
 
 
 RECENT_KEPT: Final = 10

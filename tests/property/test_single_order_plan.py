@@ -4,6 +4,9 @@ single orders written together) equals planning them one after another."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -131,15 +134,27 @@ def turns(draw: st.DrawFn) -> tuple[Projector, dict[str, SkuState], list[OrderRe
 def one_after_another(
     orders: list[OrderRequest], sku_states: dict[str, SkuState], projector: Projector
 ) -> Planned:
-    """Each order planned alone (vectorized engine) on the states the ones before it left."""
+    """Each order planned alone (vectorized engine) on the states the ones before it left.
+
+    Orders planned together keep their arrival order in the backorder queue: the k-th
+    one's backorders are placed k microseconds after the group's time."""
     current = dict(sku_states)
     results, held, event_ids = [], [], {}
-    for order in orders:
+    for k, order in enumerate(orders):
         mine = {line.sku: current[line.sku] for line in order.lines}
         planned = plan([order], mine, projector, NOW_US, scalar=False)
-        current.update({state.sku: state for state in planned.states})
+
+        def placed(r: Any, k: int = k, mine: str = f"{order.order_id}:") -> Any:
+            if not (r.placed_at and r.reservation_id.startswith(mine)):
+                return r
+            return msgspec.structs.replace(r, placed_at=r.placed_at + k)
+
+        current.update(
+            {s.sku: msgspec.structs.replace(s, reservations=tuple(map(placed, s.reservations)))
+             for s in planned.states}
+        )  # fmt: skip
         results += planned.results
-        held += planned.held
+        held += [list(map(placed, h)) for h in planned.held]
         for sku, ids in planned.event_ids.items():
             event_ids.setdefault(sku, []).extend(ids)
     changed = [current[sku] for sku in sku_states if current[sku] is not sku_states[sku]]
