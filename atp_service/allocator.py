@@ -46,6 +46,7 @@ from atp_service.orders import (
     plan_in_turn,
     release,
 )
+from atp_service.overrides import OverrideChanged, encode, message_key
 from atp_service.store import keys
 from atp_service.store.redis_store import AsyncRedisStore, PutExists
 from streams.backorders import build_replanned, created_event_id, released_event_id
@@ -144,11 +145,13 @@ class Allocator:
         send: Callable[[Sequence[Outgoing], float], Awaitable[None] | None],
         reservations_topic: str,
         clock: Callable[[], int] = _now_us,
+        overrides_topic: str = "atp.overrides",
     ) -> None:
         self.store = store
         self.projector = projector
         self.send = send
         self.topic = reservations_topic
+        self.overrides_topic = overrides_topic
         self.clock = clock
         self._waiting: list[_Waiting] = []
         self._writer: asyncio.Task[None] | None = None
@@ -504,5 +507,15 @@ class Allocator:
                 self.store.window_ms * 1000,
             )
             if not await self.store.write(changes, now // 1000):
-                return
-        raise Busy("too many concurrent changes to the same sku")
+                break
+        else:
+            raise Busy("too many concurrent changes to the same sku")
+        # Recorded where `atp rebuild` finds it after a loss of Redis data; answered only
+        # once the broker has it (a failure answers 503: the override is in effect, and a
+        # repeat records it).
+        change = OverrideChanged("safety_stock", channel, sku, quantity, now)
+        message = Outgoing(self.overrides_topic, message_key(change), encode(change))
+        try:
+            await self._send([message])
+        except ProduceFailed:
+            raise PublishFailed("set, but the broker did not acknowledge the record") from None

@@ -55,6 +55,9 @@ class TopicSettings(_Section, frozen=True):
     availability: Name = "atp.availability"
     allocation_updates: Name = "atp.allocation-updates"
     stock_states: Name = "atp.stock-states"
+    # Beyond the contract: safety-stock overrides set over HTTP, for `atp rebuild`
+    # (atp_service/overrides.py). Compacted.
+    overrides: Name = "atp.overrides"
 
     def names(self) -> list[str]:
         """Every topic the service reads or writes."""

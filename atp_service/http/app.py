@@ -132,6 +132,7 @@ def create_app(settings: Settings) -> Litestar:
             app.state.projector,
             publisher.send_all,
             settings.topics.reservations,
+            overrides_topic=settings.topics.overrides,
         )
         await reader.start()
         # What start-up allocated lives as long as the worker: out of the collector's way,

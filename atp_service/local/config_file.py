@@ -57,6 +57,7 @@ class ConfigFile:
                 "availability": f"{p}.availability",
                 "allocation_updates": f"{p}.allocation-updates",
                 "stock_states": f"{p}.stock-states",
+                "overrides": f"{p}.overrides",
             }))  # fmt: skip
         parts.append(_table("statuses", {"sellable": ["available"]}))
         if self.consumer:

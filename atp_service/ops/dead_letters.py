@@ -9,23 +9,21 @@ nothing: the events keep their event_ids, and the consumer applies an event_id o
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Producer
 from rich.console import Console
 from rich.table import Table
 
 from atp_service.config import Settings
+from atp_service.ops.topic_reader import read_to_end
 from streams.kafka import Outgoing, ReliableProducer, producer_config
 from streams.logs import HEADER as CORRELATION_HEADER
 
 REPLAY_OF = "atp-replay-of"  # the dead letter's offset on the dead-letter topic
 REPLAY_OF_PARTITION = "atp-replay-of-partition"
-READ_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -93,54 +91,21 @@ def print_list(console: Console, letters: list[DeadLetter]) -> None:
 
 def _all(settings: Settings) -> Iterator[DeadLetter]:
     topic = settings.topics.dead_letter
-    consumer = Consumer({
-        "bootstrap.servers": settings.kafka.bootstrap,
-        "group.id": f"atp-dead-letters-{uuid.uuid4().hex[:8]}",  # reads only, commits nothing
-        "enable.auto.commit": False,
-        "enable.partition.eof": True,
-    })  # fmt: skip
-    try:
-        found = consumer.list_topics(topic, timeout=10).topics.get(topic)
-        if found is None or found.error is not None:
-            return
-        ends = {}
-        for p in found.partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            if high > low:
-                ends[p] = high
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
-        deadline = time.monotonic() + READ_TIMEOUT_S
-        while ends:
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"could not read {topic} to its end within {READ_TIMEOUT_S:.0f} s"
-                )
-            for message in consumer.consume(num_messages=500, timeout=1.0):
-                partition, offset = message.partition(), message.offset()
-                error = message.error()
-                if error is not None and error.code() == KafkaError._PARTITION_EOF:
-                    ends.pop(partition or 0, None)
-                    continue
-                if error is not None or partition is None or offset is None:
-                    continue
-                if offset >= ends.get(partition, 0):
-                    ends.pop(partition, None)
-                    continue
-                kind, stamp = message.timestamp()
-                raw: list[tuple[str, bytes | str | None]] = message.headers() or []  # type: ignore[assignment]
-                headers = {
-                    k: v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v or "")
-                    for k, v in raw
-                }
-                yield DeadLetter(
-                    partition=partition,
-                    offset=offset,
-                    at=datetime.fromtimestamp(stamp / 1000, UTC) if kind and stamp > 0 else None,
-                    key=message.key(),
-                    value=message.value() or b"",
-                    headers=headers,
-                )
-                if offset + 1 >= ends.get(partition, 0):
-                    ends.pop(partition, None)
-    finally:
-        consumer.close()
+    for message in read_to_end(settings.kafka.bootstrap, topic, "dead-letters"):
+        partition, offset = message.partition(), message.offset()
+        if partition is None or offset is None:
+            continue  # (read_to_end yields only messages that have both)
+        kind, stamp = message.timestamp()
+        raw: list[tuple[str, bytes | str | None]] = message.headers() or []  # type: ignore[assignment]
+        headers = {
+            k: v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v or "")
+            for k, v in raw
+        }
+        yield DeadLetter(
+            partition=partition,
+            offset=offset,
+            at=datetime.fromtimestamp(stamp / 1000, UTC) if kind and stamp > 0 else None,
+            key=message.key(),
+            value=message.value() or b"",
+            headers=headers,
+        )

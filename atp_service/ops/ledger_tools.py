@@ -22,6 +22,8 @@ from rich.table import Table
 
 from atp_service.config import Settings
 from atp_service.model import projector_for
+from atp_service.ops.topic_reader import read_to_end
+from atp_service.overrides import latest
 from atp_service.runtime import store_for, sync_redis
 from atp_service.store import keys
 from streams.changeset import build_changeset, projection_field
@@ -152,8 +154,21 @@ def rebuild(settings: Settings, console: Console) -> int:
     console.print(f"reading the ledger in {settings.ledger.dir} …")
     data = recompute(settings, now)
     console.print(f"{data.events} events over {len(data.states)} skus")
-    # Overrides set over HTTP are configuration, not events: keep what Redis still has.
+    # Overrides set over HTTP are configuration, not events: what Redis still has, and over
+    # it every change recorded on the overrides topic (all of them, after a data loss).
     overrides = _overrides(client, list(data.states))
+    recorded = latest(
+        message.value() or b""
+        for message in read_to_end(settings.kafka.bootstrap, settings.topics.overrides, "rebuild")
+    )
+    for (channel, sku), change in recorded.items():
+        mine = overrides.setdefault(sku, {})
+        if change.quantity is None:
+            mine.pop(channel, None)
+        else:
+            mine[channel] = change.quantity
+        data.states.setdefault(sku, SkuState(sku=sku))
+    console.print(f"{len(recorded)} safety-stock overrides recorded over HTTP")
     # Remove what is left of the old projection. Orders and what re-plans made of their
     # lines stay: the API and the re-plans write them, and the ledger does not hold them.
     stale = [

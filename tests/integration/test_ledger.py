@@ -14,7 +14,7 @@ import redis
 from atp_service.store import keys
 from streams.ledger import Ledger, LedgerColumns
 from streams.state import to_us
-from tests.conftest import READ_KEY, WRITE_KEY, Stack
+from tests.conftest import ADMIN_KEY, READ_KEY, WRITE_KEY, Stack
 from tests.faults.harness import atp_cli
 from tests.integration.helpers import now_iso, poll, receipt, reservation, shipment
 
@@ -168,3 +168,39 @@ def test_the_ledger_tools_count_rows_still_staged_in_redis_once(stack: Stack) ->
     assert listed.returncode == 0, listed.stderr
     for n in range(3):
         assert listed.stdout.count(f"st-{n}") == 1, listed.stdout
+
+
+def test_safety_stock_overrides_set_over_http_survive_a_loss_of_redis_data(stack: Stack) -> None:
+    base = stack.start_api()
+    consumer = stack.start_consumer()
+    stack.produce([receipt("OV-1", 10), receipt("OV-2", 10)])
+    read = {"Authorization": f"Bearer {READ_KEY}"}
+
+    def doc(channel: str, sku: str) -> dict[str, Any]:
+        reply = httpx.get(f"{base}/v1/availability/{channel}/{sku}", headers=read, timeout=5)
+        assert reply.status_code == 200, reply.text
+        found: dict[str, Any] = reply.json()
+        found.pop("as_of")
+        return found
+
+    poll(lambda: doc("web", "OV-2"), lambda d: d["on_hand"] == 10)
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    path = f"{base}/v1/channels/{{}}/safety-stock/{{}}"
+    for channel, sku, quantity in (("web", "OV-1", 3), ("marketplace", "OV-2", 7),
+                                   ("web", "NEW-1", 2), ("marketplace", "OV-2", 8)):  # fmt: skip
+        reply = httpx.put(path.format(channel, sku), json={"quantity": quantity}, headers=admin)
+        assert reply.status_code == 200, reply.text
+    assert httpx.delete(path.format("marketplace", "OV-2"), headers=admin).status_code == 200
+    before = {(c, s): doc(c, s) for c in ("web", "marketplace") for s in ("OV-1", "OV-2", "NEW-1")}
+    assert before["web", "OV-1"]["safety_stock"] == 3
+    assert before["marketplace", "OV-2"]["safety_stock"] == 5  # the override removed
+    assert before["web", "NEW-1"]["safety_stock"] == 2
+    poll(lambda: atp_cli(stack, "verify").returncode == 0, bool, timeout=30, pause=0.5)
+    consumer.send_signal(signal.SIGTERM)
+    assert consumer.wait(20) == 0
+
+    redis.Redis.from_url(stack.settings.redis.url).flushall()  # Redis loses everything
+    rebuilt = atp_cli(stack, "rebuild")
+    assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
+    after = {key: doc(*key) for key in before}
+    assert after == before

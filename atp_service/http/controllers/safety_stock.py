@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 from litestar import Controller, Request, Response, delete, put
 
-from atp_service.allocator import Allocator, Busy
+from atp_service.allocator import Allocator, Busy, PublishFailed
 from atp_service.config import Settings
 from atp_service.http.auth import require
 from atp_service.http.controllers.availability import known_channel
@@ -38,7 +38,7 @@ class SafetyStockController(Controller):
         known_channel(settings, channel)
         try:
             await allocator.set_safety_stock(channel, sku, data.quantity)
-        except Busy as exc:
+        except (Busy, PublishFailed) as exc:
             return failure(request, exc)
         return Response(SafetyStockSet(channel, sku, data.quantity))
 
@@ -59,6 +59,6 @@ class SafetyStockController(Controller):
         known_channel(settings, channel)
         try:
             await allocator.set_safety_stock(channel, sku, None)
-        except Busy as exc:
+        except (Busy, PublishFailed) as exc:
             return failure(request, exc)
         return Response(SafetyStockSet(channel, sku, None))

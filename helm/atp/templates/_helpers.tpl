@@ -93,7 +93,7 @@ app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
 {{- fail (printf "values: channels[%d].locations must list at least one location" $i) }}
 {{- end }}
 {{- end }}
-{{- $topicKeys := list "movements" "reservations" "inbound" "dead_letter" "availability" "allocation_updates" "stock_states" }}
+{{- $topicKeys := list "movements" "reservations" "inbound" "dead_letter" "availability" "allocation_updates" "stock_states" "overrides" }}
 {{- range $k, $_ := .Values.topics }}
 {{- if not (has $k $topicKeys) }}
 {{- fail (printf "values: unknown key `%s` in topics (allowed: %s)" $k (join ", " $topicKeys)) }}
@@ -153,7 +153,7 @@ group_id = {{ required "values: kafka.groupId is required" .Values.kafka.groupId
 dir = {{ required "values: ledger.dir is required" .Values.ledger.dir | toJson }}
 
 [topics]
-{{- range $k := list "movements" "reservations" "inbound" "dead_letter" "availability" "allocation_updates" "stock_states" }}
+{{- range $k := list "movements" "reservations" "inbound" "dead_letter" "availability" "allocation_updates" "stock_states" "overrides" }}
 {{ $k }} = {{ required (printf "values: topics.%s is required" $k) (index $.Values.topics $k) | toJson }}
 {{- end }}
 

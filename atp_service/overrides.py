@@ -1,0 +1,50 @@
+"""Settings made over HTTP, kept where a loss of Redis data does not reach them.
+
+A safety-stock override set over HTTP lives in the sku's state in Redis, which is a
+projection: `atp rebuild` makes the states again from the ledger, which holds the input
+events only. So every change is also produced to ``topics.overrides`` (default
+``atp.overrides``, meant to be compacted), keyed by what it sets, and acknowledged by the
+broker before the API answers; `atp rebuild` reads the topic and applies the latest
+change of each key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Final, Literal
+
+import msgspec
+
+
+class OverrideChanged(msgspec.Struct, frozen=True):
+    kind: Literal["safety_stock"]
+    channel: str
+    sku: str
+    quantity: int | None  # None: the override was removed
+    at: int  # when it was set (µs): the latest wins
+
+
+_decoder: Final = msgspec.json.Decoder(OverrideChanged)
+
+
+def message_key(change: OverrideChanged) -> bytes:
+    return f"{change.kind}\x1f{change.channel}\x1f{change.sku}".encode()
+
+
+def encode(change: OverrideChanged) -> bytes:
+    return msgspec.json.encode(change)
+
+
+def latest(values: Iterable[bytes]) -> dict[tuple[str, str], OverrideChanged]:
+    """(channel, sku) -> the latest change among the messages (by ``at``; values that are
+    not such a change, e.g. compaction's tombstones, are skipped)."""
+    out: dict[tuple[str, str], OverrideChanged] = {}
+    for value in values:
+        try:
+            change = _decoder.decode(value)
+        except msgspec.DecodeError:
+            continue
+        key = (change.channel, change.sku)
+        if key not in out or change.at >= out[key].at:
+            out[key] = change
+    return out
