@@ -5,20 +5,29 @@ arrival order; repeats, conflicts, refused input and broker failures stay per or
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import msgspec
 import pytest
 
 from allocation.network import Network
 from atp_service.allocator import Allocator, OrderConflict, PublishFailed
-from atp_service.orders import OrderLine, OrderRequest, StoredOrder, decode_stored, plan
+from atp_service.orders import (
+    OrderLine,
+    OrderRequest,
+    StoredOrder,
+    current,
+    decode_stored,
+    plan,
+)
 from atp_service.store import keys
 from atp_service.store.redis_store import PutExists
+from streams.backorders import build_replanned
 from streams.changeset import ChangeSet
 from streams.kafka import Outgoing, ProduceFailed
 from streams.projector import Projector
-from streams.state import US_PER_DAY, BinStock, SkuState, dump_state, load_state
+from streams.state import US_PER_DAY, BinStock, InboundLine, SkuState, dump_state, load_state
 from streams.store import Snapshot
 from tests.channels import Channel
 
@@ -58,14 +67,24 @@ class FakeStore:
         self.writes = 0
         self.conflict_next = 0  # refuse this many writes as if a sku had moved
         self.window_ms = 7 * 86_400_000
+        self.lines: dict[tuple[str, str], dict[bytes, bytes]] = {}  # re-planned lines
+        self.before_read: list[Callable[[], None]] = []  # run (once each) on the next reads
 
     async def orders(self, order_ids: Sequence[str]) -> list[StoredOrder | None]:
-        # These tests make no backorders, so no order line is ever re-planned.
         found = [self.strings.get(keys.order_key(o)) for o in order_ids]
-        return [decode_stored(raw) if raw else None for raw in found]
+        return [
+            current(
+                decode_stored(raw), {line: f for (o, line), f in self.lines.items() if o == oid}
+            )
+            if raw
+            else None
+            for oid, raw in zip(order_ids, found, strict=True)
+        ]
 
     async def read(self, skus: Sequence[str]) -> Snapshot:
         self.reads += 1
+        if self.before_read:
+            self.before_read.pop(0)()
         await asyncio.sleep(0)
         return Snapshot(
             {sku: load_state(sku, self.states.get(sku)) for sku in skus},
@@ -90,6 +109,9 @@ class FakeStore:
             self.versions[w.sku] = self.versions.get(w.sku, 0) + 1
         for key, _, value in changes.puts:
             self.strings[key] = value
+        for (_sku, order_id, line_id), fields in changes.line_fields.items():
+            mine = self.lines.setdefault((order_id, line_id), {})
+            mine.update({name.encode(): value for name, value in fields.items()})
         return []
 
     def open_units(self, sku: str) -> int:
@@ -275,3 +297,32 @@ def test_shutdown_drain_is_bounded() -> None:
         return drained
 
     assert asyncio.run(go()) is False
+
+
+def test_a_release_meeting_a_replan_releases_what_the_replan_made() -> None:
+    """DELETE reads the skus, then the order: a re-plan that replaced the order's claim just
+    before is in both reads, so its new reservations are released too (none left open)."""
+    inbound = InboundLine("PO", "L0", 5, 20_001, 0)
+    store, broker = FakeStore({"A": SkuState("A", inbound=(inbound,))}), Broker()
+    allocator = Allocator(store, PROJECTOR, broker.send, "res", clock=lambda: NOW_US)  # type: ignore[arg-type]
+    backorder = msgspec.structs.replace(order("o", A=3), backorder=True)
+    ((placed, _),) = run(allocator, [backorder])[0]
+    assert placed.lines[0].backordered == 3 and store.open_units("A") == 3
+
+    def receipt_replanned() -> None:  # as the consumer would write it, meanwhile
+        state = load_state("A", store.states["A"])
+        state = msgspec.structs.replace(state, bins=(BinStock("L0", "B", "available", 2),))
+        changes, _ = build_replanned(
+            [state], {"A": store.versions["A"]}, PROJECTOR, NOW_US + 1, 7 * US_PER_DAY
+        )
+        assert changes.line_fields  # 2 converted, 1 still claimed
+        store.states["A"] = changes.skus[0].state
+        store.versions["A"] += 1
+        for (_s, o, line), fields in changes.line_fields.items():
+            store.lines.setdefault((o, line), {}).update({k.encode(): v for k, v in fields.items()})
+
+    store.before_read.append(receipt_replanned)
+    released = asyncio.run(allocator.release("o"))
+    assert released is not None and released.status == "released"
+    assert [a.quantity for a in released.lines[0].allocations] == [2]
+    assert store.open_units("A") == 0
