@@ -46,6 +46,12 @@ class ChannelView(msgspec.Struct, frozen=True):
     safety_stock: int
     inbound_horizon_days: int
     safety_stock_overrides: dict[str, int]
+    # Contract section 11.
+    safety_stock_percent: int = 0
+    min_available: int = 0
+    max_available: int | None = None
+    max_order_quantity: int | None = None
+    low_stock_threshold: int = 0
 
 
 class ChannelList(msgspec.Struct, frozen=True):

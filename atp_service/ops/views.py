@@ -20,7 +20,7 @@ from typing import Final
 
 import msgspec
 
-from atp_service.config import Settings
+from atp_service.config import ChannelSettings, Settings
 from atp_service.store import keys
 from streams.projector import Availability, format_as_of
 from streams.snapshot import ConsumerSnapshot
@@ -45,6 +45,8 @@ class ChannelFigures(msgspec.Struct, frozen=True):
     at_zero_examples: list[str]
     under_safety_stock: int
     under_safety_stock_examples: list[str]
+    # The channel's buffers and caps (contract section 11), as configured; "" when none.
+    buffers: str = ""
 
 
 class PartitionLag(msgspec.Struct, frozen=True):
@@ -164,6 +166,22 @@ class Row(msgspec.Struct, frozen=True):
     documents: dict[str, bytes]
 
 
+def buffers_text(channel: ChannelSettings) -> str:
+    """What a channel holds back or caps, in a few words: "20% of on hand, min 2, max 40"."""
+    parts = []
+    if channel.safety_stock_percent:
+        parts.append(f"{channel.safety_stock_percent}% of on hand")
+    if channel.min_available:
+        parts.append(f"min {channel.min_available}")
+    if channel.max_available is not None:
+        parts.append(f"max {channel.max_available}")
+    if channel.max_order_quantity is not None:
+        parts.append(f"order cap {channel.max_order_quantity}")
+    if channel.low_stock_threshold:
+        parts.append(f"low at {channel.low_stock_threshold}")
+    return ", ".join(parts)
+
+
 def summarize(
     settings: Settings,
     rows: Iterable[Row],
@@ -210,8 +228,9 @@ def summarize(
             at_zero_examples=heapq.nsmallest(EXAMPLES, zero[name]),
             under_safety_stock=counts[name][2],
             under_safety_stock_examples=heapq.nsmallest(EXAMPLES, under[name]),
+            buffers=buffers_text(channel),
         )
-        for name in names
+        for name, channel in zip(names, settings.channels, strict=True)
     ]
     live = _consumer_figures(snapshots, now_s)
     return Summary(

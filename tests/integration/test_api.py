@@ -109,7 +109,9 @@ def test_channels_lists_the_configuration(client: TestClient[Any]) -> None:
     web, market = body["channels"]
     assert web == {
         "name": "web", "priority": 1, "locations": ["DC-EAST", "DC-WEST"], "safety_stock": 0,
-        "inbound_horizon_days": 14, "safety_stock_overrides": {},
+        "inbound_horizon_days": 14, "safety_stock_overrides": {}, "safety_stock_percent": 0,
+        "min_available": 0, "max_available": None, "max_order_quantity": None,
+        "low_stock_threshold": 3,
     }  # fmt: skip
     assert market["safety_stock"] == 5
 

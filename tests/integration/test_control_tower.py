@@ -106,11 +106,11 @@ def check_summary(s: dict[str, Any]) -> None:
     channels = {c["channel"]: c for c in s["channels"]}
     assert channels["web"] == {
         "channel": "web", "skus": 4, "at_zero": 1, "at_zero_examples": ["SKU-ZERO"],
-        "under_safety_stock": 0, "under_safety_stock_examples": [],
+        "under_safety_stock": 0, "under_safety_stock_examples": [], "buffers": "low at 3",
     }  # fmt: skip
     assert channels["marketplace"] == {
         "channel": "marketplace", "skus": 4, "at_zero": 1, "at_zero_examples": ["SKU-ZERO"],
-        "under_safety_stock": 1, "under_safety_stock_examples": ["SKU-SAFE"],
+        "under_safety_stock": 1, "under_safety_stock_examples": ["SKU-SAFE"], "buffers": "",
     }  # fmt: skip
     assert s["skus_scanned"] == 4 and s["truncated"] is False
     assert [
@@ -244,6 +244,8 @@ def test_control_tower_page_in_a_real_browser(stack: Stack, browser: Any) -> Non
         for field in ("skus", "at_zero", "under_safety_stock"):
             assert text(f'{row} td[data-field="{field}"]') == str(channel[field]), (channel, field)
     assert text('[data-testid="channels"] tr[data-channel="marketplace"]').count("SKU-SAFE") == 1
+    web_buffers = '[data-testid="channels"] tr[data-channel="web"] td[data-field="buffers"]'
+    assert text(web_buffers) == "low at 3"
     assert text('[data-testid="lag-total"]') == number(now["lag_total"])
     assert text('[data-testid="visible-p50"]') == number(now["visible_p50_ms"])
     assert text('[data-testid="visible-p99"]') == number(now["visible_p99_ms"])

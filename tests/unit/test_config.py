@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from atp_service.config import ConfigError, load_settings, parse_config
+from atp_service.ops.views import buffers_text
 from tests.conftest import config_text
 
 GOOD = config_text()
@@ -65,6 +66,16 @@ def test_the_contract_example_config_parses_with_env_overrides() -> None:
             "max_batch_orders",
             id="above-batch-ceiling",
         ),
+        pytest.param(
+            GOOD.replace("safety_stock = 5", "safety_stock = 5\nsafety_stock_percent = 101"),
+            "safety_stock_percent",
+            id="percent-above-100",
+        ),
+        pytest.param(
+            GOOD.replace("safety_stock = 5", "safety_stock = 5\nmax_order_quantity = 0"),
+            "max_order_quantity",
+            id="zero-order-cap",
+        ),
     ],
 )
 def test_an_invalid_config_names_the_problem(text: str, named: str) -> None:
@@ -86,3 +97,14 @@ def test_config_errors_do_not_echo_secret_values() -> None:
     with pytest.raises(ConfigError) as raised:
         parse_config(text)
     assert secret not in str(raised.value)
+
+
+def test_channel_buffers_parse_and_read_as_the_control_tower_shows_them() -> None:
+    text = GOOD.replace(
+        "safety_stock = 5",
+        "safety_stock = 5\nsafety_stock_percent = 20\nmin_available = 2\nmax_available = 40"
+        "\nmax_order_quantity = 6\nlow_stock_threshold = 3",
+    )
+    market = parse_config(text).channel("marketplace")
+    assert market is not None
+    assert buffers_text(market) == "20% of on hand, min 2, max 40, order cap 6, low at 3"

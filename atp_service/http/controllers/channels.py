@@ -30,6 +30,11 @@ class ChannelController(Controller):
                     safety_stock=c.safety_stock,
                     inbound_horizon_days=c.inbound_horizon_days,
                     safety_stock_overrides=dict(c.safety_stock_overrides),
+                    safety_stock_percent=c.safety_stock_percent,
+                    min_available=c.min_available,
+                    max_available=c.max_available,
+                    max_order_quantity=c.max_order_quantity,
+                    low_stock_threshold=c.low_stock_threshold,
                 )
                 for c in settings.channels
             ]

@@ -72,7 +72,8 @@ function renderSummary(s) {
     cell("at_zero", c.at_zero, "n" + (c.at_zero ? " bad" : "")),
     skuLinks(c.at_zero_examples),
     cell("under_safety_stock", c.under_safety_stock, "n" + (c.under_safety_stock ? " warn" : "")),
-    skuLinks(c.under_safety_stock_examples))), "no channels", 6);
+    skuLinks(c.under_safety_stock_examples),
+    el("td", { "data-field": "buffers", class: "muted" }, c.buffers || "none"))), "no channels", 7);
   fill("lag", s.lag.map((p) => el("tr", { "data-partition": p.partition },
     el("td", {}, p.partition), cell("lag", p.lag))),
     s.lag_total === null ? "no consumer reports" : "no partitions assigned", 2);
