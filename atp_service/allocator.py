@@ -413,7 +413,10 @@ class Allocator:
         if stored is None:
             return None
         if stored.result.status != "released":
-            (stored,) = await self._release_orders([stored], keep=True)
+            found = await self._release_orders([stored], keep=True)
+            if not found:
+                return None  # gone meanwhile: its allocation was undone (never acknowledged)
+            (stored,) = found
             RELEASED_ORDERS.inc()
         # Announce (again, on a repeat: harmless, the event_ids are deterministic).
         now = self.clock()
@@ -499,8 +502,9 @@ class Allocator:
             else:
                 overrides[channel] = quantity
             now = self.clock()
+            seq = state.override_seq + 1
             changes, _ = build_replanned(
-                [msgspec.structs.replace(state, safety_stock=overrides)],
+                [msgspec.structs.replace(state, safety_stock=overrides, override_seq=seq)],
                 snapshot.versions,
                 self.projector,
                 now,
@@ -513,7 +517,7 @@ class Allocator:
         # Recorded where `atp rebuild` finds it after a loss of Redis data; answered only
         # once the broker has it (a failure answers 503: the override is in effect, and a
         # repeat records it).
-        change = OverrideChanged("safety_stock", channel, sku, quantity, now)
+        change = OverrideChanged("safety_stock", channel, sku, quantity, now, seq)
         message = Outgoing(self.overrides_topic, message_key(change), encode(change))
         try:
             await self._send([message])

@@ -21,7 +21,10 @@ class OverrideChanged(msgspec.Struct, frozen=True):
     channel: str
     sku: str
     quantity: int | None  # None: the override was removed
-    at: int  # when it was set (µs): the latest wins
+    at: int  # when it was set (µs), for people reading the topic
+    # The sku's count of HTTP changes, taken in the version-checked write that made this
+    # one: of two changes of one sku, the higher came later in Redis.
+    seq: int = 0
 
 
 _decoder: Final = msgspec.json.Decoder(OverrideChanged)
@@ -36,7 +39,7 @@ def encode(change: OverrideChanged) -> bytes:
 
 
 def latest(values: Iterable[bytes]) -> dict[tuple[str, str], OverrideChanged]:
-    """(channel, sku) -> the latest change among the messages (by ``at``; values that are
+    """(channel, sku) -> the latest change among the messages (by ``seq``; values that are
     not such a change, e.g. compaction's tombstones, are skipped)."""
     out: dict[tuple[str, str], OverrideChanged] = {}
     for value in values:
@@ -45,6 +48,6 @@ def latest(values: Iterable[bytes]) -> dict[tuple[str, str], OverrideChanged]:
         except msgspec.DecodeError:
             continue
         key = (change.channel, change.sku)
-        if key not in out or change.at >= out[key].at:
+        if key not in out or (change.seq, change.at) >= (out[key].seq, out[key].at):
             out[key] = change
     return out

@@ -22,13 +22,16 @@ Sku = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=PRINTABL
 # control character at all (see ``decode``): a regex per field was most of the decode time.
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 Text = Id
+# Event and reservation ids atp makes join an order id (150), a line id (100), a location,
+# a suffix and a time (docs/backorders.md), and an event id prefixes those: room for all.
+RefId = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 # RFC 3339 needs the offset; msgspec checks it while it decodes, not a second look after.
 Moment = Annotated[datetime, msgspec.Meta(tz=True)]
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
-    event_id: Id
+    event_id: RefId
     occurred_at: Moment
     sku: Id
     # Not in the contract's examples; carried through to logs and the ledger when given.
@@ -42,7 +45,7 @@ class BinMovement(Event, tag="bin_movement", frozen=True):
     from_status: Text | None = None
     to_bin: Text | None = None
     to_status: Text | None = None
-    reservation_id: Id | None = None
+    reservation_id: RefId | None = None
 
 
 class BinCount(Event, tag="bin_count", frozen=True):
@@ -69,7 +72,7 @@ class StockSnapshot(Event, tag="stock_snapshot", frozen=True):
 
 
 class ReservationCreated(Event, tag="reservation_created", frozen=True):
-    reservation_id: Id
+    reservation_id: RefId
     channel: Text
     location: Text
     quantity: Quantity
@@ -82,7 +85,7 @@ class ReservationCreated(Event, tag="reservation_created", frozen=True):
 
 
 class ReservationReleased(Event, tag="reservation_released", frozen=True):
-    reservation_id: Id
+    reservation_id: RefId
 
 
 class Inbound(Event, tag="inbound", frozen=True):

@@ -106,6 +106,7 @@ class _Work:
             last_ats=self.source.last_ats,
             snapshots=self.snapshots,
             recent=self._recent(),
+            override_seq=self.source.override_seq,
         )
 
     def _recent(self) -> tuple[Recent, ...]:

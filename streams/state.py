@@ -118,6 +118,9 @@ class SkuState(msgspec.Struct, frozen=True, array_like=True):
     snapshots: dict[str, int] = {}
     # The last RECENT_KEPT events applied, oldest first.
     recent: tuple[Recent, ...] = ()
+    # How many times ``safety_stock`` was changed over HTTP: the order of those changes on
+    # the overrides topic, whatever the API processes' clocks say (atp_service/overrides.py).
+    override_seq: int = 0
 
 
 def with_recent(state: SkuState, applied: list[Recent]) -> SkuState:

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from atp_service.config import Settings
-from atp_service.ops.topic_reader import read_to_end
+from atp_service.ops.topic_reader import TopicMissing, read_to_end
 from streams.kafka import Outgoing, ReliableProducer, producer_config
 from streams.logs import HEADER as CORRELATION_HEADER
 
@@ -91,7 +91,11 @@ def print_list(console: Console, letters: list[DeadLetter]) -> None:
 
 def _all(settings: Settings) -> Iterator[DeadLetter]:
     topic = settings.topics.dead_letter
-    for message in read_to_end(settings.kafka.bootstrap, topic, "dead-letters"):
+    try:
+        messages = list(read_to_end(settings.kafka.bootstrap, topic, "dead-letters"))
+    except TopicMissing:
+        return  # nothing was ever dead-lettered
+    for message in messages:
         partition, offset = message.partition(), message.offset()
         if partition is None or offset is None:
             continue  # (read_to_end yields only messages that have both)

@@ -22,7 +22,7 @@ from rich.table import Table
 
 from atp_service.config import Settings
 from atp_service.model import projector_for
-from atp_service.ops.topic_reader import read_to_end
+from atp_service.ops.topic_reader import TopicMissing, read_to_end
 from atp_service.overrides import latest
 from atp_service.runtime import store_for, sync_redis
 from atp_service.store import keys
@@ -155,18 +155,29 @@ def rebuild(settings: Settings, console: Console) -> int:
     data = recompute(settings, now)
     console.print(f"{data.events} events over {len(data.states)} skus")
     # Overrides set over HTTP are configuration, not events: what Redis still has, and over
-    # it every change recorded on the overrides topic (all of them, after a data loss).
-    overrides = _overrides(client, list(data.states))
-    recorded = latest(
-        message.value() or b""
-        for message in read_to_end(settings.kafka.bootstrap, settings.topics.overrides, "rebuild")
-    )
+    # it every change recorded on the overrides topic that Redis does not have (all of them,
+    # after a data loss).
+    overrides, seqs = _overrides(client, list(data.states))
+    try:
+        recorded = latest(
+            message.value() or b""
+            for message in read_to_end(
+                settings.kafka.bootstrap, settings.topics.overrides, "rebuild"
+            )
+        )
+    except TopicMissing as exc:
+        # A deployment where no override was ever set over HTTP may not have the topic.
+        console.print(f"[yellow]{exc}: no safety-stock override set over HTTP is restored")
+        recorded = {}
     for (channel, sku), change in recorded.items():
+        if change.seq and change.seq <= seqs.get(sku, 0):
+            continue  # Redis still holds this change or a later one
         mine = overrides.setdefault(sku, {})
         if change.quantity is None:
             mine.pop(channel, None)
         else:
             mine[channel] = change.quantity
+        seqs[sku] = max(seqs.get(sku, 0), change.seq)
         data.states.setdefault(sku, SkuState(sku=sku))
     console.print(f"{len(recorded)} safety-stock overrides recorded over HTTP")
     # Remove what is left of the old projection. Orders and what re-plans made of their
@@ -189,7 +200,9 @@ def rebuild(settings: Settings, console: Console) -> int:
         for i in range(0, len(skus), CHUNK):
             chunk = skus[i : i + CHUNK]
             states = [
-                msgspec.structs.replace(data.states[s], safety_stock=overrides.get(s, {}))
+                msgspec.structs.replace(
+                    data.states[s], safety_stock=overrides.get(s, {}), override_seq=seqs.get(s, 0)
+                )
                 for s in chunk
             ]
             changes = build_changeset(
@@ -206,15 +219,21 @@ def rebuild(settings: Settings, console: Console) -> int:
     return 0
 
 
-def _overrides(client: redis.Redis, skus: Sequence[str]) -> dict[str, dict[str, int]]:
+def _overrides(
+    client: redis.Redis, skus: Sequence[str]
+) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
+    """The HTTP overrides Redis still holds, per sku, and each sku's count of them."""
     out: dict[str, dict[str, int]] = {}
+    seqs: dict[str, int] = {}
     for sku in skus:
         raw = client.hget(keys.sku_key(sku), keys.STATE_FIELD)
         if raw:
             state = load_state(sku, raw)  # type: ignore[arg-type]
             if state.safety_stock:
                 out[sku] = dict(state.safety_stock)
-    return out
+            if state.override_seq:
+                seqs[sku] = state.override_seq
+    return out, seqs
 
 
 _doc_decoder = msgspec.json.Decoder(Availability)

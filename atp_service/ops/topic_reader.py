@@ -12,9 +12,21 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Top
 READ_TIMEOUT_S = 120.0
 
 
+class TopicMissing(Exception):
+    """The topic does not exist (or its metadata came back with an error)."""
+
+
 def read_to_end(bootstrap: str, topic: str, purpose: str) -> Iterator[Message]:
-    """Every message of ``topic`` up to the end each partition had when the read began,
-    oldest first per partition; nothing when the topic does not exist. Commits nothing."""
+    """Every message of ``topic`` up to the end of each partition, oldest first per
+    partition. Commits nothing.
+
+    The end is the broker's end-of-partition signal, not the high watermark alone: a
+    broker may report the watermark as the base offset of its last batch plus one (Tansu
+    does), which would stop the read inside that batch.
+
+    Raises:
+        TopicMissing: the topic does not exist.
+    """
     consumer = Consumer({
         "bootstrap.servers": bootstrap,
         "group.id": f"atp-{purpose}-{uuid.uuid4().hex[:8]}",
@@ -24,15 +36,17 @@ def read_to_end(bootstrap: str, topic: str, purpose: str) -> Iterator[Message]:
     try:
         found = consumer.list_topics(topic, timeout=10).topics.get(topic)
         if found is None or found.error is not None:
-            return
-        ends = {}
+            why = f": {found.error}" if found is not None else ""
+            raise TopicMissing(f"topic {topic} does not exist{why}")
+        # The partitions holding messages, until each signals its end.
+        reading = set()
         for p in found.partitions:
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
             if high > low:
-                ends[p] = high
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
+                reading.add(p)
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in reading])
         deadline = time.monotonic() + READ_TIMEOUT_S
-        while ends:
+        while reading:
             if time.monotonic() > deadline:
                 raise TimeoutError(
                     f"could not read {topic} to its end within {READ_TIMEOUT_S:.0f} s"
@@ -41,15 +55,10 @@ def read_to_end(bootstrap: str, topic: str, purpose: str) -> Iterator[Message]:
                 partition, offset = message.partition(), message.offset()
                 error = message.error()
                 if error is not None and error.code() == KafkaError._PARTITION_EOF:
-                    ends.pop(partition or 0, None)
+                    reading.discard(partition or 0)
                     continue
                 if error is not None or partition is None or offset is None:
                     continue
-                if offset >= ends.get(partition, 0):
-                    ends.pop(partition, None)
-                    continue
                 yield message
-                if offset + 1 >= ends.get(partition, 0):
-                    ends.pop(partition, None)
     finally:
         consumer.close()

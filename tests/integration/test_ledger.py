@@ -11,6 +11,7 @@ import httpx
 import pytest
 import redis
 
+from atp_service.ops.topic_reader import TopicMissing, read_to_end
 from atp_service.store import keys
 from streams.ledger import Ledger, LedgerColumns
 from streams.state import to_us
@@ -204,3 +205,18 @@ def test_safety_stock_overrides_set_over_http_survive_a_loss_of_redis_data(stack
     assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
     after = {key: doc(*key) for key in before}
     assert after == before
+
+
+def test_a_topic_is_read_to_its_end_when_one_batch_holds_many_messages(stack: Stack) -> None:
+    """Rebuild reads the overrides topic whole; a broker may report the high watermark as
+    the base offset of its last batch plus one (Tansu does), so the end is the broker's
+    end-of-partition signal. Fifty messages produced together land in one batch."""
+    topic = stack.settings.topics.overrides
+    producer = stack.producer()
+    for n in range(50):
+        producer.produce(topic, key=b"k", value=str(n).encode())
+    assert producer.flush(10) == 0
+    values = [m.value() for m in read_to_end(stack.settings.kafka.bootstrap, topic, "test")]
+    assert values == [str(n).encode() for n in range(50)]
+    with pytest.raises(TopicMissing):
+        list(read_to_end(stack.settings.kafka.bootstrap, "no-such-topic-here", "test"))
