@@ -479,15 +479,14 @@ class Allocator:
                 changes.puts = [
                     (keys.order_key(o.result.order_id), "set", encode_stored(o)) for o in released
                 ]
+            else:  # removed in the same write: no record ever outlives what it held
+                changes.puts = [(keys.order_key(o.result.order_id), "del", b"") for o in current]
+                changes.puts += [
+                    (keys.line_key(line.sku, o.result.order_id, line.line_id), "del", b"")
+                    for o in current
+                    for line in backordered_lines(o)
+                ]
             if not await self.store.write(changes, now // 1000):
-                if not keep:
-                    gone = [keys.order_key(o.result.order_id) for o in current]
-                    gone += [
-                        keys.line_key(line.sku, o.result.order_id, line.line_id)
-                        for o in current
-                        for line in backordered_lines(o)
-                    ]
-                    await self.store.client.delete(*gone)
                 return released
         raise Busy("too many concurrent changes to the same skus")
 

@@ -137,7 +137,8 @@ class ChangeSet:
     # Ledger rows of the consumed messages, staged with the offsets (see streams/ledger.py).
     ledger: dict[str, bytes] = field(default_factory=dict)
     # Plain keys written with the batch: (key, mode, value); mode "nx" fails the whole
-    # write if the key exists (an order allocated concurrently), "set" overwrites.
+    # write if the key exists (an order allocated concurrently), "set" overwrites, "del"
+    # removes the key (an allocation undone).
     puts: list[tuple[str, str, bytes]] = field(default_factory=list)
     # (channel, sku) -> new available_to_sell, for metrics and the changes feed.
     changed: dict[tuple[str, str], int] = field(default_factory=dict)

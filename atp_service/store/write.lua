@@ -12,8 +12,8 @@
 --         replica), none of the event_ids to mark (below) marked yet, and the 'marked'
 --         ids (below) marked already,
 --       6 n_fields, then the names of the projection fields every sku writes,
---       then n_puts, then per put: mode ('nx' = must not exist yet, 'set', or 'h:<field>'
---         = set that field of a hash), value,
+--       then n_puts, then per put: mode ('nx' = must not exist yet, 'set', 'del', or
+--         'h:<field>' = set that field of a hash), value,
 --       then n_streams, then per stream: stream min id to keep, n entries, skus,
 --       then n_offsets, then n_offsets (field, next_offset) pairs,
 --       then the outbox entry: write id and its availability events ('' '' = none),
@@ -186,6 +186,8 @@ for p = 1, n_puts do
   local value = ARGV[puts_at + 2 * (p - 1) + 1]
   if string.sub(mode, 1, 2) == 'h:' then
     redis.call('HSET', KEYS[5 + p], string.sub(mode, 3), value)
+  elseif mode == 'del' then
+    redis.call('DEL', KEYS[5 + p])
   else
     redis.call('SET', KEYS[5 + p], value)
   end

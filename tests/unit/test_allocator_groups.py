@@ -107,8 +107,11 @@ class FakeStore:
         for w in changes.skus:
             self.states[w.sku] = w.state
             self.versions[w.sku] = self.versions.get(w.sku, 0) + 1
-        for key, _, value in changes.puts:
-            self.strings[key] = value
+        for key, mode, value in changes.puts:
+            if mode == "del":
+                self.strings.pop(key, None)
+            else:
+                self.strings[key] = value
         for (_sku, order_id, line_id), fields in changes.line_fields.items():
             mine = self.lines.setdefault((order_id, line_id), {})
             mine.update({name.encode(): value for name, value in fields.items()})
