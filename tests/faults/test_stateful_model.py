@@ -4,8 +4,8 @@ In-process for speed: the real redis-server (session fixture), the real write sc
 real StreamProjector (with a ledger) driven through ``process()`` with small fake Kafka
 messages, and the real Allocator (``asyncio.run``) with a fake ``send`` that records what
 would be published. Steps interleave events (receipts, moves, shipments naming reservations,
-counts, inbound), allocations (single orders with or without backorder, batches of two
-channels), repeats of an allocation, releases, duplicates (an applied message again, at a
+counts, inbound), allocations (single orders, batches of two channels; no backorders, which
+are planned again on every supply change: see the allocate rule), repeats of an allocation, releases, duplicates (an applied message again, at a
 new offset and possibly another partition), the API's own events coming back through the
 consumer, poison messages, expiry sweeps and consumer restarts (a new StreamProjector over
 the same Redis that seeks to the offsets stored there).
@@ -400,7 +400,11 @@ class Machine(RuleBasedStateMachine):
             max_size=2,
             unique_by=lambda t: t[0],
         ),
-        backorder=st.booleans(),
+        # Orders without backorder only: a backorder is planned again by every supply change
+        # (contract section 9), which this model does not do. The re-planning is held to a
+        # from-scratch plan by tests/property/test_backorder_properties.py and run end to end
+        # by tests/integration/test_backorders.py.
+        backorder=st.just(False),
     )
     def allocate(self, channel: str, lines: list[tuple[str, int]], backorder: bool) -> None:
         self.order_count += 1
