@@ -163,7 +163,7 @@ def _events(
         # The re-plan's time makes the id (and its event ids) new for good: the state alone
         # cannot say, as it forgets closed reservations after the dedupe window.
         reservation_id, attempt = f"{base}#{now_us}", 1
-        while reservation_id in taken_ids:  # two claims of one line at one location
+        while reservation_id in taken_ids:  # the sku re-planned twice in one microsecond
             attempt += 1
             reservation_id = f"{base}#{now_us}.{attempt}"
         taken_ids.add(reservation_id)
@@ -206,13 +206,8 @@ def _events(
                 reservation_id,
                 where,
             )
-        key = (state.sku, order_id, line_id)
-        if key in out.lines:  # two claims of one line (made by an older version): merge
-            before = out.lines[key]
-            change.converted[:0] = before.converted
-            if before.plan.backordered and not plan.backordered:
-                change.plan = before.plan
-        out.lines[key] = change
+        # A line holds one claim at a time (the allocation makes one, a re-plan replaces it).
+        out.lines[(state.sku, order_id, line_id)] = change
         if converted:
             out.orders[order_id] = "confirmed"
         else:
