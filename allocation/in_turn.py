@@ -14,8 +14,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from allocation.network import NONE, Network, Supply
+from allocation.network import NO_CAP, NONE, Network, Supply
 from allocation.projection import offer
+
+NO_ROOM_LIMIT = NO_CAP  # ``can_give`` of locations without a capacity
 
 
 @dataclass(frozen=True)
@@ -37,13 +39,30 @@ class Outcomes:
     unfilled: list[int] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class KitLine:
+    """A line for a kit (contract section 10): whole kits only, each taking ``per_kit``
+    units of every component; never backordered."""
+
+    channel: int
+    components: tuple[tuple[int, int], ...]  # (sku row, units per kit)
+    quantity: int  # kits
+
+
 Due = list[tuple[int, int, int]]  # (day, inbound due by that day, location of a line due)
 
 
 def allocate_in_turn(
-    supply: Supply, network: Network, today: int, lines: Sequence[Line]
+    supply: Supply,
+    network: Network,
+    today: int,
+    lines: Sequence[Line | KitLine],
+    capacity: Sequence[int] | None = None,
 ) -> Outcomes | None:
-    """Allocate ``lines`` one after another, each on what the ones before it left.
+    """Allocate ``lines`` one after another, each on what the ones before it left. A kit
+    line has an outcome per component, in the order of its components. ``capacity``: per
+    network location, the units it may still give today (contract section 11), shared by
+    every line and sku; stock taken beyond it is passed over as if there were none.
 
     Returns None for input the engine refuses (a quantity under 1, an unknown channel, a
     negative safety stock); ``allocate`` on the same input raises the error to report.
@@ -60,15 +79,26 @@ def allocate_in_turn(
     cap: list[int] = network.max_order_quantity.tolist()
     out = Outcomes()
     n_locations = len(network.locations)
+    room = list(capacity) if capacity is not None else None
     for line in lines:
+        if isinstance(line, KitLine):
+            if not 0 <= line.channel < n_channels:
+                return None
+            locations = by_preference[line.channel]
+            offers = (low, high, cap)
+            if not _take_kits(line, unreserved, safety, locations, offers, room, out):
+                return None
+            continue
         c, s, quantity = line.channel, line.sku, line.quantity
         if quantity < 1 or not 0 <= c < n_channels or not 0 <= s < len(unreserved):
             return None
         locations, free, ss = by_preference[c], unreserved[s], safety[s][c]
         wanted = min(quantity, cap[c])  # beyond the channel's order cap: unfilled
         net = sum(free[loc] for loc in locations)
-        take = min(wanted, offer(max(0, net - ss), low[c], high[c]))
-        taken = take_from(free, locations, take, n_locations)
+        take = min(
+            wanted, offer(max(0, net - ss), low[c], high[c]), can_give(free, locations, room)
+        )
+        taken = take_from(free, locations, take, n_locations, room)
         rest = wanted - take
         backordered, day, where = 0, NONE, NONE
         due = timelines.due(c, s) if line.backorder and rest > 0 else []
@@ -91,24 +121,95 @@ def allocate_in_turn(
     return out
 
 
-def take_from(free: list[int], locations: Sequence[int], take: int, n_locations: int) -> list[int]:
+def _take_kits(
+    line: KitLine,
+    unreserved: list[list[int]],
+    safety: list[list[int]],
+    locations: list[int],
+    offers: tuple[list[int], list[int], list[int]],
+    room: list[int] | None,
+    out: Outcomes,
+) -> bool:
+    """As many whole kits as every component allows on the channel (its available_to_sell
+    with the channel's buffers, section 11), capped by the channel's order cap in kits."""
+    c, (low, high, cap) = line.channel, offers
+    if line.quantity < 1 or not line.components:
+        return False
+    if any(not 0 <= s < len(unreserved) or per_kit < 1 for s, per_kit in line.components):
+        return False
+    kits = min(line.quantity, cap[c])
+    for s, per_kit in line.components:
+        net = sum(unreserved[s][loc] for loc in locations)
+        allowed = min(
+            offer(max(0, net - safety[s][c]), low[c], high[c]),
+            can_give(unreserved[s], locations, room),
+        )
+        kits = min(kits, allowed // per_kit)
+    n_locations = len(unreserved[line.components[0][0]])
+    while True:
+        # Components that share a location share its capacity: if together they need more
+        # than it has, fewer kits, from the state before this line.
+        free = {s: list(unreserved[s]) for s, _ in line.components}
+        left = list(room) if room is not None else None
+        taken = [
+            take_from(free[s], locations, kits * q, n_locations, left) for s, q in line.components
+        ]
+        fewer = min(sum(t) // q for t, (_, q) in zip(taken, line.components, strict=True))
+        if fewer >= kits:
+            break
+        kits = fewer
+    for s, _ in line.components:
+        unreserved[s][:] = free[s]
+    if room is not None and left is not None:
+        room[:] = left
+    for t, (_, per_kit) in zip(taken, line.components, strict=True):
+        out.taken.append(t)
+        out.backordered.append(0)
+        out.promise_day.append(NONE)
+        out.promise_location.append(NONE)
+        out.unfilled.append((line.quantity - kits) * per_kit)
+    return True
+
+
+def can_give(free: list[int], locations: Sequence[int], room: list[int] | None) -> int:
+    """What ``locations`` can give today within their capacity (``room``, None: no limit)."""
+    if room is None:
+        return NO_ROOM_LIMIT
+    return sum(min(max(0, free[loc]), room[loc]) for loc in locations)
+
+
+def take_from(
+    free: list[int],
+    locations: Sequence[int],
+    take: int,
+    n_locations: int,
+    room: list[int] | None = None,
+) -> list[int]:
     """Per location, the units a line takes from stock (``take`` at most what the channel's
-    available_to_sell allows): one location that holds it whole, else in preference order.
-    ``free`` (unreserved stock per location) is reduced by what is taken."""
+    available_to_sell and ``can_give`` allow): one location that holds it whole, else in
+    preference order. ``free`` (unreserved stock per location) and ``room`` (capacity left
+    today per location) are reduced by what is taken."""
     taken = [0] * n_locations
     if take <= 0:
         return taken
-    whole = next((loc for loc in locations if free[loc] >= take), None)
+    whole = next(
+        (loc for loc in locations if free[loc] >= take and (room is None or room[loc] >= take)),
+        None,
+    )
     if whole is not None:
         taken[whole] = take
     else:
         remaining = take
         for loc in locations:
             part = min(max(0, free[loc]), remaining)
+            if room is not None:
+                part = min(part, room[loc])
             taken[loc] = part
             remaining -= part
     for loc in locations:
         free[loc] -= taken[loc]
+        if room is not None:
+            room[loc] -= taken[loc]
     return taken
 
 

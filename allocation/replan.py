@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from allocation.in_turn import Timelines, preferred, take_from
+from allocation.in_turn import Timelines, can_give, preferred, take_from
 from allocation.network import NONE, Network, Supply
 from allocation.projection import offer
 
@@ -43,7 +43,13 @@ class ClaimPlan:
 class Planner:
     """Plans the claims of many skus on one ``supply`` (row s: a sku without its claims)."""
 
-    def __init__(self, supply: Supply, network: Network, today: int) -> None:
+    def __init__(
+        self, supply: Supply, network: Network, today: int, capacity: Sequence[int] | None = None
+    ) -> None:
+        """``capacity``: per network location, the units it may still give today, shared by
+        every sku planned here (allocation.in_turn.allocate_in_turn says the same)."""
+        self.room = list(capacity) if capacity is not None else None
+        self.held_back: set[int] = set()  # rows that a location's capacity held back
         self.supply = supply
         self.network = network
         self.by_preference = preferred(network)
@@ -63,8 +69,11 @@ class Planner:
             c = claim.channel
             locations, ss = self.by_preference[c], safety[c]
             net = sum(free[loc] for loc in locations)
-            take = min(claim.quantity, offer(max(0, net - ss), low[c], high[c]))
-            taken = take_from(free, locations, take, n_locations)
+            allowed = min(claim.quantity, offer(max(0, net - ss), low[c], high[c]))
+            take = min(allowed, can_give(free, locations, self.room))
+            if take < allowed:
+                self.held_back.add(row)
+            taken = take_from(free, locations, take, n_locations, self.room)
             rest = claim.quantity - take
             day, where = NONE, claim.location
             if rest > 0:

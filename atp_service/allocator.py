@@ -26,13 +26,14 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
 import msgspec
 from prometheus_client import Counter
 
+from allocation.kits import KitComponent, KitDefinition, check_kit
 from atp_service.orders import (
     Held,
     OrderRequest,
@@ -48,15 +49,16 @@ from atp_service.orders import (
 )
 from atp_service.overrides import OverrideChanged, encode, message_key
 from atp_service.store import keys
+from atp_service.store.kit_records import KitRecord, SeqMoved, definitions
 from atp_service.store.redis_store import AsyncRedisStore, PutExists
 from streams.backorders import build_replanned, created_event_id, released_event_id
-from streams.changeset import ChangeSet, build_changeset
+from streams.changeset import ChangeSet, build_changeset, count_capacity
 from streams.events import ReservationCreated, ReservationReleased
 from streams.kafka import Outgoing, ProduceFailed
 from streams.logs import HEADER as CORRELATION_HEADER
 from streams.logs import correlation_id
 from streams.projector import Projector
-from streams.state import NO_PROMISE, SkuState, from_day, from_us
+from streams.state import NO_PROMISE, US_PER_DAY, SkuState, from_day, from_us
 from streams.store import ProjectionMissing
 
 MAX_ATTEMPTS: Final = 50
@@ -105,6 +107,18 @@ def _now_us() -> int:
 
 def _headers(cid: str | None) -> list[tuple[str, bytes]]:
     return [(CORRELATION_HEADER, cid.encode())] if cid else []
+
+
+def _read_for(orders: Sequence[OrderRequest], kits: Mapping[str, KitDefinition]) -> list[str]:
+    skus: dict[str, None] = {}
+    for order in orders:
+        for line in order.lines:
+            kit = kits.get(line.sku)
+            if kit is None:
+                skus[line.sku] = None
+            else:
+                skus.update((c.sku, None) for c in kit.components)
+    return list(skus)
 
 
 def _with_backorder(event: ReservationCreated, held: Held) -> ReservationCreated:
@@ -212,10 +226,11 @@ class Allocator:
             if not fresh:
                 return [a for a in answers if a is not None]
             new_orders = [orders[i] for i in fresh]
-            skus = list(dict.fromkeys(line.sku for o in new_orders for line in o.lines))
+            kits, skus = await self._skus_of(new_orders)
             snapshot = await self.store.read(skus)
             now = self.clock()
-            planned = plan(new_orders, snapshot.states, self.projector, now)
+            room = await self._room(now)
+            planned = plan(new_orders, snapshot.states, self.projector, now, kits=kits, room=room)
             changes, records = self._write_of(
                 planned, snapshot.versions, [prints[i] for i in fresh], now
             )
@@ -231,6 +246,23 @@ class Allocator:
                 _count(record.result)
             return [a for a in answers if a is not None]
         raise Busy("too many concurrent changes to the same skus")
+
+    async def _room(self, now: int) -> list[int] | None:
+        """What each location may still give today (contract section 11); None when no
+        location has a capacity."""
+        if not self.projector.capacities:
+            return None
+        return self.projector.room(await self.store.capacity_used(now // US_PER_DAY))
+
+    async def _skus_of(
+        self, orders: Sequence[OrderRequest]
+    ) -> tuple[dict[str, KitDefinition], list[str]]:
+        """The kits among the orders' skus, and the skus to read: a kit's components in
+        its place."""
+        kits = await self.store.kit_records.of(
+            list(dict.fromkeys(line.sku for o in orders for line in o.lines))
+        )
+        return kits, _read_for(orders, kits)
 
     # -- single orders, written in groups -------------------------------------------------
 
@@ -298,16 +330,17 @@ class Allocator:
                 if not group:
                     return
             orders = [w.order for w in group]
-            skus = list(dict.fromkeys(line.sku for o in orders for line in o.lines))
+            kits, skus = await self._skus_of(orders)
             snapshot = await self.store.read(skus)
             now = self.clock()
+            room = await self._room(now)
             try:
-                planned = plan_in_turn(orders, snapshot.states, self.projector, now)
+                planned = plan_in_turn(orders, snapshot.states, self.projector, now, kits, room)
             except Exception:
                 if len(group) == 1:
                     raise
                 # An order the engine refuses fails alone, not its group.
-                group = self._without_refused(group, snapshot.states, now)
+                group = self._without_refused(group, snapshot.states, now, kits, room)
                 if not group:
                     return
                 continue
@@ -341,6 +374,7 @@ class Allocator:
         changes = build_changeset(
             planned.states, versions, self.projector, now, seen=planned.event_ids
         )
+        count_capacity(changes, self.projector, planned.taken, now)
         records = [
             StoredOrder(fp, result, held)
             for fp, result, held in zip(prints, planned.results, planned.held, strict=True)
@@ -351,13 +385,18 @@ class Allocator:
         return changes, records
 
     def _without_refused(
-        self, group: list[_Waiting], states: dict[str, SkuState], now: int
+        self,
+        group: list[_Waiting],
+        states: dict[str, SkuState],
+        now: int,
+        kits: Mapping[str, KitDefinition],
+        room: Sequence[int] | None,
     ) -> list[_Waiting]:
         kept = []
         for waiting in group:
-            mine = {line.sku: states[line.sku] for line in waiting.order.lines}
+            mine = {sku: states[sku] for sku in _read_for([waiting.order], kits)}
             try:
-                plan_in_turn([waiting.order], mine, self.projector, now)
+                plan_in_turn([waiting.order], mine, self.projector, now, kits, room)
             except Exception as exc:
                 _settle(waiting, exc)
             else:
@@ -451,7 +490,13 @@ class Allocator:
         Each attempt reads the orders after the skus: a re-plan that replaced an order's
         reservations before the skus were read is in both reads, and one that lands after
         moves a sku's version, so the write is refused and the attempt made again."""
-        skus = list(dict.fromkeys(line.sku for o in orders for line in o.result.lines))
+        # A kit line's reservations are its components' (in ``held``), not the kit's.
+        skus = list(
+            dict.fromkeys(
+                [*(line.sku for o in orders for line in o.result.lines if line.components is None),
+                 *(h.sku for o in orders for h in o.held)]
+            )
+        )  # fmt: skip
         ids = [o.result.order_id for o in orders]
         for _ in range(MAX_ATTEMPTS):
             snapshot = await self.store.read(skus)
@@ -468,6 +513,7 @@ class Allocator:
                 now,
                 self.store.window_ms * 1000,
                 seen={sku: [released_event_id(r) for r in rs] for sku, rs in by_sku.items()},
+                room=await self._room(now),
             )
             released = [
                 msgspec.structs.replace(
@@ -508,15 +554,44 @@ class Allocator:
                 self.projector,
                 now,
                 self.store.window_ms * 1000,
+                room=await self._room(now),
             )
             if not await self.store.write(changes, now // 1000):
                 break
         else:
             raise Busy("too many concurrent changes to the same sku")
-        # Recorded where `atp rebuild` finds it after a loss of Redis data; answered only
-        # once the broker has it (a failure answers 503: the override is in effect, and a
-        # repeat records it).
-        change = OverrideChanged("safety_stock", channel, sku, quantity, now, seq)
+        await self._record(OverrideChanged("safety_stock", channel, sku, quantity, now, seq))
+
+    async def set_kit(self, sku: str, components: tuple[KitComponent, ...] | None) -> bool:
+        """Define (None: delete) a kit over HTTP (contract section 10); its values follow
+        within the sweep. False: there is no such kit to delete. KitRefused: not allowed."""
+        records = self.store.kit_records
+        for _ in range(MAX_ATTEMPTS):
+            found = await records.all()
+            old = found.get(sku)
+            seq = old.seq if old is not None else 0
+            if components is None:
+                if old is None or not old.components:
+                    return False
+                record = KitRecord(sku, (), "api", seq + 1)
+            else:
+                check_kit(KitDefinition(sku, components), definitions(found.values()))
+                record = KitRecord(sku, components, "api", seq + 1)
+            now = self.clock()
+            try:
+                await records.put(sku, record, now // 1000, expected_seq=seq)
+            except SeqMoved:
+                continue
+            break
+        else:
+            raise Busy("too many concurrent changes to the same kit")
+        await self._record(OverrideChanged("kit", "", sku, None, now, record.seq, components))
+        return True
+
+    async def _record(self, change: OverrideChanged) -> None:
+        """Record a change made over HTTP where `atp rebuild` finds it after a loss of
+        Redis data; answered only once the broker has it (a failure answers 503: the change
+        is in effect, and a repeat records it)."""
         message = Outgoing(self.overrides_topic, message_key(change), encode(change))
         try:
             await self._send([message])

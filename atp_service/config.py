@@ -16,6 +16,8 @@ from typing import Annotated, Final, Literal
 
 import msgspec
 
+from allocation.kits import KitComponent, KitDefinition, KitRefused, check_kit
+
 Scope = Literal["availability:read", "allocations:write", "admin"]
 SCOPES: Final = ("availability:read", "allocations:write", "admin")
 
@@ -84,6 +86,23 @@ class ChannelSettings(_Section, frozen=True):
     low_stock_threshold: NonNegative = 0
 
 
+class KitSettings(_Section, frozen=True):
+    """A kit of the config file (contract section 10); kits set over HTTP win over these."""
+
+    sku: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    components: tuple[KitComponent, ...]
+
+    def definition(self) -> KitDefinition:
+        return KitDefinition(self.sku, self.components)
+
+
+class LocationSettings(_Section, frozen=True):
+    """A location's daily capacity (contract section 11)."""
+
+    name: Name
+    daily_capacity_units: NonNegative
+
+
 class ApiKeySettings(_Section, frozen=True):
     name: Name
     sha256: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-fA-F]{64}$")]
@@ -130,6 +149,9 @@ class Settings(_Section, frozen=True):
     api_keys: tuple[ApiKeySettings, ...] = ()
     consumer: ConsumerSettings = ConsumerSettings()
     api: ApiSettings = ApiSettings()
+    kits: tuple[KitSettings, ...] = ()
+    # Named so as not to hide the ``locations`` property (every location channels sell from).
+    capacities: tuple[LocationSettings, ...] = msgspec.field(default=(), name="locations")
 
     def channel(self, name: str) -> ChannelSettings | None:
         for channel in self.channels:
@@ -212,6 +234,32 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(f"invalid config: {where}.locations must not be empty")
         if len(set(channel.locations)) != len(channel.locations):
             raise ConfigError(f"invalid config: {where}.locations lists a location twice")
+        if channel.max_available is not None and channel.min_available > channel.max_available:
+            raise ConfigError(
+                f"invalid config: {where}.min_available ({channel.min_available}) is above"
+                f" max_available ({channel.max_available})"
+            )
+    kits: dict[str, KitDefinition] = {}
+    for i, kit in enumerate(settings.kits):
+        if kit.sku in kits:
+            raise ConfigError(f"invalid config: kit {kit.sku!r} is defined twice at `kits[{i}]`")
+        kits[kit.sku] = kit.definition()
+    for i, kit in enumerate(settings.kits):
+        try:
+            check_kit(kits[kit.sku], kits)
+        except KitRefused as exc:
+            raise ConfigError(f"invalid config: `kits[{i}]` ({kit.sku!r}): {exc}") from None
+    capacity_names: set[str] = set()
+    for i, location in enumerate(settings.capacities):
+        if location.name in capacity_names:
+            raise ConfigError(
+                f"invalid config: location {location.name!r} is listed twice at `locations[{i}]`"
+            )
+        capacity_names.add(location.name)
+        if location.name not in settings.locations:
+            raise ConfigError(
+                f"invalid config: `locations[{i}]` ({location.name!r}) is no channel's location"
+            )
     if not settings.statuses.sellable:
         raise ConfigError("invalid config: `statuses.sellable` must not be empty")
     key_names: set[str] = set()

@@ -13,4 +13,5 @@ def projector_for(settings: Settings) -> Projector:
         network=Network.of(settings.channels),
         sellable=frozenset(settings.statuses.sellable),
         config_overrides=tuple(c.safety_stock_overrides for c in settings.channels),
+        capacities={c.name: c.daily_capacity_units for c in settings.capacities},
     )

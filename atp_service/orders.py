@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Final, Literal
 
@@ -13,7 +13,8 @@ import msgspec
 import numpy as np
 
 from allocation.allocate import NONE, Allocation, allocate
-from allocation.in_turn import Line, Outcomes, allocate_in_turn
+from allocation.in_turn import KitLine, Line, Outcomes, allocate_in_turn
+from allocation.kits import KitDefinition
 from allocation.network import Network
 from atp_service.config import MAX_BATCH_ORDERS, MAX_LINE_QUANTITY, MAX_LINES_PER_ORDER
 from streams.backorders import (
@@ -86,7 +87,7 @@ class LineAllocation(msgspec.Struct, frozen=True):
     reservation_id: str
 
 
-class LineResult(msgspec.Struct, frozen=True):
+class LineResult(msgspec.Struct, frozen=True, omit_defaults=True):
     line_id: str
     sku: str
     quantity: int
@@ -94,6 +95,8 @@ class LineResult(msgspec.Struct, frozen=True):
     backordered: int
     promise_date: str | None
     unfilled: int
+    # A kit's line: what each component's line took (contract section 10). Absent otherwise.
+    components: list[LineResult] | None = None
 
 
 class OrderResult(msgspec.Struct, frozen=True):
@@ -153,6 +156,7 @@ class Planned:
     results: list[OrderResult]
     held: list[list[Held]]
     event_ids: dict[str, list[str]]  # sku -> event_ids of the reservations made
+    taken: list[list[int]]  # per line: units taken from stock per network location
 
 
 def plan(
@@ -162,20 +166,36 @@ def plan(
     now_us: int,
     *,
     scalar: bool | None = None,
+    kits: Mapping[str, KitDefinition] | None = None,
+    room: Sequence[int] | None = None,
 ) -> Planned:
     """Allocate ``orders`` together and derive the new sku states.
 
     A batch goes through the vectorized engine in one call. A single order (the common
     ``POST /v1/allocations``) takes a plain-Python path by default: the same rules, line by
     line, without the engine's fixed per-call cost; ``scalar`` forces either path for a
-    single order (the tests hold the two equal).
+    single order (the tests hold the two equal). Orders with a line for one of ``kits``
+    (whose components ``states`` must hold) take the plain path, a batch's lines by channel
+    priority as the engine takes them. ``room`` (``Projector.room``) is what each location
+    may still give today: a batch is allocated by the engine first, and again on the plain
+    path only if it took more than some location may give (else no line met the limit, and
+    the plain path would give the same).
     """
+    kits = kits or {}
     lines = None
-    if len(orders) == 1 and (scalar is None or scalar):
-        lines = _allocate_in_turn(orders, states, projector, now_us)
+    if any(line.sku in kits for order in orders for line in order.lines):
+        lines = _allocate_in_turn(orders, states, projector, now_us, kits, True, room)
+        if lines is None:
+            raise ValueError("an order line the allocation refuses")
+    elif len(orders) == 1 and (scalar is None or scalar):
+        lines = _allocate_in_turn(orders, states, projector, now_us, room=room)
     if lines is None:
         lines = _allocate_vectorized(orders, states, projector, now_us)
-    return _assemble(orders, states, projector.network, lines, now_us)
+        if room is not None and not _within(lines.taken, room):
+            lines = _allocate_in_turn(orders, states, projector, now_us, kits, True, room)
+            if lines is None:  # the engine took the same input: cannot happen
+                raise ValueError("an order line the allocation refuses")
+    return _assemble(orders, states, projector.network, lines, now_us, kits)
 
 
 def plan_in_turn(
@@ -183,19 +203,28 @@ def plan_in_turn(
     states: dict[str, SkuState],
     projector: Projector,
     now_us: int,
+    kits: Mapping[str, KitDefinition] | None = None,
+    room: Sequence[int] | None = None,
 ) -> Planned:
     """Allocate independent orders one after another, in the order given: each exactly as
     ``plan([order])`` would on the states the orders before it left (not as one batch, whose
     lines go by channel priority). For concurrent single-order requests written together.
     """
-    lines = _allocate_in_turn(orders, states, projector, now_us)
+    kits = kits or {}
+    lines = _allocate_in_turn(orders, states, projector, now_us, kits, room=room)
     if lines is None:  # input the engine refuses
         if len(orders) != 1:
             raise ValueError(
                 "an order the allocation engine refuses (plan each alone to see which)"
             )
         lines = _allocate_vectorized(orders, states, projector, now_us)  # raises the engine's error
-    return _assemble(orders, states, projector.network, lines, now_us)
+    return _assemble(orders, states, projector.network, lines, now_us, kits)
+
+
+def _within(taken: Sequence[Sequence[int]], room: Sequence[int]) -> bool:
+    """Whether the lines took, at each location, no more than it may give."""
+    totals = np.asarray(taken, dtype=np.int64).reshape(-1, len(room)).sum(axis=0)
+    return bool((totals <= np.asarray(room, dtype=np.int64)).all())
 
 
 def _allocate_vectorized(
@@ -233,20 +262,51 @@ def _allocate_in_turn(
     states: dict[str, SkuState],
     projector: Projector,
     now_us: int,
+    kits: Mapping[str, KitDefinition] | None = None,
+    by_priority: bool = False,
+    room: Sequence[int] | None = None,
 ) -> Outcomes | None:
-    """The orders one after another, each line as given (allocation.in_turn). None when
-    the input is one the engine refuses (it then raises the engine's error)."""
+    """The orders one after another, each line as given (allocation.in_turn), or with
+    ``by_priority`` the lines of higher-priority channels first (a batch). None when the
+    input is one the engine refuses (it then raises the engine's error)."""
     network = projector.network
+    kits = kits or {}
     skus = list(states)
     row = {sku: i for i, sku in enumerate(skus)}
     channel_index = {name: c for c, name in enumerate(network.channels)}
-    lines = [
-        Line(channel_index.get(order.channel, -1), row[line.sku], line.quantity, order.backorder)
-        for order in orders
-        for line in order.lines
-    ]
+    lines: list[Line | KitLine] = []
+    for order in orders:
+        c = channel_index.get(order.channel, -1)
+        for line in order.lines:
+            kit = kits.get(line.sku)
+            if kit is None:
+                lines.append(Line(c, row[line.sku], line.quantity, order.backorder))
+            else:
+                parts = tuple((row[part.sku], part.quantity) for part in kit.components)
+                lines.append(KitLine(c, parts, line.quantity))
+    order_of = list(range(len(lines)))
+    if by_priority:
+        priority = network.priority.tolist()
+        order_of.sort(key=lambda i: (priority[lines[i].channel], i))
     supply = projector.supply([states[sku] for sku in skus], now_us)
-    return allocate_in_turn(supply, network, now_us // US_PER_DAY, lines)
+    in_order = [lines[i] for i in order_of]
+    done = allocate_in_turn(supply, network, now_us // US_PER_DAY, in_order, room)
+    if done is None or not by_priority:
+        return done
+    # Back in the order given: a line's outcomes (one per component for a kit) as a span.
+    width = [len(line.components) if isinstance(line, KitLine) else 1 for line in lines]
+    start, at = {}, 0
+    for i in order_of:
+        start[i], at = at, at + width[i]
+    out = Outcomes()
+    for i in range(len(lines)):
+        for k in range(start[i], start[i] + width[i]):
+            out.taken.append(done.taken[k])
+            out.backordered.append(done.backordered[k])
+            out.promise_day.append(done.promise_day[k])
+            out.promise_location.append(done.promise_location[k])
+            out.unfilled.append(done.unfilled[k])
+    return out
 
 
 def _assemble(
@@ -255,13 +315,9 @@ def _assemble(
     network: Network,
     outcome: Outcomes,
     now_us: int,
+    kits: Mapping[str, KitDefinition],
 ) -> Planned:
     """Reservations, order results and new sku states out of the per-line outcome."""
-    taken = outcome.taken
-    backordered = outcome.backordered
-    promise_day = outcome.promise_day
-    promise_location = outcome.promise_location
-    unfilled = outcome.unfilled
     book = _Book(states)
     results: list[OrderResult] = []
     held_per_order: list[list[Held]] = []
@@ -271,32 +327,38 @@ def _assemble(
     for k, order in enumerate(orders):
         line_results: list[LineResult] = []
         held: list[Held] = []
-        for line in order.lines:
-            taken_here: list[LineAllocation] = []
-
-            for l_index, quantity in enumerate(taken[i]):
-                if quantity:
-                    location = network.locations[l_index]
-                    reservation_id = book.reserve(order, line, location, quantity, held)
-                    taken_here.append(LineAllocation(location, quantity, reservation_id))
-            promise: str | None = None
-            if backordered[i]:
-                location = network.locations[promise_location[i]]
-                day = NO_PROMISE if promise_day[i] == NONE else promise_day[i]
-                book.reserve(order, line, location, backordered[i], held, (now_us + k, day))
-                promise = from_day(day).isoformat() if day != NO_PROMISE else None
+        for kit_line in order.lines:
+            kit = kits.get(kit_line.sku)
+            if kit is None:
+                parts = [kit_line]
+            else:  # a line per component, with an id of its own for its reservations
+                parts = [
+                    OrderLine(f"{kit_line.line_id}/{j}", c.sku, kit_line.quantity * c.quantity)
+                    for j, c in enumerate(kit.components, 1)
+                ]
+            part_results: list[LineResult] = []
+            for line in parts:
+                part_results.append(
+                    _line_result(order, line, i, outcome, network, book, held, now_us + k)
+                )
+                i += 1
+            if kit is None:
+                line_results += part_results
+                continue
+            per_kit = kit.components[0].quantity
+            kits_taken = (part_results[0].quantity - part_results[0].unfilled) // per_kit
             line_results.append(
                 LineResult(
-                    line_id=line.line_id,
-                    sku=line.sku,
-                    quantity=line.quantity,
-                    allocations=taken_here,
-                    backordered=backordered[i],
-                    promise_date=promise,
-                    unfilled=unfilled[i],
+                    line_id=kit_line.line_id,
+                    sku=kit_line.sku,
+                    quantity=kit_line.quantity,
+                    allocations=[],
+                    backordered=0,
+                    promise_date=None,
+                    unfilled=kit_line.quantity - kits_taken,
+                    components=part_results,
                 )
             )
-            i += 1
         results.append(OrderResult(order.order_id, order.channel, "allocated", line_results))
         held_per_order.append(held)
     new_states = [
@@ -309,7 +371,42 @@ def _assemble(
         for sku in states
         if book.new[sku]
     ]
-    return Planned(new_states, results, held_per_order, book.event_ids)
+    return Planned(new_states, results, held_per_order, book.event_ids, outcome.taken)
+
+
+def _line_result(
+    order: OrderRequest,
+    line: OrderLine,
+    i: int,
+    outcome: Outcomes,
+    network: Network,
+    book: _Book,
+    held: list[Held],
+    placed_at: int,
+) -> LineResult:
+    """The reservations and result of the ``i``-th line of the outcome."""
+    taken_here: list[LineAllocation] = []
+    for l_index, quantity in enumerate(outcome.taken[i]):
+        if quantity:
+            location = network.locations[l_index]
+            reservation_id = book.reserve(order, line, location, quantity, held)
+            taken_here.append(LineAllocation(location, quantity, reservation_id))
+    promise: str | None = None
+    backordered = outcome.backordered[i]
+    if backordered:
+        location = network.locations[outcome.promise_location[i]]
+        day = NO_PROMISE if outcome.promise_day[i] == NONE else outcome.promise_day[i]
+        book.reserve(order, line, location, backordered, held, (placed_at, day))
+        promise = from_day(day).isoformat() if day != NO_PROMISE else None
+    return LineResult(
+        line_id=line.line_id,
+        sku=line.sku,
+        quantity=line.quantity,
+        allocations=taken_here,
+        backordered=backordered,
+        promise_date=promise,
+        unfilled=outcome.unfilled[i],
+    )
 
 
 class _Book:

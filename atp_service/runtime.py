@@ -53,6 +53,7 @@ def consumer_options(settings: Settings, alive_file: str | None = None) -> Consu
         window_us=int(settings.consumer.dedupe_window_days * US_PER_DAY),
         max_message_bytes=settings.consumer.max_message_bytes,
         alive_file=alive_file,
+        kits=tuple(kit.definition() for kit in settings.kits),
     )
 
 

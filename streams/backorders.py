@@ -28,6 +28,7 @@ from allocation.replan import Claim, ClaimPlan, Planner
 from streams.changeset import (
     ChangeSet,
     build_changeset,
+    count_capacity,
     order_update_field,
     reservation_field,
 )
@@ -91,6 +92,10 @@ class Replanned:
     # (sku, order_id, line_id) -> the line's new plan and its new allocations
     lines: dict[tuple[str, str, str], LineChange] = field(default_factory=dict)
     orders: dict[str, Reason] = field(default_factory=dict)  # order_id -> why it changed
+    # Per conversion: units taken from stock per network location (for capacity counts).
+    taken: list[list[int]] = field(default_factory=list)
+    # Skus whose claims a location's capacity kept from stock: planned again tomorrow.
+    held_back: set[str] = field(default_factory=set)
 
     def event_ids(self) -> dict[str, list[str]]:
         return {sku: [e.event_id for e in events] for sku, events in self.events.items()}
@@ -101,9 +106,14 @@ def open_claims(state: SkuState, now_us: int) -> list[Reservation]:
 
 
 def replan(
-    states: Iterable[SkuState], projector: Projector, now_us: int, window_us: int
+    states: Iterable[SkuState],
+    projector: Projector,
+    now_us: int,
+    window_us: int,
+    room: Sequence[int] | None = None,
 ) -> Replanned:
-    """Plan every open backorder of ``states`` on their supply of now."""
+    """Plan every open backorder of ``states`` on their supply of now; ``room``: what each
+    network location may still give today (``Projector.room``), None for no limit."""
     out = Replanned(states={state.sku: state for state in states})
     network = projector.network
     channel_index = {name: c for c, name in enumerate(network.channels)}
@@ -127,17 +137,21 @@ def replan(
         in_queue = {r.reservation_id for r in queue}
         kept = tuple(r for r in state.reservations if r.reservation_id not in in_queue)
         withouts.append(msgspec.structs.replace(state, reservations=kept))
-    planner = Planner(projector.supply(withouts, now_us), network, now_us // US_PER_DAY)
+    planner = Planner(projector.supply(withouts, now_us), network, now_us // US_PER_DAY, room)
     events: list[AnyEvent] = []
     for row, (state, queue) in enumerate(queues):
         wanted = [
             Claim(channel_index[r.channel], r.open_quantity(now_us), location_index[r.location])
             for r in queue
         ]
-        made = _events(state, queue, planner.plan(row, wanted), network, now_us, out)
+        plans = planner.plan(row, wanted)
+        out.taken += [p.taken for p in plans if any(p.taken)]
+        made = _events(state, queue, plans, network, now_us, out)
         if made:
             out.events[state.sku] = made
             events += made
+        if row in planner.held_back:
+            out.held_back.add(state.sku)
     if events:
         changed = {sku: out.states[sku] for sku in out.events}
         folded = fold(changed, events, seen=frozenset(), now_us=now_us, window_us=window_us)
@@ -245,6 +259,16 @@ def converted_field(reservation_id: str) -> str:
     return f"c:{reservation_id}"
 
 
+def _due_tomorrow(changes: ChangeSet, replanned: Replanned, now_us: int) -> ChangeSet:
+    """Capacity comes back at the next UTC day: claims it held back are planned again then."""
+    if replanned.held_back:
+        tomorrow_ms = (now_us // US_PER_DAY + 1) * US_PER_DAY // 1000
+        for write in changes.skus:
+            if write.sku in replanned.held_back:
+                write.due_ms = min(write.due_ms or tomorrow_ms, tomorrow_ms)
+    return changes
+
+
 def build_replanned(
     states: Sequence[SkuState],
     versions: Mapping[str, int],
@@ -253,13 +277,16 @@ def build_replanned(
     window_us: int,
     seen: Mapping[str, Iterable[str]] | None = None,
     offsets: Mapping[str, int] | None = None,
+    room: Sequence[int] | None = None,
 ) -> tuple[ChangeSet, Replanned]:
     """``build_changeset`` for states whose supply changed: their backorders planned again
     first, and what that changed carried by the same write (the reservation events, marked
-    as applied and queued in the outbox; the order lines' records; a notice per order)."""
-    replanned = replan(states, projector, now_us, window_us)
+    as applied and queued in the outbox; the order lines' records; a notice per order; the
+    stock taken at locations with a capacity, within ``room``)."""
+    replanned = replan(states, projector, now_us, window_us, room)
     if not replanned.events:
-        return build_changeset(states, versions, projector, now_us, seen, offsets), replanned
+        changes = build_changeset(states, versions, projector, now_us, seen, offsets)
+        return _due_tomorrow(changes, replanned, now_us), replanned
     marks: dict[str, list[str]] = {sku: list(ids) for sku, ids in (seen or {}).items()}
     for sku, ids in replanned.event_ids().items():
         marks.setdefault(sku, []).extend(ids)
@@ -274,6 +301,8 @@ def build_replanned(
         fields[PLAN_FIELD] = _encode(change.plan)
         for converted in change.converted:
             fields[converted_field(converted.reservation_id)] = _encode(converted)
+    count_capacity(changes, projector, replanned.taken, now_us)
+    _due_tomorrow(changes, replanned, now_us)
     as_of = format_as_of(now_us)
     for order_id, reason in replanned.orders.items():
         changes.outbox[order_update_field(order_id)] = _encode(AllocationUpdate(reason, as_of))

@@ -16,7 +16,7 @@ from typing import Final
 import msgspec
 
 from streams.projector import Projector, Rendered, format_as_of
-from streams.state import SkuState, dump_state
+from streams.state import US_PER_DAY, SkuState, dump_state
 
 
 class AvailabilityChanged(msgspec.Struct, frozen=True):
@@ -151,6 +151,25 @@ class ChangeSet:
     # Order lines whose backorder was planned again: (sku, order_id, line_id) -> fields
     # of the line's record to set (streams/backorders.py).
     line_fields: dict[tuple[str, str, str], dict[str, bytes]] = field(default_factory=dict)
+    # Skus read but not written, whose version must not have moved: (sku, version read,
+    # the sku written from it). A kit is computed from its components (streams/kits.py).
+    checks: list[tuple[str, int, str]] = field(default_factory=list)
+    # Stock taken today per location with a capacity (contract section 11): location ->
+    # (units, the capacity). The write is refused if a location's count would pass it.
+    capacity: dict[str, tuple[int, int]] = field(default_factory=dict)
+    capacity_day: int = 0  # the UTC day counted, in days since the epoch
+
+
+def count_capacity(
+    changes: ChangeSet, projector: Projector, taken: Sequence[Sequence[int]], now_us: int
+) -> None:
+    """Add the stock ``taken`` (per line, units per network location) to the write's
+    counts of the locations with a capacity (contract section 11)."""
+    for location, units in projector.capacity_taken(taken).items():
+        before = changes.capacity.get(location, (0, 0))[0]
+        changes.capacity[location] = (before + units, projector.capacities[location])
+    if changes.capacity:
+        changes.capacity_day = now_us // US_PER_DAY
 
 
 def build_changeset(

@@ -107,6 +107,7 @@ class _Work:
             snapshots=self.snapshots,
             recent=self._recent(),
             override_seq=self.source.override_seq,
+            kit=self.source.kit,
         )
 
     def _recent(self) -> tuple[Recent, ...]:

@@ -7,15 +7,16 @@ read never aggregates and never encodes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final
 
 import msgspec
 import numpy as np
 
-from allocation.network import Network, Supply
+from allocation.kits import Figures
+from allocation.network import NO_CAP, Network, Supply
 from allocation.projection import NO_CHANGE, Projection, project, with_percent
 from streams.state import US_PER_DAY, SkuState, from_day
 
@@ -68,6 +69,30 @@ class Projector:
     sellable: frozenset[str]
     # Per channel (network order): the config file's per-sku safety stock overrides.
     config_overrides: tuple[Mapping[str, int], ...]
+    # Location -> units its stock allocations may take per UTC day (contract section 11).
+    capacities: Mapping[str, int] = field(default_factory=dict)
+
+    def room(self, used: Mapping[str, int]) -> list[int] | None:
+        """Per network location, what it may still give today given what it gave
+        (``used``); None when no location has a capacity."""
+        if not self.capacities:
+            return None
+        return [
+            max(0, self.capacities[loc] - used.get(loc, 0)) if loc in self.capacities else NO_CAP
+            for loc in self.network.locations
+        ]
+
+    def capacity_taken(self, taken: Sequence[Sequence[int]]) -> dict[str, int]:
+        """Location -> units taken from stock there by these lines (per location each),
+        for the locations that have a capacity."""
+        out: dict[str, int] = {}
+        if self.capacities:
+            for row in taken:
+                for loc, quantity in enumerate(row):
+                    name = self.network.locations[loc]
+                    if quantity and name in self.capacities:
+                        out[name] = out.get(name, 0) + quantity
+        return out
 
     def supply(self, states: Sequence[SkuState], now_us: int) -> Supply:
         n_skus, n_locations = len(states), len(self.network.locations)
@@ -129,6 +154,28 @@ class Projector:
             inbound_eta=np.array(in_eta, dtype=np.int64),
         )
 
+    def figures(self, states: Sequence[SkuState], now_us: int) -> dict[str, Figures]:
+        """Per sku, its figures per channel (what a kit's are computed from)."""
+        projection = project(self.supply(states, now_us), self.network, now_us // US_PER_DAY)
+        n_channels = len(self.network.channels)
+        timelines: dict[int, list[list[tuple[int, int]]]] = {}
+        for c, s, day, atp in _timeline_rows(projection):
+            timelines.setdefault(s, [[] for _ in range(n_channels)])[c].append((day, atp))
+        ats, on_hand = projection.available_to_sell.tolist(), projection.on_hand.tolist()
+        empty: list[list[tuple[int, int]]] = [[] for _ in range(n_channels)]
+        return {
+            state.sku: Figures(ats[s], on_hand[s], timelines.get(s, empty))
+            for s, state in enumerate(states)
+        }
+
+    def document(self, channel: str, sku: str, figures: Figures, c: int, now_us: int) -> bytes:
+        """The read document of a kit (no reserved units, no safety stock of its own)."""
+        timeline = [AtpEntry(from_day(day).isoformat(), atp) for day, atp in figures.timeline[c]]
+        return _encoder.encode(
+            Availability(channel, sku, figures.available_to_sell[c], figures.on_hand[c], 0, 0,
+                         timeline, format_as_of(now_us))
+        )  # fmt: skip
+
     def render(self, states: Sequence[SkuState], now_us: int) -> Rendered:
         today = now_us // US_PER_DAY
         projection = project(self.supply(states, now_us), self.network, today)
@@ -145,6 +192,12 @@ class Projector:
         channels = list(enumerate(self.network.channels))
         encode = _encoder.encode
         for s, state in enumerate(states):
+            if state.kit is not None:  # its stock, if any, counts for nothing
+                documents[state.sku] = dict(state.kit.documents)
+                ats_out[state.sku] = dict(state.kit.available_to_sell)
+                if state.kit.computed_at != now_us:
+                    next_change[state.sku] = now_us  # the sweep computes it again
+                continue
             sku, ats_s, on_hand_s, reserved_s, safety_s = (
                 state.sku,
                 ats[s],
@@ -175,16 +228,21 @@ def _cells(cells: list[int], quantities: list[int], size: int) -> np.ndarray:
     return out
 
 
-def _split_timelines(projection: Projection) -> dict[tuple[int, int], list[AtpEntry]]:
-    out: dict[tuple[int, int], list[AtpEntry]] = {}
-    dates: dict[int, str] = {}
-    for c, s, day, atp in zip(
+def _timeline_rows(projection: Projection) -> Iterator[tuple[int, int, int, int]]:
+    """(channel, sku row, day, atp) per timeline entry."""
+    return zip(
         projection.timeline_channel.tolist(),
         projection.timeline_sku.tolist(),
         projection.timeline_day.tolist(),
         projection.timeline_atp.tolist(),
         strict=True,
-    ):
+    )
+
+
+def _split_timelines(projection: Projection) -> dict[tuple[int, int], list[AtpEntry]]:
+    out: dict[tuple[int, int], list[AtpEntry]] = {}
+    dates: dict[int, str] = {}
+    for c, s, day, atp in _timeline_rows(projection):
         text = dates.get(day)
         if text is None:
             text = dates[day] = from_day(day).isoformat()

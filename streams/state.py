@@ -104,6 +104,16 @@ class Recent(msgspec.Struct, frozen=True, array_like=True):
 RECENT_KEPT: Final = 10
 
 
+class KitDocuments(msgspec.Struct, frozen=True, array_like=True):
+    """A kit's read documents and values per channel, computed from its components by the
+    sweep (streams/kits.py) and kept with the kit's state, so that any write of the kit's
+    record writes them again rather than figures from stock a kit does not have."""
+
+    documents: dict[str, bytes]
+    available_to_sell: dict[str, int]
+    computed_at: int  # µs; a write at another time asks the sweep to compute them again
+
+
 class SkuState(msgspec.Struct, frozen=True, array_like=True):
     sku: str
     bins: tuple[BinStock, ...] = ()
@@ -121,6 +131,8 @@ class SkuState(msgspec.Struct, frozen=True, array_like=True):
     # How many times ``safety_stock`` was changed over HTTP: the order of those changes on
     # the overrides topic, whatever the API processes' clocks say (atp_service/overrides.py).
     override_seq: int = 0
+    # Set while the sku is a kit (contract section 10).
+    kit: KitDocuments | None = None
 
 
 def with_recent(state: SkuState, applied: list[Recent]) -> SkuState:

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from allocation.kits import KitDefinition
 from streams.changeset import ChangeSet
 from streams.state import SkuState
 
@@ -65,6 +66,18 @@ class Store(Protocol):
     def offsets(self) -> dict[str, int]: ...
 
     def due(self, now_ms: int, limit: int) -> list[str]: ...
+
+    def kits(self, skus: Sequence[str]) -> dict[str, KitDefinition]:
+        """The kits in force among ``skus`` (contract section 10)."""
+        ...
+
+    def install_kits(self, configured: Sequence[KitDefinition], now_ms: int) -> int:
+        """Make the config file's kits those in force where none was set over HTTP."""
+        ...
+
+    def capacity_used(self, day: int) -> dict[str, int]:
+        """Location -> units stock allocations took there on that UTC day (section 11)."""
+        ...
 
     def outbox(self, limit: int) -> dict[str, bytes]: ...
 

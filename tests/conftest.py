@@ -68,6 +68,15 @@ TEST_KEYS = (
 )
 
 
+# A kit of the config file (contract section 10), for tests marked
+# @pytest.mark.config(TEST_KITS); its components are used by no other test.
+TEST_KITS = """
+[[kits]]
+sku = "KIT-CFG"
+components = [{sku = "KC-A", quantity = 2}, {sku = "KC-B", quantity = 1}]
+"""
+
+
 def config_text(
     redis_url: str = "redis://127.0.0.1:1/0",
     bootstrap: str = "127.0.0.1:1",
@@ -235,14 +244,18 @@ class Stack:
 
 
 @pytest.fixture
-def stack(redis_url: str, broker_bootstrap: str, tmp_path: Path) -> Iterator[Stack]:
+def stack(
+    request: pytest.FixtureRequest, redis_url: str, broker_bootstrap: str, tmp_path: Path
+) -> Iterator[Stack]:
     prefix = f"t{uuid.uuid4().hex[:10]}"
+    marker = request.node.get_closest_marker("config")  # @pytest.mark.config("<toml>")
     text = config_text(
         redis_url,
         broker_bootstrap,
         prefix=prefix,
         group_id=f"g-{prefix}",
         ledger_dir=str(tmp_path / "ledger"),
+        extra=marker.args[0] if marker else "",
     )
     path = tmp_path / "atp.toml"
     path.write_text(text)

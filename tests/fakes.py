@@ -11,6 +11,7 @@ from typing import Any
 
 from confluent_kafka import TopicPartition
 
+from allocation.kits import KitDefinition
 from streams.changeset import ChangeSet, encode_outbox
 from streams.kafka import Outgoing
 from streams.ledger import parse_staged_field, staged_field
@@ -130,6 +131,8 @@ class MemoryStore:
         self.down = False  # while True every call raises StoreDown
         self.writes = 0
         self.orders: dict[str, bytes] = {}  # order_id -> its current result (JSON)
+        self.kit_definitions: dict[str, KitDefinition] = {}
+        self.capacity: dict[int, dict[str, int]] = {}  # day -> location -> units taken
 
     def _reachable(self) -> None:
         if self.down:
@@ -175,6 +178,12 @@ class MemoryStore:
         for sku, ids in changes.marked.items():
             if any(event_id not in self.seen.get(sku, {}) for event_id in ids):
                 conflicts.append(sku)
+        for sku, version, owner in changes.checks:
+            if self.versions.get(sku, 0) != version:
+                conflicts.append(owner)
+        counts = self.capacity.setdefault(changes.capacity_day, {})
+        if any(counts.get(loc, 0) + n > limit for loc, (n, limit) in changes.capacity.items()):
+            return [write.sku for write in changes.skus]
         if conflicts:
             return conflicts
         self.writes += 1
@@ -198,6 +207,12 @@ class MemoryStore:
                 self.stored_offsets[name] = offset
         if changes.outbox:
             self.outbox_entries[changes.outbox_id] = encode_outbox(changes.outbox)
+        for loc, (n, _) in changes.capacity.items():
+            counts[loc] = counts.get(loc, 0) + n
+        written = {write.sku for write in changes.skus}
+        for kit in self.kit_definitions.values():  # as the script: kits of written components
+            if any(c.sku in written for c in kit.components):
+                self.due_ms[kit.sku] = min(self.due_ms.get(kit.sku, now_ms), now_ms)
         return []
 
     def state(self, sku: str) -> SkuState:
@@ -229,6 +244,21 @@ class MemoryStore:
         return sorted(
             (sku for sku, ms in self.due_ms.items() if ms <= now_ms), key=self.due_ms.__getitem__
         )[:limit]
+
+    def capacity_used(self, day: int) -> dict[str, int]:
+        self._reachable()
+        return dict(self.capacity.get(day, {}))
+
+    def install_kits(self, configured: Sequence[KitDefinition], now_ms: int) -> int:
+        self._reachable()
+        for kit in configured:
+            self.kit_definitions[kit.sku] = kit
+            self.due_ms[kit.sku] = now_ms
+        return len(configured)
+
+    def kits(self, skus: Sequence[str]) -> dict[str, KitDefinition]:
+        self._reachable()
+        return {sku: self.kit_definitions[sku] for sku in skus if sku in self.kit_definitions}
 
     def outbox(self, limit: int) -> dict[str, bytes]:
         self._reachable()

@@ -28,6 +28,8 @@ from atp_service.http.controllers.allocations import AllocationController
 from atp_service.http.controllers.availability import AvailabilityController
 from atp_service.http.controllers.channels import ChannelController
 from atp_service.http.controllers.health import healthz, metrics, readyz
+from atp_service.http.controllers.kits import KitController
+from atp_service.http.controllers.locations import LocationController
 from atp_service.http.controllers.safety_stock import SafetyStockController
 from atp_service.http.controllers.ui import UiController
 from atp_service.http.document import complete
@@ -160,10 +162,13 @@ def create_app(settings: Settings) -> Litestar:
             # in several methods lists only the first method's (it is made with the first).
             allow_header_for(f"{AllocationController.path}/{{order_id:str}}"),
             allow_header_for(SafetyStockController.path),
+            allow_header_for(KitController.path),
             AvailabilityController,
             ChannelController,
             AllocationController,
             SafetyStockController,
+            KitController,
+            LocationController,
             UiController,
         ],
         security=[{"bearer": []}],

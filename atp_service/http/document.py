@@ -15,7 +15,7 @@ from typing import Any, Final
 import msgspec
 from litestar.openapi.spec import Link, OpenAPI, OpenAPIResponse, Schema
 
-from atp_service.http.schemas import SafetyStock, SkuQuery
+from atp_service.http.schemas import Component, KitBody, SafetyStock, SkuQuery
 from atp_service.orders import BatchRequest, OrderLine, OrderRequest
 
 REQUEST_BODIES: Final[tuple[type[msgspec.Struct], ...]] = (
@@ -24,6 +24,8 @@ REQUEST_BODIES: Final[tuple[type[msgspec.Struct], ...]] = (
     OrderRequest,
     BatchRequest,
     SafetyStock,
+    KitBody,
+    Component,
 )
 ORDER_ROUTES: Final = {
     "ReadOrder": "V1AllocationsOrderIdRead",

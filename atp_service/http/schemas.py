@@ -7,6 +7,7 @@ from typing import Annotated, Final
 import msgspec
 from litestar.params import Parameter
 
+from allocation.kits import MAX_COMPONENT_QUANTITY, MAX_COMPONENTS
 from streams.events import Sku
 from streams.projector import Availability
 
@@ -71,3 +72,19 @@ class ChangeItem(msgspec.Struct, frozen=True):
 class ChangesPage(msgspec.Struct, frozen=True):
     items: list[ChangeItem]
     next_cursor: str
+
+
+class Component(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    sku: Sku
+    quantity: Annotated[int, msgspec.Meta(ge=1, le=MAX_COMPONENT_QUANTITY)]
+
+
+class KitBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    components: Annotated[
+        list[Component],
+        msgspec.Meta(
+            min_length=1,
+            max_length=MAX_COMPONENTS,
+            description="no sku twice, none a kit itself; quantities 1 to 1,000",
+        ),
+    ]

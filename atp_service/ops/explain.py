@@ -12,7 +12,7 @@ from typing import Literal
 import msgspec
 
 from allocation.in_turn import preferred
-from allocation.network import NO_CAP
+from allocation.network import NO_CAP, Network
 from streams.projector import Availability, Projector
 from streams.state import US_PER_DAY, SkuState, from_day, from_us
 
@@ -43,6 +43,16 @@ class InboundCounted(msgspec.Struct, frozen=True):
     quantity: int
 
 
+class ComponentFigures(msgspec.Struct, frozen=True):
+    """A kit's component, with its own read on the channel (contract section 10)."""
+
+    sku: str
+    quantity: int  # per kit
+    available_to_sell: int
+    on_hand: int
+    kits: int  # floor(available_to_sell / quantity): the kit's value is the least of these
+
+
 class RecentEvent(msgspec.Struct, frozen=True):
     event_id: str
     type: str
@@ -54,7 +64,7 @@ class Explanation(msgspec.Struct, frozen=True):
     safety_stock: SafetyStockApplied
     buffers: Buffers
     inbound: list[InboundCounted]
-    components: None  # kits (contract section 10) are not built yet: no sku has components
+    components: list[ComponentFigures] | None  # None: not a kit
     recent_events: list[RecentEvent]
 
 
@@ -64,7 +74,13 @@ class ExplainedAvailability(Availability, frozen=True):
     explain: Explanation
 
 
-def explain(state: SkuState, channel: str, projector: Projector, now_us: int) -> Explanation:
+def explain(
+    state: SkuState,
+    channel: str,
+    projector: Projector,
+    now_us: int,
+    components: list[ComponentFigures] | None = None,
+) -> Explanation:
     network = projector.network
     c = network.channel_index(channel)
     locations = [network.locations[loc] for loc in preferred(network)[c]]
@@ -80,29 +96,42 @@ def explain(state: SkuState, channel: str, projector: Projector, now_us: int) ->
     today = now_us // US_PER_DAY
     horizon_end = today + int(network.horizon[c])
     safety = int(projector.supply([state], now_us).safety_stock[0, c])
+    if components is not None:  # a kit: its components hold the stock (contract section 10)
+        return Explanation(
+            locations=[],
+            safety_stock=SafetyStockApplied(0, "channel"),
+            buffers=_buffers(network, c),
+            inbound=[],
+            components=components,
+            recent_events=_recent(state),
+        )
     return Explanation(
         locations=[
             LocationFigures(loc, on_hand[loc], reserved[loc], dict(by_status[loc]))
             for loc in locations
         ],
         safety_stock=SafetyStockApplied(safety, _source(state, channel, c, projector, safety)),
-        buffers=Buffers(
-            int(network.min_available[c]),
-            None if network.max_available[c] == NO_CAP else int(network.max_available[c]),
-        ),
+        buffers=_buffers(network, c),
         inbound=[
             InboundCounted(i.inbound_id, i.location, from_day(i.eta).isoformat(), i.quantity)
             for i in sorted(state.inbound, key=lambda i: (i.eta, i.inbound_id))
             if i.quantity > 0 and i.location in locations and i.eta <= horizon_end
         ],
-        components=None,
-        recent_events=[
-            RecentEvent(
-                e.event_id, e.type, from_us(e.occurred_at).isoformat().replace("+00:00", "Z")
-            )
-            for e in reversed(state.recent)
-        ],
+        components=components,
+        recent_events=_recent(state),
     )
+
+
+def _buffers(network: Network, c: int) -> Buffers:
+    high = network.max_available[c]
+    return Buffers(int(network.min_available[c]), None if high == NO_CAP else int(high))
+
+
+def _recent(state: SkuState) -> list[RecentEvent]:
+    return [
+        RecentEvent(e.event_id, e.type, from_us(e.occurred_at).isoformat().replace("+00:00", "Z"))
+        for e in reversed(state.recent)
+    ]
 
 
 def _source(state: SkuState, channel: str, c: int, projector: Projector, applied: int) -> Source:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -23,13 +23,15 @@ from rich.table import Table
 from atp_service.config import Settings
 from atp_service.model import projector_for
 from atp_service.ops.topic_reader import TopicMissing, read_to_end
-from atp_service.overrides import latest
+from atp_service.overrides import OverrideChanged, latest
 from atp_service.runtime import store_for, sync_redis
 from atp_service.store import keys
+from atp_service.store.kit_records import KitRecord, KitRecords, definitions
 from streams.changeset import build_changeset, projection_field
 from streams.consumer.options import offset_field
 from streams.events import AnyEvent, decode
 from streams.fold import fold
+from streams.kits import components_of, with_kits
 from streams.ledger import Ledger, iter_rows_sql, parse_staged_field, staged_table, view_sql
 from streams.projector import Availability
 from streams.state import US_PER_DAY, SkuState, load_state, to_us
@@ -169,7 +171,10 @@ def rebuild(settings: Settings, console: Console) -> int:
         # A deployment where no override was ever set over HTTP may not have the topic.
         console.print(f"[yellow]{exc}: no safety-stock override set over HTTP is restored")
         recorded = {}
-    for (channel, sku), change in recorded.items():
+    kits = _kits_to_restore(client, recorded)
+    for (kind, channel, sku), change in recorded.items():
+        if kind != "safety_stock":
+            continue
         if change.seq and change.seq <= seqs.get(sku, 0):
             continue  # Redis still holds this change or a later one
         mine = overrides.setdefault(sku, {})
@@ -179,7 +184,10 @@ def rebuild(settings: Settings, console: Console) -> int:
             mine[channel] = change.quantity
         seqs[sku] = max(seqs.get(sku, 0), change.seq)
         data.states.setdefault(sku, SkuState(sku=sku))
-    console.print(f"{len(recorded)} safety-stock overrides recorded over HTTP")
+    console.print(
+        f"{sum(1 for kind, _, _ in recorded if kind == 'safety_stock')} safety-stock overrides"
+        f" and {sum(1 for kind, _, _ in recorded if kind == 'kit')} kits recorded over HTTP"
+    )
     # Remove what is left of the old projection. Orders and what re-plans made of their
     # lines stay: the API and the re-plans write them, and the ledger does not hold them.
     stale = [
@@ -191,6 +199,20 @@ def rebuild(settings: Settings, console: Console) -> int:
     stale.append(keys.offsets_key(settings.kafka.group_id).encode())
     for i in range(0, len(stale), 1000):
         client.unlink(*stale[i : i + 1000])
+    # Kits before the states: their components' sets of kits were among the keys removed.
+    records = KitRecords(client)
+    for record in kits.values():
+        records.put(record.sku, record, now // 1000)
+    records.install([kit.definition() for kit in settings.kits], now // 1000)
+    in_force = definitions(records.all().values())
+    for sku in in_force:
+        data.states.setdefault(sku, SkuState(sku=sku))
+
+    def rebuilt(s: str) -> SkuState:
+        return msgspec.structs.replace(
+            data.states[s], safety_stock=overrides.get(s, {}), override_seq=seqs.get(s, 0)
+        )
+
     skus = sorted(data.states)
     # The write script refuses to write without the marker; until the rebuild finishes it
     # says "rebuilding", and no consumer starts on a half-rebuilt projection.
@@ -199,12 +221,10 @@ def rebuild(settings: Settings, console: Console) -> int:
         task = progress.add_task("rebuilding", total=len(skus))
         for i in range(0, len(skus), CHUNK):
             chunk = skus[i : i + CHUNK]
-            states = [
-                msgspec.structs.replace(
-                    data.states[s], safety_stock=overrides.get(s, {}), override_seq=seqs.get(s, 0)
-                )
-                for s in chunk
-            ]
+            kits_here = {s: in_force[s] for s in chunk if s in in_force}
+            parts = {c: rebuilt(c) if c in data.states else SkuState(sku=c)
+                     for c in components_of(kits_here)}  # fmt: skip
+            states = with_kits([rebuilt(s) for s in chunk], kits_here, parts, projector, now)
             changes = build_changeset(
                 states, {}, projector, now, seen={s: data.seen.get(s, []) for s in chunk}
             )
@@ -217,6 +237,20 @@ def rebuild(settings: Settings, console: Console) -> int:
     client.set(keys.INITIALIZED, "rebuilt")
     console.print(f"rebuilt {len(skus)} skus; offsets restored for {len(data.offsets)} partitions")
     return 0
+
+
+def _kits_to_restore(
+    client: redis.Redis, recorded: Mapping[tuple[str, str, str], OverrideChanged]
+) -> dict[str, KitRecord]:
+    """The kit records Redis still holds, and over them every change recorded on the
+    overrides topic that Redis does not have."""
+    out = KitRecords(client).all()
+    for (kind, _, sku), change in recorded.items():
+        old = out.get(sku)
+        if kind != "kit" or (old is not None and old.source == "api" and change.seq <= old.seq):
+            continue
+        out[sku] = KitRecord(sku, change.components or (), "api", change.seq)
+    return out
 
 
 def _overrides(
@@ -256,16 +290,26 @@ def verify(settings: Settings, console: Console) -> int:
                 ("-", where, "next offset", data.offsets.get(name), stored.get(name))
             )
     skus = sorted(redis_skus | set(data.states))
+    kits = definitions(KitRecords(client).all().values())
+
+    def expected_of(in_redis: Mapping[str, SkuState]) -> dict[str, SkuState]:
+        return {
+            s: msgspec.structs.replace(
+                data.states.get(s) or SkuState(sku=s), safety_stock=state.safety_stock
+            )
+            for s, state in in_redis.items()
+        }
+
     for i in range(0, len(skus), CHUNK):
         chunk = skus[i : i + CHUNK]
         in_redis = store_for(settings, client).read(chunk).states
-        expected = [
-            msgspec.structs.replace(
-                data.states.get(s) or SkuState(sku=s), safety_stock=in_redis[s].safety_stock
-            )
-            for s in chunk
-        ]
-        rendered = projector.render(expected, now).documents
+        expected = expected_of(in_redis)
+        # A kit's documents, from what its components' states should be.
+        mine = {s: kits[s] for s in chunk if s in kits}
+        components = expected_of(store_for(settings, client).read(components_of(mine)).states)
+        rendered = projector.render(
+            with_kits(list(expected.values()), mine, components, projector, now), now
+        ).documents
         pipe = client.pipeline(transaction=False)
         for s in chunk:
             pipe.hgetall(keys.sku_key(s))

@@ -24,8 +24,11 @@ import redis.asyncio as aredis
 from atp_service.config import Settings
 from atp_service.ops.views import Row, SkuView, Summary, sku_of, sku_view, summarize
 from atp_service.store import keys
+from atp_service.store.kit_records import AsyncKitRecords, definitions
+from atp_service.store.redis_store import capacity_counts
 from streams.changeset import projection_field
 from streams.snapshot import ConsumerSnapshot, decode_snapshot
+from streams.state import US_PER_DAY
 
 MAX_SKUS: Final = 200_000
 CACHE_S: Final = 3.0
@@ -83,7 +86,11 @@ async def gather_summary(
     if batch:
         await flush()
     snapshots = await _snapshots(client, settings.kafka.group_id)
-    return summarize(settings, rows, snapshots, time.time(), truncated)
+    kits = definitions((await AsyncKitRecords(client).all()).values())
+    now = time.time()
+    raw: dict[bytes, bytes] = await client.hgetall(keys.capacity_key(int(now * 1e6) // US_PER_DAY))  # type: ignore[assignment]
+    used = capacity_counts(raw)
+    return summarize(settings, rows, snapshots, now, truncated, kits, used)
 
 
 async def gather_sku(client: aredis.Redis, settings: Settings, sku: str) -> SkuView:
@@ -92,7 +99,8 @@ async def gather_sku(client: aredis.Redis, settings: Settings, sku: str) -> SkuV
         keys.sku_key(sku), [keys.STATE_FIELD, *(projection_field(n) for n in names)]
     )
     state, *docs = values
-    return sku_view(settings, sku, state, dict(zip(names, docs, strict=True)), time.time())
+    kit = (await AsyncKitRecords(client).of([sku])).get(sku)
+    return sku_view(settings, sku, state, dict(zip(names, docs, strict=True)), time.time(), kit)
 
 
 class Tower:

@@ -20,6 +20,7 @@ from typing import Final
 
 import msgspec
 
+from allocation.kits import KitDefinition
 from atp_service.config import ChannelSettings, Settings
 from atp_service.store import keys
 from streams.projector import Availability, format_as_of
@@ -28,6 +29,7 @@ from streams.state import SkuState, from_day, load_state
 
 EXAMPLES: Final = 5
 OLDEST: Final = 20
+MAX_KITS: Final = 200  # kits listed in the summary
 STALE_SNAPSHOT_S: Final = 10.0  # consumers write theirs every second
 _PREFIX: Final = keys.sku_key("")[:-1]  # "atp:v1:{"
 _NEVER: Final = 2**63 - 1
@@ -81,6 +83,21 @@ class OpenReservation(msgspec.Struct, frozen=True):
     expires_at: str | None  # None: never expires
 
 
+class KitSummary(msgspec.Struct, frozen=True):
+    sku: str
+    components: str  # "2 x MUG-1 + 1 x TRAY-1"
+    available_to_sell: dict[str, int]  # per channel; {} when the scan did not reach it
+
+
+class CapacityView(msgspec.Struct, frozen=True):
+    """A location's daily capacity (contract section 11) and what today took of it."""
+
+    name: str
+    daily_capacity_units: int
+    allocated_today: int  # stock units allocations took there this UTC day
+    remaining_today: int
+
+
 class Summary(msgspec.Struct, frozen=True):
     generated_at: str
     skus_scanned: int
@@ -96,6 +113,8 @@ class Summary(msgspec.Struct, frozen=True):
     dead_letters_by_reason: list[DeadLetterReason]
     open_reservations: int
     oldest_open_reservations: list[OpenReservation]
+    kits: list[KitSummary] = []
+    locations: list[CapacityView] = []
 
 
 class InboundView(msgspec.Struct, frozen=True):
@@ -129,6 +148,7 @@ class SkuView(msgspec.Struct, frozen=True):
     inbound: list[InboundView]
     channels: list[ChannelAvailability]
     reservations: list[OpenReservation]
+    components: str | None = None  # a kit's, as in KitSummary
 
 
 # -- pure: raw values -> figures ---------------------------------------------------------
@@ -182,14 +202,36 @@ def buffers_text(channel: ChannelSettings) -> str:
     return ", ".join(parts)
 
 
+def kit_text(kit: KitDefinition) -> str:
+    return " + ".join(f"{c.quantity} x {c.sku}" for c in kit.components)
+
+
+def capacity_views(settings: Settings, used: Mapping[str, int]) -> list[CapacityView]:
+    """Each configured location's capacity and what today's allocations took (``used``)."""
+    return [
+        CapacityView(
+            name=loc.name,
+            daily_capacity_units=loc.daily_capacity_units,
+            allocated_today=used.get(loc.name, 0),
+            remaining_today=max(0, loc.daily_capacity_units - used.get(loc.name, 0)),
+        )
+        for loc in settings.capacities
+    ]
+
+
 def summarize(
     settings: Settings,
     rows: Iterable[Row],
     snapshots: Sequence[ConsumerSnapshot],
     now_s: float,
     truncated: bool = False,
+    kits: Mapping[str, KitDefinition] | None = None,
+    used: Mapping[str, int] | None = None,
 ) -> Summary:
+    """``kits``: the kits in force; ``used``: units taken today per location."""
     now_us = int(now_s * 1_000_000)
+    kits = kits or {}
+    kit_values: dict[str, dict[str, int]] = {}
     names = [c.name for c in settings.channels]
     counts = {name: [0, 0, 0] for name in names}  # skus, at zero, under safety stock
     zero: dict[str, list[str]] = {name: [] for name in names}
@@ -204,6 +246,8 @@ def summarize(
             if raw is None:
                 continue
             doc = _document.decode(raw)
+            if row.sku in kits:
+                kit_values.setdefault(row.sku, {})[name] = doc.available_to_sell
             net = doc.on_hand - doc.reserved
             figures = counts[name]
             figures[0] += 1
@@ -247,6 +291,11 @@ def summarize(
         visible_p99_ms=live.visible_p99_ms,
         dead_letters_last_hour=live.dead_letters_last_hour,
         dead_letters_by_reason=live.dead_letters_by_reason,
+        kits=[
+            KitSummary(sku, kit_text(kit), kit_values.get(sku, {}))
+            for sku, kit in sorted(kits.items())[:MAX_KITS]
+        ],
+        locations=capacity_views(settings, used or {}),
     )
 
 
@@ -320,6 +369,7 @@ def sku_view(
     state_raw: bytes | None,
     documents: Mapping[str, bytes | None],
     now_s: float,
+    kit: KitDefinition | None = None,
 ) -> SkuView:
     now_us = int(now_s * 1_000_000)
     state = load_state(sku, state_raw)
@@ -386,4 +436,5 @@ def sku_view(
         inbound=inbound,
         channels=channels,
         reservations=found,
+        components=kit_text(kit) if kit is not None else None,
     )

@@ -19,6 +19,8 @@ INVALIDATIONS: Final = f"{PREFIX}:changed"  # pub/sub: skus whose projection was
 # ledger empty, or by `atp rebuild`). The write script refuses every write without it, so
 # nothing is folded onto a Redis that lost its data.
 INITIALIZED: Final = f"{PREFIX}:initialized"
+# hash kit sku -> its definition (JSON, allocation.kits.KitDefinition), every kit in force
+KITS: Final = f"{PREFIX}:kits"
 STATE_FIELD: Final = "s"
 VERSION_FIELD: Final = "v"
 
@@ -33,6 +35,11 @@ def seen_key(sku: str) -> str:
     return f"{PREFIX}:{{{sku}}}:seen"
 
 
+def kits_of_key(sku: str) -> str:
+    """Set of the kits ``sku`` is a component of. write.lua builds the same name from KITS."""
+    return f"{PREFIX}:{{{sku}}}:kits"
+
+
 def offsets_key(group_id: str) -> str:
     """Hash "topic\x1fpartition" -> next offset to consume, written with the state."""
     return f"{PREFIX}:offsets:{group_id}"
@@ -40,6 +47,13 @@ def offsets_key(group_id: str) -> str:
 
 def order_key(order_id: str) -> str:
     return f"{PREFIX}:order:{order_id}"
+
+
+def capacity_key(day: int) -> str:
+    """Hash location -> units its stock allocations took on that UTC day (days since the
+    epoch), for the locations with a capacity (contract section 11). write.lua lets it
+    expire 3 days after its last count."""
+    return f"{PREFIX}:capacity:{day}"
 
 
 def line_key(sku: str, order_id: str, line_id: str) -> str:

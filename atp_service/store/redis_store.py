@@ -15,6 +15,7 @@ from typing import Any, Final
 import redis
 import redis.asyncio as aredis
 
+from allocation.kits import KitDefinition
 from atp_service.orders import (
     StoredOrder,
     backordered_lines,
@@ -23,6 +24,7 @@ from atp_service.orders import (
     encode_result,
 )
 from atp_service.store import keys
+from atp_service.store.kit_records import AsyncKitRecords, KitRecords
 from streams.changeset import ChangeSet, encode_outbox, projection_field
 from streams.state import SkuState, load_state
 from streams.store import ProjectionMissing, ServerReplaced, Snapshot
@@ -59,6 +61,7 @@ out[#out + 1] = found
 return out
 """
 REPLACED: Final = b"\x1freplaced"  # the write script's answer when its server changed
+FULL: Final = b"\x1fcapacity"  # ... when a location's count for the day would pass its capacity
 READ_CHUNK: Final = 2000  # skus per script call: bounds the time Redis is busy with one
 
 
@@ -85,6 +88,12 @@ def script_arguments(
     for (sku, order_id, line_id), fields in changes.line_fields.items():
         line = keys.line_key(sku, order_id, line_id)
         puts += [(line, f"h:{name}", value) for name, value in fields.items()]
+    if changes.capacity:
+        day = keys.capacity_key(changes.capacity_day)
+        puts += [
+            (day, f"c\x1f{limit}\x1f{location}", str(units).encode())
+            for location, (units, limit) in changes.capacity.items()
+        ]
     args.append(len(puts))
     for key, mode, value in puts:
         key_list.append(key)
@@ -111,6 +120,11 @@ def script_arguments(
     for ids in changes.marked.values():
         args.append(len(ids))
         args += ids
+    args.append(len(changes.checks))
+    if changes.checks:
+        index = {write.sku: i for i, write in enumerate(changes.skus, 1)}
+        for _, version, owner in changes.checks:
+            args += [version, index[owner]]
     for write in changes.skus:
         key_list += [keys.sku_key(write.sku), keys.seen_key(write.sku)]
         args += [
@@ -127,6 +141,8 @@ def script_arguments(
         # TRIM_EVERY keeps every set within the window plus a few writes' worth of marks.
         args.append("1" if write.seen and random.random() < 1 / TRIM_EVERY else "0")
     key_list += [keys.seen_key(sku) for sku in changes.marked]
+    key_list += [keys.sku_key(sku) for sku, _, _ in changes.checks]
+    key_list.append(keys.KITS)
     return key_list, args
 
 
@@ -177,6 +193,8 @@ def _conflicts(changes: ChangeSet, reply: list[Any]) -> list[str]:
             raise ServerReplaced(
                 "the Redis server is not the one the write's assumptions came from"
             )
+        if item == FULL:  # the counts moved since they were read: read them again
+            return [write.sku for write in changes.skus]
         if isinstance(item, bytes):  # a sku whose marks lack an id taken as applied
             out.append(item.decode())
             continue
@@ -187,6 +205,10 @@ def _conflicts(changes: ChangeSet, reply: list[Any]) -> list[str]:
             raise PutExists(changes.puts[-index - 1][0])
         out.append(changes.skus[index - 1].sku)
     return out
+
+
+def capacity_counts(raw: Mapping[bytes, bytes]) -> dict[str, int]:
+    return {k.decode(): int(v) for k, v in raw.items()}
 
 
 class RedisStore:
@@ -201,6 +223,7 @@ class RedisStore:
         self.window_ms = window_ms
         self._write = client.register_script(WRITE_SCRIPT)
         self._read = client.register_script(READ_SCRIPT)
+        self.kit_records = KitRecords(client)
 
     def read(
         self, skus: Sequence[str], event_ids: Mapping[str, Sequence[str]] | None = None
@@ -243,6 +266,16 @@ class RedisStore:
     def due(self, now_ms: int, limit: int) -> list[str]:
         found: list[bytes] = self.client.zrangebyscore(keys.DUE, "-inf", now_ms, start=0, num=limit)  # type: ignore[assignment]
         return [sku.decode() for sku in found]
+
+    def kits(self, skus: Sequence[str]) -> dict[str, KitDefinition]:
+        return self.kit_records.of(skus)
+
+    def install_kits(self, configured: Sequence[KitDefinition], now_ms: int) -> int:
+        return self.kit_records.install(configured, now_ms)
+
+    def capacity_used(self, day: int) -> dict[str, int]:
+        raw: dict[bytes, bytes] = self.client.hgetall(keys.capacity_key(day))  # type: ignore[assignment]
+        return capacity_counts(raw)
 
     def outbox(self, limit: int) -> dict[str, bytes]:
         """Waiting writes' availability events: one HSCAN page of about ``limit`` entries (the
@@ -299,6 +332,7 @@ class AsyncRedisStore:
         self.window_ms = window_ms
         self._write = client.register_script(WRITE_SCRIPT)
         self._read = client.register_script(READ_SCRIPT)
+        self.kit_records = AsyncKitRecords(client)
 
     async def read(self, skus: Sequence[str]) -> Snapshot:
         replies = [await self._read(keys=k, args=a) for k, a in read_calls(skus, {})]
@@ -309,6 +343,11 @@ class AsyncRedisStore:
             changes, group_id=self.group_id, now_ms=now_ms, seen_cutoff_ms=now_ms - self.window_ms
         )
         return _conflicts(changes, await self._write(keys=key_list, args=args))
+
+    async def capacity_used(self, day: int) -> dict[str, int]:
+        """Location -> units its stock allocations took on that UTC day."""
+        raw: dict[bytes, bytes] = await self.client.hgetall(keys.capacity_key(day))  # type: ignore[assignment]
+        return capacity_counts(raw)
 
     async def orders(self, order_ids: Sequence[str]) -> list[StoredOrder | None]:
         """The stored orders as planned now (their backorders re-planned since), or None."""

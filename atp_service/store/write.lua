@@ -4,7 +4,8 @@
 -- KEYS: 1 due zset, 2 offsets hash, 3 outbox hash, 4 the 'initialized' marker, 5 the staged
 --       ledger rows (hash), then n_puts
 --       string keys, then n_streams
---       change-stream keys, then per sku: hash key, seen key, then n_marked seen keys
+--       change-stream keys, then per sku: hash key, seen key, then n_marked seen keys,
+--       then n_checks sku hash keys, then 1 the hash of kit definitions
 -- ARGV: 1 n_skus, 2 seen cutoff ms, 3 now ms, 4 pub/sub channel ('' = none),
 --       5 the run_id of the Redis server the writer's assumptions come from, or '' for
 --         none: the consumer folds skus it wrote last without reading them again, so it
@@ -12,21 +13,26 @@
 --         replica), none of the event_ids to mark (below) marked yet, and the 'marked'
 --         ids (below) marked already,
 --       6 n_fields, then the names of the projection fields every sku writes,
---       then n_puts, then per put: mode ('nx' = must not exist yet, 'set', 'del', or
---         'h:<field>' = set that field of a hash), value,
+--       then n_puts, then per put: mode ('nx' = must not exist yet, 'set', 'del',
+--         'h:<field>' = set that field of a hash, or 'c\31<limit>\31<field>' = add the
+--         value to that field of a hash, which must stay within the limit), value,
 --       then n_streams, then per stream: stream min id to keep, n entries, skus,
 --       then n_offsets, then n_offsets (field, next_offset) pairs,
 --       then the outbox entry: write id and its availability events ('' '' = none),
 --       then n_ledger, then n_ledger (field, ledger rows) pairs,
 --       then n_marked, then per marked key: n ids, event_ids that must be marked already
 --       (the consumer took them as applied without reading),
+--       then n_checks, then per check: expected version of a sku read but not written (a
+--       kit's component), the 1-based index of the sku whose write depends on it,
 --       then per sku: expected version ('' = unchecked), state, due ms ('' = none),
 --                     n_fields values (in the order of the names), n_seen, event_ids,
 --                     trim ('1': drop dedupe marks older than the cutoff now)
 -- Returns: {} when applied, {'\31replaced'} when the server is not the one of ARGV[5],
 -- else the 1-based indexes of skus whose version moved or whose marks differ from what
--- the write expects (and the sku names of marked keys that lack an id), or the
--- negated 1-based index of an 'nx' put whose key exists, or {0} when the marker is missing
+-- the write expects, or that depend on a checked sku that moved (and the sku names of
+-- marked keys that lack an id), or the
+-- negated 1-based index of an 'nx' put whose key exists, {'\31capacity'} when a 'c' put
+-- would pass its limit, or {0} when the marker is missing
 -- (Redis lost its data: nothing may be written until `atp rebuild`).
 local n = tonumber(ARGV[1])
 local cutoff = ARGV[2]
@@ -57,6 +63,8 @@ local marked_at = i
 for m = 1, n_marked do
   i = i + 1 + tonumber(ARGV[i])
 end
+local n_checks = tonumber(ARGV[i]); i = i + 1
+local checks_at = i; i = i + 2 * n_checks
 
 -- Phase 1: checks only.
 if redis.call('EXISTS', KEYS[4]) == 0 then
@@ -66,8 +74,16 @@ if verify and string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') ~= ARGV
   return {'\31replaced'}
 end
 for p = 1, n_puts do
-  if ARGV[puts_at + 2 * (p - 1)] == 'nx' and redis.call('EXISTS', KEYS[5 + p]) == 1 then
+  local mode = ARGV[puts_at + 2 * (p - 1)]
+  if mode == 'nx' and redis.call('EXISTS', KEYS[5 + p]) == 1 then
     return {-p}
+  end
+  local limit, field = string.match(mode, '^c\31(%d+)\31(.*)$')
+  if limit then
+    local count = tonumber(redis.call('HGET', KEYS[5 + p], field) or '0')
+    if count + tonumber(ARGV[puts_at + 2 * (p - 1) + 1]) > tonumber(limit) then
+      return {'\31capacity'}
+    end
   end
 end
 -- Whether any of ARGV[from .. from + count - 1] is (want_marked false) or is not (true) in
@@ -111,6 +127,13 @@ for m = 1, n_marked do
     conflicts[#conflicts + 1] = string.sub(key, string.find(key, '{', 1, true) + 1, -7)
   end
   m_at = m_at + 1 + count
+end
+local checks_keys_at = sku_keys_at + 2 * n + n_marked + 1
+for c = 0, n_checks - 1 do
+  local current = redis.call('HGET', KEYS[checks_keys_at + c], 'v') or '0'
+  if current ~= ARGV[checks_at + 2 * c] then
+    conflicts[#conflicts + 1] = tonumber(ARGV[checks_at + 2 * c + 1])
+  end
 end
 if #conflicts > 0 then
   return conflicts
@@ -186,6 +209,9 @@ for p = 1, n_puts do
   local value = ARGV[puts_at + 2 * (p - 1) + 1]
   if string.sub(mode, 1, 2) == 'h:' then
     redis.call('HSET', KEYS[5 + p], string.sub(mode, 3), value)
+  elseif string.sub(mode, 1, 2) == 'c\31' then
+    redis.call('HINCRBY', KEYS[5 + p], string.match(mode, '^c\31%d+\31(.*)$'), value)
+    redis.call('PEXPIRE', KEYS[5 + p], 259200000)
   elseif mode == 'del' then
     redis.call('DEL', KEYS[5 + p])
   else
@@ -205,6 +231,20 @@ for t = 1, n_streams do
   end
   redis.call('XADD', KEYS[5 + n_puts + t], 'MINID', '~', min_id, '*', 's', table.concat(skus_here, '\n'))
   at = at + 2 + count
+end
+
+-- Kits whose components were written are due for the sweep, which computes them again
+-- (streams/kits.py). After every sku's own due entry, so that a kit written here from
+-- components written here too is computed once more. A component's set of kits is
+-- '<prefix>:{<sku>}:kits', beside the hash of definitions '<prefix>:kits'.
+local kits_key = KEYS[checks_keys_at + n_checks]
+if redis.call('EXISTS', kits_key) == 1 then
+  local prefix = string.sub(kits_key, 1, -5)
+  for s = 1, n do
+    for _, kit in ipairs(redis.call('SMEMBERS', prefix .. '{' .. skus[s] .. '}:kits')) do
+      redis.call('ZADD', KEYS[1], 'LT', now, kit)
+    end
+  end
 end
 
 if outbox_id ~= '' then

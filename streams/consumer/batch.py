@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Final
 
 from confluent_kafka import KafkaError, Message
 
@@ -137,12 +138,19 @@ def unexpected(step: str, exc: BaseException) -> str:
     return f"internal error in {step}: {type(exc).__name__}"
 
 
-def ledger_rows(batch: Batch, duplicates: list[AnyEvent]) -> LedgerColumns:
+KIT_STOCK: Final = "a kit: stock of its own counts for nothing (contract section 10)"
+_STOCK_EVENTS: Final = frozenset({"bin_movement", "bin_count", "stock_snapshot"})
+
+
+def ledger_rows(
+    batch: Batch, duplicates: list[AnyEvent], kits: frozenset[str] = frozenset()
+) -> LedgerColumns:
     """A row for every message of the batch, so each partition's offsets are contiguous.
 
     Status: applied; applied_by_api (the API's own reservation events, applied in the store
     when the API made them); duplicate (already applied, ignored); dead_letter (with the
-    reason).
+    reason). A stock event applied to a kit (``kits``) says, as its reason, that it changed
+    nothing a read shows.
     """
     events = batch.events
     dead = [None] * len(batch.dead_sources)
@@ -167,8 +175,17 @@ def ledger_rows(batch: Batch, duplicates: list[AnyEvent]) -> LedgerColumns:
         quantity=[getattr(e, "quantity", None) for e in events] + dead,
         occurred_at_us=[to_us(e.occurred_at) for e in events] + dead,
         status=status + ["dead_letter"] * len(dead),
-        reason=[None] * len(events) + [reason for _, reason in batch.dead_sources],
+        reason=_reasons(events, status, kits) + [reason for _, reason in batch.dead_sources],
     )
+
+
+def _reasons(events: list[AnyEvent], status: list[str], kits: frozenset[str]) -> list[str | None]:
+    if not kits:
+        return [None] * len(events)
+    return [
+        KIT_STOCK if e.sku in kits and s == "applied" and TAGS[type(e)] in _STOCK_EVENTS else None
+        for e, s in zip(events, status, strict=True)
+    ]
 
 
 def correlation_header(headers: list[tuple[str, str | bytes | None]]) -> str | None:

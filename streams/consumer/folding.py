@@ -9,7 +9,7 @@ dead-lettered and the rest of the batch is applied.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from streams import metrics
@@ -52,15 +52,17 @@ class Folder:
         now: int,
         server: str,
         batch: Batch | None = None,
+        room: Sequence[int] | None = None,
     ) -> tuple[FoldResult, ChangeSet]:
         """Fold the events into the known states: the write that applies them (its
-        ``assumed_server`` is ``server``; with ``batch``, its ledger rows are staged too).
+        ``assumed_server`` is ``server``; with ``batch``, its ledger rows are staged too;
+        ``room``: what each location may still give today, for backorders converted).
 
         Raises:
             Unfoldable: folding raised an unexpected error, and these events cause it.
         """
         try:
-            return self._fold(events, by_sku, offsets, known, now, server, batch)
+            return self._fold(events, by_sku, offsets, known, now, server, batch, room)
         except Exception as exc:
             culprits = self._culprits(events, offsets, known, now, server)
             if not culprits:
@@ -76,6 +78,7 @@ class Folder:
         now: int,
         server: str,
         batch: Batch | None,
+        room: Sequence[int] | None = None,
     ) -> tuple[FoldResult, ChangeSet]:
         states, versions, seen, marked = known
         result = fold(states, events, seen=seen, now_us=now, window_us=self.window_us)
@@ -84,14 +87,15 @@ class Folder:
             applied_ids = events_by_sku(result.applied)
         touched = [result.states[sku] for sku in by_sku if sku in result.touched]
         changes, replanned = build_replanned(
-            touched, versions, self.projector, now, self.window_us, applied_ids, offsets
+            touched, versions, self.projector, now, self.window_us, applied_ids, offsets, room
         )
         result.states.update(replanned.states)
         changes.assumed_server, changes.marked = server, marked
         if self.ledger is not None and batch is not None:
             # Staged with the state and the offsets: see streams/ledger.py.
+            kits = frozenset(sku for sku in result.touched if result.states[sku].kit is not None)
             changes.ledger = self.ledger.stage(
-                ledger_rows(batch, result.duplicates), applied_at_us=now
+                ledger_rows(batch, result.duplicates, kits), applied_at_us=now
             )
         return result, changes
 

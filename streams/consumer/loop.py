@@ -49,6 +49,7 @@ from streams.events import AnyEvent
 from streams.kafka import ReliableProducer
 from streams.ledger import Ledger
 from streams.projector import Projector
+from streams.state import US_PER_DAY
 from streams.store import ProjectionMissing, ServerReplaced, Store
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ class StreamProjector:
         self.flusher = LedgerFlusher(store, ledger)
         self.figures = Figures(store, consumer, options.alive_file)
         self.sweeper = Sweeper(
-            store, projector, self.written, self.outbox, self.stats, options.window_us
+            store, projector, self.written, self.outbox, self.stats, options.window_us, self.room
         )
         self._initialized = False
         self._last_sweep = 0.0
@@ -134,6 +135,9 @@ class StreamProjector:
 
     def run(self, stop: threading.Event) -> None:
         self._retrying(self.ensure_initialized, stop)
+        self._retrying(
+            lambda: self.store.install_kits(self.options.kits, self.clock() // 1000), stop
+        )
         self.consumer.subscribe(
             list(self.options.topics), on_assign=self._on_assign, on_revoke=self._on_revoke
         )
@@ -279,7 +283,7 @@ class StreamProjector:
                 now = self.clock()
                 known = self.written.known(by_sku, {})
                 result, changes = self.folder.fold(
-                    events, by_sku, offsets, known, now, self.written.server, batch
+                    events, by_sku, offsets, known, now, self.written.server, batch, self.room(now)
                 )
             landing = self._landing = as_written(changes)
             try:
@@ -301,6 +305,13 @@ class StreamProjector:
         count(result.applied, "applied")
         count(result.duplicates, "duplicate")
 
+    def room(self, now: int) -> list[int] | None:
+        """What each location may still give today (contract section 11), read before
+        every fold: a write whose counts moved since is refused and folded again."""
+        if not self.projector.capacities:
+            return None
+        return self.projector.room(self.store.capacity_used(now // US_PER_DAY))
+
     def _prepare(self, batch: Batch) -> Prepared | None:
         """Fold the batch read ahead while the current write is in flight, on the states
         that write is writing (skus it does not write are read: it cannot change them).
@@ -314,7 +325,7 @@ class StreamProjector:
         epoch = written.epoch
         known = written.known(by_sku, self._landing)
         result, changes = self.folder.fold(
-            batch.events, by_sku, batch.offsets, known, now, written.server, batch
+            batch.events, by_sku, batch.offsets, known, now, written.server, batch, self.room(now)
         )
         return Prepared(batch, epoch, now, result, changes)
 

@@ -6,6 +6,8 @@ import time
 from dataclasses import dataclass
 from typing import Final
 
+from allocation.kits import KitDefinition
+
 OFFSET_FIELD_SEPARATOR: Final = "\x1f"
 # The API's own reservation events: the API marks them applied when it writes them.
 API_EVENT_PREFIXES: Final = ("atp-alloc:", "atp-release:")
@@ -36,6 +38,8 @@ class ConsumerOptions:
     window_us: int
     max_message_bytes: int
     alive_file: str | None = None
+    # The config file's kits, installed in the store at start (contract section 10).
+    kits: tuple[KitDefinition, ...] = ()
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """The sweep: skus whose projection changes with no event (a reservation's expires_at
-passed, or a day change brings inbound into a channel's horizon), recomputed and written
-within a second. The store keeps each sku's next such moment (the due set)."""
+passed, or a day change brings inbound into a channel's horizon), and kits whose components
+changed, recomputed and written within a second. The store keeps each sku's next such
+moment (the due set)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from streams.consumer.folding import as_written
 from streams.consumer.options import Stats
 from streams.consumer.outbox import OutboxPublisher
 from streams.consumer.written import WrittenStates
+from streams.kits import components_of, with_kits
 from streams.projector import Projector
 from streams.store import Store
 
@@ -32,8 +34,11 @@ class Sweeper:
         outbox: OutboxPublisher,
         stats: Stats,
         window_us: int,
+        room: Callable[[int], list[int] | None],
     ) -> None:
+        """``room``: what each location may still give at a time (contract section 11)."""
         self.window_us = window_us
+        self.room = room
         self.store = store
         self.projector = projector
         self.written = written
@@ -46,21 +51,39 @@ class Sweeper:
         write again, a list: the skus that conflicted)."""
         deadline = time.monotonic() + max(0.05, budget_s)
         now = now_of()
+        # Kits whose components moved between the read and the write wait for the next
+        # sweep, so that a busy component does not hold up the other due skus.
+        later: set[str] = set()
         while time.monotonic() < deadline:
             now = now_of()
-            due = self.store.due(now // 1000, limit=DUE_LIMIT)
+            due = [s for s in self.store.due(now // 1000, limit=DUE_LIMIT) if s not in later]
             if not due:
                 break
-            snapshot = self.store.read(due)
-            states = [snapshot.states[sku] for sku in due]
-            changes, _ = build_replanned(
-                states, snapshot.versions, self.projector, now, self.window_us
+            kits = self.store.kits(due)
+            components = [c for c in components_of(kits) if c not in due]
+            snapshot = self.store.read([*due, *components])
+            states = with_kits(
+                [snapshot.states[sku] for sku in due],
+                kits,
+                {c.sku: snapshot.states[c.sku] for kit in kits.values() for c in kit.components},
+                self.projector,
+                now,
             )
+            changes, _ = build_replanned(
+                states, snapshot.versions, self.projector, now, self.window_us, room=self.room(now)
+            )
+            # A kit is written only if its components are still as read.
+            changes.checks = [
+                (c.sku, snapshot.versions.get(c.sku, 0), kit.sku)
+                for kit in kits.values()
+                for c in kit.components
+            ]
             conflicts = write(changes, now)
             if conflicts is None:
                 continue
             self.written.conflicted(conflicts)
             if conflicts:
+                later.update(sku for sku in conflicts if sku in kits)
                 continue
             self.written.remember(as_written(changes))
             self.written.epoch += 1  # a batch folded before this sweep would only conflict

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -367,6 +368,19 @@ def atp_cli(stack: Stack, *args: str, timeout: float = 180) -> subprocess.Comple
         [sys.executable, "-m", "atp_service.cli", *args],
         env=stack.env, capture_output=True, text=True, timeout=timeout, check=False,
     )  # fmt: skip
+
+
+def lose_redis_and_rebuild(stack: Stack, consumer: subprocess.Popen[bytes]) -> None:
+    """Once ``atp verify`` agrees, stop the consumer, lose every Redis key, `atp rebuild`."""
+    deadline = time.monotonic() + 30
+    while atp_cli(stack, "verify").returncode != 0:
+        assert time.monotonic() < deadline, "atp verify kept finding differences"
+        time.sleep(0.5)
+    consumer.send_signal(signal.SIGTERM)
+    assert consumer.wait(20) == 0
+    redis.Redis.from_url(stack.settings.redis.url).flushall()
+    rebuilt = atp_cli(stack, "rebuild")
+    assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
 
 
 def assert_verify_clean(stack: Stack) -> None:

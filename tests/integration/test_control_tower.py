@@ -216,6 +216,7 @@ def browser(chromium: tuple[str, str]) -> Iterator[Any]:
         driver.quit()
 
 
+@pytest.mark.config('[[locations]]\nname = "DC-EAST"\ndaily_capacity_units = 1000\n')
 def test_control_tower_page_in_a_real_browser(stack: Stack, browser: Any) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -225,6 +226,15 @@ def test_control_tower_page_in_a_real_browser(stack: Stack, browser: Any) -> Non
     build_world(stack)
     expected = settled(base)
     check_summary(expected)
+    kit = httpx.put(
+        f"{base}/v1/kits/KIT-UI",
+        json={"components": [{"sku": "SKU-T1", "quantity": 2}]},
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        timeout=10,
+    )
+    assert kit.status_code == 200, kit.text
+    poll(lambda: get(base, "/v1/ops/summary").json()["kits"],
+         lambda kits: kits and kits[0]["available_to_sell"].get("web", 0) > 0, timeout=20)  # fmt: skip
 
     browser.get(f"{base}/ui?key={READ_KEY}")
     wait = WebDriverWait(browser, 20, poll_frequency=0.1)
@@ -257,6 +267,18 @@ def test_control_tower_page_in_a_real_browser(stack: Stack, browser: Any) -> Non
     ]
     held = browser.find_elements(By.CSS_SELECTOR, '[data-testid="reservations"] tbody tr')
     assert [r.get_attribute("data-reservation") for r in held] == ["ORD-1:1", "ORD-2:1"]
+    # Kits and today's capacity, as the summary has them.
+    assert [k["sku"] for k in now["kits"]] == ["KIT-UI"]
+    kit_row = '[data-testid="kits"] tr[data-kit="KIT-UI"]'
+    assert text(f'{kit_row} td[data-field="components"]') == "2 x SKU-T1"
+    web_kits = now["kits"][0]["available_to_sell"]["web"]
+    assert f"web {web_kits}" in text(f'{kit_row} td[data-field="available_to_sell"]')
+    [east] = now["locations"]
+    assert east == {"name": "DC-EAST", "daily_capacity_units": 1000, "allocated_today": 0,
+                    "remaining_today": 1000}  # fmt: skip
+    for field in ("daily_capacity_units", "allocated_today", "remaining_today"):
+        cell = f'[data-testid="capacity"] tr[data-location="DC-EAST"] td[data-field="{field}"]'
+        assert text(cell) == str(east[field])
     partitions = browser.find_elements(
         By.CSS_SELECTOR, '[data-testid="lag"] tbody tr[data-partition]'
     )

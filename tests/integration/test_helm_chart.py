@@ -395,6 +395,28 @@ def test_custom_channel_list_and_tuning_render_to_a_valid_config() -> None:
     assert settings.api.cache_staleness_ms == 0
 
 
+def test_buffers_kits_and_capacities_render_to_the_config() -> None:
+    channels = [
+        {"name": "feed", "priority": 1, "locations": ["DC-1"], "safety_stock_percent": 20,
+         "min_available": 2, "max_available": 40, "max_order_quantity": 5,
+         "low_stock_threshold": 3},
+    ]  # fmt: skip
+    values = {
+        "channels": channels,
+        "kits": [{"sku": 'GIFT "1"', "components": [{"sku": "MUG-1", "quantity": 2},
+                                                    {"sku": "TRAY-1", "quantity": 1}]}],
+        "locations": [{"name": "DC-1", "daily_capacity_units": 500}],
+    }  # fmt: skip
+    settings = parse_config(config_toml(render(values=values)), {})
+    [feed] = settings.channels
+    assert (feed.safety_stock_percent, feed.min_available, feed.max_available) == (20, 2, 40)
+    assert (feed.max_order_quantity, feed.low_stock_threshold) == (5, 3)
+    [kit] = settings.kits
+    assert kit.sku == 'GIFT "1"'
+    assert [(c.sku, c.quantity) for c in kit.components] == [("MUG-1", 2), ("TRAY-1", 1)]
+    assert [(c.name, c.daily_capacity_units) for c in settings.capacities] == [("DC-1", 500)]
+
+
 def test_set_on_a_channel_changes_the_config_and_rolls_the_pods() -> None:
     default = render()
     channels = chart_values()["channels"]

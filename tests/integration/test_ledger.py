@@ -16,7 +16,7 @@ from atp_service.store import keys
 from streams.ledger import Ledger, LedgerColumns
 from streams.state import to_us
 from tests.conftest import ADMIN_KEY, READ_KEY, WRITE_KEY, Stack
-from tests.faults.harness import atp_cli
+from tests.faults.harness import atp_cli, lose_redis_and_rebuild
 from tests.integration.helpers import now_iso, poll, receipt, reservation, shipment
 
 pytestmark = pytest.mark.integration
@@ -196,13 +196,7 @@ def test_safety_stock_overrides_set_over_http_survive_a_loss_of_redis_data(stack
     assert before["web", "OV-1"]["safety_stock"] == 3
     assert before["marketplace", "OV-2"]["safety_stock"] == 5  # the override removed
     assert before["web", "NEW-1"]["safety_stock"] == 2
-    poll(lambda: atp_cli(stack, "verify").returncode == 0, bool, timeout=30, pause=0.5)
-    consumer.send_signal(signal.SIGTERM)
-    assert consumer.wait(20) == 0
-
-    redis.Redis.from_url(stack.settings.redis.url).flushall()  # Redis loses everything
-    rebuilt = atp_cli(stack, "rebuild")
-    assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
+    lose_redis_and_rebuild(stack, consumer)
     after = {key: doc(*key) for key in before}
     assert after == before
 

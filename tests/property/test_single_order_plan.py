@@ -139,7 +139,7 @@ def one_after_another(
     Orders planned together keep their arrival order in the backorder queue: the k-th
     one's backorders are placed k microseconds after the group's time."""
     current = dict(sku_states)
-    results, held, event_ids = [], [], {}
+    results, held, event_ids, taken = [], [], {}, []
     for k, order in enumerate(orders):
         mine = {line.sku: current[line.sku] for line in order.lines}
         planned = plan([order], mine, projector, NOW_US, scalar=False)
@@ -154,11 +154,12 @@ def one_after_another(
              for s in planned.states}
         )  # fmt: skip
         results += planned.results
+        taken += planned.taken
         held += [list(map(placed, h)) for h in planned.held]
         for sku, ids in planned.event_ids.items():
             event_ids.setdefault(sku, []).extend(ids)
     changed = [current[sku] for sku in sku_states if current[sku] is not sku_states[sku]]
-    return Planned(changed, results, held, event_ids)
+    return Planned(changed, results, held, event_ids, taken)
 
 
 @EXAMPLES

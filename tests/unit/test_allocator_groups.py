@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from allocation.kits import KitDefinition
 from allocation.network import Network
 from atp_service.allocator import Allocator, OrderConflict, PublishFailed
 from atp_service.orders import (
@@ -55,6 +56,16 @@ class FakeClient:
         return len(names)
 
 
+class FakeKits:
+    """AsyncKitRecords' look-up over a dict."""
+
+    def __init__(self) -> None:
+        self.definitions: dict[str, KitDefinition] = {}
+
+    async def of(self, skus: Sequence[str]) -> dict[str, KitDefinition]:
+        return {sku: self.definitions[sku] for sku in skus if sku in self.definitions}
+
+
 class FakeStore:
     """The AsyncRedisStore contract over dicts: versioned states, 'nx'/'set' puts."""
 
@@ -69,6 +80,7 @@ class FakeStore:
         self.window_ms = 7 * 86_400_000
         self.lines: dict[tuple[str, str], dict[bytes, bytes]] = {}  # re-planned lines
         self.before_read: list[Callable[[], None]] = []  # run (once each) on the next reads
+        self.kit_records = FakeKits()
 
     async def orders(self, order_ids: Sequence[str]) -> list[StoredOrder | None]:
         found = [self.strings.get(keys.order_key(o)) for o in order_ids]

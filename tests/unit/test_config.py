@@ -76,6 +76,39 @@ def test_the_contract_example_config_parses_with_env_overrides() -> None:
             "max_order_quantity",
             id="zero-order-cap",
         ),
+        pytest.param(
+            GOOD.replace(
+                "safety_stock = 5", "safety_stock = 5\nmin_available = 9\nmax_available = 4"
+            ),
+            "min_available (9) is above max_available (4)",
+            id="min-above-max",
+        ),
+        pytest.param(
+            GOOD + '\n[[locations]]\nname = "DC-NORTH"\ndaily_capacity_units = 5\n',
+            "`locations[0]` ('DC-NORTH') is no channel's location",
+            id="unknown-location",
+        ),
+        pytest.param(
+            GOOD + '\n[[locations]]\nname = "DC-EAST"\ndaily_capacity_units = -1\n',
+            "locations[0].daily_capacity_units",
+            id="negative-capacity",
+        ),
+        pytest.param(
+            GOOD + '\n[[kits]]\nsku = "K"\ncomponents = [{sku = "K", quantity = 1}]\n',
+            "`kits[0]` ('K'): component 'K' is itself a kit",
+            id="kit-names-itself",
+        ),
+        pytest.param(
+            GOOD + '\n[[kits]]\nsku = "K"\ncomponents = [{sku = "A", quantity = 1001}]\n',
+            "kits[0].components[0].quantity",
+            id="kit-quantity-above-1000",
+        ),
+        pytest.param(
+            GOOD + '\n[[kits]]\nsku = "K"\ncomponents = [{sku = "A", quantity = 1}]\n'
+            '\n[[kits]]\nsku = "K2"\ncomponents = [{sku = "K", quantity = 1}]\n',
+            "`kits[0]` ('K'): 'K' is a component of kit 'K2'",
+            id="kit-of-kits",
+        ),
     ],
 )
 def test_an_invalid_config_names_the_problem(text: str, named: str) -> None:

@@ -26,7 +26,7 @@ from atp_service.http.schemas import (
     SkuParam,
     SkuQuery,
 )
-from atp_service.ops.explain import ExplainedAvailability, explain
+from atp_service.ops.explain import ComponentFigures, ExplainedAvailability, explain
 from atp_service.store.keys import changes_key
 from streams.projector import Availability
 
@@ -52,6 +52,7 @@ class _Value(msgspec.Struct):
 
 
 _value_decoder: Final = msgspec.json.Decoder(_Value)
+_figures: Final = msgspec.json.Decoder(Availability)
 
 
 def _decode_cursor(cursor: str | None) -> tuple[str, int] | None:
@@ -113,7 +114,24 @@ class AvailabilityController(Controller):
         known_channel(settings, channel)
         document = await reader.many(channel, [sku], fresh=True)
         snapshot = await allocator.store.read([sku])
-        why = explain(snapshot.states[sku], channel, allocator.projector, time.time_ns() // 1000)
+        kit = (await allocator.store.kit_records.of([sku])).get(sku)
+        components = None
+        if kit is not None:
+            reads = await reader.many(channel, [c.sku for c in kit.components], fresh=True)
+            components = []
+            for part, raw in zip(kit.components, reads, strict=True):
+                figures = _figures.decode(raw)
+                components.append(
+                    ComponentFigures(
+                        part.sku,
+                        part.quantity,
+                        figures.available_to_sell,
+                        figures.on_hand,
+                        figures.available_to_sell // part.quantity,
+                    )
+                )
+        now = time.time_ns() // 1000
+        why = explain(snapshot.states[sku], channel, allocator.projector, now, components)
         body = document[0][:-1] + b',"explain":' + msgspec.json.encode(why) + b"}"
         return Response(content=body, media_type="application/json")  # type: ignore[arg-type]
 

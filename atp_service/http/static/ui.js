@@ -74,6 +74,16 @@ function renderSummary(s) {
     cell("under_safety_stock", c.under_safety_stock, "n" + (c.under_safety_stock ? " warn" : "")),
     skuLinks(c.under_safety_stock_examples),
     el("td", { "data-field": "buffers", class: "muted" }, c.buffers || "none"))), "no channels", 7);
+  fill("capacity", s.locations.map((l) => el("tr", { "data-location": l.name },
+    el("td", {}, l.name), cell("daily_capacity_units", l.daily_capacity_units),
+    cell("allocated_today", l.allocated_today),
+    cell("remaining_today", l.remaining_today, "n" + (l.remaining_today ? "" : " bad")))),
+    "no location has a daily capacity", 4);
+  fill("kits", s.kits.map((k) => el("tr", { "data-kit": k.sku },
+    skuLinks([k.sku]), el("td", { "data-field": "components" }, k.components),
+    el("td", { "data-field": "available_to_sell", class: "muted" },
+      Object.entries(k.available_to_sell).map(([c, v]) => c + " " + v).join(", ") || "not read yet"))),
+    "no kits", 3);
   fill("lag", s.lag.map((p) => el("tr", { "data-partition": p.partition },
     el("td", {}, p.partition), cell("lag", p.lag))),
     s.lag_total === null ? "no consumer reports" : "no partitions assigned", 2);
@@ -140,7 +150,8 @@ async function showSku(sku) {
       cell("quantity", r.quantity), el("td", {}, r.expires_at || "never")))
       : [el("tr", {}, el("td", { colspan: 5, class: "muted" }, "none open"))])));
   out.replaceChildren(
-    el("h3", { "data-testid": "sku-title" }, v.sku + (v.known ? "" : " (never seen: reads 0)")),
+    el("h3", { "data-testid": "sku-title" }, v.sku + (v.components ? " (kit of " + v.components + ")"
+      : v.known ? "" : " (never seen: reads 0)")),
     el("div", { class: "sub" },
       el("div", {}, el("h3", {}, "Per location"), locations),
       el("div", {}, el("h3", {}, "Per channel"), channels),

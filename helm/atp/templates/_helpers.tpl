@@ -68,7 +68,7 @@ app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
 {{- if not .Values.channels }}
 {{- fail "values: `channels` must define at least one channel" }}
 {{- end }}
-{{- $channelKeys := list "name" "priority" "locations" "safety_stock" "inbound_horizon_days" "safety_stock_overrides" }}
+{{- $channelKeys := list "name" "priority" "locations" "safety_stock" "inbound_horizon_days" "safety_stock_overrides" "safety_stock_percent" "min_available" "max_available" "max_order_quantity" "low_stock_threshold" }}
 {{- $seen := dict }}
 {{- range $i, $c := .Values.channels }}
 {{- if not (kindIs "map" $c) }}
@@ -171,6 +171,12 @@ safety_stock = {{ int .safety_stock }}
 {{- if hasKey . "inbound_horizon_days" }}
 inbound_horizon_days = {{ int .inbound_horizon_days }}
 {{- end }}
+{{- $channel := . }}
+{{- range $k := list "safety_stock_percent" "min_available" "max_available" "max_order_quantity" "low_stock_threshold" }}
+{{- if hasKey $channel $k }}
+{{ $k }} = {{ int (index $channel $k) }}
+{{- end }}
+{{- end }}
 {{- if .safety_stock_overrides }}
 {{- $pairs := list }}
 {{- range $sku, $qty := .safety_stock_overrides }}
@@ -178,6 +184,22 @@ inbound_horizon_days = {{ int .inbound_horizon_days }}
 {{- end }}
 safety_stock_overrides = { {{ join ", " $pairs }} }
 {{- end }}
+{{- end }}
+{{- range .Values.kits }}
+
+[[kits]]
+sku = {{ required "values: kits[].sku is required" .sku | toString | toJson }}
+{{- $parts := list }}
+{{- range .components }}
+{{- $parts = append $parts (printf "{sku = %s, quantity = %d}" (.sku | toString | toJson) (int .quantity)) }}
+{{- end }}
+components = [{{ join ", " $parts }}]
+{{- end }}
+{{- range .Values.locations }}
+
+[[locations]]
+name = {{ required "values: locations[].name is required" .name | toString | toJson }}
+daily_capacity_units = {{ int .daily_capacity_units }}
 {{- end }}
 {{- range $table := list "consumer" "api" }}
 {{- with index $.Values.tuning $table }}

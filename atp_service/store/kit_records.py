@@ -1,0 +1,176 @@
+"""Kit definitions in Redis (contract section 10).
+
+One hash (keys.KITS) holds a record per kit sku, and each component sku has the set of kits
+it belongs to (keys.kits_of_key), which the write script reads to mark those kits due when
+the component is written. A record set over HTTP wins over the config file's: `atp
+consume` installs the file's kits at start where no HTTP record exists. A kit deleted over
+HTTP keeps a record with no components, so that the file's definition does not come back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final, Literal
+
+import msgspec
+import redis
+import redis.asyncio as aredis
+
+from allocation.kits import KitComponent, KitDefinition
+from atp_service.store import keys
+
+Source = Literal["config", "api"]
+
+
+class KitRecord(msgspec.Struct, frozen=True):
+    sku: str
+    components: tuple[KitComponent, ...]  # () : deleted over HTTP
+    source: Source
+    # Changes of this sku's record over HTTP, counted in the write that made them: the
+    # order of those changes on the overrides topic (atp_service/overrides.py).
+    seq: int = 0
+
+    def definition(self) -> KitDefinition | None:
+        return KitDefinition(self.sku, self.components) if self.components else None
+
+
+class SeqMoved(Exception):
+    """The kit's record changed since it was read; read and decide again."""
+
+
+_decoder: Final = msgspec.json.Decoder(KitRecord)
+
+# KEYS: 1 the kits hash, 2 the due zset, 3 the kit sku's hash. ARGV: 1 kit sku, 2 the record
+# (JSON; '' removes it), 3 now (ms), 4 the seq the record must have now ('' = unchecked),
+# then the new components' skus. Returns 1, or 0 when the seq moved. The kit sku's version
+# moves, so that a sweep computing the kit from the definition before this one is refused.
+# cjson is Redis's built-in JSON.
+_PUT: Final = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+local prefix = string.sub(KEYS[1], 1, -5)
+if old then
+  old = cjson.decode(old)
+  if ARGV[4] ~= '' and tostring(old['seq']) ~= ARGV[4] then
+    return 0
+  end
+  for _, c in ipairs(old['components']) do
+    redis.call('SREM', prefix .. '{' .. c['sku'] .. '}:kits', ARGV[1])
+  end
+elseif ARGV[4] ~= '' and ARGV[4] ~= '0' then
+  return 0
+end
+if ARGV[2] == '' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+for a = 5, #ARGV do
+  redis.call('SADD', prefix .. '{' .. ARGV[a] .. '}:kits', ARGV[1])
+end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('HINCRBY', KEYS[3], 'v', 1)
+return 1
+"""
+
+
+def decode_records(raw: Mapping[bytes, bytes]) -> dict[str, KitRecord]:
+    return {k.decode(): _decoder.decode(v) for k, v in raw.items()}
+
+
+def definitions(records: Iterable[KitRecord]) -> dict[str, KitDefinition]:
+    """The kits in force among ``records``."""
+    out = {}
+    for record in records:
+        kit = record.definition()
+        if kit is not None:
+            out[kit.sku] = kit
+    return out
+
+
+def _put_args(
+    sku: str, record: KitRecord | None, now_ms: int, expected_seq: int | None
+) -> tuple[list[str], list[Any]]:
+    payload = msgspec.json.encode(record) if record is not None else b""
+    components = [c.sku for c in record.components] if record is not None else []
+    expected = "" if expected_seq is None else str(expected_seq)
+    return [keys.KITS, keys.DUE, keys.sku_key(sku)], [sku, payload, now_ms, expected, *components]
+
+
+class KitRecords:
+    """Synchronous access, for the consumer and the command-line tools."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self._put = client.register_script(_PUT)
+
+    def all(self) -> dict[str, KitRecord]:
+        raw: dict[bytes, bytes] = self.client.hgetall(keys.KITS)  # type: ignore[assignment]
+        return decode_records(raw)
+
+    def of(self, skus: Sequence[str]) -> dict[str, KitDefinition]:
+        """The kits in force among ``skus``."""
+        if not skus:
+            return {}
+        found: list[bytes | None] = self.client.hmget(keys.KITS, list(skus))  # type: ignore[assignment]
+        return definitions(_decoder.decode(raw) for raw in found if raw)
+
+    def put(
+        self, sku: str, record: KitRecord | None, now_ms: int, expected_seq: int | None = None
+    ) -> None:
+        """Set (None: remove) the record of ``sku`` and mark the kit due. SeqMoved if
+        ``expected_seq`` is given and the record's seq is another."""
+        key_list, args = _put_args(sku, record, now_ms, expected_seq)
+        if not self._put(keys=key_list, args=args):
+            raise SeqMoved(sku)
+
+    def install(self, configured: Sequence[KitDefinition], now_ms: int) -> int:
+        """Make the config file's kits the ones in force, except where HTTP set a record:
+        add or change them, and remove the records of kits the file no longer lists.
+        Returns how many records changed."""
+        wanted = {kit.sku: kit for kit in configured}
+        changed = 0
+        for _ in range(10):  # again when an HTTP change landed meanwhile
+            records = self.all()
+            try:
+                for sku, kit in wanted.items():
+                    old = records.get(sku)
+                    if old is not None and (
+                        old.source == "api" or old.components == kit.components
+                    ):
+                        continue
+                    seq = old.seq if old is not None else 0
+                    self.put(sku, KitRecord(sku, kit.components, "config", seq), now_ms, seq)
+                    changed += 1
+                for sku, old in records.items():
+                    if old.source == "config" and sku not in wanted:
+                        self.put(sku, None, now_ms, old.seq)
+                        changed += 1
+            except SeqMoved:
+                continue
+            return changed
+        raise SeqMoved("kits changed over HTTP while the config file's were installed")
+
+
+class AsyncKitRecords:
+    """The same for the API."""
+
+    def __init__(self, client: aredis.Redis) -> None:
+        self.client = client
+        self._put = client.register_script(_PUT)
+
+    async def all(self) -> dict[str, KitRecord]:
+        raw: dict[bytes, bytes] = await self.client.hgetall(keys.KITS)  # type: ignore[assignment]
+        return decode_records(raw)
+
+    async def of(self, skus: Sequence[str]) -> dict[str, KitDefinition]:
+        if not skus:
+            return {}
+        found: list[bytes | None] = await self.client.hmget(keys.KITS, list(skus))  # type: ignore[assignment]
+        return definitions(_decoder.decode(raw) for raw in found if raw)
+
+    async def put(
+        self, sku: str, record: KitRecord | None, now_ms: int, expected_seq: int | None = None
+    ) -> None:
+        key_list, args = _put_args(sku, record, now_ms, expected_seq)
+        if not await self._put(keys=key_list, args=args):
+            raise SeqMoved(sku)
