@@ -146,18 +146,30 @@ def _take_kits(
         )
         kits = min(kits, allowed // per_kit)
     n_locations = len(unreserved[line.components[0][0]])
-    while True:
-        # Components that share a location share its capacity: if together they need more
-        # than it has, fewer kits, from the state before this line.
+
+    def attempt(k: int) -> tuple[bool, dict[int, list[int]], list[int] | None, list[list[int]]]:
+        """Take k kits on copies: whether every component got all of its share."""
         free = {s: list(unreserved[s]) for s, _ in line.components}
         left = list(room) if room is not None else None
         taken = [
-            take_from(free[s], locations, kits * q, n_locations, left) for s, q in line.components
+            take_from(free[s], locations, k * q, n_locations, left) for s, q in line.components
         ]
-        fewer = min(sum(t) // q for t, (_, q) in zip(taken, line.components, strict=True))
-        if fewer >= kits:
-            break
-        kits = fewer
+        whole = all(sum(t) == k * q for t, (_, q) in zip(taken, line.components, strict=True))
+        return whole, free, left, taken
+
+    done = attempt(kits)
+    if not done[0]:
+        # Components that share a location share its capacity: together they may need more
+        # than it has left. The most kits that fit, by bisection (0 always fits).
+        fits, too_many = 0, kits
+        while too_many - fits > 1:
+            middle = (fits + too_many) // 2
+            if attempt(middle)[0]:
+                fits = middle
+            else:
+                too_many = middle
+        kits, done = fits, attempt(fits)
+    _, free, left, taken = done
     for s, _ in line.components:
         unreserved[s][:] = free[s]
     if room is not None and left is not None:

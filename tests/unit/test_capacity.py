@@ -80,3 +80,14 @@ def test_backorders_converted_count_and_stop_at_the_room() -> None:
     # Capacity comes back tomorrow: the sku is due then, to plan its claims again.
     tomorrow_ms = (NOW_US // US_PER_DAY + 1) * US_PER_DAY // 1000
     assert changes.skus[0].due_ms == tomorrow_ms
+
+
+def test_a_kit_line_takes_the_most_whole_kits_a_shared_capacity_allows() -> None:
+    kit = KitDefinition("K", (KitComponent("A", 1), KitComponent("B", 1)))
+    states = {"A": stock("A", ("L1", 20)), "B": stock("B", ("L1", 20))}
+    # L1 may give 4 today: each component alone allows 3 kits, together 2 (4 units).
+    planned = plan([order("o1", K=3)], states, PROJECTOR, NOW_US, kits={"K": kit},
+                   room=PROJECTOR.room({"L1": 1}))  # fmt: skip
+    [line] = planned.results[0].lines
+    assert line.unfilled == 1
+    assert PROJECTOR.capacity_taken(planned.taken) == {"L1": 4}
