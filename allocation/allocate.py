@@ -2,15 +2,19 @@
 
 The rules, for lines taken in order (higher-priority channels first, then as given):
 
-- A line of channel c for sku s takes ``take = min(quantity, available_to_sell(c,s))`` from
-  stock, where net(c,s) counts everything reserved so far, including earlier lines of the
-  batch (from stock or as backorders). The take goes whole to the first location of c's
-  preference order whose free stock (on_hand - reserved, clipped at 0) covers it, else it is
-  split in location order, taking min(free, remaining) from each.
-- With backorder, the rest is promised from inbound: ``backordered = min(rest, atp(c,s,end
-  of horizon))`` computed after the take, ``promise_day`` is the earliest day d with
-  atp(c,s,d) >= backordered, and the units are reserved at the first location (in c's
-  order) holding an inbound line due that day. What is left is ``unfilled``.
+- A line of channel c for sku s wants ``min(quantity, max_order_quantity(c))`` and takes
+  ``take = min(wanted, available_to_sell(c,s))`` from stock, where net(c,s) counts
+  everything reserved so far, including earlier lines of the batch (from stock or as
+  backorders), and available_to_sell applies c's buffers (contract section 11:
+  ``offer(v)`` is 0 below min_available, else min(v, max_available)). The take goes whole
+  to the first location of c's preference order whose free stock (on_hand - reserved,
+  clipped at 0) covers it, else it is split in location order, taking min(free, remaining)
+  from each.
+- With backorder, the rest of what it wants is promised from inbound: ``backordered =
+  min(rest, atp(c,s,end of horizon))`` computed after the take (0 if no inbound is due
+  within the horizon), ``promise_day`` is the earliest due day d with atp(c,s,d) >=
+  backordered, and the units are reserved at the first location (in c's order) holding an
+  inbound line due that day. What is left of the quantity is ``unfilled``.
 
 ``allocation.reference`` writes the same rules as plain loops; the tests hold the two equal.
 
@@ -21,13 +25,19 @@ run of every sku at once (with distinct priorities a sku has at most one run per
 Within a run everything but the location choice is prefix sums:
 
 - Only the run's own lines change net(c,s) during the run, each by what it consumes (take +
-  backordered): every line takes in full until the first one that is short (cumulative
-  quantity > available_to_sell), which takes the remainder; after it, stock lines get
-  nothing and backorder lines share what atp at the end of the horizon leaves, a clipped
-  cumulative sum. Once a line is short the rest of its run takes no stock, so backorder
-  reservations never change where the run takes stock.
-- Promise days are a search of the threshold "consumed after the line - (net - safety)" in
-  the cumulative inbound timeline of (channel, sku), which does not change in a batch.
+  backordered). With v the value before buffers ahead of a line, offer(v) >= x exactly
+  when v >= max(min_available, x) (for x <= max_available), so every line consumes in
+  full (its take capped at max_available, plus, for a backorder line cut by
+  max_available, the rest up to max_available promised) while v covers both, a prefix sum.
+  The first line that is short takes what offer() gives and backorders its rest; after it
+  v is below min_available or 0, so stock lines get nothing and backorder lines take
+  min(wanted, max_available) each while atp at the end of the horizon covers it and
+  min_available, the first that falls short getting what is left: a clipped cumulative
+  sum. Backorders of lines that took in full are reserved before the next line's take;
+  those of short lines cannot change where the run takes stock.
+- Promise days are a search of the threshold max(min_available, units) - (net - safety
+  after the take) in the cumulative inbound timeline of (channel, sku), which does not
+  change in a batch.
 
 Two steps are order-dependent in a way no numpy scan expresses, so each runs as a small loop
 of vectorized steps (never a loop over lines or skus):
@@ -57,8 +67,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from allocation.in_turn import Line, allocate_in_turn
-from allocation.network import NONE, Bools, Ints, Network, Supply
+from allocation.network import NO_CAP, NONE, Bools, Ints, Network, Supply
 from allocation.projection import available_to_sell, inbound_timeline
 
 __all__ = ["NONE", "Allocation", "allocate", "check_lines"]  # NONE: promise of no backorder
@@ -142,8 +151,6 @@ def allocate(
     sku = np.asarray(line_sku, dtype=np.int64)
     quantity = np.asarray(line_quantity, dtype=np.int64)
     backorder = np.asarray(line_backorder, dtype=np.bool_)
-    if network.offers_differ:
-        return _one_by_one(supply, network, today, channel, sku, quantity, backorder)
     n = quantity.size
     # The state: on_hand - reserved per (sku, location); free = max(0, unreserved).
     unreserved = (supply.on_hand - supply.reserved).astype(np.int64)
@@ -174,41 +181,6 @@ def allocate(
         unfilled=quantity - out.take - out.backordered,
         reserved=supply.on_hand - unreserved,
     )
-
-
-def _one_by_one(
-    supply: Supply,
-    network: Network,
-    today: int,
-    channel: Ints,
-    sku: Ints,
-    quantity: Ints,
-    backorder: Bools,
-) -> Allocation:
-    """The batch's lines one after another in its order (priority, then as given), by the
-    scalar rules of ``allocation.in_turn``: for networks where some channel has
-    min_available, max_available or max_order_quantity (contract section 11). A cap lets
-    a line stop short while the next one still takes, which the vectorized runs below do
-    not model."""
-    priority = network.priority.tolist()
-    channels, skus = channel.tolist(), sku.tolist()
-    order = sorted(range(quantity.size), key=lambda i: (priority[channels[i]], i))
-    lines = [Line(channels[i], skus[i], int(quantity[i]), bool(backorder[i])) for i in order]
-    outcome = allocate_in_turn(supply, network, today, lines)
-    if outcome is None:  # input check_lines lets through but the scalar path refuses
-        raise ValueError("a line the allocation refuses")
-    n, n_locations = quantity.size, len(network.locations)
-    taken = np.zeros((n, n_locations), dtype=np.int64)
-    backordered, day, where, unfilled = (np.zeros(n, dtype=np.int64) for _ in range(4))
-    reserved = supply.reserved.copy()
-    for k, i in enumerate(order):
-        taken[i] = outcome.taken[k]
-        backordered[i], day[i] = outcome.backordered[k], outcome.promise_day[k]
-        where[i], unfilled[i] = outcome.promise_location[k], outcome.unfilled[k]
-        reserved[skus[i]] += taken[i]
-        if backordered[i]:
-            reserved[skus[i], where[i]] += backordered[i]
-    return Allocation(taken, backordered, day, where, unfilled, reserved)
 
 
 @dataclass(frozen=True)
@@ -286,71 +258,135 @@ def _allocate_runs(
     g = np.cumsum(run_start) - 1  # run of each line
     rc, rs = c[first], s[first]
 
-    # net(c,s), available_to_sell(c,s) at the start of each run.
+    # net(c,s) - safety stock at the start of each run (may be negative).
     net = np.einsum("ij,ij->i", unreserved[rs], order.in_network[rc])
-    ss = supply.safety_stock[rs, rc]
-    ats = available_to_sell(net, ss)[g]
+    head = (net - supply.safety_stock[rs, rc])[g]
+    # The channels' buffers (the caps gathered only where the network sets them).
+    low = network.min_available[c]
+    wanted = q  # the rest of the quantity is unfilled
+    if (network.max_order_quantity < NO_CAP).any():
+        wanted = np.minimum(q, network.max_order_quantity[c])
+    capped = wanted  # the most a line takes from stock
+    over = np.zeros(0, dtype=np.int64)
+    if (network.max_available < NO_CAP).any():
+        high = network.max_available[c]
+        capped = np.minimum(wanted, high)
+        over = np.flatnonzero(bo_ok & (wanted > capped) & (high > 0))
 
-    # Consumption (take + backordered) of the run up to each line. Lines take in full until
-    # the first short one, which takes what is left of available_to_sell.
-    total_q = _grouped_cumsum(q, first, g)
-    before = total_q - q
-    short = total_q > ats  # this line or an earlier one of the run is short
-    first_short = short & (run_start | ~np.roll(short, 1))
-    take = np.where(short, 0, q)
-    take[first_short] = ats[first_short] - before[first_short]
-    consumed = before + take
-
-    backordered = np.zeros(at.size, dtype=np.int64)
-    tail = np.flatnonzero(short)  # the short lines of each run, from its first short one
-    if bo_ok[tail].any():
-        head = (net - ss)[g[tail]]  # may be negative
-        pairs = np.zeros((len(network.channels), supply.n_skus), dtype=np.bool_)
-        pairs[c[tail], s[tail]] = True
-        inbound = _Inbound.of(supply, network, today, pairs)
-        # Backorder lines consume up to atp at the end of the horizon, before max(0, .):
-        # cap = net - ss + inbound due within the horizon.
-        cap = head + inbound.total(c[tail], s[tail])
-        tq, tb, t_before = q[tail], bo_ok[tail], before[tail]
-        t_first = first_short[tail]
-        consumed_first = np.where(
-            tb, np.maximum(t_before, np.minimum(t_before + tq, cap)), consumed[tail]
+    # While stock lasts a line consumes ``full``: its capped take, and for a backorder line
+    # cut by max_available, the rest up to max_available promised (of a pair with inbound).
+    full = capped
+    extra = np.zeros(at.size, dtype=np.int64)
+    if over.size:
+        early = _Inbound.of(supply, network, today, _pairs(supply, network, c[over], s[over]))
+        over_due = early.total(c[over], s[over])
+        extra[over] = np.where(over_due > 0, np.minimum(wanted - capped, high)[over], 0)
+        full = capped + extra
+    total = _grouped_cumsum(full, first, g)
+    before = total - full  # consumed by the run before each line, while all took in full
+    value = np.maximum(0, head - before)  # available_to_sell before buffers
+    # A line consumes ``full`` when the value before it reaches min_available and its take,
+    # and (with extra) atp at the end of the horizon after the take covers min_available and
+    # the extra: offer() then gives min(value, max_available) >= both.
+    needed = np.maximum(low, capped)
+    if over.size:
+        needed[over] = np.where(
+            extra[over] > 0,
+            np.maximum(needed[over], capped[over] - over_due + np.maximum(low, extra)[over]),
+            needed[over],
         )
-        # After the first short line only backorder lines consume: a clipped running sum.
+    if over.size or network.min_available.any():
+        missed = value < needed
+        short = _grouped_cumsum(missed.astype(np.int64), first, g) > 0  # this or an earlier line
+    else:  # needed = full: the first short line is the first whose running total passes v
+        short = total > np.maximum(0, head)
+    first_short = short & (run_start | ~np.roll(short, 1))  # this line and no earlier one
+    # The first short line takes what offer() gives, min(capped, value) or nothing; after it
+    # the value is below min_available or 0, so the rest of the run takes no stock.
+    take = np.where(short, 0, capped)
+    fs = np.flatnonzero(first_short)
+    take[fs] = np.where(value[fs] < low[fs], 0, np.minimum(capped[fs], value[fs]))
+    backordered = np.where(short, 0, extra)
+
+    promise: list[tuple[Ints, Ints, Ints]] = []
+    if over.size:
+        # Promise of the lines that took in full: the first due day with
+        # head + inbound due >= max(min_available, units), head after the take (>= 0).
+        held = over[(extra[over] > 0) & ~short[over]]
+        after_take = (head - before - capped)[held]
+        need = np.maximum(1, np.maximum(low[held], extra[held]) - after_take)
+        promise.append((held, *early.promise(c[held], s[held], need)))
+    # The first short line of each run and the backorder lines after it (the others get
+    # nothing more and change nothing).
+    tail = np.flatnonzero(first_short | (short & bo_ok))
+    bo_tail = tail[bo_ok[tail]]
+    if bo_tail.size:
+        late = _Inbound.of(supply, network, today, _pairs(supply, network, c[bo_tail], s[bo_tail]))
+        t_due = late.total(c[tail], s[tail])  # inbound due by the end of the horizon
+        t_bo = bo_ok[tail] & (t_due > 0)
+        t_low, t_high, t_first = low[tail], network.max_available[c[tail]], first_short[tail]
+        # The first short line backorders its rest up to what offer() gives of atp at the end
+        # of the horizon after its take.
+        after_take = head[tail] - before[tail] - take[tail]
+        atp_end = np.maximum(0, after_take + t_due)
+        rest = np.minimum(wanted[tail] - take[tail], t_high)
+        first_units = np.where(t_first & t_bo & (atp_end >= t_low), np.minimum(rest, atp_end), 0)
+        # After it only backorder lines consume, each min(capped, atp at the end) while that
+        # atp stays >= min_available; the first that does not get all gets what is left, if
+        # that is >= min_available, and the lines after it nothing.
         t_start = np.flatnonzero(t_first)
         t_run = np.cumsum(t_first) - 1
-        base = consumed_first[t_start][t_run]
-        later_q = np.where(~t_first & tb, tq, 0)
-        later_total = _grouped_cumsum(later_q, t_start, t_run)
-        t_consumed_before = np.where(
-            t_first, t_before, np.maximum(base, np.minimum(base + later_total - later_q, cap))
+        left = (after_take - first_units)[t_start][t_run]  # head before the later lines
+        ask = np.where(~t_first & t_bo, capped[tail], 0)
+        asked_before = _grouped_cumsum(ask, t_start, t_run) - ask
+        t_head = np.where(t_first, after_take, left - asked_before)  # before the line's units
+        atp_end = np.maximum(0, t_head + t_due)
+        refused = (ask > 0) & (atp_end < np.maximum(t_low, ask))
+        refusals = _grouped_cumsum(refused.astype(np.int64), t_start, t_run)
+        units = np.where(
+            refusals == 0,
+            ask,
+            np.where(refused & (refusals == 1) & (atp_end >= t_low), atp_end, 0),
         )
-        t_consumed = np.where(
-            t_first, consumed_first, np.maximum(base, np.minimum(base + later_total, cap))
-        )
-        backordered[tail] = t_consumed - t_consumed_before - take[tail]  # 0 on stock-only
+        units = np.where(t_first, first_units, units)
+        backordered[tail] = units
 
-        # Promise: the first due day at which inbound covers what was consumed beyond
-        # net - ss.
-        promised = np.flatnonzero(backordered[tail] > 0)
-        day, location = inbound.promise(
-            c[tail][promised], s[tail][promised], (t_consumed - head)[promised]
-        )
-        promise = (tail[promised], day, location)
-    else:
-        empty = np.zeros(0, dtype=np.int64)
-        promise = (empty, empty, empty)
+        # Promise: the first due day with t_head + inbound due >= max(min_available, units).
+        got = np.flatnonzero(units > 0)
+        need = np.maximum(1, np.maximum(t_low[got], units[got]) - t_head[got])
+        promise.append((tail[got], *late.promise(c[tail[got]], s[tail[got]], need)))
 
-    # Stock locations (first fit, else split), then the backorder reservations: a line that
-    # backorders is short, so the lines after it in its run take no stock.
+    # Stock locations (first fit, else split), with the backorder reservations: those of
+    # lines that took in full come before the next line's take; after the first short line
+    # no line takes stock, so the others go last.
     index = lines.index[at]
-    _place_runs(order, c, s, g, take, unreserved, index, out.taken)
-    promised, day, location = promise
-    np.subtract.at(unreserved, (s[promised], location), backordered[promised])
+    if promise:
+        promised, day, location = (np.concatenate(part) for part in zip(*promise, strict=True))
+    else:
+        promised = day = location = np.zeros(0, dtype=np.int64)
+    early_units = ~short[promised]
+    if early_units.any():
+        reserve = np.zeros(at.size, dtype=np.int64)
+        reserve_at = np.zeros(at.size, dtype=np.int64)
+        reserve[promised[early_units]] = backordered[promised[early_units]]
+        reserve_at[promised[early_units]] = location[early_units]
+        _place_runs(order, c, s, g, take, unreserved, index, out.taken, (reserve, reserve_at))
+        last = ~early_units
+        np.subtract.at(unreserved, (s[promised[last]], location[last]), backordered[promised[last]])
+    else:
+        _place_runs(order, c, s, g, take, unreserved, index, out.taken)
+        np.subtract.at(unreserved, (s[promised], location), backordered[promised])
     out.take[index] = take
     out.backordered[index] = backordered
     out.promise_day[index[promised]] = day
     out.promise_location[index[promised]] = location
+
+
+def _pairs(supply: Supply, network: Network, c: Ints, s: Ints) -> Bools:
+    """(C, S) True at each (c, s) given."""
+    pairs = np.zeros((len(network.channels), supply.n_skus), dtype=np.bool_)
+    pairs[c, s] = True
+    return pairs
 
 
 def _place_runs(
@@ -362,9 +398,11 @@ def _place_runs(
     unreserved: Ints,
     index: Ints,
     taken: Ints,
+    reserve: tuple[Ints, Ints] | None = None,
 ) -> None:
     """Place each line's take (first fit, else split), writing ``taken[index]`` and taking
-    the units off ``unreserved`` (S, L).
+    the units off ``unreserved`` (S, L). ``reserve``, (units, location) per line, is reserved
+    right after the line's take (only for lines that take stock).
 
     Sequential first fit, settled in steps (see the module docstring): each step gives every
     pending line its first fit against the current free stock, settles the longest prefix of
@@ -384,10 +422,16 @@ def _place_runs(
             rows = np.arange(shared.size)
             wanted = np.zeros((shared.size, n_locations), dtype=np.int64)
             wanted[rows, fit[shared]] = np.where(fits[shared], t[shared], 0)
+            if reserve is not None:
+                units, where = reserve[0][pending[shared]], reserve[1][pending[shared]]
+                wanted[rows, where] += units
             in_run = start[shared]
             intake = _grouped_cumsum(wanted, np.flatnonzero(in_run), np.cumsum(in_run) - 1)
+            used = intake[rows, fit[shared]]
+            if reserve is not None:  # the line's own reservation comes after its take
+                used -= np.where(where == fit[shared], units, 0)
             free = unreserved[ps[shared], fit[shared]]
-            ok[shared] &= intake[rows, fit[shared]] <= free
+            ok[shared] &= used <= free
         failed = _grouped_cumsum(
             (~ok).astype(np.int64), np.flatnonzero(start), np.cumsum(start) - 1
         )
@@ -396,11 +440,17 @@ def _place_runs(
         exact = np.flatnonzero(first_failed)
         taken[index[pending[settled]], fit[settled]] = t[settled]
         np.subtract.at(unreserved, (ps[settled], fit[settled]), t[settled])
+        if reserve is not None:
+            line = pending[settled]
+            np.subtract.at(unreserved, (ps[settled], reserve[1][line]), reserve[0][line])
         if exact.size:
             es = ps[exact]  # one line per run, so distinct skus
             placed = order.place(pc[exact], unreserved[es], t[exact])
             taken[index[pending[exact]]] = placed
             unreserved[es] -= placed
+            if reserve is not None:
+                line = pending[exact]
+                unreserved[es, reserve[1][line]] -= reserve[0][line]
         pending = pending[(failed > 0) & ~first_failed]
 
 
@@ -434,9 +484,15 @@ def _speculate(
         active = s[new_sku]
         net = unreserved[active] @ order.in_network.T  # (active skus, C)
         head = net[np.cumsum(new_sku) - 1, c] - supply.safety_stock[s, c]
-        idle = head <= 0
+        # offer(max(0, value)) is 0 for every value below max(1, min_available), or always
+        # with max_available 0.
+        least = np.where(
+            network.max_available[c] > 0, np.maximum(1, network.min_available[c]), NO_CAP
+        )
+        idle = head < least
         idle_bo = np.flatnonzero(idle & lines.backorder[pending])
-        idle[idle_bo] = head[idle_bo] + inbound.total(c[idle_bo], s[idle_bo]) <= 0
+        due = inbound.total(c[idle_bo], s[idle_bo])
+        idle[idle_bo] = (due == 0) | (head[idle_bo] + due < least[idle_bo])
         if idle.any():
             busy = ~idle
             pending, c, s = pending[busy], c[busy], s[busy]
@@ -460,6 +516,7 @@ def _speculate(
         seen = unreserved[s[play]] - before
         line = _outcome(
             supply,
+            network,
             order,
             inbound,
             c[play],
@@ -511,6 +568,7 @@ class _Outcome:
 
 def _outcome(
     supply: Supply,
+    network: Network,
     order: _PreferenceOrder,
     inbound: _Inbound,
     c: Ints,
@@ -524,23 +582,31 @@ def _outcome(
     n = c.size
     net = np.einsum("ij,ij->i", seen, order.in_network[c])
     ss = supply.safety_stock[s, c]
-    take = np.minimum(q, available_to_sell(net, ss))
+    low, high = network.min_available[c], network.max_available[c]
+    wanted = np.minimum(q, network.max_order_quantity[c])
+    value = available_to_sell(net, ss)
+    take = np.where(value < low, 0, np.minimum(np.minimum(wanted, high), value))
     taken = order.place(c, seen, take)
     row = taken
     backordered = np.zeros(n, dtype=np.int64)
     promise_day = np.full(n, NONE, dtype=np.int64)
     promise_location = np.full(n, NONE, dtype=np.int64)
-    short = np.flatnonzero(backorder & (take < q))
+    short = np.flatnonzero(backorder & (take < wanted))
     if short.size:
-        # The take exhausted available_to_sell, so this is <= 0: backorders come from inbound.
-        head = (net - take - ss)[short]
-        # atp at the end of the horizon caps the backorder.
-        end = np.maximum(0, head + inbound.total(c[short], s[short]))
-        units = np.minimum((q - take)[short], end)
+        head = (net - take - ss)[short]  # > 0 only where the channel's buffers held stock back
+        due = inbound.total(c[short], s[short])
+        # What offer() gives of atp at the end of the horizon caps the backorder.
+        end = np.maximum(0, head + due)
+        units = np.where(
+            (due > 0) & (end >= low[short]),
+            np.minimum(np.minimum((wanted - take)[short], high[short]), end),
+            0,
+        )
         promised = units > 0
         lines, units, head = short[promised], units[promised], head[promised]
-        # The first day with atp = head + inbound due by then >= units.
-        day, location = inbound.promise(c[lines], s[lines], units - head)
+        # The first due day with head + inbound due by then >= max(min_available, units).
+        need = np.maximum(1, np.maximum(low[lines], units) - head)
+        day, location = inbound.promise(c[lines], s[lines], need)
         backordered[lines] = units
         promise_day[lines] = day
         promise_location[lines] = location

@@ -100,16 +100,6 @@ class Network:
             },
         )
 
-    @property
-    def offers_differ(self) -> bool:
-        """Whether some channel offers other than max(0, net - safety stock), or caps lines:
-        then allocation takes the sequential path (allocation.allocate)."""
-        return bool(
-            (self.min_available > 0).any()
-            or (self.max_available < NO_CAP).any()
-            or (self.max_order_quantity < NO_CAP).any()
-        )
-
     def channel_index(self, name: str) -> int:
         return self.channels.index(name)
 
