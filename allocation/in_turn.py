@@ -37,6 +37,8 @@ class Outcomes:
     promise_day: list[int] = field(default_factory=list)
     promise_location: list[int] = field(default_factory=list)
     unfilled: list[int] = field(default_factory=list)
+    # Units taken per network location over all lines, when the engine counted them.
+    totals: list[int] | None = None
 
 
 @dataclass(frozen=True)

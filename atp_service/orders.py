@@ -191,7 +191,7 @@ def plan(
         lines = _allocate_in_turn(orders, states, projector, now_us, room=room)
     if lines is None:
         lines = _allocate_vectorized(orders, states, projector, now_us)
-        if room is not None and not _within(lines.taken, room):
+        if room is not None and not fits_room(lines.totals or [], room):
             lines = _allocate_in_turn(orders, states, projector, now_us, kits, True, room)
             if lines is None:  # the engine took the same input: cannot happen
                 raise ValueError("an order line the allocation refuses")
@@ -221,10 +221,9 @@ def plan_in_turn(
     return _assemble(orders, states, projector.network, lines, now_us, kits)
 
 
-def _within(taken: Sequence[Sequence[int]], room: Sequence[int]) -> bool:
-    """Whether the lines took, at each location, no more than it may give."""
-    totals = np.asarray(taken, dtype=np.int64).reshape(-1, len(room)).sum(axis=0)
-    return bool((totals <= np.asarray(room, dtype=np.int64)).all())
+def fits_room(totals: Sequence[int], room: Sequence[int]) -> bool:
+    """Whether lines that took ``totals`` per location took no more than each may give."""
+    return len(totals) == len(room) and all(t <= r for t, r in zip(totals, room, strict=True))
 
 
 def _allocate_vectorized(
@@ -254,6 +253,7 @@ def _allocate_vectorized(
         promise_day=outcome.promise_day.tolist(),
         promise_location=outcome.promise_location.tolist(),
         unfilled=outcome.unfilled.tolist(),
+        totals=outcome.taken.sum(axis=0).tolist(),
     )
 
 

@@ -91,3 +91,13 @@ def test_a_kit_line_takes_the_most_whole_kits_a_shared_capacity_allows() -> None
     [line] = planned.results[0].lines
     assert line.unfilled == 1
     assert PROJECTOR.capacity_taken(planned.taken) == {"L1": 4}
+
+
+def test_a_batch_within_the_room_is_the_engines_answer_and_counted() -> None:
+    states = {"A": stock("A", ("L1", 3), ("L2", 9)), "B": stock("B", ("L1", 1), ("L2", 9))}
+    batch = [order("o1", A=2), order("o2", B=2), order("o3", A=3)]
+    free = plan(batch, states, PROJECTOR, NOW_US)
+    roomy = plan(batch, states, PROJECTOR, NOW_US, room=PROJECTOR.room({}))
+    assert roomy.results == free.results
+    assert PROJECTOR.capacity_taken(roomy.taken) == PROJECTOR.capacity_taken(free.taken)
+    assert PROJECTOR.capacity_taken(roomy.taken)["L1"] <= 5
