@@ -22,6 +22,17 @@ pipelined HGET of the real hash fields). Compute-on-read: our requests/s at 32 c
 against the SQL endpoint's (target >= 5x), and our p99 at 32 connections against its p99
 (target lower).
 
+Kits (contract section 10): as many kit skus as preloaded skus (KIT-0000001.., 2 or 3
+components each, quantity 1 or 2, over components with stock on the channel), stored as
+HTTP stores them (KitRecords.put) and computed by the consumer's sweep: a running `atp
+consume` with the consumer preload, the direct projector's own Sweeper with the direct one,
+until every kit has a stored document with stock and none is due; a sample of kit reads is
+checked against the contract's formulas over the components' stored documents. The same
+API server is warmed on the kit skus the same way, then each run reads the kit skus right
+beside the plain ones (same wrk settings, which first alternating by run): kit requests/s
+at 32 connections against plain (target >= 1/1.2) and kit p50 at 1 and 32 connections
+against plain (target <= 1.2x); p99 and the cold pass are informative.
+
 ``python -m benchmarks.read --size small|full``
 """
 
@@ -35,12 +46,15 @@ import statistics
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
 import msgspec
 
+from allocation.kits import KitComponent, KitDefinition
 from atp_service.store import keys
+from atp_service.store.kit_records import KitRecord, KitRecords
 from benchmarks import postgres
 
 try:
@@ -93,6 +107,8 @@ AUTH = f"Authorization: Bearer {API_KEY}"
 SQL_LOCATIONS_PER_SKU = 4  # stock rows per sku in the SQL baseline (of the 8 locations)
 SQL_POOL = 16  # asyncpg connections per worker (x 2 workers = wrk's 32 connections)
 SQL_CHECKED = 200  # skus whose SQL answer is checked against the formulas before measuring
+KIT_COMPONENTS = (2, 3)  # components per kit
+KITS_CHECKED = 200  # kits whose read is checked against their components' before measuring
 
 
 def preload(bench: Bench, size: dict[str, Any], skus: list[str]) -> int:
@@ -123,6 +139,133 @@ def preload(bench: Bench, size: dict[str, Any], skus: list[str]) -> int:
         time.sleep(0.2)
     bench.stop(consumer)
     return len(messages)
+
+
+def define_kits(skus: Sequence[str], docs: Sequence[bytes | None]) -> list[KitDefinition]:
+    """As many kits as ``skus`` (KIT-0000001.., names as long as the skus'), each of 2 or
+    3 distinct components with a quantity per kit of 1 or 2 that their stored channel
+    document allows, so every kit has stock on the channel."""
+    stocked = [
+        (sku, ats)
+        for sku, doc in zip(skus, docs, strict=True)
+        if doc is not None and (ats := msgspec.json.decode(doc)["available_to_sell"]) >= 1
+    ]
+    if len(stocked) < max(KIT_COMPONENTS):
+        raise RuntimeError(f"only {len(stocked)} skus have stock on {CHANNEL}: cannot build kits")
+    rng = random.Random(17)
+    kits = []
+    for i in range(1, len(skus) + 1):
+        picked = rng.sample(stocked, rng.choice(KIT_COMPONENTS))
+        components = tuple(KitComponent(sku, rng.randint(1, min(2, ats))) for sku, ats in picked)
+        kits.append(KitDefinition(kit_name(i), components))
+    return kits
+
+
+def kit_name(i: int) -> str:
+    return f"KIT-{i:07d}"
+
+
+def compute_kits(bench: Bench, size: dict[str, Any], kits: Sequence[KitDefinition]) -> None:
+    """Store the kits' records (as HTTP does: source "api", so a consumer's start does not
+    remove them) and have the consumer's sweep compute every kit: a running `atp consume`
+    with the consumer preload, else the direct projector's own Sweeper. Returns once every
+    kit has a stored channel document with stock and none is due."""
+    settings = bench.settings
+    assert settings is not None
+    client = bench.redis()
+    records = KitRecords(client)
+    now_ms = time.time_ns() // 1_000_000
+    for kit in kits:
+        records.put(kit.sku, KitRecord(kit.sku, kit.components, "api"), now_ms)
+    names = [kit.sku for kit in kits]
+    field = projection_field(CHANNEL)
+
+    def pending() -> int:
+        due = client.zmscore(keys.DUE, names)
+        now = time.time_ns() // 1_000_000
+        pipe = client.pipeline(transaction=False)
+        for name in names:
+            pipe.hget(keys.sku_key(name), field)
+        docs = pipe.execute()
+        return sum(
+            (score is not None and score <= now)
+            or doc is None
+            or msgspec.json.decode(doc)["available_to_sell"] < 1
+            for score, doc in zip(due, docs, strict=True)
+        )
+
+    deadline = time.monotonic() + 600
+    if size["preload"] == "direct":
+        projector = direct_projector(settings)
+        while left := pending():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{left} kits not computed after 600 s of sweeps")
+            # The loop's sweep, minus publishing (no producer here: the outbox stays in Redis).
+            projector.sweeper.sweep(projector.clock, projector._write, 1.0)
+    else:
+        consumer = bench.start_consumer()
+        while left := pending():
+            if not consumer.alive or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{left} kits not computed by the consumer:\n{consumer.log.read_text()[-3000:]}"
+                )
+            time.sleep(0.2)
+        bench.stop(consumer)
+    client.close()
+
+
+def expected_kit(kit: KitDefinition, components: dict[str, bytes]) -> dict[str, Any]:
+    """A kit's channel document (less as_of) by contract section 10, from its components'
+    stored documents: least floor(figure / quantity) over the components; the timeline
+    lists every component's days, each component at its latest entry up to the day (its
+    available_to_sell before its first)."""
+    parts = [(msgspec.json.decode(components[c.sku]), c.quantity) for c in kit.components]
+    days = sorted({entry["date"] for doc, _ in parts for entry in doc["atp"]})
+
+    def at(doc: dict[str, Any], day: str) -> int:
+        value: int = doc["available_to_sell"]
+        for entry in doc["atp"]:
+            if entry["date"] <= day:
+                value = entry["quantity"]
+        return value
+
+    return {
+        "channel": CHANNEL, "sku": kit.sku,
+        "available_to_sell": min(doc["available_to_sell"] // q for doc, q in parts),
+        "on_hand": min(doc["on_hand"] // q for doc, q in parts), "reserved": 0, "safety_stock": 0,
+        "atp": [{"date": day, "quantity": min(at(doc, day) // q for doc, q in parts)} for day in days],
+    }  # fmt: skip
+
+
+def check_kits(bench: Bench, port: int, kits: Sequence[KitDefinition]) -> None:
+    """A sample of kit reads over the API equal the contract's formulas over their
+    components' stored documents, and the kit's own stored document."""
+    client = bench.redis()
+    field = projection_field(CHANNEL)
+    sample = random.Random(19).sample(list(kits), min(KITS_CHECKED, len(kits)))
+    with httpx.Client(
+        base_url=f"http://127.0.0.1:{port}",
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        timeout=10,
+    ) as http:
+        for kit in sample:
+            names = [c.sku for c in kit.components]
+            stored = client.hget(keys.sku_key(kit.sku), field)
+            components: dict[str, bytes] = {n: client.hget(keys.sku_key(n), field) for n in names}  # type: ignore[misc]
+            got = http.get(f"/v1/availability/{CHANNEL}/{kit.sku}")
+            want = expected_kit(kit, components)
+            body = got.json() if got.status_code == 200 else None
+            if (
+                body is None
+                or got.content != stored
+                or {k: v for k, v in body.items() if k != "as_of"} != want
+                or want["available_to_sell"] < 1
+            ):
+                raise RuntimeError(
+                    f"kit read {kit.sku} ({kit.components}): {got.status_code} {got.text[:400]}, "
+                    f"expected {want}"
+                )
+    client.close()
 
 
 def python_bulk(bench: Bench, skus: Sequence[str], seconds: float, mode: str) -> float:
@@ -215,14 +358,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             report.parameters["preload_events"] = preload(bench, size, skus)
         client = bench.redis()
         field = projection_field(CHANNEL)
-        pipe = client.pipeline(transaction=False)
-        for sku in skus:
-            pipe.hget(keys.sku_key(sku), field)
-        docs = pipe.execute()
+
+        def stored(names: Sequence[str]) -> list[bytes | None]:
+            pipe = client.pipeline(transaction=False)
+            for name in names:
+                pipe.hget(keys.sku_key(name), field)
+            return pipe.execute()
+
+        kits = define_kits(skus, stored(skus))
+        with timed(f"kits: {len(kits)} defined, computed by the sweep ({size['preload']})"):
+            compute_kits(bench, size, kits)
+        kit_skus = [kit.sku for kit in kits]
+        kit_docs = stored(kit_skus)
+        docs = stored(skus)  # after the sweep, which also rewrites skus that fell due
         missing = sum(doc is None for doc in docs)
         if missing:
             raise RuntimeError(f"{missing} skus have no stored {CHANNEL} projection after preload")
-        client.mset({f"bench:copy:{s}": d for s, d in zip(skus, docs, strict=True)})
+        report.parameters["kits"] = {
+            "kits": len(kits), "components_per_kit": list(KIT_COMPONENTS),
+            "component_skus": len({c.sku for kit in kits for c in kit.components}),
+            "mean_doc_bytes": round(statistics.mean(len(d or b"") for d in kit_docs), 1),
+            "plain_mean_doc_bytes": round(statistics.mean(len(d or b"") for d in docs), 1),
+        }  # fmt: skip
+        client.mset({f"bench:copy:{s}": d for s, d in zip(skus, docs, strict=True) if d})
         with timed(f"postgres: start, load {size['sql_stock_rows']:,} stock rows (COPY), index"):
             sql = start_sql(bench, size, skus, binaries)
         report.parameters.update({
@@ -249,9 +407,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"the API does not return the stored document: {got.status_code} {got.text[:300]}"
             )
 
+        check_kits(bench, servers["atp"].port or 0, kits)
+
         paths = [f"/v1/availability/{CHANNEL}/{s}" for s in skus]
         random.Random(5).shuffle(paths)
         get_script = lua_get_paths(bench.tmp / "get.lua", paths)
+        kit_paths = [f"/v1/availability/{CHANNEL}/{s}" for s in kit_skus]
+        random.Random(5).shuffle(kit_paths)
+        kit_script = lua_get_paths(bench.tmp / "get-kit.lua", kit_paths)
         bulk_skus = random.Random(9).sample(skus, BULK)
         post_script = lua_post(bench.tmp / "post.lua", msgspec.json.encode({"skus": bulk_skus}))
         reply = httpx.post(
@@ -265,20 +428,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             return f"http://127.0.0.1:{servers[name].port}{path}"
 
         duration = size["duration"]
-        with timed("warm-up"):
+
+        def warm_api(label: str, script: Path, n_skus: int) -> list[WrkResult]:
             # Every API worker keeps its own cache, filled by its misses: warm until each
             # worker has likely seen every sku (>= 4 requests per sku per worker) and the
             # rate has settled. The first pass is the cold-cache figure.
-            warm: list[WrkResult] = []
+            passes: list[WrkResult] = []
             while True:
-                warm.append(run_wrk(url("atp"), connections=32, threads=2, duration_s=size["warmup"],
-                                    script=get_script, headers=[AUTH]))  # fmt: skip
-                done = sum(r.requests for r in warm)
-                settled = len(warm) > 1 and warm[-1].requests_per_s < 1.1 * warm[-2].requests_per_s
-                if (done >= 4 * len(skus) * WORKERS and settled) or len(warm) >= 30:
+                passes.append(run_wrk(url("atp"), connections=32, threads=2, duration_s=size["warmup"],
+                                      script=script, headers=[AUTH]))  # fmt: skip
+                done = sum(r.requests for r in passes)
+                last = [r.requests_per_s for r in passes[-2:]]
+                settled = len(last) > 1 and last[1] < 1.1 * last[0]
+                if (done >= 4 * n_skus * WORKERS and settled) or len(passes) >= 30:
                     break
-            say(f"    atp warm-up: {len(warm)} passes, {done:,} requests, "
-                f"{warm[0].requests_per_s:,.0f} -> {warm[-1].requests_per_s:,.0f} req/s")  # fmt: skip
+            say(f"    {label} warm-up: {len(passes)} passes, {done:,} requests, "
+                f"{passes[0].requests_per_s:,.0f} -> {passes[-1].requests_per_s:,.0f} req/s")  # fmt: skip
+            return passes
+
+        with timed("warm-up"):
+            warm = warm_api("atp", get_script, len(skus))
+            warm_kit = warm_api("atp kits", kit_script, len(kit_skus))
             for name in ("constant", "redis-get", "sql"):
                 run_wrk(
                     url(name),
@@ -291,8 +461,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_wrk(url("atp", f"/v1/availability/{CHANNEL}/query"), connections=8, threads=2,
                     duration_s=size["warmup"], script=post_script, headers=[AUTH])  # fmt: skip
 
-        c32: dict[str, list[WrkResult]] = {n: [] for n in servers}
-        c1: dict[str, list[WrkResult]] = {n: [] for n in servers}
+        c32: dict[str, list[WrkResult]] = {n: [] for n in [*servers, "atp-kit"]}
+        c1: dict[str, list[WrkResult]] = {n: [] for n in [*servers, "atp-kit"]}
         bulk: list[WrkResult] = []
         raw_hget: list[float] = []
         raw_mget: list[float] = []
@@ -301,26 +471,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             with timed(f"run {run + 1}/{args.runs}"):
                 # Rotate the order so no server always runs first (or after the same one).
                 for name in order[run % len(order) :] + order[: run % len(order)]:
-                    c32[name].append(
-                        run_wrk(
-                            url(name),
-                            connections=32,
-                            threads=2,
-                            duration_s=duration,
-                            script=get_script,
-                            headers=[AUTH],
+                    reads = [(name, get_script)]
+                    if name == "atp":  # kit skus right beside plain skus, each first in turn
+                        reads = [("atp", get_script), ("atp-kit", kit_script)]
+                        if run % 2:
+                            reads.reverse()
+                    for label, script in reads:
+                        c32[label].append(
+                            run_wrk(
+                                url(name),
+                                connections=32,
+                                threads=2,
+                                duration_s=duration,
+                                script=script,
+                                headers=[AUTH],
+                            )
                         )
-                    )
-                    c1[name].append(
-                        run_wrk(
-                            url(name),
-                            connections=1,
-                            threads=1,
-                            duration_s=duration,
-                            script=get_script,
-                            headers=[AUTH],
+                        c1[label].append(
+                            run_wrk(
+                                url(name),
+                                connections=1,
+                                threads=1,
+                                duration_s=duration,
+                                script=script,
+                                headers=[AUTH],
+                            )
                         )
-                    )
                 bulk.append(run_wrk(url("atp", f"/v1/availability/{CHANNEL}/query"), connections=8, threads=2,
                                     duration_s=duration, script=post_script, headers=[AUTH]))  # fmt: skip
                 raw_hget.append(python_bulk(bench, bulk_skus, duration, "hget"))
@@ -351,6 +527,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                    pct(results["constant"], "99"), [("ratio", "<=", 2.0)]))  # fmt: skip
     add(Figure("  (plain Redis GET per request) p99 @32", "ms", pct(c32["redis-get"], "99"),
                "constant JSON endpoint", pct(c32["constant"], "99"), informative=True))  # fmt: skip
+    plain = "GET one plain sku (atp, same run, alternating)"
+    add(Figure("GET one kit sku: requests/s @32 conns", "req/s", rps(c32["atp-kit"]), plain,
+               rps(c32["atp"]), [("ratio", ">=", 1 / 1.2)], target_text="x>= 0.83 (within 1.2x)"))  # fmt: skip
+    for conns, results in (("1", c1), ("32", c32)):
+        add(Figure(f"GET one kit sku: p50 @{conns} conn", "ms", pct(results["atp-kit"], "50"), plain,
+                   pct(results["atp"], "50"), [("ratio", "<=", 1.2)]))  # fmt: skip
+        add(Figure(f"  (kit sku) p99 @{conns} conn", "ms", pct(results["atp-kit"], "99"), plain,
+                   pct(results["atp"], "99"), informative=True))  # fmt: skip
+    add(Figure("  (atp kit skus, cold caches: first pass) requests/s @32", "req/s",
+               [warm_kit[0].requests_per_s], "plain skus' first pass", [warm[0].requests_per_s],
+               informative=True))  # fmt: skip
     per_worker = [r.requests_per_s * BULK / WORKERS for r in bulk]
     add(Figure("POST query 1000 skus: sku values/s per worker", "values/s", per_worker,
                "raw MGET of the 1000 docs, 1 Python process", raw_mget,
@@ -374,6 +561,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.series_kind["requests/s @32 connections (median of runs)"] = "bar"
     report.details = {
         "warm_up": [r.__dict__ for r in warm],
+        "warm_up_kits": [r.__dict__ for r in warm_kit],
         "wrk": {
             "c32": {n: [r.__dict__ for r in rs] for n, rs in c32.items()},
             "c1": {n: [r.__dict__ for r in rs] for n, rs in c1.items()},
