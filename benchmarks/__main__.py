@@ -19,7 +19,9 @@ from collections.abc import Sequence
 
 from benchmarks.common import ROOT, SIZES
 
-MODULES = ("read", "fold", "freshness", "memory", "allocation", "importer", "replan")
+MODULES = (
+    "read", "fold", "freshness", "memory", "allocation", "batch_rules", "importer", "replan",
+)  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
