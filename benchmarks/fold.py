@@ -13,7 +13,8 @@ Both are timed from the first non-empty batch to the last, so group join is excl
 both. The pipeline's stages (decode, Redis read, fold, render + change set, ledger rows, Redis write,
 outbox publish, Kafka commit) are timed by wrapping them in this process, not by editing
 the service. The loop consumes, decodes and folds the next batch while a batch's Redis
-write is in flight, so the stages' shares of the time can add up to more than 100%.
+write is in flight, so the stages' shares of the time can add up to more than 100%. The
+loop's sweeps before its first batch are left out of the stages.
 
 With ``--backordered F`` (e.g. 0.05) the run adds a third measurement, alternated with the
 other two: the same pipeline on the same generator and seed, with a share F of its
@@ -31,34 +32,67 @@ the last produced offset of every partition (offsets from the producer's deliver
 the broker's own high watermarks are wrong on Tansu 0.6.0), since the consumer's own
 re-plan events arrive after the input.
 
-``python -m benchmarks.fold --size small|full [--backordered 0.05]``
+With ``--kits`` the run adds another alternated measurement: the same pipeline on the same
+topics with 10,000 kits (contract section 10) of 5 components each over 50,000 component
+skus, each component in one kit with a quantity of 1 to 3. The components are a set of the
+workload's skus whose events make ~20% of all events (drawn at random until they do) and,
+for the rest, skus that get no events in the stream; all are spread over the kits at
+random. Before each kits run, on its fresh Redis and untimed, the components with no events
+get their opening stock (through the consumer's ``apply()``), the kits are installed
+(``KitRecords.install``) and computed by one sweep, and the outbox that left is dropped; the
+run's settings list the same kits as the config file's ``[[kits]]``, so the consumer's own
+install at start finds them in force. Every write of a component then marks its kit due
+(the write script's SMEMBERS of the component's set of kits, run for every sku it writes)
+and the consumer's sweep, every ``consumer.sweep_interval_ms`` in its loop, computes the due
+kits from their components and writes them. Its figure is events/s beside the plain
+pipeline's in the same run (target >= 0.8x), both timed from the first non-empty batch to
+the return of the Redis write that stored the last produced offsets, as above; then,
+informatively, how long after that write the due set held nothing due (every kit computed
+from its components' final states). Afterwards a sample of kits is checked: each channel's
+stored document (``p:<channel>`` of ``atp:v1:{<kit>}``) has ``available_to_sell`` and
+``on_hand`` equal to the least over its components of floor(the component's stored figure /
+quantity). The sweep's own share (its reads of the due set, kit definitions and states, the
+kit figures, render + change set, writes and outbox publishing) is timed beside the stages,
+with how many batches were folded ahead during the previous write and how many of those
+were used (a sweep that wrote moves the epoch, and the batch folded ahead is folded again).
+
+``python -m benchmarks.fold --size small|full [--backordered 0.05] [--kits]``
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
+import random
 import statistics
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+import redis
 from confluent_kafka import Consumer
 
-from atp_service.config import Settings, parse_config
+from allocation.kits import KitComponent, KitDefinition
+from atp_service.config import KitSettings, Settings, parse_config
 from atp_service.local.services import create_topics
 from atp_service.runtime import build_stream_projector
 from atp_service.store import keys
+from atp_service.store.kit_records import KitRecords
 from benchmarks.common import (
     LOCATIONS,
     Bench,
     Figure,
     LandedWrites,
     Report,
+    apply_events,
     bench_config,
     channel_locations,
+    direct_projector,
     parse_args,
     produce_tracked,
     say,
@@ -70,13 +104,19 @@ from benchmarks.workload import Workload, encoded, sku_name
 from streams import backorders as backorders_module
 from streams.consumer import folding as consumer_module
 from streams.consumer import partitions as partitions_module
-from streams.events import decode
+from streams.consumer import sweep as sweep_module
+from streams.events import AnyEvent, decode
 from streams.kafka import consumer_config
 
 SIZES = {"small": {"events": 50_000, "skus": 10_000}, "full": {"events": 500_000, "skus": 10_000}}
 PARTITIONS = 4
 STAGES = ("decode", "redis read", "fold", "re-plan (backorders)", "render + change set",
           "ledger rows", "redis write", "outbox publish", "kafka commit")  # fmt: skip
+# --kits: kits, their components (each in one kit), components per kit, and the share of
+# the events whose sku is a component.
+KITS, KIT_COMPONENTS, PER_KIT, KIT_EVENT_SHARE = 10_000, 50_000, 5, 0.20
+KIT_CHECK_SAMPLE = 400  # kits whose stored documents are checked after each run
+SWEEP_STAGES = ("redis read", "redis write", "render + change set", "outbox publish")
 
 
 def generate(
@@ -128,13 +168,82 @@ def raw_consume(settings: Settings, n: int, group_id: str) -> float:
         consumer.close()
 
 
-def _timed(totals: dict[str, float], stage: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+def _timed(
+    totals: dict[str, float],
+    stage: str,
+    fn: Callable[..., Any],
+    sweeping: dict[str, bool] | None = None,
+) -> Callable[..., Any]:
+    """``fn`` timed under ``stage``; with ``sweeping``, also under "sweep: <stage>" while
+    ``sweeping["on"]`` (the sweep runs in the loop's thread, never beside a batch's write)."""
+
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
         try:
             return fn(*args, **kwargs)
         finally:
-            totals[stage] += time.perf_counter() - started
+            spent = time.perf_counter() - started
+            totals[stage] += spent
+            if sweeping is not None and sweeping["on"]:
+                totals[f"sweep: {stage}"] += spent
+
+    return wrapper
+
+
+def _sweep_timed(
+    totals: dict[str, float], sweeping: dict[str, bool], fn: Callable[..., Any]
+) -> Callable[..., Any]:
+    """The loop's sweep (its reads, kit figures, writes and outbox publishing), timed whole,
+    with ``sweeping["on"]`` meanwhile so that the stages it calls count under it too."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        sweeping["on"] = True
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            sweeping["on"] = False
+            totals["sweep"] += time.perf_counter() - started
+            totals["sweeps"] += 1
+
+    return wrapper
+
+
+def _drop_sweeps(totals: dict[str, float]) -> None:
+    """Take what the sweeps so far added out of ``totals``."""
+    for key in [k for k in totals if k.startswith("sweep: ")]:
+        stage = key.removeprefix("sweep: ")
+        if stage in totals:
+            totals[stage] -= totals[key]
+        totals[key] = 0.0
+    for key in ("sweep", "sweeps", "kits computed", "sweep conflicts"):
+        totals[key] = 0.0
+
+
+def _kits_timed(totals: dict[str, float], fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The sweep's with_kits (kit figures and documents), and how many kits it computed."""
+
+    def wrapper(states: Any, definitions: Any, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return fn(states, definitions, *args, **kwargs)
+        finally:
+            totals["sweep: kit figures"] += time.perf_counter() - started
+            totals["kits computed"] += len(definitions)
+
+    return wrapper
+
+
+def _conflicts_counted(
+    totals: dict[str, float], sweeping: dict[str, bool], fn: Callable[..., Any]
+) -> Callable[..., Any]:
+    """The store's write, counting the sweep's writes refused for a moved component."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        conflicts = fn(*args, **kwargs)
+        if sweeping["on"] and conflicts:
+            totals["sweep conflicts"] += 1
+        return conflicts
 
     return wrapper
 
@@ -170,28 +279,180 @@ def _replanned_timed(totals: dict[str, float], fn: Callable[..., Any]) -> Callab
     return wrapper
 
 
+@dataclass
+class KitSetup:
+    """The ``--kits`` mode's kits, and the opening stock of their components that get no
+    events in the stream."""
+
+    definitions: list[KitDefinition]
+    event_components: frozenset[str]  # workload skus that are components
+    share: float  # of the events, on a component
+    stock: list[AnyEvent]  # decoded
+
+    @classmethod
+    def make(cls, messages: Sequence[tuple[str, bytes, bytes]], seed: int = 31) -> KitSetup:
+        rng = random.Random(seed)
+        per_sku = Counter(key.decode() for _, key, _ in messages)
+        order = sorted(per_sku)
+        rng.shuffle(order)
+        chosen: list[str] = []
+        on_chosen = 0
+        for sku in order:
+            if on_chosen >= KIT_EVENT_SHARE * len(messages):
+                break
+            chosen.append(sku)
+            on_chosen += per_sku[sku]
+        quiet = [f"CMP-{i:07d}" for i in range(1, KIT_COMPONENTS - len(chosen) + 1)]
+        components = chosen + quiet
+        rng.shuffle(components)
+        definitions = [
+            KitDefinition(
+                f"KIT-{k + 1:06d}",
+                tuple(
+                    KitComponent(sku, rng.randint(1, 3))
+                    for sku in components[k * PER_KIT : (k + 1) * PER_KIT]
+                ),
+            )
+            for k in range(KITS)
+        ]
+        workload = Workload(quiet, LOCATIONS, channel_locations(), seed=seed, prefix="k")
+        stock = [decode(encoded(item)[2]) for item in workload.opening_stock(locations_per_sku=2)]
+        return cls(definitions, frozenset(chosen), on_chosen / len(messages), stock)
+
+    def settings(self, settings: Settings) -> Settings:
+        """``settings`` with these kits as the config file's ``[[kits]]`` (set on the parsed
+        settings: parse_config's validation of 10,000 kits is not what is measured)."""
+        kits = tuple(KitSettings(sku=k.sku, components=k.components) for k in self.definitions)
+        return msgspec.structs.replace(settings, kits=kits)
+
+    def prepare(self, settings: Settings, client: redis.Redis) -> dict[str, float]:
+        """On an empty Redis: stock the quiet components, install the kits, compute them all
+        once (a sweep, as the consumer's) and drop the outbox that leaves; seconds each."""
+        seconds: dict[str, float] = {}
+        started = time.perf_counter()
+        projector = direct_projector(settings)
+        apply_events(projector, self.stock)
+        seconds["stock"] = time.perf_counter() - started
+        started = time.perf_counter()
+        KitRecords(client).install(self.definitions, time.time_ns() // 1_000_000)
+        seconds["install"] = time.perf_counter() - started
+        started = time.perf_counter()
+        projector.sweeper.sweep(projector.clock, projector._write, 600.0)
+        seconds["first sweep"] = time.perf_counter() - started
+        due = int(client.zcount(keys.DUE, "-inf", time.time_ns() // 1_000_000))
+        if due:
+            raise RuntimeError(f"{due} skus still due after the kits' first sweep")
+        client.delete(keys.OUTBOX)
+        projector.__dict__.clear()
+        return seconds
+
+    def check(self, client: redis.Redis, channels: Sequence[str], seed: int) -> int:
+        """Check a sample of kits' stored documents against their components' (most with a
+        component that gets events); how many (kit, channel) documents were checked."""
+        rng = random.Random(seed)
+        busy: list[KitDefinition] = []
+        quiet: list[KitDefinition] = []
+        for kit in self.definitions:
+            moves = any(c.sku in self.event_components for c in kit.components)
+            (busy if moves else quiet).append(kit)
+        sample = rng.sample(busy, min(len(busy), KIT_CHECK_SAMPLE * 3 // 4))
+        sample += rng.sample(quiet, min(len(quiet), KIT_CHECK_SAMPLE - len(sample)))
+        fields = [f"p:{channel}" for channel in channels]
+        pipe = client.pipeline(transaction=False)
+        for kit in sample:
+            pipe.hmget(keys.sku_key(kit.sku), fields)
+            for c in kit.components:
+                pipe.hmget(keys.sku_key(c.sku), fields)
+        replies = iter(pipe.execute())
+        checked = 0
+        wrong: list[str] = []
+        for kit in sample:
+            own = next(replies)
+            parts = [(next(replies), c.quantity) for c in kit.components]
+            for i, channel in enumerate(channels):
+                if own[i] is None:
+                    wrong.append(f"{kit.sku} has no {channel} document")
+                    continue
+                document = json.loads(own[i])
+                for figure in ("available_to_sell", "on_hand"):
+                    expected = min(
+                        (json.loads(doc[i])[figure] if doc[i] is not None else 0) // q
+                        for doc, q in parts
+                    )
+                    if document[figure] != expected:
+                        wrong.append(
+                            f"{kit.sku} {channel} {figure} {document[figure]} != {expected}"
+                        )
+                checked += 1
+        if wrong:
+            raise RuntimeError(
+                f"{len(wrong)} kit documents differ from their components': {wrong[:5]}"
+            )
+        return checked
+
+
+def _wait_drained(client: redis.Redis, failed: Callable[[], BaseException | None]) -> float:
+    """Block until the due set holds nothing due (every kit computed); when, perf_counter."""
+    deadline = time.monotonic() + 600
+    while client.zcount(keys.DUE, "-inf", time.time_ns() // 1_000_000):
+        error = failed()
+        if error is not None:
+            raise RuntimeError(f"the stream projector failed: {error!r}")
+        if time.monotonic() > deadline:
+            raise RuntimeError("the due set still held due skus 600 s after the last write")
+        time.sleep(0.005)
+    return time.perf_counter()
+
+
 def real_pipeline(
-    settings: Settings, n: int, bench: Bench, target: dict[str, int] | None = None
+    settings: Settings,
+    n: int,
+    bench: Bench,
+    target: dict[str, int] | None = None,
+    kits: KitSetup | None = None,
+    drain: bool = False,
 ) -> tuple[float, dict[str, float], dict[str, int], dict[str, dict[str, float]]]:
     """The consumer's StreamProjector.run() in a thread; events/s, seconds per stage, and
     the Redis server's own time per command.
 
     With ``target`` (the next offset of every partition produced to), timed to the return
     of the write that stored them all, and checked against the offsets stored in Redis;
-    else (the default) until it applied n messages, timed to the end of the last batch."""
+    else (the default) until it applied n messages, timed to the end of the last batch.
+    With ``kits``, those are made ready first (``KitSetup.prepare``, untimed) and checked
+    after; with ``drain`` (and ``target``), the consumer runs on until the due set holds
+    nothing due, and how long after that write it took is the stage "due set empty"."""
+    if kits is not None and (target is None or not drain):
+        raise ValueError("a kits run is timed to ``target`` and drained before its check")
     client = bench.redis()
     client.flushall()
+    totals: dict[str, float] = defaultdict(float)
+    if kits is not None:
+        for what, spent in kits.prepare(settings, client).items():
+            totals[f"kits setup: {what}"] = spent
+        gc.collect()
     client.config_resetstat()
     projector = build_stream_projector(settings)
-    totals: dict[str, float] = defaultdict(float)
     window: dict[str, float] = {}
+    sweeping = {"on": False}
     projector.decode = _timed(totals, "decode", projector.decode)  # type: ignore[method-assign]
-    projector.store.read = _timed(totals, "redis read", projector.store.read)  # type: ignore[method-assign]
-    projector.store.write = _timed(totals, "redis write", projector.store.write)  # type: ignore[method-assign]
+    projector.store.read = _timed(totals, "redis read", projector.store.read, sweeping)  # type: ignore[method-assign]
+    projector.store.write = _timed(totals, "redis write", projector.store.write, sweeping)  # type: ignore[method-assign]
+    projector.store.write = _conflicts_counted(totals, sweeping, projector.store.write)  # type: ignore[method-assign]
+    projector.store.due = _timed(totals, "sweep: due set", projector.store.due)  # type: ignore[method-assign]
+    projector.store.kits = _timed(totals, "sweep: kit definitions", projector.store.kits)  # type: ignore[method-assign]
     landed = LandedWrites()
     if target is not None:
         projector.store.write = landed.wrap(projector.store.write)  # type: ignore[method-assign]
-    projector.publish_outbox = _timed(totals, "outbox publish", projector.publish_outbox)  # type: ignore[method-assign]
+    projector.publish_outbox = _timed(totals, "outbox publish", projector.publish_outbox, sweeping)  # type: ignore[method-assign]
+    projector.sweep = _sweep_timed(totals, sweeping, projector.sweep)  # type: ignore[method-assign]
+    prepare = projector._prepare
+
+    def folded_ahead(batch: Any) -> Any:
+        prepared = prepare(batch)
+        totals["folded ahead"] += prepared is not None
+        return prepared
+
+    projector._prepare = folded_ahead  # type: ignore[method-assign]
     real_commit = partitions_module.commit
     partitions_module.commit = _timed(totals, "kafka commit", real_commit)  # type: ignore[assignment]
     ledger = getattr(projector, "ledger", None)
@@ -203,6 +464,7 @@ def real_pipeline(
         if "first" not in window:
             window["first"] = time.perf_counter()
             window["cpu"] = time.process_time()
+            _drop_sweeps(totals)  # the loop sweeps from its start, before any message
         process(messages, *args, **kwargs)
         window["last"] = time.perf_counter()
         # All threads of the process: the Redis write runs on its own thread, overlapped
@@ -214,9 +476,13 @@ def real_pipeline(
     # build_replanned (the fold step's since 12608c5) calls build_changeset in its module.
     original = {name: getattr(consumer_module, name) for name in ("fold", "build_replanned")}
     original_changeset = backorders_module.build_changeset
+    original_with_kits = sweep_module.with_kits
     consumer_module.fold = _timed(totals, "fold", original["fold"])  # type: ignore[assignment]
     consumer_module.build_replanned = _replanned_timed(totals, original["build_replanned"])  # type: ignore[assignment]
-    backorders_module.build_changeset = _timed(totals, "render + change set", original_changeset)  # type: ignore[assignment]
+    backorders_module.build_changeset = _timed(  # type: ignore[assignment]
+        totals, "render + change set", original_changeset, sweeping
+    )
+    sweep_module.with_kits = _kits_timed(totals, original_with_kits)  # type: ignore[assignment]
     stop = threading.Event()
     errors: list[BaseException] = []
 
@@ -232,6 +498,15 @@ def real_pipeline(
     try:
         if target is not None:
             window["landed"] = landed.wait(target, 900, lambda: errors[0] if errors else None)
+            if drain:
+                # The stages to the write above; the sweeps after it are "drain: sweep".
+                at_landing = dict(totals)
+                window["drained"] = _wait_drained(client, lambda: errors[0] if errors else None)
+                totals["drain: sweep"] = totals["sweep"] - at_landing.get("sweep", 0.0)
+                totals["drain: kits computed"] = totals["kits computed"] - at_landing.get(
+                    "kits computed", 0.0
+                )
+                totals.update({k: v for k, v in at_landing.items() if k in totals})
         # Applied, not consumed: the loop consumes the next batch before it applies it.
         while target is None and (done := _processed(projector.stats)) < n:
             if errors:
@@ -245,6 +520,7 @@ def real_pipeline(
         for name, fn in original.items():
             setattr(consumer_module, name, fn)
         backorders_module.build_changeset = original_changeset  # type: ignore[assignment]
+        sweep_module.with_kits = original_with_kits  # type: ignore[assignment]
         partitions_module.commit = real_commit  # type: ignore[assignment]
         projector.producer.producer.flush(10)
     if target is None:
@@ -261,10 +537,21 @@ def real_pipeline(
         raise RuntimeError(f"{s.dead_lettered} generated events were dead-lettered")
     elapsed = window["landed" if target is not None else "last"] - window["first"]
     counts = {"applied": s.applied, "duplicates": s.duplicates, "batches": s.batches,
-              "prepared": s.prepared, "conflicts": s.conflicts, "published": s.published,
+              "folded ahead": int(totals.pop("folded ahead", 0)), "prepared": s.prepared,
+              "conflicts": s.conflicts, "published": s.published,
               "re-plan events": int(totals.pop("re-plan events", 0)),
-              "re-planned orders": int(totals.pop("re-planned orders", 0))}  # fmt: skip
+              "re-planned orders": int(totals.pop("re-planned orders", 0)),
+              "swept": s.swept, "sweeps": int(totals.pop("sweeps", 0)),
+              "kits computed": int(totals.pop("kits computed", 0)),
+              "kits computed after the last write": int(totals.pop("drain: kits computed", 0)),
+              "sweep conflicts": int(totals.pop("sweep conflicts", 0))}  # fmt: skip
     totals["elapsed"] = elapsed
+    if "drained" in window:
+        totals["due set empty"] = window["drained"] - window["landed"]
+    if kits is not None:
+        counts["kit documents checked"] = kits.check(
+            client, [c.name for c in settings.channels], seed=7
+        )
     server = command_stats(client)
     client.close()
     # Drop the wrappers (they hold the projector in a cycle) so its librdkafka clients are
@@ -323,12 +610,97 @@ def add_backordered(
     )
 
 
+Runs = tuple[
+    list[float], list[dict[str, float]], list[dict[str, int]], list[dict[str, dict[str, float]]]
+]
+
+
+def _server_us(
+    runs: list[dict[str, dict[str, float]]], commands: Sequence[str], n: int
+) -> list[float]:
+    return [sum(sv.get(c, {}).get("usec", 0.0) for c in commands) / n for sv in runs]
+
+
+def add_kits(report: Report, kits: KitSetup, n: int, measured: Runs, plain: Runs) -> None:
+    rates, stages, counts, servers = measured
+    plain_rates, plain_stages, plain_counts, plain_servers = plain
+    report.add(Figure(f"fold end to end, {KITS:,} kits ({kits.share:.0%} of events on a "
+                      "component)", "events/s", rates,
+                      "the same pipeline, no kits (same run)", plain_rates,
+                      [("ratio", ">=", 0.8)], target_text="x>= 0.80"))  # fmt: skip
+    report.add(Figure(
+        "  kits: due set empty, after the last offsets' write", "s",
+        [s["due set empty"] for s in stages], "no kits",
+        [s.get("due set empty", 0.0) for s in plain_stages], informative=True,
+    ))  # fmt: skip
+
+    def per_event(st: str, runs: list[dict[str, float]]) -> list[float]:
+        return [s.get(st, 0.0) / n * 1e6 for s in runs]
+
+    def fold_only(st: str, runs: list[dict[str, float]]) -> list[float]:
+        return [(s.get(st, 0.0) - s.get(f"sweep: {st}", 0.0)) / n * 1e6 for s in runs]
+
+    for st in ("decode", "fold", "render + change set", "redis read", "redis write"):
+        report.add(Figure(f"  kits: {st}, outside the sweep", "us/event",
+                          fold_only(st, stages), "no kits", fold_only(st, plain_stages),
+                          informative=True))  # fmt: skip
+    for st in ("sweep", "sweep: due set", "sweep: kit definitions", "sweep: redis read",
+               "sweep: kit figures", "sweep: render + change set", "sweep: redis write",
+               "sweep: outbox publish", "consumer process CPU"):  # fmt: skip
+        report.add(Figure(f"  kits: {st}", "us/event", per_event(st, stages), "no kits",
+                          per_event(st, plain_stages), informative=True))  # fmt: skip
+    for label, commands in (
+        ("read and write scripts (EVALSHA)", ("evalsha", "eval")),
+        ("SMEMBERS (in the write script)", ("smembers",)),
+    ):
+        report.add(Figure(f"  kits: Redis server time, {label}", "us/event",
+                          _server_us(servers, commands, n), "no kits",
+                          _server_us(plain_servers, commands, n), informative=True))  # fmt: skip
+    report.details["kits_stages_seconds"] = stages
+    report.details["kits_consumer_stats"] = counts
+    report.details["kits_redis_commandstats"] = servers
+    quiet = KIT_COMPONENTS - len(kits.event_components)
+    report.notes.append(
+        f"kits: {KITS:,} kits of {PER_KIT} components (quantity 1-3) over {KIT_COMPONENTS:,} "
+        f"components, each in one kit: {len(kits.event_components):,} workload skus with "
+        f"{kits.share:.1%} of the events, and {quiet:,} skus that get no events (opening "
+        "stock folded before the run); per run (kits | no kits): batches "
+        f"{[c['batches'] for c in counts]} | {[c['batches'] for c in plain_counts]}, folded "
+        f"ahead during the previous write {[c['folded ahead'] for c in counts]} | "
+        f"{[c['folded ahead'] for c in plain_counts]}, of which used (not folded again) "
+        f"{[c['prepared'] for c in counts]} | {[c['prepared'] for c in plain_counts]}, "
+        "sweeps to the last write "
+        f"{[c['sweeps'] for c in counts]}, kits computed to it "
+        f"{[c['kits computed'] for c in counts]} and after it "
+        f"{[c['kits computed after the last write'] for c in counts]}, sweep writes refused "
+        f"{[c['sweep conflicts'] for c in counts]}; SMEMBERS calls "
+        f"{[round(sv.get('smembers', {}).get('calls', 0)) for sv in servers]}; kit documents "
+        f"checked against their components {[c['kit documents checked'] for c in counts]}; "
+        "setup before each run (untimed): "
+        + ", ".join(
+            f"{k.removeprefix('kits setup: ')} {statistics.median(s[k] for s in stages):.1f}s"
+            for k in stages[0]
+            if k.startswith("kits setup: ")
+        )
+    )
+    report.notes.append(
+        "kits: the stages of the kits runs (and of the plain runs beside them) are summed to "
+        "the write that stored the last offsets; the sweep's reads, render and writes count "
+        "under 'sweep: ...' and are taken out of the stages 'outside the sweep'"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     def options(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             "--backordered", type=float, default=0.0, metavar="SHARE",
             help="also fold the workload with this share of its reservations made as atp's "
             "backorders (e.g. 0.05), beside the plain one",
+        )  # fmt: skip
+        parser.add_argument(
+            "--kits", action="store_true",
+            help=f"also fold it with {KITS:,} kits over {KIT_COMPONENTS:,} components defined, "
+            f"a component in {KIT_EVENT_SHARE:.0%} of the events, beside the plain one",
         )  # fmt: skip
 
     args = parse_args(
@@ -361,8 +733,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             messages = generate(settings, n, size["skus"])
         with timed("produce"):
             started = time.perf_counter()
-            produce_tracked(bootstrap, messages)
+            produced = produce_tracked(bootstrap, messages)
             produce_s = time.perf_counter() - started
+        kit_setup: KitSetup | None = None
+        if args.kits:
+            with timed(f"choose {KIT_COMPONENTS:,} components of {KITS:,} kits"):
+                kit_setup = KitSetup.make(messages)
+            report.parameters.update(kits=KITS, kit_components=KIT_COMPONENTS,
+                                     components_per_kit=PER_KIT,
+                                     events_on_a_component=round(kit_setup.share, 4))  # fmt: skip
         bo_messages: list[tuple[str, bytes, bytes]] = []
         if backordered:
             with timed(f"generate {n} events, {backordered:.0%} of reservations backordered"):
@@ -384,7 +763,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         bo_rates: list[float] = []
         bo_stages: list[dict[str, float]] = []
         bo_counts: list[dict[str, int]] = []
-        kinds_run = ["baseline", "pipeline"] + (["backordered"] if backordered else [])
+        kit_rates: list[float] = []
+        kit_stages: list[dict[str, float]] = []
+        kit_counts: list[dict[str, int]] = []
+        kit_servers: list[dict[str, dict[str, float]]] = []
+        kinds_run = (["baseline", "pipeline"] + (["backordered"] if backordered else [])
+                     + (["kits"] if kit_setup else []))  # fmt: skip
         for run in range(args.runs):
             shift = run % len(kinds_run)
             for which in kinds_run[shift:] + kinds_run[:shift]:
@@ -414,6 +798,30 @@ def main(argv: Sequence[str] | None = None) -> int:
                         bo_stages.append(stage)
                         bo_counts.append(count)
                         say(f"    {rate:,.0f} events/s; re-plan events {count['re-plan events']:,}")
+                    elif which == "kits":
+                        assert kit_setup is not None
+                        kit_settings = kit_setup.settings(
+                            parse_config(
+                                bench_config(
+                                    redis_url,
+                                    bootstrap,
+                                    prefix="fold",
+                                    group_id=f"fold-kits-{run}",
+                                    ledger_dir=bench.tmp / f"ledger-kits-{run}",
+                                )
+                            )
+                        )
+                        rate, stage, count, server = real_pipeline(
+                            kit_settings, n, bench, produced, kit_setup, drain=True
+                        )
+                        kit_rates.append(rate)
+                        kit_stages.append(stage)
+                        kit_counts.append(count)
+                        kit_servers.append(server)
+                        say(f"    {rate:,.0f} events/s; due set empty "
+                            f"{stage['due set empty']:.2f}s after the last write; "
+                            f"kits computed {count['kits computed']:,} "
+                            f"(+{count['kits computed after the last write']:,} after)")  # fmt: skip
                     elif which == "baseline":
                         baseline.append(raw_consume(settings, n, f"raw-{run}"))
                         say(f"    {baseline[-1]:,.0f} events/s")
@@ -427,8 +835,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 ledger_dir=bench.tmp / f"ledger-{run}",
                             )
                         )
+                        # With --kits, timed as the kits runs: to the write that stored
+                        # the last produced offsets.
+                        plain_target = fresh_target or (produced if kit_setup else None)
                         rate, stage, count, server = real_pipeline(
-                            run_settings, n, bench, fresh_target or None
+                            run_settings, n, bench, plain_target, drain=kit_setup is not None
                         )
                         pipeline.append(rate)
                         stages.append(stage)
@@ -442,6 +853,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                       target_text="x>= 0.50, >= 100,000/s"))  # fmt: skip
     if backordered:
         add_backordered(report, backordered, n, bo_rates, bo_stages, bo_counts, pipeline, stages)
+    if kit_setup is not None:
+        add_kits(report, kit_setup, n, (kit_rates, kit_stages, kit_counts, kit_servers),
+                 (pipeline, stages, counts, servers))  # fmt: skip
     per_stage = {
         st: statistics.median(s.get(st, 0.0) / s["elapsed"] for s in stages) for st in STAGES
     }
