@@ -268,9 +268,13 @@ class StreamProjector:
         by_sku = events_by_sku(events)
         prepared, self._prepared = self._prepared, None
         if prepared is not None and (
-            prepared.batch is not batch or prepared.epoch != self.written.epoch
+            prepared.batch is not batch
+            or prepared.epoch != self.written.epoch
+            or not self.written.swept.isdisjoint(by_sku)
         ):
-            prepared = None  # prepared for another batch, or on assumptions dropped since
+            # Prepared for another batch, on assumptions dropped since, or on a state of a
+            # sku the sweep wrote since.
+            prepared = None
         while True:
             if batch is not None and batch.generation != self._rebalances:
                 # Before every attempt, also a retry after a failed or conflicting write.
@@ -323,6 +327,7 @@ class StreamProjector:
         by_sku = events_by_sku(batch.events)
         now = self.clock()
         epoch = written.epoch
+        written.swept.clear()
         known = written.known(by_sku, self._landing)
         result, changes = self.folder.fold(
             batch.events, by_sku, batch.offsets, known, now, written.server, batch, self.room(now)

@@ -86,7 +86,7 @@ class Sweeper:
                 later.update(sku for sku in conflicts if sku in kits)
                 continue
             self.written.remember(as_written(changes))
-            self.written.epoch += 1  # a batch folded before this sweep would only conflict
+            self.written.swept.update(w.sku for w in changes.skus)
             self.stats.swept += len(due)
             metrics.SWEPT.inc(len(due))
             metrics.EXPIRED.inc(

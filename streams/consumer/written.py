@@ -27,6 +27,9 @@ class WrittenStates:
         self.server = ""  # the store's server id these states were written to; "" = none
         # Counts drops of assumptions: work prepared under an older count is not used.
         self.epoch = 0
+        # Skus the sweep wrote since the loop last prepared a batch: that batch is not used
+        # if it holds one of them (it was folded on the state before the sweep's).
+        self.swept: set[str] = set()
 
     def known(self, by_sku: dict[str, list[str]], landing: Written) -> Known:
         """The skus' states and versions, the batch's event_ids already applied, and those
