@@ -567,7 +567,7 @@ class Allocator:
         within the sweep. False: there is no such kit to delete. KitRefused: not allowed."""
         records = self.store.kit_records
         for _ in range(MAX_ATTEMPTS):
-            found = await records.all()
+            found, version = await records.all()
             old = found.get(sku)
             seq = old.seq if old is not None else 0
             if components is None:
@@ -579,7 +579,7 @@ class Allocator:
                 record = KitRecord(sku, components, "api", seq + 1)
             now = self.clock()
             try:
-                await records.put(sku, record, now // 1000, expected_seq=seq)
+                await records.put(sku, record, now // 1000, seq, version)
             except SeqMoved:
                 continue
             break

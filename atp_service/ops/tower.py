@@ -86,7 +86,7 @@ async def gather_summary(
     if batch:
         await flush()
     snapshots = await _snapshots(client, settings.kafka.group_id)
-    kits = definitions((await AsyncKitRecords(client).all()).values())
+    kits = definitions((await AsyncKitRecords(client).all())[0].values())
     now = time.time()
     raw: dict[bytes, bytes] = await client.hgetall(keys.capacity_key(int(now * 1e6) // US_PER_DAY))  # type: ignore[assignment]
     used = capacity_counts(raw)

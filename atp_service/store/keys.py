@@ -21,6 +21,7 @@ INVALIDATIONS: Final = f"{PREFIX}:changed"  # pub/sub: skus whose projection was
 INITIALIZED: Final = f"{PREFIX}:initialized"
 # hash kit sku -> its definition (JSON, allocation.kits.KitDefinition), every kit in force
 KITS: Final = f"{PREFIX}:kits"
+KITS_VERSION: Final = f"{PREFIX}:kits:version"  # moves with every change of a kit record
 STATE_FIELD: Final = "s"
 VERSION_FIELD: Final = "v"
 

@@ -40,12 +40,17 @@ class SeqMoved(Exception):
 
 _decoder: Final = msgspec.json.Decoder(KitRecord)
 
-# KEYS: 1 the kits hash, 2 the due zset, 3 the kit sku's hash. ARGV: 1 kit sku, 2 the record
-# (JSON; '' removes it), 3 now (ms), 4 the seq the record must have now ('' = unchecked),
-# then the new components' skus. Returns 1, or 0 when the seq moved. The kit sku's version
-# moves, so that a sweep computing the kit from the definition before this one is refused.
-# cjson is Redis's built-in JSON.
+# KEYS: 1 the kits hash, 2 the due zset, 3 the kit sku's hash, 4 the version of all kits.
+# ARGV: 1 kit sku, 2 the record (JSON; '' removes it), 3 now (ms), 4 the seq the record must
+# have now ('' = unchecked), 5 the version all kits must have now ('' = unchecked), then the
+# new components' skus. Returns 1, or 0 when the seq or the version moved. The kit sku's
+# version moves, so that a sweep computing the kit from the definition before this one is
+# refused; the version of all kits moves, so that a definition checked against the others
+# (no kit in a kit) is refused if another changed meanwhile. cjson is Redis's JSON.
 _PUT: Final = """
+if ARGV[5] ~= '' and (redis.call('GET', KEYS[4]) or '0') ~= ARGV[5] then
+  return 0
+end
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 local prefix = string.sub(KEYS[1], 1, -5)
 if old then
@@ -64,11 +69,12 @@ if ARGV[2] == '' then
 else
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 end
-for a = 5, #ARGV do
+for a = 6, #ARGV do
   redis.call('SADD', prefix .. '{' .. ARGV[a] .. '}:kits', ARGV[1])
 end
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 redis.call('HINCRBY', KEYS[3], 'v', 1)
+redis.call('INCR', KEYS[4])
 return 1
 """
 
@@ -88,12 +94,19 @@ def definitions(records: Iterable[KitRecord]) -> dict[str, KitDefinition]:
 
 
 def _put_args(
-    sku: str, record: KitRecord | None, now_ms: int, expected_seq: int | None
+    sku: str,
+    record: KitRecord | None,
+    now_ms: int,
+    expected_seq: int | None,
+    expected_version: int | None,
 ) -> tuple[list[str], list[Any]]:
     payload = msgspec.json.encode(record) if record is not None else b""
     components = [c.sku for c in record.components] if record is not None else []
-    expected = "" if expected_seq is None else str(expected_seq)
-    return [keys.KITS, keys.DUE, keys.sku_key(sku)], [sku, payload, now_ms, expected, *components]
+    seq = "" if expected_seq is None else str(expected_seq)
+    version = "" if expected_version is None else str(expected_version)
+    return [keys.KITS, keys.DUE, keys.sku_key(sku), keys.KITS_VERSION], [
+        sku, payload, now_ms, seq, version, *components,
+    ]  # fmt: skip
 
 
 class KitRecords:
@@ -119,7 +132,7 @@ class KitRecords:
     ) -> None:
         """Set (None: remove) the record of ``sku`` and mark the kit due. SeqMoved if
         ``expected_seq`` is given and the record's seq is another."""
-        key_list, args = _put_args(sku, record, now_ms, expected_seq)
+        key_list, args = _put_args(sku, record, now_ms, expected_seq, None)
         if not self._put(keys=key_list, args=args):
             raise SeqMoved(sku)
 
@@ -158,9 +171,13 @@ class AsyncKitRecords:
         self.client = client
         self._put = client.register_script(_PUT)
 
-    async def all(self) -> dict[str, KitRecord]:
-        raw: dict[bytes, bytes] = await self.client.hgetall(keys.KITS)  # type: ignore[assignment]
-        return decode_records(raw)
+    async def all(self) -> tuple[dict[str, KitRecord], int]:
+        """Every record, and the version of all kits they were read at."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hgetall(keys.KITS)
+        pipe.get(keys.KITS_VERSION)
+        raw, version = await pipe.execute()
+        return decode_records(raw), int(version or 0)
 
     async def of(self, skus: Sequence[str]) -> dict[str, KitDefinition]:
         if not skus:
@@ -169,8 +186,14 @@ class AsyncKitRecords:
         return definitions(_decoder.decode(raw) for raw in found if raw)
 
     async def put(
-        self, sku: str, record: KitRecord | None, now_ms: int, expected_seq: int | None = None
+        self,
+        sku: str,
+        record: KitRecord | None,
+        now_ms: int,
+        expected_seq: int | None = None,
+        expected_version: int | None = None,
     ) -> None:
-        key_list, args = _put_args(sku, record, now_ms, expected_seq)
+        """As ``KitRecords.put``; SeqMoved also if any kit changed since ``expected_version``."""
+        key_list, args = _put_args(sku, record, now_ms, expected_seq, expected_version)
         if not await self._put(keys=key_list, args=args):
             raise SeqMoved(sku)

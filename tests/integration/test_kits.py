@@ -8,7 +8,10 @@ from typing import Any
 
 import httpx
 import pytest
+import redis.asyncio as aredis
 
+from allocation.kits import KitComponent
+from atp_service.store.kit_records import AsyncKitRecords, KitRecord, SeqMoved
 from tests.conftest import ADMIN_KEY, READ_KEY, TEST_KITS, WRITE_KEY, Stack
 from tests.faults.harness import atp_cli, lose_redis_and_rebuild
 from tests.integration.helpers import availability, poll, receipt, reservation
@@ -205,3 +208,15 @@ def test_kits_set_over_http_survive_a_loss_of_redis_data(stack: Stack) -> None:
     stack.start_consumer()
     stack.produce([receipt("KB-6", 1)])
     poll(lambda: value(base, "web", "KIT-6"), lambda v: v == 4)
+
+
+async def test_a_kit_checked_against_stale_definitions_is_refused(redis_url: str) -> None:
+    """Two admins at once: K1 over A, and A made a kit. Whichever lands second was checked
+    against definitions that no longer hold, and must be checked again."""
+    records = AsyncKitRecords(aredis.Redis.from_url(redis_url))
+    _, version = await records.all()
+    await records.put("A", KitRecord("A", (KitComponent("X", 1),), "api", 1), 0, 0, version)
+    with pytest.raises(SeqMoved):
+        await records.put("K1", KitRecord("K1", (KitComponent("A", 1),), "api", 1), 0, 0, version)
+    found, now_version = await records.all()
+    assert set(found) == {"A"} and now_version == version + 1
