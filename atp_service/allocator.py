@@ -443,7 +443,7 @@ class Allocator:
         try:
             await self._send(messages)
         except ProduceFailed:
-            await self._release_orders(records, keep=False)
+            await self._release_orders(records, keep=False, counted_day=now_us // US_PER_DAY)
             raise PublishFailed("the broker did not acknowledge the reservations") from None
 
     async def release(self, order_id: str) -> OrderResult | None:
@@ -482,10 +482,13 @@ class Allocator:
             raise PublishFailed("released, but the broker did not acknowledge the events") from None
         return stored.result
 
-    async def _release_orders(self, orders: Sequence[StoredOrder], keep: bool) -> list[StoredOrder]:
+    async def _release_orders(
+        self, orders: Sequence[StoredOrder], keep: bool, counted_day: int | None = None
+    ) -> list[StoredOrder]:
         """Release what the orders hold now, in one write with the supply it frees going to
         the skus' backorders (contract section 9). ``keep``: store each order as released
-        (DELETE); else remove its record and line records (an allocation undone).
+        (DELETE); else remove its record and line records (an allocation undone), and give
+        back the capacity its stock took on ``counted_day`` (a release gives none back).
 
         Each attempt reads the orders after the skus: a re-plan that replaced an order's
         reservations before the skus were read is in both reads, and one that lands after
@@ -526,6 +529,8 @@ class Allocator:
                     (keys.order_key(o.result.order_id), "set", encode_stored(o)) for o in released
                 ]
             else:  # removed in the same write: no record ever outlives what it held
+                if counted_day is not None:
+                    self._give_back(changes, current, counted_day)
                 changes.puts = [(keys.order_key(o.result.order_id), "del", b"") for o in current]
                 changes.puts += [
                     (keys.line_key(line.sku, o.result.order_id, line.line_id), "del", b"")
@@ -535,6 +540,23 @@ class Allocator:
             if not await self.store.write(changes, now // 1000):
                 return released
         raise Busy("too many concurrent changes to the same skus")
+
+    def _give_back(self, changes: ChangeSet, undone: Sequence[StoredOrder], day: int) -> None:
+        """An allocation that never happened takes no capacity: its stock units come off
+        the day's counts, in the write that undoes it (unless that write counts another
+        day, past midnight: then they stay)."""
+        capacities = self.projector.capacities
+        units: dict[str, int] = {}
+        for o in undone:
+            for h in o.held:
+                if not h.placed_at and h.location in capacities:
+                    units[h.location] = units.get(h.location, 0) + h.quantity
+        if not units or (changes.capacity and changes.capacity_day != day):
+            return
+        changes.capacity_day = day
+        for location, n in units.items():
+            before = changes.capacity.get(location, (0, 0))[0]
+            changes.capacity[location] = (before - n, capacities[location])
 
     async def set_safety_stock(self, channel: str, sku: str, quantity: int | None) -> None:
         """Set (or with None remove) a per-sku override and recompute the projection now."""

@@ -81,6 +81,10 @@ class FakeStore:
         self.lines: dict[tuple[str, str], dict[bytes, bytes]] = {}  # re-planned lines
         self.before_read: list[Callable[[], None]] = []  # run (once each) on the next reads
         self.kit_records = FakeKits()
+        self.capacity: dict[str, int] = {}  # today's units taken per location
+
+    async def capacity_used(self, day: int) -> dict[str, int]:
+        return dict(self.capacity)
 
     async def orders(self, order_ids: Sequence[str]) -> list[StoredOrder | None]:
         found = [self.strings.get(keys.order_key(o)) for o in order_ids]
@@ -113,9 +117,13 @@ class FakeStore:
         if self.conflict_next and changes.skus:
             self.conflict_next -= 1
             moved = [changes.skus[0].sku]
+        if any(self.capacity.get(loc, 0) + n > cap for loc, (n, cap) in changes.capacity.items()):
+            moved = [w.sku for w in changes.skus]
         if moved:
             return moved
         self.writes += 1
+        for loc, (n, _) in changes.capacity.items():
+            self.capacity[loc] = self.capacity.get(loc, 0) + n
         for w in changes.skus:
             self.states[w.sku] = w.state
             self.versions[w.sku] = self.versions.get(w.sku, 0) + 1
@@ -240,6 +248,19 @@ def test_a_broker_failure_undoes_the_whole_group() -> None:
     assert all(isinstance(a, PublishFailed) for a in answers)
     assert store.open_units("A") == 0
     assert not any(k.startswith(keys.order_key("")) for k in store.strings)
+
+
+def test_an_allocation_undone_gives_back_the_capacity_it_took() -> None:
+    capped = Projector(PROJECTOR.network, PROJECTOR.sellable, ({}, {}), capacities={"L0": 50})
+    store = FakeStore(stocked(A=10))
+    allocator = Allocator(store, capped, Broker().send, "res", clock=lambda: NOW_US)  # type: ignore[arg-type]
+    run(allocator, [order("kept", A=3)])
+    assert store.capacity == {"L0": 3}
+    failing = Allocator(store, capped, Broker(fail=True).send, "res", clock=lambda: NOW_US)  # type: ignore[arg-type]
+    [answer] = run(failing, [order("undone", A=2)])
+    assert isinstance(answer, PublishFailed)
+    assert store.capacity == {"L0": 3}  # the undone order's 2 units are back
+    assert store.open_units("A") == 3
 
 
 @pytest.mark.parametrize("size", [1, 3])
