@@ -18,22 +18,23 @@ supply without any claim and of the queue, whatever order the changes came in.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+
+import msgspec
 
 from allocation.in_turn import Timelines, can_give, preferred, take_from
 from allocation.network import NONE, Network, Supply
 from allocation.projection import offer
 
 
-@dataclass(frozen=True)
-class Claim:
+# msgspec structs, not frozen dataclasses: a re-plan makes one of each per claim, and a frozen
+# dataclass's __init__ costs several times as much.
+class Claim(msgspec.Struct, frozen=True):
     channel: int  # index into the network's channels
     quantity: int  # open backordered units
     location: int  # where it is reserved now (index into the network's locations)
 
 
-@dataclass(frozen=True)
-class ClaimPlan:
+class ClaimPlan(msgspec.Struct, frozen=True):
     taken: list[int]  # per network location: units now taken from stock
     backordered: int  # units still claimed
     promise_day: int  # NONE when nothing within the horizon covers them
@@ -62,18 +63,18 @@ class Planner:
     def plan(self, row: int, claims: Sequence[Claim]) -> list[ClaimPlan]:
         """Plan ``claims`` (in queue order) of the sku in ``row``."""
         free, safety = self.unreserved[row], self.safety[row]
-        low, high = self.low, self.high
+        low, high, room = self.low, self.high, self.room
         n_locations = len(self.network.locations)
         plans = []
         for claim in claims:
             c = claim.channel
             locations, ss = self.by_preference[c], safety[c]
-            net = sum(free[loc] for loc in locations)
+            net = sum([free[loc] for loc in locations])
             allowed = min(claim.quantity, offer(max(0, net - ss), low[c], high[c]))
-            take = min(allowed, can_give(free, locations, self.room))
+            take = allowed if room is None else min(allowed, can_give(free, locations, room))
             if take < allowed:
                 self.held_back.add(row)
-            taken = take_from(free, locations, take, n_locations, self.room)
+            taken = take_from(free, locations, take, n_locations, room)
             rest = claim.quantity - take
             day, where = NONE, claim.location
             if rest > 0:

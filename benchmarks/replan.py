@@ -420,7 +420,8 @@ def _check_setup(client: redis.Redis, setup: Setup, backorder: bool) -> None:
 
 def _check_after(client: redis.Redis, setup: Setup, backorder: bool) -> int:
     """After the wave: the receipt on hand; with backorders, no claim open and every
-    claimed unit reserved from stock under ``<order>:1:DC-01``. Returns the conversions."""
+    claimed unit reserved from stock under ``<order>:1:DC-01#<re-plan time>``. Returns the
+    conversions."""
     now_us = time.time_ns() // 1000
     converted = 0
     for state in _states(client, setup.skus):
@@ -431,8 +432,8 @@ def _check_after(client: redis.Redis, setup: Setup, backorder: bool) -> int:
             continue
         if open_claims(state, now_us):
             raise RuntimeError(f"{state.sku} still holds open backorders after the wave")
-        stock = {
-            r.reservation_id: r.open_quantity(now_us)
+        stock = {  # the re-plan's time makes each id new (streams/backorders.py new_id)
+            r.reservation_id.split("#", 1)[0]: r.open_quantity(now_us)
             for r in state.reservations
             if not r.is_backorder and r.open_quantity(now_us)
         }

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
-from typing import Final, Literal
+from typing import Final, Literal, get_args
 
 import msgspec
 
@@ -42,6 +42,7 @@ RELEASED_PREFIX: Final = "atp-release:"
 BACKORDER: Final = ":backorder"
 
 Reason = Literal["confirmed", "promise_changed"]
+REASONS: Final = get_args(Reason)
 
 
 def created_event_id(reservation_id: str) -> str:
@@ -75,6 +76,9 @@ class LinePlan(msgspec.Struct, frozen=True):
     promise_date: str | None
     reservation_id: str | None  # the claim holding the backordered units, if any
     location: str | None
+
+
+NOTHING_CLAIMED: Final = LinePlan(0, None, None, None)  # a line whose backorder is filled
 
 
 @dataclass
@@ -183,28 +187,30 @@ def _events(
         taken_ids.add(reservation_id)
         return reservation_id
 
+    sku, locations = state.sku, network.locations
     for claim, plan in zip(queue, plans, strict=True):
-        where = network.locations[plan.location]
+        where = locations[plan.location]
         converted = any(plan.taken)
         if not converted and (where, plan.promise_day) == (claim.location, claim.promise_day):
             continue
         order_id, line_id = order_and_line(claim.reservation_id)
-        reserve = partial(_created, state.sku, claim.channel, occurred)
+        reserve = partial(_created, sku, claim.channel, occurred)
         events.append(
             ReservationReleased(
                 event_id=released_event_id(claim.reservation_id),
                 occurred_at=occurred,
-                sku=state.sku,
+                sku=sku,
                 reservation_id=claim.reservation_id,
             )
         )
-        change = LineChange(LinePlan(0, None, None, None))
-        for l_index, quantity in enumerate(plan.taken):
-            if quantity:
-                location = network.locations[l_index]
-                reservation_id = new_id(f"{order_id}:{line_id}:{location}")
-                events.append(reserve(reservation_id, location, quantity))
-                change.converted.append(Converted(reservation_id, location, quantity))
+        change = LineChange(NOTHING_CLAIMED)
+        if converted:
+            for l_index, quantity in enumerate(plan.taken):
+                if quantity:
+                    location = locations[l_index]
+                    reservation_id = new_id(f"{order_id}:{line_id}:{location}")
+                    events.append(reserve(reservation_id, location, quantity))
+                    change.converted.append(Converted(reservation_id, location, quantity))
         if plan.backordered:
             promise = None if plan.promise_day == NO_PROMISE else from_day(plan.promise_day)
             reservation_id = new_id(f"{order_id}:{line_id}:{where}{BACKORDER}")
@@ -294,8 +300,9 @@ def build_replanned(
         [replanned.states[s.sku] for s in states], versions, projector, now_us, marks, offsets
     )
     for sku, events in replanned.events.items():
+        prefix = reservation_field(sku, "")  # the field is the prefix, then the event_id
         for event in events:
-            changes.outbox[reservation_field(sku, event.event_id)] = _encode(event)
+            changes.outbox[prefix + event.event_id] = _encode(event)
     for key, change in replanned.lines.items():
         fields = changes.line_fields.setdefault(key, {})
         fields[PLAN_FIELD] = _encode(change.plan)
@@ -304,6 +311,8 @@ def build_replanned(
     count_capacity(changes, projector, replanned.taken, now_us)
     _due_tomorrow(changes, replanned, now_us)
     as_of = format_as_of(now_us)
+    # Notices differ only by their order: one encoding per reason.
+    notices = {reason: _encode(AllocationUpdate(reason, as_of)) for reason in REASONS}
     for order_id, reason in replanned.orders.items():
-        changes.outbox[order_update_field(order_id)] = _encode(AllocationUpdate(reason, as_of))
+        changes.outbox[order_update_field(order_id)] = notices[reason]
     return changes, replanned

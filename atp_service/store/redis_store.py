@@ -97,7 +97,8 @@ def script_arguments(
     args.append(len(puts))
     for key, mode, value in puts:
         key_list.append(key)
-        args += [mode, value]
+        args.append(mode)
+        args.append(value)
     streams: dict[str, list[str]] = {}
     for channel, sku in changes.changed:
         streams.setdefault(channel, []).append(sku)
