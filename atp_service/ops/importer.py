@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from itertools import chain, pairwise
+from itertools import chain
 from pathlib import Path
 from typing import Any, Final
 
@@ -56,10 +56,10 @@ class Plan:
     locations: tuple[str, ...]
     snapshots: int  # one per (sku, location) of the file
     digest: str  # of the file's bytes
-    table: duckdb.DuckDBPyConnection  # holds the checked rows (table ``rows``)
+    table: duckdb.DuckDBPyConnection  # holds the checked snapshots (table ``snapshots``)
 
     def pairs(self) -> set[tuple[str, str]]:
-        found = self.table.execute("SELECT DISTINCT sku, location FROM rows").fetchall()
+        found = self.table.execute("SELECT sku, location FROM snapshots").fetchall()
         return {(sku, location) for sku, location in found}
 
 
@@ -81,8 +81,14 @@ _encode: Final = msgspec.json.Encoder().encode
 
 
 def plan(path: Path) -> Plan:
-    """Read and check the whole file: its checked rows stay in DuckDB (``Plan.table``), and
-    the plan counts what they make; ``events`` writes the snapshots from them."""
+    """Read and check the whole file: its rows, grouped into one sorted list of bins per
+    (sku, location), stay in DuckDB (``Plan.table``, table ``snapshots``, ordered by sku then
+    location), and the plan counts what they make; ``snapshots`` writes their JSON.
+
+    One query reads the file, groups it and says whether any row breaks a rule; a second
+    looks at the groups (their sku and location, a (bin, status) twice, too many bins).
+    Most files pass. Only one that fails is read again row by row (``_check``), to name its
+    first bad row and column."""
     if not path.is_file():
         raise ImportRefused(f"{path}: no such file")
     con = duckdb.connect()
@@ -96,61 +102,77 @@ def plan(path: Path) -> Plan:
     if missing:
         raise ImportRefused(f"{path}: missing column(s) {', '.join(missing)}")
     picked = ", ".join(f'CAST("{names[c]}" AS VARCHAR) AS {c}' for c in COLUMNS)
-    con.execute(
-        f"CREATE TEMP TABLE rows AS SELECT row_number() OVER () AS row, {picked} FROM ({source})"
-    )
-    _check(con)
+    # The rules of ``_check`` on bin, status and quantity, for each row; those on sku and
+    # location are checked once per group below. TRY_CAST: a bad quantity is found here.
+    rules = [condition for column, condition, _ in _rules() if column in ("bin", "status")]
+    rules = [c for c in rules if not c.startswith("regexp_matches")]
+    rules += [f"regexp_matches(concat(bin, status), {_CONTROL})", _BAD_QUANTITY]
+    try:
+        con.execute(
+            f"""CREATE TEMP TABLE snapshots AS
+                SELECT sku, location,
+                       list_sort(list({{'bin': bin, 'status': status,
+                                       'quantity': TRY_CAST(trim(quantity) AS BIGINT)}})) AS bins,
+                       count(*) AS n, bool_or({" OR ".join(f"({c})" for c in rules)}) AS bad
+                FROM (SELECT {picked} FROM ({source}))
+                GROUP BY sku, location ORDER BY sku, location"""
+        )
+    except duckdb.Error:
+        _refuse(con, source, picked)  # raises as the rows' check did
+        raise
+    keys = [condition for column, condition, _ in _rules() if column in ("sku", "location")]
+    keys = [c for c in keys if not c.startswith("regexp_matches")]
+    keys.append(f"regexp_matches(concat(sku, location), {_CONTROL})")
+    # A (bin, status) twice in a group: the sorted bins hold them side by side.
+    twice = """list_bool_or(list_transform(range(1, n), lambda i:
+                 bins[i].bin = bins[i + 1].bin AND bins[i].status = bins[i + 1].status))"""
     counted = con.execute(
-        """SELECT count(*), count(DISTINCT sku), count(DISTINCT (sku, location)) FROM rows"""
+        f"""SELECT count(*), coalesce(sum(n), 0), count(DISTINCT sku),
+                   coalesce(bool_or(bad OR {" OR ".join(f"({c})" for c in keys)}
+                                    OR n > {MAX_SNAPSHOT_BINS} OR coalesce({twice}, FALSE)),
+                            FALSE)
+            FROM snapshots"""
     ).fetchone()
-    total, skus, snapshots = (int(n) for n in counted or (0, 0, 0))
-    found = con.execute("SELECT DISTINCT location FROM rows ORDER BY 1").fetchall()
+    snapshots, total, skus, broken = counted or (0, 0, 0, False)
+    if broken:
+        _refuse(con, source, picked)
+    found = con.execute("SELECT DISTINCT location FROM snapshots ORDER BY 1").fetchall()
     locations = tuple(location for (location,) in found)
-    return Plan(total, skus, locations, snapshots, _digest(path), con)
+    return Plan(int(total), int(skus), locations, int(snapshots), _digest(path), con)
 
 
 def snapshots(found: Plan, as_of: datetime) -> Iterator[list[tuple[str, str]]]:
-    """The plan's snapshots as (key, JSON) strings, in parts by sku range, ordered by sku
+    """The plan's snapshots as (key, JSON) strings, in parts of ``PART``, ordered by sku
     then location; a thread has DuckDB write the next part while the caller sends this one.
 
     DuckDB writes the JSON itself: building it in Python, a struct per bin, was most of the
-    import's own time. Sorting each (sku, location)'s list of bins (``list_sort``) gives the
-    order by bin then status that an ordered aggregate would, for half its time: the check
-    makes (bin, status) unique within a snapshot and never null. ``_empty`` writes the same
-    JSON for the zeroed ones; the consumer decodes both in tests/integration/test_import.py."""
+    import's own time. ``plan`` sorted each (sku, location)'s list of bins (``list_sort``),
+    which gives the order by bin then status that an ordered aggregate would, for half its
+    time: the check makes (bin, status) unique within a snapshot and never null. ``_empty``
+    writes the same JSON for the zeroed ones; the consumer decodes both in
+    tests/integration/test_import.py."""
     stamp = as_of.isoformat()
     occurred = msgspec.json.encode(as_of).decode()  # "...Z", as the decoder reads it
     con = found.table
-    parts = max(1, -(-found.snapshots // PART))
-    cuts = con.execute(
-        "SELECT DISTINCT sku FROM rows WHERE row % ? = 0 ORDER BY sku",
-        [max(1, found.rows // parts)],
-    ).fetchall()
-    bounds: list[str | None] = [None, *(sku for (sku,) in cuts[: parts - 1]), None]
 
-    def part(low: str | None, high: str | None) -> list[tuple[str, str]]:
-        where = ["TRUE"] + ["sku > ?"] * (low is not None) + ["sku <= ?"] * (high is not None)
+    def part(low: int) -> list[tuple[str, str]]:
         rows: list[tuple[str, str]] = con.execute(
-            f"""SELECT sku,
-                  '{{"type":"stock_snapshot","event_id":"import-'
+            """SELECT sku,
+                  '{"type":"stock_snapshot","event_id":"import-'
                   || substr(sha256(? || chr(31) || ? || chr(31) || sku || chr(31) || location), 1, 32)
                   || '","occurred_at":' || ? || ',"sku":' || to_json(sku)
-                  || ',"location":' || to_json(location) || ',"bins":'
-                  || to_json(list_sort(list({{'bin': bin, 'status': status,
-                                             'quantity': CAST(trim(quantity) AS BIGINT)}})))
-                  || '}}'
-               FROM rows WHERE {" AND ".join(where)}
-               GROUP BY sku, location ORDER BY sku, location""",
-            [found.digest, stamp, occurred, *(b for b in (low, high) if b is not None)],
+                  || ',"location":' || to_json(location) || ',"bins":' || to_json(bins) || '}'
+               FROM snapshots WHERE rowid >= ? AND rowid < ?""",  # in the table's order
+            [found.digest, stamp, occurred, low, low + PART],
         ).fetchall()
         return rows
 
-    ranges = list(pairwise(bounds))
+    starts = list(range(0, max(1, found.snapshots), PART))
     with ThreadPoolExecutor(1, thread_name_prefix="atp-import") as pool:
-        pending = pool.submit(part, *ranges[0])
-        for low, high in ranges[1:]:
+        pending = pool.submit(part, starts[0])
+        for low in starts[1:]:
             done = pending.result()
-            pending = pool.submit(part, low, high)
+            pending = pool.submit(part, low)
             yield done
         yield pending.result()
 
@@ -316,32 +338,41 @@ def _read(con: duckdb.DuckDBPyConnection, path: Path) -> str:
     return f"SELECT * FROM read_csv('{quoted}', header = true, all_varchar = true)"
 
 
-def _check(con: duckdb.DuckDBPyConnection) -> None:
-    """The first row the consumer would refuse, by row then column, as the refusal."""
-    control = "'[\\x00-\\x1f\\x7f]'"
+_CONTROL: Final = "'[\\x00-\\x1f\\x7f]'"
+_BAD_QUANTITY: Final = (
+    f"quantity IS NULL OR NOT regexp_full_match(trim(quantity), '[0-9]{{1,10}}') "
+    f"OR TRY_CAST(trim(quantity) AS BIGINT) > {MAX_QUANTITY}"
+)
+
+
+def _rules() -> list[tuple[str, str, str]]:
+    """(column, SQL condition of a bad row, what is wrong), in the order of the columns."""
     rules = []
     for column in TEXT_COLUMNS:
         rules += [
             (column, f"{column} IS NULL OR trim({column}) = ''", "is empty"),
             (column, f"length({column}) > {MAX_TEXT}", f"is longer than {MAX_TEXT} characters"),
-            (column, f"regexp_matches({column}, {control})", "holds a control character"),
+            (column, f"regexp_matches({column}, {_CONTROL})", "holds a control character"),
         ]
-    rules.append((
-        "quantity",
-        f"quantity IS NULL OR NOT regexp_full_match(trim(quantity), '[0-9]{{1,10}}') "
-        f"OR CAST(trim(quantity) AS BIGINT) > {MAX_QUANTITY}",
-        f"is not a whole number from 0 to {MAX_QUANTITY}",
-    ))  # fmt: skip
-    # Most files pass: one query over all the rules says whether this one does (the four
-    # columns' control characters in one expression, for about half the time of four).
-    # Only a file that fails gets a query per rule, to name its first bad row and column.
-    each = [condition for _, condition, _ in rules if not condition.startswith("regexp_matches")]
-    each.append(f"regexp_matches(concat({', '.join(TEXT_COLUMNS)}), {control})")
-    broken = con.execute(
-        f"SELECT EXISTS (SELECT 1 FROM rows WHERE {' OR '.join(f'({c})' for c in each)})"
-    ).fetchone()
+    rules.append(("quantity", _BAD_QUANTITY, f"is not a whole number from 0 to {MAX_QUANTITY}"))
+    return rules
+
+
+def _refuse(con: duckdb.DuckDBPyConnection, source: str, picked: str) -> None:
+    """The file broke a rule: read it again with the rows' numbers and raise the refusal
+    that names the first bad row and column (``_check``)."""
+    con.execute(
+        f"CREATE TEMP TABLE rows AS SELECT row_number() OVER () AS row, {picked} FROM ({source})"
+    )
+    _check(con)
+    con.execute("DROP TABLE rows")
+
+
+def _check(con: duckdb.DuckDBPyConnection) -> None:
+    """The first row the consumer would refuse, by row then column, as the refusal."""
+    rules = _rules()
     worst: tuple[int, int, str] | None = None
-    for column, condition, what in rules if broken and broken[0] else []:
+    for column, condition, what in rules:
         hit = con.execute(f"SELECT min(row) FROM rows WHERE {condition}").fetchone()
         if hit and hit[0] is not None:
             row = int(hit[0])
