@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from allocation.network import NO_CAP, NONE, Network, Supply
 from allocation.projection import offer
 
-NO_ROOM_LIMIT = NO_CAP  # ``can_give`` of locations without a capacity
-
 
 @dataclass(frozen=True)
 class Line:
@@ -188,7 +186,7 @@ def _take_kits(
 def can_give(free: list[int], locations: Sequence[int], room: list[int] | None) -> int:
     """What ``locations`` can give today within their capacity (``room``, None: no limit)."""
     if room is None:
-        return NO_ROOM_LIMIT
+        return NO_CAP
     return sum(min(max(0, free[loc]), room[loc]) for loc in locations)
 
 

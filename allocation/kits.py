@@ -38,20 +38,37 @@ class KitRefused(ValueError):
     """A kit definition the contract does not allow; the message says why."""
 
 
+class KitRules:
+    """The rules a kit definition must keep beside ``others`` (the kits in force, by sku; a
+    definition of the same sku there is the one being replaced). Built once for many
+    checks: each check is then as long as the kit, not as the list of kits."""
+
+    def __init__(self, others: Mapping[str, KitDefinition]) -> None:
+        self.others = others
+        # component sku -> the kits it belongs to, in the order of ``others``
+        self.part_of: dict[str, list[str]] = {}
+        for other in others.values():
+            for c in other.components:
+                self.part_of.setdefault(c.sku, []).append(other.sku)
+
+    def check(self, kit: KitDefinition) -> None:
+        """Raise KitRefused unless ``kit`` may be defined."""
+        if not 1 <= len(kit.components) <= MAX_COMPONENTS:
+            raise KitRefused(f"a kit has 1 to {MAX_COMPONENTS} components")
+        listed = [c.sku for c in kit.components]
+        if len(set(listed)) != len(listed):
+            raise KitRefused("a component is listed twice")
+        for c in kit.components:
+            if c.sku == kit.sku or (c.sku in self.others and c.sku != kit.sku):
+                raise KitRefused(f"component {c.sku!r} is itself a kit")
+        owner = next((k for k in self.part_of.get(kit.sku, ()) if k != kit.sku), None)
+        if owner is not None:
+            raise KitRefused(f"{kit.sku!r} is a component of kit {owner!r}")
+
+
 def check_kit(kit: KitDefinition, others: Mapping[str, KitDefinition]) -> None:
-    """Raise KitRefused unless ``kit`` may be defined beside ``others`` (the other kits,
-    by sku; a definition of the same sku there is the one being replaced)."""
-    if not 1 <= len(kit.components) <= MAX_COMPONENTS:
-        raise KitRefused(f"a kit has 1 to {MAX_COMPONENTS} components")
-    listed = [c.sku for c in kit.components]
-    if len(set(listed)) != len(listed):
-        raise KitRefused("a component is listed twice")
-    for c in kit.components:
-        if c.sku == kit.sku or (c.sku in others and c.sku != kit.sku):
-            raise KitRefused(f"component {c.sku!r} is itself a kit")
-    for other in others.values():
-        if other.sku != kit.sku and any(c.sku == kit.sku for c in other.components):
-            raise KitRefused(f"{kit.sku!r} is a component of kit {other.sku!r}")
+    """``KitRules(others).check(kit)``, for one check."""
+    KitRules(others).check(kit)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Annotated, Final, Literal
 
 import msgspec
 
-from allocation.kits import KitComponent, KitDefinition, KitRefused, check_kit
+from allocation.kits import KitComponent, KitDefinition, KitRefused, KitRules
 
 Scope = Literal["availability:read", "allocations:write", "admin"]
 SCOPES: Final = ("availability:read", "allocations:write", "admin")
@@ -244,19 +244,21 @@ def _validate(settings: Settings) -> None:
         if kit.sku in kits:
             raise ConfigError(f"invalid config: kit {kit.sku!r} is defined twice at `kits[{i}]`")
         kits[kit.sku] = kit.definition()
+    rules = KitRules(kits)
     for i, kit in enumerate(settings.kits):
         try:
-            check_kit(kits[kit.sku], kits)
+            rules.check(kits[kit.sku])
         except KitRefused as exc:
             raise ConfigError(f"invalid config: `kits[{i}]` ({kit.sku!r}): {exc}") from None
     capacity_names: set[str] = set()
+    sold_from = set(settings.locations)
     for i, location in enumerate(settings.capacities):
         if location.name in capacity_names:
             raise ConfigError(
                 f"invalid config: location {location.name!r} is listed twice at `locations[{i}]`"
             )
         capacity_names.add(location.name)
-        if location.name not in settings.locations:
+        if location.name not in sold_from:
             raise ConfigError(
                 f"invalid config: `locations[{i}]` ({location.name!r}) is no channel's location"
             )

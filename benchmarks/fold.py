@@ -769,6 +769,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         kit_servers: list[dict[str, dict[str, float]]] = []
         kinds_run = (["baseline", "pipeline"] + (["backordered"] if backordered else [])
                      + (["kits"] if kit_setup else []))  # fmt: skip
+
+        def run_config(prefix: str, group_id: str, ledger: str) -> Settings:
+            """A run's settings: its own group and ledger (and topics, with ``prefix``)."""
+            text = bench_config(
+                redis_url, bootstrap, prefix=prefix, group_id=group_id,
+                ledger_dir=bench.tmp / ledger,
+            )  # fmt: skip
+            return parse_config(text)
+
         for run in range(args.runs):
             shift = run % len(kinds_run)
             for which in kinds_run[shift:] + kinds_run[:shift]:
@@ -779,14 +788,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     # land on its reservations topic (a second run would apply them as new),
                     # and the plain one is consumed from the same kind of fresh log.
                     tag = "bo" if which == "backordered" else "plain"
-                    fresh = parse_config(
-                        bench_config(
-                            redis_url,
-                            bootstrap,
-                            prefix=f"fold-{tag}{run}",
-                            group_id=f"fold-{tag}-{run}",
-                            ledger_dir=bench.tmp / f"ledger-{tag}-{run}",
-                        )
+                    fresh = run_config(
+                        f"fold-{tag}{run}", f"fold-{tag}-{run}", f"ledger-{tag}-{run}"
                     )
                     source = bo_messages if which == "backordered" else messages
                     fresh_target = produce_fresh(bootstrap, settings, fresh, source)
@@ -801,15 +804,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     elif which == "kits":
                         assert kit_setup is not None
                         kit_settings = kit_setup.settings(
-                            parse_config(
-                                bench_config(
-                                    redis_url,
-                                    bootstrap,
-                                    prefix="fold",
-                                    group_id=f"fold-kits-{run}",
-                                    ledger_dir=bench.tmp / f"ledger-kits-{run}",
-                                )
-                            )
+                            run_config("fold", f"fold-kits-{run}", f"ledger-kits-{run}")
                         )
                         rate, stage, count, server = real_pipeline(
                             kit_settings, n, bench, produced, kit_setup, drain=True
@@ -826,15 +821,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         baseline.append(raw_consume(settings, n, f"raw-{run}"))
                         say(f"    {baseline[-1]:,.0f} events/s")
                     else:
-                        run_settings = fresh or parse_config(
-                            bench_config(
-                                redis_url,
-                                bootstrap,
-                                prefix="fold",
-                                group_id=f"fold-{run}",
-                                ledger_dir=bench.tmp / f"ledger-{run}",
-                            )
-                        )
+                        run_settings = fresh or run_config("fold", f"fold-{run}", f"ledger-{run}")
                         # With --kits, timed as the kits runs: to the write that stored
                         # the last produced offsets.
                         plain_target = fresh_target or (produced if kit_setup else None)

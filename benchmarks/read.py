@@ -477,26 +477,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                         if run % 2:
                             reads.reverse()
                     for label, script in reads:
-                        c32[label].append(
-                            run_wrk(
-                                url(name),
-                                connections=32,
-                                threads=2,
-                                duration_s=duration,
-                                script=script,
-                                headers=[AUTH],
+                        for runs_of, connections, threads in ((c32, 32, 2), (c1, 1, 1)):
+                            runs_of[label].append(
+                                run_wrk(
+                                    url(name),
+                                    connections=connections,
+                                    threads=threads,
+                                    duration_s=duration,
+                                    script=script,
+                                    headers=[AUTH],
+                                )
                             )
-                        )
-                        c1[label].append(
-                            run_wrk(
-                                url(name),
-                                connections=1,
-                                threads=1,
-                                duration_s=duration,
-                                script=script,
-                                headers=[AUTH],
-                            )
-                        )
                 bulk.append(run_wrk(url("atp", f"/v1/availability/{CHANNEL}/query"), connections=8, threads=2,
                                     duration_s=duration, script=post_script, headers=[AUTH]))  # fmt: skip
                 raw_hget.append(python_bulk(bench, bulk_skus, duration, "hget"))

@@ -3,8 +3,8 @@
 Every write of a sku that is a component of a kit marks the kit due (the write script,
 atp_service/store/write.lua), and the sweep computes the kit here from the components'
 current states. Its write is refused if one of those components moved meanwhile, so a
-kit's stored value is always that of its components' latest states, and the last value
-announced for a (channel, kit) is the current one.
+kit's stored value follows its components' latest states within a sweep interval, and the
+last value announced for a (channel, kit) is the current one.
 """
 
 from __future__ import annotations

@@ -85,14 +85,15 @@ class Projector:
     def capacity_taken(self, taken: Sequence[Sequence[int]]) -> dict[str, int]:
         """Location -> units taken from stock there by these lines (per location each),
         for the locations that have a capacity."""
-        out: dict[str, int] = {}
-        if self.capacities:
-            for row in taken:
-                for loc, quantity in enumerate(row):
-                    name = self.network.locations[loc]
-                    if quantity and name in self.capacities:
-                        out[name] = out.get(name, 0) + quantity
-        return out
+        if not self.capacities or not taken:
+            return {}
+        # Column sums in C: a batch's takes are a row per line.
+        totals = [sum(column) for column in zip(*taken, strict=True)]
+        return {
+            name: total
+            for name, total in zip(self.network.locations, totals, strict=True)
+            if total and name in self.capacities
+        }
 
     def supply(self, states: Sequence[SkuState], now_us: int) -> Supply:
         n_skus, n_locations = len(states), len(self.network.locations)

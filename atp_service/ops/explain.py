@@ -83,6 +83,15 @@ def explain(
 ) -> Explanation:
     network = projector.network
     c = network.channel_index(channel)
+    if components is not None:  # a kit: its components hold the stock (contract section 10)
+        return Explanation(
+            locations=[],
+            safety_stock=SafetyStockApplied(0, "channel"),
+            buffers=_buffers(network, c),
+            inbound=[],
+            components=components,
+            recent_events=_recent(state),
+        )
     locations = [network.locations[loc] for loc in preferred(network)[c]]
     on_hand: dict[str, int] = defaultdict(int)
     by_status: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -96,15 +105,6 @@ def explain(
     today = now_us // US_PER_DAY
     horizon_end = today + int(network.horizon[c])
     safety = int(projector.supply([state], now_us).safety_stock[0, c])
-    if components is not None:  # a kit: its components hold the stock (contract section 10)
-        return Explanation(
-            locations=[],
-            safety_stock=SafetyStockApplied(0, "channel"),
-            buffers=_buffers(network, c),
-            inbound=[],
-            components=components,
-            recent_events=_recent(state),
-        )
     return Explanation(
         locations=[
             LocationFigures(loc, on_hand[loc], reserved[loc], dict(by_status[loc]))

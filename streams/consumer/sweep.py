@@ -60,7 +60,8 @@ class Sweeper:
             if not due:
                 break
             kits = self.store.kits(due)
-            components = [c for c in components_of(kits) if c not in due]
+            due_set = set(due)
+            components = [c for c in components_of(kits) if c not in due_set]
             snapshot = self.store.read([*due, *components])
             states = with_kits(
                 [snapshot.states[sku] for sku in due],
