@@ -48,7 +48,6 @@ from atp_service.orders import (
     release,
 )
 from atp_service.overrides import OverrideChanged, encode, message_key
-from atp_service.store import keys
 from atp_service.store.kit_records import KitRecord, SeqMoved, definitions
 from atp_service.store.redis_store import AsyncRedisStore, PutExists
 from streams.backorders import build_replanned, created_event_id, released_event_id
@@ -380,7 +379,8 @@ class Allocator:
             for fp, result, held in zip(prints, planned.results, planned.held, strict=True)
         ]
         changes.puts = [
-            (keys.order_key(r.result.order_id), "nx", encode_stored(r)) for r in records
+            (self.store.layout.order_key(r.result.order_id), "nx", encode_stored(r))
+            for r in records
         ]
         return changes, records
 
@@ -526,14 +526,21 @@ class Allocator:
             ]
             if keep:
                 changes.puts = [
-                    (keys.order_key(o.result.order_id), "set", encode_stored(o)) for o in released
+                    (self.store.layout.order_key(o.result.order_id), "set", encode_stored(o))
+                    for o in released
                 ]
             else:  # removed in the same write: no record ever outlives what it held
                 if counted_day is not None:
                     self._give_back(changes, current, counted_day)
-                changes.puts = [(keys.order_key(o.result.order_id), "del", b"") for o in current]
+                changes.puts = [
+                    (self.store.layout.order_key(o.result.order_id), "del", b"") for o in current
+                ]
                 changes.puts += [
-                    (keys.line_key(line.sku, o.result.order_id, line.line_id), "del", b"")
+                    (
+                        self.store.layout.line_key(line.sku, o.result.order_id, line.line_id),
+                        "del",
+                        b"",
+                    )
                     for o in current
                     for line in backordered_lines(o)
                 ]

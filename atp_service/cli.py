@@ -64,7 +64,10 @@ def serve(args: argparse.Namespace) -> int:
     from granian import Granian
     from granian.constants import Interfaces, Loops
 
-    _settings()  # fail fast, with the message, before any worker starts
+    from atp_service.runtime import check_redis_mode
+
+    # Fail fast, with the message, before any worker starts.
+    check_redis_mode(_settings())
     Granian(
         "atp_service.http.app:app_from_environment",
         factory=True,
@@ -269,7 +272,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_report.add_argument("--sku", help="also show this sku per location and channel")
     p_report.set_defaults(run=report)
     args = parser.parse_args(argv)
-    result: int = args.run(args)
+    try:
+        result: int = args.run(args)
+    except ConfigError as exc:  # found once Redis answered (e.g. `redis.cluster` wrong)
+        print(f"atp {args.command}: {exc}", file=sys.stderr)
+        return 2
     return result
 
 

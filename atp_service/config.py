@@ -34,8 +34,22 @@ class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     pass
 
 
+CLUSTER_SHARDS: Final = 16
+
+
 class RedisSettings(_Section, frozen=True):
     url: str = "redis://127.0.0.1:6379/0"
+    cluster: bool = False  # true: ``url`` names one node of a Redis Cluster (contract 7)
+    # How many groups the data is kept in (streams/shards.py), each in one cluster slot:
+    # fixed for a store's life (its keys are named after them). 0: 1 on a single Redis,
+    # CLUSTER_SHARDS on a cluster, enough to spread over about 8 primaries.
+    shards: Annotated[int, msgspec.Meta(ge=0, le=16384)] = 0
+
+    @property
+    def shard_count(self) -> int:
+        if self.shards:
+            return self.shards
+        return CLUSTER_SHARDS if self.cluster else 1
 
 
 class KafkaSettings(_Section, frozen=True):
@@ -173,7 +187,9 @@ ENV_OVERRIDES: Final[Mapping[str, tuple[str, str]]] = {
     "ATP_REDIS_URL": ("redis", "url"),
     "ATP_KAFKA_BOOTSTRAP": ("kafka", "bootstrap"),
     "ATP_LEDGER_DIR": ("ledger", "dir"),
+    "ATP_REDIS_CLUSTER": ("redis", "cluster"),
 }
+_BOOLEANS: Final = {"1": True, "true": True, "0": False, "false": False}
 
 _PATH_IN_MESSAGE = re.compile(r"at `\$\.?(.*)`")
 
@@ -194,6 +210,13 @@ def parse_config(text: str, environ: Mapping[str, str] | None = None) -> Setting
             raw.setdefault(section, {})
             if not isinstance(raw[section], dict):
                 raise ConfigError(f"config key `{section}` must be a table")
+            if env_name == "ATP_REDIS_CLUSTER":
+                if value.lower() not in _BOOLEANS:
+                    raise ConfigError(
+                        f"ATP_REDIS_CLUSTER must be 1, true, 0 or false, not {value!r}"
+                    )
+                raw[section][key] = _BOOLEANS[value.lower()]
+                continue
             raw[section][key] = value
     try:
         settings = msgspec.convert(raw, Settings)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
+from typing import Final
 
 import redis
 from confluent_kafka import Consumer, Producer
 
-from atp_service.config import Settings
+from atp_service.config import ConfigError, Settings
 from atp_service.model import projector_for
+from atp_service.store import keys
 from atp_service.store.packer import ChunkedPacker
 from atp_service.store.redis_store import RedisStore
 from streams.consumer import ConsumerOptions, StreamProjector
@@ -16,10 +20,65 @@ from streams.kafka import ReliableProducer, consumer_config, producer_config
 from streams.ledger import Ledger
 from streams.state import US_PER_DAY
 
+log = logging.getLogger(__name__)
+
 ALIVE_FILE = "/tmp/atp-consumer-alive"  # the Helm chart's exec probe checks its age
 
 
-def sync_redis(settings: Settings) -> redis.Redis:
+NOT_A_CLUSTER: Final = "Cluster mode is not enabled"
+
+
+def cluster_mismatch(settings: Settings, cluster_enabled: bool) -> ConfigError | None:
+    """The error to stop with when `redis.cluster` says other than the server does."""
+    if settings.redis.cluster and not cluster_enabled:
+        return ConfigError(
+            f"`redis.cluster` is true (or ATP_REDIS_CLUSTER=1) but {settings.redis.url} "
+            "is not a Redis Cluster node: set it to false, or name a cluster node"
+        )
+    if not settings.redis.cluster and cluster_enabled:
+        return ConfigError(
+            f"{settings.redis.url} is a Redis Cluster node but `redis.cluster` is false: "
+            "set `redis.cluster = true` (or ATP_REDIS_CLUSTER=1)"
+        )
+    return None
+
+
+def check_redis_mode(settings: Settings) -> None:
+    """Raise ConfigError if the server answers and is a cluster node where the config says
+    it is not, or the reverse; a server that does not answer is not checked."""
+    client = redis.Redis.from_url(settings.redis.url, socket_connect_timeout=2.0)
+    try:
+        enabled = bool(client.info("cluster").get("cluster_enabled"))
+    except (redis.RedisError, OSError):  # down now: whoever uses it waits for it
+        return
+    finally:
+        client.close()
+    mismatch = cluster_mismatch(settings, enabled)
+    if mismatch is not None:
+        raise mismatch
+
+
+def sync_redis(settings: Settings, retry_s: float = 1.0) -> redis.Redis:
+    """A client of the configured Redis. A cluster client learns the slot map when made,
+    so while no node answers this waits (``retry_s`` between tries) instead of failing.
+
+    Raises:
+        ConfigError: the server is a cluster node and the config says it is not, or the
+            reverse (checked when the server answers).
+    """
+    if settings.redis.cluster:
+        while True:
+            try:
+                cluster: redis.Redis = redis.RedisCluster.from_url(  # type: ignore[assignment]
+                    settings.redis.url, socket_connect_timeout=2.0, socket_timeout=10.0
+                )
+                return cluster
+            except redis.RedisClusterException as exc:
+                if NOT_A_CLUSTER in str(exc):
+                    check_redis_mode(settings)
+                log.warning("no Redis Cluster node answers (%s); retrying", exc)
+                time.sleep(retry_s)
+    check_redis_mode(settings)
     return redis.Redis.from_url(
         settings.redis.url,
         socket_connect_timeout=2.0,
@@ -29,11 +88,17 @@ def sync_redis(settings: Settings) -> redis.Redis:
     )
 
 
+def layout_for(settings: Settings) -> keys.Layout:
+    return keys.Layout(settings.redis.shard_count)
+
+
 def store_for(settings: Settings, client: redis.Redis | None = None) -> RedisStore:
     return RedisStore(
         client or sync_redis(settings),
         settings.kafka.group_id,
         int(settings.consumer.dedupe_window_days * US_PER_DAY // 1000),
+        layout_for(settings),
+        settings.redis.cluster,
     )
 
 
@@ -54,6 +119,7 @@ def consumer_options(settings: Settings, alive_file: str | None = None) -> Consu
         max_message_bytes=settings.consumer.max_message_bytes,
         alive_file=alive_file,
         kits=tuple(kit.definition() for kit in settings.kits),
+        shards=settings.redis.shard_count,
     )
 
 

@@ -201,11 +201,11 @@ def stock_events(
 
 
 def count_orders(client: Any) -> int:
-    return sum(1 for _ in client.scan_iter(match=keys.order_key("*"), count=10_000))
+    return sum(1 for _ in client.scan_iter(match=keys.SINGLE.order_key("*"), count=10_000))
 
 
 def stored_orders(client: Any) -> list[StoredOrder]:
-    names = list(client.scan_iter(match=keys.order_key("*"), count=10_000))
+    names = list(client.scan_iter(match=keys.SINGLE.order_key("*"), count=10_000))
     out = []
     for start in range(0, len(names), 5000):
         out += [decode_stored(raw) for raw in client.mget(names[start : start + 5000]) if raw]
@@ -229,7 +229,7 @@ def check_orders(
     skus = sorted({sku for sku, _ in stock})
     mismatched = []
     for sku in skus:
-        doc = json.loads(client.hget(keys.sku_key(sku), "p:web") or b"{}")
+        doc = json.loads(client.hget(keys.SINGLE.sku_key(sku), "p:web") or b"{}")
         reserved, on_hand = doc.get("reserved", 0), doc.get("on_hand", 0)
         if reserved != per_sku.get(sku, 0) or reserved > on_hand:
             mismatched.append(

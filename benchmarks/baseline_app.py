@@ -38,7 +38,7 @@ def constant(channel: str, sku: str) -> Response[bytes]:
 
 @get("/v1/availability/{channel:str}/{sku:str}")
 async def redis_get(channel: str, sku: str, state: State) -> Response[bytes]:
-    document = await state.redis.hget(keys.sku_key(sku), projection_field(channel))
+    document = await state.redis.hget(keys.SINGLE.sku_key(sku), projection_field(channel))
     return Response(content=document or CONSTANT, media_type="application/json")
 
 

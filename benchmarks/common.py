@@ -864,7 +864,7 @@ def apply_events(projector: Any, events: Sequence[Any], batch: int = 5000) -> No
 def stored_offsets_total(client: redis.Redis, group_id: str) -> int:
     from atp_service.store import keys
 
-    raw: dict[bytes, bytes] = client.hgetall(keys.offsets_key(group_id))  # type: ignore[assignment]
+    raw: dict[bytes, bytes] = client.hgetall(keys.SINGLE.offsets_key(group_id))  # type: ignore[assignment]
     return sum(int(v) for v in raw.values())
 
 

@@ -49,7 +49,7 @@ pipeline's in the same run (target >= 0.8x), both timed from the first non-empty
 the return of the Redis write that stored the last produced offsets, as above; then,
 informatively, how long after that write the due set held nothing due (every kit computed
 from its components' final states). Afterwards a sample of kits is checked: each channel's
-stored document (``p:<channel>`` of ``atp:v1:{<kit>}``) has ``available_to_sell`` and
+stored document (``p:<channel>`` of the kit's sku hash) has ``available_to_sell`` and
 ``on_hand`` equal to the least over its components of floor(the component's stored figure /
 quantity). The sweep's own share (its reads of the due set, kit definitions and states, the
 kit figures, render + change set, writes and outbox publishing) is timed beside the stages,
@@ -339,10 +339,10 @@ class KitSetup:
         started = time.perf_counter()
         projector.sweeper.sweep(projector.clock, projector._write, 600.0)
         seconds["first sweep"] = time.perf_counter() - started
-        due = int(client.zcount(keys.DUE, "-inf", time.time_ns() // 1_000_000))
+        due = int(client.zcount(keys.SINGLE.due_key(0), "-inf", time.time_ns() // 1_000_000))
         if due:
             raise RuntimeError(f"{due} skus still due after the kits' first sweep")
-        client.delete(keys.OUTBOX)
+        client.delete(keys.SINGLE.outbox_key(0))
         projector.__dict__.clear()
         return seconds
 
@@ -360,9 +360,9 @@ class KitSetup:
         fields = [f"p:{channel}" for channel in channels]
         pipe = client.pipeline(transaction=False)
         for kit in sample:
-            pipe.hmget(keys.sku_key(kit.sku), fields)
+            pipe.hmget(keys.SINGLE.sku_key(kit.sku), fields)
             for c in kit.components:
-                pipe.hmget(keys.sku_key(c.sku), fields)
+                pipe.hmget(keys.SINGLE.sku_key(c.sku), fields)
         replies = iter(pipe.execute())
         checked = 0
         wrong: list[str] = []
@@ -394,7 +394,7 @@ class KitSetup:
 def _wait_drained(client: redis.Redis, failed: Callable[[], BaseException | None]) -> float:
     """Block until the due set holds nothing due (every kit computed); when, perf_counter."""
     deadline = time.monotonic() + 600
-    while client.zcount(keys.DUE, "-inf", time.time_ns() // 1_000_000):
+    while client.zcount(keys.SINGLE.due_key(0), "-inf", time.time_ns() // 1_000_000):
         error = failed()
         if error is not None:
             raise RuntimeError(f"the stream projector failed: {error!r}")
@@ -528,7 +528,7 @@ def real_pipeline(
         if stored != n:
             raise RuntimeError(f"Redis stored offsets cover {stored} messages, expected {n}")
     else:
-        raw: dict[bytes, bytes] = client.hgetall(keys.offsets_key(settings.kafka.group_id))  # type: ignore[assignment]
+        raw: dict[bytes, bytes] = client.hgetall(keys.SINGLE.offsets_key(settings.kafka.group_id))  # type: ignore[assignment]
         behind = [k for k, v in target.items() if int(raw.get(k.encode(), 0)) < v]
         if behind:
             raise RuntimeError(f"Redis stored offsets are behind what was produced at {behind}")

@@ -189,11 +189,11 @@ class WriteObserver:
 
     def _run(self) -> None:
         pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-        pubsub.subscribe(keys.INVALIDATIONS)
+        pubsub.ssubscribe(keys.SINGLE.invalidations(0))
         self._ready.set()
         try:
             while not self._stop.is_set():
-                message = pubsub.get_message(timeout=0.2)
+                message = pubsub.get_sharded_message(timeout=0.2)
                 if message is None:
                     continue
                 at = time.perf_counter()

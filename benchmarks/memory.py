@@ -119,7 +119,9 @@ def entries(client: redis.Redis, key: str) -> int:
     """Items in a shared key; for a changes stream, the skus its entries name (an entry
     may list many skus, newline-separated)."""
     kind = bytes(client.type(key)).decode()  # type: ignore[arg-type]
-    if key == keys.OUTBOX:  # one entry per write, holding that write's availability events
+    if key == keys.SINGLE.outbox_key(
+        0
+    ):  # one entry per write, holding that write's availability events
         blobs: list[bytes] = client.hvals(key)  # type: ignore[assignment]
         return sum(len(decode_outbox(blob)) for blob in blobs)
     if kind == "stream":
@@ -137,8 +139,8 @@ def entries(client: redis.Redis, key: str) -> int:
 
 def measure(client: redis.Redis, n_skus: int, channels: Sequence[str]) -> dict[str, Any]:
     skus = [sku_name(i + 1) for i in range(n_skus)]
-    sku_keys = [keys.sku_key(s) for s in skus]
-    seen_keys = [keys.seen_key(s) for s in skus]
+    sku_keys = [keys.SINGLE.sku_key(s) for s in skus]
+    seen_keys = [keys.SINGLE.seen_key(s) for s in skus]
     out: dict[str, Any] = {"skus": n_skus}
     # MEMORY USAGE samples before anything is deleted.
     sample = random.Random(n_skus).sample(range(n_skus), min(SAMPLE, n_skus))
@@ -160,9 +162,9 @@ def measure(client: redis.Redis, n_skus: int, channels: Sequence[str]) -> dict[s
     total = used_memory(client)
     out["used_memory_loaded"] = total
     # Shared keys first (not per sku).
-    per_sku_prefix = f"{keys.PREFIX}:{{"
+    per_sku = (keys.SINGLE.prefixes[0] + p for p in ("s:", "e:", "k:", "l:"))
     shared = sorted(k.decode() for k in client.scan_iter(match=f"{keys.PREFIX}:*", count=10_000)
-                    if not k.decode().startswith(per_sku_prefix))  # fmt: skip
+                    if not k.decode().startswith(tuple(per_sku)))  # fmt: skip
     out["shared"] = {}
     for key in shared:
         n = entries(client, key)

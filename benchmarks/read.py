@@ -181,11 +181,11 @@ def compute_kits(bench: Bench, size: dict[str, Any], kits: Sequence[KitDefinitio
     field = projection_field(CHANNEL)
 
     def pending() -> int:
-        due = client.zmscore(keys.DUE, names)
+        due = client.zmscore(keys.SINGLE.due_key(0), names)
         now = time.time_ns() // 1_000_000
         pipe = client.pipeline(transaction=False)
         for name in names:
-            pipe.hget(keys.sku_key(name), field)
+            pipe.hget(keys.SINGLE.sku_key(name), field)
         docs = pipe.execute()
         return sum(
             (score is not None and score <= now)
@@ -250,8 +250,10 @@ def check_kits(bench: Bench, port: int, kits: Sequence[KitDefinition]) -> None:
     ) as http:
         for kit in sample:
             names = [c.sku for c in kit.components]
-            stored = client.hget(keys.sku_key(kit.sku), field)
-            components: dict[str, bytes] = {n: client.hget(keys.sku_key(n), field) for n in names}  # type: ignore[misc]
+            stored = client.hget(keys.SINGLE.sku_key(kit.sku), field)
+            components: dict[str, bytes] = {
+                n: client.hget(keys.SINGLE.sku_key(n), field) for n in names
+            }  # type: ignore[misc]
             got = http.get(f"/v1/availability/{CHANNEL}/{kit.sku}")
             want = expected_kit(kit, components)
             body = got.json() if got.status_code == 200 else None
@@ -272,7 +274,7 @@ def python_bulk(bench: Bench, skus: Sequence[str], seconds: float, mode: str) ->
     """Sku values/s from one Python process: pipelined HGET of the fields, or MGET of copies."""
     client = bench.redis()
     field = projection_field(CHANNEL)
-    names = [keys.sku_key(s) for s in skus]
+    names = [keys.SINGLE.sku_key(s) for s in skus]
     copies = [f"bench:copy:{s}" for s in skus]
     if mode == "mget":
         docs = client.mget(copies)
@@ -362,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         def stored(names: Sequence[str]) -> list[bytes | None]:
             pipe = client.pipeline(transaction=False)
             for name in names:
-                pipe.hget(keys.sku_key(name), field)
+                pipe.hget(keys.SINGLE.sku_key(name), field)
             return pipe.execute()
 
         kits = define_kits(skus, stored(skus))

@@ -10,7 +10,7 @@ benchmark runs it):
   14-day horizon), for as many units as the sku's backorders claim;
 - then 10 one-line orders per sku on the web channel, as the service records them after a
   ``POST /v1/allocations`` with ``backorder: true`` and nothing on hand: the order record in
-  Redis (``atp:v1:order:<id>``) and a ``reservation_created`` event with event_id
+  Redis (``atp:v2:order:<id>``) and a ``reservation_created`` event with event_id
   ``atp-alloc:<rid>``, reservation_id ``<order>:1:DC-01:backorder``, ``placed_at`` (distinct
   per order, so the queue has an order) and ``promise_date`` (the inbound line's eta, which
   is what the planner promises: the set-up's own fold re-plans nothing, and this is checked).
@@ -179,7 +179,7 @@ class Setup:
         return out
 
     def order_records(self, backorder: bool) -> dict[str, bytes]:
-        """What the API stores for each order (``atp:v1:order:<id>``), so the publisher
+        """What the API stores for each order (``atp:v2:order:<id>``), so the publisher
         sends each notice with the order's current result, as it does in service."""
         out: dict[str, bytes] = {}
         promise_day = to_day(datetime.fromisoformat(self.eta).date())
@@ -199,7 +199,7 @@ class Setup:
                     held = Held(sku, rid, LOCATION, order.quantity)
                 result = OrderResult(order.order_id, CHANNEL, "allocated", [line])
                 stored = StoredOrder(fingerprint(request), result, [held])
-                out[keys.order_key(order.order_id)] = encode_stored(stored)
+                out[keys.SINGLE.order_key(order.order_id)] = encode_stored(stored)
         return out
 
     def wave(self, topic: str, tag: str) -> list[tuple[str, bytes, bytes]]:
@@ -264,7 +264,7 @@ def _server_usec(client: redis.Redis) -> float:
 
 def _wait_outbox_empty(client: redis.Redis, timeout_s: float) -> float:
     deadline = time.monotonic() + timeout_s
-    while client.hlen(keys.OUTBOX):
+    while client.hlen(keys.SINGLE.outbox_key(0)):
         if time.monotonic() > deadline:
             raise RuntimeError("the outbox was not published in time")
         time.sleep(0.005)
@@ -348,7 +348,9 @@ def one_run(
         longest_us = max((int(e["duration"]) for e in client.slowlog_get(128)), default=0)
         published_at = _wait_outbox_empty(client, 120)
 
-        stored: dict[bytes, bytes] = client.hgetall(keys.offsets_key(settings.kafka.group_id))  # type: ignore[assignment]
+        stored: dict[bytes, bytes] = client.hgetall(
+            keys.SINGLE.offsets_key(settings.kafka.group_id)
+        )  # type: ignore[assignment]
         for field_name, offset in target.items():
             if int(stored.get(field_name.encode(), 0)) < offset:
                 raise RuntimeError(f"Redis stored offsets are behind the wave at {field_name}")
@@ -398,7 +400,7 @@ def one_run(
 def _states(client: redis.Redis, skus: Sequence[str]) -> list[Any]:
     pipe = client.pipeline(transaction=False)
     for sku in skus:
-        pipe.hget(keys.sku_key(sku), keys.STATE_FIELD)
+        pipe.hget(keys.SINGLE.sku_key(sku), keys.STATE_FIELD)
     return [load_state(sku, raw) for sku, raw in zip(skus, pipe.execute(), strict=True)]
 
 

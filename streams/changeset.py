@@ -134,8 +134,9 @@ class ChangeSet:
     # ``outbox_id``): one value to write and one to delete once the broker has them all.
     outbox: dict[str, bytes] = field(default_factory=dict)
     outbox_id: str = field(default_factory=new_outbox_id)
-    # Ledger rows of the consumed messages, staged with the offsets (see streams/ledger.py).
-    ledger: dict[str, bytes] = field(default_factory=dict)
+    # Ledger rows of the consumed messages, staged with the offsets (see streams/ledger.py):
+    # shard (streams/shards.py) -> staged field -> rows.
+    ledger: dict[int, dict[str, bytes]] = field(default_factory=dict)
     # Plain keys written with the batch: (key, mode, value); mode "nx" fails the whole
     # write if the key exists (an order allocated concurrently), "set" overwrites, "del"
     # removes the key (an allocation undone).

@@ -28,11 +28,11 @@ import os
 import re
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import pyarrow as pa
@@ -82,6 +82,10 @@ class LedgerColumns:
     occurred_at_us: list[int | None]
     status: list[str]
     reason: list[str | None]
+
+
+def astuple_columns(rows: LedgerColumns) -> tuple[list[Any], ...]:
+    return tuple(getattr(rows, f.name) for f in fields(LedgerColumns))
 
 
 def _write_file(path: Path, table: pa.Table) -> None:
@@ -206,6 +210,25 @@ class Ledger:
             staged[field] = to_ipc(table.slice(start, end - start))
         return staged
 
+    def stage_by_shard(
+        self, rows: LedgerColumns, shard_of: Callable[[str], int], applied_at_us: int | None = None
+    ) -> dict[int, dict[str, bytes]]:
+        """``stage`` per shard of the store (streams/shards.py): a row goes with its sku's
+        shard, a dead letter (no sku) with shard 0. The store stages each shard's rows
+        with that shard's part of the write."""
+        shards = [0 if sku is None else shard_of(sku) for sku in rows.sku]
+        if len(set(shards)) <= 1:
+            staged = self.stage(rows, applied_at_us)
+            return {shards[0]: staged} if staged else {}
+        indices: dict[int, list[int]] = defaultdict(list)
+        for i, shard in enumerate(shards):
+            indices[shard].append(i)
+        out = {}
+        for shard, take in indices.items():
+            part = LedgerColumns(*([column[i] for i in take] for column in astuple_columns(rows)))
+            out[shard] = self.stage(part, applied_at_us)
+        return out
+
     def flush(self, staged: Mapping[str, bytes]) -> list[str]:
         """Write staged rows to one file per partition; returns the fields now in files
         (to delete from Redis). Rows at or below a partition's last file are skipped: they
@@ -219,6 +242,9 @@ class Ledger:
         for (topic, partition), names in by_partition.items():
             names.sort()
             table = pa.concat_tables([staged_rows(name, staged[name]) for _, name in names])
+            if len(names) > 1:
+                # Fields of several shards, or renamed by the write script, may interleave.
+                table = table.sort_by("source_offset")
             flushed = self.last_offset(topic, partition)
             if flushed is not None:
                 table = table.filter(pc.greater(table["source_offset"], flushed))

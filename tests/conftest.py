@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 import pytest
@@ -26,14 +26,17 @@ from hypothesis import HealthCheck, settings
 from atp_service.config import Settings, parse_config
 from atp_service.local.config_file import ApiKey, Channel, ConfigFile
 from atp_service.local.services import (
+    ClusterService,
     Service,
     create_topics,
     free_port,
     start_broker,
     start_redis,
+    start_redis_cluster,
     wait_until,
 )
-from atp_service.store.keys import INITIALIZED as INITIALIZED_MARKER
+from atp_service.runtime import sync_redis
+from atp_service.store import keys
 
 settings.register_profile(
     "ci", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -116,6 +119,14 @@ def redis_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]
     service.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterService]:
+    """3 primaries with a replica each. A test that kills a node rejoins it before it ends."""
+    cluster = start_redis_cluster(tmp_path_factory.mktemp("redis-cluster"))
+    yield cluster
+    cluster.stop()
+
+
 @pytest.fixture
 def redis_url(redis_service: Service) -> Iterator[str]:
     client = redis.Redis(port=redis_service.port)
@@ -143,6 +154,14 @@ class Stack:
     config_path: Path
     tmp: Path
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def layout(self) -> keys.Layout:
+        return keys.Layout(self.settings.redis.shard_count)
+
+    def redis(self) -> redis.Redis:
+        """A client of the stack's Redis (a cluster client on a cluster)."""
+        return sync_redis(self.settings)
 
     @property
     def env(self) -> dict[str, str]:
@@ -243,20 +262,64 @@ class Stack:
                 process.wait(5)
 
 
+# Where a stack keeps its projection. A test marked @pytest.mark.redis_kinds(...) runs once
+# per kind named: "single" (one Redis, one shard), "shards" (one Redis, the data in 4
+# shards, each written by its own script) and "cluster" (a 3-primary Redis Cluster).
+REDIS_KINDS: Final = ("single", "shards", "cluster")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker("redis_kinds")
+    if marker is not None and "redis_kind" in metafunc.fixturenames:
+        kinds = marker.args or REDIS_KINDS
+        metafunc.parametrize("redis_kind", kinds, indirect=True)
+
+
+@pytest.fixture
+def redis_kind(request: pytest.FixtureRequest) -> str:
+    kind: str = getattr(request, "param", "single")
+    return kind
+
+
+def _redis_for(request: pytest.FixtureRequest, kind: str) -> tuple[str, dict[str, object]]:
+    """The url and [redis] options of a stack's Redis, emptied for the test."""
+    if kind == "cluster":
+        cluster: ClusterService = request.getfixturevalue("redis_cluster")
+        for node in cluster.primaries():
+            redis.Redis(port=node.port).flushall()
+        return cluster.url, {"cluster": True}
+    url: str = request.getfixturevalue("redis_url")
+    return url, ({"shards": 4} if kind == "shards" else {})
+
+
+def initialize(settings: Settings, how: str = "test") -> None:
+    """Mark every shard initialized, as the first consumer of a deployment leaves it."""
+    client = sync_redis(settings)
+    layout = keys.Layout(settings.redis.shard_count)
+    for shard in range(layout.shards):
+        client.set(layout.marker_key(shard), how)
+    client.close()
+
+
 @pytest.fixture
 def stack(
-    request: pytest.FixtureRequest, redis_url: str, broker_bootstrap: str, tmp_path: Path
+    request: pytest.FixtureRequest, redis_kind: str, broker_bootstrap: str, tmp_path: Path
 ) -> Iterator[Stack]:
     prefix = f"t{uuid.uuid4().hex[:10]}"
     marker = request.node.get_closest_marker("config")  # @pytest.mark.config("<toml>")
-    text = config_text(
-        redis_url,
-        broker_bootstrap,
-        prefix=prefix,
-        group_id=f"g-{prefix}",
+    url, options = _redis_for(request, redis_kind)
+    text = ConfigFile(
+        redis_url=url,
+        bootstrap=broker_bootstrap,
         ledger_dir=str(tmp_path / "ledger"),
-        extra=marker.args[0] if marker else "",
-    )
+        channels=TEST_CHANNELS,
+        api_keys=TEST_KEYS,
+        group_id=f"g-{prefix}",
+        topic_prefix=prefix,
+        consumer={"batch_timeout_ms": 20, "sweep_interval_ms": 100, "metrics_port": 0},
+        extra="\n" + marker.args[0] if marker else "",
+        redis=options,
+    ).text()
     path = tmp_path / "atp.toml"
     path.write_text(text)
     settings_ = parse_config(text)
@@ -264,14 +327,14 @@ def stack(
     # Initialized, as the first consumer of a deployment leaves it: the API answers 503, not
     # zeros, until a projection is there (contract section 4), and a test may start the API
     # before its consumer.
-    redis.Redis.from_url(redis_url).set(INITIALIZED_MARKER, "test")
+    initialize(settings_)
     world = Stack(settings_, path, tmp_path)
     yield world
     world.stop_all()
 
 
 SERVICE_FIXTURES = frozenset(
-    {"redis_service", "redis_url", "broker_bootstrap", "stack", "make_stack"}
+    {"redis_service", "redis_cluster", "redis_url", "broker_bootstrap", "stack", "make_stack"}
 )
 
 

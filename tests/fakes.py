@@ -198,7 +198,7 @@ class MemoryStore:
             marks = self.seen.setdefault(write.sku, {})
             for event_id in write.seen:
                 marks[event_id] = now_ms
-        for name, rows in changes.ledger.items():
+        for name, rows in changes.ledger.get(0, {}).items():
             topic, partition, first = parse_staged_field(name)
             stored = self.stored_offsets.get(f"{topic}\x1f{partition}", -1)
             self.staged[staged_field(topic, partition, max(first, stored))] = rows

@@ -35,7 +35,9 @@ from atp_service.http.controllers.ui import UiController
 from atp_service.http.document import complete
 from atp_service.http.problems import EXCEPTION_HANDLERS
 from atp_service.http.reader import AvailabilityReader
+from atp_service.http.redis_access import RedisAccess
 from atp_service.model import projector_for
+from atp_service.store import keys
 from atp_service.store.redis_store import AsyncRedisStore
 from streams.kafka import AsyncPublisher, api_producer_config
 from streams.logs import correlation_id
@@ -51,6 +53,11 @@ HTTP_DURATION = Histogram(
 
 def redis_client(settings: Settings) -> aredis.Redis:
     # Short timeouts: with Redis down, a read answers 503 quickly instead of hanging.
+    if settings.redis.cluster:
+        cluster: aredis.Redis = aredis.RedisCluster.from_url(  # type: ignore[assignment]
+            settings.redis.url, socket_connect_timeout=1.0, socket_timeout=2.0
+        )
+        return cluster
     return aredis.Redis.from_url(
         settings.redis.url, socket_connect_timeout=1.0, socket_timeout=2.0, health_check_interval=5
     )
@@ -106,17 +113,17 @@ def _provide_allocator(state: State) -> Allocator:
     return allocator
 
 
-def _provide_redis(state: State) -> aredis.Redis:
-    client: aredis.Redis = state.redis
-    return client
+def _provide_redis(state: State) -> RedisAccess:
+    return RedisAccess(state.redis, state.layout)
 
 
 def create_app(settings: Settings) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         client = redis_client(settings)
+        layout = keys.Layout(settings.redis.shard_count)
         reader = AvailabilityReader(
-            client, app.state.projector, settings.api.cache_staleness_ms / 1000
+            client, app.state.projector, settings.api.cache_staleness_ms / 1000, layout=layout
         )
         publisher = AsyncPublisher(api_producer_config(settings.kafka.bootstrap))
         # Connected now, in the background: the idempotent producer's first acknowledgement
@@ -124,12 +131,15 @@ def create_app(settings: Settings) -> Litestar:
         # allocation of every worker. A broker that is down only delays it (no blocking).
         publisher.start()
         app.state.redis = client
+        app.state.layout = layout
         app.state.reader = reader
         app.state.allocator = Allocator(
             AsyncRedisStore(
                 client,
                 settings.kafka.group_id,
                 int(settings.consumer.dedupe_window_days * US_PER_DAY // 1000),
+                layout,
+                settings.redis.cluster,
             ),
             app.state.projector,
             publisher.send_all,
@@ -178,7 +188,7 @@ def create_app(settings: Settings) -> Litestar:
         dependencies={
             "settings": Provide(provide_settings, sync_to_thread=False),
             "reader": Provide(_provide_reader, sync_to_thread=False),
-            "redis_client": Provide(_provide_redis, sync_to_thread=False),
+            "redis": Provide(_provide_redis, sync_to_thread=False),
             "allocator": Provide(_provide_allocator, sync_to_thread=False),
         },
         exception_handlers=EXCEPTION_HANDLERS,

@@ -12,6 +12,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 
 from atp_service.allocator import Busy, OrderConflict, PublishFailed
+from atp_service.store.keys import SpansShards
 from streams.store import ProjectionMissing
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,12 @@ def failure_of(exc: Exception) -> Failure:
             "the projection is not initialized (Redis lost its data?); run `atp rebuild`",
             "projection-not-ready",
             {"Retry-After": "5"},
+        )
+    if isinstance(exc, SpansShards):
+        return Failure(
+            503,
+            f"not available on a Redis Cluster yet: {exc} (docs/scaling.md)",
+            "spans-shards",
         )
     if isinstance(exc, (redis.RedisError, ConnectionError)):
         return Failure(

@@ -3,20 +3,22 @@
 The stored documents are the exact response bodies, so a read is a dictionary lookup (cache
 hit) or one Redis round trip (miss); it never aggregates and never encodes.
 
-Freshness: every write script PUBLISHes the skus it rewrote on ``keys.INVALIDATIONS``; a
-task here drops those entries. The same task PUBLISHes a heartbeat on that channel every
-``HEARTBEAT_S``. Redis delivers a connection's messages in publish order, so once the
-heartbeat published at time t has arrived, every invalidation published before t has been
-applied. The cache is consulted only while the newest heartbeat received was published
-less than ``staleness_s`` ago; otherwise reads go to Redis. A cached value is therefore
-never older than what Redis holds by more than ``staleness_s`` (default 250 ms).
+Freshness: every write script SPUBLISHes the skus it rewrote on its shard's channel
+(``Layout.invalidations``, sharded pub/sub, served by the node that holds the shard); a task
+here drops those entries. Another task SPUBLISHes a heartbeat on every shard's channel every
+``HEARTBEAT_S``. Redis delivers a channel's messages in publish order, so once the heartbeat
+published on a shard's channel at time t has arrived, every invalidation of that shard
+published before t has been applied. The cache is consulted only while, for every shard,
+the newest heartbeat received was published less than ``staleness_s`` ago; otherwise reads
+go to Redis. A cached value is therefore never older than what Redis holds by more than
+``staleness_s`` (default 250 ms), on a single Redis and on a cluster alike.
 
-A lost projection (contract section 4): when Redis answers but its projection marker is
-gone (emptied, or replaced by an empty server), a missing document does not mean "never
-seen", so reads raise ProjectionMissing (503) instead of answering zeros. Every read that
-goes to Redis asks for the marker in the same round trip; the heartbeat asks too, and while
-the marker is missing it publishes no heartbeat, so the cache stops being used within
-``staleness_s``.
+A lost projection (contract section 4): when Redis answers but a shard's projection marker
+is gone (emptied, or a node replaced by an empty one), a missing document does not mean
+"never seen", so reads raise ProjectionMissing (503) instead of answering zeros. Every read
+that goes to Redis asks for the markers of its skus' shards in the same round trip; the
+heartbeat asks too, and publishes no heartbeat on a shard whose marker is missing, so the
+cache stops being used within ``staleness_s``.
 """
 
 from __future__ import annotations
@@ -50,8 +52,14 @@ class AvailabilityReader:
         projector: Projector,
         staleness_s: float,
         max_entries: int = 500_000,
+        layout: keys.Layout = keys.SINGLE,
     ) -> None:
         self.client = client
+        self.layout = layout
+        self._channels = {
+            layout.invalidations(shard).encode(): shard for shard in range(layout.shards)
+        }
+        self._beats = [0.0] * layout.shards  # per shard, the newest heartbeat's send time
         self.projector = projector
         self.staleness_s = staleness_s
         self.max_entries = max_entries
@@ -123,8 +131,8 @@ class AvailabilityReader:
         self.misses += 1
         generation = self._generation
         pipe = self.client.pipeline(transaction=False)
-        pipe.hget(keys.sku_key(sku), projection_field(channel))
-        pipe.exists(keys.INITIALIZED)
+        pipe.hget(self.layout.sku_key(sku), projection_field(channel))
+        pipe.exists(self.layout.marker_key(self.layout.shard(sku)))
         document: bytes | None
         document, initialized = await pipe.execute()
         if document is None:
@@ -150,12 +158,16 @@ class AvailabilityReader:
             self.misses += len(missing)
             generation = self._generation
             field = projection_field(channel)
+            layout = self.layout
+            shards = sorted({layout.shard(skus[i]) for i in missing})
             pipe = self.client.pipeline(transaction=False)
             for i in missing:
-                pipe.hget(keys.sku_key(skus[i]), field)
-            pipe.exists(keys.INITIALIZED)
-            *found, initialized = await pipe.execute()
-            if not initialized and any(document is None for document in found):
+                pipe.hget(layout.sku_key(skus[i]), field)
+            for shard in shards:
+                pipe.exists(layout.marker_key(shard))
+            replies = await pipe.execute()
+            found, markers = replies[: len(missing)], replies[len(missing) :]
+            if not all(markers) and any(document is None for document in found):
                 raise ProjectionMissing("redis holds no projection marker")
             fetched: dict[tuple[str, str], bytes] = {}
             for i, document in zip(missing, found, strict=True):
@@ -193,20 +205,31 @@ class AvailabilityReader:
         while not self._stopping:
             pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(keys.INVALIDATIONS)
+                await pubsub.ssubscribe(*self._channels)
                 # Anything may have changed while we were not subscribed.
                 self._cache.clear()
                 self._generation += 1
+                self._beats = [0.0] * self.layout.shards
+                # A cluster's messages come from several nodes, polled in turn: a short
+                # wait on each.
+                wait = 1.0 if self.layout.shards == 1 else 0.005
                 while not self._stopping:
-                    message = await pubsub.get_message(timeout=1.0)
-                    if message is None:
+                    message = await pubsub.get_sharded_message(
+                        ignore_subscribe_messages=True, timeout=wait
+                    )
+                    if message is None or message.get("type") != "smessage":
                         continue
                     data = message["data"]
                     text = data.decode() if isinstance(data, bytes) else str(data)
                     if text.startswith(HEARTBEAT_PREFIX):
                         if text.startswith(self._token + "@"):
-                            sent = float(text.rsplit("@", 1)[1])
-                            self._fresh_until = sent + self.staleness_s
+                            channel = message["channel"]
+                            shard = self._channels.get(
+                                channel if isinstance(channel, bytes) else str(channel).encode()
+                            )
+                            if shard is not None:
+                                self._beats[shard] = float(text.rsplit("@", 1)[1])
+                                self._fresh_until = min(self._beats) + self.staleness_s
                         continue
                     self.invalidate(text.split("\n"))
             except asyncio.CancelledError:
@@ -222,11 +245,12 @@ class AvailabilityReader:
     async def _heartbeat(self) -> None:
         while not self._stopping:
             try:
-                # No heartbeat while the projection is lost: the cache stops being used.
-                if await self.client.exists(keys.INITIALIZED):
-                    await self.client.publish(
-                        keys.INVALIDATIONS, f"{self._token}@{time.monotonic():.6f}"
-                    )
+                # No heartbeat on a shard whose projection is lost: the cache stops being
+                # used.
+                beat = f"{self._token}@{time.monotonic():.6f}"
+                for shard in range(self.layout.shards):
+                    if await self.client.exists(self.layout.marker_key(shard)):
+                        await self.client.spublish(self.layout.invalidations(shard), beat)
             except asyncio.CancelledError:
                 raise
             except Exception:  # the listener notices the silence and stops using the cache

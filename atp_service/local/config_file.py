@@ -42,10 +42,11 @@ class ConfigFile:
     topic_prefix: str | None = None  # None: the contract's default topic names
     consumer: Mapping[str, int | float] = field(default_factory=dict)
     extra: str = ""  # more TOML, appended as it is
+    redis: Mapping[str, object] = field(default_factory=dict)  # [redis] keys beside the url
 
     def text(self) -> str:
         parts = [
-            _table("redis", {"url": self.redis_url}),
+            _table("redis", {"url": self.redis_url, **self.redis}),
             _table("kafka", {"bootstrap": self.bootstrap, "group_id": self.group_id}),
             _table("ledger", {"dir": self.ledger_dir}),
         ]

@@ -30,6 +30,7 @@ import redis
 from confluent_kafka import KafkaError, Message, Producer
 
 from atp_service.config import Settings
+from atp_service.runtime import sync_redis
 from atp_service.store import keys
 from streams.events import MAX_SNAPSHOT_BINS
 from streams.kafka import Outgoing, ReliableProducer, producer_config
@@ -185,18 +186,19 @@ def held_elsewhere(found: Plan, holdings: Iterable[tuple[str, str]]) -> list[tup
     return sorted(p for p in set(holdings) if p[1] in locations and p not in listed)
 
 
-def holdings(client: redis.Redis, locations: Iterable[str]) -> list[tuple[str, str]]:
+def holdings(
+    client: redis.Redis, locations: Iterable[str], layout: keys.Layout = keys.SINGLE
+) -> list[tuple[str, str]]:
     """The (sku, location) pairs at ``locations`` where the store holds stock (a bin with
     a quantity other than 0)."""
     wanted = set(locations)
     out: list[tuple[str, str]] = []
-    prefix = keys.sku_key("")[:-1]  # "atp:v1:{"
     batch: list[str] = []
 
     def read() -> None:
         pipe = client.pipeline(transaction=False)
         for sku in batch:
-            pipe.hget(keys.sku_key(sku), keys.STATE_FIELD)
+            pipe.hget(layout.sku_key(sku), keys.STATE_FIELD)
         for sku, raw in zip(batch, pipe.execute(), strict=True):
             state = load_state(sku, raw)
             out.extend(
@@ -204,9 +206,11 @@ def holdings(client: redis.Redis, locations: Iterable[str]) -> list[tuple[str, s
             )
         batch.clear()
 
-    for key in client.scan_iter(match=prefix + "*}", count=1000, _type="HASH"):
-        text = key.decode() if isinstance(key, bytes) else str(key)
-        batch.append(text[len(prefix) : -1])
+    for key in client.scan_iter(match=keys.SKU_PATTERN, count=1000, _type="HASH"):
+        sku = keys.sku_of(key)
+        if sku is None:
+            continue
+        batch.append(sku)
         if len(batch) >= 1000:
             read()
     if batch:
@@ -314,8 +318,9 @@ def run(
     found = plan(path)
     zeroed: list[tuple[str, str]] = []
     if full:
-        client = redis.Redis.from_url(settings.redis.url, socket_timeout=30)
-        zeroed = held_elsewhere(found, holdings(client, found.locations))
+        client = sync_redis(settings)
+        layout = keys.Layout(settings.redis.shard_count)
+        zeroed = held_elsewhere(found, holdings(client, found.locations, layout))
     stamp = as_of.isoformat()
     empty = [_empty(found.digest, stamp, as_of, sku, location) for sku, location in zeroed]
     total = found.snapshots + len(empty)

@@ -141,10 +141,10 @@ def recompute(
 
 
 def _sku_keys(client: redis.Redis) -> Iterator[str]:
-    prefix = f"{keys.PREFIX}:{{"
-    for key in client.scan_iter(match=f"{keys.PREFIX}:{{*}}", count=1000, _type="hash"):
-        text = key.decode()
-        yield text[len(prefix) : -1]
+    for key in client.scan_iter(match=keys.SKU_PATTERN, count=1000, _type="hash"):
+        sku = keys.sku_of(key)
+        if sku is not None:
+            yield sku
 
 
 def rebuild(settings: Settings, console: Console) -> int:
@@ -159,7 +159,8 @@ def rebuild(settings: Settings, console: Console) -> int:
     # Overrides set over HTTP are configuration, not events: what Redis still has, and over
     # it every change recorded on the overrides topic that Redis does not have (all of them,
     # after a data loss).
-    overrides, seqs = _overrides(client, list(data.states))
+    layout = store.layout
+    overrides, seqs = _overrides(client, layout, list(data.states))
     try:
         recorded = latest(
             message.value() or b""
@@ -171,7 +172,7 @@ def rebuild(settings: Settings, console: Console) -> int:
         # A deployment where no override was ever set over HTTP may not have the topic.
         console.print(f"[yellow]{exc}: no safety-stock override set over HTTP is restored")
         recorded = {}
-    kits = _kits_to_restore(client, recorded)
+    kits = _kits_to_restore(client, layout, recorded)
     for (kind, channel, sku), change in recorded.items():
         if kind != "safety_stock":
             continue
@@ -189,18 +190,22 @@ def rebuild(settings: Settings, console: Console) -> int:
         f" and {sum(1 for kind, _, _ in recorded if kind == 'kit')} kits recorded over HTTP"
     )
     # Remove what is left of the old projection. Orders and what re-plans made of their
-    # lines stay: the API and the re-plans write them, and the ledger does not hold them.
+    # lines stay: the API and the re-plans write them, and the ledger does not hold them;
+    # so do the staged ledger rows, which are part of the ledger.
+    keep = {layout.staged_key(shard).encode() for shard in range(layout.shards)}
     stale = [
         key
-        for pattern in (f"{keys.PREFIX}:{{*", f"{keys.PREFIX}:changes:*", keys.DUE, keys.OUTBOX)
-        for key in client.scan_iter(match=pattern, count=1000)
-        if not keys.is_line_key(key)
+        for key in client.scan_iter(match=f"{keys.PREFIX}:{{*", count=1000)
+        if not keys.is_line_key(key) and key not in keep
     ]
-    stale.append(keys.offsets_key(settings.kafka.group_id).encode())
-    for i in range(0, len(stale), 1000):
-        client.unlink(*stale[i : i + 1000])
+    stale.append(layout.offsets_key(settings.kafka.group_id).encode())
+    for i in range(0, len(stale), 1000):  # a key per command: on a cluster, many slots
+        pipe = client.pipeline(transaction=False)
+        for key in stale[i : i + 1000]:
+            pipe.unlink(key)
+        pipe.execute()
     # Kits before the states: their components' sets of kits were among the keys removed.
-    records = KitRecords(client)
+    records = KitRecords(client, layout)
     for record in kits.values():
         records.put(record.sku, record, now // 1000)
     records.install([kit.definition() for kit in settings.kits], now // 1000)
@@ -216,7 +221,7 @@ def rebuild(settings: Settings, console: Console) -> int:
     skus = sorted(data.states)
     # The write script refuses to write without the marker; until the rebuild finishes it
     # says "rebuilding", and no consumer starts on a half-rebuilt projection.
-    client.set(keys.INITIALIZED, "rebuilding")
+    store.set_marker("rebuilding")
     with Progress(console=console, transient=False) as progress:
         task = progress.add_task("rebuilding", total=len(skus))
         for i in range(0, len(skus), CHUNK):
@@ -233,18 +238,20 @@ def rebuild(settings: Settings, console: Console) -> int:
             store.write(changes, now // 1000)
             progress.advance(task, len(chunk))
     if data.offsets:
-        client.hset(keys.offsets_key(settings.kafka.group_id), mapping=data.offsets)  # type: ignore[arg-type]
-    client.set(keys.INITIALIZED, "rebuilt")
+        store.restore_offsets(data.offsets)
+    store.set_marker("rebuilt")
     console.print(f"rebuilt {len(skus)} skus; offsets restored for {len(data.offsets)} partitions")
     return 0
 
 
 def _kits_to_restore(
-    client: redis.Redis, recorded: Mapping[tuple[str, str, str], OverrideChanged]
+    client: redis.Redis,
+    layout: keys.Layout,
+    recorded: Mapping[tuple[str, str, str], OverrideChanged],
 ) -> dict[str, KitRecord]:
     """The kit records Redis still holds, and over them every change recorded on the
     overrides topic that Redis does not have."""
-    out = KitRecords(client).all()
+    out = KitRecords(client, layout).all()
     for (kind, _, sku), change in recorded.items():
         old = out.get(sku)
         if kind != "kit" or (old is not None and old.source == "api" and change.seq <= old.seq):
@@ -254,13 +261,13 @@ def _kits_to_restore(
 
 
 def _overrides(
-    client: redis.Redis, skus: Sequence[str]
+    client: redis.Redis, layout: keys.Layout, skus: Sequence[str]
 ) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
     """The HTTP overrides Redis still holds, per sku, and each sku's count of them."""
     out: dict[str, dict[str, int]] = {}
     seqs: dict[str, int] = {}
     for sku in skus:
-        raw = client.hget(keys.sku_key(sku), keys.STATE_FIELD)
+        raw = client.hget(layout.sku_key(sku), keys.STATE_FIELD)
         if raw:
             state = load_state(sku, raw)  # type: ignore[arg-type]
             if state.safety_stock:
@@ -278,7 +285,9 @@ def verify(settings: Settings, console: Console) -> int:
     client = sync_redis(settings)
     projector = projector_for(settings)
     now = time.time_ns() // 1000
-    stored = store_for(settings, client).offsets()
+    store = store_for(settings, client)
+    layout = store.layout
+    stored = store.offsets()
     data = recompute(settings, now, below=stored)
     redis_skus = set(_sku_keys(client))
     differences: list[tuple[str, str, str, Any, Any]] = []
@@ -290,7 +299,7 @@ def verify(settings: Settings, console: Console) -> int:
                 ("-", where, "next offset", data.offsets.get(name), stored.get(name))
             )
     skus = sorted(redis_skus | set(data.states))
-    kits = definitions(KitRecords(client).all().values())
+    kits = definitions(KitRecords(client, layout).all().values())
 
     def expected_of(in_redis: Mapping[str, SkuState]) -> dict[str, SkuState]:
         return {
@@ -312,7 +321,7 @@ def verify(settings: Settings, console: Console) -> int:
         ).documents
         pipe = client.pipeline(transaction=False)
         for s in chunk:
-            pipe.hgetall(keys.sku_key(s))
+            pipe.hgetall(layout.sku_key(s))
         for s, fields in zip(chunk, pipe.execute(), strict=True):
             for channel in projector.network.channels:
                 want = _doc_decoder.decode(rendered[s][channel])

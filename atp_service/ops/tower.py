@@ -33,7 +33,6 @@ from streams.state import US_PER_DAY
 MAX_SKUS: Final = 200_000
 CACHE_S: Final = 3.0
 _SCAN_COUNT: Final = 1000
-_PREFIX: Final = keys.sku_key("")[:-1]  # "atp:v1:{"
 
 
 # -- I/O ---------------------------------------------------------------------------------
@@ -56,6 +55,7 @@ async def gather_summary(
     """SCAN at most ``max_skus`` sku hashes and summarize them with the consumer snapshots."""
     names = [c.name for c in settings.channels]
     fields = [keys.STATE_FIELD, *(projection_field(n) for n in names)]
+    layout = keys.Layout(settings.redis.shard_count)
     rows: list[Row] = []
     truncated = False
     batch: list[str] = []
@@ -63,7 +63,7 @@ async def gather_summary(
     async def flush() -> None:
         pipe = client.pipeline(transaction=False)
         for sku in batch:
-            pipe.hmget(keys.sku_key(sku), fields)
+            pipe.hmget(layout.sku_key(sku), fields)
         for sku, values in zip(batch, await pipe.execute(), strict=True):
             state, *docs = values
             documents = {n: d for n, d in zip(names, docs, strict=True) if d is not None}
@@ -72,7 +72,7 @@ async def gather_summary(
         batch.clear()
 
     seen: set[str] = set()  # SCAN may return a key more than once
-    async for key in client.scan_iter(match=_PREFIX + "*}", count=_SCAN_COUNT, _type="HASH"):
+    async for key in client.scan_iter(match=keys.SKU_PATTERN, count=_SCAN_COUNT, _type="HASH"):
         sku = sku_of(key)
         if sku is None or sku in seen:
             continue
@@ -86,20 +86,23 @@ async def gather_summary(
     if batch:
         await flush()
     snapshots = await _snapshots(client, settings.kafka.group_id)
-    kits = definitions((await AsyncKitRecords(client).all())[0].values())
+    kits = definitions((await AsyncKitRecords(client, layout).all())[0].values())
     now = time.time()
-    raw: dict[bytes, bytes] = await client.hgetall(keys.capacity_key(int(now * 1e6) // US_PER_DAY))  # type: ignore[assignment]
+    raw: dict[bytes, bytes] = await client.hgetall(
+        layout.capacity_key(int(now * 1e6) // US_PER_DAY)
+    )  # type: ignore[assignment]
     used = capacity_counts(raw)
     return summarize(settings, rows, snapshots, now, truncated, kits, used)
 
 
 async def gather_sku(client: aredis.Redis, settings: Settings, sku: str) -> SkuView:
     names = [c.name for c in settings.channels]
+    layout = keys.Layout(settings.redis.shard_count)
     values: list[bytes | None] = await client.hmget(  # type: ignore[assignment]
-        keys.sku_key(sku), [keys.STATE_FIELD, *(projection_field(n) for n in names)]
+        layout.sku_key(sku), [keys.STATE_FIELD, *(projection_field(n) for n in names)]
     )
     state, *docs = values
-    kit = (await AsyncKitRecords(client).of([sku])).get(sku)
+    kit = (await AsyncKitRecords(client, layout).of([sku])).get(sku)
     return sku_view(settings, sku, state, dict(zip(names, docs, strict=True)), time.time(), kit)
 
 

@@ -31,7 +31,6 @@ EXAMPLES: Final = 5
 OLDEST: Final = 20
 MAX_KITS: Final = 200  # kits listed in the summary
 STALE_SNAPSHOT_S: Final = 10.0  # consumers write theirs every second
-_PREFIX: Final = keys.sku_key("")[:-1]  # "atp:v1:{"
 _NEVER: Final = 2**63 - 1
 
 _document: Final = msgspec.json.Decoder(Availability)
@@ -154,11 +153,7 @@ class SkuView(msgspec.Struct, frozen=True):
 # -- pure: raw values -> figures ---------------------------------------------------------
 
 
-def sku_of(key: bytes | str) -> str | None:
-    text = key.decode() if isinstance(key, bytes) else key
-    if not text.startswith(_PREFIX) or not text.endswith("}"):
-        return None
-    return text[len(_PREFIX) : -1]
+sku_of = keys.sku_of
 
 
 def open_reservations(state: SkuState, now_us: int) -> list[tuple[int, OpenReservation]]:

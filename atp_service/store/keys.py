@@ -1,75 +1,175 @@
 """The Redis key layout, in one place.
 
-Every key of one sku shares the hash tag ``{sku}`` so the sku's state, projection and dedupe
-marks live in one Redis Cluster slot. Keys are versioned (``atp:v1``) so a layout change can
-be rolled out beside the old one and rebuilt.
+Keys are grouped in shards (streams/shards.py): every key of a shard carries the shard's
+hash tag, so a shard lives in one Redis Cluster slot and one script can write it whole. A
+shard holds its skus' hashes, dedupe marks, kit sets and line records, and its own due set,
+outbox, staged ledger rows, offsets, changes streams and projection marker. A few keys
+belong to no shard: kit definitions, orders, capacity counts, the group's consumers, and
+the group's offsets when there are several shards.
+
+A single Redis has one shard. Keys are versioned (``atp:v2``) so a layout change can be
+rolled out beside the old one and rebuilt (``atp rebuild``).
 """
 
 from __future__ import annotations
 
+import binascii
+from functools import cached_property
 from typing import Final
 
-PREFIX: Final = "atp:v1"
-DUE: Final = f"{PREFIX}:due"  # zset sku -> ms when its projection changes with no event
-OUTBOX: Final = f"{PREFIX}:outbox"  # hash write id -> that write's availability events (msgpack)
-# hash "topic\x1fpartition\x1ffirst offset" -> ledger rows not yet in a ledger file
-LEDGER_STAGED: Final = f"{PREFIX}:ledger:staged"
-INVALIDATIONS: Final = f"{PREFIX}:changed"  # pub/sub: skus whose projection was rewritten
-# Exists while Redis holds a projection built from the start (by a consumer that found its
-# ledger empty, or by `atp rebuild`). The write script refuses every write without it, so
-# nothing is folded onto a Redis that lost its data.
-INITIALIZED: Final = f"{PREFIX}:initialized"
+from streams.shards import shard_of
+
+PREFIX: Final = "atp:v2"
+SLOTS: Final = 16384
 # hash kit sku -> its definition (JSON, allocation.kits.KitDefinition), every kit in force
 KITS: Final = f"{PREFIX}:kits"
 KITS_VERSION: Final = f"{PREFIX}:kits:version"  # moves with every change of a kit record
 STATE_FIELD: Final = "s"
 VERSION_FIELD: Final = "v"
+SKU_PART: Final = ":s:"  # between a shard's prefix and the sku in a sku hash's name
 
 
-def sku_key(sku: str) -> str:
-    """Hash of one sku: v (version), s (raw state), p:<channel> (projection document)."""
-    return f"{PREFIX}:{{{sku}}}"
+class SpansShards(Exception):
+    """A write that must be atomic as a whole touches keys of several shards, which a Redis
+    Cluster cannot write in one script (allocations, kit definitions: not yet there)."""
 
 
-def seen_key(sku: str) -> str:
-    """Sorted set of the sku's applied event_ids, scored by when they were applied (ms)."""
-    return f"{PREFIX}:{{{sku}}}:seen"
+def slot_of(key: str) -> int:
+    """The Redis Cluster slot of a key (CRC16 of its hash tag, or of the whole key)."""
+    data = key.encode()
+    start = data.find(b"{")
+    if start >= 0:
+        end = data.find(b"}", start + 1)
+        if end > start + 1:
+            data = data[start + 1 : end]
+    return binascii.crc_hqx(data, 0) % SLOTS
 
 
-def kits_of_key(sku: str) -> str:
-    """Set of the kits ``sku`` is a component of. write.lua builds the same name from KITS."""
-    return f"{PREFIX}:{{{sku}}}:kits"
+def _tag(shard: int, shards: int) -> str:
+    """A tag for the shard whose slot is in the shard's own 1/shards of the slot range, so
+    that shards spread evenly over nodes that own contiguous ranges."""
+    low, high = shard * SLOTS // shards, (shard + 1) * SLOTS // shards
+    n = 0
+    while not low <= slot_of(f"{{{shard}.{n}}}") < high:
+        n += 1
+    return f"{shard}.{n}"
 
 
-def offsets_key(group_id: str) -> str:
-    """Hash "topic\x1fpartition" -> next offset to consume, written with the state."""
-    return f"{PREFIX}:offsets:{group_id}"
+class Layout:
+    """The key names of a store with ``shards`` shards."""
+
+    def __init__(self, shards: int = 1) -> None:
+        if not 1 <= shards <= SLOTS:
+            raise ValueError(f"shards must be 1 to {SLOTS}, not {shards}")
+        self.shards = shards
+
+    @cached_property
+    def tags(self) -> tuple[str, ...]:
+        return tuple(_tag(s, self.shards) for s in range(self.shards))
+
+    @cached_property
+    def prefixes(self) -> tuple[str, ...]:
+        """Per shard, the start of every key name of that shard."""
+        return tuple(f"{PREFIX}:{{{tag}}}:" for tag in self.tags)
+
+    def shard(self, sku: str) -> int:
+        return shard_of(sku, self.shards)
+
+    def _of(self, sku: str) -> str:
+        return self.prefixes[shard_of(sku, self.shards)]
+
+    # -- a sku's keys -------------------------------------------------------------------
+
+    def sku_key(self, sku: str) -> str:
+        """Hash of one sku: v (version), s (raw state), p:<channel> (projection document)."""
+        return f"{self._of(sku)}s:{sku}"
+
+    def seen_key(self, sku: str) -> str:
+        """Sorted set of the sku's applied event_ids, scored by when they were applied (ms)."""
+        return f"{self._of(sku)}e:{sku}"
+
+    def kits_of_key(self, sku: str) -> str:
+        """Set of the kits ``sku`` is a component of; write.lua builds the same name."""
+        return f"{self._of(sku)}k:{sku}"
+
+    def line_key(self, sku: str, order_id: str, line_id: str) -> str:
+        """Hash of what re-plans made of one order line's backorder (streams/backorders.py):
+        in its sku's shard, as the write that re-plans it writes the sku. Neither id holds a
+        colon."""
+        return f"{self._of(sku)}l:{sku}:{order_id}:{line_id}"
+
+    # -- a shard's keys -----------------------------------------------------------------
+
+    def due_key(self, shard: int) -> str:
+        """Sorted set sku -> ms when its projection changes with no event."""
+        return f"{self.prefixes[shard]}due"
+
+    def outbox_key(self, shard: int) -> str:
+        """Hash write id -> that write's events for the broker (msgpack)."""
+        return f"{self.prefixes[shard]}outbox"
+
+    def staged_key(self, shard: int) -> str:
+        """Hash "topic\x1fpartition\x1ffirst offset" -> ledger rows not yet in a file."""
+        return f"{self.prefixes[shard]}staged"
+
+    def marker_key(self, shard: int) -> str:
+        """Exists while the shard holds a projection built from the start (by a consumer
+        that found its ledger empty, or by `atp rebuild`). The write script refuses every
+        write without it, so nothing is folded onto a node that lost its data."""
+        return f"{self.prefixes[shard]}initialized"
+
+    def shard_offsets_key(self, shard: int, group_id: str) -> str:
+        """Hash "topic\x1fpartition" -> next offset, written with the shard's part of each
+        batch."""
+        return f"{self.prefixes[shard]}offsets:{group_id}"
+
+    def kits_flag_key(self, shard: int) -> str:
+        """Exists once a sku of the shard was a kit's component: only then does write.lua
+        look for the kits of the skus it writes."""
+        return f"{self.prefixes[shard]}kits"
+
+    def changes_key(self, shard: int, channel: str) -> str:
+        """Stream of the shard's skus whose available_to_sell changed on ``channel``."""
+        return f"{self.prefixes[shard]}changes:{channel}"
+
+    def invalidations(self, shard: int) -> str:
+        """Sharded pub/sub channel: the shard's skus whose projection was rewritten."""
+        return f"{self.prefixes[shard]}changed"
+
+    # -- keys of no shard ---------------------------------------------------------------
+
+    def offsets_key(self, group_id: str) -> str:
+        """Hash "topic\x1fpartition" -> next offset to consume: below it every shard holds
+        every event. With one shard it is the shard's own."""
+        if self.shards == 1:
+            return self.shard_offsets_key(0, group_id)
+        return f"{PREFIX}:offsets:{group_id}"
+
+    def order_key(self, order_id: str) -> str:
+        return f"{PREFIX}:order:{order_id}"
+
+    def capacity_key(self, day: int) -> str:
+        """Hash location -> units its stock allocations took on that UTC day (days since the
+        epoch), for the locations with a capacity (contract section 11). write.lua lets it
+        expire 3 days after its last count."""
+        return f"{PREFIX}:capacity:{day}"
 
 
-def order_key(order_id: str) -> str:
-    return f"{PREFIX}:order:{order_id}"
+SINGLE: Final = Layout(1)
+SKU_PATTERN: Final = f"{PREFIX}:{{*}}{SKU_PART}*"  # SCAN pattern of every sku hash
 
 
-def capacity_key(day: int) -> str:
-    """Hash location -> units its stock allocations took on that UTC day (days since the
-    epoch), for the locations with a capacity (contract section 11). write.lua lets it
-    expire 3 days after its last count."""
-    return f"{PREFIX}:capacity:{day}"
-
-
-def line_key(sku: str, order_id: str, line_id: str) -> str:
-    """Hash of what re-plans made of one order line's backorder (streams/backorders.py): in
-    its sku's slot, as the write that re-plans it writes the sku. Neither id holds a colon."""
-    return f"{PREFIX}:{{{sku}}}:line:{order_id}:{line_id}"
+def sku_of(key: bytes | str) -> str | None:
+    """The sku of a sku hash's name (of any layout), or None for any other key."""
+    text = key.decode() if isinstance(key, bytes) else key
+    at = text.find("}" + SKU_PART)
+    if not text.startswith(PREFIX + ":{") or at < 0:
+        return None
+    return text[at + 1 + len(SKU_PART) :]
 
 
 def is_line_key(key: bytes) -> bool:
-    return b"}:line:" in key
-
-
-def changes_key(channel: str) -> str:
-    """Stream of skus whose available_to_sell changed on ``channel`` (the changes feed)."""
-    return f"{PREFIX}:changes:{channel}"
+    return b"}:l:" in key
 
 
 CHANGES_RETENTION_MS: Final = 26 * 3_600_000  # the contract asks for at least 24 hours

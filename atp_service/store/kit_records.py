@@ -1,7 +1,7 @@
 """Kit definitions in Redis (contract section 10).
 
 One hash (keys.KITS) holds a record per kit sku, and each component sku has the set of kits
-it belongs to (keys.kits_of_key), which the write script reads to mark those kits due when
+it belongs to (Layout.kits_of_key), which the write script reads to mark those kits due when
 the component is written. A record set over HTTP wins over the config file's: `atp
 consume` installs the file's kits at start where no HTTP record exists. A kit deleted over
 HTTP keeps a record with no components, so that the file's definition does not come back.
@@ -40,10 +40,14 @@ class SeqMoved(Exception):
 
 _decoder: Final = msgspec.json.Decoder(KitRecord)
 
-# KEYS: 1 the kits hash, 2 the due zset, 3 the kit sku's hash, 4 the version of all kits.
+# KEYS: 1 the kits hash, 2 the due zset of the kit's shard, 3 the kit sku's hash, 4 the
+# version of all kits, then per named component its set of kits, then per named component
+# its shard's 'kits' flag (write.lua looks for kit sets only in shards that have one).
 # ARGV: 1 kit sku, 2 the record (JSON; '' removes it), 3 now (ms), 4 the seq the record must
-# have now ('' = unchecked), 5 the version all kits must have now ('' = unchecked), then the
-# new components' skus. Returns 1, or 0 when the seq or the version moved. The kit sku's
+# have now ('' = unchecked), 5 the version all kits must have now ('' = unchecked), 6 n,
+# then n component skus (those of the record now and of the new one), then n flags ('1':
+# in the new record). Returns 1, 0 when the seq or the version moved, or -1 when a
+# component of the record now is not named (it changed since it was read). The kit sku's
 # version moves, so that a sweep computing the kit from the definition before this one is
 # refused; the version of all kits moves, so that a definition checked against the others
 # (no kit in a kit) is refused if another changed meanwhile. cjson is Redis's JSON.
@@ -51,15 +55,24 @@ _PUT: Final = """
 if ARGV[5] ~= '' and (redis.call('GET', KEYS[4]) or '0') ~= ARGV[5] then
   return 0
 end
+local n = tonumber(ARGV[6])
+local named = {}
+for c = 1, n do
+  named[ARGV[6 + c]] = c
+end
 local old = redis.call('HGET', KEYS[1], ARGV[1])
-local prefix = string.sub(KEYS[1], 1, -5)
 if old then
   old = cjson.decode(old)
   if ARGV[4] ~= '' and tostring(old['seq']) ~= ARGV[4] then
     return 0
   end
   for _, c in ipairs(old['components']) do
-    redis.call('SREM', prefix .. '{' .. c['sku'] .. '}:kits', ARGV[1])
+    if not named[c['sku']] then
+      return -1
+    end
+  end
+  for _, c in ipairs(old['components']) do
+    redis.call('SREM', KEYS[4 + named[c['sku']]], ARGV[1])
   end
 elseif ARGV[4] ~= '' and ARGV[4] ~= '0' then
   return 0
@@ -69,14 +82,18 @@ if ARGV[2] == '' then
 else
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 end
-for a = 6, #ARGV do
-  redis.call('SADD', prefix .. '{' .. ARGV[a] .. '}:kits', ARGV[1])
+for c = 1, n do
+  if ARGV[6 + n + c] == '1' then
+    redis.call('SADD', KEYS[4 + c], ARGV[1])
+    redis.call('SET', KEYS[4 + n + c], '1')
+  end
 end
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 redis.call('HINCRBY', KEYS[3], 'v', 1)
 redis.call('INCR', KEYS[4])
 return 1
 """
+_RETRIES: Final = 10
 
 
 def decode_records(raw: Mapping[bytes, bytes]) -> dict[str, KitRecord]:
@@ -94,27 +111,54 @@ def definitions(records: Iterable[KitRecord]) -> dict[str, KitDefinition]:
 
 
 def _put_args(
+    layout: keys.Layout,
     sku: str,
     record: KitRecord | None,
     now_ms: int,
     expected_seq: int | None,
     expected_version: int | None,
+    old: KitRecord | None,
 ) -> tuple[list[str], list[Any]]:
     payload = msgspec.json.encode(record) if record is not None else b""
-    components = [c.sku for c in record.components] if record is not None else []
+    new = {c.sku for c in record.components} if record is not None else set()
+    named = sorted(new | ({c.sku for c in old.components} if old is not None else set()))
     seq = "" if expected_seq is None else str(expected_seq)
     version = "" if expected_version is None else str(expected_version)
-    return [keys.KITS, keys.DUE, keys.sku_key(sku), keys.KITS_VERSION], [
-        sku, payload, now_ms, seq, version, *components,
-    ]  # fmt: skip
+    key_list = [
+        keys.KITS,
+        layout.due_key(layout.shard(sku)),
+        layout.sku_key(sku),
+        keys.KITS_VERSION,
+    ]
+    key_list += [layout.kits_of_key(c) for c in named]
+    key_list += [layout.kits_flag_key(layout.shard(c)) for c in named]
+    args: list[Any] = [sku, payload, now_ms, seq, version, len(named), *named]
+    args += ["1" if c in new else "0" for c in named]
+    return key_list, args
+
+
+def _moved(reply: Any, sku: str) -> bool:
+    """Whether the put must be tried again with the record read again (-1); SeqMoved when
+    the seq or the version moved (0)."""
+    if int(reply) == 0:
+        raise SeqMoved(sku)
+    return int(reply) < 0
 
 
 class KitRecords:
     """Synchronous access, for the consumer and the command-line tools."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(
+        self, client: redis.Redis, layout: keys.Layout = keys.SINGLE, cluster: bool = False
+    ) -> None:
         self.client = client
+        self.layout = layout
+        self.cluster = cluster
         self._put = client.register_script(_PUT)
+
+    def record(self, sku: str) -> KitRecord | None:
+        raw = self.client.hget(keys.KITS, sku)
+        return _decoder.decode(raw) if isinstance(raw, bytes) else None
 
     def all(self) -> dict[str, KitRecord]:
         raw: dict[bytes, bytes] = self.client.hgetall(keys.KITS)  # type: ignore[assignment]
@@ -132,9 +176,14 @@ class KitRecords:
     ) -> None:
         """Set (None: remove) the record of ``sku`` and mark the kit due. SeqMoved if
         ``expected_seq`` is given and the record's seq is another."""
-        key_list, args = _put_args(sku, record, now_ms, expected_seq, None)
-        if not self._put(keys=key_list, args=args):
-            raise SeqMoved(sku)
+        if self.cluster:
+            raise keys.SpansShards("kit definitions")
+        for _ in range(_RETRIES):
+            old = self.record(sku)
+            key_list, args = _put_args(self.layout, sku, record, now_ms, expected_seq, None, old)
+            if not _moved(self._put(keys=key_list, args=args), sku):
+                return
+        raise SeqMoved(sku)
 
     def install(self, configured: Sequence[KitDefinition], now_ms: int) -> int:
         """Make the config file's kits the ones in force, except where HTTP set a record:
@@ -167,9 +216,17 @@ class KitRecords:
 class AsyncKitRecords:
     """The same for the API."""
 
-    def __init__(self, client: aredis.Redis) -> None:
+    def __init__(
+        self, client: aredis.Redis, layout: keys.Layout = keys.SINGLE, cluster: bool = False
+    ) -> None:
         self.client = client
+        self.layout = layout
+        self.cluster = cluster
         self._put = client.register_script(_PUT)
+
+    async def record(self, sku: str) -> KitRecord | None:
+        raw = await self.client.hget(keys.KITS, sku)
+        return _decoder.decode(raw) if isinstance(raw, bytes) else None
 
     async def all(self) -> tuple[dict[str, KitRecord], int]:
         """Every record, and the version of all kits they were read at."""
@@ -194,6 +251,13 @@ class AsyncKitRecords:
         expected_version: int | None = None,
     ) -> None:
         """As ``KitRecords.put``; SeqMoved also if any kit changed since ``expected_version``."""
-        key_list, args = _put_args(sku, record, now_ms, expected_seq, expected_version)
-        if not await self._put(keys=key_list, args=args):
-            raise SeqMoved(sku)
+        if self.cluster:
+            raise keys.SpansShards("kit definitions")
+        for _ in range(_RETRIES):
+            old = await self.record(sku)
+            key_list, args = _put_args(
+                self.layout, sku, record, now_ms, expected_seq, expected_version, old
+            )
+            if not _moved(await self._put(keys=key_list, args=args), sku):
+                return
+        raise SeqMoved(sku)

@@ -8,10 +8,11 @@ because the API reserved stock meanwhile. The caller then re-reads and re-folds.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from importlib import resources
 from typing import Any, Final
 
+import pyarrow as pa
 import redis
 import redis.asyncio as aredis
 
@@ -24,8 +25,18 @@ from atp_service.orders import (
     encode_result,
 )
 from atp_service.store import keys
+from atp_service.store.keys import SpansShards
 from atp_service.store.kit_records import AsyncKitRecords, KitRecords
-from streams.changeset import ChangeSet, encode_outbox, projection_field
+from streams.changeset import (
+    UPDATE_KIND,
+    ChangeSet,
+    decode_outbox,
+    encode_outbox,
+    outbox_kind,
+    projection_field,
+)
+from streams.consumer.options import offset_field
+from streams.ledger import parse_staged_field, staged_rows, to_ipc
 from streams.state import SkuState, load_state
 from streams.store import ProjectionMissing, ServerReplaced, Snapshot
 
@@ -66,17 +77,25 @@ READ_CHUNK: Final = 2000  # skus per script call: bounds the time Redis is busy 
 
 
 def script_arguments(
-    changes: ChangeSet, *, group_id: str, now_ms: int, seen_cutoff_ms: int, publish: bool = True
+    changes: ChangeSet,
+    *,
+    group_id: str,
+    now_ms: int,
+    seen_cutoff_ms: int,
+    publish: bool = True,
+    layout: keys.Layout = keys.SINGLE,
+    shard: int = 0,
 ) -> tuple[list[str], list[Any]]:
+    """The write script's keys and arguments for ``changes``, all of one ``shard``."""
     key_list = [
-        keys.DUE,
-        keys.offsets_key(group_id),
-        keys.OUTBOX,
-        keys.INITIALIZED,
-        keys.LEDGER_STAGED,
+        layout.due_key(shard),
+        layout.shard_offsets_key(shard, group_id),
+        layout.outbox_key(shard),
+        layout.marker_key(shard),
+        layout.staged_key(shard),
     ]
     args: list[Any] = [
-        len(changes.skus), seen_cutoff_ms, now_ms, keys.INVALIDATIONS if publish else "",
+        len(changes.skus), seen_cutoff_ms, now_ms, layout.invalidations(shard) if publish else "",
         changes.assumed_server,
     ]  # fmt: skip
     # Every sku writes the same projection fields (one per channel): names once, then
@@ -86,10 +105,10 @@ def script_arguments(
     args += names
     puts = list(changes.puts)
     for (sku, order_id, line_id), fields in changes.line_fields.items():
-        line = keys.line_key(sku, order_id, line_id)
+        line = layout.line_key(sku, order_id, line_id)
         puts += [(line, f"h:{name}", value) for name, value in fields.items()]
     if changes.capacity:
-        day = keys.capacity_key(changes.capacity_day)
+        day = layout.capacity_key(changes.capacity_day)
         puts += [
             (day, f"c\x1f{limit}\x1f{location}", str(units).encode())
             for location, (units, limit) in changes.capacity.items()
@@ -105,7 +124,7 @@ def script_arguments(
     args.append(len(streams))
     min_id = max(0, now_ms - keys.CHANGES_RETENTION_MS)
     for channel, skus in streams.items():
-        key_list.append(keys.changes_key(channel))
+        key_list.append(layout.changes_key(shard, channel))
         args += [min_id, len(skus), *skus]
     args.append(len(changes.offsets))
     for name, offset in changes.offsets.items():
@@ -114,8 +133,9 @@ def script_arguments(
         args += [changes.outbox_id, encode_outbox(changes.outbox)]
     else:
         args += ["", ""]
-    args.append(len(changes.ledger))
-    for name, rows in changes.ledger.items():
+    ledger = changes.ledger.get(shard, {})
+    args.append(len(ledger))
+    for name, rows in ledger.items():
         args += [name, rows]
     args.append(len(changes.marked))
     for ids in changes.marked.values():
@@ -127,7 +147,7 @@ def script_arguments(
         for _, version, owner in changes.checks:
             args += [version, index[owner]]
     for write in changes.skus:
-        key_list += [keys.sku_key(write.sku), keys.seen_key(write.sku)]
+        key_list += [layout.sku_key(write.sku), layout.seen_key(write.sku)]
         args += [
             "" if write.expected_version is None else write.expected_version,
             write.state,
@@ -141,37 +161,97 @@ def script_arguments(
         # Trimming the dedupe marks is O(log n) but not free; doing it on about one write in
         # TRIM_EVERY keeps every set within the window plus a few writes' worth of marks.
         args.append("1" if write.seen and random.random() < 1 / TRIM_EVERY else "0")
-    key_list += [keys.seen_key(sku) for sku in changes.marked]
-    key_list += [keys.sku_key(sku) for sku, _, _ in changes.checks]
-    key_list.append(keys.KITS)
+    key_list += [layout.seen_key(sku) for sku in changes.marked]
+    key_list += [layout.sku_key(sku) for sku, _, _ in changes.checks]
+    key_list.append(layout.kits_flag_key(shard))
     return key_list, args
 
 
+def split(changes: ChangeSet, layout: keys.Layout, cluster: bool) -> list[tuple[int, ChangeSet]]:
+    """The parts of ``changes`` per shard, each written by one script. A sku's write, dedupe
+    marks, line records, changes-feed entries, outbox entries and ledger rows go with its
+    shard; every part moves the shard's offsets. Keys of no shard (orders, capacity counts)
+    go with the first part; on a cluster that is refused unless there is one part."""
+    if layout.shards == 1:
+        return [(0, changes)]
+    shard = layout.shard
+    parts: dict[int, ChangeSet] = {}
+
+    def part(s: int) -> ChangeSet:
+        found = parts.get(s)
+        if found is None:
+            found = parts[s] = ChangeSet(
+                offsets=changes.offsets,
+                outbox_id=changes.outbox_id,
+                assumed_server=changes.assumed_server,
+                capacity_day=changes.capacity_day,
+            )
+        return found
+
+    for write in changes.skus:
+        part(shard(write.sku)).skus.append(write)
+    for s, staged in changes.ledger.items():
+        part(s).ledger[s] = staged
+    for sku, ids in changes.marked.items():
+        part(shard(sku)).marked[sku] = ids
+    for line, fields in changes.line_fields.items():
+        part(shard(line[0])).line_fields[line] = fields
+    for pair, value in changes.changed.items():
+        part(shard(pair[1])).changed[pair] = value
+    loose: dict[str, bytes] = {}
+    for name, event in changes.outbox.items():
+        kind, key = outbox_kind(name)  # the key is the sku, but for an order's notice
+        if kind == UPDATE_KIND:  # read when it is sent, so any part may carry it
+            loose[name] = event
+        else:
+            part(shard(key)).outbox[name] = event
+    for check in changes.checks:
+        if cluster and shard(check[0]) != shard(check[2]):
+            raise SpansShards(f"kit {check[2]} and its component {check[0]}")
+        part(shard(check[2])).checks.append(check)
+    first = parts[min(parts)] if parts else part(0)
+    first.outbox.update(loose)
+    if changes.puts or changes.capacity:
+        if cluster:  # orders and capacity counts are keys of no shard
+            raise SpansShards("allocations")
+        first.puts = changes.puts
+        first.capacity = changes.capacity
+    return sorted(parts.items())
+
+
 def read_calls(
-    skus: Sequence[str], event_ids: Mapping[str, Sequence[str]]
-) -> Iterator[tuple[list[str], list[Any]]]:
-    """The read script's keys and arguments, a call per READ_CHUNK skus."""
-    for start in range(0, len(skus), READ_CHUNK):
-        key_list: list[str] = []
-        args: list[Any] = []
-        for sku in skus[start : start + READ_CHUNK]:
-            key_list += [keys.sku_key(sku), keys.seen_key(sku)]
-            ids = event_ids.get(sku, ())
-            args.append(len(ids))
-            args += ids
-        yield key_list, args
+    skus: Sequence[str], event_ids: Mapping[str, Sequence[str]], layout: keys.Layout = keys.SINGLE
+) -> Iterator[tuple[list[str], list[Any], list[str]]]:
+    """The read script's keys and arguments, a call per READ_CHUNK skus of one shard, with
+    the skus it reads."""
+    if layout.shards == 1:
+        groups: Iterable[Sequence[str]] = [skus]
+    else:
+        by_shard: dict[int, list[str]] = {}
+        for sku in skus:
+            by_shard.setdefault(layout.shard(sku), []).append(sku)
+        groups = by_shard.values()
+    for group in groups:
+        for start in range(0, len(group), READ_CHUNK):
+            chunk = group[start : start + READ_CHUNK]
+            key_list: list[str] = []
+            args: list[Any] = []
+            for sku in chunk:
+                key_list += [layout.sku_key(sku), layout.seen_key(sku)]
+                ids = event_ids.get(sku, ())
+                args.append(len(ids))
+                args += ids
+            yield key_list, args, list(chunk)
 
 
-def _snapshot(skus: Sequence[str], replies: Sequence[list[Any]]) -> Snapshot:
+def _snapshot(replies: Sequence[tuple[list[str], list[Any]]]) -> Snapshot:
     states: dict[str, SkuState] = {}
     versions: dict[str, int] = {}
     seen: set[str] = set()
-    at = 0
-    for reply in replies:
+    for skus, reply in replies:
         found = reply[-1]
         for r in range(0, len(reply) - 1, 2):
-            sku = skus[at]
-            at += 1
+            sku = skus[r // 2]
             version = reply[r]
             versions[sku] = int(version) if version is not None else 0
             states[sku] = load_state(sku, reply[r + 1])
@@ -212,46 +292,210 @@ def capacity_counts(raw: Mapping[bytes, bytes]) -> dict[str, int]:
     return {k.decode(): int(v) for k, v in raw.items()}
 
 
+# Moves the group's offsets (one hash, KEYS[1]) forward only. ARGV: field, offset pairs.
+ADVANCE_SCRIPT: Final = """
+for i = 1, #ARGV, 2 do
+  if tonumber(ARGV[i + 1]) > tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '-1') then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
+end
+return 0
+"""
+
+
+def _raised(replies: list[Any]) -> list[Any]:
+    """A pipeline's replies, once none is an error (the first is raised)."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
+
+
+def write_calls(
+    parts: Sequence[tuple[int, ChangeSet]],
+    *,
+    layout: keys.Layout,
+    group_id: str,
+    now_ms: int,
+    window_ms: int,
+) -> list[tuple[list[str], list[Any]]]:
+    """The write script's keys and arguments for each shard's part of a write."""
+    return [
+        script_arguments(
+            part, group_id=group_id, now_ms=now_ms, seen_cutoff_ms=now_ms - window_ms,
+            layout=layout, shard=shard,
+        )
+        for shard, part in parts
+    ]  # fmt: skip
+
+
+def _landed(parts: Sequence[tuple[int, ChangeSet]], replies: Sequence[Any]) -> list[str]:
+    """The skus whose version moved in the parts of one write, or [] when every part
+    landed. The skus of parts that did land are named too: they are to be read again."""
+    conflicts: list[str] = []
+    landed: list[str] = []
+    for (_, part), reply in zip(parts, replies, strict=True):
+        found = _conflicts(part, reply)
+        if found:
+            conflicts += found
+        else:
+            landed += [write.sku for write in part.skus]
+    return conflicts + landed if conflicts else []
+
+
+def _merge_outbox(pages: Iterable[Mapping[bytes, bytes]]) -> dict[str, bytes]:
+    """One write's events are in the outbox of every shard it wrote, under one id."""
+    merged: dict[str, bytes] = {}
+    for page in pages:
+        for raw_id, blob in page.items():
+            outbox_id = raw_id.decode()
+            before = merged.get(outbox_id)
+            if before is None:
+                merged[outbox_id] = blob
+            else:
+                merged[outbox_id] = encode_outbox(dict(decode_outbox(before) + decode_outbox(blob)))
+    return dict(sorted(merged.items()))
+
+
+def _merge_staged(
+    shards: Iterable[Mapping[bytes, bytes]], offsets: Mapping[str, int]
+) -> dict[str, bytes]:
+    """The staged ledger rows of every shard, those of batches every shard holds (below the
+    group's offsets), one value per field."""
+    tables: dict[str, list[pa.Table]] = {}
+    for staged in shards:
+        for raw_name, blob in staged.items():
+            name = raw_name.decode()
+            tables.setdefault(name, []).append(staged_rows(name, blob))
+    out: dict[str, bytes] = {}
+    for name, parts in tables.items():
+        topic, partition, _ = parse_staged_field(name)
+        below = offsets.get(offset_field(topic, partition), -1)
+        if any(t.num_rows and t["source_offset"][-1].as_py() >= below for t in parts):
+            continue  # a batch not yet written to every shard
+        table = pa.concat_tables(parts)
+        out[name] = to_ipc(table.sort_by("source_offset") if len(parts) > 1 else table)
+    return out
+
+
 class RedisStore:
     """Synchronous adapter, used by the consumer and the command-line tools
-    (streams.store.Store)."""
+    (streams.store.Store). A write is one script per shard it touches (streams/shards.py);
+    each is atomic and moves its shard's offsets, and once all landed the group's offsets
+    move (with one shard they are the shard's)."""
 
     transient_errors: tuple[type[Exception], ...] = (redis.RedisError, OSError)
 
-    def __init__(self, client: redis.Redis, group_id: str, window_ms: int) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        group_id: str,
+        window_ms: int,
+        layout: keys.Layout = keys.SINGLE,
+        cluster: bool = False,
+    ) -> None:
         self.client = client
         self.group_id = group_id
         self.window_ms = window_ms
+        self.layout = layout
+        self.cluster = cluster
         self._write = client.register_script(WRITE_SCRIPT)
         self._read = client.register_script(READ_SCRIPT)
-        self.kit_records = KitRecords(client)
+        self._advance = client.register_script(ADVANCE_SCRIPT)
+        self.kit_records = KitRecords(client, layout, cluster)
+
+    def _shards(self) -> range:
+        return range(self.layout.shards)
 
     def read(
         self, skus: Sequence[str], event_ids: Mapping[str, Sequence[str]] | None = None
     ) -> Snapshot:
-        replies = [self._read(keys=k, args=a) for k, a in read_calls(skus, event_ids or {})]
-        return _snapshot(skus, replies)
+        replies = [
+            (chunk, self._read(keys=k, args=a))
+            for k, a, chunk in read_calls(skus, event_ids or {}, self.layout)
+        ]
+        return _snapshot(replies)
 
     def write(self, changes: ChangeSet, now_ms: int) -> list[str]:
-        """Apply atomically; returns the skus whose version moved (nothing was written then)."""
+        """Apply atomically per shard; returns the skus whose version moved (then the parts
+        with none of them were written, and their skus are named too)."""
         if not changes.skus and not changes.offsets:
             return []
-        key_list, args = script_arguments(
-            changes, group_id=self.group_id, now_ms=now_ms, seen_cutoff_ms=now_ms - self.window_ms
-        )
-        return _conflicts(changes, self._write(keys=key_list, args=args))
+        parts = [
+            (shard, self._assumed(part, shard))
+            for shard, part in split(changes, self.layout, self.cluster)
+        ]
+        calls = write_calls(
+            parts, layout=self.layout, group_id=self.group_id, now_ms=now_ms,
+            window_ms=self.window_ms,
+        )  # fmt: skip
+        if len(calls) == 1:
+            conflicts = _conflicts(parts[0][1], self._write(keys=calls[0][0], args=calls[0][1]))
+        elif self.cluster:
+            # One call per shard: a script is loaded node by node, and a node that took
+            # over a shard may not have it yet (the call loads it).
+            replies = [self._write(keys=k, args=a) for k, a in calls]
+            conflicts = _landed(parts, replies)
+        else:
+            pipe = self.client.pipeline(transaction=False)
+            for key_list, args in calls:
+                self._write(keys=key_list, args=args, client=pipe)
+            conflicts = _landed(parts, _raised(pipe.execute(raise_on_error=False)))
+        if not conflicts and changes.offsets and self.layout.shards > 1:
+            flat = [x for pair in changes.offsets.items() for x in pair]
+            self._advance(keys=[self.layout.offsets_key(self.group_id)], args=flat)
+        return conflicts
 
     def server_id(self) -> str:
-        """The server's run_id, which changes when it restarts or a replica takes over."""
-        info: dict[str, Any] = self.client.info("server")
-        return str(info["run_id"])
+        """The server's run_id, which changes when it restarts or a replica takes over; on a
+        cluster, "<node>=<run_id>" of every primary, ";"-separated."""
+        if not self.cluster:
+            info: dict[str, Any] = self.client.info("server")
+            return str(info["run_id"])
+        cluster: Any = self.client
+        found: dict[str, dict[str, Any]] = cluster.info("server", target_nodes="primaries")
+        return ";".join(f"{node}={info['run_id']}" for node, info in sorted(found.items()))
+
+    def _assumed(self, changes: ChangeSet, shard: int) -> ChangeSet:
+        """On a cluster, a part names the run_id of the node that holds its shard now (one
+        that matches no run_id when the shard moved to a node the write did not assume)."""
+        if not self.cluster or not changes.assumed_server:
+            return changes
+        runs = dict(item.split("=", 1) for item in changes.assumed_server.split(";"))
+        cluster: Any = self.client
+        node = cluster.get_node_from_key(self.layout.due_key(shard)).name
+        changes.assumed_server = runs.get(node, "moved")
+        return changes
 
     def marker(self) -> str | None:
-        value = self.client.get(keys.INITIALIZED)
-        return value.decode() if isinstance(value, bytes) else None
+        """The projection marker, or None when a shard lacks it (lost its data)."""
+        pipe = self.client.pipeline(transaction=False)
+        for shard in self._shards():
+            pipe.get(self.layout.marker_key(shard))
+        found: list[bytes | None] = pipe.execute()
+        if any(value is None for value in found):
+            return None
+        values = {value.decode() for value in found if value is not None}
+        return "rebuilding" if "rebuilding" in values else min(values)
+
+    def set_marker(self, how: str) -> None:
+        """Mark every shard (`atp rebuild`: "rebuilding", then "rebuilt")."""
+        for shard in self._shards():
+            self.client.set(self.layout.marker_key(shard), how)
+
+    def restore_offsets(self, offsets: Mapping[str, int]) -> None:
+        """The group's offsets, and every shard's (it holds every event below them)."""
+        names = {self.layout.offsets_key(self.group_id)} | {
+            self.layout.shard_offsets_key(shard, self.group_id) for shard in self._shards()
+        }
+        for name in names:
+            self.client.hset(name, mapping=dict(offsets))  # type: ignore[arg-type]
 
     def mark_initialized(self, how: str) -> None:
-        self.client.set(keys.INITIALIZED, how, nx=True)
+        pipe = self.client.pipeline(transaction=False)
+        for shard in self._shards():
+            pipe.set(self.layout.marker_key(shard), how, nx=True)
+        pipe.execute()
 
     def put_snapshot(self, instance: str, payload: bytes, ttl_s: int = 30) -> None:
         key = keys.consumers_key(self.group_id)
@@ -261,12 +505,20 @@ class RedisStore:
         pipe.execute()
 
     def offsets(self) -> dict[str, int]:
-        raw: dict[bytes, bytes] = self.client.hgetall(keys.offsets_key(self.group_id))  # type: ignore[assignment]
+        raw: dict[bytes, bytes] = self.client.hgetall(self.layout.offsets_key(self.group_id))  # type: ignore[assignment]
         return {k.decode(): int(v) for k, v in raw.items()}
 
     def due(self, now_ms: int, limit: int) -> list[str]:
-        found: list[bytes] = self.client.zrangebyscore(keys.DUE, "-inf", now_ms, start=0, num=limit)  # type: ignore[assignment]
-        return [sku.decode() for sku in found]
+        pipe = self.client.pipeline(transaction=False)
+        for shard in self._shards():
+            pipe.zrangebyscore(
+                self.layout.due_key(shard), "-inf", now_ms, start=0, num=limit, withscores=True
+            )
+        found: list[list[tuple[bytes, float]]] = pipe.execute()
+        if len(found) == 1:
+            return [sku.decode() for sku, _ in found[0]]
+        merged = sorted((score, sku) for page in found for sku, score in page)
+        return [sku.decode() for _, sku in merged[:limit]]
 
     def kits(self, skus: Sequence[str]) -> dict[str, KitDefinition]:
         return self.kit_records.of(skus)
@@ -275,46 +527,67 @@ class RedisStore:
         return self.kit_records.install(configured, now_ms)
 
     def capacity_used(self, day: int) -> dict[str, int]:
-        raw: dict[bytes, bytes] = self.client.hgetall(keys.capacity_key(day))  # type: ignore[assignment]
+        raw: dict[bytes, bytes] = self.client.hgetall(self.layout.capacity_key(day))  # type: ignore[assignment]
         return capacity_counts(raw)
 
     def outbox(self, limit: int) -> dict[str, bytes]:
-        """Waiting writes' availability events: one HSCAN page of about ``limit`` entries (the
+        """Waiting writes' events: one HSCAN page of about ``limit`` entries per shard (the
         whole outbox while it is small), sorted oldest first."""
-        reply: tuple[int, dict[bytes, bytes]] = self.client.hscan(keys.OUTBOX, 0, count=limit)  # type: ignore[assignment]
-        return {k.decode(): v for k, v in sorted(reply[1].items())}
+        pipe = self.client.pipeline(transaction=False)
+        for shard in self._shards():
+            pipe.hscan(self.layout.outbox_key(shard), 0, count=max(1, limit // self.layout.shards))
+        pages: list[tuple[int, dict[bytes, bytes]]] = pipe.execute()
+        return _merge_outbox(page for _, page in pages)
 
     def documents(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
         pipe = self.client.pipeline(transaction=False)
         for channel, sku in pairs:
-            pipe.hget(keys.sku_key(sku), projection_field(channel))
+            pipe.hget(self.layout.sku_key(sku), projection_field(channel))
         found: list[bytes | None] = pipe.execute()
         return {pair: doc for pair, doc in zip(pairs, found, strict=True) if doc is not None}
 
     def staged_ledger(self) -> dict[str, bytes]:
-        """Ledger rows written with their batch, not yet moved to a ledger file."""
-        raw: dict[bytes, bytes] = self.client.hgetall(keys.LEDGER_STAGED)  # type: ignore[assignment]
-        return {k.decode(): v for k, v in raw.items()}
+        """Ledger rows written with their batch, not yet moved to a ledger file: with several
+        shards, those of batches that every shard holds."""
+        if self.layout.shards == 1:
+            raw: dict[bytes, bytes] = self.client.hgetall(self.layout.staged_key(0))  # type: ignore[assignment]
+            return {k.decode(): v for k, v in raw.items()}
+        offsets = self.offsets()
+        pipe = self.client.pipeline(transaction=False)
+        for shard in self._shards():
+            pipe.hgetall(self.layout.staged_key(shard))
+        return _merge_staged(pipe.execute(), offsets)
 
     def drop_staged_ledger(self, names: Sequence[str]) -> None:
         for start in range(0, len(names), 1000):
-            self.client.hdel(keys.LEDGER_STAGED, *names[start : start + 1000])
+            pipe = self.client.pipeline(transaction=False)
+            for shard in self._shards():
+                pipe.hdel(self.layout.staged_key(shard), *names[start : start + 1000])
+            pipe.execute()
 
     def ack_outbox(self, outbox_ids: Sequence[str]) -> int:
-        """Forget writes whose availability events the broker acknowledged, every one."""
-        return int(self.client.hdel(keys.OUTBOX, *outbox_ids)) if outbox_ids else 0
+        """Forget writes whose events the broker acknowledged, every one."""
+        if not outbox_ids:
+            return 0
+        pipe = self.client.pipeline(transaction=False)
+        for shard in self._shards():
+            pipe.hdel(self.layout.outbox_key(shard), *outbox_ids)
+        return sum(pipe.execute())
 
     def order_results(self, order_ids: Sequence[str]) -> dict[str, bytes]:
         """The results, as planned now (JSON), of those orders that exist: two round trips
         for any number of orders."""
         if not order_ids:
             return {}
-        found: list[bytes | None] = self.client.mget([keys.order_key(o) for o in order_ids])  # type: ignore[assignment]
+        pipe = self.client.pipeline(transaction=False)
+        for order_id in order_ids:
+            pipe.get(self.layout.order_key(order_id))
+        found: list[bytes | None] = pipe.execute()
         stored = {o: decode_stored(raw) for o, raw in zip(order_ids, found, strict=True) if raw}
         wanted = [(o, line) for o, order in stored.items() for line in backordered_lines(order)]
         pipe = self.client.pipeline(transaction=False)
         for order_id, line in wanted:
-            pipe.hgetall(keys.line_key(line.sku, order_id, line.line_id))
+            pipe.hgetall(self.layout.line_key(line.sku, order_id, line.line_id))
         replies: list[dict[bytes, bytes]] = pipe.execute() if wanted else []
         lines: dict[str, dict[str, dict[bytes, bytes]]] = {}
         for (order_id, line), fields in zip(wanted, replies, strict=True):
@@ -327,34 +600,57 @@ class RedisStore:
 class AsyncRedisStore:
     """The same operations for the API's event loop."""
 
-    def __init__(self, client: aredis.Redis, group_id: str, window_ms: int) -> None:
+    def __init__(
+        self,
+        client: aredis.Redis,
+        group_id: str,
+        window_ms: int,
+        layout: keys.Layout = keys.SINGLE,
+        cluster: bool = False,
+    ) -> None:
         self.client = client
         self.group_id = group_id
         self.window_ms = window_ms
+        self.layout = layout
+        self.cluster = cluster
         self._write = client.register_script(WRITE_SCRIPT)
         self._read = client.register_script(READ_SCRIPT)
-        self.kit_records = AsyncKitRecords(client)
+        self.kit_records = AsyncKitRecords(client, layout, cluster)
 
     async def read(self, skus: Sequence[str]) -> Snapshot:
-        replies = [await self._read(keys=k, args=a) for k, a in read_calls(skus, {})]
-        return _snapshot(skus, replies)
+        replies = [
+            (chunk, await self._read(keys=k, args=a))
+            for k, a, chunk in read_calls(skus, {}, self.layout)
+        ]
+        return _snapshot(replies)
 
     async def write(self, changes: ChangeSet, now_ms: int) -> list[str]:
-        key_list, args = script_arguments(
-            changes, group_id=self.group_id, now_ms=now_ms, seen_cutoff_ms=now_ms - self.window_ms
-        )
-        return _conflicts(changes, await self._write(keys=key_list, args=args))
+        """As RedisStore.write, for the API's writes (they move no offsets)."""
+        parts = split(changes, self.layout, self.cluster)
+        calls = write_calls(
+            parts, layout=self.layout, group_id=self.group_id, now_ms=now_ms,
+            window_ms=self.window_ms,
+        )  # fmt: skip
+        if len(calls) == 1:
+            return _conflicts(parts[0][1], await self._write(keys=calls[0][0], args=calls[0][1]))
+        pipe = self.client.pipeline(transaction=False)
+        for key_list, args in calls:
+            await self._write(keys=key_list, args=args, client=pipe)
+        return _landed(parts, _raised(await pipe.execute(raise_on_error=False)))
 
     async def capacity_used(self, day: int) -> dict[str, int]:
         """Location -> units its stock allocations took on that UTC day."""
-        raw: dict[bytes, bytes] = await self.client.hgetall(keys.capacity_key(day))  # type: ignore[assignment]
+        raw: dict[bytes, bytes] = await self.client.hgetall(self.layout.capacity_key(day))  # type: ignore[assignment]
         return capacity_counts(raw)
 
     async def orders(self, order_ids: Sequence[str]) -> list[StoredOrder | None]:
         """The stored orders as planned now (their backorders re-planned since), or None."""
         if not order_ids:
             return []
-        found: list[bytes | None] = await self.client.mget([keys.order_key(o) for o in order_ids])  # type: ignore[assignment]
+        pipe = self.client.pipeline(transaction=False)
+        for order_id in order_ids:
+            pipe.get(self.layout.order_key(order_id))
+        found: list[bytes | None] = await pipe.execute()
         stored = [decode_stored(raw) if raw else None for raw in found]
         wanted = [
             (i, line)
@@ -366,7 +662,7 @@ class AsyncRedisStore:
             return stored
         pipe = self.client.pipeline(transaction=False)
         for i, line in wanted:
-            pipe.hgetall(keys.line_key(line.sku, order_ids[i], line.line_id))
+            pipe.hgetall(self.layout.line_key(line.sku, order_ids[i], line.line_id))
         replies: list[dict[bytes, bytes]] = await pipe.execute()
         per_order: dict[int, dict[str, dict[bytes, bytes]]] = {}
         for (i, line), fields in zip(wanted, replies, strict=True):

@@ -1,12 +1,13 @@
 -- Apply one batch of sku changes atomically, if no sku changed since it was read.
 -- Redis scripts never roll back, so every check comes before the first write.
 --
+-- Every key is of one shard (atp_service/store/keys.py): one slot of a Redis Cluster.
 -- KEYS: 1 due zset, 2 offsets hash, 3 outbox hash, 4 the 'initialized' marker, 5 the staged
 --       ledger rows (hash), then n_puts
 --       string keys, then n_streams
 --       change-stream keys, then per sku: hash key, seen key, then n_marked seen keys,
---       then n_checks sku hash keys, then 1 the hash of kit definitions
--- ARGV: 1 n_skus, 2 seen cutoff ms, 3 now ms, 4 pub/sub channel ('' = none),
+--       then n_checks sku hash keys, then 1 the shard's 'kits' flag
+-- ARGV: 1 n_skus, 2 seen cutoff ms, 3 now ms, 4 sharded pub/sub channel ('' = none),
 --       5 the run_id of the Redis server the writer's assumptions come from, or '' for
 --         none: the consumer folds skus it wrote last without reading them again, so it
 --         needs the same server (not one restarted from older data, or a promoted
@@ -39,6 +40,8 @@ local cutoff = ARGV[2]
 local now = ARGV[3]
 local pubsub = ARGV[4]
 local verify = ARGV[5] ~= ''
+-- Every key name of the shard starts with this: KEYS[1] is '<prefix>due'.
+local prefix = string.sub(KEYS[1], 1, -4)
 
 local i = 6
 local n_fields = tonumber(ARGV[i]); i = i + 1
@@ -123,8 +126,8 @@ for m = 1, n_marked do
   local count = tonumber(ARGV[m_at])
   local key = KEYS[sku_keys_at + 2 * n + m]
   if marks_differ(key, m_at + 1, count, true) then
-    -- The sku, out of '<prefix>:{<sku>}:seen'.
-    conflicts[#conflicts + 1] = string.sub(key, string.find(key, '{', 1, true) + 1, -7)
+    -- The sku, out of '<prefix>e:<sku>'.
+    conflicts[#conflicts + 1] = string.sub(key, #prefix + 3)
   end
   m_at = m_at + 1 + count
 end
@@ -152,7 +155,7 @@ for s = 1, n do
   end
   redis.call('HSET', key, unpack(fields))
   local due = ARGV[at + 2]
-  local sku = string.sub(key, string.find(key, '{', 1, true) + 1, -2)
+  local sku = string.sub(key, #prefix + 3)  -- out of '<prefix>s:<sku>'
   skus[#skus + 1] = sku
   if due == '' then
     redis.call('ZREM', KEYS[1], sku)
@@ -236,12 +239,10 @@ end
 -- Kits whose components were written are due for the sweep, which computes them again
 -- (streams/kits.py). After every sku's own due entry, so that a kit written here from
 -- components written here too is computed once more. A component's set of kits is
--- '<prefix>:{<sku>}:kits', beside the hash of definitions '<prefix>:kits'.
-local kits_key = KEYS[checks_keys_at + n_checks]
-if redis.call('EXISTS', kits_key) == 1 then
-  local prefix = string.sub(kits_key, 1, -5)
+-- '<prefix>k:<sku>'.
+if redis.call('EXISTS', KEYS[checks_keys_at + n_checks]) == 1 then
   for s = 1, n do
-    for _, kit in ipairs(redis.call('SMEMBERS', prefix .. '{' .. skus[s] .. '}:kits')) do
+    for _, kit in ipairs(redis.call('SMEMBERS', prefix .. 'k:' .. skus[s])) do
       redis.call('ZADD', KEYS[1], 'LT', now, kit)
     end
   end
@@ -252,6 +253,6 @@ if outbox_id ~= '' then
 end
 
 if pubsub ~= '' and #skus > 0 then
-  redis.call('PUBLISH', pubsub, table.concat(skus, '\n'))
+  redis.call('SPUBLISH', pubsub, table.concat(skus, '\n'))
 end
 return {}

@@ -8,6 +8,7 @@ dead-lettered and the rest of the batch is applied.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from streams.events import TAGS, AnyEvent
 from streams.fold import FoldResult, fold
 from streams.ledger import Ledger
 from streams.projector import Projector
+from streams.shards import shard_of
 from streams.state import SkuState
 
 # A batch's skus as the fold needs them: states, versions, event_ids applied already, and
@@ -42,6 +44,7 @@ class Folder:
     projector: Projector
     window_us: int  # the dedupe window: how long closed records are kept
     ledger: Ledger | None = None
+    shards: int = 1  # the store's (streams/shards.py): a shard's ledger rows go with it
 
     def fold(
         self,
@@ -94,9 +97,14 @@ class Folder:
         if self.ledger is not None and batch is not None:
             # Staged with the state and the offsets: see streams/ledger.py.
             kits = frozenset(sku for sku in result.touched if result.states[sku].kit is not None)
-            changes.ledger = self.ledger.stage(
-                ledger_rows(batch, result.duplicates, kits), applied_at_us=now
-            )
+            rows = ledger_rows(batch, result.duplicates, kits)
+            if self.shards == 1:
+                staged = self.ledger.stage(rows, applied_at_us=now)
+                changes.ledger = {0: staged} if staged else {}
+            else:
+                changes.ledger = self.ledger.stage_by_shard(
+                    rows, functools.partial(shard_of, shards=self.shards), applied_at_us=now
+                )
         return result, changes
 
     def _culprits(

@@ -78,7 +78,7 @@ class StreamProjector:
         self.clock = clock
         self.ledger = ledger
         self.stats = Stats()
-        self.folder = Folder(projector, options.window_us, ledger)
+        self.folder = Folder(projector, options.window_us, ledger, options.shards)
         self.written = WrittenStates(store)
         self.outbox = OutboxPublisher(
             store,

@@ -40,6 +40,7 @@ class ConsumerOptions:
     alive_file: str | None = None
     # The config file's kits, installed in the store at start (contract section 10).
     kits: tuple[KitDefinition, ...] = ()
+    shards: int = 1  # the store's (streams/shards.py)
 
 
 @dataclass

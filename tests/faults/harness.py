@@ -112,7 +112,7 @@ def redis_for(stack: Stack) -> redis.Redis:
 
 
 def stored_offsets(client: redis.Redis, settings: Settings) -> dict[tuple[str, int], int]:
-    raw: dict[bytes, bytes] = client.hgetall(keys.offsets_key(settings.kafka.group_id))  # type: ignore[assignment]
+    raw: dict[bytes, bytes] = client.hgetall(keys.SINGLE.offsets_key(settings.kafka.group_id))  # type: ignore[assignment]
     out = {}
     for name, value in raw.items():
         topic, partition = name.decode().split("\x1f")
@@ -257,10 +257,10 @@ def now_us() -> int:
 
 def sku_keys(client: redis.Redis) -> set[str]:
     out = set()
-    for key in client.scan_iter(match=f"{keys.PREFIX}:{{*}}", count=1000, _type="hash"):
-        text = key.decode()
-        if text.endswith("}"):
-            out.add(text[len(keys.PREFIX) + 2 : -1])
+    for key in client.scan_iter(match=keys.SKU_PATTERN, count=1000, _type="hash"):
+        sku = keys.sku_of(key)
+        if sku is not None:
+            out.add(sku)
     return out
 
 
@@ -269,7 +269,7 @@ def documents(
 ) -> dict[tuple[str, str], dict[str, Any] | None]:
     pipe = client.pipeline(transaction=False)
     for channel, sku in pairs:
-        pipe.hget(keys.sku_key(sku), projection_field(channel))
+        pipe.hget(keys.SINGLE.sku_key(sku), projection_field(channel))
     out: dict[tuple[str, str], dict[str, Any] | None] = {}
     for pair, raw in zip(pairs, pipe.execute(), strict=True):
         out[pair] = json.loads(raw) if raw else None
@@ -359,7 +359,7 @@ def seen_ids(client: redis.Redis, skus: Iterable[str]) -> list[str]:
     pipe = client.pipeline(transaction=False)
     names = list(skus)
     for sku in names:
-        pipe.zrange(keys.seen_key(sku), 0, -1)
+        pipe.zrange(keys.SINGLE.seen_key(sku), 0, -1)
     return [member.decode() for members in pipe.execute() for member in members]
 
 

@@ -124,8 +124,14 @@ def test_kill_between_the_ledger_file_and_dropping_its_staged_rows(
     directory = Ledger(settings.ledger.dir).partition_dir(movements, 0)
     # Nothing else may be waiting to be written when Redis pauses (an outbox ack blocked in
     # a sweep would pause the partitions; staged rows of the warm-up would be flushed).
-    wait_for(lambda: client.hlen(keys.OUTBOX) == 0, 30, "the availability outbox published")
-    wait_for(lambda: client.hlen(keys.LEDGER_STAGED) == 0, 30, "the warm-up's ledger rows in files")
+    wait_for(
+        lambda: client.hlen(keys.SINGLE.outbox_key(0)) == 0, 30, "the availability outbox published"
+    )
+    wait_for(
+        lambda: client.hlen(keys.SINGLE.staged_key(0)) == 0,
+        30,
+        "the warm-up's ledger rows in files",
+    )
     files_before = set(directory.glob("*.parquet"))
 
     for event in batch:
@@ -140,7 +146,7 @@ def test_kill_between_the_ledger_file_and_dropping_its_staged_rows(
     )
     client.execute_command("CLIENT", "PAUSE", "60000", "WRITE")
     try:
-        assert client.hlen(keys.LEDGER_STAGED) > 0, (
+        assert client.hlen(keys.SINGLE.staged_key(0)) > 0, (
             "the batch's rows left Redis before the pause: not the window aimed at"
         )
         wait_for(
@@ -153,13 +159,13 @@ def test_kill_between_the_ledger_file_and_dropping_its_staged_rows(
         assert consumer.wait(10) == -signal.SIGKILL
     finally:
         client.execute_command("CLIENT", "UNPAUSE")
-    assert client.hlen(keys.LEDGER_STAGED) > 0, (
+    assert client.hlen(keys.SINGLE.staged_key(0)) > 0, (
         "the staged rows were deleted: not the window aimed at"
     )
 
     consumer = stack.start_consumer()
     wait_for(
-        lambda: client.hlen(keys.LEDGER_STAGED) == 0,
+        lambda: client.hlen(keys.SINGLE.staged_key(0)) == 0,
         30,
         "the staged rows settled by the restarted consumer",
     )

@@ -97,7 +97,7 @@ def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
 def _projection(client: redis.Redis) -> dict[str, Any]:
     """Every projection document (without as_of) by key and field."""
     out: dict[str, Any] = {}
-    for key in client.scan_iter(match=f"{keys.PREFIX}:{{*}}", count=1000, _type="hash"):
+    for key in client.scan_iter(match=keys.SKU_PATTERN, count=1000, _type="hash"):
         for name, value in client.hgetall(key).items():
             if name.startswith(b"p:"):
                 doc = json.loads(value)
@@ -277,7 +277,7 @@ def test_consumer_running_through_the_loss_does_not_fold_onto_an_empty_redis(
     )
     client = redis_for(stack)
     wait_for(
-        lambda: client.exists(keys.sku_key("LOSS-A"), keys.sku_key("LOSS-B")) == 2,
+        lambda: client.exists(keys.SINGLE.sku_key("LOSS-A"), keys.SINGLE.sku_key("LOSS-B")) == 2,
         30,
         "the first events applied",
     )
@@ -292,7 +292,7 @@ def test_consumer_running_through_the_loss_does_not_fold_onto_an_empty_redis(
     while consumer.poll() is None and not sku_keys(client) and time.monotonic() < deadline:
         time.sleep(0.1)
     written = {
-        sku: json.loads(client.hget(keys.sku_key(sku), "p:web") or b"null")
+        sku: json.loads(client.hget(keys.SINGLE.sku_key(sku), "p:web") or b"null")
         for sku in sku_keys(client)
     }
     served = httpx.get(f"{base}/v1/availability/web/LOSS-A", headers=R, timeout=5).json()

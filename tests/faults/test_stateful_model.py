@@ -93,7 +93,7 @@ class Machine(RuleBasedStateMachine):
         self.client.flushall()
         # As a consumer starting on an empty Redis with an empty ledger does (allocations may
         # come before the first event here).
-        self.client.set(keys.INITIALIZED, "test")
+        self.client.set(keys.SINGLE.marker_key(0), "test")
         self.ledger_dir = tempfile.mkdtemp(prefix="atp-stateful-ledger-")
         self.projector = projector_for(s)
         t = s.topics

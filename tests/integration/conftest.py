@@ -19,7 +19,7 @@ from tests.integration.inprocess import QueueConsumer, SlowStore, options_for
 @pytest.fixture
 def stream(redis_url: str, tmp_path: Path) -> StreamProjector:
     settings = parse_config(config_text(redis_url=redis_url, ledger_dir=str(tmp_path / "ledger")))
-    redis.Redis.from_url(redis_url).set(keys.INITIALIZED, "test")
+    redis.Redis.from_url(redis_url).set(keys.SINGLE.marker_key(0), "test")
     options = options_for(settings)
     store = SlowStore(redis.Redis.from_url(redis_url), settings.kafka.group_id, 7 * 86_400_000)
     return StreamProjector(

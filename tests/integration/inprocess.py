@@ -92,7 +92,7 @@ def options_for(settings: Settings) -> ConsumerOptions:
 
 
 def on_hand(stream: StreamProjector) -> int:
-    raw = stream.store.client.hget(keys.sku_key("SKU-1"), projection_field("web"))
+    raw = stream.store.client.hget(keys.SINGLE.sku_key("SKU-1"), projection_field("web"))
     return int(json.loads(raw)["on_hand"]) if raw else 0
 
 

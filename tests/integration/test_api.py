@@ -52,7 +52,7 @@ KEY_FOR_SCOPE = {"availability:read": READ_KEY, "allocations:write": WRITE_KEY, 
 @pytest.fixture
 def client(redis_url: str) -> Iterator[TestClient[Any]]:
     # An initialized projection, as a consumer leaves it when it starts on an empty Redis.
-    redis.Redis.from_url(redis_url).set(keys.INITIALIZED, "test")
+    redis.Redis.from_url(redis_url).set(keys.SINGLE.marker_key(0), "test")
     # As served: the fast paths in front of Litestar.
     app = serving_app(create_app(parse_config(config_text(redis_url))))
     with TestClient(app) as test_client:
@@ -130,7 +130,7 @@ def test_bad_input_is_400_problem_json(client: TestClient[Any]) -> None:
 
 def test_redis_down_is_503_problem_json_never_500(tmp_path: Path) -> None:
     service = start_redis(tmp_path / "redis")
-    redis.Redis(port=service.port).set(keys.INITIALIZED, "test")
+    redis.Redis(port=service.port).set(keys.SINGLE.marker_key(0), "test")
     app = serving_app(create_app(parse_config(config_text(f"redis://127.0.0.1:{service.port}/0"))))
     headers = {"Authorization": f"Bearer {READ_KEY}"}
     with TestClient(app) as test_client:
@@ -269,6 +269,8 @@ def test_a_lost_projection_answers_503_never_zeros(client: TestClient[Any], redi
         assert reply.status_code == 503, reply.text
         assert reply.headers["content-type"].startswith("application/problem+json")
         assert reply.headers["retry-after"]
-    redis.Redis.from_url(redis_url).set(keys.INITIALIZED, "rebuild")  # as `atp rebuild` ends
+    redis.Redis.from_url(redis_url).set(
+        keys.SINGLE.marker_key(0), "rebuild"
+    )  # as `atp rebuild` ends
     assert client.get("/v1/availability/web/SKU-L2", headers=headers).status_code == 200
     assert client.get("/readyz").status_code == 200

@@ -11,7 +11,8 @@ import pytest
 from tests.conftest import READ_KEY, Stack
 from tests.integration.helpers import poll, receipt, reservation
 
-pytestmark = pytest.mark.integration
+# Every test here runs on a single Redis, on one split in shards, and on a Redis Cluster.
+pytestmark = [pytest.mark.integration, pytest.mark.redis_kinds()]
 R = {"Authorization": f"Bearer {READ_KEY}"}
 
 

@@ -25,7 +25,7 @@ AT = "2026-11-27T10:00:00Z"
 
 
 def reserved(client: redis.Redis, channel: str) -> int | None:
-    raw = client.hget(keys.sku_key("SKU-D"), projection_field(channel))
+    raw = client.hget(keys.SINGLE.sku_key("SKU-D"), projection_field(channel))
     return None if raw is None else int(json.loads(raw)["reserved"])
 
 

@@ -26,7 +26,7 @@ AS_OF = "2030-01-01T06:00:00Z"  # after every other event here
 
 
 def on_hand(client: redis.Redis, sku: str, channel: str = "web") -> int | None:
-    raw = client.hget(keys.sku_key(sku), projection_field(channel))
+    raw = client.hget(keys.SINGLE.sku_key(sku), projection_field(channel))
     return None if raw is None else int(json.loads(raw)["on_hand"])
 
 

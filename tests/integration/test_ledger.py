@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 def projection(client: redis.Redis) -> dict[str, Any]:
     """Every projection document without its as_of, and the stored offsets."""
     out: dict[str, Any] = {}
-    for key in client.scan_iter(match=f"{keys.PREFIX}:{{*}}", _type="hash"):
+    for key in client.scan_iter(match=keys.SKU_PATTERN, _type="hash"):
         for field, value in client.hgetall(key).items():
             if field.startswith(b"p:"):
                 doc = json.loads(value)
@@ -73,14 +73,14 @@ def test_verify_rebuild_after_redis_loss_and_resume(stack: Stack) -> None:
     assert verified.returncode == 0, verified.stdout + verified.stderr
     before = projection(client)
     assert len(before) == 2 * len(skus)
-    offsets_before = client.hgetall(keys.offsets_key(stack.settings.kafka.group_id))
+    offsets_before = client.hgetall(keys.SINGLE.offsets_key(stack.settings.kafka.group_id))
 
     client.flushall()  # Redis loses everything
     assert atp_cli(stack, "verify").returncode == 1
     rebuilt = atp_cli(stack, "rebuild")
     assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
     assert projection(client) == before
-    assert client.hgetall(keys.offsets_key(stack.settings.kafka.group_id)) == offsets_before
+    assert client.hgetall(keys.SINGLE.offsets_key(stack.settings.kafka.group_id)) == offsets_before
     assert atp_cli(stack, "verify").returncode == 0
 
     # The consumer resumes from the restored offsets: nothing applied twice, new events land.
@@ -99,11 +99,11 @@ def test_verify_names_every_difference(stack: Stack) -> None:
     consumer = stack.start_consumer()
     stack.produce([receipt("V-1", 9), receipt("V-2", 4)])
     client = redis.Redis.from_url(stack.settings.redis.url)
-    poll(lambda: client.exists(keys.sku_key("V-2")), bool)
+    poll(lambda: client.exists(keys.SINGLE.sku_key("V-2")), bool)
     poll(lambda: atp_cli(stack, "verify").returncode == 0, bool, timeout=20, pause=0.5)
     consumer.send_signal(signal.SIGTERM)
     consumer.wait(20)
-    key = keys.sku_key("V-1")
+    key = keys.SINGLE.sku_key("V-1")
     doc = json.loads(client.hget(key, "p:web"))
     doc["available_to_sell"] = 99
     client.hset(key, "p:web", json.dumps(doc))
@@ -116,7 +116,7 @@ def test_consumer_refuses_to_start_on_an_empty_redis_with_a_ledger(stack: Stack)
     consumer = stack.start_consumer()
     stack.produce([receipt("E-1", 3)])
     client = redis.Redis.from_url(stack.settings.redis.url)
-    poll(lambda: client.exists(keys.sku_key("E-1")), bool)
+    poll(lambda: client.exists(keys.SINGLE.sku_key("E-1")), bool)
     consumer.send_signal(signal.SIGTERM)
     consumer.wait(20)
     client.flushall()
@@ -129,10 +129,10 @@ def test_ledger_answers_history_and_point_in_time(stack: Stack) -> None:
     consumer = stack.start_consumer()
     stack.produce([receipt("H-1", 10, event_id="h-first")])
     client = redis.Redis.from_url(stack.settings.redis.url)
-    poll(lambda: client.exists(keys.sku_key("H-1")), bool)
+    poll(lambda: client.exists(keys.SINGLE.sku_key("H-1")), bool)
     middle = now_iso()
     stack.produce([receipt("H-1", 5, event_id="h-second")])
-    poll(lambda: b'"on_hand":15' in (client.hget(keys.sku_key("H-1"), "p:web") or b""), bool)
+    poll(lambda: b'"on_hand":15' in (client.hget(keys.SINGLE.sku_key("H-1"), "p:web") or b""), bool)
     consumer.send_signal(signal.SIGTERM)
     consumer.wait(20)
     listed = atp_cli(stack, "ledger", "history", "--sku", "H-1", "--location", "DC-EAST")
@@ -163,7 +163,7 @@ def test_the_ledger_tools_count_rows_still_staged_in_redis_once(stack: Stack) ->
     first_two = LedgerColumns(**{k: v[:2] for k, v in vars(rows).items()})
     ledger.flush(ledger.stage(first_two))  # offsets 0 and 1 are in a file already
     client = redis.Redis.from_url(settings.redis.url)
-    client.hset(keys.LEDGER_STAGED, mapping=staged)  # type: ignore[arg-type]
+    client.hset(keys.SINGLE.staged_key(0), mapping=staged)  # type: ignore[arg-type]
 
     listed = atp_cli(stack, "ledger", "history", "--sku", "ST-1")
     assert listed.returncode == 0, listed.stderr

@@ -51,7 +51,7 @@ def ledger_rows(ledger_dir: Path) -> list[tuple[int, str]]:
 def test_a_stale_owners_batch_keeps_the_applied_rows_and_adds_only_new_ones(
     redis_url: str, tmp_path: Path, stale_end: int
 ) -> None:
-    redis.Redis.from_url(redis_url).set(keys.INITIALIZED, "test")
+    redis.Redis.from_url(redis_url).set(keys.SINGLE.marker_key(0), "test")
     owner = instance(redis_url, tmp_path / "ledger")
     stale = instance(redis_url, tmp_path / "ledger")
     owner.process(batch(0, 5))

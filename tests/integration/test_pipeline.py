@@ -9,13 +9,13 @@ import time
 import httpx
 import msgspec
 import pytest
-import redis
 from confluent_kafka import Consumer
 
 from tests.conftest import READ_KEY, Stack
 from tests.integration.helpers import availability, now_iso, poll, receipt, reservation, shipment
 
-pytestmark = pytest.mark.integration
+# Every test here runs on a single Redis, on one split in shards, and on a Redis Cluster.
+pytestmark = [pytest.mark.integration, pytest.mark.redis_kinds()]
 
 
 def read_topic(stack: Stack, topic: str, expected: int, timeout: float = 30.0) -> list[object]:
@@ -212,7 +212,7 @@ def test_consumer_killed_mid_stream_loses_and_doubles_nothing(stack: Stack) -> N
 def test_sigterm_finishes_the_batch_and_exits_zero(stack: Stack) -> None:
     consumer = stack.start_consumer()
     stack.produce([receipt("SKU-T", 2)])
-    client = redis.Redis.from_url(stack.settings.redis.url)
-    poll(lambda: client.exists("atp:v1:{SKU-T}"), bool)
+    client = stack.redis()
+    poll(lambda: client.exists(stack.layout.sku_key("SKU-T")), bool)
     consumer.send_signal(signal.SIGTERM)
     assert consumer.wait(20) == 0

@@ -40,11 +40,11 @@ class LosesOneCancel:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
 
-    async def publish(self, channel: str, message: str) -> int:
+    async def spublish(self, channel: str, message: str) -> int:
         try:
             self.publishing.set()
             await asyncio.sleep(0.2)  # long enough for the stop to land here
-            return int(await self._client.publish(channel, message))
+            return int(await self._client.spublish(channel, message))
         except asyncio.CancelledError:
             if self.lost:
                 raise
@@ -56,7 +56,7 @@ class LosesOneCancel:
 
 async def test_reader_stops_when_a_cancel_is_lost(redis_url: str, test_settings: Settings) -> None:
     client = aredis.Redis.from_url(redis_url)
-    await client.set(keys.INITIALIZED, "test")  # the heartbeat is published only then
+    await client.set(keys.SINGLE.marker_key(0), "test")  # the heartbeat is published only then
     try:
         losing = LosesOneCancel(client)
         reader = AvailabilityReader(losing, projector_for(test_settings), 0.25)  # type: ignore[arg-type]
@@ -76,7 +76,7 @@ async def test_reader_stops_when_a_cancel_is_lost(redis_url: str, test_settings:
 
 async def test_reader_stops_promptly(redis_url: str, test_settings: Settings) -> None:
     client = aredis.Redis.from_url(redis_url)
-    await client.set(keys.INITIALIZED, "test")
+    await client.set(keys.SINGLE.marker_key(0), "test")
     try:
         reader = AvailabilityReader(client, projector_for(test_settings), 0.25)
         await reader.start()

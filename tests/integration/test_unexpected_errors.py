@@ -67,7 +67,7 @@ def test_an_event_the_fold_cannot_take_is_dead_lettered_and_the_rest_applied(
     assert _unexpected("fold") == before + 1
     assert stream.stats.applied == 5 and stream.stats.dead_lettered == 1
     # BUG's other two receipts were applied around the one set aside.
-    raw = stream.store.client.hget(keys.sku_key("BUG"), projection_field("web"))
+    raw = stream.store.client.hget(keys.SINGLE.sku_key("BUG"), projection_field("web"))
     assert json.loads(raw)["on_hand"] == 2
 
 

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 
 
 def document(stream: StreamProjector) -> dict[str, int]:
-    raw = stream.store.client.hget(keys.sku_key("SKU-1"), projection_field("web"))
+    raw = stream.store.client.hget(keys.SINGLE.sku_key("SKU-1"), projection_field("web"))
     return json.loads(raw) if raw else {}
 
 
@@ -96,7 +96,7 @@ def test_a_replaced_server_drops_every_assumption(stream: StreamProjector) -> No
     stream.process(batch(0, 3))
     # As after a failover to a replica that holds other data under the same version.
     other = SkuState("SKU-1", bins=(BinStock("DC-EAST", "A1", "available", 10),))
-    stream.store.client.hset(keys.sku_key("SKU-1"), "s", dump_state(other))
+    stream.store.client.hset(keys.SINGLE.sku_key("SKU-1"), "s", dump_state(other))
     real = stream.written.server
     stream.written.server = (
         "f" * 40

@@ -78,6 +78,7 @@ class FakeStore:
         self.writes = 0
         self.conflict_next = 0  # refuse this many writes as if a sku had moved
         self.window_ms = 7 * 86_400_000
+        self.layout = keys.SINGLE
         self.lines: dict[tuple[str, str], dict[bytes, bytes]] = {}  # re-planned lines
         self.before_read: list[Callable[[], None]] = []  # run (once each) on the next reads
         self.kit_records = FakeKits()
@@ -87,7 +88,7 @@ class FakeStore:
         return dict(self.capacity)
 
     async def orders(self, order_ids: Sequence[str]) -> list[StoredOrder | None]:
-        found = [self.strings.get(keys.order_key(o)) for o in order_ids]
+        found = [self.strings.get(keys.SINGLE.order_key(o)) for o in order_ids]
         return [
             current(
                 decode_stored(raw), {line: f for (o, line), f in self.lines.items() if o == oid}
@@ -247,7 +248,7 @@ def test_a_broker_failure_undoes_the_whole_group() -> None:
     answers = run(allocator, [order(f"o{i}", A=1) for i in range(5)])
     assert all(isinstance(a, PublishFailed) for a in answers)
     assert store.open_units("A") == 0
-    assert not any(k.startswith(keys.order_key("")) for k in store.strings)
+    assert not any(k.startswith(keys.SINGLE.order_key("")) for k in store.strings)
 
 
 def test_an_allocation_undone_gives_back_the_capacity_it_took() -> None:

@@ -141,3 +141,11 @@ def test_channel_buffers_parse_and_read_as_the_control_tower_shows_them() -> Non
     market = parse_config(text).channel("marketplace")
     assert market is not None
     assert buffers_text(market) == "20% of on hand, min 2, max 40, order cap 6, low at 3"
+
+
+def test_atp_redis_cluster_takes_only_booleans_and_sets_the_shards() -> None:
+    with pytest.raises(ConfigError, match="ATP_REDIS_CLUSTER must be 1, true, 0 or false"):
+        parse_config(config_text(), {"ATP_REDIS_CLUSTER": "yes"})
+    on = parse_config(config_text(), {"ATP_REDIS_CLUSTER": "TRUE"}).redis
+    assert (on.cluster, on.shard_count) == (True, 16)
+    assert parse_config(config_text(), {"ATP_REDIS_CLUSTER": "0"}).redis.shard_count == 1

@@ -8,7 +8,6 @@ import time
 from typing import Annotated, Final
 
 import msgspec
-import redis.asyncio as aredis
 from litestar import Controller, Response, get, post
 from litestar.exceptions import NotFoundException, ValidationException
 from litestar.params import Parameter
@@ -18,6 +17,7 @@ from atp_service.config import Settings
 from atp_service.http.auth import require
 from atp_service.http.problems import problem_responses
 from atp_service.http.reader import AvailabilityReader
+from atp_service.http.redis_access import RedisAccess
 from atp_service.http.schemas import (
     AvailabilityList,
     ChangeItem,
@@ -27,15 +27,15 @@ from atp_service.http.schemas import (
     SkuQuery,
 )
 from atp_service.ops.explain import ComponentFigures, ExplainedAvailability, explain
-from atp_service.store.keys import changes_key
 from streams.projector import Availability
 
-# A cursor is a position in the channel's change stream: "<entry id>.<skus of that entry
-# already returned>". Any string of this form is a position the service can resume from
-# (19 digits stay below Redis' 64-bit stream ids), so the document states it as a pattern.
-# Empty, like none at all, is the start.
-CURSOR: Final = r"^([0-9]{1,19}-[0-9]{1,19}\.[0-9]{1,9})?$"
-_CURSOR: Final = re.compile(r"^[0-9]{1,19}-[0-9]{1,19}\.[0-9]{1,9}$")
+# A cursor is a position in each shard's change stream of the channel (streams/shards.py),
+# "~"-separated: "<entry id>.<skus of that entry already returned>". Any string of this form
+# is a position the service can resume from (19 digits stay below Redis' 64-bit stream ids),
+# so the document states it as a pattern. Empty, like none at all, is the start.
+_POSITION: Final = r"[0-9]{1,19}-[0-9]{1,19}\.[0-9]{1,9}"
+CURSOR: Final = rf"^({_POSITION}(~{_POSITION}){{0,4095}})?$"
+_CURSOR: Final = re.compile(rf"^{_POSITION}(~{_POSITION})*$")
 _OLD_STREAM_ID: Final = re.compile(r"^[0-9]{1,19}-[0-9]{1,19}$")
 
 
@@ -55,14 +55,23 @@ _value_decoder: Final = msgspec.json.Decoder(_Value)
 _figures: Final = msgspec.json.Decoder(Availability)
 
 
-def _decode_cursor(cursor: str | None) -> tuple[str, int] | None:
-    """(stream entry id, skus of that entry already returned); None: from the start."""
+Position = tuple[str, int]  # (stream entry id, skus of that entry already returned)
+
+
+def _decode_cursor(cursor: str | None, shards: int) -> list[Position | None]:
+    """A position per shard's stream (None: from its start)."""
     if not cursor:
-        return None
+        return [None] * shards
     if _CURSOR.match(cursor):
-        entry, _, done = cursor.partition(".")
-        return entry, int(done)
-    return _decode_issued_before(cursor)
+        positions: list[Position | None] = []
+        for part in cursor.split("~"):
+            entry, _, done = part.partition(".")
+            positions.append(None if entry == "0-0" and done == "0" else (entry, int(done)))
+        # One position per shard; a cursor of a store with other shards resumes where it can.
+        return (positions + [None] * shards)[:shards]
+    if shards != 1:
+        raise ValidationException(detail="cursor: not a cursor this service issued")
+    return [_decode_issued_before(cursor)]
 
 
 def _decode_issued_before(cursor: str) -> tuple[str, int]:
@@ -78,8 +87,43 @@ def _decode_issued_before(cursor: str) -> tuple[str, int]:
     return entry, int(done)
 
 
-def _encode_cursor(entry: str, done: int) -> str:
-    return f"{entry}.{done}"
+def _encode_cursor(positions: list[Position | None]) -> str:
+    return "~".join(f"{p[0]}.{p[1]}" if p else "0-0.0" for p in positions)
+
+
+def _entry_order(entry: bytes) -> tuple[int, int]:
+    ms, _, seq = entry.partition(b"-")
+    return int(ms), int(seq)
+
+
+def _page(
+    streams: list[list[tuple[bytes, dict[bytes, bytes]]]],
+    positions: list[Position | None],
+    limit: int,
+) -> tuple[list[str], list[Position | None]]:
+    """Up to ``limit`` skus from the shards' stream entries after their positions, oldest
+    entry first across the shards, and the positions after them. Each entry lists the skus
+    of one write; a position can end inside an entry."""
+    merged = sorted(
+        (_entry_order(entry_id), shard, entry_id, fields)
+        for shard, entries in enumerate(streams)
+        for entry_id, fields in entries
+    )
+    picked: dict[str, None] = {}
+    after = list(positions)
+    for _, shard, entry_id, fields in merged:
+        if len(picked) >= limit:
+            break
+        entry = entry_id.decode()
+        position = positions[shard]
+        listed = fields[b"s"].decode().split("\n")
+        first = position[1] if position and entry == position[0] else 0
+        for index in range(first, len(listed)):
+            if len(picked) >= limit:
+                break
+            picked.setdefault(listed[index], None)
+            after[shard] = (entry, index + 1)
+    return list(picked), after
 
 
 class AvailabilityController(Controller):
@@ -145,7 +189,7 @@ class AvailabilityController(Controller):
         channel: ChannelParam,
         settings: Settings,
         reader: AvailabilityReader,
-        redis_client: aredis.Redis,
+        redis: RedisAccess,
         cursor: Annotated[
             str | None,
             # Stated, not checked by the framework: _decode_cursor also takes the earlier form.
@@ -157,34 +201,23 @@ class AvailabilityController(Controller):
         limit: Annotated[int, Parameter(ge=1, le=1000)] = 500,
     ) -> ChangesPage:
         known_channel(settings, channel)
-        position = _decode_cursor(cursor)
-        # Each stream entry lists the skus of one write; the cursor is (entry, how many of
-        # its skus were returned), so a page can end inside an entry.
-        entries: list[tuple[bytes, dict[bytes, bytes]]] = await redis_client.xrange(  # type: ignore[assignment]
-            changes_key(channel), min=position[0] if position else "-", max="+", count=limit
-        )
-        picked: dict[str, None] = {}
-        last = position
-        for entry_id, fields in entries:
-            entry = entry_id.decode()
-            listed = fields[b"s"].decode().split("\n")
-            first = position[1] if position and entry == position[0] else 0
-            for index in range(first, len(listed)):
-                if len(picked) >= limit:
-                    break
-                picked.setdefault(listed[index], None)
-                last = (entry, index + 1)
-            if len(picked) >= limit:
-                break
-        if not picked or last is None:
-            return ChangesPage(items=[], next_cursor=cursor or _encode_cursor("0-0", 0))
+        layout = redis.layout
+        positions = _decode_cursor(cursor, layout.shards)
+        pipe = redis.client.pipeline(transaction=False)
+        for shard, position in enumerate(positions):
+            start = position[0] if position else "-"
+            pipe.xrange(layout.changes_key(shard, channel), min=start, max="+", count=limit)
+        streams: list[list[tuple[bytes, dict[bytes, bytes]]]] = await pipe.execute()
+        picked, after = _page(streams, positions, limit)
+        if not picked:
+            return ChangesPage(items=[], next_cursor=cursor or _encode_cursor(positions))
         # Straight from Redis: a value older than the change entry just read would never be
         # corrected for the sync client (the sku is not listed again unless it changes).
         documents = await reader.many(channel, list(picked), fresh=True)
         items = [_value_decoder.decode(doc) for doc in documents]
         return ChangesPage(
             items=[ChangeItem(v.sku, v.available_to_sell, v.as_of) for v in items],
-            next_cursor=_encode_cursor(*last),
+            next_cursor=_encode_cursor(after),
         )
 
     @post(

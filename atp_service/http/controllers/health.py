@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis.asyncio as aredis
 from litestar import Request, Response, get
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from atp_service.http.problems import problem, problem_responses
+from atp_service.http.redis_access import RedisAccess
 from atp_service.http.schemas import Health
-from atp_service.store import keys
 
 
 @get("/healthz", summary="200 while the process lives", tags=["operations"])
@@ -24,9 +23,13 @@ async def healthz() -> Health:
     summary="200 when Redis answers and holds an initialized projection, else 503",
     tags=["operations"],
 )
-async def readyz(request: Request[Any, Any, Any], redis_client: aredis.Redis) -> Response[Any]:
+async def readyz(request: Request[Any, Any, Any], redis: RedisAccess) -> Response[Any]:
+    layout = redis.layout
     try:
-        initialized = await redis_client.exists(keys.INITIALIZED)
+        pipe = redis.client.pipeline(transaction=False)
+        for shard in range(layout.shards):
+            pipe.exists(layout.marker_key(shard))
+        initialized = all(await pipe.execute())
     except Exception:
         return problem(
             request, 503, "redis does not answer", headers={"Retry-After": "1"}, kind="not-ready"

@@ -19,7 +19,6 @@ from __future__ import annotations
 from importlib import resources
 from typing import Any, Final
 
-import redis.asyncio as aredis
 from litestar import Controller, MediaType, Request, Response, get
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
@@ -31,6 +30,7 @@ from litestar.static_files import create_static_files_router
 from atp_service.config import Settings
 from atp_service.http.auth import KeyRing
 from atp_service.http.problems import problem_responses
+from atp_service.http.redis_access import RedisAccess
 from atp_service.http.schemas import SkuParam
 from atp_service.ops.tower import Tower
 from atp_service.ops.views import SkuView, Summary
@@ -62,11 +62,11 @@ def require_any(*scopes: str, query_key: bool = False):  # type: ignore[no-untyp
     return guard
 
 
-def _provide_tower(state: State, settings: Settings, redis_client: aredis.Redis) -> Tower:
+def _provide_tower(state: State, settings: Settings, redis: RedisAccess) -> Tower:
     # One per process, made on first use: its cache is shared by every request.
     tower: Tower | None = state.get("tower")
-    if tower is None or tower.client is not redis_client:
-        tower = Tower(redis_client, settings)
+    if tower is None or tower.client is not redis.client:
+        tower = Tower(redis.client, settings)
         state.tower = tower
     return tower
 
