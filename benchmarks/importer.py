@@ -72,16 +72,17 @@ def duckdb_alone(path: Path) -> float:
 
 
 def producer_alone(
-    bootstrap: str, topic: str, batches: list[list[tuple[str, str]]], connected: bool
+    bootstrap: str, topic: str, batches: list[importer.Batch], connected: bool
 ) -> float:
     """Seconds for the import's sender to have every snapshot acknowledged. ``connected``:
     timed once the producer has its producer id (one message sent first, not timed); else
     from creating the producer, which then waits for its producer id inside the time."""
-    total = sum(len(b) for b in batches)
+    total = sum(len(values) for _, values in batches)
     started = time.perf_counter()
     sender = importer.Sender(bootstrap)
     if connected:
-        sender.send(topic, [batches[0][:1]], 1)
+        keys, values = batches[0]
+        sender.send(topic, [(keys[:1], values[:1])], 1)
         started = time.perf_counter()
     sender.send(topic, batches, total)
     seconds = time.perf_counter() - started
@@ -106,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "file_mb": round(export.stat().st_size / 1e6, 1)}  # fmt: skip
         found = importer.plan(export)
         batches = list(importer.snapshots(found, datetime.now(UTC)))
-        snapshots = sum(len(b) for b in batches)
+        snapshots = sum(len(values) for _, values in batches)
         report.parameters["snapshots"] = snapshots
         imported: list[float] = []
         read: list[float] = []

@@ -1,8 +1,8 @@
 """`atp import FILE`: a stock export into `stock_snapshot` events (contract section 8).
 
 The file (CSV with a header line, or Parquet) has the columns sku, location, bin, status and
-quantity; other columns are ignored. DuckDB reads it and checks every row before anything is
-produced: a row the consumer would refuse stops the import with the row (1-based, header
+quantity; other columns are ignored. DuckDB reads it, and every row is checked before anything
+is produced: a row the consumer would refuse stops the import with the row (1-based, header
 excluded) and the column, and nothing reaches the broker. Then one snapshot per (sku,
 location) goes to the movements topic, keyed by sku, with an event_id derived from the
 file's content, the snapshots' time and the (sku, location): importing the same file with
@@ -16,16 +16,21 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from itertools import chain
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any, Final
 
 import duckdb
 import msgspec
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
 import redis
 from confluent_kafka import KafkaError, Message, Producer
 
@@ -42,7 +47,12 @@ COLUMNS: Final = ("sku", "location", "bin", "status", "quantity")
 TEXT_COLUMNS: Final = ("sku", "location", "bin", "status")
 MAX_TEXT: Final = 200  # the events' identifier limit
 MAX_QUANTITY: Final = 1_000_000_000
-PART: Final = 50_000  # snapshots per DuckDB query (and per batch sent)
+PART: Final = 50_000  # snapshots per batch written and sent
+PART_ROWS: Final = 500_000  # and at most this many rows (a batch's JSON stays below 2 GB)
+FIRST_PART: Final = 5_000  # the first batch: the broker's first messages come sooner
+AHEAD: Final = 3  # batches written ahead of the one being sent
+
+Batch = tuple[Sequence[str | bytes], Sequence[str | bytes]]  # keys, values
 
 
 class ImportRefused(Exception):
@@ -57,11 +67,14 @@ class Plan:
     locations: tuple[str, ...]
     snapshots: int  # one per (sku, location) of the file
     digest: str  # of the file's bytes
-    table: duckdb.DuckDBPyConnection  # holds the checked snapshots (table ``snapshots``)
+    sorted_rows: pa.Table  # the checked rows by sku, location, bin, status (``_SORTED``)
+    starts: npt.NDArray[np.int64]  # each snapshot's first row, then the number of rows
 
     def pairs(self) -> set[tuple[str, str]]:
-        found = self.table.execute("SELECT sku, location FROM snapshots").fetchall()
-        return {(sku, location) for sku, location in found}
+        first = self.starts[:-1]
+        skus = self.sorted_rows["sku"].take(first).to_pylist()
+        locations = self.sorted_rows["location"].take(first).to_pylist()
+        return set(zip(skus, locations, strict=True))
 
 
 class _Bin(msgspec.Struct):
@@ -82,20 +95,32 @@ _encode: Final = msgspec.json.Encoder().encode
 
 
 def plan(path: Path) -> Plan:
-    """Read and check the whole file: its rows, grouped into one sorted list of bins per
-    (sku, location), stay in DuckDB (``Plan.table``, table ``snapshots``, ordered by sku then
-    location), and the plan counts what they make; ``snapshots`` writes their JSON.
+    """Read and check the whole file: its rows, sorted by sku, location, bin and status,
+    stay in Arrow (``Plan.sorted_rows``: the text columns and the quantity as an integer),
+    with the row where each (sku, location) begins (``Plan.starts``); ``snapshots`` writes
+    their JSON.
 
-    One query reads the file, groups it and says whether any row breaks a rule; a second
-    looks at the groups (their sku and location, a (bin, status) twice, too many bins).
-    Most files pass. Only one that fails is read again row by row (``_check``), to name its
-    first bad row and column."""
+    One DuckDB query reads and sorts the file. The rules are then checked on the Arrow
+    buffers with numpy: a control character is a byte below 0x20 or 0x7f in UTF-8, an
+    empty text has no bytes, a quantity of 1 to 10 digits fits an integer, a (bin, status)
+    twice in a snapshot sits beside itself once sorted. What the bytes cannot settle (a
+    text that begins with a space or a non-ASCII character, which ``trim`` may empty; over
+    ``MAX_TEXT`` bytes; a quantity that is not plain digits) is asked of DuckDB for those
+    rows only. Most files pass. Only one that fails is read again row by row (``_check``),
+    to name its first bad row and column."""
     if not path.is_file():
         raise ImportRefused(f"{path}: no such file")
+    with ThreadPoolExecutor(1, thread_name_prefix="atp-import-digest") as pool:
+        digest = pool.submit(_digest, path)  # hashlib lets go of the GIL: beside DuckDB
+        return _plan(path, digest)
+
+
+def _plan(path: Path, digest: Future[str]) -> Plan:
     con = duckdb.connect()
     source = _read(con, path)
     try:
         header = con.execute(f"SELECT * FROM ({source}) LIMIT 0").description or []
+        con.fetchall()  # nothing: done with the result (``_doubtful`` registers tables)
     except duckdb.Error as exc:
         raise ImportRefused(f"{path}: not a CSV or Parquet file DuckDB can read ({exc})") from None
     names = {str(column[0]).lower(): str(column[0]) for column in header}
@@ -103,79 +128,108 @@ def plan(path: Path) -> Plan:
     if missing:
         raise ImportRefused(f"{path}: missing column(s) {', '.join(missing)}")
     picked = ", ".join(f'CAST("{names[c]}" AS VARCHAR) AS {c}' for c in COLUMNS)
-    # The rules of ``_check`` on bin, status and quantity, for each row; those on sku and
-    # location are checked once per group below. TRY_CAST: a bad quantity is found here.
-    rules = [condition for column, condition, _ in _rules() if column in ("bin", "status")]
-    rules = [c for c in rules if not c.startswith("regexp_matches")]
-    rules += [f"regexp_matches(concat(bin, status), {_CONTROL})", _BAD_QUANTITY]
     try:
-        con.execute(
-            f"""CREATE TEMP TABLE snapshots AS
-                SELECT sku, location,
-                       list_sort(list({{'bin': bin, 'status': status,
-                                       'quantity': TRY_CAST(trim(quantity) AS BIGINT)}})) AS bins,
-                       count(*) AS n, bool_or({" OR ".join(f"({c})" for c in rules)}) AS bad
-                FROM (SELECT {picked} FROM ({source}))
-                GROUP BY sku, location ORDER BY sku, location"""
-        )
+        read = con.sql(f"SELECT {picked} FROM ({source}) ORDER BY {_SORTED}").to_arrow_table()
     except duckdb.Error:
         _refuse(con, source, picked)  # raises as the rows' check did
         raise
-    keys = [condition for column, condition, _ in _rules() if column in ("sku", "location")]
-    keys = [c for c in keys if not c.startswith("regexp_matches")]
-    keys.append(f"regexp_matches(concat(sku, location), {_CONTROL})")
-    # A (bin, status) twice in a group: the sorted bins hold them side by side.
-    twice = """list_bool_or(list_transform(range(1, n), lambda i:
-                 bins[i].bin = bins[i + 1].bin AND bins[i].status = bins[i + 1].status))"""
-    counted = con.execute(
-        f"""SELECT count(*), coalesce(sum(n), 0), count(DISTINCT sku),
-                   coalesce(bool_or(bad OR {" OR ".join(f"({c})" for c in keys)}
-                                    OR n > {MAX_SNAPSHOT_BINS} OR coalesce({twice}, FALSE)),
-                            FALSE)
-            FROM snapshots"""
-    ).fetchone()
-    snapshots, total, skus, broken = counted or (0, 0, 0, False)
-    if broken:
+    columns = {name: _text(read[name]) for name in COLUMNS}
+    amounts = _amounts(columns["quantity"])
+    if amounts is None or _doubtful(con, columns):
+        _refuse(con, source, picked)  # raises if a row breaks a rule
+        amounts = _amounts_exactly(con, columns["quantity"])
+    rows = len(amounts)
+    sku, location = columns["sku"], columns["location"]
+    # Row i > 0 begins a snapshot when its sku or location differs from row i - 1's.
+    same_sku, same_location = _as_previous(sku), _as_previous(location)
+    new = pc.invert(pc.and_(same_sku, same_location)).to_numpy(zero_copy_only=False)
+    starts = np.concatenate(([0][:rows], 1 + np.flatnonzero(new), [rows])).astype(np.int64)
+    repeated = pc.and_(
+        pc.and_(same_sku, same_location),
+        pc.and_(_as_previous(columns["bin"]), _as_previous(columns["status"])),
+    )
+    if pc.any(repeated).as_py() or (rows and np.diff(starts).max() > MAX_SNAPSHOT_BINS):
         _refuse(con, source, picked)
-    found = con.execute("SELECT DISTINCT location FROM snapshots ORDER BY 1").fetchall()
-    locations = tuple(location for (location,) in found)
-    return Plan(int(total), int(skus), locations, int(snapshots), _digest(path), con)
+    skus = rows and 1 + int(pc.sum(pc.invert(same_sku)).as_py() or 0)
+    found = pc.unique(location).to_pylist()
+    sorted_rows = pa.table({**{c: columns[c] for c in TEXT_COLUMNS}, "quantity": amounts})
+    return Plan(
+        rows=rows,
+        skus=skus,
+        locations=tuple(sorted(found)),
+        snapshots=len(starts) - 1,
+        digest=digest.result(),
+        sorted_rows=sorted_rows,
+        starts=starts,
+    )
 
 
-def snapshots(found: Plan, as_of: datetime) -> Iterator[list[tuple[str, str]]]:
-    """The plan's snapshots as (key, JSON) strings, in parts of ``PART``, ordered by sku
-    then location; a thread has DuckDB write the next part while the caller sends this one.
+def snapshots(found: Plan, as_of: datetime) -> Iterator[Batch]:
+    """The plan's snapshots as batches of keys and JSON values, ordered by sku then
+    location: a first batch of ``FIRST_PART`` snapshots (sending starts sooner), then
+    batches of ``PART``; a thread writes the next batch while the caller sends this one.
 
-    DuckDB writes the JSON itself: building it in Python, a struct per bin, was most of the
-    import's own time. ``plan`` sorted each (sku, location)'s list of bins (``list_sort``),
-    which gives the order by bin then status that an ordered aggregate would, for half its
-    time: the check makes (bin, status) unique within a snapshot and never null. ``_empty``
-    writes the same JSON for the zeroed ones; the consumer decodes both in
-    tests/integration/test_import.py."""
-    stamp = as_of.isoformat()
+    Arrow's string kernels write the JSON (they let go of the GIL, and cost a fraction of
+    DuckDB's ``to_json``); DuckDB computes the event ids (sha256). The check refused
+    control characters, so a text needs only its quotes and backslashes escaped, as
+    ``to_json`` and msgspec do. ``_empty`` writes the same JSON for the zeroed ones; the
+    consumer decodes both in tests/integration/test_import.py."""
+    rows, starts = found.sorted_rows, found.starts
+    prefix = f"{found.digest}\x1f{as_of.isoformat()}\x1f"
     occurred = msgspec.json.encode(as_of).decode()  # "...Z", as the decoder reads it
-    con = found.table
+    ids = duckdb.connect(config={"threads": 1})  # small queries, on cores the sender uses
 
-    def part(low: int) -> list[tuple[str, str]]:
-        rows: list[tuple[str, str]] = con.execute(
-            """SELECT sku,
-                  '{"type":"stock_snapshot","event_id":"import-'
-                  || substr(sha256(? || chr(31) || ? || chr(31) || sku || chr(31) || location), 1, 32)
-                  || '","occurred_at":' || ? || ',"sku":' || to_json(sku)
-                  || ',"location":' || to_json(location) || ',"bins":' || to_json(bins) || '}'
-               FROM snapshots WHERE rowid >= ? AND rowid < ?""",  # in the table's order
-            [found.digest, stamp, occurred, low, low + PART],
-        ).fetchall()
-        return rows
+    def part(low: int, high: int) -> tuple[pa.Array, pa.Array]:
+        begin, end = int(starts[low]), int(starts[high])
+        some = rows.slice(begin, end - begin)
+        first = pa.array(starts[low:high] - begin)
+        sku = _small(some["sku"].take(first).combine_chunks())
+        location = _small(some["location"].take(first).combine_chunks())
+        ids.register("pairs", pa.table({"sku": sku, "location": location}))
+        made = ids.sql(
+            "SELECT substr(sha256(? || sku || chr(31) || location), 1, 32) AS id FROM pairs",
+            params=[prefix],
+        ).to_arrow_table()["id"]
+        ids.unregister("pairs")
+        one = pc.binary_join_element_wise(
+            '{"bin":"', _json_text(_small(some["bin"].combine_chunks())),
+            '","status":"', _json_text(_small(some["status"].combine_chunks())),
+            '","quantity":', pc.cast(some["quantity"], pa.string()).combine_chunks(), "}", "",
+        )  # fmt: skip
+        offsets = pa.array(starts[low : high + 1] - begin, pa.int32())
+        listed = pc.binary_join(pa.ListArray.from_arrays(offsets, one), ",")
+        values = pc.binary_join_element_wise(
+            '{"type":"stock_snapshot","event_id":"import-', made.combine_chunks(),
+            f'","occurred_at":{occurred},"sku":"', _json_text(sku),
+            '","location":"', _json_text(location), '","bins":[', listed, "]}", "",
+        )  # fmt: skip
+        return sku, values
 
-    starts = list(range(0, max(1, found.snapshots), PART))
-    with ThreadPoolExecutor(1, thread_name_prefix="atp-import") as pool:
-        pending = pool.submit(part, starts[0])
-        for low in starts[1:]:
-            done = pending.result()
-            pending = pool.submit(part, low)
-            yield done
-        yield pending.result()
+    if found.snapshots == 0:
+        yield [], []
+        return
+    ranges = _batches(starts)
+    with ids, ThreadPoolExecutor(1, thread_name_prefix="atp-import") as pool:
+        # The thread always has the next batches to write: it never waits for the sender.
+        pending = deque(pool.submit(part, *r) for r in islice(ranges, AHEAD))
+        while pending:
+            skus, values = pending.popleft().result()
+            pending.extend(pool.submit(part, *r) for r in islice(ranges, 1))
+            # Python's strings are made here, by the thread that sends them: the writing
+            # thread then needs the GIL only between Arrow's and DuckDB's calls.
+            yield skus.to_pylist(), values.to_pylist()
+
+
+def _batches(starts: npt.NDArray[np.int64]) -> Iterator[tuple[int, int]]:
+    """The snapshots of each batch, as (first, end): ``FIRST_PART`` then ``PART``
+    snapshots, but no more than ``PART_ROWS`` rows unless one snapshot has more."""
+    low, size, total = 0, FIRST_PART, len(starts) - 1
+    while low < total:
+        high = min(low + size, total)
+        fits = int(np.searchsorted(starts, starts[low] + PART_ROWS, side="right")) - 1
+        high = max(low + 1, min(high, fits))
+        yield low, high
+        low, size = high, PART
 
 
 def held_elsewhere(found: Plan, holdings: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -274,15 +328,15 @@ class Sender:
     def send(
         self,
         topic: str,
-        batches: Iterable[Sequence[tuple[str | bytes, str | bytes]]],
+        batches: Iterable[Batch],
         total: int,
         advance: Callable[[int, int], None] = lambda done, total: None,
     ) -> None:
         producer = self.producer
         produce = producer.produce
         produced = 0
-        for batch in batches:
-            for key, value in batch:
+        for skus, values in batches:
+            for key, value in zip(skus, values, strict=True):
                 try:
                     produce(topic, value, key)
                 except BufferError:  # the queue is full: wait for room
@@ -293,7 +347,7 @@ class Sender:
                             break
                         except BufferError:
                             continue
-            produced += len(batch)
+            produced += len(values)
             producer.poll(0)
             advance(max(0, produced - len(producer) - len(self.failed)), total)
         while producer.flush(0.2):
@@ -324,7 +378,8 @@ def run(
     stamp = as_of.isoformat()
     empty = [_empty(found.digest, stamp, as_of, sku, location) for sku, location in zeroed]
     total = found.snapshots + len(empty)
-    sender.send(settings.topics.movements, chain(snapshots(found, as_of), [empty]), total, advance)
+    last: Batch = ([key for key, _ in empty], [value for _, value in empty])
+    sender.send(settings.topics.movements, chain(snapshots(found, as_of), [last]), total, advance)
     return Summary(found.rows, found.skus, len(found.locations), total, len(zeroed))
 
 
@@ -403,6 +458,98 @@ def _check(con: duckdb.DuckDBPyConnection) -> None:
             f"row {crowded[2]}, column bin: more than {MAX_SNAPSHOT_BINS} bins of sku "
             f"{crowded[0]!r} at {crowded[1]!r}"
         )
+
+
+_SORTED: Final = "sku, location, bin, status"  # a snapshot's rows together, its bins in order
+_SMALL_BYTES: Final = 1 << 30  # a column of more text gets 64-bit offsets
+
+
+def _text(column: pa.ChunkedArray) -> pa.Array:
+    """One Arrow string array of the column (DuckDB hands a table over in batches): 64-bit
+    offsets only when its text needs them."""
+    wide = column.nbytes >= _SMALL_BYTES or column.type not in (pa.string(), pa.large_string())
+    return column.cast(pa.large_string() if wide else pa.string()).combine_chunks()
+
+
+def _small(array: pa.Array) -> pa.Array:
+    """A batch's strings with 32-bit offsets (a batch holds at most PART_ROWS rows), as the
+    JSON's constant parts have."""
+    return array if array.type == pa.string() else array.cast(pa.string())
+
+
+def _bytes(array: pa.Array) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint8]]:
+    """A string array's offsets (from 0) and the UTF-8 bytes they point into."""
+    buffers = array.buffers()
+    width = np.int32 if array.type == pa.string() else np.int64
+    offsets = np.frombuffer(buffers[1], width)[array.offset : array.offset + len(array) + 1]
+    data = np.frombuffer(buffers[2], np.uint8) if buffers[2] is not None else np.empty(0, np.uint8)
+    return (offsets - offsets[0]).astype(np.int64), data[offsets[0] : offsets[-1]]
+
+
+def _as_previous(array: pa.Array) -> pa.BooleanArray:
+    """For each row but the first, whether it holds the same text as the row before."""
+    return pc.equal(array[1:], array[:-1])
+
+
+def _doubtful(con: duckdb.DuckDBPyConnection, columns: dict[str, pa.Array]) -> bool:
+    """Whether a text column may break a rule of ``_rules``: false only when none does."""
+    for column in TEXT_COLUMNS:
+        array = columns[column]
+        if array.null_count:
+            return True
+        offsets, data = _bytes(array)
+        lengths = np.diff(offsets)
+        if len(array) and lengths.min() == 0:  # empty
+            return True
+        if ((data < 0x20) | (data == 0x7F)).any():  # a control character (UTF-8: one byte)
+            return True
+        leading = data[offsets[:-1]]
+        # Only a text that begins with a space, ASCII or not, can trim to nothing; only one
+        # of more than MAX_TEXT bytes can have more than MAX_TEXT characters: ask DuckDB.
+        unsure = (leading == 0x20) | (leading >= 0x80) | (lengths > MAX_TEXT)
+        if unsure.any():
+            con.register("unsure", pa.table({"text": array.filter(pa.array(unsure))}))
+            [(hit,)] = con.execute(
+                f"SELECT bool_or(trim(text) = '' OR length(text) > {MAX_TEXT}) FROM unsure"
+            ).fetchall()
+            con.unregister("unsure")
+            if hit:
+                return True
+    return False
+
+
+def _amounts(quantity: pa.Array) -> pa.Array | None:
+    """The quantities as integers when every one is 1 to 10 digits and at most
+    MAX_QUANTITY (then it passes ``_BAD_QUANTITY``); None when one may not."""
+    if quantity.null_count:
+        return None
+    offsets, data = _bytes(quantity)
+    lengths = np.diff(offsets)
+    if len(quantity) and (lengths.min() < 1 or lengths.max() > 10):
+        return None
+    if ((data < 0x30) | (data > 0x39)).any():  # other than 0-9
+        return None
+    amounts = pc.cast(quantity, pa.int64())
+    if len(quantity) and pc.max(amounts).as_py() > MAX_QUANTITY:
+        return None
+    return amounts
+
+
+def _amounts_exactly(con: duckdb.DuckDBPyConnection, quantity: pa.Array) -> pa.Array:
+    """The quantities of checked rows as the check reads them (trimmed by DuckDB)."""
+    con.register("checked", pa.table({"quantity": quantity}))
+    read = con.sql("SELECT CAST(trim(quantity) AS BIGINT) AS q FROM checked").to_arrow_table()
+    con.unregister("checked")
+    return read["q"].combine_chunks()
+
+
+def _json_text(array: pa.Array) -> pa.Array:
+    """The texts as in a JSON string, quotes left out: ``\\`` and ``"`` escaped (the
+    check refused control characters, the only others JSON escapes)."""
+    _, data = _bytes(array)
+    if not ((data == 0x22) | (data == 0x5C)).any():
+        return array
+    return pc.replace_substring(pc.replace_substring(array, "\\", "\\\\"), '"', '\\"')
 
 
 def _digest(path: Path) -> str:
