@@ -285,6 +285,12 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(
                 f"invalid config: `locations[{i}]` ({location.name!r}) is no channel's location"
             )
+    if settings.redis.cluster and (settings.kits or settings.capacities):
+        which = "`kits`" if settings.kits else "`locations` (daily capacities)"
+        raise ConfigError(
+            f"invalid config: {which} are not available on a Redis Cluster yet "
+            "(`redis.cluster` is true; docs/scaling.md)"
+        )
     if not settings.statuses.sellable:
         raise ConfigError("invalid config: `statuses.sellable` must not be empty")
     key_names: set[str] = set()

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -88,6 +88,7 @@ def config_text(
     extra: str = "",
     ledger_dir: str = "/nonexistent/atp-ledger",
     metrics_port: int = 0,
+    redis_options: Mapping[str, object] | None = None,
 ) -> str:
     """The tests' config: two channels over two locations, a key per scope and one for all."""
     return ConfigFile(
@@ -100,6 +101,7 @@ def config_text(
         topic_prefix=prefix,
         consumer={"batch_timeout_ms": 20, "sweep_interval_ms": 100, "metrics_port": metrics_port},
         extra="\n" + extra if extra else "",
+        redis=redis_options or {},
     ).text()
 
 
@@ -281,7 +283,7 @@ def redis_kind(request: pytest.FixtureRequest) -> str:
     return kind
 
 
-def _redis_for(request: pytest.FixtureRequest, kind: str) -> tuple[str, dict[str, object]]:
+def redis_for_kind(request: pytest.FixtureRequest, kind: str) -> tuple[str, dict[str, object]]:
     """The url and [redis] options of a stack's Redis, emptied for the test."""
     if kind == "cluster":
         cluster: ClusterService = request.getfixturevalue("redis_cluster")
@@ -307,19 +309,16 @@ def stack(
 ) -> Iterator[Stack]:
     prefix = f"t{uuid.uuid4().hex[:10]}"
     marker = request.node.get_closest_marker("config")  # @pytest.mark.config("<toml>")
-    url, options = _redis_for(request, redis_kind)
-    text = ConfigFile(
-        redis_url=url,
-        bootstrap=broker_bootstrap,
-        ledger_dir=str(tmp_path / "ledger"),
-        channels=TEST_CHANNELS,
-        api_keys=TEST_KEYS,
+    url, options = redis_for_kind(request, redis_kind)
+    text = config_text(
+        url,
+        broker_bootstrap,
+        prefix=prefix,
         group_id=f"g-{prefix}",
-        topic_prefix=prefix,
-        consumer={"batch_timeout_ms": 20, "sweep_interval_ms": 100, "metrics_port": 0},
-        extra="\n" + marker.args[0] if marker else "",
-        redis=options,
-    ).text()
+        ledger_dir=str(tmp_path / "ledger"),
+        extra=marker.args[0] if marker else "",
+        redis_options=options,
+    )
     path = tmp_path / "atp.toml"
     path.write_text(text)
     settings_ = parse_config(text)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Stack
+from tests.conftest import Stack, redis_for_kind
 from tests.faults.harness import build_stack
 
 
@@ -18,13 +18,16 @@ def make_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Calla
     made: list[Stack] = []
 
     def make(
-        redis_url: str | None = None, bootstrap: str | None = None, extra_consumer: str = ""
+        redis_url: str | None = None,
+        bootstrap: str | None = None,
+        extra_consumer: str = "",
+        redis_kind: str = "single",
     ) -> Stack:
-        url = redis_url or request.getfixturevalue("redis_url")
+        url, options = (redis_url, {}) if redis_url else redis_for_kind(request, redis_kind)
         servers = bootstrap or request.getfixturevalue("broker_bootstrap")
         directory = tmp_path / f"stack-{len(made)}"
         directory.mkdir()
-        stack = build_stack(directory, url, servers, extra_consumer)
+        stack = build_stack(directory, url, servers, extra_consumer, options)
         made.append(stack)
         return stack
 

@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -61,7 +61,13 @@ LOCATIONS = ("DC-EAST", "DC-WEST", "STORE-9")  # STORE-9 belongs to no channel
 # -- the world of one test ----------------------------------------------------------------
 
 
-def build_stack(tmp: Path, redis_url: str, bootstrap: str, extra_consumer: str = "") -> Stack:
+def build_stack(
+    tmp: Path,
+    redis_url: str,
+    bootstrap: str,
+    extra_consumer: str = "",
+    redis_options: Mapping[str, object] | None = None,
+) -> Stack:
     prefix = f"f{uuid.uuid4().hex[:10]}"
     text = config_text(
         redis_url=redis_url,
@@ -69,6 +75,7 @@ def build_stack(tmp: Path, redis_url: str, bootstrap: str, extra_consumer: str =
         prefix=prefix,
         group_id=f"g-{prefix}",
         ledger_dir=str(tmp / "ledger"),
+        redis_options=redis_options,
     )
     marker = 'group_id = "'
     assert marker in text
@@ -106,13 +113,16 @@ def home_partition(sku: str) -> int:
 
 
 def redis_for(stack: Stack) -> redis.Redis:
+    if stack.settings.redis.cluster:
+        return stack.redis()
     return redis.Redis.from_url(
         stack.settings.redis.url, socket_connect_timeout=2, socket_timeout=10
     )
 
 
 def stored_offsets(client: redis.Redis, settings: Settings) -> dict[tuple[str, int], int]:
-    raw: dict[bytes, bytes] = client.hgetall(keys.SINGLE.offsets_key(settings.kafka.group_id))  # type: ignore[assignment]
+    layout = keys.Layout(settings.redis.shard_count)
+    raw: dict[bytes, bytes] = client.hgetall(layout.offsets_key(settings.kafka.group_id))  # type: ignore[assignment]
     out = {}
     for name, value in raw.items():
         topic, partition = name.decode().split("\x1f")
@@ -265,11 +275,11 @@ def sku_keys(client: redis.Redis) -> set[str]:
 
 
 def documents(
-    client: redis.Redis, pairs: list[tuple[str, str]]
+    client: redis.Redis, pairs: list[tuple[str, str]], layout: keys.Layout = keys.SINGLE
 ) -> dict[tuple[str, str], dict[str, Any] | None]:
     pipe = client.pipeline(transaction=False)
     for channel, sku in pairs:
-        pipe.hget(keys.SINGLE.sku_key(sku), projection_field(channel))
+        pipe.hget(layout.sku_key(sku), projection_field(channel))
     out: dict[tuple[str, str], dict[str, Any] | None] = {}
     for pair, raw in zip(pairs, pipe.execute(), strict=True):
         out[pair] = json.loads(raw) if raw else None
@@ -280,6 +290,7 @@ def projection_differences(
     client: redis.Redis,
     model: ReferenceModel,
     expected: dict[tuple[str, str], dict[str, Any]] | None = None,
+    layout: keys.Layout = keys.SINGLE,
 ) -> list[str]:
     """Every (channel, sku) document in Redis against the reference; [] when equal."""
     in_redis = sku_keys(client)
@@ -287,7 +298,7 @@ def projection_differences(
     want = dict(expected) if expected is not None else model.expected(now_us())
     if extra:
         want.update(model.expected(now_us(), skus=extra))
-    have = documents(client, list(want))
+    have = documents(client, list(want), layout)
     out = []
     for (channel, sku), doc in want.items():
         got = have[(channel, sku)]
@@ -301,8 +312,10 @@ def projection_differences(
     return out
 
 
-def assert_projection(client: redis.Redis, model: ReferenceModel, context: str = "") -> None:
-    differences = projection_differences(client, model)
+def assert_projection(
+    client: redis.Redis, model: ReferenceModel, context: str = "", layout: keys.Layout = keys.SINGLE
+) -> None:
+    differences = projection_differences(client, model, layout=layout)
     assert not differences, (
         f"{len(differences)} difference(s) between Redis and the reference{context}:\n"
         + "\n".join(differences[:30])
@@ -355,11 +368,13 @@ def ledger_summary(settings: Settings) -> LedgerSummary:
     return LedgerSummary(len(rows), by_status, ids, reasons)
 
 
-def seen_ids(client: redis.Redis, skus: Iterable[str]) -> list[str]:
+def seen_ids(
+    client: redis.Redis, skus: Iterable[str], layout: keys.Layout = keys.SINGLE
+) -> list[str]:
     pipe = client.pipeline(transaction=False)
     names = list(skus)
     for sku in names:
-        pipe.zrange(keys.SINGLE.seen_key(sku), 0, -1)
+        pipe.zrange(layout.seen_key(sku), 0, -1)
     return [member.decode() for members in pipe.execute() for member in members]
 
 
@@ -408,7 +423,9 @@ def assert_exactly_once(
     )
     assert summary.by_status.get("duplicate", 0) == duplicates, summary.by_status
     marks = [
-        m for m in seen_ids(client, model.skus) if not (ignore_marks and m.startswith(ignore_marks))
+        m
+        for m in seen_ids(client, model.skus, stack.layout)
+        if not (ignore_marks and m.startswith(ignore_marks))
     ]
     assert sorted(marks) == applied, "the dedupe marks in Redis differ from the applied events"
 

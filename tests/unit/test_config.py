@@ -149,3 +149,13 @@ def test_atp_redis_cluster_takes_only_booleans_and_sets_the_shards() -> None:
     on = parse_config(config_text(), {"ATP_REDIS_CLUSTER": "TRUE"}).redis
     assert (on.cluster, on.shard_count) == (True, 16)
     assert parse_config(config_text(), {"ATP_REDIS_CLUSTER": "0"}).redis.shard_count == 1
+
+
+def test_kits_and_capacities_are_refused_on_a_cluster_until_built_there() -> None:
+    kit = '[[kits]]\nsku = "K"\ncomponents = [{sku = "A", quantity = 1}]'
+    with pytest.raises(ConfigError, match="`kits` are not available on a Redis Cluster yet"):
+        parse_config(config_text(extra=kit), {"ATP_REDIS_CLUSTER": "1"})
+    cap = '[[locations]]\nname = "DC-EAST"\ndaily_capacity_units = 5'
+    with pytest.raises(ConfigError, match=r"`locations` .* not available on a Redis Cluster"):
+        parse_config(config_text(extra=cap), {"ATP_REDIS_CLUSTER": "1"})
+    assert parse_config(config_text(extra=kit)).kits  # a single Redis has them

@@ -1,0 +1,90 @@
+"""Several `atp consume` processes in one group, for real (contract section 7): two share the
+input partitions, one of them is killed with SIGKILL mid-stream, a third joins. The group
+rebalances each time; the end state must be exactly the reference's."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Callable
+
+import pytest
+
+from tests.conftest import Stack
+from tests.faults.harness import (
+    Feed,
+    Paced,
+    Tracked,
+    assert_exactly_once,
+    assert_projection,
+    assert_verify_clean,
+    documents,
+    merged_ends,
+    progress,
+    read_all,
+    redis_for,
+    reference,
+    tail,
+    wait_applying,
+    wait_consumed,
+)
+
+pytestmark = [pytest.mark.faults, pytest.mark.integration]
+
+SEED = 7_007
+EVENTS = 12_000
+RATE = 1_500.0
+
+
+@pytest.mark.parametrize("redis_kind", ["single", "cluster"])
+def test_two_consumers_one_killed_a_third_joining_end_exact(
+    make_stack: Callable[..., Stack], redis_kind: str
+) -> None:
+    stack = make_stack(redis_kind=redis_kind)
+    client = redis_for(stack)
+    settings = stack.settings
+    events = Feed(SEED).take(EVENTS)
+    model = reference(settings, events)
+    assert not model.rejected
+
+    producer = Tracked(settings.kafka.bootstrap)
+    flow = Paced(producer, settings, events, RATE)
+    first, second = stack.start_consumer(), stack.start_consumer()
+    flow.start()
+    applied = wait_applying(stack, client, first, 0, "the first consumer")
+    time.sleep(1.5)  # both in the group, sharing the partitions
+    assert first.poll() is None and second.poll() is None, tail(stack.logs())
+    first.send_signal(signal.SIGKILL)
+    assert first.wait(10) == -signal.SIGKILL
+    killed_at = progress(client, settings)
+    assert applied <= killed_at < EVENTS
+    third = stack.start_consumer()
+    wait_applying(stack, client, third, killed_at, "the consumers after the kill")
+    flow.hurry.set()
+    flow.join(60)
+    assert flow.error is None and flow.produced == EVENTS
+    producer.flush()
+
+    ends = merged_ends(producer)
+    assert wait_consumed(client, stack, ends, timeout=120) == ends
+    assert_projection(client, model, " after a kill and a rebalance", stack.layout)
+    for consumer in (second, third):
+        consumer.send_signal(signal.SIGTERM)
+    for consumer in (second, third):
+        assert consumer.wait(30) == 0, tail(stack.logs())
+    assert_exactly_once(stack, client, model)
+    assert_verify_clean(stack)
+
+    # What a marketplace sync job keeps (the last message per key) is what a read says.
+    last: dict[tuple[str, str], int] = {}
+    for message in read_all(settings.kafka.bootstrap, settings.topics.availability):
+        event = json.loads(message.value())
+        last[event["channel"], event["sku"]] = event["available_to_sell"]
+    reads = documents(client, sorted(last), stack.layout)
+    wrong = {
+        pair: (value, (reads[pair] or {}).get("available_to_sell"))
+        for pair, value in last.items()
+        if (reads[pair] or {}).get("available_to_sell") != value
+    }
+    assert not wrong, f"{len(wrong)} (channel, sku) whose last message is not the read: {wrong}"
