@@ -285,11 +285,15 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(
                 f"invalid config: `locations[{i}]` ({location.name!r}) is no channel's location"
             )
-    if settings.redis.cluster and (settings.kits or settings.capacities):
-        which = "`kits`" if settings.kits else "`locations` (daily capacities)"
+    if settings.redis.cluster and settings.kits:
         raise ConfigError(
-            f"invalid config: {which} are not available on a Redis Cluster yet "
+            "invalid config: `kits` are not available on a Redis Cluster yet "
             "(`redis.cluster` is true; docs/scaling.md)"
+        )
+    if settings.redis.shard_count > 1 and settings.capacities:
+        raise ConfigError(
+            "invalid config: `locations` (daily capacities) are not available with several "
+            "shards yet (a Redis Cluster, or `redis.shards` above 1; docs/scaling.md)"
         )
     if not settings.statuses.sellable:
         raise ConfigError("invalid config: `statuses.sellable` must not be empty")

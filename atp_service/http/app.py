@@ -37,6 +37,7 @@ from atp_service.http.problems import EXCEPTION_HANDLERS
 from atp_service.http.reader import AvailabilityReader
 from atp_service.http.redis_access import RedisAccess
 from atp_service.model import projector_for
+from atp_service.sharded_allocator import ShardedAllocator
 from atp_service.store import keys
 from atp_service.store.redis_store import AsyncRedisStore
 from streams.kafka import AsyncPublisher, api_producer_config
@@ -133,7 +134,9 @@ def create_app(settings: Settings) -> Litestar:
         app.state.redis = client
         app.state.layout = layout
         app.state.reader = reader
-        app.state.allocator = Allocator(
+        # With several shards an order is written shard by shard (docs/scaling.md).
+        kind = ShardedAllocator if layout.shards > 1 else Allocator
+        app.state.allocator = kind(
             AsyncRedisStore(
                 client,
                 settings.kafka.group_id,

@@ -36,6 +36,7 @@ def stocked(stack: Stack, base: str, events: list[dict[str, Any]], sku: str, on_
     poll(lambda: availability(base, READ_KEY, "web", sku), lambda d: d["on_hand"] == on_hand)
 
 
+@pytest.mark.redis_kinds
 def test_allocate_reserve_read_release(stack: Stack) -> None:
     base = stack.start_api()
     stack.start_consumer()
@@ -101,6 +102,7 @@ def test_nested_safety_stock_marketplace_stops_at_five_web_sells_to_zero(stack: 
     assert availability(base, READ_KEY, "web", "N-1")["available_to_sell"] == 0
 
 
+@pytest.mark.redis_kinds
 def test_backorder_promises_from_inbound(stack: Stack) -> None:
     base = stack.start_api()
     stack.start_consumer()
@@ -230,6 +232,7 @@ def test_safety_stock_override_recomputes_at_once(stack: Stack) -> None:
     assert availability(base, READ_KEY, "web", "S-1")["available_to_sell"] == 10
 
 
+@pytest.mark.redis_kinds
 def test_64_concurrent_clients_never_oversell(stack: Stack) -> None:
     base = stack.start_api(workers=2)
     stack.start_consumer()

@@ -1,6 +1,5 @@
 """What is particular to a Redis Cluster (contract section 7): the setting must match the
-server, a node that lost its shards is never read as zeros, and what is not built there yet
-is refused with a clear answer."""
+server, and a node that lost its shards is never read as zeros."""
 
 from __future__ import annotations
 
@@ -75,17 +74,3 @@ def test_a_node_that_lost_its_shards_answers_503_never_zeros(
     assert ready.headers["content-type"].startswith("application/problem+json")
     # The other nodes' skus still read their values.
     assert availability(base, READ_KEY, "web", kept[0])["on_hand"] == 7
-
-
-@pytest.mark.redis_kinds("cluster")
-def test_allocations_on_a_cluster_are_refused_with_a_problem_naming_why(stack: Stack) -> None:
-    base = stack.start_api()
-    order = {
-        "order_id": "CL-1",
-        "channel": "web",
-        "lines": [{"line_id": "1", "sku": "CL-SKU", "quantity": 1}],
-    }
-    reply = httpx.post(f"{base}/v1/allocations", json=order, headers=BEARER, timeout=10)
-    assert reply.status_code == 503
-    assert reply.headers["content-type"].startswith("application/problem+json")
-    assert "not available on a Redis Cluster yet: allocations" in reply.json()["detail"]

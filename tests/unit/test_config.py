@@ -156,6 +156,6 @@ def test_kits_and_capacities_are_refused_on_a_cluster_until_built_there() -> Non
     with pytest.raises(ConfigError, match="`kits` are not available on a Redis Cluster yet"):
         parse_config(config_text(extra=kit), {"ATP_REDIS_CLUSTER": "1"})
     cap = '[[locations]]\nname = "DC-EAST"\ndaily_capacity_units = 5'
-    with pytest.raises(ConfigError, match=r"`locations` .* not available on a Redis Cluster"):
+    with pytest.raises(ConfigError, match=r"`locations` .* not available with several shards"):
         parse_config(config_text(extra=cap), {"ATP_REDIS_CLUSTER": "1"})
     assert parse_config(config_text(extra=kit)).kits  # a single Redis has them
