@@ -479,6 +479,29 @@ def test_existing_api_key_secret_replaces_the_charts_secret(tmp_path: Path) -> N
         assert [k.name for k in settings.api_keys] == ["ops"]
 
 
+def test_values_for_a_redis_cluster_and_several_consumers_render_a_valid_config() -> None:
+    values = {
+        "redis": {"url": "redis://redis-cluster-0:6379/0", "cluster": True},
+        "consumer": {"replicas": 3},
+        "ledger": {"persistence": {"accessModes": ["ReadWriteMany"]}},
+    }
+    documents = render(values=values)
+    settings = parse_config(config_toml(documents), {})
+    assert (settings.redis.cluster, settings.redis.shard_count) == (True, 16)
+    consumers = [
+        d for d in documents if d["kind"] == "Deployment" and "consumer" in d["metadata"]["name"]
+    ]
+    assert [d["spec"]["replicas"] for d in consumers] == [3]
+    claims = [d for d in documents if d["kind"] == "PersistentVolumeClaim"]
+    assert [c["spec"]["accessModes"] for c in claims] == [["ReadWriteMany"]]
+
+
+def test_several_consumers_on_a_volume_only_one_node_mounts_fail_the_render() -> None:
+    for ledger in ({}, {"persistence": {"enabled": False}}):
+        with pytest.raises(RenderError, match="one shared ledger"):
+            render(values={"consumer": {"replicas": 2}, "ledger": ledger})
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [
@@ -533,7 +556,7 @@ def test_api_replicas_feed_the_hpa_or_the_deployment() -> None:
     assert one(docs, "Deployment", API)["spec"]["replicas"] == 5
     assert find(docs, "HorizontalPodAutoscaler") == []
 
-    docs = render("consumer.replicas=3")
+    docs = render("consumer.replicas=3", "ledger.persistence.accessModes={ReadWriteMany}")
     assert one(docs, "Deployment", CONSUMER)["spec"]["replicas"] == 3
 
 

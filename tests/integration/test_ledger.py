@@ -34,6 +34,7 @@ def projection(client: redis.Redis) -> dict[str, Any]:
     return out
 
 
+@pytest.mark.redis_kinds("single", "cluster")
 def test_verify_rebuild_after_redis_loss_and_resume(stack: Stack) -> None:
     base = stack.start_api()
     consumer = stack.start_consumer()
@@ -45,7 +46,7 @@ def test_verify_rebuild_after_redis_loss_and_resume(stack: Stack) -> None:
                 "sku": sku, "location": "DC-EAST", "quantity": 7, "eta": now_iso()[:10]} for sku in skus[:5]]  # fmt: skip
     stack.produce(events + events[:10])  # and some duplicates
     stack.produce([(stack.settings.topics.movements, b"L-0", b"{broken")])
-    client = redis.Redis.from_url(stack.settings.redis.url)
+    client = stack.redis()  # on a cluster, its commands reach every node
     expected_on_hand = {sku: 5 + i for i, sku in enumerate(skus)}
     expected_on_hand[skus[0]] -= 1
 
@@ -73,14 +74,15 @@ def test_verify_rebuild_after_redis_loss_and_resume(stack: Stack) -> None:
     assert verified.returncode == 0, verified.stdout + verified.stderr
     before = projection(client)
     assert len(before) == 2 * len(skus)
-    offsets_before = client.hgetall(keys.SINGLE.offsets_key(stack.settings.kafka.group_id))
+    offsets_key = stack.layout.offsets_key(stack.settings.kafka.group_id)
+    offsets_before = client.hgetall(offsets_key)
 
     client.flushall()  # Redis loses everything
     assert atp_cli(stack, "verify").returncode == 1
     rebuilt = atp_cli(stack, "rebuild")
     assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
     assert projection(client) == before
-    assert client.hgetall(keys.SINGLE.offsets_key(stack.settings.kafka.group_id)) == offsets_before
+    assert client.hgetall(offsets_key) == offsets_before
     assert atp_cli(stack, "verify").returncode == 0
 
     # The consumer resumes from the restored offsets: nothing applied twice, new events land.

@@ -31,11 +31,11 @@ def _stock(stack: Stack, base: str, each: int) -> None:
         )
 
 
-def test_orders_over_many_shards_racing_through_two_workers_never_oversell(
+def test_orders_over_many_shards_racing_through_two_servers_never_oversell(
     stack: Stack,
 ) -> None:
     assert len({stack.layout.shard(s) for s in SKUS}) > 2  # the lines span shards
-    base = stack.start_api(workers=2)
+    base, other = stack.start_api(), stack.start_api()  # two `atp serve` processes
     stack.start_consumer()
     _stock(stack, base, 10)
     rng = random.Random(5)
@@ -54,7 +54,10 @@ def test_orders_over_many_shards_racing_through_two_workers_never_oversell(
     async def race() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=40)) as c:
             return await asyncio.gather(
-                *(c.post(f"{base}/v1/allocations", json=o, headers=W) for o in orders)
+                *(
+                    c.post(f"{(base, other)[n % 2]}/v1/allocations", json=o, headers=W)
+                    for n, o in enumerate(orders)
+                )
             )
 
     replies = asyncio.run(race())

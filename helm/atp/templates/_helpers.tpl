@@ -93,6 +93,12 @@ app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
 {{- fail (printf "values: channels[%d].locations must list at least one location" $i) }}
 {{- end }}
 {{- end }}
+{{- if gt (int .Values.consumer.replicas) 1 }}
+{{- $p := .Values.ledger.persistence }}
+{{- if or (not $p.enabled) (and (not $p.existingClaim) (not (has "ReadWriteMany" $p.accessModes))) }}
+{{- fail "values: consumer.replicas > 1 needs one shared ledger: ledger.persistence.enabled with accessModes [ReadWriteMany] (or an existingClaim that is)" }}
+{{- end }}
+{{- end }}
 {{- $topicKeys := list "movements" "reservations" "inbound" "dead_letter" "availability" "allocation_updates" "stock_states" "overrides" }}
 {{- range $k, $_ := .Values.topics }}
 {{- if not (has $k $topicKeys) }}
@@ -144,6 +150,8 @@ are rendered with toJson: a JSON string or array of strings is also a valid TOML
 {{- else }}
 url = {{ required "values: redis.url is required" .Values.redis.url | toJson }}
 {{- end }}
+cluster = {{ .Values.redis.cluster | default false }}
+shards = {{ .Values.redis.shards | default 0 | int }}
 
 [kafka]
 bootstrap = {{ required "values: kafka.bootstrap is required" .Values.kafka.bootstrap | toJson }}
