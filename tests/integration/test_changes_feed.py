@@ -11,11 +11,12 @@ import pytest
 from tests.conftest import READ_KEY, Stack
 from tests.integration.helpers import poll, receipt, reservation
 
-# Every test here runs on a single Redis, on one split in shards, and on a Redis Cluster.
-pytestmark = [pytest.mark.integration, pytest.mark.redis_kinds()]
+pytestmark = pytest.mark.integration
 R = {"Authorization": f"Bearer {READ_KEY}"}
 
 
+# On a single Redis, on one split in shards, and on a Redis Cluster.
+@pytest.mark.redis_kinds
 def test_sync_client_following_next_cursor_ends_with_the_servers_values(stack: Stack) -> None:
     base = stack.start_api()
     stack.start_consumer()

@@ -14,9 +14,11 @@ from confluent_kafka import Consumer
 from tests.conftest import READ_KEY, Stack
 from tests.integration.helpers import availability, now_iso, poll, receipt, reservation, shipment
 
-# Every test here runs on a single Redis and on a Redis Cluster (shards on one Redis are
-# covered by the changes-feed tests, which page across them).
-pytestmark = [pytest.mark.integration, pytest.mark.redis_kinds("single", "cluster")]
+pytestmark = pytest.mark.integration
+# The consumer's path runs on a single Redis and on a Redis Cluster (shards on one Redis
+# are covered by the changes-feed tests, which page across them); the API-only checks run
+# on a single Redis.
+BOTH = pytest.mark.redis_kinds("single", "cluster")
 
 
 def read_topic(stack: Stack, topic: str, expected: int, timeout: float = 30.0) -> list[object]:
@@ -41,6 +43,7 @@ def read_topic(stack: Stack, topic: str, expected: int, timeout: float = 30.0) -
     return found
 
 
+@BOTH
 def test_events_flow_to_http_reads(stack: Stack) -> None:
     base = stack.start_api()
     stack.start_consumer()
@@ -163,6 +166,7 @@ def test_availability_changes_are_published(stack: Stack) -> None:
     assert set(bodies[(b"SKU-A", "web")]) == {"channel", "sku", "available_to_sell", "as_of"}
 
 
+@BOTH
 def test_reservation_expires_within_a_second_with_no_event(stack: Stack) -> None:
     base = stack.start_api()
     stack.start_consumer()
@@ -185,6 +189,7 @@ def test_reservation_expires_within_a_second_with_no_event(stack: Stack) -> None
     assert seen_at - expiry < 1.0, f"expiry visible {seen_at - expiry:.3f}s late"
 
 
+@BOTH
 def test_consumer_killed_mid_stream_loses_and_doubles_nothing(stack: Stack) -> None:
     base = stack.start_api()
     skus = [f"K-{i}" for i in range(40)]
