@@ -21,7 +21,19 @@ allocations over HTTP against the single-sku read, in the same run.
    holds, and no spread sku ran out (an unfilled order publishes nothing and would flatter
    the figures).
 
-``python -m benchmarks.allocation --size small|full``
+With ``--backlog`` the run is instead single allocations while the consumer catches up:
+for each Redis layout of ``--stores`` (one Redis with 1 shard by default; ``single/N`` for
+N shards on one Redis: allocations are not available on a cluster yet) its own Redis,
+topics, `atp serve --workers 2` and `atp consume`, the spread skus stocked as above. Each
+run: allocations at 32 connections with the consumer idle (caught up: it folds only the
+allocations' own events), then a backlog of new events (the fold benchmark's workload over
+its 10,000 skus, other skus than the orders'; 500,000, small: 50,000) produced at once,
+and allocations for the same time while the consumer folds it, then a wait until its stored
+offsets cover the backlog. Figures: p50 and p99 during the catch-up beside idle (target
+p99 within 2x); the catch-up's events/s and the longest scripts during it (SLOWLOG, calls
+of 1 ms or more) are informative, and no (sku, location) may be reserved beyond its stock.
+
+``python -m benchmarks.allocation --size small|full [--backlog [--stores single,single/64]]``
 """
 
 from __future__ import annotations
@@ -36,19 +48,25 @@ import numpy as np
 from allocation.allocate import allocate
 from allocation.network import Network, Supply
 from allocation.reference import allocate_reference
+from atp_service.config import parse_config
+from atp_service.local.services import create_topics
 from atp_service.orders import StoredOrder, decode_stored
+from atp_service.runtime import store_for
 from atp_service.store import keys
 from benchmarks.common import (
     API_KEY,
+    STORE_SPECS,
     Bench,
     Figure,
     Report,
+    Store,
     apply_events,
     bench_config,
     direct_projector,
     ensure_wrk,
     lua_get_paths,
     parse_args,
+    produce_tracked,
     run_wrk,
     say,
     stop_on_sigterm,
@@ -213,7 +231,7 @@ def stored_orders(client: Any) -> list[StoredOrder]:
 
 
 def check_orders(
-    client: Any, stock: dict[tuple[str, str], int], hot: set[str]
+    client: Any, stock: dict[tuple[str, str], int], hot: set[str], layout: Any = keys.SINGLE
 ) -> tuple[int, int, int]:
     """From the stored orders: (sku, location) pairs reserved beyond their stock, skus whose
     projected reserved differs from the orders' holds, and unfilled orders of spread skus."""
@@ -229,7 +247,7 @@ def check_orders(
     skus = sorted({sku for sku, _ in stock})
     mismatched = []
     for sku in skus:
-        doc = json.loads(client.hget(keys.SINGLE.sku_key(sku), "p:web") or b"{}")
+        doc = json.loads(client.hget(layout.sku_key(sku), "p:web") or b"{}")
         reserved, on_hand = doc.get("reserved", 0), doc.get("on_hand", 0)
         if reserved != per_sku.get(sku, 0) or reserved > on_hand:
             mismatched.append(
@@ -253,8 +271,167 @@ def settle(client: Any, quiet_s: float = 1.0, limit_s: float = 15.0) -> None:
         seen = now
 
 
+BACKLOG = {"small": 50_000, "full": 500_000}  # events the consumer catches up on
+
+
+def backlog_on(bench: Bench, bootstrap: str, spec: str, args: Any, report: Report) -> None:
+    """The ``--backlog`` runs on one Redis layout, added to ``report``."""
+    from benchmarks.fold import SIZES as FOLD_SIZES
+    from benchmarks.fold import generate
+
+    size = SIZES[args.size]
+    events = BACKLOG[args.size]
+    store = bench.start_store(spec)
+    tag = spec.replace("/", "-")
+    text = bench_config(store.url, bootstrap, prefix=f"bl-{tag}", group_id=f"bl-{tag}",
+                        ledger_dir=bench.tmp / f"ledger-{tag}",
+                        redis_table=store.redis_table)  # fmt: skip
+    bench.config_path = bench.tmp / f"atp-{tag}.toml"
+    bench.config_path.write_text(text)
+    settings = bench.settings = parse_config(text)
+    create_topics(bootstrap, settings.topics.names(), partitions=4)
+    report.parameters["batch_size"] = settings.consumer.batch_size
+    skus = [f"A-{i:05d}" for i in range(size["http_skus"])]
+    hot = [f"HOT-{i}" for i in range(HOT_SKUS)]
+    locations = settings.channel("web").locations  # type: ignore[union-attr]
+    projector = direct_projector(settings)
+    projector.ensure_initialized()
+    apply_events(projector, stock_events(skus, locations, SPREAD_STOCK, "spread"))
+    stock = {(sku, loc): SPREAD_STOCK for sku in skus for loc in locations}
+    api = bench.start_api()
+    consumer = bench.start_consumer()
+    base = f"http://127.0.0.1:{api.port}"
+    client = store.nodes()[0]
+    offsets = store_for(settings).offsets
+
+    def allocations_run(run_tag: str, seconds: float) -> Any:
+        apply_events(projector, stock_events(hot, locations, HOT_STOCK, run_tag))
+        for pair in ((sku, loc) for sku in hot for loc in locations):
+            stock[pair] = stock.get(pair, 0) + HOT_STOCK
+        post = lua_orders(bench.tmp / f"orders-{run_tag}.lua", skus, hot, run_tag)
+        return run_wrk(base, connections=32, threads=2, duration_s=seconds, script=post,
+                       headers=[AUTH])  # fmt: skip
+
+    def caught_up(target: dict[str, int], limit_s: float = 900) -> float:
+        """Wait until the consumer's stored offsets cover ``target``; when."""
+        deadline = time.monotonic() + limit_s
+        while True:
+            stored = offsets()
+            if all(stored.get(name, 0) >= at for name, at in target.items()):
+                return time.perf_counter()
+            if not consumer.alive or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the consumer did not catch up:\n{consumer.log.read_text()[-3000:]}"
+                )
+            time.sleep(0.05)
+
+    for n in range(COLD_PASSES):
+        allocations_run(f"{tag}-cold{n}", COLD_SECONDS)
+    idle, busy, rates, longest, slow = [], [], [], [], []
+    for run in range(args.runs):
+        with timed(f"{store.label}: run {run + 1}/{args.runs}"):
+            messages = generate(settings, events, FOLD_SIZES["full"]["skus"],
+                                prefix=f"{tag}-r{run}-")  # fmt: skip
+            idle.append(allocations_run(f"{tag}-idle{run}", size["seconds"]))
+            store.trace(slower_than_us=1000)
+            started = time.perf_counter()
+            target = produce_tracked(bootstrap, messages)
+            produced = time.perf_counter()
+            busy.append(allocations_run(f"{tag}-busy{run}", size["seconds"]))
+            ended = time.perf_counter()
+            done = caught_up(target)
+            calls = store.script_calls({})
+            store.stop_tracing()
+            rates.append(events / (done - started))
+            longest.append(max((c.duration_us / 1000 for c in calls), default=0.0))
+            slow.append(sum(c.duration_us >= 5000 for c in calls))
+            if done < ended:
+                say(f"    caught up {ended - done:.1f}s before the allocations ended")
+            say(f"    idle p50/p99 {idle[-1].latency_ms['50']:.1f}/"
+                f"{idle[-1].latency_ms['99']:.1f} ms; catching up p50/p99 "
+                f"{busy[-1].latency_ms['50']:.1f}/{busy[-1].latency_ms['99']:.1f} ms; "
+                f"produced in {produced - started:.1f}s, caught up after "
+                f"{done - started:.1f}s; longest script {longest[-1]:.0f} ms, "
+                f"{slow[-1]} of 5 ms or more")  # fmt: skip
+            del messages
+    bench.stop(consumer)
+    bench.stop(api)  # the next layout's runs have the cores
+    over, mismatched, short = check_orders(client, stock, set(hot), store_for(settings).layout)
+    label = store.label
+    base_name = "the same, consumer idle (same run)"
+    report.add(Figure(f"single allocation @32 while catching up: p50, {label}", "ms",
+                      [r.latency_ms["50"] for r in busy], base_name,
+                      [r.latency_ms["50"] for r in idle], informative=True))  # fmt: skip
+    report.add(Figure(f"single allocation @32 while catching up: p99, {label}", "ms",
+                      [r.latency_ms["99"] for r in busy], base_name,
+                      [r.latency_ms["99"] for r in idle], [("ratio", "<=", 2.0)]))  # fmt: skip
+    report.add(Figure(f"  allocations/s while catching up, {label}", "req/s",
+                      [r.requests_per_s for r in busy], base_name,
+                      [r.requests_per_s for r in idle], informative=True))  # fmt: skip
+    report.add(Figure(f"  catch-up of {events:,} events (produce to stored offsets), {label}",
+                      "events/s", rates, informative=True))  # fmt: skip
+    report.add(Figure(f"  longest script while catching up, {label}", "ms", longest,
+                      informative=True))  # fmt: skip
+    report.add(Figure(f"  scripts of 5 ms or more while catching up, {label}", "calls",
+                      [float(x) for x in slow], informative=True))  # fmt: skip
+    report.add(Figure(f"(sku, location) reserved beyond its stock, {label}", "pairs",
+                      [float(over)], targets=[("value", "<=", 0.0)]))  # fmt: skip
+    report.add(Figure(f"skus whose projected reserved differs from the orders' holds, {label}",
+                      "skus", [float(mismatched)], targets=[("value", "<=", 0.0)]))  # fmt: skip
+    if short:
+        report.notes.append(f"{label}: {short} orders of spread skus were not filled")
+    client.close()
+
+
+def backlog(args: Any, specs: Sequence[str]) -> int:
+    """Single allocations while the consumer folds a backlog, beside the consumer idle."""
+    from benchmarks.fold import SIZES as FOLD_SIZES
+
+    size = SIZES[args.size]
+    events = BACKLOG[args.size]
+    report = Report("allocation-backlog", args.size,
+                    "Single allocations while the consumer catches up on a backlog")  # fmt: skip
+    report.parameters = {
+        "backlog_events": events, "backlog_skus": FOLD_SIZES["full"]["skus"],
+        "http_skus": size["http_skus"], "wrk_seconds": size["seconds"], "runs": args.runs,
+        "stores": list(specs),
+    }  # fmt: skip
+    with Bench("allocation-backlog") as bench:
+        bootstrap = bench.start_broker()
+        for spec in specs:
+            backlog_on(bench, bootstrap, spec, args, report)
+    report.notes.append(
+        "each run: allocations with the consumer idle, then the backlog produced and "
+        "allocations for the same time while the consumer folds it; the backlog is on other "
+        "skus than the orders', so what the orders wait for is Redis (one script at a time) "
+        "and the machine's two cores, which the consumer, the API, wrk, the broker and Redis share"
+    )
+    report.finish()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args("allocation benchmark: vectorized batch vs reference; single over HTTP", argv)
+    def options(parser: Any) -> None:
+        parser.add_argument(
+            "--backlog", action="store_true",
+            help="instead: single allocations while the consumer catches up on a backlog, "
+            "beside the consumer idle",
+        )  # fmt: skip
+        parser.add_argument(
+            "--stores", default="single", metavar="SPECS",
+            help=f"with --backlog, the Redis layouts to run on ({STORE_SPECS}; not cluster)",
+        )  # fmt: skip
+
+    args = parse_args(
+        "allocation benchmark: vectorized batch vs reference; single over HTTP", argv, options
+    )
+    if args.backlog:
+        specs = [x.strip() for x in args.stores.split(",") if x.strip()]
+        if any(Store.parse(spec)[0] for spec in specs):
+            raise SystemExit("allocations are not available on a Redis Cluster yet")
+        stop_on_sigterm()
+        ensure_wrk()
+        return backlog(args, specs)
     stop_on_sigterm()
     size = SIZES[args.size]
     report = Report("allocation", args.size, "Allocation: batch vs reference, single over HTTP")

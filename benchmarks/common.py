@@ -41,6 +41,7 @@ from atp_service.local.services import (
     free_port,
     start_broker,
     start_redis,
+    start_redis_cluster,
     wait_until,
 )
 
@@ -101,10 +102,12 @@ def bench_config(
     prefix: str = "bench",
     group_id: str = "atp-bench",
     extra: str = "",
+    redis_table: dict[str, object] | None = None,
 ) -> str:
     """The benchmarks' config: 5 channels over 8 locations, one all-scopes API key.
 
     ``ledger_dir`` must be a directory of the benchmark's own (never the repository's ./var).
+    ``redis_table``: more keys of ``[redis]`` (``cluster``, ``shards``; ``Store.redis_table``).
     """
     return ConfigFile(
         redis_url=redis_url,
@@ -116,6 +119,7 @@ def bench_config(
         group_id=group_id,
         topic_prefix=prefix,
         extra="\n" + extra if extra else "",
+        redis=redis_table or {},
     ).text()  # fmt: skip
 
 
@@ -169,6 +173,23 @@ class Bench:
         self.services.append(service)
         self.redis_port = service.port
         return f"redis://127.0.0.1:{service.port}/0"
+
+    def start_store(self, spec: str) -> Store:
+        """A Redis for the service to run on, by ``Store.parse``'s spec: its own redis-server,
+        or a 3-primary Redis Cluster with no replicas; stopped with the rest."""
+        cluster, shards = Store.parse(spec)
+        if cluster:
+            started = start_redis_cluster(
+                self.tmp / f"cluster-{len(self.services)}", primaries=3, replicas_per_primary=0
+            )
+            self.services.extend(started.nodes)
+            primaries = started.primaries()
+            return Store(spec, started.url, True, shards, [node.port for node in primaries],
+                         [node.process.pid for node in primaries])  # fmt: skip
+        service = start_redis(self.tmp / f"redis-{len(self.services)}")
+        self.services.append(service)
+        url = f"redis://127.0.0.1:{service.port}/0"
+        return Store(spec, url, False, shards, [service.port], [service.process.pid])
 
     def start_broker(self) -> str:
         service = start_broker(log_file=self.tmp / "broker.log")
@@ -320,6 +341,138 @@ class Bench:
             print(f"logs kept in {self.tmp}", file=sys.stderr)
         else:
             shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# -- the Redis under test: one Redis with N shards, or a Redis Cluster -------------------
+
+STORE_SPECS = "single, single/N (N shards on one Redis), cluster, cluster/N"
+
+
+@dataclass
+class ScriptCall:
+    """One script call (EVALSHA) as Redis' SLOWLOG recorded it."""
+
+    node: int  # port
+    kind: str  # "write", "read", "advance" or "other"
+    duration_us: int
+    keys: int  # the call's key count
+    skus: int = -1  # the skus it wrote or read, when known
+
+
+@dataclass
+class Store:
+    """A Redis the service runs on in a benchmark (``Bench.start_store``): one redis-server
+    with ``shards`` shards (1 = today's default there), or a local Redis Cluster of 3
+    primaries (``shards`` 0 = its default, 16). ``ports`` are the primaries'."""
+
+    spec: str
+    url: str
+    cluster: bool
+    shards: int
+    ports: list[int]
+    pids: list[int] = field(default_factory=list)
+
+    @staticmethod
+    def parse(spec: str) -> tuple[bool, int]:
+        kind, _, count = spec.partition("/")
+        if kind not in ("single", "cluster") or (count and not count.isdigit()):
+            raise ValueError(f"store {spec!r}: expected one of {STORE_SPECS}")
+        return kind == "cluster", int(count or (0 if kind == "cluster" else 1))
+
+    @property
+    def redis_table(self) -> dict[str, object]:
+        """The config's ``[redis]`` keys beside the url."""
+        table: dict[str, object] = {"cluster": True} if self.cluster else {}
+        if self.shards:
+            table["shards"] = self.shards
+        return table
+
+    @property
+    def label(self) -> str:
+        if self.cluster:
+            return f"Redis Cluster, 3 primaries, {self.shards or 16} shards"
+        return f"one Redis, {self.shards} shard{'s' if self.shards > 1 else ''}"
+
+    def nodes(self) -> list[redis.Redis]:
+        return [redis.Redis(port=port, socket_timeout=60) for port in self.ports]
+
+    def each(self, call: Callable[[redis.Redis], Any]) -> list[Any]:
+        out = []
+        for client in self.nodes():
+            with client:
+                out.append(call(client))
+        return out
+
+    def flush(self) -> None:
+        self.each(lambda c: c.flushall())
+
+    def trace(self, max_len: int = 1_000_000, slower_than_us: int = 0) -> None:
+        """From now on, every command (taking at least ``slower_than_us``) goes to each
+        primary's SLOWLOG (cleared), and the command statistics start again."""
+        for client in self.nodes():
+            with client:
+                client.config_set("slowlog-log-slower-than", slower_than_us)
+                client.config_set("slowlog-max-len", max_len)
+                client.slowlog_reset()
+                client.config_resetstat()
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the primaries' redis-server processes used so far."""
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        for pid in self.pids:
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / tick
+        return total
+
+    def reset_stats(self) -> None:
+        self.each(lambda c: c.config_resetstat())
+
+    def script_calls(self, shas: dict[str, str]) -> list[ScriptCall]:
+        """The EVALSHA/EVAL calls in every primary's SLOWLOG since ``trace``; ``shas`` names
+        the scripts by their sha1. Raises if a SLOWLOG overflowed."""
+        calls: list[ScriptCall] = []
+        for port, client in zip(self.ports, self.nodes(), strict=True):
+            with client:
+                length = int(client.slowlog_len())
+                limit = int(client.config_get("slowlog-max-len")["slowlog-max-len"])
+                if length >= limit:
+                    raise RuntimeError(f"the SLOWLOG of {port} is full ({length}): raise max_len")
+                for entry in client.slowlog_get(-1):
+                    # The command's first arguments, space-joined: EVALSHA <sha> <numkeys> ...
+                    argv = bytes(entry.get("command", b"")).split(b" ", 3)
+                    name = argv[0].upper()
+                    if name not in (b"EVALSHA", b"EVAL") or len(argv) < 3:
+                        continue
+                    sha = argv[1].decode() if name == b"EVALSHA" else ""
+                    calls.append(ScriptCall(port, shas.get(sha, "other"), int(entry["duration"]),
+                                            int(argv[2])))  # fmt: skip
+        return calls
+
+    def command_stats(self) -> dict[str, dict[str, float]]:
+        """Redis server-side time per command since the last ``trace``, summed over nodes."""
+        total: dict[str, dict[str, float]] = defaultdict(lambda: {"calls": 0.0, "usec": 0.0})
+        for raw in self.each(lambda c: c.info("commandstats")):
+            for name, v in raw.items():
+                entry = total[name.removeprefix("cmdstat_")]
+                entry["calls"] += float(v["calls"])
+                entry["usec"] += float(v["usec"])
+        return dict(total)
+
+    def stop_tracing(self) -> None:
+        for client in self.nodes():
+            with client:
+                client.config_set("slowlog-log-slower-than", 10_000)
+                client.slowlog_reset()
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """The p-th percentile (nearest rank) of ``values``; NaN when empty."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered) + 0.5) - 1))]
 
 
 # -- wrk ------------------------------------------------------------------------------

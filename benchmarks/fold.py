@@ -56,7 +56,21 @@ kit figures, render + change set, writes and outbox publishing) is timed beside 
 with how many batches were folded ahead during the previous write and how many of those
 were used (a sweep that wrote moves the epoch, and the batch folded ahead is folded again).
 
-``python -m benchmarks.fold --size small|full [--backordered 0.05] [--kits]``
+With ``--stores single/16,single/64,cluster`` (issue 17) the plain pipeline also runs on
+each of those Redis layouts, alternated with the runs on one Redis with one shard: ``[redis]
+shards`` N on a redis-server of its own, or a local Redis Cluster of 3 primaries with no
+replicas (16 shards unless ``cluster/N``). Its events/s is printed beside one Redis's
+(target >= 0.8x for a cluster). On every layout, every script call (EVALSHA) the consumer
+makes during the fold is taken from each primary's SLOWLOG (``slowlog-log-slower-than 0``,
+set before the run and read after it): p50, p99 and max per call (targets p99 <= 5 ms, max
+<= 20 ms), the skus each write script wrote (from its key count, as the benchmark saw the
+store build the calls), the time per sku written, and the redis-server processes' CPU over
+the run against the scripts' summed wall time (how much of a script's time is Redis' own
+work rather than waiting for a core). ``consumer.batch_size`` and the messages per batch
+are printed with them.
+
+``python -m benchmarks.fold --size small|full [--backordered 0.05] [--kits]
+[--stores SPECS]``
 """
 
 from __future__ import annotations
@@ -82,22 +96,26 @@ from atp_service.config import KitSettings, Settings, parse_config
 from atp_service.local.services import create_topics
 from atp_service.runtime import build_stream_projector
 from atp_service.store import keys
+from atp_service.store import redis_store as redis_store_module
 from atp_service.store.kit_records import KitRecords
 from benchmarks.common import (
     LOCATIONS,
+    STORE_SPECS,
     Bench,
     Figure,
     LandedWrites,
     Report,
+    ScriptCall,
+    Store,
     apply_events,
     bench_config,
     channel_locations,
     direct_projector,
     parse_args,
+    percentile,
     produce_tracked,
     say,
     stop_on_sigterm,
-    stored_offsets_total,
     timed,
 )
 from benchmarks.workload import Workload, encoded, sku_name
@@ -120,10 +138,13 @@ SWEEP_STAGES = ("redis read", "redis write", "render + change set", "outbox publ
 
 
 def generate(
-    settings: Settings, n_events: int, n_skus: int, backordered: float = 0.0
+    settings: Settings, n_events: int, n_skus: int, backordered: float = 0.0, prefix: str = "b"
 ) -> list[tuple[str, bytes, bytes]]:
+    """The workload's events; ``prefix`` starts every event id (another one, new events)."""
     skus = [sku_name(i) for i in range(1, n_skus + 1)]
-    workload = Workload(skus, LOCATIONS, channel_locations(), seed=21, backordered=backordered)
+    workload = Workload(
+        skus, LOCATIONS, channel_locations(), seed=21, backordered=backordered, prefix=prefix
+    )
     topics = {k: getattr(settings.topics, k) for k in ("movements", "reservations", "inbound")}
     messages: list[tuple[str, bytes, bytes]] = []
     for item in workload.opening_stock(locations_per_sku=2):
@@ -250,15 +271,6 @@ def _conflicts_counted(
 
 def _processed(stats: Any) -> int:
     return int(stats.applied + stats.duplicates + stats.dead_lettered)
-
-
-def command_stats(client: Any) -> dict[str, dict[str, float]]:
-    """Redis server-side time per command since the last CONFIG RESETSTAT."""
-    raw: dict[str, Any] = client.info("commandstats")
-    return {
-        name.removeprefix("cmdstat_"): {"calls": float(v["calls"]), "usec": float(v["usec"])}
-        for name, v in raw.items()
-    }
 
 
 def _replanned_timed(totals: dict[str, float], fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -407,13 +419,14 @@ def _wait_drained(client: redis.Redis, failed: Callable[[], BaseException | None
 def real_pipeline(
     settings: Settings,
     n: int,
-    bench: Bench,
+    store: Store,
     target: dict[str, int] | None = None,
     kits: KitSetup | None = None,
     drain: bool = False,
-) -> tuple[float, dict[str, float], dict[str, int], dict[str, dict[str, float]]]:
-    """The consumer's StreamProjector.run() in a thread; events/s, seconds per stage, and
-    the Redis server's own time per command.
+) -> tuple[float, dict[str, float], dict[str, int], dict[str, dict[str, float]], list[ScriptCall]]:
+    """The consumer's StreamProjector.run() in a thread, on ``store`` (emptied first);
+    events/s, seconds per stage, the Redis server's own time per command, and every script
+    call (EVALSHA) as the primaries' SLOWLOG timed it, with the skus it wrote or read.
 
     With ``target`` (the next offset of every partition produced to), timed to the return
     of the write that stored them all, and checked against the offsets stored in Redis;
@@ -423,15 +436,29 @@ def real_pipeline(
     nothing due, and how long after that write it took is the stage "due set empty"."""
     if kits is not None and (target is None or not drain):
         raise ValueError("a kits run is timed to ``target`` and drained before its check")
-    client = bench.redis()
-    client.flushall()
+    if kits is not None and (store.cluster or store.shards != 1):
+        raise ValueError("the kits runs are on one Redis with one shard")
+    store.flush()
+    client = store.nodes()[0]  # the kits' setup and checks (one Redis)
     totals: dict[str, float] = defaultdict(float)
     if kits is not None:
         for what, spent in kits.prepare(settings, client).items():
             totals[f"kits setup: {what}"] = spent
         gc.collect()
-    client.config_resetstat()
+    store.trace()
+    redis_cpu = store.cpu_seconds()
     projector = build_stream_projector(settings)
+    # The write script's key count -> the skus it writes, to name the SLOWLOG's calls.
+    skus_by_keys: dict[int, int] = {}
+    real_write_calls = redis_store_module.write_calls
+
+    def write_calls(*args: Any, **kwargs: Any) -> list[tuple[list[str], list[Any]]]:
+        calls = real_write_calls(*args, **kwargs)
+        for key_list, arguments in calls:
+            skus_by_keys[len(key_list)] = int(arguments[0])
+        return calls
+
+    redis_store_module.write_calls = write_calls  # type: ignore[assignment]
     window: dict[str, float] = {}
     sweeping = {"on": False}
     projector.decode = _timed(totals, "decode", projector.decode)  # type: ignore[method-assign]
@@ -522,14 +549,15 @@ def real_pipeline(
         backorders_module.build_changeset = original_changeset  # type: ignore[assignment]
         sweep_module.with_kits = original_with_kits  # type: ignore[assignment]
         partitions_module.commit = real_commit  # type: ignore[assignment]
+        redis_store_module.write_calls = real_write_calls  # type: ignore[assignment]
         projector.producer.producer.flush(10)
+    stored_offsets = projector.store.offsets()  # the group's, on any store
     if target is None:
-        stored = stored_offsets_total(client, settings.kafka.group_id)
+        stored = sum(stored_offsets.values())
         if stored != n:
             raise RuntimeError(f"Redis stored offsets cover {stored} messages, expected {n}")
     else:
-        raw: dict[bytes, bytes] = client.hgetall(keys.SINGLE.offsets_key(settings.kafka.group_id))  # type: ignore[assignment]
-        behind = [k for k, v in target.items() if int(raw.get(k.encode(), 0)) < v]
+        behind = [k for k, v in target.items() if stored_offsets.get(k, 0) < v]
         if behind:
             raise RuntimeError(f"Redis stored offsets are behind what was produced at {behind}")
     s = projector.stats
@@ -552,13 +580,26 @@ def real_pipeline(
         counts["kit documents checked"] = kits.check(
             client, [c.name for c in settings.channels], seed=7
         )
-    server = command_stats(client)
+    server = store.command_stats()
+    totals["redis CPU"] = store.cpu_seconds() - redis_cpu
+    shas = {
+        projector.store._write.sha: "write",
+        projector.store._read.sha: "read",
+        projector.store._advance.sha: "advance",
+    }
+    scripts = store.script_calls(shas)
+    for call in scripts:
+        if call.kind == "write":
+            call.skus = skus_by_keys.get(call.keys, -1)
+        elif call.kind == "read":
+            call.skus = call.keys // 2  # a sku hash and its dedupe marks each
+    store.stop_tracing()
     client.close()
     # Drop the wrappers (they hold the projector in a cycle) so its librdkafka clients are
     # destroyed now, while the broker still runs, not at exit.
     projector.__dict__.clear()
     gc.collect()
-    return n / elapsed, dict(totals), counts, server
+    return n / elapsed, dict(totals), counts, server, scripts
 
 
 def produce_fresh(
@@ -690,12 +731,143 @@ def add_kits(report: Report, kits: KitSetup, n: int, measured: Runs, plain: Runs
     )
 
 
+# Issue 17: how long one script may hold Redis (every read and allocation waits meanwhile).
+SCRIPT_P99_MS, SCRIPT_MAX_MS = 5.0, 20.0
+SKU_BUCKETS = (0, 50, 100, 200, 400, 800, 1600, 3200, 6400)  # skus per write script, lower bounds
+
+
+def _ms(calls: Sequence[ScriptCall], kind: str | None = None) -> list[float]:
+    return [c.duration_us / 1000 for c in calls if kind is None or c.kind == kind]
+
+
+def script_summary(calls: Sequence[ScriptCall]) -> str:
+    """One line on a run's script calls: all of them, and the write script's."""
+    every, writes = _ms(calls), [c for c in calls if c.kind == "write"]
+    skus = [c.skus for c in writes if c.skus >= 0]
+    return (
+        f"{len(every)} script calls, p50 {percentile(every, 50):.2f} / p99 "
+        f"{percentile(every, 99):.1f} / max {max(every, default=0):.1f} ms; {len(writes)} "
+        f"writes of {statistics.median(skus) if skus else 0:,.0f} skus (median)"
+    )
+
+
+def add_stores(
+    report: Report,
+    stores: dict[str, Store],
+    pipeline: list[float],
+    store_rates: dict[str, list[float]],
+    scripts: dict[str, list[list[ScriptCall]]],
+    counts: dict[str, list[dict[str, int]]],
+    redis_cpu: dict[str, list[float]],
+    n: int,
+) -> None:
+    """Fold events/s on each other store, and every store's script time per call (SLOWLOG),
+    beside one Redis with one shard in the same run."""
+    base = "the same pipeline on one Redis, 1 shard (same run)"
+    for spec, rates in store_rates.items():
+        store = stores[spec]
+        targets = [("ratio", ">=", 0.8)] if store.cluster else []
+        report.add(Figure(f"fold end to end on {store.label}", "events/s", rates, base, pipeline,
+                          targets, informative=not targets))  # fmt: skip
+    single = scripts["single"]
+    for spec, runs in scripts.items():
+        label = stores[spec].label
+        baseline = "one Redis, 1 shard (same run)" if spec != "single" else ""
+        for name, p, targets in (
+            ("p50", 50.0, []),
+            ("p99", 99.0, [("value", "<=", SCRIPT_P99_MS)]),
+            ("max", 100.0, [("value", "<=", SCRIPT_MAX_MS)]),
+        ):
+            report.add(Figure(
+                f"script (EVALSHA) per call, {name}: {label}", "ms",
+                [percentile(_ms(calls), p) for calls in runs], baseline,
+                [percentile(_ms(calls), p) for calls in single] if baseline else [],
+                targets,  # type: ignore[arg-type]
+            ))  # fmt: skip
+        for kind in ("write", "read"):
+            report.add(Figure(
+                f"  {kind} script per call, p99 / max: {label}", "ms",
+                [percentile(_ms(calls, kind), 99) for calls in runs],
+                "the same, max", [max(_ms(calls, kind), default=0.0) for calls in runs],
+                informative=True,
+            ))  # fmt: skip
+        report.add(Figure(
+            f"  skus per write script (median): {label}", "skus",
+            [statistics.median([c.skus for c in calls if c.kind == "write"] or [0])
+             for calls in runs], informative=True,
+        ))  # fmt: skip
+        report.add(Figure(
+            f"  write script time per sku written (median call): {label}", "us/sku",
+            [statistics.median([c.duration_us / c.skus for c in calls
+                                if c.kind == "write" and c.skus > 0] or [0.0])
+             for calls in runs], informative=True,
+        ))  # fmt: skip
+        report.add(Figure(
+            f"  Redis CPU over the run / the scripts' wall time: {label}", "share",
+            [cpu / max(1e-9, sum(_ms(calls)) / 1000)
+             for cpu, calls in zip(redis_cpu[spec], runs, strict=True)], informative=True,
+        ))  # fmt: skip
+        report.add(Figure(
+            f"  script calls per run (write / all): {label}", "calls",
+            [sum(c.kind == "write" for c in calls) for calls in runs], "all scripts",
+            [len(calls) for calls in runs], informative=True,
+        ))  # fmt: skip
+    # How the write script's time grows with the skus it writes, over every store's calls.
+    writes = [c for runs in scripts.values() for calls in runs for c in calls
+              if c.kind == "write" and c.skus > 0]  # fmt: skip
+    buckets: dict[str, list[float]] = defaultdict(list)
+    for c in writes:
+        low = max(b for b in SKU_BUCKETS if b <= c.skus)
+        buckets[f">={low}"].append(c.duration_us / 1000)
+    rows = {k: buckets[k] for k in (f">={b}" for b in SKU_BUCKETS) if k in buckets}
+    if rows:
+        title = "write script: ms per call by skus written (median, all stores)"
+        report.series[title] = {"median": {k: statistics.median(v) for k, v in rows.items()},
+                                "max": {k: max(v) for k, v in rows.items()}}  # fmt: skip
+        report.series_unit[title] = "ms"
+        report.series_kind[title] = "bar"
+        report.notes.append(
+            "write script time by skus it wrote (calls, median / p99 / max ms): "
+            + "; ".join(f"{k} skus: {len(v)}, {statistics.median(v):.2f} / "
+                        f"{percentile(v, 99):.2f} / {max(v):.2f}" for k, v in rows.items())
+        )  # fmt: skip
+    per_sku = [c.duration_us / c.skus for c in writes if c.skus >= 50]
+    if per_sku:
+        rate = statistics.median(per_sku)
+        report.notes.append(
+            f"write scripts of 50 skus or more: median {rate:.0f} us per sku written (wall "
+            f"time, {len(per_sku)} calls), so the p99 target of {SCRIPT_P99_MS:g} ms is about "
+            f"{SCRIPT_P99_MS * 1000 / rate:,.0f} skus per script at that rate"
+        )
+    for spec, runs in counts.items():
+        batches = [c["batches"] for c in runs]
+        report.notes.append(
+            f"{stores[spec].label}: consumer batches per run {batches} "
+            f"({statistics.median(n / b for b in batches if b):,.0f} messages per batch, median)"
+        )
+    report.details["script_calls"] = {
+        spec: [[(c.kind, c.duration_us, c.skus, c.node) for c in calls] for calls in runs]
+        for spec, runs in scripts.items()
+    }
+    report.notes.append(
+        "script time: each primary's SLOWLOG (slowlog-log-slower-than 0, max-len 1,000,000; "
+        "checked not to overflow) over the whole run, EVALSHA calls only (the consumer's read, "
+        "write and offsets scripts, named by sha1); a Redis Cluster has 3 primaries and no "
+        "replicas, on this machine's cores with everything else"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     def options(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             "--backordered", type=float, default=0.0, metavar="SHARE",
             help="also fold the workload with this share of its reservations made as atp's "
             "backorders (e.g. 0.05), beside the plain one",
+        )  # fmt: skip
+        parser.add_argument(
+            "--stores", default="single", metavar="SPECS",
+            help="comma-separated Redis layouts to fold into, each beside one Redis with one "
+            f"shard (single) in the same run: {STORE_SPECS}; e.g. single/16,single/64,cluster",
         )  # fmt: skip
         parser.add_argument(
             "--kits", action="store_true",
@@ -709,12 +881,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 0.0 <= args.backordered <= 1.0:
         raise SystemExit("--backordered is a share, between 0 and 1")
     backordered: float = args.backordered
+    specs = ["single"] + [x for x in (t.strip() for t in args.stores.split(",")) if x != "single"]
+    for spec in specs:
+        Store.parse(spec)  # a wrong spec stops here, before anything starts
+    if len(specs) > 1 and (backordered or args.kits):
+        raise SystemExit("--stores runs the plain workload only: not with --backordered or --kits")
     stop_on_sigterm()
     size = SIZES[args.size]
     n = size["events"]
     report = Report("fold", args.size, "Fold: broker -> decode -> fold -> projection -> Redis")
     with Bench("fold") as bench:
-        redis_url = bench.start_redis()
+        stores = {spec: bench.start_store(spec) for spec in specs}
+        single = stores["single"]
+        redis_url = single.url
         bootstrap = bench.start_broker()
         text = bench_config(
             redis_url,
@@ -728,6 +907,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "events": n, "skus": size["skus"], "locations": len(LOCATIONS),
             "channels": len(settings.channels), "partitions": PARTITIONS,
             "batch_size": settings.consumer.batch_size, "runs": args.runs,
+            "stores": specs,
         }  # fmt: skip
         with timed(f"generate {n} events"):
             messages = generate(settings, n, size["skus"])
@@ -760,6 +940,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         stages: list[dict[str, float]] = []
         counts: list[dict[str, int]] = []
         servers: list[dict[str, dict[str, float]]] = []
+        scripts: dict[str, list[list[ScriptCall]]] = {spec: [] for spec in specs}
+        store_rates: dict[str, list[float]] = {spec: [] for spec in specs[1:]}
+        store_counts: dict[str, list[dict[str, int]]] = {spec: [] for spec in specs}
+        redis_cpu: dict[str, list[float]] = {spec: [] for spec in specs}
+        store_stages: dict[str, list[dict[str, float]]] = {spec: [] for spec in specs[1:]}
         bo_rates: list[float] = []
         bo_stages: list[dict[str, float]] = []
         bo_counts: list[dict[str, int]] = []
@@ -768,13 +953,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         kit_counts: list[dict[str, int]] = []
         kit_servers: list[dict[str, dict[str, float]]] = []
         kinds_run = (["baseline", "pipeline"] + (["backordered"] if backordered else [])
-                     + (["kits"] if kit_setup else []))  # fmt: skip
+                     + (["kits"] if kit_setup else [])
+                     + [f"store {spec}" for spec in specs[1:]])  # fmt: skip
 
-        def run_config(prefix: str, group_id: str, ledger: str) -> Settings:
+        def run_config(prefix: str, group_id: str, ledger: str, store: Store = single) -> Settings:
             """A run's settings: its own group and ledger (and topics, with ``prefix``)."""
             text = bench_config(
-                redis_url, bootstrap, prefix=prefix, group_id=group_id,
-                ledger_dir=bench.tmp / ledger,
+                store.url, bootstrap, prefix=prefix, group_id=group_id,
+                ledger_dir=bench.tmp / ledger, redis_table=store.redis_table,
             )  # fmt: skip
             return parse_config(text)
 
@@ -796,7 +982,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 with timed(f"run {run + 1}/{args.runs} {which}"):
                     if which == "backordered":
                         assert fresh is not None
-                        rate, stage, count, _ = real_pipeline(fresh, n, bench, fresh_target)
+                        rate, stage, count, _, _ = real_pipeline(fresh, n, single, fresh_target)
                         bo_rates.append(rate)
                         bo_stages.append(stage)
                         bo_counts.append(count)
@@ -806,8 +992,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         kit_settings = kit_setup.settings(
                             run_config("fold", f"fold-kits-{run}", f"ledger-kits-{run}")
                         )
-                        rate, stage, count, server = real_pipeline(
-                            kit_settings, n, bench, produced, kit_setup, drain=True
+                        rate, stage, count, server, _ = real_pipeline(
+                            kit_settings, n, single, produced, kit_setup, drain=True
                         )
                         kit_rates.append(rate)
                         kit_stages.append(stage)
@@ -817,6 +1003,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                             f"{stage['due set empty']:.2f}s after the last write; "
                             f"kits computed {count['kits computed']:,} "
                             f"(+{count['kits computed after the last write']:,} after)")  # fmt: skip
+                    elif which.startswith("store "):
+                        spec = which.removeprefix("store ")
+                        tag = spec.replace("/", "-")
+                        rate, stage, count, _, calls = real_pipeline(
+                            run_config("fold", f"fold-{tag}-{run}", f"ledger-{tag}-{run}",
+                                       stores[spec]),
+                            n, stores[spec],
+                        )  # fmt: skip
+                        store_rates[spec].append(rate)
+                        store_counts[spec].append(count)
+                        redis_cpu[spec].append(stage["redis CPU"])
+                        store_stages[spec].append(stage)
+                        scripts[spec].append(calls)
+                        say(f"    {rate:,.0f} events/s; {script_summary(calls)}")
                     elif which == "baseline":
                         baseline.append(raw_consume(settings, n, f"raw-{run}"))
                         say(f"    {baseline[-1]:,.0f} events/s")
@@ -825,14 +1025,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                         # With --kits, timed as the kits runs: to the write that stored
                         # the last produced offsets.
                         plain_target = fresh_target or (produced if kit_setup else None)
-                        rate, stage, count, server = real_pipeline(
-                            run_settings, n, bench, plain_target, drain=kit_setup is not None
+                        rate, stage, count, server, calls = real_pipeline(
+                            run_settings, n, single, plain_target, drain=kit_setup is not None
                         )
                         pipeline.append(rate)
                         stages.append(stage)
                         counts.append(count)
                         servers.append(server)
-                        say(f"    {rate:,.0f} events/s")
+                        scripts["single"].append(calls)
+                        store_counts["single"].append(count)
+                        redis_cpu["single"].append(stage["redis CPU"])
+                        say(f"    {rate:,.0f} events/s; {script_summary(calls)}")
 
     report.add(Figure("fold end to end (1 consumer process)", "events/s", pipeline,
                       "raw consume + msgspec decode", baseline,
@@ -843,6 +1046,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if kit_setup is not None:
         add_kits(report, kit_setup, n, (kit_rates, kit_stages, kit_counts, kit_servers),
                  (pipeline, stages, counts, servers))  # fmt: skip
+    add_stores(report, stores, pipeline, store_rates, scripts, store_counts, redis_cpu, n)
+    for spec, runs in store_stages.items():  # where the time goes, beside one Redis
+        for st in ("redis read", "redis write", "outbox publish", "consumer process CPU"):
+            report.add(Figure(f"  {stores[spec].label}: {st}", "us/event",
+                              [s.get(st, 0.0) / n * 1e6 for s in runs], "one Redis, 1 shard",
+                              [s.get(st, 0.0) / n * 1e6 for s in stages], informative=True))  # fmt: skip
+    report.details["store_stages_seconds"] = store_stages
     per_stage = {
         st: statistics.median(s.get(st, 0.0) / s["elapsed"] for s in stages) for st in STAGES
     }

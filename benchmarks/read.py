@@ -33,7 +33,17 @@ beside the plain ones (same wrk settings, which first alternating by run): kit r
 at 32 connections against plain (target >= 1/1.2) and kit p50 at 1 and 32 connections
 against plain (target <= 1.2x); p99 and the cold pass are informative.
 
-``python -m benchmarks.read --size small|full``
+With ``--stores cluster`` (or any of ``single/N``, ``cluster/N``, comma-separated) the run
+is instead the same single-sku read on each of those Redis layouts beside one Redis with one
+shard, each with its own `atp serve --workers 2` started side by side: the same skus
+preloaded into each (the consumer's ``apply()``), every server warmed the same way, then
+wrk at 32 and 1 connections against each, which first rotating by run. The cluster is 3
+primaries with no replicas. Figures: requests/s @32 (target >= 0.9x one Redis for a
+cluster), p50/p99 @1 and @32, and the cold first pass (each worker's cache misses go to
+Redis) as informative rows. No SQL, kits or bulk rows in this mode (kits are refused on a
+cluster).
+
+``python -m benchmarks.read --size small|full [--stores single/16,cluster]``
 """
 
 from __future__ import annotations
@@ -65,14 +75,17 @@ except ModuleNotFoundError as error:  # an older .venv, made before asyncpg was 
     raise SystemExit(
         "asyncpg (the SQL baseline's driver) is not installed: run `.venv/bin/pip install -e '.[dev]'`"
     ) from None
+from atp_service.config import parse_config
 from benchmarks.common import (
     API_KEY,
     CHANNELS,
     LOCATIONS,
+    STORE_SPECS,
     WORKERS,
     Bench,
     Figure,
     Report,
+    Store,
     WrkResult,
     apply_events,
     bench_config,
@@ -337,8 +350,143 @@ def check_sql(port: int, rows: sql_app.Rows, skus: Sequence[str]) -> None:
             raise RuntimeError("SQL endpoint: an unknown channel is not 404")
 
 
+def warm(url: str, script: Path, n_skus: int, seconds: float) -> list[WrkResult]:
+    """wrk passes at 32 connections until every API worker has likely seen every sku (>= 4
+    requests per sku per worker) and the rate has settled; the first pass is the cold one."""
+    passes: list[WrkResult] = []
+    while True:
+        passes.append(run_wrk(url, connections=32, threads=2, duration_s=seconds, script=script,
+                              headers=[AUTH]))  # fmt: skip
+        done = sum(r.requests for r in passes)
+        last = [r.requests_per_s for r in passes[-2:]]
+        settled = len(last) > 1 and last[1] < 1.1 * last[0]
+        if (done >= 4 * n_skus * WORKERS and settled) or len(passes) >= 30:
+            return passes
+
+
+def compare_stores(args: Any, specs: list[str]) -> int:
+    """The single-sku read on each Redis layout in ``specs``, beside one Redis, 1 shard."""
+    size = SIZES[args.size]
+    report = Report("read-stores", args.size, "Read: GET one sku, Redis layouts side by side")
+    skus = [sku_name(i) for i in range(1, size["skus"] + 1)]
+    report.parameters = {
+        "skus": size["skus"], "workers": WORKERS, "wrk_seconds": size["duration"],
+        "runs": args.runs, "preload": "direct", "channel": CHANNEL, "stores": specs,
+    }  # fmt: skip
+    with Bench("read-stores") as bench:
+        ports: dict[str, int] = {}
+        labels: dict[str, str] = {}
+        stores: dict[str, Store] = {}
+        for spec in specs:
+            store = stores[spec] = bench.start_store(spec)
+            labels[spec] = store.label
+            tag = spec.replace("/", "-")
+            text = bench_config(store.url, ledger_dir=bench.tmp / f"ledger-{tag}",
+                                redis_table=store.redis_table)  # fmt: skip
+            bench.config_path = bench.tmp / f"atp-{tag}.toml"
+            bench.config_path.write_text(text)
+            bench.settings = parse_config(text)
+            with timed(f"{store.label}: preload {len(skus)} skus (direct)"):
+                projector = direct_projector(bench.settings)
+                projector.ensure_initialized()
+                workload = Workload(skus, bench.settings.locations, channel_locations(), seed=3)
+                items = [*workload.opening_stock(), *workload.events(size["extra_events"])]
+                apply_events(projector, [decode(msgspec.json.encode(e)) for _, _, e in items])
+                docs = projector.store.documents([(CHANNEL, sku) for sku in skus])
+                if len(docs) != len(skus):
+                    raise RuntimeError(f"{store.label}: {len(skus) - len(docs)} skus not stored")
+            api = bench.start_api()  # with this store's config
+            ports[spec] = api.port or 0
+            sample = skus[len(skus) // 2]
+            got = httpx.get(f"http://127.0.0.1:{api.port}/v1/availability/{CHANNEL}/{sample}",
+                            headers={"Authorization": f"Bearer {API_KEY}"})  # fmt: skip
+            if got.status_code != 200 or got.content != docs[(CHANNEL, sample)]:
+                raise RuntimeError(f"{store.label}: the API does not return the stored document: "
+                                   f"{got.status_code} {got.text[:300]}")  # fmt: skip
+        paths = [f"/v1/availability/{CHANNEL}/{s}" for s in skus]
+        random.Random(5).shuffle(paths)
+        script = lua_get_paths(bench.tmp / "get.lua", paths)
+        cold: dict[str, float] = {}
+        with timed("warm-up"):
+            for spec in specs:
+                passes = warm(f"http://127.0.0.1:{ports[spec]}/", script, len(skus), size["warmup"])
+                cold[spec] = passes[0].requests_per_s
+                say(f"    {labels[spec]}: {len(passes)} passes, {passes[0].requests_per_s:,.0f} "
+                    f"-> {passes[-1].requests_per_s:,.0f} req/s")  # fmt: skip
+        c32: dict[str, list[WrkResult]] = {spec: [] for spec in specs}
+        c1: dict[str, list[WrkResult]] = {spec: [] for spec in specs}
+        for store in stores.values():
+            store.reset_stats()
+        for run in range(args.runs):
+            with timed(f"run {run + 1}/{args.runs}"):
+                for spec in specs[run % len(specs) :] + specs[: run % len(specs)]:
+                    for runs_of, connections, threads in ((c32, 32, 2), (c1, 1, 1)):
+                        runs_of[spec].append(run_wrk(
+                            f"http://127.0.0.1:{ports[spec]}/", connections=connections,
+                            threads=threads, duration_s=size["duration"], script=script,
+                            headers=[AUTH],
+                        ))  # fmt: skip
+                say("    " + "; ".join(f"{labels[x]} {c32[x][-1].requests_per_s:,.0f} req/s"
+                                       for x in specs))  # fmt: skip
+        # Where a read's time goes in Redis: commands per request served, over the runs.
+        for spec, store in stores.items():
+            served = sum(r.requests for r in c32[spec] + c1[spec])
+            stats = sorted(store.command_stats().items(), key=lambda kv: -kv[1]["calls"])
+            report.details.setdefault("redis_commandstats", {})[spec] = dict(stats)
+            report.notes.append(
+                f"{labels[spec]}: Redis commands over the measured runs ({served:,} reads "
+                "served; the other servers' runs between them included), per read: "
+                + ", ".join(f"{name} {v['calls'] / served:.3f} ({v['usec'] / 1e3:,.0f} ms in all)"
+                            for name, v in stats[:5])
+            )  # fmt: skip
+
+    base = "one Redis, 1 shard (same run)"
+    for spec in specs[1:]:
+        label = labels[spec]
+        targets = [("ratio", ">=", 0.9)] if spec.startswith("cluster") else []
+        report.add(Figure(f"GET one sku: requests/s @32 conns, {label}", "req/s",
+                          [r.requests_per_s for r in c32[spec]], base,
+                          [r.requests_per_s for r in c32["single"]], targets,  # type: ignore[arg-type]
+                          informative=not targets))  # fmt: skip
+        for conns, results in (("1", c1), ("32", c32)):
+            for p in ("50", "99"):
+                report.add(Figure(f"  p{p} @{conns} conn, {label}", "ms",
+                                  [r.latency_ms[p] for r in results[spec]], base,
+                                  [r.latency_ms[p] for r in results["single"]],
+                                  informative=True))  # fmt: skip
+        report.add(Figure(f"  cold caches (first pass, misses go to Redis) @32, {label}",
+                          "req/s", [cold[spec]], base, [cold["single"]], informative=True))  # fmt: skip
+    report.details["wrk"] = {
+        "c32": {n: [r.__dict__ for r in rs] for n, rs in c32.items()},
+        "c1": {n: [r.__dict__ for r in rs] for n, rs in c1.items()},
+        "cold_req_per_s": cold,
+    }
+    report.notes.append(
+        "every store has its own `atp serve --workers 2` (granian), started side by side; wrk, "
+        "the servers and every redis-server share this machine's two cores"
+    )
+    report.finish()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args("read benchmark: single-sku and bulk reads vs baselines", argv)
+    def options(parser: Any) -> None:
+        parser.add_argument(
+            "--stores", default="", metavar="SPECS",
+            help="instead, the single-sku read on these Redis layouts (comma-separated), each "
+            f"beside one Redis with one shard in the same run: {STORE_SPECS}",
+        )  # fmt: skip
+
+    args = parse_args("read benchmark: single-sku and bulk reads vs baselines", argv, options)
+    if args.stores:
+        specs = ["single"] + [
+            x for x in (t.strip() for t in args.stores.split(",")) if x != "single"
+        ]
+        for spec in specs:
+            Store.parse(spec)
+        stop_on_sigterm()
+        ensure_wrk()
+        return compare_stores(args, specs)
     stop_on_sigterm()
     ensure_wrk()
     binaries = postgres.ensure_postgres()
