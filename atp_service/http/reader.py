@@ -5,10 +5,11 @@ hit) or one Redis round trip (miss); it never aggregates and never encodes.
 
 Freshness: every write script SPUBLISHes the skus it rewrote on its shard's channel
 (``Layout.invalidations``, sharded pub/sub, served by the node that holds the shard); a task
-here drops those entries. Another task SPUBLISHes a heartbeat on every shard's channel every
-``HEARTBEAT_S``. Redis delivers a channel's messages in publish order, so once the heartbeat
-published on a shard's channel at time t has arrived, every invalidation of that shard
-published before t has been applied. The cache is consulted only while, for every shard,
+here drops those entries. Another task SPUBLISHes a heartbeat every ``HEARTBEAT_S`` on one
+shard channel of each node (a single Redis is one node). A node delivers the messages it
+publishes to one subscriber connection in publish order, whatever their shard channel, so
+once the heartbeat a node published at time t has arrived, every invalidation that node
+published before t has been applied. The cache is consulted only while, for every node,
 the newest heartbeat received was published less than ``staleness_s`` ago; otherwise reads
 go to Redis. A cached value is therefore never older than what Redis holds by more than
 ``staleness_s`` (default 250 ms), on a single Redis and on a cluster alike.
@@ -59,7 +60,10 @@ class AvailabilityReader:
         self._channels = {
             layout.invalidations(shard).encode(): shard for shard in range(layout.shards)
         }
-        self._beats = [0.0] * layout.shards  # per shard, the newest heartbeat's send time
+        # Node of each shard as the heartbeat last found it (one node on a single Redis), and
+        # per node the newest heartbeat's send time.
+        self._node_of = ["redis"] * layout.shards
+        self._beats: dict[str, float] = {}
         self.projector = projector
         self.staleness_s = staleness_s
         self.max_entries = max_entries
@@ -209,7 +213,7 @@ class AvailabilityReader:
                 # Anything may have changed while we were not subscribed.
                 self._cache.clear()
                 self._generation += 1
-                self._beats = [0.0] * self.layout.shards
+                self._beats = {}
                 # A cluster's messages come from several nodes, polled in turn: a short
                 # wait on each.
                 wait = 1.0 if self.layout.shards == 1 else 0.005
@@ -228,8 +232,11 @@ class AvailabilityReader:
                                 channel if isinstance(channel, bytes) else str(channel).encode()
                             )
                             if shard is not None:
-                                self._beats[shard] = float(text.rsplit("@", 1)[1])
-                                self._fresh_until = min(self._beats) + self.staleness_s
+                                self._beats[self._node_of[shard]] = float(text.rsplit("@", 1)[1])
+                                nodes = set(self._node_of)
+                                if nodes <= self._beats.keys():
+                                    oldest = min(self._beats[n] for n in nodes)
+                                    self._fresh_until = oldest + self.staleness_s
                         continue
                     self.invalidate(text.split("\n"))
             except asyncio.CancelledError:
@@ -242,15 +249,30 @@ class AvailabilityReader:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(pubsub.aclose(), timeout=1.0)
 
+    def _shards_by_node(self) -> dict[str, list[int]]:
+        """The shards each node holds now (on a cluster, from the client's slot map)."""
+        locate = getattr(self.client, "get_node_from_key", None)
+        if locate is not None:
+            self._node_of = [
+                locate(self.layout.marker_key(s)).name for s in range(self.layout.shards)
+            ]
+        by_node: dict[str, list[int]] = {}
+        for shard, node in enumerate(self._node_of):
+            by_node.setdefault(node, []).append(shard)
+        return by_node
+
     async def _heartbeat(self) -> None:
         while not self._stopping:
             try:
                 # No heartbeat on a shard whose projection is lost: the cache stops being
                 # used.
                 beat = f"{self._token}@{time.monotonic():.6f}"
-                for shard in range(self.layout.shards):
-                    if await self.client.exists(self.layout.marker_key(shard)):
-                        await self.client.spublish(self.layout.invalidations(shard), beat)
+                for shards in self._shards_by_node().values():
+                    pipe = self.client.pipeline(transaction=False)
+                    for shard in shards:
+                        pipe.exists(self.layout.marker_key(shard))
+                    if all(await pipe.execute()):
+                        await self.client.spublish(self.layout.invalidations(shards[0]), beat)
             except asyncio.CancelledError:
                 raise
             except Exception:  # the listener notices the silence and stops using the cache

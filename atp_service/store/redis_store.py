@@ -433,10 +433,17 @@ class RedisStore:
         if len(calls) == 1:
             conflicts = _conflicts(parts[0][1], self._write(keys=calls[0][0], args=calls[0][1]))
         elif self.cluster:
-            # One call per shard: a script is loaded node by node, and a node that took
-            # over a shard may not have it yet (the call loads it).
-            replies = [self._write(keys=k, args=a) for k, a in calls]
-            conflicts = _landed(parts, replies)
+            # The parts go to their nodes together. A script is loaded node by node: a node
+            # that has not seen it yet (a replica that took over) gets it, and the part,
+            # again through the script object.
+            pipe = self.client.pipeline(transaction=False)
+            for key_list, args in calls:
+                pipe.evalsha(self._write.sha, len(key_list), *key_list, *args)
+            replies: list[Any] = pipe.execute(raise_on_error=False)
+            for i, reply in enumerate(replies):
+                if isinstance(reply, redis.exceptions.NoScriptError):
+                    replies[i] = self._write(keys=calls[i][0], args=calls[i][1])
+            conflicts = _landed(parts, _raised(replies))
         else:
             pipe = self.client.pipeline(transaction=False)
             for key_list, args in calls:
