@@ -58,7 +58,7 @@ from streams.logs import HEADER as CORRELATION_HEADER
 from streams.logs import correlation_id
 from streams.projector import Projector
 from streams.state import NO_PROMISE, US_PER_DAY, SkuState, from_day, from_us
-from streams.store import ProjectionMissing
+from streams.store import ProjectionMissing, Snapshot
 
 MAX_ATTEMPTS: Final = 50
 ALLOCATED_UNITS: Final = Counter(
@@ -508,16 +508,7 @@ class Allocator:
             for h in (h for o in current if o.result.status != "released" for h in o.held):
                 by_sku.setdefault(h.sku, set()).add(h.reservation_id)
             now = self.clock()
-            states = [release(snapshot.states[sku], by_sku.get(sku, set()), now) for sku in skus]
-            changes, _ = build_replanned(
-                states,
-                snapshot.versions,
-                self.projector,
-                now,
-                self.store.window_ms * 1000,
-                seen={sku: [released_event_id(r) for r in rs] for sku, rs in by_sku.items()},
-                room=await self._room(now),
-            )
+            changes = self._released(snapshot, skus, by_sku, now, await self._room(now))
             released = [
                 msgspec.structs.replace(
                     o, result=msgspec.structs.replace(o.result, status="released")
@@ -547,6 +538,28 @@ class Allocator:
             if not await self.store.write(changes, now // 1000):
                 return released
         raise Busy("too many concurrent changes to the same skus")
+
+    def _released(
+        self,
+        snapshot: Snapshot,
+        skus: Sequence[str],
+        by_sku: Mapping[str, set[str]],
+        now: int,
+        room: Sequence[int] | None = None,
+    ) -> ChangeSet:
+        """The write that releases ``by_sku``'s reservations (sku -> reservation ids) of
+        ``skus`` as read, with the supply it frees going to their backorders (section 9)."""
+        states = [release(snapshot.states[sku], by_sku.get(sku, set()), now) for sku in skus]
+        changes, _ = build_replanned(
+            states,
+            snapshot.versions,
+            self.projector,
+            now,
+            self.store.window_ms * 1000,
+            seen={s: [released_event_id(r) for r in by_sku[s]] for s in skus if s in by_sku},
+            room=room,
+        )
+        return changes
 
     def _give_back(self, changes: ChangeSet, undone: Sequence[StoredOrder], day: int) -> None:
         """An allocation that never happened takes no capacity: its stock units come off

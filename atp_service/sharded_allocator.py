@@ -41,10 +41,8 @@ from atp_service.orders import (
     encode_stored,
     fingerprint,
     plan,
-    release,
 )
 from atp_service.store.redis_store import AsyncRedisStore
-from streams.backorders import build_replanned, released_event_id
 from streams.changeset import build_changeset
 from streams.logs import correlation_id
 
@@ -222,15 +220,7 @@ class ShardedAllocator(Allocator):
                 return
             snapshot = await self.store.read(left)
             now = self.clock()
-            states = [release(snapshot.states[sku], by_sku[sku], now) for sku in left]
-            changes, _ = build_replanned(
-                states,
-                snapshot.versions,
-                self.projector,
-                now,
-                self.store.window_ms * 1000,
-                seen={sku: [released_event_id(r) for r in by_sku[sku]] for sku in left},
-            )
+            changes = self._released(snapshot, left, by_sku, now)
             left = list(await self.store.write_each(changes, now // 1000))
         raise Busy("too many concurrent changes to the same skus")
 
