@@ -43,16 +43,18 @@ def cluster_mismatch(settings: Settings, cluster_enabled: bool) -> ConfigError |
     return None
 
 
-def check_redis_mode(settings: Settings) -> None:
-    """Raise ConfigError if the server answers and is a cluster node where the config says
-    it is not, or the reverse; a server that does not answer is not checked."""
-    client = redis.Redis.from_url(settings.redis.url, socket_connect_timeout=2.0)
+def check_redis_mode(settings: Settings, client: redis.Redis | None = None) -> None:
+    """Raise ConfigError if the server (``client``'s, or the url's) answers and is a cluster
+    node where the config says it is not, or the reverse; one that does not answer is not
+    checked."""
+    plain = client or redis.Redis.from_url(settings.redis.url, socket_connect_timeout=2.0)
     try:
-        enabled = bool(client.info("cluster").get("cluster_enabled"))
+        enabled = bool(plain.info("cluster").get("cluster_enabled"))
     except (redis.RedisError, OSError):  # down now: whoever uses it waits for it
         return
     finally:
-        client.close()
+        if client is None:
+            plain.close()
     mismatch = cluster_mismatch(settings, enabled)
     if mismatch is not None:
         raise mismatch
@@ -78,14 +80,15 @@ def sync_redis(settings: Settings, retry_s: float = 1.0) -> redis.Redis:
                     check_redis_mode(settings)
                 log.warning("no Redis Cluster node answers (%s); retrying", exc)
                 time.sleep(retry_s)
-    check_redis_mode(settings)
-    return redis.Redis.from_url(
+    client = redis.Redis.from_url(
         settings.redis.url,
         socket_connect_timeout=2.0,
         socket_timeout=10.0,
         health_check_interval=5,
         command_packer=ChunkedPacker(),
     )
+    check_redis_mode(settings, client)
+    return client
 
 
 def layout_for(settings: Settings) -> keys.Layout:

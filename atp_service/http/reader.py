@@ -63,6 +63,8 @@ class AvailabilityReader:
         # Node of each shard as the heartbeat last found it (one node on a single Redis), and
         # per node the newest heartbeat's send time.
         self._node_of = ["redis"] * layout.shards
+        # A cluster client says which node holds a key; a single Redis is one node.
+        self._locate = getattr(client, "get_node_from_key", None)
         self._beats: dict[str, float] = {}
         self.projector = projector
         self.staleness_s = staleness_s
@@ -216,7 +218,7 @@ class AvailabilityReader:
                 self._beats = {}
                 # A cluster's messages come from several nodes, polled in turn: a short
                 # wait on each.
-                wait = 1.0 if self.layout.shards == 1 else 0.005
+                wait = 0.005 if self._locate is not None else 1.0
                 while not self._stopping:
                     message = await pubsub.get_sharded_message(
                         ignore_subscribe_messages=True, timeout=wait
@@ -251,10 +253,9 @@ class AvailabilityReader:
 
     def _shards_by_node(self) -> dict[str, list[int]]:
         """The shards each node holds now (on a cluster, from the client's slot map)."""
-        locate = getattr(self.client, "get_node_from_key", None)
-        if locate is not None:
+        if self._locate is not None:
             self._node_of = [
-                locate(self.layout.marker_key(s)).name for s in range(self.layout.shards)
+                self._locate(self.layout.marker_key(s)).name for s in range(self.layout.shards)
             ]
         by_node: dict[str, list[int]] = {}
         for shard, node in enumerate(self._node_of):

@@ -1,13 +1,15 @@
-"""The Redis adapter: read sku states and dedupe marks, apply a ChangeSet in one script.
+"""The Redis adapter: read sku states and dedupe marks, apply a ChangeSet in one script per
+shard it touches (streams/shards.py; one script on a single Redis with one shard).
 
 Concurrency is optimistic: every sku hash carries a version; a write names the versions it
-read and the script refuses the whole batch (before writing anything) if any moved, e.g.
+read and a shard's script refuses its part (before writing anything) if any moved, e.g.
 because the API reserved stock meanwhile. The caller then re-reads and re-folds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from importlib import resources
@@ -172,7 +174,7 @@ def split(changes: ChangeSet, layout: keys.Layout, cluster: bool) -> list[tuple[
     """The parts of ``changes`` per shard, each written by one script. A sku's write, dedupe
     marks, line records, changes-feed entries, outbox entries and ledger rows go with its
     shard; every part moves the shard's offsets. Keys of no shard (orders, capacity counts)
-    go with the first part; on a cluster that is refused unless there is one part."""
+    are refused with several shards: orders are then written in steps."""
     if layout.shards == 1:
         return [(0, changes)]
     shard = layout.shard
@@ -185,7 +187,6 @@ def split(changes: ChangeSet, layout: keys.Layout, cluster: bool) -> list[tuple[
                 offsets=changes.offsets,
                 outbox_id=changes.outbox_id,
                 assumed_server=changes.assumed_server,
-                capacity_day=changes.capacity_day,
             )
         return found
 
@@ -210,13 +211,11 @@ def split(changes: ChangeSet, layout: keys.Layout, cluster: bool) -> list[tuple[
         if cluster and shard(check[0]) != shard(check[2]):
             raise SpansShards(f"kit {check[2]} and its component {check[0]}")
         part(shard(check[2])).checks.append(check)
-    first = parts[min(parts)] if parts else part(0)
-    first.outbox.update(loose)
     if changes.puts or changes.capacity:
         # Orders and capacity counts are keys of no shard: with several shards an order is
         # written in steps (atp_service/sharded_allocator.py), never with them.
         raise SpansShards("a write of orders or capacity counts over several shards")
-        first.capacity = changes.capacity
+    (parts[min(parts)] if parts else part(0)).outbox.update(loose)
     return sorted(parts.items())
 
 
@@ -287,6 +286,12 @@ def _conflicts(changes: ChangeSet, reply: list[Any]) -> list[str]:
             raise PutExists(changes.puts[-index - 1][0])
         out.append(changes.skus[index - 1].sku)
     return out
+
+
+def _order(raw: bytes | None) -> StoredOrder | None:
+    """An order record, or None: absent, or still being written (a pending record of
+    atp_service/sharded_allocator.py, which is not JSON)."""
+    return decode_stored(raw) if raw and raw[:1] == b"{" else None
 
 
 def capacity_counts(raw: Mapping[bytes, bytes]) -> dict[str, int]:
@@ -432,10 +437,10 @@ class RedisStore:
         )  # fmt: skip
         if len(calls) == 1:
             conflicts = _conflicts(parts[0][1], self._write(keys=calls[0][0], args=calls[0][1]))
-        elif self.cluster:
-            # The parts go to their nodes together. A script is loaded node by node: a node
-            # that has not seen it yet (a replica that took over) gets it, and the part,
-            # again through the script object.
+        else:
+            # The parts go together (on a cluster, each node's at once). A script is loaded
+            # server by server: one that has not seen it yet (restarted, or a replica that
+            # took over) gets it, and the part, again through the script object.
             pipe = self.client.pipeline(transaction=False)
             for key_list, args in calls:
                 pipe.evalsha(self._write.sha, len(key_list), *key_list, *args)
@@ -444,11 +449,6 @@ class RedisStore:
                 if isinstance(reply, redis.exceptions.NoScriptError):
                     replies[i] = self._write(keys=calls[i][0], args=calls[i][1])
             conflicts = _landed(parts, _raised(replies))
-        else:
-            pipe = self.client.pipeline(transaction=False)
-            for key_list, args in calls:
-                self._write(keys=key_list, args=args, client=pipe)
-            conflicts = _landed(parts, _raised(pipe.execute(raise_on_error=False)))
         if not conflicts and changes.offsets and self.layout.shards > 1:
             flat = [x for pair in changes.offsets.items() for x in pair]
             self._advance(keys=[self.layout.offsets_key(self.group_id)], args=flat)
@@ -472,8 +472,8 @@ class RedisStore:
         runs = dict(item.split("=", 1) for item in changes.assumed_server.split(";"))
         cluster: Any = self.client
         node = cluster.get_node_from_key(self.layout.due_key(shard)).name
-        changes.assumed_server = runs.get(node, "moved")
-        return changes
+        # A copy: with one shard the part is the caller's own change set.
+        return dataclasses.replace(changes, assumed_server=runs.get(node, "moved"))
 
     def marker(self) -> str | None:
         """The projection marker, or None when a shard lacks it (lost its data)."""
@@ -591,11 +591,8 @@ class RedisStore:
         for order_id in order_ids:
             pipe.get(self.layout.order_key(order_id))
         found: list[bytes | None] = pipe.execute()
-        stored = {
-            o: decode_stored(raw)
-            for o, raw in zip(order_ids, found, strict=True)
-            if raw and raw[:1] == b"{"  # not a record still being written
-        }
+        records = {o: _order(raw) for o, raw in zip(order_ids, found, strict=True)}
+        stored = {o: order for o, order in records.items() if order is not None}
         wanted = [(o, line) for o, order in stored.items() for line in backordered_lines(order)]
         pipe = self.client.pipeline(transaction=False)
         for order_id, line in wanted:
@@ -637,18 +634,18 @@ class AsyncRedisStore:
         return _snapshot(replies)
 
     async def write(self, changes: ChangeSet, now_ms: int) -> list[str]:
-        """As RedisStore.write, for the API's writes (they move no offsets)."""
+        """As RedisStore.write, for an API write of one shard (it moves no offsets): the
+        skus whose version moved, or []. A write over several shards goes through
+        ``write_each`` (atp_service/sharded_allocator.py)."""
         parts = split(changes, self.layout, self.cluster)
-        calls = write_calls(
-            parts, layout=self.layout, group_id=self.group_id, now_ms=now_ms,
-            window_ms=self.window_ms,
+        if len(parts) > 1:
+            raise SpansShards("an API write over several shards")
+        ((shard, part),) = parts
+        key_list, args = script_arguments(
+            part, group_id=self.group_id, now_ms=now_ms,
+            seen_cutoff_ms=now_ms - self.window_ms, layout=self.layout, shard=shard,
         )  # fmt: skip
-        if len(calls) == 1:
-            return _conflicts(parts[0][1], await self._write(keys=calls[0][0], args=calls[0][1]))
-        pipe = self.client.pipeline(transaction=False)
-        for key_list, args in calls:
-            await self._write(keys=key_list, args=args, client=pipe)
-        return _landed(parts, _raised(await pipe.execute(raise_on_error=False)))
+        return _conflicts(part, await self._write(keys=key_list, args=args))
 
     async def write_each(self, changes: ChangeSet, now_ms: int) -> list[str]:
         """Write each shard's part on its own (no keys of no shard): the skus of the parts
@@ -678,8 +675,7 @@ class AsyncRedisStore:
         for order_id in order_ids:
             pipe.get(self.layout.order_key(order_id))
         found: list[bytes | None] = await pipe.execute()
-        # A record still being written (atp_service/sharded_allocator.py) is not an order yet.
-        stored = [decode_stored(raw) if raw and raw[:1] == b"{" else None for raw in found]
+        stored = [_order(raw) for raw in found]
         wanted = [
             (i, line)
             for i, order in enumerate(stored)

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+import redis
 
 from atp_service.local.services import ClusterService
 from tests.conftest import Stack
@@ -38,6 +39,18 @@ pytestmark = [pytest.mark.faults, pytest.mark.integration]
 SEED = 7_007
 EVENTS = 12_000
 RATE = 1_500.0
+
+
+def produce_the_rest_and_wait(
+    stack: Stack, client: redis.Redis, flow: Paced, producer: Tracked
+) -> None:
+    """Produce what is left at full speed; wait until the stored offsets reach its end."""
+    flow.hurry.set()
+    flow.join(60)
+    assert flow.error is None and flow.produced == EVENTS
+    producer.flush()
+    ends = merged_ends(producer)
+    assert wait_consumed(client, stack, ends, timeout=120) == ends
 
 
 def joined(stack: Stack, n: int, timeout: float = 60.0) -> None:
@@ -75,13 +88,7 @@ def test_two_consumers_one_killed_a_third_joining_end_exact(
     third = stack.start_consumer()
     joined(stack, len(stack.processes) - 1)
     wait_applying(stack, client, third, killed_at, "the consumers after the kill")
-    flow.hurry.set()
-    flow.join(60)
-    assert flow.error is None and flow.produced == EVENTS
-    producer.flush()
-
-    ends = merged_ends(producer)
-    assert wait_consumed(client, stack, ends, timeout=120) == ends
+    produce_the_rest_and_wait(stack, client, flow, producer)
     assert_projection(client, model, " after a kill and a rebalance", stack.layout)
     for consumer in (second, third):
         consumer.send_signal(signal.SIGTERM)
@@ -125,12 +132,7 @@ def test_a_primary_failing_over_mid_stream_delays_and_verify_names_any_loss(
     victim = next(p for p in redis_cluster.primaries() if f":{p.port}/" not in settings.redis.url)
     redis_cluster.fail_over_by_kill(victim)
     try:
-        flow.hurry.set()
-        flow.join(60)
-        assert flow.error is None and flow.produced == EVENTS
-        producer.flush()
-        ends = merged_ends(producer)
-        assert wait_consumed(client, stack, ends, timeout=120) == ends
+        produce_the_rest_and_wait(stack, client, flow, producer)
         assert consumer.poll() is None, f"the consumer died:\n{tail(stack.logs())}"
         consumer.send_signal(signal.SIGTERM)
         assert consumer.wait(30) == 0, tail(stack.logs())
