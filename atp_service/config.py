@@ -44,6 +44,10 @@ class RedisSettings(_Section, frozen=True):
     # fixed for a store's life (its keys are named after them). 0: 1 on a single Redis,
     # CLUSTER_SHARDS on a cluster, enough to spread over about 8 primaries.
     shards: Annotated[int, msgspec.Meta(ge=0, le=16384)] = 0
+    # The most skus one script of the consumer writes (a batch's write goes in steps of
+    # this many, docs/architecture.md): Redis runs one script at a time, so this bounds
+    # how long an allocation or a read can wait behind the consumer.
+    skus_per_script: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 64
 
     @property
     def shard_count(self) -> int:

@@ -102,6 +102,7 @@ def store_for(settings: Settings, client: redis.Redis | None = None) -> RedisSto
         int(settings.consumer.dedupe_window_days * US_PER_DAY // 1000),
         layout_for(settings),
         settings.redis.cluster,
+        settings.redis.skus_per_script,
     )
 
 

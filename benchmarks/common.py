@@ -177,7 +177,7 @@ class Bench:
     def start_store(self, spec: str) -> Store:
         """A Redis for the service to run on, by ``Store.parse``'s spec: its own redis-server,
         or a 3-primary Redis Cluster with no replicas; stopped with the rest."""
-        cluster, shards = Store.parse(spec)
+        cluster, shards, step = Store.parse(spec)
         if cluster:
             started = start_redis_cluster(
                 self.tmp / f"cluster-{len(self.services)}", primaries=3, replicas_per_primary=0
@@ -185,11 +185,11 @@ class Bench:
             self.services.extend(started.nodes)
             primaries = started.primaries()
             return Store(spec, started.url, True, shards, [node.port for node in primaries],
-                         [node.process.pid for node in primaries])  # fmt: skip
+                         [node.process.pid for node in primaries], step)  # fmt: skip
         service = start_redis(self.tmp / f"redis-{len(self.services)}")
         self.services.append(service)
         url = f"redis://127.0.0.1:{service.port}/0"
-        return Store(spec, url, False, shards, [service.port], [service.process.pid])
+        return Store(spec, url, False, shards, [service.port], [service.process.pid], step)
 
     def start_broker(self) -> str:
         service = start_broker(log_file=self.tmp / "broker.log")
@@ -345,7 +345,10 @@ class Bench:
 
 # -- the Redis under test: one Redis with N shards, or a Redis Cluster -------------------
 
-STORE_SPECS = "single, single/N (N shards on one Redis), cluster, cluster/N"
+STORE_SPECS = (
+    "single, single/N (N shards on one Redis), cluster, cluster/N; any with :K for "
+    "[redis] skus_per_script K (e.g. single:100000, a script per shard's part of a write)"
+)
 
 
 @dataclass
@@ -371,13 +374,20 @@ class Store:
     shards: int
     ports: list[int]
     pids: list[int] = field(default_factory=list)
+    skus_per_script: int = 0  # 0: the config's default
 
     @staticmethod
-    def parse(spec: str) -> tuple[bool, int]:
-        kind, _, count = spec.partition("/")
-        if kind not in ("single", "cluster") or (count and not count.isdigit()):
+    def parse(spec: str) -> tuple[bool, int, int]:
+        """(cluster, shards, skus per script) of a spec (see STORE_SPECS)."""
+        layout, _, step = spec.partition(":")
+        kind, _, count = layout.partition("/")
+        if (
+            kind not in ("single", "cluster")
+            or (count and not count.isdigit())
+            or (step and not step.isdigit())
+        ):
             raise ValueError(f"store {spec!r}: expected one of {STORE_SPECS}")
-        return kind == "cluster", int(count or (0 if kind == "cluster" else 1))
+        return kind == "cluster", int(count or (0 if kind == "cluster" else 1)), int(step or 0)
 
     @property
     def redis_table(self) -> dict[str, object]:
@@ -385,13 +395,16 @@ class Store:
         table: dict[str, object] = {"cluster": True} if self.cluster else {}
         if self.shards:
             table["shards"] = self.shards
+        if self.skus_per_script:
+            table["skus_per_script"] = self.skus_per_script
         return table
 
     @property
     def label(self) -> str:
+        steps = f", {self.skus_per_script} skus per script" if self.skus_per_script else ""
         if self.cluster:
-            return f"Redis Cluster, 3 primaries, {self.shards or 16} shards"
-        return f"one Redis, {self.shards} shard{'s' if self.shards > 1 else ''}"
+            return f"Redis Cluster, 3 primaries, {self.shards or 16} shards{steps}"
+        return f"one Redis, {self.shards} shard{'s' if self.shards > 1 else ''}{steps}"
 
     def nodes(self) -> list[redis.Redis]:
         return [redis.Redis(port=port, socket_timeout=60) for port in self.ports]

@@ -19,12 +19,14 @@ from streams.state import SkuState
 
 @dataclass(frozen=True)
 class Snapshot:
-    """Skus as read: their states and versions, and which of the asked event_ids were
-    applied already."""
+    """Skus as read: their states and versions, which of the asked event_ids were applied
+    already, and which of those the first steps of a write that never finished applied
+    (atp_service/store/redis_store.py, ``steps``): the ledger counts them as applied."""
 
     states: dict[str, SkuState]
     versions: dict[str, int]
     seen: frozenset[str]
+    unfinished: frozenset[str] = frozenset()
 
 
 class ProjectionMissing(Exception):

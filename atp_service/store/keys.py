@@ -118,6 +118,11 @@ class Layout:
         write without it, so nothing is folded onto a node that lost its data."""
         return f"{self.prefixes[shard]}initialized"
 
+    def rows_key(self, shard: int, write_id: str, n: int) -> str:
+        """String: one staged value of ``staged`` too large to pass through a script, which
+        the staged hash names (atp_service/store/redis_store.py, ``ROWS_INLINE_MAX``)."""
+        return f"{self.prefixes[shard]}rows:{write_id}:{n}"
+
     def shard_offsets_key(self, shard: int, group_id: str) -> str:
         """Hash "topic\x1fpartition" -> next offset, written with the shard's part of each
         batch."""
@@ -170,6 +175,10 @@ def sku_of(key: bytes | str) -> str | None:
 
 def is_line_key(key: bytes) -> bool:
     return b"}:l:" in key
+
+
+def is_rows_key(key: bytes) -> bool:
+    return b"}:rows:" in key
 
 
 CHANGES_RETENTION_MS: Final = 26 * 3_600_000  # the contract asks for at least 24 hours

@@ -50,14 +50,17 @@ WRITE_SCRIPT: Final = resources.files("atp_service.store").joinpath("write.lua")
 # One round trip for a whole batch's reads (a pipeline of one command per sku cost more in
 # the client than the reads cost Redis). KEYS: per sku its hash and its dedupe set.
 # ARGV: per sku the number of event_ids to look up, then those ids. Returns per sku version
-# and state (false when absent), then the ids found among the dedupe marks. Flagged
-# no-writes so it runs during a CLIENT PAUSE WRITE and on replicas, like the reads it replaces.
+# and state (false when absent), then the ids found among the dedupe marks, then those of
+# them that the first steps of an unfinished write applied (write.lua: the sku's 'a' names
+# the write, whose key holds the time its marks carry). Flagged no-writes so it runs during
+# a CLIENT PAUSE WRITE and on replicas, like the reads it replaces.
 READ_SCRIPT: Final = """#!lua flags=no-writes
 local out = {}
 local found = {}
+local unfinished = {}
 local a = 1
 for k = 1, #KEYS, 2 do
-  local got = redis.call('HMGET', KEYS[k], 'v', 's')
+  local got = redis.call('HMGET', KEYS[k], 'v', 's', 'a')
   out[#out + 1] = got[1]
   out[#out + 1] = got[2]
   local n = tonumber(ARGV[a])
@@ -65,18 +68,30 @@ for k = 1, #KEYS, 2 do
     local ids = {}
     for e = 1, n do ids[e] = ARGV[a + e] end
     local scores = redis.call('ZMSCORE', KEYS[k + 1], unpack(ids))
+    local at = nil
+    if got[3] then
+      local cut = string.find(KEYS[k], '}:', 1, true)
+      at = redis.call('HGET', string.sub(KEYS[k], 1, cut + 1) .. 'partial:' .. got[3], 't')
+    end
     for e = 1, n do
-      if scores[e] then found[#found + 1] = ids[e] end
+      if scores[e] then
+        found[#found + 1] = ids[e]
+        if at and tonumber(scores[e]) == tonumber(at) then
+          unfinished[#unfinished + 1] = ids[e]
+        end
+      end
     end
   end
   a = a + 1 + n
 end
 out[#out + 1] = found
+out[#out + 1] = unfinished
 return out
 """
 REPLACED: Final = b"\x1freplaced"  # the write script's answer when its server changed
 FULL: Final = b"\x1fcapacity"  # ... when a location's count for the day would pass its capacity
-READ_CHUNK: Final = 2000  # skus per script call: bounds the time Redis is busy with one
+STEPS: Final = b"\x1fsteps"  # ... when a last step finds that not all its first steps landed
+READ_CHUNK: Final = 256  # skus per script call: bounds the time Redis is busy with one
 
 
 def script_arguments(
@@ -88,8 +103,11 @@ def script_arguments(
     publish: bool = True,
     layout: keys.Layout = keys.SINGLE,
     shard: int = 0,
+    step: str = "",
+    token: str = "",
 ) -> tuple[list[str], list[Any]]:
-    """The write script's keys and arguments for ``changes``, all of one ``shard``."""
+    """The write script's keys and arguments for ``changes``, all of one ``shard``
+    (``step`` and ``token``: see ``steps``)."""
     key_list = [
         layout.due_key(shard),
         layout.shard_offsets_key(shard, group_id),
@@ -149,6 +167,7 @@ def script_arguments(
         index = {write.sku: i for i, write in enumerate(changes.skus, 1)}
         for _, version, owner in changes.checks:
             args += [version, index[owner]]
+    args += [step, token]
     for write in changes.skus:
         key_list += [layout.sku_key(write.sku), layout.seen_key(write.sku)]
         args += [
@@ -219,6 +238,64 @@ def split(changes: ChangeSet, layout: keys.Layout, cluster: bool) -> list[tuple[
     return sorted(parts.items())
 
 
+# Skus per script of a consumer's write: at about 70 µs a sku (docs/performance.md), a few
+# milliseconds of Redis, so that the API's scripts never wait long behind a catch-up.
+STEP_SKUS: Final = 64
+STEP_SEPARATOR: Final = "\x1f"  # between a write's id and a first step's number
+# Staged ledger rows larger than this go to a key of their own, SET before the write's
+# scripts and named in the staged hash after ROWS_REF: a script's arguments are copied, at
+# about 2.5 ms of Redis a megabyte, while a plain SET's large value is read from the socket
+# as it arrives, between other clients' commands (a large batch stages tens of megabytes).
+ROWS_INLINE_MAX: Final = 64 * 1024
+ROWS_REF: Final = b"@"
+
+
+def steps(
+    parts: Sequence[tuple[int, ChangeSet]], step_skus: int = STEP_SKUS
+) -> list[tuple[int, ChangeSet, str]]:
+    """Each shard's part in scripts of at most ``step_skus`` skus: (shard, change set, step
+    of write.lua). The first steps write their skus whole (states, projection, dedupe marks,
+    changes-feed entries, outbox entries); the last writes the rest with the offsets and the
+    ledger rows, and only if every first step landed. Parts with orders or capacity counts
+    (the API's, which are small) stay whole.
+
+    A write refused, or cut short by a crash, after some first steps landed delays and
+    loses nothing: its offsets did not move, so it is folded again, and the events those
+    steps applied are then duplicates; the read tells them apart from true duplicates for
+    the ledger rows (``Snapshot.unfinished``).
+    """
+    out: list[tuple[int, ChangeSet, str]] = []
+    for shard, part in parts:
+        if len(part.skus) <= step_skus or part.puts or part.capacity:
+            out.append((shard, part, ""))
+            continue
+        pieces = [
+            ChangeSet(
+                skus=part.skus[start : start + step_skus],
+                outbox_id=f"{part.outbox_id}{STEP_SEPARATOR}{n}",
+                assumed_server=part.assumed_server,
+            )
+            for n, start in enumerate(range(0, len(part.skus), step_skus), 1)
+        ]
+        last = pieces[-1]
+        last.outbox_id, last.offsets, last.ledger = part.outbox_id, part.offsets, part.ledger
+        at = {write.sku: piece for piece in pieces for write in piece.skus}
+        for sku, ids in part.marked.items():
+            at.get(sku, last).marked[sku] = ids
+        for line, fields in part.line_fields.items():
+            at.get(line[0], last).line_fields[line] = fields
+        for pair, value in part.changed.items():
+            at.get(pair[1], last).changed[pair] = value
+        for name, event in part.outbox.items():
+            kind, key = outbox_kind(name)  # an order's notice is read when it is sent
+            (last if kind == UPDATE_KIND else at.get(key, last)).outbox[name] = event
+        for check in part.checks:
+            at.get(check[2], last).checks.append(check)
+        out += [(shard, piece, "p") for piece in pieces[:-1]]
+        out.append((shard, last, f"f{len(pieces) - 1}"))
+    return out
+
+
 def read_calls(
     skus: Sequence[str], event_ids: Mapping[str, Sequence[str]], layout: keys.Layout = keys.SINGLE
 ) -> Iterator[tuple[list[str], list[Any], list[str]]]:
@@ -248,15 +325,16 @@ def _snapshot(replies: Sequence[tuple[list[str], list[Any]]]) -> Snapshot:
     states: dict[str, SkuState] = {}
     versions: dict[str, int] = {}
     seen: set[str] = set()
+    unfinished: set[str] = set()
     for skus, reply in replies:
-        found = reply[-1]
-        for r in range(0, len(reply) - 1, 2):
+        for r in range(0, len(reply) - 2, 2):
             sku = skus[r // 2]
             version = reply[r]
             versions[sku] = int(version) if version is not None else 0
             states[sku] = load_state(sku, reply[r + 1])
-        seen.update(event_id.decode() for event_id in found)
-    return Snapshot(states, versions, frozenset(seen))
+        seen.update(event_id.decode() for event_id in reply[-2])
+        unfinished.update(event_id.decode() for event_id in reply[-1])
+    return Snapshot(states, versions, frozenset(seen), frozenset(unfinished))
 
 
 class PutExists(Exception):
@@ -274,8 +352,8 @@ def _conflicts(changes: ChangeSet, reply: list[Any]) -> list[str]:
             raise ServerReplaced(
                 "the Redis server is not the one the write's assumptions came from"
             )
-        if item == FULL:  # the counts moved since they were read: read them again
-            return [write.sku for write in changes.skus]
+        if item in (FULL, STEPS):  # counts moved since they were read, or a first step
+            return [write.sku for write in changes.skus]  # was refused: read them again
         if isinstance(item, bytes):  # a sku whose marks lack an id taken as applied
             out.append(item.decode())
             continue
@@ -317,30 +395,56 @@ def _raised(replies: list[Any]) -> list[Any]:
     return replies
 
 
+def _pipelined(
+    client: redis.Redis,
+    script: Any,
+    calls: Sequence[tuple[list[str], list[Any]]],
+    sets: Sequence[tuple[str, bytes, int]] = (),
+) -> list[Any]:
+    """The script's replies to ``calls``, all sent in one pipeline after ``sets`` (key,
+    value, ttl ms); an error raises. A script is loaded server by server: one that has not
+    seen it yet (restarted, or a replica that took over) gets it, and the call, again
+    through the script object."""
+    pipe = client.pipeline(transaction=False)
+    for key, value, ttl in sets:
+        pipe.set(key, value, px=ttl)
+    for key_list, args in calls:
+        pipe.evalsha(script.sha, len(key_list), *key_list, *args)
+    answers: list[Any] = pipe.execute(raise_on_error=False)
+    _raised(answers[: len(sets)])
+    replies = answers[len(sets) :]
+    for i, reply in enumerate(replies):
+        if isinstance(reply, redis.exceptions.NoScriptError):
+            replies[i] = script(keys=calls[i][0], args=calls[i][1])
+    return _raised(replies)
+
+
 def write_calls(
-    parts: Sequence[tuple[int, ChangeSet]],
+    parts: Sequence[tuple[int, ChangeSet, str]],
     *,
     layout: keys.Layout,
     group_id: str,
     now_ms: int,
     window_ms: int,
 ) -> list[tuple[list[str], list[Any]]]:
-    """The write script's keys and arguments for each shard's part of a write."""
+    """The write script's keys and arguments for each step of each shard's part of a write
+    (``steps``)."""
     return [
         script_arguments(
             part, group_id=group_id, now_ms=now_ms, seen_cutoff_ms=now_ms - window_ms,
-            layout=layout, shard=shard,
+            layout=layout, shard=shard, step=step,
+            token=part.outbox_id.partition(STEP_SEPARATOR)[0],
         )
-        for shard, part in parts
+        for shard, part, step in parts
     ]  # fmt: skip
 
 
-def _landed(parts: Sequence[tuple[int, ChangeSet]], replies: Sequence[Any]) -> list[str]:
+def _landed(parts: Sequence[tuple[int, ChangeSet, str]], replies: Sequence[Any]) -> list[str]:
     """The skus whose version moved in the parts of one write, or [] when every part
     landed. The skus of parts that did land are named too: they are to be read again."""
     conflicts: list[str] = []
     landed: list[str] = []
-    for (_, part), reply in zip(parts, replies, strict=True):
+    for (_, part, _), reply in zip(parts, replies, strict=True):
         found = _conflicts(part, reply)
         if found:
             conflicts += found
@@ -349,12 +453,18 @@ def _landed(parts: Sequence[tuple[int, ChangeSet]], replies: Sequence[Any]) -> l
     return conflicts + landed if conflicts else []
 
 
-def _merge_outbox(pages: Iterable[Mapping[bytes, bytes]]) -> dict[str, bytes]:
-    """One write's events are in the outbox of every shard it wrote, under one id."""
+def _merge_outbox(
+    pages: Iterable[Mapping[bytes, bytes]], step_fields: dict[str, set[tuple[int, str]]]
+) -> dict[str, bytes]:
+    """One write's events are in the outbox of every shard it wrote, under one id, and of
+    its first steps (``steps``) under that id and the step's number, which are noted in
+    ``step_fields`` (id -> (shard, field)) for ``ack_outbox``."""
     merged: dict[str, bytes] = {}
-    for page in pages:
+    for shard, page in enumerate(pages):
         for raw_id, blob in page.items():
-            outbox_id = raw_id.decode()
+            outbox_id, _, step = raw_id.decode().partition(STEP_SEPARATOR)
+            if step:
+                step_fields.setdefault(outbox_id, set()).add((shard, raw_id.decode()))
             before = merged.get(outbox_id)
             if before is None:
                 merged[outbox_id] = blob
@@ -399,12 +509,16 @@ class RedisStore:
         window_ms: int,
         layout: keys.Layout = keys.SINGLE,
         cluster: bool = False,
+        step_skus: int = STEP_SKUS,
     ) -> None:
         self.client = client
         self.group_id = group_id
         self.window_ms = window_ms
         self.layout = layout
         self.cluster = cluster
+        self.step_skus = step_skus
+        # Outbox fields of first steps, by write id, until the write's events are acknowledged.
+        self._step_fields: dict[str, set[tuple[int, str]]] = {}
         self._write = client.register_script(WRITE_SCRIPT)
         self._read = client.register_script(READ_SCRIPT)
         self._advance = client.register_script(ADVANCE_SCRIPT)
@@ -416,43 +530,86 @@ class RedisStore:
     def read(
         self, skus: Sequence[str], event_ids: Mapping[str, Sequence[str]] | None = None
     ) -> Snapshot:
-        replies = [
-            (chunk, self._read(keys=k, args=a))
-            for k, a, chunk in read_calls(skus, event_ids or {}, self.layout)
-        ]
-        return _snapshot(replies)
+        calls = list(read_calls(skus, event_ids or {}, self.layout))
+        if len(calls) == 1:
+            key_list, args, chunk = calls[0]
+            return _snapshot([(chunk, self._read(keys=key_list, args=args))])
+        replies = _pipelined(self.client, self._read, [(k, a) for k, a, _ in calls])
+        return _snapshot(
+            [(chunk, reply) for (_, _, chunk), reply in zip(calls, replies, strict=True)]
+        )
 
     def write(self, changes: ChangeSet, now_ms: int) -> list[str]:
-        """Apply atomically per shard; returns the skus whose version moved (then the parts
-        with none of them were written, and their skus are named too)."""
+        """Apply per shard, in steps (``steps``); returns the skus whose version moved (then
+        the parts and steps with none of them were written, and their skus are named too)."""
         if not changes.skus and not changes.offsets:
             return []
-        parts = [
+        shards = [
             (shard, self._assumed(part, shard))
             for shard, part in split(changes, self.layout, self.cluster)
         ]
+        parts, rows = self._rows_apart(steps(shards, self.step_skus))
         calls = write_calls(
             parts, layout=self.layout, group_id=self.group_id, now_ms=now_ms,
             window_ms=self.window_ms,
         )  # fmt: skip
-        if len(calls) == 1:
+        if len(calls) == 1 and not rows:
             conflicts = _conflicts(parts[0][1], self._write(keys=calls[0][0], args=calls[0][1]))
         else:
-            # The parts go together (on a cluster, each node's at once). A script is loaded
-            # server by server: one that has not seen it yet (restarted, or a replica that
-            # took over) gets it, and the part, again through the script object.
-            pipe = self.client.pipeline(transaction=False)
-            for key_list, args in calls:
-                pipe.evalsha(self._write.sha, len(key_list), *key_list, *args)
-            replies: list[Any] = pipe.execute(raise_on_error=False)
-            for i, reply in enumerate(replies):
-                if isinstance(reply, redis.exceptions.NoScriptError):
-                    replies[i] = self._write(keys=calls[i][0], args=calls[i][1])
-            conflicts = _landed(parts, _raised(replies))
-        if not conflicts and changes.offsets and self.layout.shards > 1:
+            # The rows, then the parts and steps, go together (on a cluster, each node's at
+            # once, in order). The rows are kept by the script that names them, else expire.
+            ttl = max(self.window_ms, 3_600_000)
+            sets = [(key, blob, ttl) for key, blob in rows]
+            conflicts = _landed(parts, _pipelined(self.client, self._write, calls, sets))
+        if conflicts:
+            return conflicts
+        for shard, part, step in parts:
+            if step == "p" and part.outbox:
+                self._step_fields.setdefault(changes.outbox_id, set()).add((shard, part.outbox_id))
+        if changes.offsets and self.layout.shards > 1:
             flat = [x for pair in changes.offsets.items() for x in pair]
             self._advance(keys=[self.layout.offsets_key(self.group_id)], args=flat)
-        return conflicts
+        return []
+
+    def _rows_apart(
+        self, parts: list[tuple[int, ChangeSet, str]]
+    ) -> tuple[list[tuple[int, ChangeSet, str]], list[tuple[str, bytes]]]:
+        """The parts with their large staged ledger values replaced by the names of keys
+        to SET before them (``ROWS_INLINE_MAX``), and those keys and values."""
+        rows: list[tuple[str, bytes]] = []
+        out: list[tuple[int, ChangeSet, str]] = []
+        for shard, part, step in parts:
+            staged = part.ledger.get(shard, {})
+            if any(len(blob) > ROWS_INLINE_MAX for blob in staged.values()):
+                write_id = part.outbox_id.partition(STEP_SEPARATOR)[0]
+                named: dict[str, bytes] = {}
+                for n, (name, blob) in enumerate(staged.items()):
+                    if len(blob) > ROWS_INLINE_MAX:
+                        key = self.layout.rows_key(shard, write_id, n)
+                        rows.append((key, blob))
+                        blob = ROWS_REF + key.encode()
+                    named[name] = blob
+                part = dataclasses.replace(part, ledger={shard: named})  # the caller's is kept
+            out.append((shard, part, step))
+        return out, rows
+
+    def _with_rows(self, pages: list[dict[bytes, bytes]]) -> list[dict[bytes, bytes]]:
+        """Staged hashes' values, those kept under a key of their own read from it."""
+        named = [
+            (page, name, blob[len(ROWS_REF) :])
+            for page in pages
+            for name, blob in page.items()
+            if blob.startswith(ROWS_REF)
+        ]
+        if named:
+            pipe = self.client.pipeline(transaction=False)
+            for _, _, key in named:
+                pipe.get(key)
+            for (page, name, key), blob in zip(named, pipe.execute(), strict=True):
+                if blob is None:  # PERSISTed by the write that staged them: never expected
+                    raise LookupError(f"staged ledger rows {name!r}: key {key!r} is missing")
+                page[name] = blob
+        return pages
 
     def server_id(self) -> str:
         """The server's run_id, which changes when it restarts or a replica takes over; on a
@@ -545,7 +702,7 @@ class RedisStore:
         for shard in self._shards():
             pipe.hscan(self.layout.outbox_key(shard), 0, count=max(1, limit // self.layout.shards))
         pages: list[tuple[int, dict[bytes, bytes]]] = pipe.execute()
-        return _merge_outbox(page for _, page in pages)
+        return _merge_outbox((page for _, page in pages), self._step_fields)
 
     def documents(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
         pipe = self.client.pipeline(transaction=False)
@@ -559,27 +716,39 @@ class RedisStore:
         shards, those of batches that every shard holds."""
         if self.layout.shards == 1:
             raw: dict[bytes, bytes] = self.client.hgetall(self.layout.staged_key(0))  # type: ignore[assignment]
-            return {k.decode(): v for k, v in raw.items()}
+            return {k.decode(): v for k, v in self._with_rows([raw])[0].items()}
         offsets = self.offsets()
         pipe = self.client.pipeline(transaction=False)
         for shard in self._shards():
             pipe.hgetall(self.layout.staged_key(shard))
-        return _merge_staged(pipe.execute(), offsets)
+        return _merge_staged(self._with_rows(pipe.execute()), offsets)
 
     def drop_staged_ledger(self, names: Sequence[str]) -> None:
         for start in range(0, len(names), 1000):
+            chunk = names[start : start + 1000]
             pipe = self.client.pipeline(transaction=False)
             for shard in self._shards():
-                pipe.hdel(self.layout.staged_key(shard), *names[start : start + 1000])
+                pipe.hmget(self.layout.staged_key(shard), chunk)
+            found: list[list[bytes | None]] = pipe.execute()
+            pipe = self.client.pipeline(transaction=False)
+            for shard, values in zip(self._shards(), found, strict=True):
+                for blob in values:
+                    if blob is not None and blob.startswith(ROWS_REF):
+                        pipe.unlink(blob[len(ROWS_REF) :])
+                pipe.hdel(self.layout.staged_key(shard), *chunk)
             pipe.execute()
 
     def ack_outbox(self, outbox_ids: Sequence[str]) -> int:
         """Forget writes whose events the broker acknowledged, every one."""
         if not outbox_ids:
             return 0
+        fields: list[list[str]] = [list(outbox_ids) for _ in self._shards()]
+        for outbox_id in outbox_ids:
+            for shard, name in self._step_fields.pop(outbox_id, ()):
+                fields[shard].append(name)
         pipe = self.client.pipeline(transaction=False)
         for shard in self._shards():
-            pipe.hdel(self.layout.outbox_key(shard), *outbox_ids)
+            pipe.hdel(self.layout.outbox_key(shard), *fields[shard])
         return sum(pipe.execute())
 
     def order_results(self, order_ids: Sequence[str]) -> dict[str, bytes]:
@@ -652,7 +821,7 @@ class AsyncRedisStore:
         refused because a sku moved; every other part landed."""
         parts = split(changes, self.layout, self.cluster)
         calls = write_calls(
-            parts, layout=self.layout, group_id=self.group_id, now_ms=now_ms,
+            [(shard, part, "") for shard, part in parts], layout=self.layout, group_id=self.group_id, now_ms=now_ms,
             window_ms=self.window_ms,
         )  # fmt: skip
         replies = await asyncio.gather(*(self._write(keys=k, args=a) for k, a in calls))

@@ -25,10 +25,13 @@
 --       (the consumer took them as applied without reading),
 --       then n_checks, then per check: expected version of a sku read but not written (a
 --       kit's component), the 1-based index of the sku whose write depends on it,
+--       then the step: '' (the whole write), 'p' (one of the first steps of a write in
+--         steps) or 'f<n>' (the last step, after n first steps), and the write's token,
 --       then per sku: expected version ('' = unchecked), state, due ms ('' = none),
 --                     n_fields values (in the order of the names), n_seen, event_ids,
 --                     trim ('1': drop dedupe marks older than the cutoff now)
 -- Returns: {} when applied, {'\31replaced'} when the server is not the one of ARGV[5],
+-- {'\31steps'} when a last step finds that not all its first steps landed,
 -- else the 1-based indexes of skus whose version moved or whose marks differ from what
 -- the write expects, or that depend on a checked sku that moved (and the sku names of
 -- marked keys that lack an id), or the
@@ -68,6 +71,13 @@ for m = 1, n_marked do
 end
 local n_checks = tonumber(ARGV[i]); i = i + 1
 local checks_at = i; i = i + 2 * n_checks
+local step = ARGV[i]
+-- A write in steps keeps what its first steps did under this key until its last step lands
+-- (atp_service/store/redis_store.py, ``steps``): their count, and the time their dedupe
+-- marks carry, by which a retry tells the events they applied from true duplicates.
+local token = ARGV[i + 1]
+local steps_key = prefix .. 'partial:' .. token
+i = i + 2
 
 -- Phase 1: checks only.
 if redis.call('EXISTS', KEYS[4]) == 0 then
@@ -75,6 +85,11 @@ if redis.call('EXISTS', KEYS[4]) == 0 then
 end
 if verify and string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') ~= ARGV[5] then
   return {'\31replaced'}
+end
+if string.sub(step, 1, 1) == 'f' then
+  if tonumber(redis.call('HGET', steps_key, 'n') or '0') ~= tonumber(string.sub(step, 2)) then
+    return {'\31steps'}
+  end
 end
 for p = 1, n_puts do
   local mode = ARGV[puts_at + 2 * (p - 1)]
@@ -153,6 +168,10 @@ for s = 1, n do
     fields[5 + 2 * f] = ARGV[names_at + f]
     fields[6 + 2 * f] = ARGV[at + 3 + f]
   end
+  if step == 'p' then  -- the unfinished write that wrote the sku last (READ_SCRIPT)
+    fields[#fields + 1] = 'a'
+    fields[#fields + 1] = token
+  end
   redis.call('HSET', key, unpack(fields))
   local due = ARGV[at + 2]
   local sku = string.sub(key, #prefix + 3)  -- out of '<prefix>s:<sku>'
@@ -193,7 +212,18 @@ for l = 0, n_ledger - 1 do
   if stored > first then
     field = string.sub(field, 1, -21) .. string.format('%020d', stored)
   end
-  redis.call('HSET', KEYS[5], field, ARGV[ledger_at + 2 * l + 1])
+  -- Large rows were SET to a key of their own just before this script, named here after
+  -- '@' (atp_service/store/redis_store.py says why): kept from now on, and a value this
+  -- replaces (the same batch's rows from an attempt that was refused) goes.
+  local rows = ARGV[ledger_at + 2 * l + 1]
+  if string.sub(rows, 1, 1) == '@' then
+    redis.call('PERSIST', string.sub(rows, 2))
+  end
+  local before = redis.call('HGET', KEYS[5], field)
+  if before and string.sub(before, 1, 1) == '@' and before ~= rows then
+    redis.call('DEL', string.sub(before, 2))
+  end
+  redis.call('HSET', KEYS[5], field, rows)
 end
 
 -- Offsets only move forward: a stale owner of a partition after a rebalance cannot move
@@ -250,6 +280,14 @@ end
 
 if outbox_id ~= '' then
   redis.call('HSET', KEYS[3], outbox_id, outbox_events)
+end
+
+if step == 'p' then
+  redis.call('HSET', steps_key, 't', now)
+  redis.call('HINCRBY', steps_key, 'n', 1)
+  redis.call('PEXPIRE', steps_key, now - cutoff)  -- the dedupe window
+elseif step ~= '' then
+  redis.call('DEL', steps_key)
 end
 
 if pubsub ~= '' and #skus > 0 then

@@ -24,9 +24,10 @@ from streams.projector import Projector
 from streams.shards import shard_of
 from streams.state import SkuState
 
-# A batch's skus as the fold needs them: states, versions, event_ids applied already, and
-# those taken as applied without reading (sku -> ids, for the write to check).
-Known = tuple[dict[str, SkuState], dict[str, int], set[str], dict[str, list[str]]]
+# A batch's skus as the fold needs them: states, versions, event_ids applied already, those
+# taken as applied without reading (sku -> ids, for the write to check), and those applied
+# by a write that never finished (streams.store.Snapshot.unfinished).
+Known = tuple[dict[str, SkuState], dict[str, int], set[str], dict[str, list[str]], frozenset[str]]
 Written = dict[str, tuple[int, bytes]]  # sku -> (version, state) as written
 
 
@@ -83,7 +84,7 @@ class Folder:
         batch: Batch | None,
         room: Sequence[int] | None = None,
     ) -> tuple[FoldResult, ChangeSet]:
-        states, versions, seen, marked = known
+        states, versions, seen, marked, unfinished = known
         result = fold(states, events, seen=seen, now_us=now, window_us=self.window_us)
         applied_ids = by_sku  # every event of the batch, unless some were duplicates
         if result.duplicates:
@@ -97,7 +98,7 @@ class Folder:
         if self.ledger is not None and batch is not None:
             # Staged with the state and the offsets: see streams/ledger.py.
             kits = frozenset(sku for sku in result.touched if result.states[sku].kit is not None)
-            rows = ledger_rows(batch, result.duplicates, kits)
+            rows = ledger_rows(batch, _true_duplicates(result.duplicates, unfinished), kits)
             if self.shards == 1:
                 staged = self.ledger.stage(rows, applied_at_us=now)
                 changes.ledger = {0: staged} if staged else {}
@@ -151,6 +152,22 @@ class Prepared:
     now: int
     result: FoldResult
     changes: ChangeSet
+
+
+def _true_duplicates(duplicates: list[AnyEvent], unfinished: frozenset[str]) -> list[AnyEvent]:
+    """The duplicates but the events a write that never finished applied (each event_id's
+    first message here): the ledger has no row for them yet, as that write's rows were to
+    land with its last step."""
+    if not unfinished:
+        return duplicates
+    out: list[AnyEvent] = []
+    taken: set[str] = set()
+    for event in duplicates:
+        if event.event_id in unfinished and event.event_id not in taken:
+            taken.add(event.event_id)
+        else:
+            out.append(event)
+    return out
 
 
 def events_by_sku(events: Iterable[AnyEvent]) -> dict[str, list[str]]:

@@ -32,8 +32,9 @@ class WrittenStates:
         self.swept: set[str] = set()
 
     def known(self, by_sku: dict[str, list[str]], landing: Written) -> Known:
-        """The skus' states and versions, the batch's event_ids already applied, and those
-        of them taken as applied without reading (sku -> ids, for the write to check).
+        """The skus' states and versions, the batch's event_ids already applied, those of
+        them taken as applied without reading (sku -> ids, for the write to check), and
+        those applied by a write that never finished (``Snapshot.unfinished``).
 
         A sku kept here (or in ``landing``, a write in flight) is not read: its events are
         taken as new, except the API's own reservation events, which the API marked applied
@@ -51,11 +52,13 @@ class WrittenStates:
         states: dict[str, SkuState] = {}
         versions: dict[str, int] = {}
         seen: set[str] = set()
+        unfinished: frozenset[str] = frozenset()
         if missing:
             snapshot = self.store.read(missing, by_sku)
             states.update(snapshot.states)
             versions.update(snapshot.versions)
             seen.update(snapshot.seen)
+            unfinished = snapshot.unfinished
         marked: dict[str, list[str]] = {}
         for sku in skus:
             kept = landing.get(sku) or written.get(sku)
@@ -67,7 +70,7 @@ class WrittenStates:
             if ids:
                 marked[sku] = ids
                 seen.update(ids)
-        return states, versions, seen, marked
+        return states, versions, seen, marked, unfinished
 
     def remember(self, landed: Written) -> None:
         if len(self.states) + len(landed) > self.limit:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -22,8 +22,10 @@ def make_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Calla
         bootstrap: str | None = None,
         extra_consumer: str = "",
         redis_kind: str = "single",
+        redis_options: Mapping[str, object] | None = None,
     ) -> Stack:
         url, options = (redis_url, {}) if redis_url else redis_for_kind(request, redis_kind)
+        options = {**options, **(redis_options or {})}
         servers = bootstrap or request.getfixturevalue("broker_bootstrap")
         directory = tmp_path / f"stack-{len(made)}"
         directory.mkdir()

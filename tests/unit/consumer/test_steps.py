@@ -5,6 +5,7 @@ them. The same rules run against a real Redis in tests/integration and tests/fau
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -20,7 +21,7 @@ from streams.consumer.folding import Folder, Unfoldable, events_by_sku
 from streams.consumer.options import ConsumerOptions, offset_field
 from streams.consumer.outbox import OutboxPublisher
 from streams.consumer.written import WrittenStates
-from streams.ledger import Ledger
+from streams.ledger import Ledger, staged_rows
 from tests.conftest import config_text
 from tests.fakes import FakeConsumer, FakeMessage, FakeProducer, MemoryStore, StoreDown
 
@@ -101,7 +102,7 @@ def test_ledger_rows_cover_every_message_in_order_with_their_status() -> None:
 def test_the_fold_step_writes_states_offsets_marks_and_the_events_out() -> None:
     batch = decode([message(0, receipt(0, quantity=4)), message(1, receipt(1, sku="SKU-2"))])
     by_sku = events_by_sku(batch.events)
-    known = ({}, {}, set(), {})
+    known = ({}, {}, set(), {}, frozenset())
     result, changes = Folder(PROJECTOR, WINDOW).fold(
         batch.events, by_sku, batch.offsets, known, NOW, "srv"
     )
@@ -114,12 +115,26 @@ def test_the_fold_step_writes_states_offsets_marks_and_the_events_out() -> None:
 
 def test_an_event_already_applied_is_not_marked_again() -> None:
     batch = decode([message(0, receipt(0)), message(1, receipt(1))])
-    known = ({}, {}, {"e-0"}, {})
+    known = ({}, {}, {"e-0"}, {}, frozenset())
     result, changes = Folder(PROJECTOR, WINDOW).fold(
         batch.events, events_by_sku(batch.events), batch.offsets, known, NOW, ""
     )
     assert [e.event_id for e in result.duplicates] == ["e-0"]
     assert changes.skus[0].seen == ["e-1"]
+
+
+def test_events_a_write_cut_short_applied_are_applied_in_the_ledger_once(tmp_path: Path) -> None:
+    # e-0 was applied by the first steps of a write that never finished (no ledger row
+    # landed); the message at offset 2 repeats it and is a true duplicate; e-1 is new.
+    batch = decode([message(0, receipt(0)), message(1, receipt(1)), message(2, receipt(0))])
+    known = ({}, {}, {"e-0"}, {}, frozenset({"e-0"}))
+    _, changes = Folder(PROJECTOR, WINDOW, Ledger(tmp_path)).fold(
+        batch.events, events_by_sku(batch.events), batch.offsets, known, NOW, "", batch
+    )
+    ((name, blob),) = changes.ledger[0].items()
+    rows = staged_rows(name, blob).to_pydict()
+    assert rows["source_offset"] == [0, 1, 2]
+    assert rows["status"] == ["applied", "applied", "duplicate"]
 
 
 def test_a_fold_that_raises_names_the_events_that_cause_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -137,7 +152,12 @@ def test_a_fold_that_raises_names_the_events_that_cause_it(monkeypatch: pytest.M
     batch = decode([message(n, receipt(n)) for n in range(3)])
     with pytest.raises(Unfoldable) as raised:
         Folder(PROJECTOR, WINDOW).fold(
-            batch.events, events_by_sku(batch.events), batch.offsets, ({}, {}, set(), {}), NOW, ""
+            batch.events,
+            events_by_sku(batch.events),
+            batch.offsets,
+            ({}, {}, set(), {}, frozenset()),
+            NOW,
+            "",
         )
     assert list(raised.value.culprits) == [1]
     assert isinstance(raised.value.culprits[1], ValueError)
@@ -153,7 +173,7 @@ def test_kept_states_are_not_read_again_but_the_api_events_are_checked() -> None
     assert written.server == "memory-1"
     written.remember({"SKU-1": (3, b"")})
     store.down = True  # nothing is read for a kept sku
-    _, versions, seen, marked = written.known({"SKU-1": ["e-1", "atp-alloc:X"]}, {})
+    _, versions, seen, marked, _ = written.known({"SKU-1": ["e-1", "atp-alloc:X"]}, {})
     assert versions == {"SKU-1": 3} and seen == {"atp-alloc:X"}
     assert marked == {"SKU-1": ["atp-alloc:X"]}
     written.conflicted(["SKU-1"])

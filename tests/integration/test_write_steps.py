@@ -1,0 +1,215 @@
+"""A consumer's write over many skus goes in steps of a few skus (one script each), so that
+Redis is never held for long. Against a real Redis: a write refused or cut short between
+its steps delays and loses nothing, applies nothing twice, and leaves one ledger row per
+message with the status it had."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import redis
+
+from atp_service.config import parse_config
+from atp_service.model import projector_for
+from atp_service.store import keys, redis_store
+from atp_service.store.redis_store import RedisStore
+from streams.changeset import build_changeset, decode_outbox, projection_field
+from streams.consumer import StreamProjector
+from streams.ledger import Ledger, staged_table
+from tests.conftest import config_text
+from tests.fakes import FakeMessage, FakeProducer
+from tests.integration.inprocess import TOPIC, QueueConsumer, options_for, stored_offset
+
+pytestmark = pytest.mark.integration
+
+SKUS = [f"SKU-{n}" for n in range(10)]
+STEP = 3  # 10 skus: steps of 3, 3, 3 and a last one of 1
+
+
+def receipt(event_id: str, sku: str, quantity: int) -> bytes:
+    return json.dumps({
+        "type": "bin_movement", "event_id": event_id, "occurred_at": "2026-11-27T08:00:00Z",
+        "sku": sku, "location": "DC-EAST", "quantity": quantity,
+        "to_bin": "A1", "to_status": "available",
+    }).encode()  # fmt: skip
+
+
+def wave(first: int, quantity: int) -> list[FakeMessage]:
+    """One receipt per sku, at offsets first.."""
+    return [
+        FakeMessage(TOPIC, 0, first + n, receipt(f"e-{first + n}", sku, quantity), sku.encode())
+        for n, sku in enumerate(SKUS)
+    ]
+
+
+class CutShort(RedisStore):
+    """A store whose next write runs only its first ``cut_after`` scripts (and what it
+    sends before them), then the process 'dies' (the connection error a consumer killed
+    mid-write leaves)."""
+
+    cut_after: int | None = None
+
+    def write(self, changes: Any, now_ms: int) -> list[str]:
+        if self.cut_after is None:
+            return super().write(changes, now_ms)
+        keep, self.cut_after = self.cut_after, None
+        real = self.client.pipeline
+
+        def pipeline(**kwargs: Any) -> Any:
+            pipe = real(**kwargs)
+            execute = pipe.execute
+
+            def cut(raise_on_error: bool = True) -> Any:
+                scripts = [
+                    i for i, (args, _) in enumerate(pipe.command_stack) if args[0] == "EVALSHA"
+                ]
+                del pipe.command_stack[scripts[keep] :]
+                execute(raise_on_error=raise_on_error)
+                raise redis.ConnectionError("the consumer died between two steps")
+
+            pipe.execute = cut  # type: ignore[method-assign]
+            return pipe
+
+        self.client.pipeline = pipeline  # type: ignore[method-assign]
+        try:
+            return super().write(changes, now_ms)
+        finally:
+            del self.client.pipeline
+
+
+@pytest.fixture(autouse=True, params=["rows inline", "rows by key"])
+def rows_by_key(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Every test twice: staged ledger rows passed to the last script, and (as a large
+    batch's are) SET to a key of their own that the script names."""
+    by_key: bool = request.param == "rows by key"
+    if by_key:
+        monkeypatch.setattr(redis_store, "ROWS_INLINE_MAX", 0)
+    return by_key
+
+
+@pytest.fixture
+def new_consumer(redis_url: str, tmp_path: Path) -> Iterator[Callable[[], StreamProjector]]:
+    """A consumer process, as started afresh (nothing kept from an earlier one)."""
+    settings = parse_config(config_text(redis_url=redis_url, ledger_dir=str(tmp_path / "ledger")))
+    client = redis.Redis.from_url(redis_url)
+    client.set(keys.SINGLE.marker_key(0), "test")
+
+    def make() -> StreamProjector:
+        store = CutShort(client, settings.kafka.group_id, 7 * 86_400_000, step_skus=STEP)
+        return StreamProjector(
+            QueueConsumer([]), FakeProducer(), store, projector_for(settings),  # type: ignore[arg-type]
+            options_for(settings), ledger=Ledger(tmp_path / "ledger"),
+        )  # fmt: skip
+
+    yield make
+    client.close()
+
+
+def on_hand(stream: StreamProjector) -> dict[str, int]:
+    found = {}
+    for sku in SKUS:
+        raw = stream.store.client.hget(keys.SINGLE.sku_key(sku), projection_field("web"))
+        found[sku] = int(json.loads(raw)["on_hand"]) if raw else 0
+    return found
+
+
+def ledger_statuses(stream: StreamProjector) -> dict[int, str]:
+    table = staged_table(stream.store.staged_ledger())
+    assert table is not None
+    offsets = table["source_offset"].to_pylist()
+    assert len(offsets) == len(set(offsets)), "one ledger row per message"
+    return dict(zip(offsets, table["status"].to_pylist(), strict=True))
+
+
+def unfinished_writes(stream: StreamProjector) -> list[bytes]:
+    return list(stream.store.client.scan_iter(match=f"{keys.PREFIX}:*partial:*"))
+
+
+def test_a_write_over_many_skus_lands_whole_in_steps(
+    new_consumer: Callable[[], StreamProjector],
+) -> None:
+    stream = new_consumer()
+    stream.process(wave(0, 2))
+    stream.process(wave(10, 3))
+    assert on_hand(stream) == dict.fromkeys(SKUS, 5)
+    assert stored_offset(stream) == 20
+    assert ledger_statuses(stream) == dict.fromkeys(range(20), "applied")
+    assert unfinished_writes(stream) == []
+    # Every step's events were announced, and acknowledged from every step's outbox field.
+    stream.finish(timeout_s=1)
+    sent = [json.loads(m.value) for m in stream.producer.sent if m.topic == "availability"]
+    assert {(e["sku"], e["available_to_sell"]) for e in sent if e["channel"] == "web"} == {
+        (sku, n) for sku in SKUS for n in (2, 5)
+    }
+    assert stream.store.client.hlen(keys.SINGLE.outbox_key(0)) == 0
+
+
+def test_a_step_refused_moves_no_offset_and_the_retry_applies_each_event_once(
+    new_consumer: Callable[[], StreamProjector],
+) -> None:
+    stream = new_consumer()
+    stream.process(wave(0, 2))  # kept as written: the next batch is folded without a read
+    # As the API's safety-stock override does to SKU-4, in the second step of the next write.
+    store = stream.store
+    snapshot = store.read(["SKU-4"])
+    state = msgspec.structs.replace(snapshot.states["SKU-4"], safety_stock={"web": 1})
+    now = stream.clock()
+    changes = build_changeset([state], snapshot.versions, stream.projector, now)
+    assert not store.write(changes, now // 1000)
+    stream.process(wave(10, 3))
+    assert stream.stats.conflicts == 1
+    assert on_hand(stream) == dict.fromkeys(SKUS, 5)
+    assert stored_offset(stream) == 20
+    # The first and third steps landed before the retry: their events are applied once,
+    # and the ledger says so.
+    assert ledger_statuses(stream) == dict.fromkeys(range(20), "applied")
+
+
+@pytest.mark.parametrize("cut_after", [1, 2, 3])
+def test_a_consumer_killed_between_steps_is_followed_exactly(
+    new_consumer: Callable[[], StreamProjector], cut_after: int
+) -> None:
+    first = new_consumer()
+    first.process(wave(0, 2))
+    first.store.cut_after = cut_after  # type: ignore[attr-defined]
+    with pytest.raises(redis.ConnectionError):
+        first.process(wave(10, 3))
+    assert stored_offset(first) == 10  # the last step never ran
+    assert unfinished_writes(first)
+    # A true duplicate of an event the cut write applied, in the same batch again.
+    again = [*wave(10, 3), FakeMessage(TOPIC, 0, 20, receipt("e-10", "SKU-0", 3), b"SKU-0")]
+    second = new_consumer()
+    second.process(again)
+    assert on_hand(second) == dict.fromkeys(SKUS, 5)
+    assert stored_offset(second) == 21
+    statuses = ledger_statuses(second)
+    assert statuses == {**dict.fromkeys(range(20), "applied"), 20: "duplicate"}
+    # What the cut write announced is in the outbox still, for the sweep to publish.
+    events = [
+        name
+        for blob in second.store.client.hvals(keys.SINGLE.outbox_key(0))
+        for name, _ in decode_outbox(blob)
+    ]
+    assert len(events) >= cut_after * STEP
+
+
+def test_rows_kept_by_key_stay_until_they_are_in_a_file_and_then_go(
+    new_consumer: Callable[[], StreamProjector], rows_by_key: bool
+) -> None:
+    stream = new_consumer()
+    stream.process(wave(0, 2))
+    client = stream.store.client
+    staged = client.hgetall(keys.SINGLE.staged_key(0))
+    named = [blob[1:] for blob in staged.values() if blob.startswith(b"@")]
+    assert len(named) == (len(staged) if rows_by_key else 0)
+    assert all(client.pttl(key) == -1 for key in named)  # kept: no expiry once named
+    assert ledger_statuses(stream) == dict.fromkeys(range(10), "applied")
+    stream.flusher.owned = frozenset({(TOPIC, 0)})  # as the partition's assignment leaves it
+    assert stream.flush_ledger() == len(staged)
+    assert client.hlen(keys.SINGLE.staged_key(0)) == 0
+    assert list(client.scan_iter(match=f"{keys.PREFIX}:*rows:*")) == []

@@ -1,0 +1,68 @@
+"""A consumer's write in steps (atp_service/store/redis_store.py, ``steps``): no script
+writes more than its share of skus, every part of the write goes with its sku's step, and
+only the last step moves the offsets and stages the ledger rows."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from atp_service.store.redis_store import steps
+from streams.changeset import (
+    ChangeSet,
+    SkuWrite,
+    order_update_field,
+    outbox_field,
+    reservation_field,
+)
+
+
+def change_set(n_skus: int) -> ChangeSet:
+    skus = [f"SKU-{n}" for n in range(n_skus)]
+    changes = ChangeSet(
+        offsets={"t\x1f0": 42}, ledger={0: {"t\x1f0\x1f00000000000000000040": b"rows"}}
+    )
+    for sku in skus:
+        changes.skus.append(SkuWrite(sku, 1, b"state", None, {"p:web": b"{}"}, [f"e-{sku}"]))
+        changes.outbox[outbox_field("web", sku)] = b"event"
+        changes.outbox[reservation_field(sku, f"r-{sku}")] = b"reservation"
+        changes.changed["web", sku] = 3
+        changes.marked[sku] = [f"atp-alloc:{sku}"]
+        changes.line_fields[sku, "O-1", "1"] = {"state": b"planned"}
+    changes.outbox[order_update_field("O-1")] = b"notice"
+    return changes
+
+
+@given(st.integers(min_value=1, max_value=40), st.integers(min_value=1, max_value=12))
+def test_every_part_goes_with_its_skus_step_and_the_last_moves_the_offsets(
+    n_skus: int, step_skus: int
+) -> None:
+    changes = change_set(n_skus)
+    out = steps([(0, changes)], step_skus)
+    if n_skus <= step_skus:
+        assert out == [(0, changes, "")]
+        return
+    assert [step for _, _, step in out] == ["p"] * (len(out) - 1) + [f"f{len(out) - 1}"]
+    assert all(len(piece.skus) <= step_skus for _, piece, _ in out)
+    assert [w.sku for _, piece, _ in out for w in piece.skus] == [w.sku for w in changes.skus]
+    for _, piece, step in out:
+        mine = {w.sku for w in piece.skus}
+        assert {sku for _, sku in piece.changed} == mine
+        assert set(piece.marked) == mine
+        assert {line[0] for line in piece.line_fields} == mine
+        last = step != "p"
+        assert piece.offsets == (changes.offsets if last else {})
+        assert piece.ledger == (changes.ledger if last else {})
+        # An order's notice is read when it is sent, so the last step carries it.
+        assert (order_update_field("O-1") in piece.outbox) == last
+        assert (piece.outbox_id == changes.outbox_id) == last
+    merged: dict[str, bytes] = {}
+    for _, piece, _ in out:
+        merged.update(piece.outbox)
+    assert merged == changes.outbox
+
+
+def test_a_write_of_orders_or_capacity_counts_stays_whole() -> None:
+    changes = change_set(10)
+    changes.puts.append(("atp:v2:order:O-1", "nx", b"{}"))
+    assert steps([(0, changes)], 3) == [(0, changes, "")]
