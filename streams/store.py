@@ -9,7 +9,7 @@ all, and only where every sku still has the version the change set names.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from allocation.kits import KitDefinition
@@ -21,12 +21,14 @@ from streams.state import SkuState
 class Snapshot:
     """Skus as read: their states and versions, which of the asked event_ids were applied
     already, and which of those the first steps of a write that never finished applied
-    (atp_service/store/redis_store.py, ``steps``): the ledger counts them as applied."""
+    (atp_service/store/redis_store.py, ``steps``), each with the offsets that write ended
+    at ("topic\x1fpartition" -> next offset): the ledger counts the first message of each
+    below those offsets as applied."""
 
     states: dict[str, SkuState]
     versions: dict[str, int]
     seen: frozenset[str]
-    unfinished: frozenset[str] = frozenset()
+    unfinished: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
 
 class ProjectionMissing(Exception):

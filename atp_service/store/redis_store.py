@@ -51,9 +51,10 @@ WRITE_SCRIPT: Final = resources.files("atp_service.store").joinpath("write.lua")
 # the client than the reads cost Redis). KEYS: per sku its hash and its dedupe set.
 # ARGV: per sku the number of event_ids to look up, then those ids. Returns per sku version
 # and state (false when absent), then the ids found among the dedupe marks, then those of
-# them that the first steps of an unfinished write applied (write.lua: the sku's 'a' names
-# the write, whose key holds the time its marks carry). Flagged no-writes so it runs during
-# a CLIENT PAUSE WRITE and on replicas, like the reads it replaces.
+# them that the first steps of an unfinished write applied, each with the offsets that
+# write ends at (write.lua: the sku's 'a' names the write, whose key holds the time its
+# marks carry and those offsets). Flagged no-writes so it runs during a CLIENT PAUSE WRITE
+# and on replicas, like the reads it replaces.
 READ_SCRIPT: Final = """#!lua flags=no-writes
 local out = {}
 local found = {}
@@ -68,16 +69,17 @@ for k = 1, #KEYS, 2 do
     local ids = {}
     for e = 1, n do ids[e] = ARGV[a + e] end
     local scores = redis.call('ZMSCORE', KEYS[k + 1], unpack(ids))
-    local at = nil
+    local write = {false, false}
     if got[3] then
       local cut = string.find(KEYS[k], '}:', 1, true)
-      at = redis.call('HGET', string.sub(KEYS[k], 1, cut + 1) .. 'partial:' .. got[3], 't')
+      write = redis.call('HMGET', string.sub(KEYS[k], 1, cut + 1) .. 'partial:' .. got[3], 't', 'o')
     end
     for e = 1, n do
       if scores[e] then
         found[#found + 1] = ids[e]
-        if at and tonumber(scores[e]) == tonumber(at) then
+        if write[1] and tonumber(scores[e]) == tonumber(write[1]) then
           unfinished[#unfinished + 1] = ids[e]
+          unfinished[#unfinished + 1] = write[2]
         end
       end
     end
@@ -105,6 +107,7 @@ def script_arguments(
     shard: int = 0,
     step: str = "",
     token: str = "",
+    ends: str = "",
 ) -> tuple[list[str], list[Any]]:
     """The write script's keys and arguments for ``changes``, all of one ``shard``
     (``step`` and ``token``: see ``steps``)."""
@@ -167,7 +170,7 @@ def script_arguments(
         index = {write.sku: i for i, write in enumerate(changes.skus, 1)}
         for _, version, owner in changes.checks:
             args += [version, index[owner]]
-    args += [step, token]
+    args += [step, token, ends if step == "p" else ""]
     for write in changes.skus:
         key_list += [layout.sku_key(write.sku), layout.seen_key(write.sku)]
         args += [
@@ -250,6 +253,22 @@ ROWS_INLINE_MAX: Final = 64 * 1024
 ROWS_REF: Final = b"@"
 
 
+def encode_ends(offsets: Mapping[str, int]) -> str:
+    """A write's offsets, as a write in steps keeps them for a retry (``Snapshot``)."""
+    return "\n".join(f"{name}={offset}" for name, offset in offsets.items())
+
+
+def decode_ends(raw: bytes) -> dict[str, int]:
+    lines = raw.decode().split("\n") if raw else []
+    return {name: int(offset) for name, _, offset in (line.rpartition("=") for line in lines)}
+
+
+def write_token(outbox_id: str) -> str:
+    """What names a write in steps in Redis (its key of first steps, and the 'a' field of
+    every sku those wrote): the random end of its outbox id, short as every sku keeps it."""
+    return outbox_id.partition(STEP_SEPARATOR)[0].rpartition("-")[2]
+
+
 def steps(
     parts: Sequence[tuple[int, ChangeSet]], step_skus: int = STEP_SKUS
 ) -> list[tuple[int, ChangeSet, str]]:
@@ -325,7 +344,7 @@ def _snapshot(replies: Sequence[tuple[list[str], list[Any]]]) -> Snapshot:
     states: dict[str, SkuState] = {}
     versions: dict[str, int] = {}
     seen: set[str] = set()
-    unfinished: set[str] = set()
+    unfinished: dict[str, dict[str, int]] = {}
     for skus, reply in replies:
         for r in range(0, len(reply) - 2, 2):
             sku = skus[r // 2]
@@ -333,8 +352,10 @@ def _snapshot(replies: Sequence[tuple[list[str], list[Any]]]) -> Snapshot:
             versions[sku] = int(version) if version is not None else 0
             states[sku] = load_state(sku, reply[r + 1])
         seen.update(event_id.decode() for event_id in reply[-2])
-        unfinished.update(event_id.decode() for event_id in reply[-1])
-    return Snapshot(states, versions, frozenset(seen), frozenset(unfinished))
+        pairs = reply[-1]
+        for u in range(0, len(pairs), 2):
+            unfinished[pairs[u].decode()] = decode_ends(pairs[u + 1])
+    return Snapshot(states, versions, frozenset(seen), unfinished)
 
 
 class PutExists(Exception):
@@ -426,14 +447,15 @@ def write_calls(
     group_id: str,
     now_ms: int,
     window_ms: int,
+    offsets: Mapping[str, int] | None = None,
 ) -> list[tuple[list[str], list[Any]]]:
     """The write script's keys and arguments for each step of each shard's part of a write
-    (``steps``)."""
+    (``steps``) that moves ``offsets``."""
+    ends = encode_ends(offsets or {})
     return [
         script_arguments(
             part, group_id=group_id, now_ms=now_ms, seen_cutoff_ms=now_ms - window_ms,
-            layout=layout, shard=shard, step=step,
-            token=part.outbox_id.partition(STEP_SEPARATOR)[0],
+            layout=layout, shard=shard, step=step, token=write_token(part.outbox_id), ends=ends,
         )
         for shard, part, step in parts
     ]  # fmt: skip
@@ -551,7 +573,7 @@ class RedisStore:
         parts, rows = self._rows_apart(steps(shards, self.step_skus))
         calls = write_calls(
             parts, layout=self.layout, group_id=self.group_id, now_ms=now_ms,
-            window_ms=self.window_ms,
+            window_ms=self.window_ms, offsets=changes.offsets,
         )  # fmt: skip
         if len(calls) == 1 and not rows:
             conflicts = _conflicts(parts[0][1], self._write(keys=calls[0][0], args=calls[0][1]))
@@ -581,7 +603,7 @@ class RedisStore:
         for shard, part, step in parts:
             staged = part.ledger.get(shard, {})
             if any(len(blob) > ROWS_INLINE_MAX for blob in staged.values()):
-                write_id = part.outbox_id.partition(STEP_SEPARATOR)[0]
+                write_id = write_token(part.outbox_id)
                 named: dict[str, bytes] = {}
                 for n, (name, blob) in enumerate(staged.items()):
                     if len(blob) > ROWS_INLINE_MAX:

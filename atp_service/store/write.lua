@@ -26,7 +26,8 @@
 --       then n_checks, then per check: expected version of a sku read but not written (a
 --       kit's component), the 1-based index of the sku whose write depends on it,
 --       then the step: '' (the whole write), 'p' (one of the first steps of a write in
---         steps) or 'f<n>' (the last step, after n first steps), and the write's token,
+--         steps) or 'f<n>' (the last step, after n first steps), the write's token, and
+--         (first steps) the write's offsets as "<field>=<next offset>" lines,
 --       then per sku: expected version ('' = unchecked), state, due ms ('' = none),
 --                     n_fields values (in the order of the names), n_seen, event_ids,
 --                     trim ('1': drop dedupe marks older than the cutoff now)
@@ -74,10 +75,12 @@ local checks_at = i; i = i + 2 * n_checks
 local step = ARGV[i]
 -- A write in steps keeps what its first steps did under this key until its last step lands
 -- (atp_service/store/redis_store.py, ``steps``): their count, and the time their dedupe
--- marks carry, by which a retry tells the events they applied from true duplicates.
+-- marks carry and the offsets the write ends at, by which a retry tells the events they
+-- applied from true duplicates.
 local token = ARGV[i + 1]
 local steps_key = prefix .. 'partial:' .. token
-i = i + 2
+local ends = ARGV[i + 2]
+i = i + 3
 
 -- Phase 1: checks only.
 if redis.call('EXISTS', KEYS[4]) == 0 then
@@ -283,9 +286,9 @@ if outbox_id ~= '' then
 end
 
 if step == 'p' then
-  redis.call('HSET', steps_key, 't', now)
+  redis.call('HSET', steps_key, 't', now, 'o', ends)
   redis.call('HINCRBY', steps_key, 'n', 1)
-  redis.call('PEXPIRE', steps_key, now - cutoff)  -- the dedupe window
+  redis.call('PEXPIRE', steps_key, math.max(now - cutoff, 3600000))  -- the dedupe window
 elseif step ~= '' then
   redis.call('DEL', steps_key)
 end

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import functools
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from streams import metrics
 from streams.backorders import build_replanned
 from streams.changeset import ChangeSet
 from streams.consumer.batch import Batch, ledger_rows
+from streams.consumer.options import offset_field
 from streams.events import TAGS, AnyEvent
 from streams.fold import FoldResult, fold
 from streams.ledger import Ledger
@@ -27,7 +28,13 @@ from streams.state import SkuState
 # A batch's skus as the fold needs them: states, versions, event_ids applied already, those
 # taken as applied without reading (sku -> ids, for the write to check), and those applied
 # by a write that never finished (streams.store.Snapshot.unfinished).
-Known = tuple[dict[str, SkuState], dict[str, int], set[str], dict[str, list[str]], frozenset[str]]
+Known = tuple[
+    dict[str, SkuState],
+    dict[str, int],
+    set[str],
+    dict[str, list[str]],
+    Mapping[str, Mapping[str, int]],
+]
 Written = dict[str, tuple[int, bytes]]  # sku -> (version, state) as written
 
 
@@ -98,7 +105,8 @@ class Folder:
         if self.ledger is not None and batch is not None:
             # Staged with the state and the offsets: see streams/ledger.py.
             kits = frozenset(sku for sku in result.touched if result.states[sku].kit is not None)
-            rows = ledger_rows(batch, _true_duplicates(result.duplicates, unfinished), kits)
+            duplicates = _true_duplicates(result.duplicates, unfinished, batch)
+            rows = ledger_rows(batch, duplicates, kits)
             if self.shards == 1:
                 staged = self.ledger.stage(rows, applied_at_us=now)
                 changes.ledger = {0: staged} if staged else {}
@@ -154,16 +162,24 @@ class Prepared:
     changes: ChangeSet
 
 
-def _true_duplicates(duplicates: list[AnyEvent], unfinished: frozenset[str]) -> list[AnyEvent]:
-    """The duplicates but the events a write that never finished applied (each event_id's
-    first message here): the ledger has no row for them yet, as that write's rows were to
-    land with its last step."""
+def _true_duplicates(
+    duplicates: list[AnyEvent], unfinished: Mapping[str, Mapping[str, int]], batch: Batch
+) -> list[AnyEvent]:
+    """The duplicates but the events a write that never finished applied: of each such
+    event_id, its first message here below the offsets that write ended at. The ledger has
+    no row for them yet, as that write's rows were to land with its last step."""
     if not unfinished:
         return duplicates
+    where = {
+        id(event): (offset_field(topic, partition), offset)
+        for event, (topic, partition, offset, _, _) in zip(batch.events, batch.sources, strict=True)
+    }
     out: list[AnyEvent] = []
     taken: set[str] = set()
     for event in duplicates:
-        if event.event_id in unfinished and event.event_id not in taken:
+        ends = unfinished.get(event.event_id)
+        field, offset = where[id(event)]
+        if ends is not None and event.event_id not in taken and offset < ends.get(field, -1):
             taken.add(event.event_id)
         else:
             out.append(event)

@@ -9,6 +9,8 @@ failed write, a rebalance, a changed server) drops them all (``forget``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from streams.consumer.folding import Known, Written
 from streams.consumer.options import API_EVENT_PREFIXES
 from streams.state import SkuState, load_state
@@ -52,7 +54,7 @@ class WrittenStates:
         states: dict[str, SkuState] = {}
         versions: dict[str, int] = {}
         seen: set[str] = set()
-        unfinished: frozenset[str] = frozenset()
+        unfinished: Mapping[str, Mapping[str, int]] = {}
         if missing:
             snapshot = self.store.read(missing, by_sku)
             states.update(snapshot.states)

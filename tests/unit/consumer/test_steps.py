@@ -102,7 +102,7 @@ def test_ledger_rows_cover_every_message_in_order_with_their_status() -> None:
 def test_the_fold_step_writes_states_offsets_marks_and_the_events_out() -> None:
     batch = decode([message(0, receipt(0, quantity=4)), message(1, receipt(1, sku="SKU-2"))])
     by_sku = events_by_sku(batch.events)
-    known = ({}, {}, set(), {}, frozenset())
+    known = ({}, {}, set(), {}, {})
     result, changes = Folder(PROJECTOR, WINDOW).fold(
         batch.events, by_sku, batch.offsets, known, NOW, "srv"
     )
@@ -115,7 +115,7 @@ def test_the_fold_step_writes_states_offsets_marks_and_the_events_out() -> None:
 
 def test_an_event_already_applied_is_not_marked_again() -> None:
     batch = decode([message(0, receipt(0)), message(1, receipt(1))])
-    known = ({}, {}, {"e-0"}, {}, frozenset())
+    known = ({}, {}, {"e-0"}, {}, {})
     result, changes = Folder(PROJECTOR, WINDOW).fold(
         batch.events, events_by_sku(batch.events), batch.offsets, known, NOW, ""
     )
@@ -125,16 +125,25 @@ def test_an_event_already_applied_is_not_marked_again() -> None:
 
 def test_events_a_write_cut_short_applied_are_applied_in_the_ledger_once(tmp_path: Path) -> None:
     # e-0 was applied by the first steps of a write that never finished (no ledger row
-    # landed); the message at offset 2 repeats it and is a true duplicate; e-1 is new.
-    batch = decode([message(0, receipt(0)), message(1, receipt(1)), message(2, receipt(0))])
-    known = ({}, {}, {"e-0"}, {}, frozenset({"e-0"}))
+    # landed), which ended at offset 3; e-1 is new. Offset 2 repeats e-0 within that write,
+    # offset 3 after it: both are true duplicates.
+    messages = [message(0, receipt(0)), message(1, receipt(1))]
+    batch = decode([*messages, message(2, receipt(0)), message(3, receipt(0))])
+    known = ({}, {}, {"e-0"}, {}, {"e-0": {offset_field(MOVES, 0): 3}})
     _, changes = Folder(PROJECTOR, WINDOW, Ledger(tmp_path)).fold(
         batch.events, events_by_sku(batch.events), batch.offsets, known, NOW, "", batch
     )
     ((name, blob),) = changes.ledger[0].items()
     rows = staged_rows(name, blob).to_pydict()
-    assert rows["source_offset"] == [0, 1, 2]
-    assert rows["status"] == ["applied", "applied", "duplicate"]
+    assert rows["source_offset"] == [0, 1, 2, 3]
+    assert rows["status"] == ["applied", "applied", "duplicate", "duplicate"]
+    # Later, the write's key still there: e-0 again is a true duplicate.
+    later = decode([message(3, receipt(0))])
+    _, changes = Folder(PROJECTOR, WINDOW, Ledger(tmp_path)).fold(
+        later.events, events_by_sku(later.events), later.offsets, known, NOW, "", later
+    )
+    ((name, blob),) = changes.ledger[0].items()
+    assert staged_rows(name, blob).to_pydict()["status"] == ["duplicate"]
 
 
 def test_a_fold_that_raises_names_the_events_that_cause_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -155,7 +164,7 @@ def test_a_fold_that_raises_names_the_events_that_cause_it(monkeypatch: pytest.M
             batch.events,
             events_by_sku(batch.events),
             batch.offsets,
-            ({}, {}, set(), {}, frozenset()),
+            ({}, {}, set(), {}, {}),
             NOW,
             "",
         )
