@@ -294,10 +294,13 @@ def _validate(settings: Settings) -> None:
             "invalid config: `kits` are not available on a Redis Cluster yet "
             "(`redis.cluster` is true; docs/scaling.md)"
         )
-    if settings.redis.shard_count > 1 and settings.capacities:
+    # The day's counts are a key of no shard, written with an allocation's reservations:
+    # one script cannot do that on a cluster, whatever the shard count.
+    if (settings.redis.cluster or settings.redis.shard_count > 1) and settings.capacities:
         raise ConfigError(
-            "invalid config: `locations` (daily capacities) are not available with several "
-            "shards yet (a Redis Cluster, or `redis.shards` above 1; docs/scaling.md)"
+            "invalid config: `locations` (daily capacities) are not available on a Redis "
+            "Cluster or with several shards yet (`redis.cluster` is true, or `redis.shards` "
+            "above 1; docs/scaling.md)"
         )
     if not settings.statuses.sellable:
         raise ConfigError("invalid config: `statuses.sellable` must not be empty")

@@ -310,6 +310,9 @@ def stack(
     prefix = f"t{uuid.uuid4().hex[:10]}"
     marker = request.node.get_closest_marker("config")  # @pytest.mark.config("<toml>")
     url, options = redis_for_kind(request, redis_kind)
+    more = request.node.get_closest_marker("redis_options")  # @pytest.mark.redis_options(k=v)
+    if more is not None:
+        options = {**options, **more.kwargs}
     text = config_text(
         url,
         broker_bootstrap,

@@ -134,8 +134,10 @@ def create_app(settings: Settings) -> Litestar:
         app.state.redis = client
         app.state.layout = layout
         app.state.reader = reader
-        # With several shards an order is written shard by shard (docs/scaling.md).
-        kind = ShardedAllocator if layout.shards > 1 else Allocator
+        # With several shards, or on any cluster, an order's record is a key of no shard
+        # that no script can write with its lines: it is written in steps (docs/scaling.md).
+        sharded = layout.shards > 1 or settings.redis.cluster
+        kind = ShardedAllocator if sharded else Allocator
         app.state.allocator = kind(
             AsyncRedisStore(
                 client,

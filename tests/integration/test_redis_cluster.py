@@ -74,3 +74,33 @@ def test_a_node_that_lost_its_shards_answers_503_never_zeros(
     assert ready.headers["content-type"].startswith("application/problem+json")
     # The other nodes' skus still read their values.
     assert availability(base, READ_KEY, "web", kept[0])["on_hand"] == 7
+
+
+@pytest.mark.redis_kinds("cluster")
+@pytest.mark.redis_options(shards=1)
+def test_one_shard_on_a_cluster_allocates_and_releases(stack: Stack) -> None:
+    """Every key of the one shard is in one slot, but an order's record is in none: the API
+    writes orders in steps, as with several shards, not in the lines' script (CROSSSLOT)."""
+    assert stack.layout.shards == 1
+    stack.start_consumer()  # joins its group while the API starts
+    stack.produce([receipt("ONE-1", 5), receipt("ONE-2", 5)])
+    base = stack.start_api()
+    for sku in ("ONE-1", "ONE-2"):
+        poll(lambda sku=sku: availability(base, READ_KEY, "web", sku), lambda d: d["on_hand"] == 5)
+    order = {
+        "order_id": "ONE-ORDER",
+        "channel": "web",
+        "lines": [
+            {"line_id": "1", "sku": "ONE-1", "quantity": 2},
+            {"line_id": "2", "sku": "ONE-2", "quantity": 3},
+        ],
+    }
+    made = httpx.post(f"{base}/v1/allocations", json=order, headers=BEARER, timeout=30)
+    assert made.status_code == 201, made.text
+    assert availability(base, READ_KEY, "web", "ONE-1")["reserved"] == 2
+    assert availability(base, READ_KEY, "web", "ONE-2")["reserved"] == 3
+    again = httpx.post(f"{base}/v1/allocations", json=order, headers=BEARER, timeout=30)
+    assert (again.status_code, again.json()) == (200, made.json())
+    released = httpx.delete(f"{base}/v1/allocations/ONE-ORDER", headers=BEARER, timeout=30)
+    assert released.status_code == 200 and released.json()["status"] == "released"
+    assert availability(base, READ_KEY, "web", "ONE-2")["reserved"] == 0

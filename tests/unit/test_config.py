@@ -156,6 +156,12 @@ def test_kits_and_capacities_are_refused_on_a_cluster_until_built_there() -> Non
     with pytest.raises(ConfigError, match="`kits` are not available on a Redis Cluster yet"):
         parse_config(config_text(extra=kit), {"ATP_REDIS_CLUSTER": "1"})
     cap = '[[locations]]\nname = "DC-EAST"\ndaily_capacity_units = 5'
-    with pytest.raises(ConfigError, match=r"`locations` .* not available with several shards"):
+    refused = r"`locations` .* not available on a Redis Cluster or with several shards"
+    with pytest.raises(ConfigError, match=refused):
         parse_config(config_text(extra=cap), {"ATP_REDIS_CLUSTER": "1"})
+    # One shard on a cluster too: the day's counts are a key of no shard.
+    one_shard = config_text(extra=cap, redis_options={"cluster": True, "shards": 1})
+    with pytest.raises(ConfigError, match=refused):
+        parse_config(one_shard)
+    assert parse_config(config_text(extra=cap)).capacities  # a single Redis has them
     assert parse_config(config_text(extra=kit)).kits  # a single Redis has them
