@@ -12,7 +12,7 @@ from confluent_kafka import Consumer, Producer
 
 from atp_service.config import ConfigError, Settings
 from atp_service.model import projector_for
-from atp_service.store import keys
+from atp_service.store import cluster_state, keys
 from atp_service.store.packer import ChunkedPacker
 from atp_service.store.redis_store import RedisStore
 from streams.consumer import ConsumerOptions, StreamProjector
@@ -78,7 +78,12 @@ def sync_redis(settings: Settings, retry_s: float = 1.0) -> redis.Redis:
             except redis.RedisClusterException as exc:
                 if NOT_A_CLUSTER in str(exc):
                     check_redis_mode(settings)
-                log.warning("no Redis Cluster node answers (%s); retrying", exc)
+                # Nodes that answer but serve not every slot are no outage of Redis: say so.
+                trouble = cluster_state.trouble_at(settings.redis.url)
+                if trouble is not None:
+                    log.warning("the Redis Cluster is not ok (%s: %s); waiting", trouble, exc)
+                else:
+                    log.warning("no Redis Cluster node answers (%s); retrying", exc)
                 time.sleep(retry_s)
     client = redis.Redis.from_url(
         settings.redis.url,

@@ -138,7 +138,9 @@ def failure_of(exc: Exception) -> Failure:
             f"not available on a Redis Cluster yet: {exc} (docs/scaling.md)",
             "spans-shards",
         )
-    if isinstance(exc, (redis.RedisError, ConnectionError)):
+    # RedisClusterException is no RedisError: redis-py raises it when no node serves every
+    # slot (a cluster that is not ok) or none answers while it learns the slot map.
+    if isinstance(exc, (redis.RedisError, redis.RedisClusterException, ConnectionError)):
         return Failure(
             503,
             "the availability store is unavailable; retry shortly",
@@ -181,6 +183,7 @@ def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes
 EXCEPTION_HANDLERS: dict[Any, Any] = {
     HTTPException: _http,
     redis.RedisError: failure,
+    redis.RedisClusterException: failure,
     ProjectionMissing: failure,
     ConnectionError: failure,
     Exception: failure,

@@ -159,6 +159,11 @@ class ClusterService:
                 return self._by_port(port)
         raise LookupError(f"slot {slot} is not served")
 
+    def slots_of(self, primary: Service) -> list[tuple[int, int]]:
+        """The (first, last) slot ranges `primary` serves, as the first live node sees it."""
+        owners = self._slot_owners(self.alive()[0])
+        return sorted((start, end) for start, end, port in owners if port == primary.port)
+
     def fail_over_by_kill(self, primary: Service, timeout: float = 30) -> Service:
         """kill -9 `primary`, wait until one of its replicas took over and the cluster is ok
         again; the promoted replica."""
