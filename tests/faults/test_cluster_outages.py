@@ -1,12 +1,17 @@
-"""A Redis Cluster in trouble (contract section 7): slots that no node serves."""
+"""A Redis Cluster in trouble (contract section 7): slots that no node serves, and a primary
+failing over while allocations race through the API."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import random
+import signal
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -15,11 +20,12 @@ import redis
 
 from atp_service.local.services import ClusterService, Service, wait_until
 from atp_service.runtime import sync_redis
-from tests.conftest import READ_KEY, Stack
-from tests.faults.harness import tail
+from tests.conftest import READ_KEY, WRITE_KEY, Stack
+from tests.faults.harness import atp_cli, documents, redis_for, stored_offsets, tail
 from tests.integration.helpers import availability, poll, receipt
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
+W = {"Authorization": f"Bearer {WRITE_KEY}"}
 
 
 def _on_each(nodes: list[Service], *command: object) -> list[Any]:
@@ -107,3 +113,125 @@ def test_slots_no_node_serves_make_readyz_503_and_the_consumer_wait(
     assert consumer.poll() is None, tail(stack.logs())
     for api in (base, late):
         poll(lambda api=api: httpx.get(f"{api}/readyz").status_code, lambda code: code == 200)
+
+
+SKUS = [f"FO-{i}" for i in range(8)]
+STOCK = 40  # each sku's, at DC-EAST: gone within about 55 orders
+KILL_AFTER = 15  # orders acknowledged before the primary is killed
+CLIENTS = 6
+
+
+def _orders() -> Iterator[dict[str, Any]]:
+    rng = random.Random(17)
+    for n in range(400):
+        yield {
+            "order_id": f"FO-ORDER-{n}",
+            "channel": "web",
+            "lines": [
+                {"line_id": str(k), "sku": sku, "quantity": rng.randint(1, 3)}
+                for k, sku in enumerate(rng.sample(SKUS, 3))
+            ],
+        }
+
+
+def test_a_primary_failing_over_under_racing_allocations_oversells_nothing(
+    make_stack: Callable[..., Stack], redis_cluster: ClusterService
+) -> None:
+    """Allocations race through the API while a primary is killed and its replica takes
+    over. Every order the API acknowledged is still there, no location is reserved beyond
+    what it had, and `atp verify` names every sku whose reservations differ from the
+    acknowledged orders' (an order answered 503 mid-failover may hold what it made until
+    its client repeats it)."""
+    stack = make_stack(redis_kind="cluster")
+    client = redis_for(stack)
+    settings = stack.settings
+    consumer = stack.start_consumer()  # joins its group while the API starts
+    stack.produce([receipt(sku, STOCK) for sku in SKUS])
+    base = stack.start_api()
+    for sku in SKUS:
+        poll(
+            lambda sku=sku: availability(base, READ_KEY, "web", sku),
+            lambda d: d["on_hand"] == STOCK,
+        )
+    victim = next(p for p in redis_cluster.primaries() if f":{p.port}/" not in settings.redis.url)
+    # (order, status, body, whether sent after the replica took over)
+    answers: list[tuple[dict[str, Any], int, dict[str, Any], bool]] = []
+
+    async def race() -> None:
+        orders = _orders()
+        acknowledged = asyncio.Event()
+        failed_over = asyncio.Event()
+        sold_out = asyncio.Event()
+
+        async def one_client(http: httpx.AsyncClient) -> None:
+            for order in orders:  # shared: each order is sent once, by one client
+                if sold_out.is_set():
+                    return
+                after = failed_over.is_set()
+                reply = await http.post(f"{base}/v1/allocations", json=order, headers=W)
+                body = reply.json()
+                answers.append((order, reply.status_code, body, after))
+                if sum(a[1] == 201 for a in answers) >= KILL_AFTER:
+                    acknowledged.set()
+                gone = reply.status_code == 201 and all(not x["allocations"] for x in body["lines"])
+                if after and gone:
+                    sold_out.set()  # after the failover, every sku asked was gone
+
+        async def fail_over() -> None:
+            await acknowledged.wait()
+            await asyncio.to_thread(redis_cluster.fail_over_by_kill, victim)
+            failed_over.set()
+
+        async with httpx.AsyncClient(timeout=60) as http:
+            await asyncio.gather(fail_over(), *(one_client(http) for _ in range(CLIENTS)))
+
+    try:
+        asyncio.run(race())
+        statuses = Counter(status for _, status, _, _ in answers)
+        assert set(statuses) <= {201, 503}, statuses
+        acked = [(order, body) for order, status, body, _ in answers if status == 201]
+        assert any(status == 201 for _, status, _, after in answers if after), statuses
+
+        # Every acknowledged order is still there, as it was answered.
+        for order, body in acked:
+            got = httpx.get(f"{base}/v1/allocations/{order['order_id']}", headers=W, timeout=30)
+            assert (got.status_code, got.json()) == (200, body), order["order_id"]
+
+        # Nothing oversold: not by the acknowledged orders, not in Redis (nothing was
+        # released, so what is reserved now is the most ever reserved).
+        taken: Counter[tuple[str, str]] = Counter()
+        for _, body in acked:
+            for line in body["lines"]:
+                for a in line["allocations"]:
+                    taken[line["sku"], a["location"]] += a["quantity"]
+        assert set(taken) <= {(sku, "DC-EAST") for sku in SKUS}
+        assert max(taken.values()) <= STOCK, taken
+        pairs = [("web", sku) for sku in SKUS]
+        reserved = {sku: doc["reserved"] for (_, sku), doc in documents(client, pairs, stack.layout).items() if doc}  # fmt: skip
+        assert all(taken[sku, "DC-EAST"] <= reserved[sku] <= STOCK for sku in SKUS), (
+            reserved,
+            taken,
+        )
+        poll(lambda: httpx.get(f"{base}/readyz").status_code, lambda code: code == 200)
+
+        # The consumer folds every reservation the API published, then `atp verify` names
+        # each sku holding more than the acknowledged orders (a 503'd order's leftovers).
+        # One message per reservation made; the reservations topic has no other producer.
+        published = sum(len(line["allocations"]) for _, body in acked for line in body["lines"])
+        topic = settings.topics.reservations
+        poll(
+            lambda: sum(n for (t, _), n in stored_offsets(client, settings).items() if t == topic),
+            lambda consumed: consumed >= published,
+        )
+        consumer.send_signal(signal.SIGTERM)
+        assert consumer.wait(30) == 0, tail(stack.logs())
+        held = {sku for sku in SKUS if reserved[sku] != taken[sku, "DC-EAST"]}
+        verify = atp_cli(stack, "verify")
+        if not held:
+            assert verify.returncode == 0, verify.stdout + verify.stderr
+        else:
+            assert verify.returncode == 1, verify.stdout + verify.stderr
+            assert all(sku in verify.stdout for sku in held), (held, verify.stdout)
+    finally:
+        if not victim.alive:
+            redis_cluster.rejoin(victim)
