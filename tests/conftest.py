@@ -29,7 +29,7 @@ from atp_service.local.services import (
     ClusterService,
     Service,
     create_topics,
-    free_port,
+    free_ports,
     start_broker,
     start_redis,
     start_redis_cluster,
@@ -222,31 +222,41 @@ class Stack:
         return process
 
     def start_api(self, workers: int = 1) -> str:
-        port = free_port()
-        log = open(self.tmp / f"api-{port}.log", "ab")  # noqa: SIM115
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "atp_service.cli",
-                "serve",
-                "--port",
-                str(port),
-                "--workers",
-                str(workers),
-            ],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        self.processes.append(process)
-        base = f"http://127.0.0.1:{port}"
+        (base,) = self.start_apis(1, workers)
+        return base
+
+    def start_apis(self, count: int, workers: int = 1) -> list[str]:
+        """``count`` `atp serve` processes, started together (each takes seconds to answer)
+        and waited for."""
         import httpx
 
-        wait_until(
-            lambda: httpx.get(f"{base}/healthz", timeout=1).status_code == 200, 30, "the API"
-        )
-        return base
+        bases = []
+        for port in free_ports(count):
+            log = open(self.tmp / f"api-{port}.log", "ab")  # noqa: SIM115
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "atp_service.cli",
+                    "serve",
+                    "--port",
+                    str(port),
+                    "--workers",
+                    str(workers),
+                ],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            self.processes.append(process)
+            bases.append(f"http://127.0.0.1:{port}")
+        for base in bases:
+            wait_until(
+                lambda base=base: httpx.get(f"{base}/healthz", timeout=1).status_code == 200,
+                30,
+                "the API",
+            )
+        return bases
 
     def logs(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.tmp.glob("*.log")))

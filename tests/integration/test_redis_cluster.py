@@ -49,10 +49,10 @@ def test_cluster_false_against_a_cluster_node_stops_start_up_saying_so(stack: St
 def test_a_node_that_lost_its_shards_answers_503_never_zeros(
     stack: Stack, redis_cluster: ClusterService
 ) -> None:
-    base = stack.start_api()
-    stack.start_consumer()
+    stack.start_consumer()  # joins its group while the API starts
     skus = [f"LOST-{i}" for i in range(40)]
     stack.produce([receipt(sku, 7) for sku in skus])
+    base = stack.start_api()
     for sku in skus:
         poll(lambda sku=sku: availability(base, READ_KEY, "web", sku), lambda d: d["on_hand"] == 7)
     # One primary emptied, as a node replaced by an empty one would be.

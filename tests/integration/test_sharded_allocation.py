@@ -35,8 +35,8 @@ def test_orders_over_many_shards_racing_through_two_servers_never_oversell(
     stack: Stack,
 ) -> None:
     assert len({stack.layout.shard(s) for s in SKUS}) > 2  # the lines span shards
-    base, other = stack.start_api(), stack.start_api()  # two `atp serve` processes
-    stack.start_consumer()
+    stack.start_consumer()  # joins its group while the APIs start
+    base, other = stack.start_apis(2)  # two `atp serve` processes
     _stock(stack, base, 10)
     rng = random.Random(5)
     orders = [
@@ -86,8 +86,8 @@ def test_orders_over_many_shards_racing_through_two_servers_never_oversell(
 
 
 def test_an_order_whose_writer_died_is_finished_by_the_repeat(stack: Stack) -> None:
+    stack.start_consumer()  # joins its group while the API starts
     base = stack.start_api()
-    stack.start_consumer()
     _stock(stack, base, 6)
     order = {
         "order_id": "DIED-1",
