@@ -14,6 +14,12 @@ record in none of them: written in steps, with the order's record saying how far
 5. Publish the reservations; if the broker does not acknowledge them, they are released
    and the record removed, as on a single Redis.
 
+A write whose reply is lost can have landed: redis-py sends a command again after a
+connection reset, and the script then finds its own work done. So a claim that finds this
+attempt's own pending record has it, a part refused is first looked for in the fresh read
+(its reservations there, open: it landed), and a final record that is already this record
+was written.
+
 Orders of a batch are allocated one after another, by channel priority and then as given:
 each as a single order would be on what the ones before it left. Releases are written shard
 by shard the same way, then the record says "released"; a repeat finishes what a crash left.
@@ -45,6 +51,7 @@ from atp_service.orders import (
 from atp_service.store.redis_store import AsyncRedisStore
 from streams.changeset import build_changeset
 from streams.logs import correlation_id
+from streams.state import SkuState
 
 PENDING_S: Final = 10.0  # a pending record older than this belongs to a writer that died
 WAIT_S: Final = 0.02  # between looks at a pending record of a live writer
@@ -76,6 +83,13 @@ else
 end
 return 1
 """
+
+
+def _holding(state: SkuState, holds: Sequence[Held]) -> bool:
+    """Whether the sku holds these reservations open: ids an attempt chose as unused in
+    the state it read, so only its own write can have made them."""
+    open_ids = {r.reservation_id for r in state.reservations if r.created and not r.released}
+    return all(h.reservation_id in open_ids for h in holds)
 
 
 def _pending_value(token: bytes, pending: Pending) -> bytes:
@@ -120,6 +134,9 @@ class ShardedAllocator(Allocator):
             raw = await self._raw_record(key)
             if raw is None:
                 continue  # removed meanwhile (an undo): claim again
+            if raw.startswith(mine):  # this claim, sent again after a lost reply
+                claimed = True
+                break
             if not raw.startswith(PENDING_MARK):
                 if decode_stored(raw).fingerprint != print_:
                     raise OrderConflict(order.order_id)
@@ -168,9 +185,20 @@ class ShardedAllocator(Allocator):
         results: dict[str, LineResult] = {}
         held: list[Held] = []
         left = list(order.lines)
+        # Lines of parts refused, with what they were to hold: refused, or landed with the
+        # reply lost (the fresh read tells).
+        unsure: dict[str, tuple[list[LineResult], list[Held]]] = {}
         for _ in range(MAX_ATTEMPTS):
-            part = msgspec.structs.replace(order, lines=left)
             snapshot = await self.store.read(list(dict.fromkeys(line.sku for line in left)))
+            for sku, (lines, holds) in unsure.items():
+                if holds and _holding(snapshot.states[sku], holds):
+                    results.update((line.line_id, line) for line in lines)
+                    held += holds
+            left = [line for line in left if line.line_id not in results]
+            unsure = {}
+            if not left:
+                break
+            part = msgspec.structs.replace(order, lines=left)
             now = self.clock()
             planned = plan([part], snapshot.states, self.projector, now)
             making = planned.held[0]
@@ -184,7 +212,13 @@ class ShardedAllocator(Allocator):
             for line in planned.results[0].lines:
                 if line.sku not in moved:
                     results[line.line_id] = line
-            held += [h for h in making if h.sku not in moved]
+                else:
+                    unsure.setdefault(line.sku, ([], []))[0].append(line)
+            for h in making:
+                if h.sku in moved:
+                    unsure[h.sku][1].append(h)
+                else:
+                    held.append(h)
             left = [line for line in left if line.sku in moved]
             if not left:
                 break
@@ -197,7 +231,9 @@ class ShardedAllocator(Allocator):
             [results[line.line_id] for line in order.lines],
         )
         record = StoredOrder(print_, result, held)
-        if not await self._swap(keys=[key], args=[mine, encode_stored(record)]):
+        final = encode_stored(record)
+        swapped = await self._swap(keys=[key], args=[mine, final])
+        if not swapped and await self._raw_record(key) != final:  # else: its reply was lost
             await self._taken_over(order, held)
         return record
 

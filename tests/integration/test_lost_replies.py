@@ -1,0 +1,91 @@
+"""A write whose reply is lost may have landed: redis-py sends a command again after a
+connection reset, and the second run then finds the first one's work done. Against a real
+Redis kept in 4 shards, an order allocated while every write of it runs twice holds its
+stock once and is answered as allocated."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio as aredis
+
+from atp_service.config import parse_config
+from atp_service.model import projector_for
+from atp_service.orders import OrderLine, OrderRequest, decode_stored
+from atp_service.sharded_allocator import ShardedAllocator
+from atp_service.store import keys
+from atp_service.store.redis_store import AsyncRedisStore, RedisStore
+from streams.changeset import ChangeSet, build_changeset
+from streams.kafka import Outgoing
+from streams.state import BinStock, SkuState
+from tests.conftest import config_text
+
+pytestmark = pytest.mark.integration
+
+LAYOUT = keys.Layout(4)
+SKUS = [f"LR-{i}" for i in range(6)]
+WINDOW_MS = 7 * 86_400_000
+
+
+class Twice(AsyncRedisStore):
+    """Every shard's part written, then sent again: the answer is the second run's."""
+
+    async def write_each(self, changes: ChangeSet, now_ms: int) -> list[str]:
+        await super().write_each(changes, now_ms)
+        return await super().write_each(changes, now_ms)
+
+
+class TwiceClient(aredis.Redis):
+    """A claim (SET NX) sent again after it landed: the answer is the second one's."""
+
+    async def set(self, *args: Any, **kwargs: Any) -> Any:
+        first = await super().set(*args, **kwargs)
+        return await super().set(*args, **kwargs) if kwargs.get("nx") else first
+
+
+def test_an_order_whose_every_write_ran_twice_holds_its_stock_once(redis_url: str) -> None:
+    settings = parse_config(config_text(redis_url=redis_url, redis_options={"shards": 4}))
+    projector = projector_for(settings)
+    assert len({LAYOUT.shard(sku) for sku in SKUS}) > 2  # the order's lines span shards
+    sync = RedisStore(redis.Redis.from_url(redis_url), "g", WINDOW_MS, LAYOUT)
+    for shard in range(LAYOUT.shards):
+        sync.client.set(LAYOUT.marker_key(shard), "test")
+    stock = [SkuState(sku, (BinStock("DC-EAST", "A1", "available", 5),)) for sku in SKUS]
+    now = 1_796_000_000_000_000
+    assert not sync.write(build_changeset(stock, {}, projector, now), now // 1000)
+    sent: list[Outgoing] = []
+
+    def send(messages: Sequence[Outgoing], timeout_s: float) -> None:
+        sent.extend(messages)
+
+    async def allocate() -> Any:
+        client = TwiceClient.from_url(redis_url)
+        store = Twice(client, "g", WINDOW_MS, LAYOUT)
+        allocator = ShardedAllocator(store, projector, send, "oms.reservations")
+        swap = allocator._swap
+
+        async def swap_twice(keys: Any, args: Any) -> Any:  # the record's swaps, too
+            await swap(keys=keys, args=args)
+            return await swap(keys=keys, args=args)
+
+        allocator._swap = swap_twice  # type: ignore[method-assign]
+        lines = [OrderLine(str(n), sku, 3) for n, sku in enumerate(SKUS)]
+        try:
+            return await allocator.allocate([OrderRequest("O-LR", "web", lines)])
+        finally:
+            await client.aclose()
+
+    ((result, created),) = asyncio.run(allocate())
+    assert created and result.status == "allocated"
+    assert [sum(a.quantity for a in line.allocations) for line in result.lines] == [3] * 6
+    reserved = {
+        sku: sum(r.quantity for r in state.reservations if r.created and not r.released)
+        for sku, state in sync.read(SKUS).states.items()
+    }
+    assert reserved == dict.fromkeys(SKUS, 3)  # once, not twice
+    record = decode_stored(sync.client.get(LAYOUT.order_key("O-LR")))
+    assert len(record.held) == 6 and len(sent) == 6
