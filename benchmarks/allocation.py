@@ -282,7 +282,7 @@ def backlog_on(bench: Bench, bootstrap: str, spec: str, args: Any, report: Repor
     size = SIZES[args.size]
     events = BACKLOG[args.size]
     store = bench.start_store(spec)
-    tag = spec.replace("/", "-")
+    tag = Store.tag(spec)
     text = bench_config(store.url, bootstrap, prefix=f"bl-{tag}", group_id=f"bl-{tag}",
                         ledger_dir=bench.tmp / f"ledger-{tag}",
                         redis_table=store.redis_table)  # fmt: skip

@@ -399,6 +399,11 @@ class Store:
             table["skus_per_script"] = self.skus_per_script
         return table
 
+    @staticmethod
+    def tag(spec: str) -> str:
+        """A spec as a name part of topics, groups, files and order ids (no '/' or ':')."""
+        return spec.replace("/", "-").replace(":", "-")
+
     @property
     def label(self) -> str:
         steps = f", {self.skus_per_script} skus per script" if self.skus_per_script else ""

@@ -1005,7 +1005,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             f"(+{count['kits computed after the last write']:,} after)")  # fmt: skip
                     elif which.startswith("store "):
                         spec = which.removeprefix("store ")
-                        tag = spec.replace("/", "-")
+                        tag = Store.tag(spec)
                         rate, stage, count, _, calls = real_pipeline(
                             run_config("fold", f"fold-{tag}-{run}", f"ledger-{tag}-{run}",
                                        stores[spec]),

@@ -380,7 +380,7 @@ def compare_stores(args: Any, specs: list[str]) -> int:
         for spec in specs:
             store = stores[spec] = bench.start_store(spec)
             labels[spec] = store.label
-            tag = spec.replace("/", "-")
+            tag = Store.tag(spec)
             text = bench_config(store.url, ledger_dir=bench.tmp / f"ledger-{tag}",
                                 redis_table=store.redis_table)  # fmt: skip
             bench.config_path = bench.tmp / f"atp-{tag}.toml"

@@ -241,9 +241,9 @@ def split(changes: ChangeSet, layout: keys.Layout, cluster: bool) -> list[tuple[
     return sorted(parts.items())
 
 
-# Skus per script of a consumer's write: at about 70 µs a sku (docs/performance.md), a few
-# milliseconds of Redis, so that the API's scripts never wait long behind a catch-up.
-STEP_SKUS: Final = 64
+# Skus per script of a consumer's write: at about 35 µs a sku (docs/performance.md), about
+# a millisecond of Redis, so that the API's scripts never wait long behind a catch-up.
+STEP_SKUS: Final = 32
 STEP_SEPARATOR: Final = "\x1f"  # between a write's id and a first step's number
 # Staged ledger rows larger than this go to a key of their own, SET before the write's
 # scripts and named in the staged hash after ROWS_REF: a script's arguments are copied, at
