@@ -49,6 +49,9 @@ def run_dev(port: int = 8000, skus: int = 300, rate: float = 50.0, run_dir: str 
     watched = {"redis-server": redis_service.process, "the broker": broker.process}
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Ctrl-C stops everything even when the shell that started us ignores SIGINT (a
+    # background job of a script), where Python would leave it ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     status = 0
 
     def exited() -> str | None:
