@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -91,6 +92,14 @@ class PublishFailed(Exception):
 
 class Busy(Exception):
     """Too many concurrent writers on the same skus; retry (503)."""
+
+
+def _written_by(stored: StoredOrder, tried: Mapping[str, StoredOrder]) -> bool:
+    """Whether ``stored`` is the record this request's last write made, though the write
+    was answered as refused: its reply was lost, and redis-py sent the script again, which
+    found the record there. Nothing of it was published yet."""
+    mine = tried.get(stored.result.order_id)
+    return mine is not None and mine.attempt != "" and stored.attempt == mine.attempt
 
 
 def _count(result: OrderResult) -> None:
@@ -210,6 +219,7 @@ class Allocator:
         if len(orders) == 1:
             return [await self._allocate_single(orders[0])]
         prints = [fingerprint(o) for o in orders]
+        tried: dict[str, StoredOrder] = {}  # the last write's records
         for _ in range(MAX_ATTEMPTS):
             known = await self.stored([o.order_id for o in orders])
             answers: list[tuple[OrderResult, bool] | None] = []
@@ -220,6 +230,11 @@ class Allocator:
                     fresh.append(i)
                 elif stored.fingerprint != prints[i]:
                     raise OrderConflict(order.order_id)
+                elif _written_by(stored, tried):
+                    record = tried[order.order_id]
+                    await self._publish_or_undo([record], self.clock(), [correlation_id.get()])
+                    answers.append((record.result, True))
+                    _count(record.result)
                 else:
                     answers.append((stored.result, False))
             if not fresh:
@@ -233,6 +248,7 @@ class Allocator:
             changes, records = self._write_of(
                 planned, snapshot.versions, [prints[i] for i in fresh], now
             )
+            tried = {r.result.order_id: r for r in records}
             try:
                 if await self.store.write(changes, now // 1000):
                     continue  # a sku moved since the read: allocate again on fresh state
@@ -314,6 +330,7 @@ class Allocator:
 
     async def _write_group(self, group: list[_Waiting]) -> None:
         look_up = False
+        tried: dict[str, StoredOrder] = {}  # the last write's records
         for _ in range(MAX_ATTEMPTS):
             if look_up:
                 known = await self.stored([w.order.order_id for w in group])
@@ -323,6 +340,9 @@ class Allocator:
                         fresh.append(waiting)
                     elif stored.fingerprint != waiting.fingerprint:
                         _settle(waiting, OrderConflict(waiting.order.order_id))
+                    elif _written_by(stored, tried):
+                        record = tried[stored.result.order_id]
+                        await self._publish_group([waiting], [record], self.clock())
                     else:
                         _settle(waiting, (stored.result, False))
                 group = fresh
@@ -346,6 +366,7 @@ class Allocator:
             changes, records = self._write_of(
                 planned, snapshot.versions, [w.fingerprint for w in group], now
             )
+            tried = {r.result.order_id: r for r in records}
             try:
                 if await self.store.write(changes, now // 1000):
                     continue  # a sku moved since the read: allocate again on fresh state
@@ -374,8 +395,9 @@ class Allocator:
             planned.states, versions, self.projector, now, seen=planned.event_ids
         )
         count_capacity(changes, self.projector, planned.taken, now)
+        attempt = secrets.token_hex(6)
         records = [
-            StoredOrder(fp, result, held)
+            StoredOrder(fp, result, held, attempt)
             for fp, result, held in zip(prints, planned.results, planned.held, strict=True)
         ]
         changes.puts = [

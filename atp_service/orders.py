@@ -126,6 +126,9 @@ class StoredOrder(msgspec.Struct, frozen=True):
     fingerprint: str
     result: OrderResult
     held: list[Held]
+    # The write that made the record (random, per attempt): a request whose write's reply
+    # was lost finds its own record by it, and publishes it (atp_service/allocator.py).
+    attempt: str = ""
 
 
 _encoder: Final = msgspec.json.Encoder()

@@ -1,7 +1,7 @@
 """A write whose reply is lost may have landed: redis-py sends a command again after a
 connection reset, and the second run then finds the first one's work done. Against a real
-Redis kept in 4 shards, an order allocated while every write of it runs twice holds its
-stock once and is answered as allocated."""
+Redis, on one shard and on 4, an order allocated while every write of it runs twice holds
+its stock once, is answered as allocated, and its reservations are published."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 import redis
 import redis.asyncio as aredis
 
+from atp_service.allocator import Allocator
 from atp_service.config import parse_config
 from atp_service.model import projector_for
 from atp_service.orders import OrderLine, OrderRequest, decode_stored
@@ -89,3 +90,50 @@ def test_an_order_whose_every_write_ran_twice_holds_its_stock_once(redis_url: st
     assert reserved == dict.fromkeys(SKUS, 3)  # once, not twice
     record = decode_stored(sync.client.get(LAYOUT.order_key("O-LR")))
     assert len(record.held) == 6 and len(sent) == 6
+
+
+class WrittenTwice(AsyncRedisStore):
+    """Every write sent again after it landed: the second run finds the order's record."""
+
+    async def write(self, changes: ChangeSet, now_ms: int) -> list[str]:
+        await super().write(changes, now_ms)
+        return await super().write(changes, now_ms)
+
+
+@pytest.mark.parametrize("orders", [1, 3])  # one order (grouped requests), and a batch
+def test_one_shard_an_order_whose_write_ran_twice_is_published_once_held_once(
+    redis_url: str, orders: int
+) -> None:
+    settings = parse_config(config_text(redis_url=redis_url))
+    projector = projector_for(settings)
+    sync = RedisStore(redis.Redis.from_url(redis_url), "g", WINDOW_MS)
+    sync.client.set(keys.SINGLE.marker_key(0), "test")
+    stock = [SkuState(sku, (BinStock("DC-EAST", "A1", "available", 5),)) for sku in SKUS]
+    now = 1_796_000_000_000_000
+    assert not sync.write(build_changeset(stock, {}, projector, now), now // 1000)
+    sent: list[Outgoing] = []
+
+    def send(messages: Sequence[Outgoing], timeout_s: float) -> None:
+        sent.extend(messages)
+
+    async def allocate() -> Any:
+        client = aredis.Redis.from_url(redis_url)
+        allocator = Allocator(WrittenTwice(client, "g", WINDOW_MS), projector, send, "r")
+        requests = [
+            OrderRequest(f"O-{n}", "web", [OrderLine("1", SKUS[n], 2)]) for n in range(orders)
+        ]
+        try:
+            return await allocator.allocate(requests)
+        finally:
+            await client.aclose()
+
+    answers = asyncio.run(allocate())
+    assert [(result.status, created) for result, created in answers] == [
+        ("allocated", True)
+    ] * orders
+    reserved = {
+        sku: sum(r.quantity for r in state.reservations if r.created and not r.released)
+        for sku, state in sync.read(SKUS[:orders]).states.items()
+    }
+    assert reserved == dict.fromkeys(SKUS[:orders], 2)
+    assert len(sent) == orders  # each order's reservation_created, once
