@@ -6,7 +6,7 @@ its stock once, is answered as allocated, and its reservations are published."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -22,6 +22,7 @@ from atp_service.store import keys
 from atp_service.store.redis_store import AsyncRedisStore, RedisStore
 from streams.changeset import ChangeSet, build_changeset
 from streams.kafka import Outgoing
+from streams.projector import Projector
 from streams.state import BinStock, SkuState
 from tests.conftest import config_text
 
@@ -30,6 +31,15 @@ pytestmark = pytest.mark.integration
 LAYOUT = keys.Layout(4)
 SKUS = [f"LR-{i}" for i in range(6)]
 WINDOW_MS = 7 * 86_400_000
+
+
+def _into(sent: list[Outgoing]) -> Callable[[Sequence[Outgoing], float], None]:
+    """The allocator's send, acknowledging every message at once."""
+
+    def send(messages: Sequence[Outgoing], timeout_s: float) -> None:
+        sent.extend(messages)
+
+    return send
 
 
 class Twice(AsyncRedisStore):
@@ -48,25 +58,28 @@ class TwiceClient(aredis.Redis):
         return await super().set(*args, **kwargs) if kwargs.get("nx") else first
 
 
-def test_an_order_whose_every_write_ran_twice_holds_its_stock_once(redis_url: str) -> None:
-    settings = parse_config(config_text(redis_url=redis_url, redis_options={"shards": 4}))
-    projector = projector_for(settings)
-    assert len({LAYOUT.shard(sku) for sku in SKUS}) > 2  # the order's lines span shards
-    sync = RedisStore(redis.Redis.from_url(redis_url), "g", WINDOW_MS, LAYOUT)
-    for shard in range(LAYOUT.shards):
-        sync.client.set(LAYOUT.marker_key(shard), "test")
+def stocked(redis_url: str, layout: keys.Layout) -> tuple[RedisStore, Projector]:
+    """A store of ``layout`` holding 5 units of every sku at DC-EAST, and its projector."""
+    options = {"shards": layout.shards}
+    projector = projector_for(parse_config(config_text(redis_url, redis_options=options)))
+    sync = RedisStore(redis.Redis.from_url(redis_url), "g", WINDOW_MS, layout)
+    for shard in range(layout.shards):
+        sync.client.set(layout.marker_key(shard), "test")
     stock = [SkuState(sku, (BinStock("DC-EAST", "A1", "available", 5),)) for sku in SKUS]
     now = 1_796_000_000_000_000
     assert not sync.write(build_changeset(stock, {}, projector, now), now // 1000)
-    sent: list[Outgoing] = []
+    return sync, projector
 
-    def send(messages: Sequence[Outgoing], timeout_s: float) -> None:
-        sent.extend(messages)
+
+def test_an_order_whose_every_write_ran_twice_holds_its_stock_once(redis_url: str) -> None:
+    assert len({LAYOUT.shard(sku) for sku in SKUS}) > 2  # the order's lines span shards
+    sync, projector = stocked(redis_url, LAYOUT)
+    sent: list[Outgoing] = []
 
     async def allocate() -> Any:
         client = TwiceClient.from_url(redis_url)
         store = Twice(client, "g", WINDOW_MS, LAYOUT)
-        allocator = ShardedAllocator(store, projector, send, "oms.reservations")
+        allocator = ShardedAllocator(store, projector, _into(sent), "oms.reservations")
         swap = allocator._swap
 
         async def swap_twice(keys: Any, args: Any) -> Any:  # the record's swaps, too
@@ -104,21 +117,12 @@ class WrittenTwice(AsyncRedisStore):
 def test_one_shard_an_order_whose_write_ran_twice_is_published_once_held_once(
     redis_url: str, orders: int
 ) -> None:
-    settings = parse_config(config_text(redis_url=redis_url))
-    projector = projector_for(settings)
-    sync = RedisStore(redis.Redis.from_url(redis_url), "g", WINDOW_MS)
-    sync.client.set(keys.SINGLE.marker_key(0), "test")
-    stock = [SkuState(sku, (BinStock("DC-EAST", "A1", "available", 5),)) for sku in SKUS]
-    now = 1_796_000_000_000_000
-    assert not sync.write(build_changeset(stock, {}, projector, now), now // 1000)
+    sync, projector = stocked(redis_url, keys.SINGLE)
     sent: list[Outgoing] = []
-
-    def send(messages: Sequence[Outgoing], timeout_s: float) -> None:
-        sent.extend(messages)
 
     async def allocate() -> Any:
         client = aredis.Redis.from_url(redis_url)
-        allocator = Allocator(WrittenTwice(client, "g", WINDOW_MS), projector, send, "r")
+        allocator = Allocator(WrittenTwice(client, "g", WINDOW_MS), projector, _into(sent), "r")
         requests = [
             OrderRequest(f"O-{n}", "web", [OrderLine("1", SKUS[n], 2)]) for n in range(orders)
         ]
