@@ -37,6 +37,7 @@ from atp_service.config import Settings, parse_config
 from atp_service.local.config_file import ApiKey, Channel, ConfigFile
 from atp_service.local.services import (
     Service,
+    atp_command,
     create_topics,
     free_port,
     start_broker,
@@ -239,16 +240,7 @@ class Bench:
         port = free_port()
         proc = self.spawn(
             f"api-{port}",
-            [
-                sys.executable,
-                "-m",
-                "atp_service.cli",
-                "serve",
-                "--port",
-                str(port),
-                "--workers",
-                str(workers),
-            ],
+            atp_command("serve", "--port", str(port), "--workers", str(workers)),
             port,
         )
         self._wait_http(proc, "/readyz")
@@ -276,7 +268,7 @@ class Bench:
         return proc
 
     def start_consumer(self) -> Proc:
-        return self.spawn("consumer", [sys.executable, "-m", "atp_service.cli", "consume"])
+        return self.spawn("consumer", atp_command("consume"))
 
     def _wait_http(self, proc: Proc, path: str) -> None:
         url = f"http://127.0.0.1:{proc.port}{path}"

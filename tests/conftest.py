@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -28,6 +27,7 @@ from atp_service.local.config_file import ApiKey, Channel, ConfigFile
 from atp_service.local.services import (
     ClusterService,
     Service,
+    atp_command,
     create_topics,
     free_ports,
     start_broker,
@@ -213,7 +213,7 @@ class Stack:
     def start_consumer(self, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = open(self.tmp / f"consumer-{len(self.processes)}.log", "ab")  # noqa: SIM115
         process = subprocess.Popen(
-            [sys.executable, "-m", "atp_service.cli", "consume"],
+            atp_command("consume"),
             env={**self.env, **(extra_env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -234,16 +234,7 @@ class Stack:
         for port in free_ports(count):
             log = open(self.tmp / f"api-{port}.log", "ab")  # noqa: SIM115
             process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "atp_service.cli",
-                    "serve",
-                    "--port",
-                    str(port),
-                    "--workers",
-                    str(workers),
-                ],
+                atp_command("serve", "--port", str(port), "--workers", str(workers)),
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -26,7 +26,13 @@ from confluent_kafka import Producer
 from atp_service.config import parse_config
 from atp_service.local.config_file import ApiKey, Channel, ConfigFile
 from atp_service.local.demo import DemoFeed
-from atp_service.local.services import create_topics, start_broker, start_redis, wait_until
+from atp_service.local.services import (
+    atp_command,
+    create_topics,
+    start_broker,
+    start_redis,
+    wait_until,
+)
 
 DEV_CHANNELS = (
     Channel("web", 1, ("DC-EAST", "DC-WEST"), safety_stock=0, inbound_horizon_days=14),
@@ -76,9 +82,8 @@ def run_dev(port: int = 8000, skus: int = 300, rate: float = 50.0, run_dir: str 
         bootstrap = settings.kafka.bootstrap
         create_topics(bootstrap, settings.topics.names())
         env = {**os.environ, "ATP_CONFIG": str(config_path)}
-        atp = [sys.executable, "-m", "atp_service.cli"]
         for command in (["consume"], ["serve", "--port", str(port)]):
-            children.append(subprocess.Popen([*atp, *command], env=env))
+            children.append(subprocess.Popen(atp_command(*command), env=env))
             watched[f"atp {command[0]}"] = children[-1]
         wait_until(lambda: exited() is not None or _http_ok(port), 30, "the API")
         if (why := exited()) is not None:

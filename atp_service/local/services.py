@@ -10,6 +10,7 @@ import contextlib
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,11 @@ from typing import Any
 
 import redis
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+
+def atp_command(*args: str) -> list[str]:
+    """The `atp` command line, run by this interpreter (as a child process)."""
+    return [sys.executable, "-m", "atp_service.cli", *args]
 
 
 def free_port() -> int:

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any
 
 import redis
 import redis.asyncio as aredis
 
-SLOTS: Final = 16384
+from atp_service.store.keys import SLOTS
 
 
 def not_ok(node: str, info: Mapping[str, Any]) -> str | None:

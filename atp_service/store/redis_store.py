@@ -110,7 +110,7 @@ def script_arguments(
     ends: str = "",
 ) -> tuple[list[str], list[Any]]:
     """The write script's keys and arguments for ``changes``, all of one ``shard``
-    (``step`` and ``token``: see ``steps``)."""
+    (``step``, ``token`` and the write's ``ends``, kept by first steps: see ``steps``)."""
     key_list = [
         layout.due_key(shard),
         layout.shard_offsets_key(shard, group_id),
