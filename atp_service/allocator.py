@@ -94,12 +94,12 @@ class Busy(Exception):
     """Too many concurrent writers on the same skus; retry (503)."""
 
 
-def _written_by(stored: StoredOrder, tried: Mapping[str, StoredOrder]) -> bool:
-    """Whether ``stored`` is the record this request's last write made, though the write
+def _own(stored: StoredOrder, tried: Mapping[str, StoredOrder]) -> StoredOrder | None:
+    """The record this request's last write made, when ``stored`` is it though the write
     was answered as refused: its reply was lost, and redis-py sent the script again, which
     found the record there. Nothing of it was published yet."""
     mine = tried.get(stored.result.order_id)
-    return mine is not None and mine.attempt != "" and stored.attempt == mine.attempt
+    return mine if mine is not None and mine.attempt and stored.attempt == mine.attempt else None
 
 
 def _count(result: OrderResult) -> None:
@@ -230,8 +230,7 @@ class Allocator:
                     fresh.append(i)
                 elif stored.fingerprint != prints[i]:
                     raise OrderConflict(order.order_id)
-                elif _written_by(stored, tried):
-                    record = tried[order.order_id]
+                elif (record := _own(stored, tried)) is not None:
                     await self._publish_or_undo([record], self.clock(), [correlation_id.get()])
                     answers.append((record.result, True))
                     _count(record.result)
@@ -340,8 +339,7 @@ class Allocator:
                         fresh.append(waiting)
                     elif stored.fingerprint != waiting.fingerprint:
                         _settle(waiting, OrderConflict(waiting.order.order_id))
-                    elif _written_by(stored, tried):
-                        record = tried[stored.result.order_id]
+                    elif (record := _own(stored, tried)) is not None:
                         await self._publish_group([waiting], [record], self.clock())
                     else:
                         _settle(waiting, (stored.result, False))

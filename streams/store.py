@@ -1,9 +1,11 @@
 """What the consumer needs of the place the projection lives: a Protocol, no adapter.
 
 ``atp_service.store.redis_store.RedisStore`` implements it on Redis; the consumer's unit
-tests use an in-memory one. A write is atomic: the states, their projection, dedupe marks,
-offsets, outbox entries and staged ledger rows of one change set land together or not at
-all, and only where every sku still has the version the change set names.
+tests use an in-memory one. A sku's state, projection and dedupe marks land together,
+and only where the sku still has the version the change set names; the offsets and staged
+ledger rows land only once every sku of the change set did. A write refused part-way may
+leave some skus written: the consumer reads them again and folds the batch again, and the
+read names the events such a write applied (``Snapshot.unfinished``).
 """
 
 from __future__ import annotations
@@ -55,8 +57,9 @@ class Store(Protocol):
     ) -> Snapshot: ...
 
     def write(self, changes: ChangeSet, now_ms: int) -> list[str]:
-        """Apply atomically. Returns the skus whose version moved since the change set was
-        folded (then nothing was written). Raises ProjectionMissing or ServerReplaced."""
+        """Apply. Returns [] when all landed, else the skus whose version moved since the
+        change set was folded, and those of the change set that landed (to be read again);
+        the offsets did not move. Raises ProjectionMissing or ServerReplaced."""
         ...
 
     def server_id(self) -> str: ...

@@ -1,9 +1,9 @@
-"""The Redis adapter: read sku states and dedupe marks, apply a ChangeSet in one script per
-shard it touches (streams/shards.py; one script on a single Redis with one shard).
+"""The Redis adapter: read sku states and dedupe marks, apply a ChangeSet in scripts of at
+most ``skus_per_script`` skus per shard it touches (``split``, ``steps``; streams/shards.py).
 
 Concurrency is optimistic: every sku hash carries a version; a write names the versions it
-read and a shard's script refuses its part (before writing anything) if any moved, e.g.
-because the API reserved stock meanwhile. The caller then re-reads and re-folds.
+read and a script refuses its skus (before writing anything) if any moved, e.g. because the
+API reserved stock meanwhile. The caller then re-reads and re-folds.
 """
 
 from __future__ import annotations
