@@ -244,7 +244,9 @@ def test_control_tower_page_in_a_real_browser(stack: Stack, browser: Any) -> Non
     def text(css: str) -> str:
         return str(browser.find_element(By.CSS_SELECTOR, css).text).strip()
 
-    def number(value: Any) -> str:
+    def number(value: Any) -> str:  # as the page's JavaScript writes it: 3334.0 is "3334"
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
         return "n/a" if value is None else str(value)
 
     # The figures shown are the API's (everything has settled, so they no longer move).
