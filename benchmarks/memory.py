@@ -65,7 +65,6 @@ import redis
 from atp_service.config import Settings
 from atp_service.local.config_file import ApiKey, Channel, ConfigFile
 from atp_service.store import keys
-from atp_service.store.redis_store import TRIM_EVERY  # a sku's marks are trimmed on 1 write in 16
 from benchmarks.common import (
     API_KEY,
     CHANNELS,
@@ -85,6 +84,15 @@ from benchmarks.common import (
 from benchmarks.workload import sku_name
 from streams.changeset import decode_outbox, projection_field
 from streams.events import AnyEvent, BinMovement, Inbound, ReservationCreated
+
+# The sorted-set layout of the marks before atp:v3, still measured beside today's: one set
+# a sku, trimmed on 1 write in 16.
+TRIM_EVERY = 16
+
+
+def zset_marks_key(sku: str) -> str:
+    return f"{keys.SINGLE.prefixes[0]}e:{sku}"
+
 
 SKUS_PER_WRITE = 1000  # bulk loads: a batch of 1000 skus' events per apply()
 TRICKLE_EVENTS_PER_WRITE = 10  # about a batch at 2,000 events/s and batch_timeout_ms 5
@@ -305,9 +313,10 @@ def measure(nodes: Sequence[redis.Redis], channels: Sequence[str], skus: int) ->
     state = _pipelined(first, sample, lambda p, k: p.hstrlen(k, keys.STATE_FIELD))
     docs = _pipelined(first, sample, lambda p, k: p.hstrlen(k, fields[0]))
     hlen = _pipelined(first, sample, lambda p, k: p.hlen(k))
-    marks_sample = [k.replace("}" + keys.SKU_PART, "}:e:", 1) for k in sample]
+    bucket = time.time_ns() // 1_000_000 // keys.MARKS_BUCKET_MS
+    marks_sample = [keys.SINGLE.marks_key(keys.sku_of(k) or "", bucket) for k in sample]
     m_usage = _pipelined(first, marks_sample, lambda p, k: p.memory_usage(k, samples=0))
-    m_card = _pipelined(first, marks_sample, lambda p, k: p.zcard(k))
+    m_card = _pipelined(first, marks_sample, lambda p, k: p.scard(k))
     encodings = _pipelined(first, marks_sample, lambda p, k: p.object("encoding", k))
     out["sample"] = {
         "memory_usage_sku_hash": statistics.mean(usage),
@@ -463,7 +472,7 @@ def ids_of(candidate: Candidate, index: int, k: int, rng: random.Random) -> list
 def bucket_keys(candidate: Candidate, sku: str, now_s: int) -> list[str]:
     """A sku's sets, newest first: bucket b holds the ids applied in it."""
     size = WINDOW_S // (candidate.buckets - 1)
-    return [f"{keys.SINGLE.seen_key(sku)}:{now_s // size - b}" for b in range(candidate.buckets)]
+    return [f"{zset_marks_key(sku)}:{now_s // size - b}" for b in range(candidate.buckets)]
 
 
 def write_marks(client: redis.Redis, candidate: Candidate, k: int, n_keys: int) -> None:
@@ -475,7 +484,7 @@ def write_marks(client: redis.Redis, candidate: Candidate, k: int, n_keys: int) 
         pipe = client.pipeline(transaction=False)
         for i in range(start, min(n_keys, start + step)):
             sku = sku_name(i + 1)
-            key = keys.SINGLE.seen_key(sku)
+            key = zset_marks_key(sku)
             ids = ids_of(candidate, i, k, rng)
             members = (
                 [digest(e) for e in ids]
@@ -509,7 +518,7 @@ def marks_keys(candidate: Candidate, n_keys: int) -> list[str]:
     for i in range(n_keys):
         sku = sku_name(i + 1)
         sets = candidate.kind == "sets"
-        out += bucket_keys(candidate, sku, now_s) if sets else [keys.SINGLE.seen_key(sku)]
+        out += bucket_keys(candidate, sku, now_s) if sets else [zset_marks_key(sku)]
     return out
 
 

@@ -10,7 +10,7 @@ benchmark runs it):
   14-day horizon), for as many units as the sku's backorders claim;
 - then 10 one-line orders per sku on the web channel, as the service records them after a
   ``POST /v1/allocations`` with ``backorder: true`` and nothing on hand: the order record in
-  Redis (``atp:v2:order:<id>``) and a ``reservation_created`` event with event_id
+  Redis (``atp:v3:order:<id>``) and a ``reservation_created`` event with event_id
   ``atp-alloc:<rid>``, reservation_id ``<order>:1:DC-01:backorder``, ``placed_at`` (distinct
   per order, so the queue has an order) and ``promise_date`` (the inbound line's eta, which
   is what the planner promises: the set-up's own fold re-plans nothing, and this is checked).
@@ -179,7 +179,7 @@ class Setup:
         return out
 
     def order_records(self, backorder: bool) -> dict[str, bytes]:
-        """What the API stores for each order (``atp:v2:order:<id>``), so the publisher
+        """What the API stores for each order (``atp:v3:order:<id>``), so the publisher
         sends each notice with the order's current result, as it does in service."""
         out: dict[str, bytes] = {}
         promise_day = to_day(datetime.fromisoformat(self.eta).date())

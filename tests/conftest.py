@@ -36,7 +36,7 @@ from atp_service.local.services import (
     wait_until,
 )
 from atp_service.runtime import sync_redis
-from atp_service.store import keys
+from atp_service.store import keys, redis_store
 
 settings.register_profile(
     "ci", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -299,8 +299,7 @@ def initialize(settings: Settings, how: str = "test") -> None:
     """Mark every shard initialized, as the first consumer of a deployment leaves it."""
     client = sync_redis(settings)
     layout = keys.Layout(settings.redis.shard_count)
-    for shard in range(layout.shards):
-        client.set(layout.marker_key(shard), how)
+    redis_store.initialize(client, layout, how, replace=True)
     client.close()
 
 

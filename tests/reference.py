@@ -124,6 +124,7 @@ class ReferenceModel:
         self.known_channels = frozenset(c.name for c in self.channels)
         self.sellable = frozenset(settings.statuses.sellable)
         self.applied_ids: set[str] = set()
+        self.sku_of: dict[str, str] = {}  # event_id -> its sku, of every applied event
         self.skus: dict[str, None] = {}  # every sku with an applied event, first-seen order
         # (sku, location, bin, status) -> quantity
         self.bins: dict[tuple[str, str, str, str], int] = {}
@@ -151,6 +152,7 @@ class ReferenceModel:
         if e["event_id"] in self.applied_ids:
             return "duplicate"
         self.applied_ids.add(e["event_id"])
+        self.sku_of[e["event_id"]] = e["sku"]
         self.skus.setdefault(e["sku"], None)
         kind = e["type"]
         if kind == "bin_movement":

@@ -101,6 +101,9 @@ def start_redis(
         "--save", "",
         "--appendonly", "yes" if appendonly else "no",
         "--maxmemory-policy", "noeviction",
+        # A sku's dedupe marks of one bucket stay an intset (8 B an id) up to this many ids
+        # (atp_service/store/marks.py; docs/operations.md says the same for production).
+        "--set-max-intset-entries", "4096",
         "--protected-mode", "yes",
         "--loglevel", "warning",
         *extra_args,

@@ -7,7 +7,7 @@ outbox, staged ledger rows, offsets, changes streams and projection marker. A fe
 belong to no shard: kit definitions, orders, capacity counts, the group's consumers, and
 the group's offsets when there are several shards.
 
-A single Redis has one shard. Keys are versioned (``atp:v2``) so a layout change can be
+A single Redis has one shard. Keys are versioned (``atp:v3``) so a layout change can be
 rolled out beside the old one and rebuilt (``atp rebuild``).
 """
 
@@ -19,7 +19,7 @@ from typing import Final
 
 from streams.shards import shard_of
 
-PREFIX: Final = "atp:v2"
+PREFIX: Final = "atp:v3"
 SLOTS: Final = 16384
 # hash kit sku -> its definition (JSON, allocation.kits.KitDefinition), every kit in force
 KITS: Final = f"{PREFIX}:kits"
@@ -27,6 +27,11 @@ KITS_VERSION: Final = f"{PREFIX}:kits:version"  # moves with every change of a k
 STATE_FIELD: Final = "s"
 VERSION_FIELD: Final = "v"
 SKU_PART: Final = ":s:"  # between a shard's prefix and the sku in a sku hash's name
+# Dedupe marks are kept in sets per bucket of this many ms (3.5 days), each set expiring a
+# window after its bucket ends: an id is kept at least the window, at most 3.5 days longer.
+# Fixed, so that a change of the window never hides the marks already kept; write.lua and
+# the read script (atp_service/store/redis_store.py) count buckets the same way.
+MARKS_BUCKET_MS: Final = 302_400_000
 
 
 class SpansShards(Exception):
@@ -84,9 +89,10 @@ class Layout:
         """Hash of one sku: v (version), s (raw state), p:<channel> (projection document)."""
         return f"{self._of(sku)}s:{sku}"
 
-    def seen_key(self, sku: str) -> str:
-        """Sorted set of the sku's applied event_ids, scored by when they were applied (ms)."""
-        return f"{self._of(sku)}e:{sku}"
+    def marks_key(self, sku: str, bucket: int) -> str:
+        """Set of digests (atp_service/store/marks.py) of the event_ids applied to the sku in
+        one bucket of ``MARKS_BUCKET_MS``; write.lua and the read script build the same name."""
+        return f"{self._of(sku)}e:{bucket}:{sku}"
 
     def kits_of_key(self, sku: str) -> str:
         """Set of the kits ``sku`` is a component of; write.lua builds the same name."""
@@ -117,6 +123,11 @@ class Layout:
         that found its ledger empty, or by `atp rebuild`). The write script refuses every
         write without it, so nothing is folded onto a node that lost its data."""
         return f"{self.prefixes[shard]}initialized"
+
+    def digest_key(self, shard: int) -> str:
+        """String: the random key of the shard's mark digests (atp_service/store/marks.py),
+        made with the marker and lost with the marks it keys."""
+        return f"{self.prefixes[shard]}digest"
 
     def rows_key(self, shard: int, write_id: str, n: int) -> str:
         """String: one staged value of ``staged`` too large to pass through a script, which

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import random
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from importlib import resources
-from typing import Any, Final
+from typing import Any, Final, NamedTuple, TypeVar
 
 import pyarrow as pa
 import redis
@@ -30,6 +30,7 @@ from atp_service.orders import (
 from atp_service.store import keys
 from atp_service.store.keys import SpansShards
 from atp_service.store.kit_records import AsyncKitRecords, KitRecords
+from atp_service.store.marks import DigestKeyChanged, DigestKeys, digests, new_key
 from streams.changeset import (
     UPDATE_KIND,
     ChangeSet,
@@ -43,47 +44,69 @@ from streams.ledger import parse_staged_field, staged_rows, to_ipc
 from streams.state import SkuState, load_state
 from streams.store import ProjectionMissing, ServerReplaced, Snapshot
 
-TRIM_EVERY: Final = 16
+T = TypeVar("T")
 WRITE_SCRIPT: Final = resources.files("atp_service.store").joinpath("write.lua").read_text()
 
 
 # One round trip for a whole batch's reads (a pipeline of one command per sku cost more in
-# the client than the reads cost Redis). KEYS: per sku its hash and its dedupe set.
-# ARGV: per sku the number of event_ids to look up, then those ids. Returns per sku version
-# and state (false when absent), then the ids found among the dedupe marks, then those of
-# them that the first steps of an unfinished write applied, each with the offsets that
-# write ends at (write.lua: the sku's 'a' names the write, whose key holds the time its
-# marks carry and those offsets). Flagged no-writes so it runs during a CLIENT PAUSE WRITE
-# and on replicas, like the reads it replaces.
+# the client than the reads cost Redis). KEYS: per sku its hash. ARGV: the first and the
+# last bucket of the dedupe window (keys.MARKS_BUCKET_MS), then per sku the number of
+# event_ids to look up, then their digests (atp_service/store/marks.py). Returns per sku
+# version and state (false when absent), then the positions (1-based, over all the ids)
+# of the ids found among the marks, then those of them that the first steps of an
+# unfinished write applied, each with the offsets that write ends at (write.lua: the sku's
+# 'a' names the write, whose key holds those offsets and the digests it applied). Flagged
+# no-writes so it runs during a CLIENT PAUSE WRITE and on replicas, like the reads it
+# replaces.
 READ_SCRIPT: Final = """#!lua flags=no-writes
 local out = {}
 local found = {}
 local unfinished = {}
-local a = 1
-for k = 1, #KEYS, 2 do
+local first, last = tonumber(ARGV[1]), tonumber(ARGV[2])
+-- Which of ARGV[from .. from + n - 1] the set holds, in slices (Lua's stack is small).
+local function holds(key, from, n, hit)
+  for start = 0, n - 1, 400 do
+    local got = redis.call('SMISMEMBER', key, unpack(ARGV, from + start, from + math.min(n - 1, start + 399)))
+    for e = 1, #got do
+      if got[e] == 1 then hit[start + e] = true end
+    end
+  end
+end
+local a = 3
+local position = 0
+for k = 1, #KEYS do
   local got = redis.call('HMGET', KEYS[k], 'v', 's', 'a')
   out[#out + 1] = got[1]
   out[#out + 1] = got[2]
   local n = tonumber(ARGV[a])
   if n > 0 then
-    local ids = {}
-    for e = 1, n do ids[e] = ARGV[a + e] end
-    local scores = redis.call('ZMSCORE', KEYS[k + 1], unpack(ids))
-    local write = {false, false}
+    local cut = string.find(KEYS[k], '}:', 1, true)
+    local prefix = string.sub(KEYS[k], 1, cut + 1)
+    local sku = string.sub(KEYS[k], cut + 4)  -- after '}:s:'
+    local hit = {}
+    for b = first, last do
+      holds(prefix .. 'e:' .. b .. ':' .. sku, a + 1, n, hit)
+    end
+    local ends = false
+    local applied = {}
     if got[3] then
-      local cut = string.find(KEYS[k], '}:', 1, true)
-      write = redis.call('HMGET', string.sub(KEYS[k], 1, cut + 1) .. 'partial:' .. got[3], 't', 'o')
+      local steps = prefix .. 'partial:' .. got[3]
+      ends = redis.call('HGET', steps, 'o')
+      if ends then
+        holds(steps .. ':i', a + 1, n, applied)
+      end
     end
     for e = 1, n do
-      if scores[e] then
-        found[#found + 1] = ids[e]
-        if write[1] and tonumber(scores[e]) == tonumber(write[1]) then
-          unfinished[#unfinished + 1] = ids[e]
-          unfinished[#unfinished + 1] = write[2]
+      if hit[e] then
+        found[#found + 1] = position + e
+        if applied[e] then
+          unfinished[#unfinished + 1] = position + e
+          unfinished[#unfinished + 1] = ends
         end
       end
     end
   end
+  position = position + n
   a = a + 1 + n
 end
 out[#out + 1] = found
@@ -93,6 +116,7 @@ return out
 REPLACED: Final = b"\x1freplaced"  # the write script's answer when its server changed
 FULL: Final = b"\x1fcapacity"  # ... when a location's count for the day would pass its capacity
 STEPS: Final = b"\x1fsteps"  # ... when a last step finds that not all its first steps landed
+DIGEST: Final = b"\x1fdigest"  # ... when its digests were made with a key not the shard's
 READ_CHUNK: Final = 256  # skus per script call: bounds the time Redis is busy with one
 
 
@@ -108,9 +132,14 @@ def script_arguments(
     step: str = "",
     token: str = "",
     ends: str = "",
+    digest_key: bytes | None = None,
 ) -> tuple[list[str], list[Any]]:
     """The write script's keys and arguments for ``changes``, all of one ``shard``
-    (``step``, ``token`` and the write's ``ends``, kept by first steps: see ``steps``)."""
+    (``step``, ``token`` and the write's ``ends``, kept by first steps: see ``steps``), its
+    event ids as digests with the shard's ``digest_key`` (None: the shard has none, and
+    the script refuses the write)."""
+    marks_with = digest_key or b""
+    bucket = now_ms // keys.MARKS_BUCKET_MS
     key_list = [
         layout.due_key(shard),
         layout.shard_offsets_key(shard, group_id),
@@ -164,15 +193,15 @@ def script_arguments(
     args.append(len(changes.marked))
     for ids in changes.marked.values():
         args.append(len(ids))
-        args += ids
+        args += digests(marks_with, ids)
     args.append(len(changes.checks))
     if changes.checks:
         index = {write.sku: i for i, write in enumerate(changes.skus, 1)}
         for _, version, owner in changes.checks:
             args += [version, index[owner]]
-    args += [step, token, ends if step == "p" else ""]
+    args += [step, token, ends if step == "p" else "", marks_with.hex()]
     for write in changes.skus:
-        key_list += [layout.sku_key(write.sku), layout.seen_key(write.sku)]
+        key_list += [layout.sku_key(write.sku), layout.marks_key(write.sku, bucket)]
         args += [
             "" if write.expected_version is None else write.expected_version,
             write.state,
@@ -182,11 +211,8 @@ def script_arguments(
             raise ValueError(f"sku {write.sku}: projection fields differ from the batch's")
         args += write.fields.values()
         args.append(len(write.seen))
-        args += write.seen
-        # Trimming the dedupe marks is O(log n) but not free; doing it on about one write in
-        # TRIM_EVERY keeps every set within the window plus a few writes' worth of marks.
-        args.append("1" if write.seen and random.random() < 1 / TRIM_EVERY else "0")
-    key_list += [layout.seen_key(sku) for sku in changes.marked]
+        args += digests(marks_with, write.seen)
+    key_list += [layout.marks_key(sku, bucket) for sku in changes.marked]
     key_list += [layout.sku_key(sku) for sku, _, _ in changes.checks]
     key_list.append(layout.kits_flag_key(shard))
     return key_list, args
@@ -315,11 +341,27 @@ def steps(
     return out
 
 
+class ReadCall(NamedTuple):
+    """One call of the read script: its keys and arguments, the skus it reads and the
+    event ids whose digests it looks up, in the order of the arguments."""
+
+    keys: list[str]
+    args: list[Any]
+    skus: list[str]
+    event_ids: list[str]
+
+
 def read_calls(
-    skus: Sequence[str], event_ids: Mapping[str, Sequence[str]], layout: keys.Layout = keys.SINGLE
-) -> Iterator[tuple[list[str], list[Any], list[str]]]:
-    """The read script's keys and arguments, a call per READ_CHUNK skus of one shard, with
-    the skus it reads."""
+    skus: Sequence[str],
+    event_ids: Mapping[str, Sequence[str]],
+    layout: keys.Layout = keys.SINGLE,
+    *,
+    digest_keys: Sequence[bytes | None] = (),
+    now_ms: int = 0,
+    window_ms: int = 0,
+) -> Iterator[ReadCall]:
+    """The read script's calls, one per READ_CHUNK skus of one shard, looking up the
+    ``event_ids`` of shards that have a digest key in the window that ends at ``now_ms``."""
     if layout.shards == 1:
         groups: Iterable[Sequence[str]] = [skus]
     else:
@@ -327,34 +369,37 @@ def read_calls(
         for sku in skus:
             by_shard.setdefault(layout.shard(sku), []).append(sku)
         groups = by_shard.values()
+    window = [(now_ms - window_ms) // keys.MARKS_BUCKET_MS, now_ms // keys.MARKS_BUCKET_MS]
     for group in groups:
+        key = digest_keys[layout.shard(group[0])] if event_ids and digest_keys else None
         for start in range(0, len(group), READ_CHUNK):
-            chunk = group[start : start + READ_CHUNK]
-            key_list: list[str] = []
-            args: list[Any] = []
+            chunk = list(group[start : start + READ_CHUNK])
+            args: list[Any] = list(window)
+            looked_up: list[str] = []
             for sku in chunk:
-                key_list += [layout.sku_key(sku), layout.seen_key(sku)]
-                ids = event_ids.get(sku, ())
+                ids = event_ids.get(sku, ()) if key is not None else ()
                 args.append(len(ids))
-                args += ids
-            yield key_list, args, list(chunk)
+                if ids:
+                    args += digests(key or b"", ids)
+                    looked_up += ids
+            yield ReadCall([layout.sku_key(sku) for sku in chunk], args, chunk, looked_up)
 
 
-def _snapshot(replies: Sequence[tuple[list[str], list[Any]]]) -> Snapshot:
+def _snapshot(replies: Sequence[tuple[ReadCall, list[Any]]]) -> Snapshot:
     states: dict[str, SkuState] = {}
     versions: dict[str, int] = {}
     seen: set[str] = set()
     unfinished: dict[str, dict[str, int]] = {}
-    for skus, reply in replies:
+    for call, reply in replies:
         for r in range(0, len(reply) - 2, 2):
-            sku = skus[r // 2]
+            sku = call.skus[r // 2]
             version = reply[r]
             versions[sku] = int(version) if version is not None else 0
             states[sku] = load_state(sku, reply[r + 1])
-        seen.update(event_id.decode() for event_id in reply[-2])
+        seen.update(call.event_ids[position - 1] for position in reply[-2])
         pairs = reply[-1]
         for u in range(0, len(pairs), 2):
-            unfinished[pairs[u].decode()] = decode_ends(pairs[u + 1])
+            unfinished[call.event_ids[pairs[u] - 1]] = decode_ends(pairs[u + 1])
     return Snapshot(states, versions, frozenset(seen), unfinished)
 
 
@@ -373,6 +418,8 @@ def _conflicts(changes: ChangeSet, reply: list[Any]) -> list[str]:
             raise ServerReplaced(
                 "the Redis server is not the one the write's assumptions came from"
             )
+        if item == DIGEST:
+            raise DigestKeyChanged("a shard's digest key is not the one the write's came from")
         if item in (FULL, STEPS):  # counts moved since they were read, or a first step
             return [write.sku for write in changes.skus]  # was refused: read them again
         if isinstance(item, bytes):  # a sku whose marks lack an id taken as applied
@@ -447,15 +494,17 @@ def write_calls(
     group_id: str,
     now_ms: int,
     window_ms: int,
+    digest_keys: Sequence[bytes | None],
     offsets: Mapping[str, int] | None = None,
 ) -> list[tuple[list[str], list[Any]]]:
     """The write script's keys and arguments for each step of each shard's part of a write
-    (``steps``) that moves ``offsets``."""
+    (``steps``) that moves ``offsets``, with each shard's digest key."""
     ends = encode_ends(offsets or {})
     return [
         script_arguments(
             part, group_id=group_id, now_ms=now_ms, seen_cutoff_ms=now_ms - window_ms,
             layout=layout, shard=shard, step=step, token=write_token(part.outbox_id), ends=ends,
+            digest_key=digest_keys[shard],
         )
         for shard, part, step in parts
     ]  # fmt: skip
@@ -516,6 +565,16 @@ def _merge_staged(
     return out
 
 
+def initialize(client: redis.Redis, layout: keys.Layout, how: str, replace: bool = False) -> None:
+    """Mark every shard's projection ``how`` (only where it has none unless ``replace``),
+    giving each shard that has no digest key (atp_service/store/marks.py) one."""
+    pipe = client.pipeline(transaction=False)
+    for shard in range(layout.shards):
+        pipe.set(layout.digest_key(shard), new_key(), nx=True)
+        pipe.set(layout.marker_key(shard), how, nx=not replace)
+    pipe.execute()
+
+
 class RedisStore:
     """Synchronous adapter, used by the consumer and the command-line tools
     (streams.store.Store). A write is one script per shard it touches (streams/shards.py);
@@ -541,6 +600,7 @@ class RedisStore:
         self.step_skus = step_skus
         # Outbox fields of first steps, by write id, until the write's events are acknowledged.
         self._step_fields: dict[str, set[tuple[int, str]]] = {}
+        self.digest_keys = DigestKeys(layout)
         self._write = client.register_script(WRITE_SCRIPT)
         self._read = client.register_script(READ_SCRIPT)
         self._advance = client.register_script(ADVANCE_SCRIPT)
@@ -552,14 +612,17 @@ class RedisStore:
     def read(
         self, skus: Sequence[str], event_ids: Mapping[str, Sequence[str]] | None = None
     ) -> Snapshot:
-        calls = list(read_calls(skus, event_ids or {}, self.layout))
+        found = self.digest_keys.of(self.client) if event_ids else ()
+        calls = list(
+            read_calls(
+                skus, event_ids or {}, self.layout, digest_keys=found,
+                now_ms=time.time_ns() // 1_000_000, window_ms=self.window_ms,
+            )
+        )  # fmt: skip
         if len(calls) == 1:
-            key_list, args, chunk = calls[0]
-            return _snapshot([(chunk, self._read(keys=key_list, args=args))])
-        replies = _pipelined(self.client, self._read, [(k, a) for k, a, _ in calls])
-        return _snapshot(
-            [(chunk, reply) for (_, _, chunk), reply in zip(calls, replies, strict=True)]
-        )
+            return _snapshot([(calls[0], self._read(keys=calls[0].keys, args=calls[0].args))])
+        replies = _pipelined(self.client, self._read, [(c.keys, c.args) for c in calls])
+        return _snapshot(list(zip(calls, replies, strict=True)))
 
     def write(self, changes: ChangeSet, now_ms: int) -> list[str]:
         """Apply per shard, in steps (``steps``); returns the skus whose version moved (then
@@ -574,15 +637,22 @@ class RedisStore:
         calls = write_calls(
             parts, layout=self.layout, group_id=self.group_id, now_ms=now_ms,
             window_ms=self.window_ms, offsets=changes.offsets,
+            digest_keys=self.digest_keys.of(self.client),
         )  # fmt: skip
-        if len(calls) == 1 and not rows:
-            conflicts = _conflicts(parts[0][1], self._write(keys=calls[0][0], args=calls[0][1]))
-        else:
-            # The rows, then the parts and steps, go together (on a cluster, each node's at
-            # once, in order). The rows are kept by the script that names them, else expire.
-            ttl = max(self.window_ms, 3_600_000)
-            sets = [(key, blob, ttl) for key, blob in rows]
-            conflicts = _landed(parts, _pipelined(self.client, self._write, calls, sets))
+        try:
+            if len(calls) == 1 and not rows:
+                reply = self._write(keys=calls[0][0], args=calls[0][1])
+                conflicts = _conflicts(parts[0][1], reply)
+            else:
+                # The rows, then the parts and steps, go together (on a cluster, each node's
+                # at once, in order). The rows are kept by the script that names them, else
+                # expire.
+                ttl = max(self.window_ms, 3_600_000)
+                sets = [(key, blob, ttl) for key, blob in rows]
+                conflicts = _landed(parts, _pipelined(self.client, self._write, calls, sets))
+        except DigestKeyChanged:
+            self.digest_keys.forget()  # the caller reads again, with the shards' keys now
+            raise
         if conflicts:
             return conflicts
         for shard, part, step in parts:
@@ -667,8 +737,8 @@ class RedisStore:
 
     def set_marker(self, how: str) -> None:
         """Mark every shard (`atp rebuild`: "rebuilding", then "rebuilt")."""
-        for shard in self._shards():
-            self.client.set(self.layout.marker_key(shard), how)
+        initialize(self.client, self.layout, how, replace=True)
+        self.digest_keys.forget()
 
     def restore_offsets(self, offsets: Mapping[str, int]) -> None:
         """The group's offsets, and every shard's (it holds every event below them)."""
@@ -679,10 +749,8 @@ class RedisStore:
             self.client.hset(name, mapping=dict(offsets))  # type: ignore[arg-type]
 
     def mark_initialized(self, how: str) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        for shard in self._shards():
-            pipe.set(self.layout.marker_key(shard), how, nx=True)
-        pipe.execute()
+        initialize(self.client, self.layout, how)
+        self.digest_keys.forget()
 
     def put_snapshot(self, instance: str, payload: bytes, ttl_s: int = 30) -> None:
         key = keys.consumers_key(self.group_id)
@@ -813,16 +881,26 @@ class AsyncRedisStore:
         self.window_ms = window_ms
         self.layout = layout
         self.cluster = cluster
+        self.digest_keys = DigestKeys(layout)
         self._write = client.register_script(WRITE_SCRIPT)
         self._read = client.register_script(READ_SCRIPT)
         self.kit_records = AsyncKitRecords(client, layout, cluster)
 
     async def read(self, skus: Sequence[str]) -> Snapshot:
         replies = [
-            (chunk, await self._read(keys=k, args=a))
-            for k, a, chunk in read_calls(skus, {}, self.layout)
+            (call, await self._read(keys=call.keys, args=call.args))
+            for call in read_calls(skus, {}, self.layout)
         ]
         return _snapshot(replies)
+
+    async def _written(self, write: Callable[[Sequence[bytes | None]], Awaitable[T]]) -> T:
+        """``write`` with the shards' digest keys, once more with them read again if a shard
+        was rebuilt since they were read (its key changed)."""
+        try:
+            return await write(await self.digest_keys.of_async(self.client))
+        except DigestKeyChanged:
+            self.digest_keys.forget()
+            return await write(await self.digest_keys.of_async(self.client))
 
     async def write(self, changes: ChangeSet, now_ms: int) -> list[str]:
         """As RedisStore.write, for an API write of one shard (it moves no offsets): the
@@ -832,26 +910,42 @@ class AsyncRedisStore:
         if len(parts) > 1:
             raise SpansShards("an API write over several shards")
         ((shard, part),) = parts
-        key_list, args = script_arguments(
-            part, group_id=self.group_id, now_ms=now_ms,
-            seen_cutoff_ms=now_ms - self.window_ms, layout=self.layout, shard=shard,
-        )  # fmt: skip
-        return _conflicts(part, await self._write(keys=key_list, args=args))
+
+        async def attempt(digest_keys: Sequence[bytes | None]) -> list[str]:
+            key_list, args = script_arguments(
+                part, group_id=self.group_id, now_ms=now_ms,
+                seen_cutoff_ms=now_ms - self.window_ms, layout=self.layout, shard=shard,
+                digest_key=digest_keys[shard],
+            )  # fmt: skip
+            return _conflicts(part, await self._write(keys=key_list, args=args))
+
+        return await self._written(attempt)
 
     async def write_each(self, changes: ChangeSet, now_ms: int) -> list[str]:
         """Write each shard's part on its own (no keys of no shard): the skus of the parts
         refused because a sku moved; every other part landed."""
-        parts = split(changes, self.layout, self.cluster)
-        calls = write_calls(
-            [(shard, part, "") for shard, part in parts], layout=self.layout, group_id=self.group_id, now_ms=now_ms,
-            window_ms=self.window_ms,
-        )  # fmt: skip
-        replies = await asyncio.gather(*(self._write(keys=k, args=a) for k, a in calls))
+        pending = [(shard, part, "") for shard, part in split(changes, self.layout, self.cluster)]
         moved: list[str] = []
-        for (_, part), reply in zip(parts, replies, strict=True):
-            if _conflicts(part, reply):
-                moved += [write.sku for write in part.skus]
-        return moved
+
+        async def attempt(digest_keys: Sequence[bytes | None]) -> list[str]:
+            calls = write_calls(
+                pending, layout=self.layout, group_id=self.group_id, now_ms=now_ms,
+                window_ms=self.window_ms, digest_keys=digest_keys,
+            )  # fmt: skip
+            replies = await asyncio.gather(*(self._write(keys=k, args=a) for k, a in calls))
+            refused = []  # for their digest key: sent again, with the shards' keys read again
+            for sent, reply in zip(list(pending), replies, strict=True):
+                try:
+                    if _conflicts(sent[1], reply):
+                        moved.extend(write.sku for write in sent[1].skus)
+                except DigestKeyChanged:
+                    refused.append(sent)
+            pending[:] = refused
+            if refused:
+                raise DigestKeyChanged("a shard's digest key is not the one the write's came from")
+            return moved
+
+        return await self._written(attempt)
 
     async def capacity_used(self, day: int) -> dict[str, int]:
         """Location -> units its stock allocations took on that UTC day."""

@@ -5,14 +5,16 @@
 -- KEYS: 1 due zset, 2 offsets hash, 3 outbox hash, 4 the 'initialized' marker, 5 the staged
 --       ledger rows (hash), then n_puts
 --       string keys, then n_streams
---       change-stream keys, then per sku: hash key, seen key, then n_marked seen keys,
+--       change-stream keys, then per sku: hash key, marks key (the set of the current
+--       bucket: atp_service/store/keys.py, ``marks_key``), then n_marked marks keys,
 --       then n_checks sku hash keys, then 1 the shard's 'kits' flag
--- ARGV: 1 n_skus, 2 seen cutoff ms, 3 now ms, 4 sharded pub/sub channel ('' = none),
+-- ARGV: 1 n_skus, 2 dedupe window's start ms, 3 now ms, 4 sharded pub/sub channel ('' = none),
 --       5 the run_id of the Redis server the writer's assumptions come from, or '' for
 --         none: the consumer folds skus it wrote last without reading them again, so it
 --         needs the same server (not one restarted from older data, or a promoted
 --         replica), none of the event_ids to mark (below) marked yet, and the 'marked'
---         ids (below) marked already,
+--         ids (below) marked already. Event ids are passed as their digests
+--         (atp_service/store/marks.py),
 --       6 n_fields, then the names of the projection fields every sku writes,
 --       then n_puts, then per put: mode ('nx' = must not exist yet, 'set', 'del',
 --         'h:<field>' = set that field of a hash, or 'c\31<limit>\31<field>' = add the
@@ -27,18 +29,20 @@
 --       kit's component), the 1-based index of the sku whose write depends on it,
 --       then the step: '' (the whole write), 'p' (one of the first steps of a write in
 --         steps) or 'f<n>' (the last step, after n first steps), the write's token, and
---         (first steps) the write's offsets as "<field>=<next offset>" lines,
+--         (first steps) the write's offsets as "<field>=<next offset>" lines, and the key
+--         the digests were made with,
 --       then per sku: expected version ('' = unchecked), state, due ms ('' = none),
---                     n_fields values (in the order of the names), n_seen, event_ids,
---                     trim ('1': drop dedupe marks older than the cutoff now)
+--                     n_fields values (in the order of the names), n_seen, event_ids
 -- Returns: {} when applied, {'\31replaced'} when the server is not the one of ARGV[5],
+-- {'\31digest'} when the digests were made with a key that is not the shard's,
 -- {'\31steps'} when a last step finds that not all its first steps landed,
 -- else the 1-based indexes of skus whose version moved or whose marks differ from what
 -- the write expects, or that depend on a checked sku that moved (and the sku names of
 -- marked keys that lack an id), or the
 -- negated 1-based index of an 'nx' put whose key exists, {'\31capacity'} when a 'c' put
 -- would pass its limit, or {0} when the marker is missing
--- (Redis lost its data: nothing may be written until `atp rebuild`).
+-- or the shard's digest key is missing (Redis lost its data: nothing may be written until
+-- `atp rebuild`).
 local n = tonumber(ARGV[1])
 local cutoff = ARGV[2]
 local now = ARGV[3]
@@ -74,17 +78,28 @@ local n_checks = tonumber(ARGV[i]); i = i + 1
 local checks_at = i; i = i + 2 * n_checks
 local step = ARGV[i]
 -- A write in steps keeps what its first steps did under this key until its last step lands
--- (atp_service/store/redis_store.py, ``steps``): their count, and the time their dedupe
--- marks carry and the offsets the write ends at, by which a retry tells the events they
--- applied from true duplicates.
+-- (atp_service/store/redis_store.py, ``steps``): their count and the offsets the write ends
+-- at, and in '<key>:i' the digests of the events they applied, by which a retry tells
+-- those events from true duplicates.
 local token = ARGV[i + 1]
 local steps_key = prefix .. 'partial:' .. token
+local steps_ids = steps_key .. ':i'
 local ends = ARGV[i + 2]
-i = i + 3
+local digest_key = ARGV[i + 3]
+i = i + 4
+-- The marks of the window: one set per bucket of keys.MARKS_BUCKET_MS (3.5 days) from the
+-- one the window starts in to the current one, '<prefix>e:<bucket>:<sku>'.
+local BUCKET_MS = 302400000
+local first_bucket = math.floor(tonumber(cutoff) / BUCKET_MS)
+local bucket = math.floor(tonumber(now) / BUCKET_MS)
 
 -- Phase 1: checks only.
-if redis.call('EXISTS', KEYS[4]) == 0 then
+local shard_digest_key = redis.call('GET', prefix .. 'digest')
+if redis.call('EXISTS', KEYS[4]) == 0 or not shard_digest_key then
   return {0}
+end
+if shard_digest_key ~= digest_key then
+  return {'\31digest'}
 end
 if verify and string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') ~= ARGV[5] then
   return {'\31replaced'}
@@ -107,16 +122,26 @@ for p = 1, n_puts do
     end
   end
 end
--- Whether any of ARGV[from .. from + count - 1] is (want_marked false) or is not (true) in
--- the dedupe set; in slices, as Lua's stack holds a few thousand values at most.
-local function marks_differ(key, from, count, want_marked)
+-- Whether any of ARGV[from .. from + count - 1] is (want_marked false) or is not (true)
+-- among the sku's marks in the window; in slices, as Lua's stack holds a few thousand
+-- values at most.
+local function marks_differ(sku, from, count, want_marked)
+  local found = {}
   for start = 0, count - 1, 400 do
     local last = math.min(count - 1, start + 399)
-    local scores = redis.call('ZMSCORE', key, unpack(ARGV, from + start, from + last))
-    for e = 1, last - start + 1 do
-      if (scores[e] ~= false) ~= want_marked then
-        return true
+    for b = first_bucket, bucket do
+      local hits = redis.call('SMISMEMBER', prefix .. 'e:' .. b .. ':' .. sku,
+        unpack(ARGV, from + start, from + last))
+      for e = 1, #hits do
+        if hits[e] == 1 then
+          found[start + e] = true
+        end
       end
+    end
+  end
+  for e = 1, count do
+    if (found[e] == true) ~= want_marked then
+      return true
     end
   end
   return false
@@ -134,18 +159,19 @@ for s = 1, n do
   local n_seen = tonumber(ARGV[j])
   if expected ~= '' and expected ~= current then
     conflicts[#conflicts + 1] = s
-  elseif verify and n_seen > 0 and marks_differ(KEYS[sku_keys_at + 2 * s], j + 1, n_seen, false) then
+  elseif verify and n_seen > 0
+      and marks_differ(string.sub(KEYS[sku_keys_at - 1 + 2 * s], #prefix + 3), j + 1, n_seen, false) then
     conflicts[#conflicts + 1] = s
   end
-  i = j + 2 + n_seen
+  i = j + 1 + n_seen
 end
 local m_at = marked_at
 for m = 1, n_marked do
   local count = tonumber(ARGV[m_at])
-  local key = KEYS[sku_keys_at + 2 * n + m]
-  if marks_differ(key, m_at + 1, count, true) then
-    -- The sku, out of '<prefix>e:<sku>'.
-    conflicts[#conflicts + 1] = string.sub(key, #prefix + 3)
+  -- The sku, out of '<prefix>e:<bucket>:<sku>'.
+  local sku = string.match(string.sub(KEYS[sku_keys_at + 2 * n + m], #prefix + 3), '^%d+:(.*)$')
+  if marks_differ(sku, m_at + 1, count, true) then
+    conflicts[#conflicts + 1] = sku
   end
   m_at = m_at + 1 + count
 end
@@ -186,20 +212,16 @@ for s = 1, n do
   end
   local j = at + 3 + n_fields
   local n_seen = tonumber(ARGV[j])
-  local batch = {}
-  for e = 1, n_seen do
-    batch[#batch + 1] = now
-    batch[#batch + 1] = ARGV[j + e]
-    if #batch >= 400 then
-      redis.call('ZADD', seen, unpack(batch))
-      batch = {}
+  for start = 1, n_seen, 400 do
+    local ids = {unpack(ARGV, j + start, j + math.min(n_seen, start + 399))}
+    redis.call('SADD', seen, unpack(ids))
+    if step == 'p' then
+      redis.call('SADD', steps_ids, unpack(ids))
     end
   end
-  if #batch > 0 then
-    redis.call('ZADD', seen, unpack(batch))
-  end
-  if n_seen > 0 and ARGV[j + n_seen + 1] == '1' then
-    redis.call('ZREMRANGEBYSCORE', seen, '-inf', '(' .. cutoff)
+  if n_seen > 0 then
+    -- Kept a window past the bucket's end: every id at least the window.
+    redis.call('PEXPIREAT', seen, (bucket + 1) * BUCKET_MS + (now - cutoff))
   end
 end
 
@@ -286,11 +308,13 @@ if outbox_id ~= '' then
 end
 
 if step == 'p' then
-  redis.call('HSET', steps_key, 't', now, 'o', ends)
+  redis.call('HSET', steps_key, 'o', ends)
   redis.call('HINCRBY', steps_key, 'n', 1)
-  redis.call('PEXPIRE', steps_key, math.max(now - cutoff, 3600000))  -- the dedupe window
+  local ttl = math.max(now - cutoff, 3600000)  -- the dedupe window
+  redis.call('PEXPIRE', steps_key, ttl)
+  redis.call('PEXPIRE', steps_ids, ttl)
 elseif step ~= '' then
-  redis.call('DEL', steps_key)
+  redis.call('DEL', steps_key, steps_ids)
 end
 
 if pubsub ~= '' and #skus > 0 then

@@ -46,7 +46,7 @@ from atp_service.config import Settings, parse_config
 from atp_service.model import projector_for
 from atp_service.orders import OrderLine, OrderRequest, OrderResult
 from atp_service.store import keys
-from atp_service.store.redis_store import AsyncRedisStore, RedisStore
+from atp_service.store.redis_store import AsyncRedisStore, RedisStore, initialize
 from streams.consumer import ConsumerOptions, StreamProjector, offset_field
 from streams.kafka import Outgoing
 from streams.ledger import Ledger
@@ -93,7 +93,7 @@ class Machine(RuleBasedStateMachine):
         self.client.flushall()
         # As a consumer starting on an empty Redis with an empty ledger does (allocations may
         # come before the first event here).
-        self.client.set(keys.SINGLE.marker_key(0), "test")
+        initialize(self.client, keys.SINGLE, "test")
         self.ledger_dir = tempfile.mkdtemp(prefix="atp-stateful-ledger-")
         self.projector = projector_for(s)
         t = s.topics

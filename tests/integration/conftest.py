@@ -10,6 +10,7 @@ import redis
 from atp_service.config import parse_config
 from atp_service.model import projector_for
 from atp_service.store import keys
+from atp_service.store.redis_store import initialize
 from streams.consumer import StreamProjector
 from tests.conftest import config_text
 from tests.fakes import FakeProducer
@@ -19,7 +20,7 @@ from tests.integration.inprocess import QueueConsumer, SlowStore, options_for
 @pytest.fixture
 def stream(redis_url: str, tmp_path: Path) -> StreamProjector:
     settings = parse_config(config_text(redis_url=redis_url, ledger_dir=str(tmp_path / "ledger")))
-    redis.Redis.from_url(redis_url).set(keys.SINGLE.marker_key(0), "test")
+    initialize(redis.Redis.from_url(redis_url), keys.SINGLE, "test")
     options = options_for(settings)
     store = SlowStore(redis.Redis.from_url(redis_url), settings.kafka.group_id, 7 * 86_400_000)
     return StreamProjector(

@@ -17,6 +17,7 @@ from atp_service.config import parse_config
 from atp_service.http.app import create_app, serving_app
 from atp_service.local.services import start_redis
 from atp_service.store import keys
+from atp_service.store.redis_store import initialize
 from tests.conftest import ADMIN_KEY, ALL_KEY, READ_KEY, WRITE_KEY, config_text
 
 pytestmark = pytest.mark.integration
@@ -52,7 +53,7 @@ KEY_FOR_SCOPE = {"availability:read": READ_KEY, "allocations:write": WRITE_KEY, 
 @pytest.fixture
 def client(redis_url: str) -> Iterator[TestClient[Any]]:
     # An initialized projection, as a consumer leaves it when it starts on an empty Redis.
-    redis.Redis.from_url(redis_url).set(keys.SINGLE.marker_key(0), "test")
+    initialize(redis.Redis.from_url(redis_url), keys.SINGLE, "test")
     # As served: the fast paths in front of Litestar.
     app = serving_app(create_app(parse_config(config_text(redis_url))))
     with TestClient(app) as test_client:
@@ -130,7 +131,7 @@ def test_bad_input_is_400_problem_json(client: TestClient[Any]) -> None:
 
 def test_redis_down_is_503_problem_json_never_500(tmp_path: Path) -> None:
     service = start_redis(tmp_path / "redis")
-    redis.Redis(port=service.port).set(keys.SINGLE.marker_key(0), "test")
+    initialize(redis.Redis(port=service.port), keys.SINGLE, "test")
     app = serving_app(create_app(parse_config(config_text(f"redis://127.0.0.1:{service.port}/0"))))
     headers = {"Authorization": f"Bearer {READ_KEY}"}
     with TestClient(app) as test_client:
@@ -269,8 +270,7 @@ def test_a_lost_projection_answers_503_never_zeros(client: TestClient[Any], redi
         assert reply.status_code == 503, reply.text
         assert reply.headers["content-type"].startswith("application/problem+json")
         assert reply.headers["retry-after"]
-    redis.Redis.from_url(redis_url).set(
-        keys.SINGLE.marker_key(0), "rebuild"
-    )  # as `atp rebuild` ends
+    # as `atp rebuild` ends
+    initialize(redis.Redis.from_url(redis_url), keys.SINGLE, "rebuild", replace=True)
     assert client.get("/v1/availability/web/SKU-L2", headers=headers).status_code == 200
     assert client.get("/readyz").status_code == 200

@@ -427,7 +427,7 @@ def test_the_scan_is_bounded_and_says_so(redis_url: str) -> None:
                 for channel, doc in rendered.documents[state.sku].items():
                     fields[projection_field(channel)] = doc
                 await client.hset(keys.SINGLE.sku_key(state.sku), mapping=fields)  # type: ignore[misc]
-            await client.zadd(keys.SINGLE.seen_key("S1"), {"e1": 1})  # not a sku hash: skipped
+            await client.sadd(keys.SINGLE.marks_key("S1", 0), "1")  # type: ignore[misc]  # not a sku hash: skipped
             return await gather_summary(client, settings), await gather_summary(
                 client, settings, max_skus=2
             )

@@ -13,7 +13,7 @@ from confluent_kafka import TopicPartition
 from atp_service.config import parse_config
 from atp_service.model import projector_for
 from atp_service.store import keys
-from atp_service.store.redis_store import RedisStore
+from atp_service.store.redis_store import RedisStore, initialize
 from streams.consumer import StreamProjector
 from streams.ledger import Ledger
 from tests.conftest import config_text
@@ -51,7 +51,7 @@ def ledger_rows(ledger_dir: Path) -> list[tuple[int, str]]:
 def test_a_stale_owners_batch_keeps_the_applied_rows_and_adds_only_new_ones(
     redis_url: str, tmp_path: Path, stale_end: int
 ) -> None:
-    redis.Redis.from_url(redis_url).set(keys.SINGLE.marker_key(0), "test")
+    initialize(redis.Redis.from_url(redis_url), keys.SINGLE, "test")
     owner = instance(redis_url, tmp_path / "ledger")
     stale = instance(redis_url, tmp_path / "ledger")
     owner.process(batch(0, 5))

@@ -19,7 +19,7 @@ from atp_service.model import projector_for
 from atp_service.orders import OrderLine, OrderRequest, decode_stored
 from atp_service.sharded_allocator import ShardedAllocator
 from atp_service.store import keys
-from atp_service.store.redis_store import AsyncRedisStore, RedisStore
+from atp_service.store.redis_store import AsyncRedisStore, RedisStore, initialize
 from streams.changeset import ChangeSet, build_changeset
 from streams.kafka import Outgoing
 from streams.projector import Projector
@@ -63,8 +63,7 @@ def stocked(redis_url: str, layout: keys.Layout) -> tuple[RedisStore, Projector]
     options = {"shards": layout.shards}
     projector = projector_for(parse_config(config_text(redis_url, redis_options=options)))
     sync = RedisStore(redis.Redis.from_url(redis_url), "g", WINDOW_MS, layout)
-    for shard in range(layout.shards):
-        sync.client.set(layout.marker_key(shard), "test")
+    initialize(sync.client, layout, "test")
     stock = [SkuState(sku, (BinStock("DC-EAST", "A1", "available", 5),)) for sku in SKUS]
     now = 1_796_000_000_000_000
     assert not sync.write(build_changeset(stock, {}, projector, now), now // 1000)

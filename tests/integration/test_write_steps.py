@@ -17,7 +17,7 @@ import redis
 from atp_service.config import parse_config
 from atp_service.model import projector_for
 from atp_service.store import keys, redis_store
-from atp_service.store.redis_store import RedisStore
+from atp_service.store.redis_store import RedisStore, initialize
 from streams.changeset import build_changeset, decode_outbox, projection_field
 from streams.consumer import StreamProjector
 from streams.ledger import Ledger, staged_table
@@ -97,7 +97,7 @@ def new_consumer(redis_url: str, tmp_path: Path) -> Iterator[Callable[[], Stream
     """A consumer process, as started afresh (nothing kept from an earlier one)."""
     settings = parse_config(config_text(redis_url=redis_url, ledger_dir=str(tmp_path / "ledger")))
     client = redis.Redis.from_url(redis_url)
-    client.set(keys.SINGLE.marker_key(0), "test")
+    initialize(client, keys.SINGLE, "test")
 
     def make() -> StreamProjector:
         store = CutShort(client, settings.kafka.group_id, 7 * 86_400_000, step_skus=STEP)

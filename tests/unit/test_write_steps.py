@@ -64,5 +64,5 @@ def test_every_part_goes_with_its_skus_step_and_the_last_moves_the_offsets(
 
 def test_a_write_of_orders_or_capacity_counts_stays_whole() -> None:
     changes = change_set(10)
-    changes.puts.append(("atp:v2:order:O-1", "nx", b"{}"))
+    changes.puts.append(("atp:v3:order:O-1", "nx", b"{}"))
     assert steps([(0, changes)], 3) == [(0, changes, "")]
