@@ -8,6 +8,11 @@
 4. Publish every reservation as ``reservation_created`` (idempotent producer, acks=all) and
    answer only after the broker acknowledged. If it does not, the reservations are released
    again and the order record removed: no acknowledged allocation exists only in Redis.
+5. The write notes each order as unpublished, and the note goes once its events are
+   acknowledged. An order whose note outlives its request (the process died between the
+   write and the broker's answer, or the write's reply was lost and the request failed) is
+   published by any API process's sweep (``publish_unpublished``): its reservations stay
+   held, so their events must reach the ledger, and the consumer applies them once.
 
 A batch (``POST /v1/allocations/batch``) looks its orders up first and allocates them in one
 vectorized call. Single orders (``POST /v1/allocations``) that arrive while earlier ones are
@@ -29,10 +34,11 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 from prometheus_client import Counter
+from redis.exceptions import RedisError
 
 from allocation.kits import KitComponent, KitDefinition, check_kit
 from atp_service.orders import (
@@ -42,6 +48,7 @@ from atp_service.orders import (
     Planned,
     StoredOrder,
     backordered_lines,
+    decode_stored,
     encode_stored,
     fingerprint,
     plan,
@@ -72,6 +79,10 @@ RELEASED_ORDERS: Final = Counter("atp_released_orders_total", "Orders released o
 PUBLISH_TIMEOUT_S: Final = 5.0
 # At shutdown: a group's write and publish take at most about PUBLISH_TIMEOUT_S, plus an undo.
 DRAIN_S: Final = 8.0
+# An unpublished order older than this outlived the request that wrote it: a request ends,
+# published or undone, within about DRAIN_S.
+ORPHAN_AFTER_MS: Final = 15_000
+SWEEP_UNPUBLISHED_S: Final = 5.0
 
 log = logging.getLogger(__name__)
 GROUP_MAX_ORDERS: Final = 64  # single orders written together, at most
@@ -398,8 +409,11 @@ class Allocator:
             StoredOrder(fp, result, held, attempt)
             for fp, result, held in zip(prints, planned.results, planned.held, strict=True)
         ]
+        layout = self.store.layout
         changes.puts = [
-            (self.store.layout.order_key(r.result.order_id), "nx", encode_stored(r))
+            (layout.order_key(r.result.order_id), "nx", encode_stored(r)) for r in records
+        ] + [
+            (layout.unpublished_key(), f"h:{r.result.order_id}", str(now // 1000).encode())
             for r in records
         ]
         return changes, records
@@ -441,6 +455,71 @@ class Allocator:
     async def _publish_or_undo(
         self, records: list[StoredOrder], now_us: int, correlation_ids: Sequence[str | None]
     ) -> None:
+        try:
+            await self._send(self._messages(records, now_us, correlation_ids))
+        except ProduceFailed:
+            await self._release_orders(records, keep=False, counted_day=now_us // US_PER_DAY)
+            raise PublishFailed("the broker did not acknowledge the reservations") from None
+        await self._published([r.result.order_id for r in records])
+
+    async def _published(self, order_ids: Sequence[str]) -> None:
+        try:
+            await self.store.client.hdel(self.store.layout.unpublished_key(), *order_ids)
+        except RedisError:  # acknowledged all the same; a sweep publishes them once more
+            log.warning("could not note orders %s as published", list(order_ids))
+
+    async def publish_unpublished(self, older_than_ms: int = ORPHAN_AFTER_MS) -> int:
+        """Publish the reservations of orders noted unpublished longer than ``older_than_ms``
+        (their request ended without it) that still hold them; how many orders. Their
+        events are those the request would have sent, so the consumer applies them once."""
+        client, layout = self.store.client, self.store.layout
+        page: Any = await client.hscan(layout.unpublished_key(), 0, count=500)
+        noted: dict[bytes, bytes] = page[1]
+        now_ms = self.clock() // 1000
+        aged = [
+            (order_id.decode(), int(ms))
+            for order_id, ms in noted.items()
+            if now_ms - int(ms) >= older_than_ms
+        ]
+        if not aged:
+            return 0
+        pipe = client.pipeline(transaction=False)
+        for order_id, _ in aged:
+            pipe.get(layout.order_key(order_id))
+        raws: list[bytes | None] = await pipe.execute()
+        done: list[str] = []
+        due: list[tuple[StoredOrder, int]] = []
+        for (order_id, ms), raw in zip(aged, raws, strict=True):
+            if raw is None:
+                done.append(order_id)  # undone: nothing holds
+            elif raw[:1] == b"{":  # else a record still being written by several shards
+                record = decode_stored(raw)
+                if record.result.status == "released" or not record.held:
+                    done.append(order_id)
+                else:
+                    due.append((record, ms))
+        for record, ms in due:
+            await self._send(self._messages([record], ms * 1000, [None]))
+            done.append(record.result.order_id)
+            log.warning("published the reservations of order %s", record.result.order_id)
+        await client.hdel(layout.unpublished_key(), *done)
+        return len(due)
+
+    async def keep_publishing(self, every_s: float = SWEEP_UNPUBLISHED_S) -> None:
+        """``publish_unpublished`` every ``every_s``, until cancelled."""
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await self.publish_unpublished()
+            except (RedisError, ProduceFailed, OSError) as exc:
+                log.warning(
+                    "the sweep of unpublished orders failed, again in %ss: %s", every_s, exc
+                )
+
+    def _messages(
+        self, records: list[StoredOrder], now_us: int, correlation_ids: Sequence[str | None]
+    ) -> list[Outgoing]:
+        """The reservation_created events of ``records``' holds."""
         occurred = from_us(now_us)
         messages = []
         for record, cid in zip(records, correlation_ids, strict=True):
@@ -460,11 +539,7 @@ class Allocator:
                 messages.append(
                     Outgoing(self.topic, held.sku.encode(), msgspec.json.encode(event), headers)
                 )
-        try:
-            await self._send(messages)
-        except ProduceFailed:
-            await self._release_orders(records, keep=False, counted_day=now_us // US_PER_DAY)
-            raise PublishFailed("the broker did not acknowledge the reservations") from None
+        return messages
 
     async def release(self, order_id: str) -> OrderResult | None:
         """Release every open reservation of the order; safe to repeat. None: unknown order."""

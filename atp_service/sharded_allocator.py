@@ -12,7 +12,8 @@ record in none of them: written in steps, with the order's record saying how far
    part refused because a sku moved are planned again on a fresh read (2 and 3 again).
 4. The final record replaces the pending one, only while the pending one is still ours.
 5. Publish the reservations; if the broker does not acknowledge them, they are released
-   and the record removed, as on a single Redis.
+   and the record removed, as on a single Redis. The order is noted unpublished from its
+   claim until then, so that a sweep publishes it if its request dies after step 4.
 
 A write whose reply is lost can have landed: redis-py sends a command again after a
 connection reset, and the script then finds its own work done. So a claim that finds this
@@ -157,6 +158,9 @@ class ShardedAllocator(Allocator):
                 break
         if not claimed:
             raise Busy(f"order {order.order_id!r} is being allocated by another request")
+        # Before anything is held: noted until published (``Allocator.publish_unpublished``).
+        unpublished = self.store.layout.unpublished_key()
+        await self.store.client.hset(unpublished, order.order_id, str(self.clock() // 1000))
         try:
             record = await self._write_lines(order, print_, key, token)
         except BaseException:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import time
 from collections.abc import AsyncIterator
@@ -152,6 +154,7 @@ def create_app(settings: Settings) -> Litestar:
             overrides_topic=settings.topics.overrides,
         )
         await reader.start()
+        sweep = asyncio.create_task(app.state.allocator.keep_publishing())
         # What start-up allocated lives as long as the worker: out of the collector's way,
         # so a full collection does not walk it (a pause of tens of ms otherwise).
         gc.collect()
@@ -159,6 +162,9 @@ def create_app(settings: Settings) -> Litestar:
         try:
             yield
         finally:
+            sweep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweep
             # In flight allocations first: they need Redis and the publisher to finish.
             await app.state.allocator.drain()
             await reader.stop()

@@ -164,6 +164,11 @@ class Layout:
     def order_key(self, order_id: str) -> str:
         return f"{PREFIX}:order:{order_id}"
 
+    def unpublished_key(self) -> str:
+        """Hash order_id -> ms when its record was written, of orders whose reservations the
+        broker has not acknowledged yet (atp_service/allocator.py, ``publish_unpublished``)."""
+        return f"{PREFIX}:unpublished"
+
     def capacity_key(self, day: int) -> str:
         """Hash location -> units its stock allocations took on that UTC day (days since the
         epoch), for the locations with a capacity (contract section 11). write.lua lets it

@@ -9,11 +9,12 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import msgspec
 import pytest
 import redis
 import redis.asyncio as aredis
 
-from atp_service.allocator import Allocator
+from atp_service.allocator import Allocator, PublishFailed
 from atp_service.config import parse_config
 from atp_service.model import projector_for
 from atp_service.orders import OrderLine, OrderRequest, decode_stored
@@ -21,7 +22,8 @@ from atp_service.sharded_allocator import ShardedAllocator
 from atp_service.store import keys
 from atp_service.store.redis_store import AsyncRedisStore, RedisStore, initialize
 from streams.changeset import ChangeSet, build_changeset
-from streams.kafka import Outgoing
+from streams.events import ReservationCreated
+from streams.kafka import Outgoing, ProduceFailed
 from streams.projector import Projector
 from streams.state import BinStock, SkuState
 from tests.conftest import config_text
@@ -140,3 +142,70 @@ def test_one_shard_an_order_whose_write_ran_twice_is_published_once_held_once(
     }
     assert reserved == dict.fromkeys(SKUS[:orders], 2)
     assert len(sent) == orders  # each order's reservation_created, once
+
+
+def _died(messages: Sequence[Outgoing], timeout_s: float) -> None:
+    raise RuntimeError("the process died before the broker answered")
+
+
+@pytest.mark.parametrize("layout", [keys.SINGLE, LAYOUT], ids=["1 shard", "4 shards"])
+def test_an_order_whose_request_died_before_publishing_is_published_by_a_sweep(
+    redis_url: str, layout: keys.Layout
+) -> None:
+    """Its reservations stay held (the write landed), so their events must reach the broker
+    and the ledger: any API process's sweep sends them, once, after the request's time."""
+    sync, projector = stocked(redis_url, layout)
+    sent: list[Outgoing] = []
+    kind = ShardedAllocator if layout.shards > 1 else Allocator
+    lines = [OrderLine(str(n), sku, 2) for n, sku in enumerate(SKUS[:3])]
+
+    async def run() -> tuple[int, int, int]:
+        client = aredis.Redis.from_url(redis_url)
+        store = AsyncRedisStore(client, "g", WINDOW_MS, layout)
+        try:
+            with pytest.raises(RuntimeError):
+                await kind(store, projector, _died, "r").allocate(
+                    [OrderRequest("O-DIED", "web", lines)]
+                )
+            other = kind(store, projector, _into(sent), "r")  # another API process
+            young = await other.publish_unpublished()  # the request may still be at work
+            first = await other.publish_unpublished(older_than_ms=0)
+            again = await other.publish_unpublished(older_than_ms=0)
+            return young, first, again
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(run()) == (0, 1, 0)
+    record = decode_stored(sync.client.get(layout.order_key("O-DIED")))
+    assert record.result.status == "allocated" and len(record.held) == 3
+    events = [msgspec.json.decode(m.value, type=ReservationCreated) for m in sent]
+    assert sorted((e.sku, e.reservation_id, e.quantity) for e in events) == sorted(
+        (h.sku, h.reservation_id, h.quantity) for h in record.held
+    )
+    assert not sync.client.hlen(layout.unpublished_key())
+
+
+def test_a_published_or_undone_order_is_never_published_by_a_sweep(redis_url: str) -> None:
+    sync, projector = stocked(redis_url, keys.SINGLE)
+    sent: list[Outgoing] = []
+
+    def refused(messages: Sequence[Outgoing], timeout_s: float) -> None:
+        raise ProduceFailed("the broker did not acknowledge")
+
+    async def run() -> int:
+        client = aredis.Redis.from_url(redis_url)
+        store = AsyncRedisStore(client, "g", WINDOW_MS)
+        try:
+            allocator = Allocator(store, projector, _into(sent), "r")
+            await allocator.allocate([OrderRequest("O-OK", "web", [OrderLine("1", SKUS[0], 1)])])
+            with pytest.raises(PublishFailed):  # undone: its reservation released
+                await Allocator(store, projector, refused, "r").allocate(
+                    [OrderRequest("O-UNDONE", "web", [OrderLine("1", SKUS[1], 1)])]
+                )
+            return await allocator.publish_unpublished(older_than_ms=0)
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(run()) == 0
+    assert len(sent) == 1  # the first request's own, only
+    assert not sync.client.hlen(keys.SINGLE.unpublished_key())
