@@ -492,7 +492,10 @@ class Allocator:
         for (order_id, ms), raw in zip(aged, raws, strict=True):
             if raw is None:
                 done.append(order_id)  # undone: nothing holds
-            elif raw[:1] == b"{":  # else a record still being written by several shards
+            elif raw[:1] != b"{":  # being written by several shards, or its writer died
+                if await self._abandoned(order_id, raw, now_ms):
+                    done.append(order_id)
+            else:
                 record = decode_stored(raw)
                 if record.result.status == "released" or not record.held:
                     done.append(order_id)
@@ -502,8 +505,14 @@ class Allocator:
             await self._send(self._messages([record], ms * 1000, [None]))
             done.append(record.result.order_id)
             log.warning("published the reservations of order %s", record.result.order_id)
-        await client.hdel(layout.unpublished_key(), *done)
+        if done:
+            await client.hdel(layout.unpublished_key(), *done)
         return len(due)
+
+    async def _abandoned(self, order_id: str, raw: bytes, now_ms: int) -> bool:
+        """Whether a record that is not final is settled now (ShardedAllocator's pending
+        records); on one shard every record is final."""
+        return False
 
     async def keep_publishing(self, every_s: float = SWEEP_UNPUBLISHED_S) -> None:
         """``publish_unpublished`` every ``every_s``, until cancelled."""

@@ -13,7 +13,8 @@ record in none of them: written in steps, with the order's record saying how far
 4. The final record replaces the pending one, only while the pending one is still ours.
 5. Publish the reservations; if the broker does not acknowledge them, they are released
    and the record removed, as on a single Redis. The order is noted unpublished from its
-   claim until then, so that a sweep publishes it if its request dies after step 4.
+   claim until then, so that a sweep publishes it if its request dies after step 4, or
+   releases what a pending record older than PENDING_S holds if no repeat took it over.
 
 A write whose reply is lost can have landed: redis-py sends a command again after a
 connection reset, and the script then finds its own work done. So a claim that finds this
@@ -29,6 +30,7 @@ by shard the same way, then the record says "released"; a repeat finishes what a
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from collections.abc import Sequence
@@ -54,6 +56,7 @@ from streams.changeset import build_changeset
 from streams.logs import correlation_id
 from streams.state import SkuState
 
+log = logging.getLogger(__name__)
 PENDING_S: Final = 10.0  # a pending record older than this belongs to a writer that died
 WAIT_S: Final = 0.02  # between looks at a pending record of a live writer
 
@@ -240,6 +243,24 @@ class ShardedAllocator(Allocator):
         if not swapped and await self._raw_record(key) != final:  # else: its reply was lost
             await self._taken_over(order, held)
         return record
+
+    async def _abandoned(self, order_id: str, raw: bytes, now_ms: int) -> bool:
+        """A pending record older than PENDING_S whose writer died, and that no repeat took
+        over: what it may hold is released and the record removed, as a repeat would
+        before allocating again. Taken over first, so that a sweep dying meanwhile leaves
+        a pending record (of its own) for the next."""
+        head, pending = _parse_pending(raw)
+        if now_ms - pending.since_ms < PENDING_S * 1000:
+            return False
+        key = self.store.layout.order_key(order_id)
+        token = secrets.token_hex(8).encode()
+        mine = _pending_value(token, msgspec.structs.replace(pending, since_ms=now_ms))
+        if not await self._swap(keys=[key], args=[head + b"\x1f", mine]):
+            return False  # a repeat took it over meanwhile: its request settles it
+        await self._release_held(pending.held)
+        await self._swap(keys=[key], args=[PENDING_MARK + token, b""])
+        log.warning("released what the abandoned allocation of order %s held", order_id)
+        return True
 
     async def _taken_over(self, order: OrderRequest, held: Sequence[Held]) -> NoReturn:
         await self._release_held(held)

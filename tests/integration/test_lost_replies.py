@@ -6,6 +6,7 @@ its stock once, is answered as allocated, and its reservations are published."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,7 +19,7 @@ from atp_service.allocator import Allocator, PublishFailed
 from atp_service.config import parse_config
 from atp_service.model import projector_for
 from atp_service.orders import OrderLine, OrderRequest, decode_stored
-from atp_service.sharded_allocator import ShardedAllocator
+from atp_service.sharded_allocator import Pending, ShardedAllocator, _pending_value
 from atp_service.store import keys
 from atp_service.store.redis_store import AsyncRedisStore, RedisStore, initialize
 from streams.changeset import ChangeSet, build_changeset
@@ -209,3 +210,42 @@ def test_a_published_or_undone_order_is_never_published_by_a_sweep(redis_url: st
     assert asyncio.run(run()) == 0
     assert len(sent) == 1  # the first request's own, only
     assert not sync.client.hlen(keys.SINGLE.unpublished_key())
+
+
+def test_an_abandoned_pending_order_is_released_by_a_sweep(redis_url: str) -> None:
+    """On several shards a writer that died before its final record leaves a pending record
+    naming what it may hold; with no repeat to take it over, a sweep releases it."""
+    sync, projector = stocked(redis_url, LAYOUT)
+    lines = [OrderLine(str(n), sku, 2) for n, sku in enumerate(SKUS[:4])]
+    key = LAYOUT.order_key("O-ABANDONED")
+
+    def reserved() -> dict[str, int]:
+        return {
+            sku: sum(r.quantity for r in state.reservations if r.created and not r.released)
+            for sku, state in sync.read(SKUS[:4]).states.items()
+        }
+
+    async def run() -> list[int]:
+        client = aredis.Redis.from_url(redis_url)
+        store = AsyncRedisStore(client, "g", WINDOW_MS, LAYOUT)
+        allocator = ShardedAllocator(store, projector, _into([]), "r")
+        try:
+            await allocator.allocate([OrderRequest("O-ABANDONED", "web", lines)])
+            assert reserved() == dict.fromkeys(SKUS[:4], 2)
+            # As a writer that wrote every shard and died before its final record leaves it.
+            stored = decode_stored(sync.client.get(key))
+            counts = []
+            for age_ms in (1_000, 60_000):  # its writer may be at work; then it is not
+                since = time.time_ns() // 1_000_000 - age_ms
+                pending = Pending(stored.fingerprint, since, stored.held)
+                sync.client.set(key, _pending_value(b"0123456789abcdef", pending))
+                sync.client.hset(LAYOUT.unpublished_key(), "O-ABANDONED", since)
+                counts.append(await allocator.publish_unpublished(older_than_ms=0))
+                counts.append(sync.client.hlen(LAYOUT.unpublished_key()))
+            return counts
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(run()) == [0, 1, 0, 0]  # left while young, then settled
+    assert reserved() == dict.fromkeys(SKUS[:4], 0)
+    assert sync.client.get(key) is None  # a repeat allocates it afresh
