@@ -1,6 +1,7 @@
 """Memory benchmark: Redis bytes per sku, per (sku, location), per (channel, sku) and per
-dedupe mark on today's key layout, what cheaper dedupe marks would cost, and the sizes of
-a deployment of 100k, 1M and 10M skus (issue 17, "Memory at scale"; docs/performance.md).
+dedupe mark on the atp:v3 key layout, the marks beside the sorted sets they replaced, and
+the sizes of a deployment of 100k, 1M and 10M skus (issue 17, "Memory at scale";
+docs/performance.md).
 
 Part 1, the product as it is. Redis is loaded through the consumer's own fold and write
 path (``StreamProjector.apply``, no broker): per sku, stock in one bin at each of L
@@ -10,49 +11,54 @@ at a time, and ``INFO memory`` used_memory, summed over the store's primaries, i
 before and after each (the main key table's buckets, ``MEMORY STATS``, are told apart):
 
 - each shard's own keys (due set, outbox, staged ledger rows, offsets, changes streams,
-  marker), by kind, per entry;
+  marker, digest key), by kind, per entry;
 - the projection: every ``p:<channel>`` field of the sku hashes, per (channel, sku);
-- the dedupe marks: every ``e:<sku>`` sorted set, per event_id;
+- the dedupe marks: every ``e:<bucket>:<sku>`` set, per event_id. A run's ids all land in
+  the current bucket: one set per sku, as a sku holds in its first 3.5 days;
 - the raw state: what is left of the sku hashes (version and state), per sku.
 
 Loads: the benchmarks' network (5 channels, 8 locations) at two sizes (linear growth), with
 16 shards on one Redis and on a 3-primary Redis Cluster (the shard count's effect); a
 network of 20 channels over 50 locations with L = 50 and L = 10 (per (sku, location) is the
-difference); 200 events per sku (marks past the listpack limit); and a trickle of 10 events
-per write, interleaved over skus, for the changes streams' cost per change as a steady
-consumer writes them.
+difference); 121 and 1,210 events per sku (the marks' ids per sku of the sizes below); and
+a trickle of 10 events per write, interleaved over skus, for the changes streams' cost per
+change as a steady consumer writes them.
 
-Part 2, dedupe marks, as they are and as they could be (nothing here changes the product).
-Written directly under the product's key names, k ids per sku (k from 12 to 120,960):
-today's sorted set (event_id strings as the real path's, 13-16 characters, and 36-character
-UUIDs; score = ms); an 8-byte BLAKE2b digest of the event_id as the member (score ms, or s);
-a per-sku string of 12-byte records (digest and s, APPENDed); and per-sku sets of the digest
-as a signed 64-bit integer (Redis keeps those in an intset: 8 bytes each, binary search), one
-set per time bucket, expiring a window after its bucket ends (8 buckets of a day, or 3 of
-half a window). Each with Redis' default encoding limits (``zset-max-listpack-entries`` 128,
-``set-max-intset-entries`` 512) and raised (2048, 4096) where that changes the encoding.
-Bytes per id from used_memory deltas, MEMORY USAGE beside them, today's checked against the
-real path's at k = 12, 52 and 200; and the time of a lookup of an absent id (a new event's
-case), one id a call, in a Lua loop.
+Part 2, the dedupe marks written directly, under the product's key names, in the same run:
+
+- the sets of atp:v3 (``keys.Layout.marks_key``; digests by ``marks.digests``, PEXPIREAT
+  as write.lua sets it): k ids in one bucket (a run's shape: checked against the real
+  path), and a sku's steady state at r ids a window: with the default 7-day window, 3
+  buckets of 3.5 days are alive, the two before the current one full (r/2 ids each) and
+  the current one filled to a fraction f of it, f spread evenly over the skus (a sku
+  holds r x (1 + f/2) ids, 1.25 r on average: each id is kept 1 to 1.5 windows);
+  with the product's ``set-max-intset-entries`` 4096 and with Redis' default 512;
+- the layout before atp:v3, the baseline: a sorted set a sku, event_id -> ms, ids as the
+  real path's (13-16 characters) and 36-character UUIDs, with Redis' default
+  ``zset-max-listpack-entries`` 128; trimmed on 1 write of the sku in 16, so a sku held
+  its window's ids and about 16 more.
+
+Bytes from used_memory deltas, MEMORY USAGE beside them; and the time of a lookup of an
+absent id (a new event's case), one id a call, in a Lua loop: SMISMEMBER in each of the
+window's buckets, key names built as write.lua and the read script build them, against
+ZMSCORE in the sorted set; and the client's time to digest an event_id.
 
 Part 3, the sizes of 100k, 1M and 10M skus at 200, 2,000 and 20,000 events/s: from the
 figures above (20 channels, 50 locations per sku, the 7-day window, the changes streams'
-26 hours), marks today and in each other representation, ids spread evenly and 80% of them
-on 20% of the skus; totals and primaries (at most 25 GB each) today and with the
-recommended representation.
+26 hours), the marks in the steady state measured at each size's ids per sku (and at 4x
+and 0.25x of it: 80% of the ids on 20% of the skus), and the sorted sets' at the same ids
+plus 16; totals and primaries (at most 25 GB each), atp:v3 against the sorted sets.
 
-``python -m benchmarks.memory --size small|full [--runs N]`` (N: repetitions of the lookup
-timings; the memory figures are deterministic to a byte or two per item).
+``python -m benchmarks.memory --size small|full [--runs N]`` (N: repetitions of the timings;
+the memory figures are deterministic to a byte or two per item).
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import math
 import random
 import statistics
-import struct
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -64,7 +70,7 @@ import redis
 
 from atp_service.config import Settings
 from atp_service.local.config_file import ApiKey, Channel, ConfigFile
-from atp_service.store import keys
+from atp_service.store import keys, marks
 from benchmarks.common import (
     API_KEY,
     CHANNELS,
@@ -85,8 +91,8 @@ from benchmarks.workload import sku_name
 from streams.changeset import decode_outbox, projection_field
 from streams.events import AnyEvent, BinMovement, Inbound, ReservationCreated
 
-# The sorted-set layout of the marks before atp:v3, still measured beside today's: one set
-# a sku, trimmed on 1 write in 16.
+# The marks' layout before atp:v3, part 2's baseline: a sorted set a sku (event_id -> ms),
+# trimmed on 1 write of the sku in 16.
 TRIM_EVERY = 16
 
 
@@ -95,15 +101,13 @@ def zset_marks_key(sku: str) -> str:
 
 
 SKUS_PER_WRITE = 1000  # bulk loads: a batch of 1000 skus' events per apply()
+EVENTS_PER_WRITE = 100_000  # at most (consumer.batch_size's default)
 TRICKLE_EVENTS_PER_WRITE = 10  # about a batch at 2,000 events/s and batch_timeout_ms 5
 SAMPLE = 300
 WINDOW_S = 7 * 86_400  # consumer.dedupe_window_days, default 7 (atp_service/config.py)
 CHANGES_S = keys.CHANGES_RETENTION_MS // 1000
-LISTPACK_DEFAULT = 128  # Redis' zset-max-listpack-entries
-LISTPACK_RAISED = 2048
 GB = 1e9
 TRANSIENT = ("outbox", "changes", "staged")  # drained, or kept for a time, not per sku
-RECOMMENDED = "half-window sets, intset 4096"  # the sizes' second total
 # (skus, events/s) of the sizes: the issue's sizes at 200, 2,000 and 20,000 events/s
 SCENARIOS = tuple((skus, rate) for skus in (100_000, 1_000_000, 10_000_000)
                   for rate in (200, 2_000, 20_000))  # fmt: skip
@@ -139,7 +143,8 @@ def loads(size: str) -> dict[str, Load]:
             Load("bench-cluster", "bench", 8_000 * f, 8, 12, "cluster"),
             Load("large-50", "large", 4_000 * f, 50, 52),
             Load("large-10", "large", 4_000 * f, 10, 52),
-            Load("bench-200-events", "bench", 1_000 * f, 8, 200),
+            Load("bench-121-events", "bench", 2_000 * f, 8, 121),
+            Load("bench-1210-events", "bench", 200 * f, 8, 1210),
             Load("large-trickle", "large", 400 * f, 50, 52, trickle=True),
             Load("large-trickle-16-shards", "large", 400 * f, 50, 52, "single/16", trickle=True),
         )
@@ -189,6 +194,10 @@ def sku_events(
     return out
 
 
+def skus_per_write(load: Load) -> int:
+    return max(1, min(SKUS_PER_WRITE, EVENTS_PER_WRITE // load.events))
+
+
 def apply_load(projector: Any, load: Load) -> float:
     """Fold the load's events through the consumer's apply(); seconds."""
     locations, channels = network(load.network)
@@ -206,9 +215,10 @@ def apply_load(projector: Any, load: Load) -> float:
         for at in range(0, len(stream), TRICKLE_EVENTS_PER_WRITE):
             projector.apply(stream[at : at + TRICKLE_EVENTS_PER_WRITE], {})
         return time.perf_counter() - started
-    for start in range(0, load.skus, SKUS_PER_WRITE):
+    per_write = skus_per_write(load)
+    for start in range(0, load.skus, per_write):
         batch: list[AnyEvent] = []
-        for i in range(start, min(load.skus, start + SKUS_PER_WRITE)):
+        for i in range(start, min(load.skus, start + per_write)):
             batch += events_of(i)
         projector.apply(batch, {})
     return time.perf_counter() - started
@@ -231,24 +241,27 @@ def used(nodes: Sequence[redis.Redis], settle: float = 0.0) -> int:
 
 
 def steady(nodes: Sequence[redis.Redis], timeout: float = 30.0) -> None:
-    """Wait until the key tables stop changing: a rehash in progress counts both tables."""
-    last, deadline = key_table(nodes), time.monotonic() + timeout
+    """Wait until the key tables and the tables of keys' expiry times stop changing: a
+    rehash in progress counts both tables."""
+    last, deadline = key_table(nodes, expires=True), time.monotonic() + timeout
     while time.monotonic() < deadline:
         time.sleep(0.2)
-        now = key_table(nodes)
+        now = key_table(nodes, expires=True)
         if now == last:
             return
         last = now
 
 
-def key_table(nodes: Sequence[redis.Redis]) -> int:
+def key_table(nodes: Sequence[redis.Redis], expires: bool = False) -> int:
     """Bytes of the main key tables: entries and buckets (MEMORY STATS
-    overhead.hashtable.main)."""
+    overhead.hashtable.main), and with ``expires`` those of the expiry times' tables."""
     total = 0
     for node in nodes:
         stats: dict[str, Any] = node.memory_stats()
         db = stats.get("db.0") or {}
         total += int(db.get("overhead.hashtable.main", 0))
+        if expires:
+            total += int(db.get("overhead.hashtable.expires", 0))
     return total
 
 
@@ -313,8 +326,11 @@ def measure(nodes: Sequence[redis.Redis], channels: Sequence[str], skus: int) ->
     state = _pipelined(first, sample, lambda p, k: p.hstrlen(k, keys.STATE_FIELD))
     docs = _pipelined(first, sample, lambda p, k: p.hstrlen(k, fields[0]))
     hlen = _pipelined(first, sample, lambda p, k: p.hlen(k))
-    bucket = time.time_ns() // 1_000_000 // keys.MARKS_BUCKET_MS
-    marks_sample = [keys.SINGLE.marks_key(keys.sku_of(k) or "", bucket) for k in sample]
+    # The sampled skus' marks: a set per bucket ('<prefix>e:<bucket>:<sku>').
+    marks_of: dict[str, list[str]] = {}
+    for key in per_node[0]["marks"]:
+        marks_of.setdefault(key.split("}:e:", 1)[1].split(":", 1)[1], []).append(key)
+    marks_sample = [m for k in sample for m in marks_of.get(keys.sku_of(k) or "", [])]
     m_usage = _pipelined(first, marks_sample, lambda p, k: p.memory_usage(k, samples=0))
     m_card = _pipelined(first, marks_sample, lambda p, k: p.scard(k))
     encodings = _pipelined(first, marks_sample, lambda p, k: p.object("encoding", k))
@@ -323,14 +339,18 @@ def measure(nodes: Sequence[redis.Redis], channels: Sequence[str], skus: int) ->
         "state_bytes": statistics.mean(state),
         "document_bytes": statistics.mean(docs),
         "fields_per_sku_hash": statistics.mean(hlen),
-        "memory_usage_marks_per_id": statistics.mean(u / c for u, c in zip(m_usage, m_card, strict=True)),
+        "memory_usage_marks_per_id": sum(m_usage) / max(1, sum(m_card)),
+        "marks_keys_per_sku": len(marks_sample) / max(1, len(sample)),
         "marks_encoding": sorted({bytes(e).decode() for e in encodings}),
     }  # fmt: skip
-    # Each shard's own keys, one at a time.
+    # Each shard's own keys, one at a time. Counted first: reading the outbox and the
+    # streams leaves reply buffers that INFO's client memory counts only a moment later.
+    counts = [{key: entries(node, key) for key in sorted(names["shard"])}
+              for node, names in zip(nodes, per_node, strict=True)]  # fmt: skip
+    used(nodes, 0.5)
     shard: dict[str, dict[str, float]] = {}
-    for node, names in zip(nodes, per_node, strict=True):
-        for key in sorted(names["shard"]):
-            n = entries(node, key)
+    for node, counted in zip(nodes, counts, strict=True):
+        for key, n in counted.items():
             before = int(node.info("memory")["used_memory"])
             node.delete(key)
             freed = before - int(node.info("memory")["used_memory"])
@@ -340,7 +360,7 @@ def measure(nodes: Sequence[redis.Redis], channels: Sequence[str], skus: int) ->
             row["bytes"] += freed
     out["shard_keys"] = shard
     # Projection documents.
-    before = used(nodes)
+    before = used(nodes, 0.5)
     for node, names in zip(nodes, per_node, strict=True):
         _pipelined(node, names["sku"], lambda p, k: p.hdel(k, *fields))
     out["projection_bytes"] = before - used(nodes, 0.5)
@@ -349,7 +369,7 @@ def measure(nodes: Sequence[redis.Redis], channels: Sequence[str], skus: int) ->
     before = used(nodes)
     marks = 0
     for node, names in zip(nodes, per_node, strict=True):
-        marks += sum(_pipelined(node, names["marks"], lambda p, k: p.zcard(k)))
+        marks += sum(_pipelined(node, names["marks"], lambda p, k: p.scard(k)))
         _pipelined(node, names["marks"], lambda p, k: p.delete(k))
     out["marks"] = marks
     out["marks_keys"] = sum(len(names["marks"]) for names in per_node)
@@ -381,7 +401,11 @@ def run_load(bench: Bench, stores: dict[str, Store], load: Load) -> dict[str, An
     empty = used(nodes, 0.5)
     projector = direct_projector(settings)
     events = load.skus * load.events
-    how = f"{TRICKLE_EVENTS_PER_WRITE} a write" if load.trickle else "1000 skus a write"
+    how = (
+        f"{TRICKLE_EVENTS_PER_WRITE} a write"
+        if load.trickle
+        else f"{skus_per_write(load)} skus a write"
+    )
     with timed(f"{load.name}: {load.skus:,} skus, {events:,} events ({how}) on {store.label}"):
         seconds = apply_load(projector, load)
     projector.__dict__.clear()
@@ -396,147 +420,177 @@ def run_load(bench: Bench, stores: dict[str, Store], load: Load) -> dict[str, An
     return result
 
 
-# -- part 2: dedupe mark representations ----------------------------------------------
+# -- part 2: the dedupe marks written directly ----------------------------------------
+
+BUCKET_MS = keys.MARKS_BUCKET_MS
+WINDOW_MS = WINDOW_S * 1000
+INTSET = "set-max-intset-entries"  # the product's Redis sets 4096 (services.start_redis)
+INTSET_PRODUCT = 4096
+INTSET_DEFAULT = 512  # Redis' own default
+ZSET_LISTPACK = "zset-max-listpack-entries"
+ZSET_LISTPACK_DEFAULT = 128  # Redis' default, kept before atp:v3
+DIGEST_KEY = bytes(range(marks.KEY_BYTES))  # direct writes' digest key (a shard's is random)
+# Ids per sku in a window: the sizes' (each scenario's, and 4x and 0.25x of it: the hot and
+# the cold skus when 80% of the ids fall on 20% of them), and the large network's 52.
+SKEW = (1.0, 4.0, 0.25)
+STEADY_GRID = tuple(sorted({round(rate * WINDOW_S / skus * m, 3) for skus, rate in SCENARIOS
+                            for m in SKEW} | {52.0}))  # fmt: skip
+ONE_BUCKET_GRID = (1, 12, 52, 121, 1210, 4096, 12096)  # a run's shape, as the real path's
+ZSET_GRID = (12, 52, 121, 200, 500, 1210, 12096, 120960, 483840)  # ids held
+UUID_GRID = (12, 121, 1210, 12096)
+LOOKUP_GRID = (12, 121, 1210, 12096)
 
 
 @dataclass(frozen=True)
-class Candidate:
+class Marks:
+    """A way the marks are laid out, written directly."""
+
     name: str
-    kind: str  # "zset", "blob" (a string of records per sku) or "sets" (a set per sku and bucket)
-    member: str  # "id" (ids as the real path's), "uuid", "digest" (8 bytes of BLAKE2b)
-    score: str = "ms"  # zset scores: "ms" (today's) or "s"
-    setting: str = "zset-max-listpack-entries"  # the Redis setting that decides the encoding
-    limit: int = LISTPACK_DEFAULT  # its value
-    buckets: int = 1  # "sets": keys per sku, each of (window / (buckets - 1)) of time
+    kind: str  # "steady": atp:v3 sets, 3 buckets alive; "one": atp:v3, one bucket; "zset"
+    limit: int = INTSET_PRODUCT  # set-max-intset-entries ("steady", "one")
+    member: str = "id"  # "zset": "id" (as the real path's) or "uuid" (36 characters)
+    ttl: bool = True  # "one": PEXPIREAT as write.lua sets it
 
     @property
-    def retention(self) -> float:
-        """Retained ids per id of the window: a set expires a window after its bucket ends,
-        so ids are kept a window and on average half a bucket more."""
-        return 1 + 0.5 / (self.buckets - 1) if self.kind == "sets" else 1.0
-
-    @property
-    def default(self) -> bool:
-        return self.limit == DEFAULTS[self.setting]
-
-    def relevant(self, k: int) -> bool:
-        """Worth measuring at k ids per sku (a raised limit only where it changes anything)."""
-        if self.default:
-            return True
-        default, per_key = DEFAULTS[self.setting], k / self.buckets
-        return default < per_key <= self.limit
+    def setting(self) -> tuple[str, int]:
+        return (
+            (ZSET_LISTPACK, ZSET_LISTPACK_DEFAULT) if self.kind == "zset" else (INTSET, self.limit)
+        )
 
 
-DEFAULTS = {"zset-max-listpack-entries": LISTPACK_DEFAULT, "set-max-intset-entries": 512}
-TODAY = Candidate("today: event_id, ms", "zset", "id")
-TODAY_UUID = Candidate("today: UUID event_id, ms", "zset", "uuid")
-DIGEST_MS = Candidate("8-byte digest, ms", "zset", "digest")
-DIGEST_S = Candidate("8-byte digest, s", "zset", "digest", "s")
-BLOB = Candidate("blob: digest + s (12 B)", "blob", "digest", "s")
-INTSET = "set-max-intset-entries"
-DAYS = Candidate("day sets (8 x 1 day): int64 digest", "sets", "digest", setting=INTSET, limit=512,
-                 buckets=8)  # fmt: skip
-DAYS_RAISED = Candidate("day sets (8 x 1 day): int64 digest, intset 4096", "sets", "digest",
-                        setting=INTSET, limit=4096, buckets=8)  # fmt: skip
-HALVES = Candidate("half-window sets (3 x 3.5 days): int64 digest", "sets", "digest",
-                   setting=INTSET, limit=512, buckets=3)  # fmt: skip
-HALVES_RAISED = Candidate("half-window sets (3 x 3.5 days): int64 digest, intset 4096", "sets",
-                          "digest", setting=INTSET, limit=4096, buckets=3)  # fmt: skip
-TODAY_LP = Candidate("today: event_id, ms, listpack 2048", "zset", "id", limit=LISTPACK_RAISED)
-UUID_LP = Candidate(
-    "today: UUID event_id, ms, listpack 2048", "zset", "uuid", limit=LISTPACK_RAISED
-)
-DIGEST_S_LP = Candidate(
-    "8-byte digest, s, listpack 2048", "zset", "digest", "s", limit=LISTPACK_RAISED
-)
-CANDIDATES = (TODAY, TODAY_UUID, DIGEST_MS, DIGEST_S, BLOB, DAYS, DAYS_RAISED, HALVES,
-              HALVES_RAISED, TODAY_LP, UUID_LP, DIGEST_S_LP)  # fmt: skip
-K_GRID = (12, 52, 121, 200, 500, 1210, 12096, 120960)
+STEADY = Marks("atp:v3, 3 buckets alive (steady state)", "steady")
+STEADY_512 = Marks("atp:v3, 3 buckets alive, set-max-intset-entries 512", "steady", INTSET_DEFAULT)
+ONE = Marks("atp:v3, one bucket", "one")
+ONE_NO_TTL = Marks("atp:v3, one bucket, no expiry", "one", ttl=False)
+OLD = Marks("before atp:v3: sorted set, event_id -> ms", "zset")
+OLD_UUID = Marks("before atp:v3: sorted set, 36-character event_id -> ms", "zset", member="uuid")
 
 
-def digest(event_id: str) -> bytes:
-    return hashlib.blake2b(event_id.encode(), digest_size=8).digest()
+def cells_plan() -> list[tuple[Marks, float]]:
+    plan: list[tuple[Marks, float]] = [(OLD, k) for k in ZSET_GRID]
+    plan += [(OLD_UUID, k) for k in UUID_GRID]
+    plan += [(ONE, k) for k in ONE_BUCKET_GRID] + [(ONE_NO_TTL, 1)]
+    plan += [(STEADY, r) for r in STEADY_GRID]
+    # Redis' default limit changes anything only where a full bucket (r/2 ids) passes it.
+    plan += [(STEADY_512, r) for r in STEADY_GRID if r / 2 > INTSET_DEFAULT]
+    return plan
 
 
-def as_int64(raw: bytes) -> bytes:
-    """A digest as a set member Redis keeps in an intset: a signed 64-bit decimal."""
-    return str(int.from_bytes(raw, "big", signed=True)).encode()
+def buckets_alive() -> int:
+    """Buckets a lookup covers, and alive for a steady sku, with the default window: those
+    from the window's start to now (write.lua, the read script), each kept until a window
+    after its end, so the oldest lives through the whole current bucket."""
+    assert WINDOW_MS % BUCKET_MS == 0, "the steady state below assumes whole buckets a window"
+    return WINDOW_MS // BUCKET_MS + 1
 
 
-def ids_of(candidate: Candidate, index: int, k: int, rng: random.Random) -> list[str]:
-    if candidate.member == "uuid":
-        return [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(k)]
-    return [f"m-{index:09d}-{j}" for j in range(k)]
+def bucket_counts(shape: Marks, r: float, n: int) -> list[list[int]]:
+    """Per sku, its ids in each bucket, oldest first: "one", r ids in the current bucket;
+    "steady", every bucket before the current one full (its share of the window's r ids)
+    and the current one filled to f = (i + 0.5) / n of that (skus spread over the bucket's
+    time). Fractions rounded at random (seeded), so the means are exact."""
+    if shape.kind == "one":
+        return [[round(r)] for _ in range(n)]
+    rng = random.Random(round(r * 1000))
+    full = r * BUCKET_MS / WINDOW_MS
+    before = buckets_alive() - 1
+    return [
+        [int(full + rng.random()) for _ in range(before)]
+        + [int((i + 0.5) / n * full + rng.random())]
+        for i in range(n)
+    ]
 
 
-def bucket_keys(candidate: Candidate, sku: str, now_s: int) -> list[str]:
-    """A sku's sets, newest first: bucket b holds the ids applied in it."""
-    size = WINDOW_S // (candidate.buckets - 1)
-    return [f"{zset_marks_key(sku)}:{now_s // size - b}" for b in range(candidate.buckets)]
+def ids_of(
+    shape: Marks, index: int, count: int, rng: random.Random | None = None, tag: str = ""
+) -> list[str]:
+    if shape.member == "uuid":
+        assert rng is not None
+        return [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(count)]
+    return [f"m-{index:09d}-{tag}{j}" for j in range(count)]
 
 
-def write_marks(client: redis.Redis, candidate: Candidate, k: int, n_keys: int) -> None:
-    """k ids for each of n_keys skus, as the candidate keeps them."""
-    rng = random.Random(k)
-    now_ms = int(time.time() * 1000)
-    step = max(1, 20_000 // k)
-    for start in range(0, n_keys, step):
-        pipe = client.pipeline(transaction=False)
-        for i in range(start, min(n_keys, start + step)):
-            sku = sku_name(i + 1)
-            key = zset_marks_key(sku)
-            ids = ids_of(candidate, i, k, rng)
-            members = (
-                [digest(e) for e in ids]
-                if candidate.member == "digest"
-                else [e.encode() for e in ids]
-            )
-            if candidate.kind == "blob":  # APPEND, a write per id
-                for j, member in enumerate(members):
-                    pipe.append(key, member + struct.pack(">I", now_ms // 1000 + j))
-            elif candidate.kind == "sets":  # spread over the buckets; each expires
-                names = bucket_keys(candidate, sku, now_ms // 1000)
-                for b, name in enumerate(names):
-                    mine = [as_int64(m) for m in members[b :: candidate.buckets]]
-                    if mine:
-                        pipe.sadd(name, *mine)
-                        pipe.expire(name, 2 * WINDOW_S)
-            else:
-                for at in range(0, k, 1000):
-                    chunk = members[at : at + 1000]
-                    scores = [
-                        now_ms + at + j if candidate.score == "ms" else now_ms // 1000 + at + j
-                        for j in range(len(chunk))
-                    ]
-                    pipe.zadd(key, dict(zip(chunk, scores, strict=True)))
-        pipe.execute()
-
-
-def marks_keys(candidate: Candidate, n_keys: int) -> list[str]:
-    now_s = int(time.time())
-    out: list[str] = []
-    for i in range(n_keys):
+def write_sets(client: redis.Redis, shape: Marks, r: float, n: int, now_ms: int) -> tuple[int, int]:
+    """A sku's marks for each of ``n`` skus as write.lua keeps them; (ids, keys) written."""
+    current = now_ms // BUCKET_MS
+    ids = written = pending = 0
+    pipe = client.pipeline(transaction=False)
+    for i, counts in enumerate(bucket_counts(shape, r, n)):
         sku = sku_name(i + 1)
-        sets = candidate.kind == "sets"
-        out += bucket_keys(candidate, sku, now_s) if sets else [zset_marks_key(sku)]
-    return out
+        for b, count in zip(range(current - len(counts) + 1, current + 1), counts, strict=True):
+            if not count:
+                continue
+            key = keys.SINGLE.marks_key(sku, b)
+            members = marks.digests(DIGEST_KEY, ids_of(shape, i, count, tag=f"{b}-"))
+            for at in range(0, count, 1000):
+                pipe.sadd(key, *members[at : at + 1000])
+            if shape.ttl:  # a window past the bucket's end (write.lua)
+                pipe.pexpireat(key, (b + 1) * BUCKET_MS + WINDOW_MS)
+            ids, written, pending = ids + count, written + 1, pending + count
+        if pending >= 20_000:
+            pipe.execute()
+            pipe, pending = client.pipeline(transaction=False), 0
+    pipe.execute()
+    return ids, written
 
 
-def measure_marks(client: redis.Redis, candidate: Candidate, k: int, ids: int) -> dict[str, Any]:
+def write_zsets(client: redis.Redis, shape: Marks, k: int, n: int, now_ms: int) -> tuple[int, int]:
+    """k ids for each of ``n`` skus in the sorted set of the layout before atp:v3."""
+    rng = random.Random(k)
+    step = max(1, 20_000 // k)
+    for start in range(0, n, step):
+        pipe = client.pipeline(transaction=False)
+        for i in range(start, min(n, start + step)):
+            members = ids_of(shape, i, k, rng)
+            for at in range(0, k, 1000):
+                chunk = members[at : at + 1000]
+                pipe.zadd(zset_marks_key(sku_name(i + 1)),
+                          {m: now_ms + at + j for j, m in enumerate(chunk)})  # fmt: skip
+        pipe.execute()
+    return n * k, n
+
+
+def marks_names(client: redis.Redis, shape: Marks, skus: int, now_ms: int) -> list[str]:
+    """The marks keys of the first ``skus`` skus that exist."""
+    if shape.kind == "zset":
+        names = [zset_marks_key(sku_name(i + 1)) for i in range(skus)]
+    else:
+        current = now_ms // BUCKET_MS
+        names = [keys.SINGLE.marks_key(sku_name(i + 1), current - b)
+                 for i in range(skus) for b in range(buckets_alive())]  # fmt: skip
+    found = _pipelined(client, names, lambda p, k: p.exists(k))
+    return [name for name, there in zip(names, found, strict=True) if there]
+
+
+def measure_marks(client: redis.Redis, shape: Marks, r: float, budget: int) -> dict[str, Any]:
+    """Bytes of ``shape`` at r ids a sku: ids held in one bucket or a sorted set, or a
+    window's ids in the steady state."""
     client.flushall()
-    client.config_set(candidate.setting, candidate.limit)
-    n_keys = max(10, min(50_000, ids // k))
+    setting, value = shape.setting
+    before = client.config_get(setting)[setting]
+    client.config_set(setting, value)
+    held = r * (1 + 0.5 * BUCKET_MS / WINDOW_MS) if shape.kind == "steady" else r
+    n = max(2, min(50_000, int(budget // max(1.0, held))))
+    now_ms = time.time_ns() // 1_000_000
     empty = used([client], 0.3)
-    write_marks(client, candidate, k, n_keys)
+    if shape.kind == "zset":
+        ids, n_keys = write_zsets(client, shape, round(r), n, now_ms)
+    else:
+        ids, n_keys = write_sets(client, shape, r, n, now_ms)
     loaded = used([client], 0.3)
-    names = [name for name in marks_keys(candidate, min(n_keys, 50)) if client.exists(name)]
-    usage = [int(client.memory_usage(name, samples=0) or 0) for name in names]
-    encoding = bytes(client.object("encoding", names[0])).decode()
-    client.config_set(candidate.setting, DEFAULTS[candidate.setting])
+    names = marks_names(client, shape, min(n, 50), now_ms)
+    usage = _pipelined(client, names, lambda p, k: p.memory_usage(k, samples=0))
+    cards = _pipelined(
+        client, names, lambda p, k: p.zcard(k) if shape.kind == "zset" else p.scard(k)
+    )
+    encodings = _pipelined(client, names, lambda p, k: p.object("encoding", k))
+    client.config_set(setting, before)
     return {
-        "candidate": candidate.name, "k": k, "keys": n_keys, "bytes": loaded - empty,
-        "per_id": (loaded - empty) / (n_keys * k), "per_key": (loaded - empty) / n_keys,
-        "memory_usage_per_id": sum(usage) / min(n_keys, 50) / k, "encoding": encoding,
+        "marks": shape.name, "k": r, "skus": n, "keys": n_keys, "ids": ids,
+        "bytes": loaded - empty, "per_sku": (loaded - empty) / n, "per_id": (loaded - empty) / ids,
+        "ids_per_sku": ids / n, "keys_per_sku": n_keys / n,
+        "memory_usage_per_id": sum(int(u or 0) for u in usage) / max(1, sum(cards)),
+        "encoding": "/".join(sorted({bytes(e).decode() for e in encodings})),
     }  # fmt: skip
 
 
@@ -550,67 +604,86 @@ for r = 1, tonumber(ARGV[1]) do
 end
 return hits
 """
+# As write.lua's marks_differ and the read script look ids up: the bucket keys' names built
+# from the prefix, the window's first and last bucket and the sku, SMISMEMBER in each.
 LOOKUP_SETS = """
+local prefix, sku = ARGV[1], ARGV[2]
+local first, last = tonumber(ARGV[3]), tonumber(ARGV[4])
+local hits = 0
+for r = 1, tonumber(ARGV[5]) do
+  for i = 6, #ARGV do
+    for b = first, last do
+      local got = redis.call('SMISMEMBER', prefix .. 'e:' .. b .. ':' .. sku, ARGV[i])
+      if got[1] == 1 then hits = hits + 1 end
+    end
+  end
+end
+return hits
+"""
+# The same with the names given (KEYS): what building them in Lua costs.
+LOOKUP_SETS_GIVEN = """
 local hits = 0
 for r = 1, tonumber(ARGV[1]) do
   for i = 2, #ARGV do
     for b = 1, #KEYS do
-      hits = hits + redis.call('SMISMEMBER', KEYS[b], ARGV[i])[1]
+      if redis.call('SMISMEMBER', KEYS[b], ARGV[i])[1] == 1 then hits = hits + 1 end
     end
   end
 end
 return hits
 """
-LOOKUP_BLOB = """
-local hits = 0
-for r = 1, tonumber(ARGV[1]) do
-  for i = 2, #ARGV do
-    local blob = redis.call('GET', KEYS[1]) or ''
-    local from = 1
-    while true do
-      local at = string.find(blob, ARGV[i], from, true)
-      if not at then break end
-      if (at - 1) % 12 == 0 then hits = hits + 1; break end
-      from = at + 1
-    end
-  end
-end
-return hits
-"""
-LOOKUPS = ((TODAY, 12), (TODAY, 121), (DIGEST_S, 121), (BLOB, 121), (DAYS, 121), (HALVES, 121),
-           (TODAY, 1210), (TODAY_LP, 1210), (DIGEST_S_LP, 1210), (BLOB, 1210), (DAYS, 1210),
-           (HALVES, 1210), (DAYS_RAISED, 12096), (HALVES_RAISED, 12096))  # fmt: skip
+LOOKUP_ROUNDS = 5000
 
 
-def lookup_us(client: redis.Redis, candidate: Candidate, k: int, runs: int) -> list[float]:
-    """µs per lookup of an absent id (a new event's), in a Lua loop, an id a call."""
+def lookup_us(
+    client: redis.Redis, shape: Marks, r: int, runs: int, names_given: bool = False
+) -> list[float]:
+    """µs per lookup of an absent id (a new event's), in a Lua loop, an id a call; a steady
+    sku's sets with the current bucket half full (``names_given``: their names as KEYS)."""
     client.flushall()
-    client.config_set(candidate.setting, candidate.limit)
-    write_marks(client, candidate, k, 1)
-    client.config_set(candidate.setting, DEFAULTS[candidate.setting])
-    names = marks_keys(candidate, 1)
+    now_ms = time.time_ns() // 1_000_000
     absent = [f"x-{j:09d}-0" for j in range(10)]
-    args = (
-        [digest(e) for e in absent]
-        if candidate.member == "digest"
-        else [e.encode() for e in absent]
-    )
-    if candidate.kind == "sets":
-        args = [as_int64(a) for a in args]
-    script = {"blob": LOOKUP_BLOB, "sets": LOOKUP_SETS}.get(candidate.kind, LOOKUP_ZSET)
-    rounds = 2000
+    setting, value = shape.setting
+    before = client.config_get(setting)[setting]
+    client.config_set(setting, value)
+    if shape.kind == "zset":
+        write_zsets(client, shape, r, 1, now_ms)
+        script, keys_, args = LOOKUP_ZSET, [zset_marks_key(sku_name(1))], [LOOKUP_ROUNDS, *absent]
+    else:
+        write_sets(client, shape, r, 1, now_ms)
+        first, last = (now_ms - WINDOW_MS) // BUCKET_MS, now_ms // BUCKET_MS
+        digests = marks.digests(DIGEST_KEY, absent)
+        if names_given:
+            keys_ = [keys.SINGLE.marks_key(sku_name(1), b) for b in range(first, last + 1)]
+            script, args = LOOKUP_SETS_GIVEN, [LOOKUP_ROUNDS, *digests]
+        else:
+            script, keys_ = LOOKUP_SETS, []
+            args = [keys.SINGLE.prefixes[0], sku_name(1), first, last, LOOKUP_ROUNDS, *digests]
+    client.config_set(setting, before)
     out = []
     for _ in range(runs):
         started = time.perf_counter()
-        client.eval(script, len(names), *names, rounds, *args)
-        out.append((time.perf_counter() - started) * 1e6 / (rounds * len(args)))
+        hits = client.eval(script, len(keys_), *keys_, *args)
+        out.append((time.perf_counter() - started) * 1e6 / (LOOKUP_ROUNDS * len(absent)))
+        assert hits == 0, f"{shape.name}: an absent id found"
+    return out
+
+
+def digest_us(runs: int) -> list[float]:
+    """µs per event_id of ``marks.digests`` (the client's, for every id it reads or writes)."""
+    ids = [f"m-{i:09d}-{i % 60}" for i in range(100_000)]
+    out = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        marks.digests(DIGEST_KEY, ids)
+        out.append((time.perf_counter() - started) * 1e6 / len(ids))
     return out
 
 
 # -- part 3: sizes --------------------------------------------------------------------
 
 
-def per_key(points: dict[int, float], k: float) -> float:
+def per_key(points: dict[float, float], k: float) -> float:
     """Bytes of one sku's marks with k ids, linear between (and past) measured points."""
     xs = sorted(points)
     if k <= xs[0] or len(xs) == 1:
@@ -622,51 +695,43 @@ def per_key(points: dict[int, float], k: float) -> float:
     return points[hi] + (points[hi] - points[lo]) * (k - hi) / (hi - lo)
 
 
-COMPACT = ("listpack", "intset", "raw", "embstr")  # else skiplist or hashtable
-
-
 @dataclass(frozen=True)
 class Model:
-    """A way of keeping marks, for the sizes: per-sku bytes by ids (compact encodings up to
-    ``limit`` ids per sku, the others past it), and what it retains."""
+    """A layout of the marks, for the sizes: a sku's bytes by the ids it receives in a
+    window."""
 
     name: str
-    compact: dict[int, float]  # ids per sku -> bytes per sku
-    big: dict[int, float]
-    limit: float
-    retention: float  # sets: ids kept per id of the window; else trimmed on 1 write in 16
-
-    def per_sku(self, ids: float) -> float:
-        if ids <= self.limit or not self.big:
-            return per_key(self.compact, ids)
-        return per_key(self.big, ids)
-
-    def retained(self, ids_in_window: float) -> float:
-        """Ids a sku holds on average when ``ids_in_window`` arrive in a window."""
-        if self.retention > 1:
-            return ids_in_window * self.retention
-        return ids_in_window + TRIM_EVERY  # about TRIM_EVERY writes (an id each) past it
+    per_sku: Callable[[float], float]
 
     def bytes(self, skus: int, ids: float, skew: bool = False) -> float:
         """All skus' marks, ``ids`` arriving per window: spread evenly, or 80% of them on
         20% of the skus."""
         if not skew:
-            return skus * self.per_sku(self.retained(ids / skus))
+            return skus * self.per_sku(ids / skus)
         hot, cold = 0.2 * skus, 0.8 * skus
-        return hot * self.per_sku(self.retained(0.8 * ids / hot)) + cold * self.per_sku(
-            self.retained(0.2 * ids / cold)
-        )
+        return hot * self.per_sku(0.8 * ids / hot) + cold * self.per_sku(0.2 * ids / cold)
 
 
-def model(cells: list[dict[str, Any]], name: str, raised: Candidate, base: Candidate) -> Model:
-    """Compact figures of ``raised`` (a raised encoding limit) and ``base``, and ``base``'s
-    past the limit."""
-    compact = {c["k"]: c["per_key"] for c in cells
-               if c["candidate"] in (raised.name, base.name) and c["encoding"] in COMPACT}  # fmt: skip
-    big = {c["k"]: c["per_key"] for c in cells
-           if c["candidate"] == base.name and c["encoding"] not in COMPACT}  # fmt: skip
-    limit = raised.limit * raised.buckets if raised.kind != "blob" else math.inf
-    return Model(name, compact, big, limit, raised.retention)
+def old_model(cells: list[dict[str, Any]]) -> Model:
+    """The sorted sets: a listpack up to 128 ids, a skiplist past; a sku held its window's
+    ids and about TRIM_EVERY more (its writes of an id each since its last trim)."""
+    mine = [c for c in cells if c["marks"] == OLD.name]
+    compact = {c["k"]: c["per_sku"] for c in mine if c["encoding"] == "listpack"}
+    big = {c["k"]: c["per_sku"] for c in mine if c["encoding"] != "listpack"}
+
+    def per_sku(r: float) -> float:
+        held = r + TRIM_EVERY
+        return per_key(compact if held <= ZSET_LISTPACK_DEFAULT else big, held)
+
+    return Model("before atp:v3 (sorted sets)", per_sku)
+
+
+def steady_model(cells: list[dict[str, Any]], name: str, shape: Marks) -> Model:
+    """atp:v3's sets in the steady state, measured at each r of the sizes (STEADY's where
+    ``shape``'s limit changes nothing)."""
+    points = {c["k"]: c["per_sku"] for c in cells if c["marks"] == STEADY.name}
+    points |= {c["k"]: c["per_sku"] for c in cells if c["marks"] == shape.name}
+    return Model(name, lambda r: per_key(points, r))
 
 
 def false_duplicates(skus: int, ids: float, retention: float, skew: bool = False) -> float:
@@ -706,7 +771,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "loads": {n: f"{x.skus:,} skus x {x.events} events, {x.locations} locations, {x.network}"
                      f" network, {x.store}{', trickle' if x.trickle else ''}"
                   for n, x in plan.items()},
-        "mark_ids_per_cell": ids_per_cell, "k_grid": K_GRID, "runs": args.runs,
+        "mark_ids_per_cell": ids_per_cell, "steady_grid": STEADY_GRID, "runs": args.runs,
     }  # fmt: skip
     results: dict[str, dict[str, Any]] = {}
     cells: list[dict[str, Any]] = []
@@ -717,16 +782,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             results[name] = run_load(bench, stores, load)
         client = stores["single"].nodes()[0]
         report.details["allocator"] = client.info("memory").get("mem_allocator")
-        with timed(f"marks: {len(CANDIDATES)} representations x k in {K_GRID}"):
-            for candidate in CANDIDATES:
-                for k in K_GRID:
-                    if candidate.relevant(k):
-                        cells.append(measure_marks(client, candidate, k, ids_per_cell))
+        report.details["redis_settings"] = {
+            **client.config_get(INTSET),
+            **client.config_get(ZSET_LISTPACK),
+        }
+        plan_marks = cells_plan()
+        with timed(f"marks: {len(plan_marks)} layouts and sizes, written directly"):
+            for shape, r in plan_marks:
+                cells.append(measure_marks(client, shape, r, ids_per_cell))
         with timed("lookups"):
-            for candidate, k in LOOKUPS:
-                lookups[f"{candidate.name} @{k}"] = lookup_us(client, candidate, k, args.runs)
+            for r in LOOKUP_GRID:  # alternated, so that both see the same load
+                for shape in (OLD, STEADY):
+                    lookups[f"{shape.name} @{r:,}"] = lookup_us(client, shape, r, args.runs)
+            lookups[f"{STEADY.name}, names given @1,210"] = lookup_us(
+                client, STEADY, 1210, args.runs, names_given=True
+            )
         client.flushall()
         client.close()
+    digesting = digest_us(args.runs)
 
     r = results
 
@@ -744,6 +817,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def shard_part(x: dict[str, Any], kind: str) -> dict[str, float]:
         return dict(x["shard_keys"].get(kind, {"keys": 0, "entries": 0, "bytes": 0}))
+
+    def cell(shape: Marks, k: float) -> dict[str, Any]:
+        return next(c for c in cells if c["marks"] == shape.name and c["k"] == k)
 
     # Per (sku, location) and per sku, from the large network at 50 and 10 locations.
     large, large10, bench_ = r["large-50"], r["large-10"], r["bench"]
@@ -764,9 +840,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                           [("ratio", ">=", 0.9), ("ratio", "<=", 1.1)], target_text="linear: x0.9-1.1"))  # fmt: skip
 
     def info(
-        name: str, unit: str, value: float, baseline: str = "", base: float | None = None
-    ) -> None:
-        report.add(Figure(name, unit, [value], baseline, [] if base is None else [base], informative=True))  # fmt: skip
+        name: str, unit: str, value: float | list[float], baseline: str = "",
+        base: float | list[float] | None = None,
+    ) -> None:  # fmt: skip
+        runs = value if isinstance(value, list) else [value]
+        base_runs = [] if base is None else base if isinstance(base, list) else [base]
+        report.add(Figure(name, unit, runs, baseline, base_runs, informative=True))
 
     linear(f"projection per (channel, sku), {bench_['channels']} channels",
            lambda x: x["projection_bytes"] / x["documents"])  # fmt: skip
@@ -783,11 +862,62 @@ def main(argv: Sequence[str] | None = None) -> int:
     info("due set per sku (inbound or expiry ahead)", "bytes", due)
     info("key table: entry per key", "bytes", bench_["key_entry"])
     info("key table: buckets per key", "bytes", bucket)
-    info("dedupe mark per event_id, 52 per sku (real path)", "bytes", mark(large))
-    info("dedupe mark per event_id, 200 per sku (real path)", "bytes", mark(r["bench-200-events"]),
-         "12 per sku", mark(bench_))  # fmt: skip
+
+    # The marks on the real path (one bucket a sku) against the sorted sets, same run.
+    real_path = ((12, "bench"), (52, "large-50"), (121, "bench-121-events"),
+                 (1210, "bench-1210-events"))  # fmt: skip
+    for k, which in real_path:
+        old = cell(OLD, k)
+        info(f"dedupe mark per event_id, real path, {k:,} per sku (one bucket, "
+             f"{'/'.join(r[which]['sample']['marks_encoding'])})", "bytes", mark(r[which]),
+             f"before atp:v3 @{k:,} ({old['encoding']}), direct", old["per_id"])  # fmt: skip
+    for k, which in real_path:
+        info(f"mark check: direct SADD @{k:,}, one bucket, against the real path", "bytes per id",
+             cell(ONE, k)["per_id"], f"real path, {which}", mark(r[which]))  # fmt: skip
     info("dedupe mark per event_id, 52 per sku, 10 events a write", "bytes", mark(r["large-trickle"]),
          "1000 skus a write", mark(large))  # fmt: skip
+    info("a bucket key with 1 id (name, set, expiry, key table entries)", "bytes",
+         cell(ONE, 1)["per_sku"], "without its expiry", cell(ONE_NO_TTL, 1)["per_sku"])  # fmt: skip
+    slope = (cell(ONE, 1210)["per_sku"] - cell(ONE, 121)["per_sku"]) / (1210 - 121)
+    info("an id more in an intset (121 to 1,210 in one bucket)", "bytes", slope)
+    info(f"one bucket of 12,096 ids ({cell(ONE, 12096)['encoding']}), per id", "bytes",
+         cell(ONE, 12096)["per_id"], f"4,096 ids ({cell(ONE, 4096)['encoding']})",
+         cell(ONE, 4096)["per_id"])  # fmt: skip
+
+    # A sku's marks in the steady state (3 buckets alive, 1 to 1.5 windows of ids held)
+    # against the sorted sets' at the same ids a window, same run.
+    before = old_model(cells)
+    models = [
+        before,
+        steady_model(cells, "atp:v3, set-max-intset-entries 4096", STEADY),
+        steady_model(cells, "atp:v3, set-max-intset-entries 512", STEADY_512),
+    ]
+    for k in STEADY_GRID:
+        c = cell(STEADY, k)
+        info(f"marks per sku at {k:,.0f} ids a window, steady state ({c['encoding']}; "
+             f"{c['ids_per_sku']:,.1f} ids in {c['keys_per_sku']:.2f} keys)", "bytes",
+             c["per_sku"], f"before atp:v3, {k + TRIM_EVERY:,.0f} ids held (interpolated)",
+             before.per_sku(k))  # fmt: skip
+    for c in cells:
+        if c["marks"] == STEADY_512.name:
+            info(f"marks per sku at {c['k']:,.0f} ids a window, set-max-intset-entries 512 "
+                 f"({c['encoding']})", "bytes", c["per_sku"], "4096",
+                 cell(STEADY, c["k"])["per_sku"])  # fmt: skip
+    for k in UUID_GRID:
+        c = cell(OLD_UUID, k)
+        info(f"before atp:v3 with 36-character ids @{k:,} ({c['encoding']})", "bytes per id",
+             c["per_id"], f"13-16 characters ({cell(OLD, k)['encoding']})", cell(OLD, k)["per_id"])  # fmt: skip
+
+    for k in LOOKUP_GRID:
+        report.add(Figure(f"lookup of an absent id, @{k:,} ids a window: SMISMEMBER x "
+                          f"{buckets_alive()} buckets", "µs", lookups[f"{STEADY.name} @{k:,}"],
+                          f"before atp:v3: ZMSCORE @{k:,} ({cell(OLD, k)['encoding']})",
+                          lookups[f"{OLD.name} @{k:,}"], informative=True))  # fmt: skip
+    info("  the same @1,210, the buckets' names given (KEYS), not built in Lua", "µs",
+         lookups[f"{STEADY.name}, names given @1,210"], "built in Lua",
+         lookups[f"{STEADY.name} @1,210"])  # fmt: skip
+    info("digest of an event_id (client, marks.digests)", "µs", digesting)
+
     info("changes stream per changed (channel, sku), 10 events a write", "bytes", per_change,
          "1000 skus a write", bulk_changes["bytes"] / max(1, bulk_changes["entries"]))  # fmt: skip
     info(
@@ -811,38 +941,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         info(f"  shard keys but outbox, changes, staged, due: per shard, {x['store']}", "bytes",
              fixed / x["shards"])  # fmt: skip
 
-    # Marks: bytes per id against today's at the same k, same run.
-    today = {c["k"]: c for c in cells if c["candidate"] == TODAY.name}
-    for c in cells:
-        t = today[c["k"]]
-        if c["candidate"] == TODAY.name:
-            info(f"mark: {TODAY.name} @{c['k']} ({c['encoding']})", "bytes per id", c["per_id"],
-                 "MEMORY USAGE", c["memory_usage_per_id"])  # fmt: skip
-        else:
-            info(f"mark: {c['candidate']} @{c['k']} ({c['encoding']})", "bytes per id", c["per_id"],
-                 f"today @{c['k']} ({t['encoding']})", t["per_id"])  # fmt: skip
-    for k, which in ((12, "bench"), (52, "large-50"), (200, "bench-200-events")):
-        info(f"mark check: direct ZADD @{k} against the real path", "bytes per id", today[k]["per_id"],
-             f"real path, {which}", mark(r[which]))  # fmt: skip
-    base_lookup = lookups[f"{TODAY.name} @1210"]
-    for name, runs in lookups.items():
-        report.add(Figure(f"lookup of an absent id: {name}", "µs", runs,
-                          f"{TODAY.name} @1210 (skiplist)", base_lookup, informative=True))  # fmt: skip
-
     # Sizes.
-    models = [
-        model(cells, "today", TODAY, TODAY),
-        model(cells, "today, UUID ids", TODAY_UUID, TODAY_UUID),
-        model(cells, "today, listpack 2048", TODAY_LP, TODAY),
-        model(cells, "digest, ms", DIGEST_MS, DIGEST_MS),
-        model(cells, "digest, s, listpack 2048", DIGEST_S_LP, DIGEST_S),
-        model(cells, "blob", BLOB, BLOB),
-        model(cells, "day sets", DAYS, DAYS),
-        model(cells, "day sets, intset 4096", DAYS_RAISED, DAYS),
-        model(cells, "half-window sets", HALVES, HALVES),
-        model(cells, "half-window sets, intset 4096", HALVES_RAISED, HALVES),
-    ]
-    report.details["models"] = {m.name: {"compact": m.compact, "big": m.big} for m in models}
+    retention = 1 + 0.5 * BUCKET_MS / WINDOW_MS
     state_per_sku = state_fixed + 50 * per_location + due + bucket
     sharded_change = sharded["bytes"] / sharded["entries"]
     sizes: list[dict[str, Any]] = []
@@ -852,14 +952,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             "skus": skus, "events_per_s": rate, "ids": ids, "ids_per_sku": ids / skus,
             "documents": skus * large["channels"] * doc, "state": skus * state_per_sku,
             "changes": rate * CHANGES_S * changes_per_event * per_change,
-            "false_duplicates": false_duplicates(skus, ids, HALVES.retention),
-            "false_duplicates_80_20": false_duplicates(skus, ids, HALVES.retention, True),
+            "false_duplicates": false_duplicates(skus, ids, retention),
+            "false_duplicates_80_20": false_duplicates(skus, ids, retention, True),
         }  # fmt: skip
         for m in models:
             row[f"marks {m.name}"] = m.bytes(skus, ids)
             row[f"marks {m.name}, 80/20"] = m.bytes(skus, ids, True)
-        for label, marks in (("today", "today"), ("recommended", RECOMMENDED)):
-            total = row["documents"] + row["state"] + row["changes"] + row[f"marks {marks}"]
+        for label, m in (("old", models[0]), ("new", models[1]), ("new 512", models[2])):
+            total = row["documents"] + row["state"] + row["changes"] + row[f"marks {m.name}"]
             if primaries_for(total) > 1:  # several shards: smaller changes-stream entries
                 total += row["changes"] * (sharded_change / per_change - 1)
             row[f"total {label}"] = total
@@ -867,6 +967,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             row[f"shards {label}"] = shards_for(primaries_for(total))
         sizes.append(row)
     report.details["sizes"] = sizes
+    for row in sizes:
+        if (row["skus"], row["events_per_s"]) in ((10_000_000, 2_000), (10_000_000, 20_000)):
+            where = f"{row['skus']:,} skus, {row['events_per_s']:,} events/s"
+            info(f"total GB at {where}, atp:v3", "GB", row["total new"] / GB,
+                 "before atp:v3", row["total old"] / GB)  # fmt: skip
+            info(f"  marks GB at {where}, atp:v3", "GB", row[f"marks {models[1].name}"] / GB,
+                 "before atp:v3", row[f"marks {before.name}"] / GB)  # fmt: skip
     say(f"\nsizes, GB: {large['channels']} channels, 50 locations per sku, 7-day marks, "
         "26-hour changes streams; ids = ids per sku in 7 days; marks: spread evenly "
         "(80% of events on 20% of skus)")  # fmt: skip
@@ -875,26 +982,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             f" documents {row['documents'] / GB:,.1f}, state {row['state'] / GB:,.1f},"
             f" changes {row['changes'] / GB:,.1f} (1 shard)")  # fmt: skip
         for m in models:
-            say(f"      marks {m.name:<32} {row[f'marks {m.name}'] / GB:>8,.1f}"
+            say(f"      marks {m.name:<38} {row[f'marks {m.name}'] / GB:>8,.1f}"
                 f" ({row[f'marks {m.name}, 80/20'] / GB:,.1f})")  # fmt: skip
-    say(f"\ntotals, GB, and primaries at <= 25 GB each (shards): today -> {RECOMMENDED}")
+    say(
+        "\ntotals, GB, and primaries at <= 25 GB each (shards): before atp:v3 -> atp:v3 "
+        "[atp:v3 with set-max-intset-entries 512]"
+    )
     for row in sizes:
-        say(f"  {row['skus']:>10,} skus {row['events_per_s']:>6,}/s: {row['total today'] / GB:>8,.1f}"
-            f" -> {row['total recommended'] / GB:>7,.1f}   {row['primaries today']}"
-            f" ({row['shards today']}) -> {row['primaries recommended']} ({row['shards recommended']});"
-            f" false duplicates per window {row['false_duplicates']:.1e}")  # fmt: skip
-    report.series["mark bytes per id by ids per sku"] = {
-        name: {str(c["k"]): c["per_id"] for c in cells if c["candidate"] == name}
-        for name in dict.fromkeys(c["candidate"] for c in cells)
-        if name in {c.name for c in CANDIDATES if c.default}
+        say(f"  {row['skus']:>10,} skus {row['events_per_s']:>6,}/s: {row['total old'] / GB:>8,.1f}"
+            f" -> {row['total new'] / GB:>7,.1f} [{row['total new 512'] / GB:,.1f}]"
+            f"   {row['primaries old']} ({row['shards old']}) -> {row['primaries new']}"
+            f" ({row['shards new']}); false duplicates per window {row['false_duplicates']:.1e}")  # fmt: skip
+    panel = "marks: bytes per id received in a 7-day window, by ids per sku in it"
+    report.series[panel] = {
+        m.name: {f"{k:,.0f}": m.per_sku(k) / k for k in STEADY_GRID} for m in models
     }
-    report.series_unit["mark bytes per id by ids per sku"] = "bytes"
+    report.series_unit[panel] = "bytes"
     report.details["results"] = results
     report.details["marks"] = cells
     report.details["lookups_us"] = lookups
+    report.details["digest_us"] = digesting
     report.notes.append(
         "memory: one measurement each (used_memory deltas less client buffers, scripts and "
-        f"cluster links; they repeat to a byte or two per item); lookups: median of {args.runs}. "
+        f"cluster links; they repeat to a byte or two per item); times: median of {args.runs}. "
         "Real-path event ids are 13-15 characters, sku names 11, location names 3-5."
     )
     report.notes.append(
@@ -904,6 +1014,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.notes.append(
         f"per sku = {fmt(state_fixed)} + L x {fmt(per_location)} (state) + {fmt(due)} (due) + "
         f"{fmt(bucket)} (the key table's buckets) + C x {fmt(doc)} (documents) + marks"
+    )
+    report.notes.append(
+        f"marks, steady state: {buckets_alive()} buckets of {BUCKET_MS / 86_400_000:g} days "
+        f"alive a sku, ids held {retention:g} x a window's on average (1 to "
+        f"{1 + BUCKET_MS / WINDOW_MS:g}); the sorted sets held a window's and {TRIM_EVERY} more"
     )
     for name, x in r.items():
         left = x["left"] - x["empty"]
