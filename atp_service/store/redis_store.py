@@ -63,6 +63,7 @@ local out = {}
 local found = {}
 local unfinished = {}
 local first, last = tonumber(ARGV[1]), tonumber(ARGV[2])
+local window_sets = {}  -- per key prefix, the names of the window's sets but for the sku
 -- Which of ARGV[from .. from + n - 1] the set holds, in slices (Lua's stack is small).
 local function holds(key, from, n, hit)
   for start = 0, n - 1, 400 do
@@ -84,8 +85,14 @@ for k = 1, #KEYS do
     local prefix = string.sub(KEYS[k], 1, cut + 1)
     local sku = string.sub(KEYS[k], cut + 4)  -- after '}:s:'
     local hit = {}
-    for b = first, last do
-      holds(prefix .. 'e:' .. b .. ':' .. sku, a + 1, n, hit)
+    local sets = window_sets[prefix]
+    if not sets then
+      sets = {}
+      for b = first, last do sets[#sets + 1] = prefix .. 'e:' .. b .. ':' end
+      window_sets[prefix] = sets
+    end
+    for _, set in ipairs(sets) do
+      holds(set .. sku, a + 1, n, hit)
     end
     local ends = false
     local applied = {}

@@ -92,6 +92,10 @@ i = i + 4
 local BUCKET_MS = 302400000
 local first_bucket = math.floor(tonumber(cutoff) / BUCKET_MS)
 local bucket = math.floor(tonumber(now) / BUCKET_MS)
+local window_sets = {}  -- the names of those sets but for the sku, built once
+for b = first_bucket, bucket do
+  window_sets[#window_sets + 1] = prefix .. 'e:' .. b .. ':'
+end
 
 -- Phase 1: checks only.
 local shard_digest_key = redis.call('GET', prefix .. 'digest')
@@ -129,9 +133,8 @@ local function marks_differ(sku, from, count, want_marked)
   local found = {}
   for start = 0, count - 1, 400 do
     local last = math.min(count - 1, start + 399)
-    for b = first_bucket, bucket do
-      local hits = redis.call('SMISMEMBER', prefix .. 'e:' .. b .. ':' .. sku,
-        unpack(ARGV, from + start, from + last))
+    for _, set in ipairs(window_sets) do
+      local hits = redis.call('SMISMEMBER', set .. sku, unpack(ARGV, from + start, from + last))
       for e = 1, #hits do
         if hits[e] == 1 then
           found[start + e] = true
