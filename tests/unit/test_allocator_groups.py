@@ -55,6 +55,10 @@ class FakeClient:
             self.store.strings.pop(name, None)
         return len(names)
 
+    async def hdel(self, name: str, *fields: str) -> int:
+        held = self.store.hashes.get(name, {})
+        return sum(held.pop(f, None) is not None for f in fields)
+
 
 class FakeKits:
     """AsyncKitRecords' look-up over a dict."""
@@ -73,6 +77,7 @@ class FakeStore:
         self.states = {sku: dump_state(s) for sku, s in states.items()}
         self.versions = dict.fromkeys(states, 1)
         self.strings: dict[str, bytes] = {}
+        self.hashes: dict[str, dict[str, bytes]] = {}  # 'h:<field>' puts
         self.client = FakeClient(self)
         self.reads = 0
         self.writes = 0
@@ -131,6 +136,8 @@ class FakeStore:
         for key, mode, value in changes.puts:
             if mode == "del":
                 self.strings.pop(key, None)
+            elif mode.startswith("h:"):
+                self.hashes.setdefault(key, {})[mode[2:]] = value
             else:
                 self.strings[key] = value
         for (_sku, order_id, line_id), fields in changes.line_fields.items():
@@ -209,6 +216,8 @@ def test_concurrent_orders_share_writes_and_answer_as_if_one_after_another() -> 
     assert len(published) == sum(
         len(r[0][0].lines[0].allocations) + len(r[0][0].lines[1].allocations) for r in answers
     )
+    # Each write noted its orders unpublished; once acknowledged, none is left for a sweep.
+    assert store.hashes and not any(store.hashes.values())
 
 
 def test_repeats_conflicts_and_duplicates_in_one_burst() -> None:
