@@ -204,24 +204,22 @@ def take_from(
     taken = [0] * n_locations
     if take <= 0:
         return taken
-    whole = next(
-        (loc for loc in locations if free[loc] >= take and (room is None or room[loc] >= take)),
-        None,
-    )
-    if whole is not None:
-        taken[whole] = take
-    else:
-        remaining = take
-        for loc in locations:
-            part = min(max(0, free[loc]), remaining)
+    for loc in locations:  # a plain loop: this runs per line, a generator costs more
+        if free[loc] >= take and (room is None or room[loc] >= take):
+            taken[loc] = take
+            free[loc] -= take
             if room is not None:
-                part = min(part, room[loc])
-            taken[loc] = part
-            remaining -= part
+                room[loc] -= take
+            return taken
+    remaining = take
     for loc in locations:
-        free[loc] -= taken[loc]
+        part = min(max(0, free[loc]), remaining)
         if room is not None:
-            room[loc] -= taken[loc]
+            part = min(part, room[loc])
+            room[loc] -= part
+        taken[loc] = part
+        free[loc] -= part
+        remaining -= part
     return taken
 
 

@@ -58,7 +58,7 @@ from atp_service.orders import (
 from atp_service.overrides import OverrideChanged, encode, message_key
 from atp_service.store.kit_records import KitRecord, SeqMoved, definitions
 from atp_service.store.redis_store import AsyncRedisStore, PutExists
-from streams.backorders import build_replanned, created_event_id, released_event_id
+from streams.backorders import build_replanned, created_event_id, line_field, released_event_id
 from streams.changeset import ChangeSet, build_changeset, count_capacity
 from streams.events import ReservationCreated, ReservationReleased
 from streams.kafka import Outgoing, ProduceFailed
@@ -632,9 +632,9 @@ class Allocator:
                 ]
                 changes.puts += [
                     (
-                        self.store.layout.line_key(line.sku, o.result.order_id, line.line_id),
-                        "del",
-                        b"",
+                        self.store.layout.lines_key(line.sku),
+                        "hdel",
+                        line_field(o.result.order_id, line.line_id).encode(),
                     )
                     for o in current
                     for line in backordered_lines(o)

@@ -19,10 +19,8 @@ from allocation.network import Network
 from atp_service.config import MAX_BATCH_ORDERS, MAX_LINE_QUANTITY, MAX_LINES_PER_ORDER
 from streams.backorders import (
     BACKORDER,
-    PLAN_FIELD,
-    Converted,
-    LinePlan,
     created_event_id,
+    read_line_record,
     released_event_id,
 )
 from streams.events import TAGS, ReservationCreated, ReservationReleased, Sku
@@ -473,32 +471,25 @@ def release(state: SkuState, reservation_ids: set[str], now_us: int) -> SkuState
     return with_recent(msgspec.structs.replace(state, reservations=reservations), released)
 
 
-_plan_decoder: Final = msgspec.json.Decoder(LinePlan)
-_converted_decoder: Final = msgspec.json.Decoder(Converted)
-
-
 def backordered_lines(stored: StoredOrder) -> list[LineResult]:
     """The lines a re-plan may have changed (contract section 9)."""
     return [line for line in stored.result.lines if line.backordered]
 
 
-def current(stored: StoredOrder, lines: dict[str, dict[bytes, bytes]]) -> StoredOrder:
+def current(stored: StoredOrder, lines: Mapping[str, bytes | None]) -> StoredOrder:
     """The order as planned now: its record, with what re-plans wrote for each line
-    (``lines``: line_id -> the fields of the line's record, streams/backorders.py)."""
+    (``lines``: line_id -> the line's record, streams/backorders.py, or None)."""
     if not any(lines.values()) or stored.result.status == "released":
         return stored
     held = list(stored.held)
     results = []
     for line in stored.result.lines:
-        fields = lines.get(line.line_id)
-        if not fields:
+        record = lines.get(line.line_id)
+        if not record:
             results.append(line)
             continue
-        plan = _plan_decoder.decode(fields[PLAN_FIELD.encode()])
-        converted = sorted(
-            (_converted_decoder.decode(v) for k, v in fields.items() if k.startswith(b"c:")),
-            key=lambda c: c.reservation_id,
-        )
+        plan, conversions = read_line_record(record)
+        converted = sorted(conversions, key=lambda c: c.reservation_id)
         allocations = [
             *line.allocations,
             *(LineAllocation(c.location, c.quantity, c.reservation_id) for c in converted),

@@ -52,6 +52,7 @@ from atp_service.orders import (
     plan,
 )
 from atp_service.store.redis_store import AsyncRedisStore
+from streams.backorders import line_field
 from streams.changeset import build_changeset
 from streams.logs import correlation_id
 from streams.state import SkuState
@@ -312,6 +313,8 @@ class ShardedAllocator(Allocator):
             else:
                 pipe.delete(key)
                 for line in backordered_lines(o):
-                    pipe.delete(layout.line_key(line.sku, o.result.order_id, line.line_id))
+                    pipe.hdel(
+                        layout.lines_key(line.sku), line_field(o.result.order_id, line.line_id)
+                    )
         await pipe.execute()
         return released

@@ -450,8 +450,8 @@ PROFILED = (  # (file, function, label): parts of build_replanned, by cumulative
     ("streams/backorders.py", "open_claims", "finding open claims"),
     ("streams/projector.py", "supply", "supply arrays (projector.supply)"),
     ("allocation/replan.py", "plan", "planning the claims (Planner.plan)"),
-    ("streams/backorders.py", "_events", "the re-plan's events and line records (_events)"),
-    ("streams/fold.py", "fold", "folding the re-plan's events"),
+    ("streams/backorders.py", "_events", "the re-plan's events and reservations (_events)"),
+    ("streams/fold.py", "fold_own", "folding the re-plan's events (fold_own)"),
     ("streams/changeset.py", "build_changeset", "render + change set"),
 )
 

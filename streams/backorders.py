@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import partial
 from typing import Final, Literal, get_args
 
 import msgspec
@@ -33,9 +32,17 @@ from streams.changeset import (
     reservation_field,
 )
 from streams.events import AnyEvent, ReservationCreated, ReservationReleased
-from streams.fold import fold
+from streams.fold import fold_own
 from streams.projector import Projector, format_as_of
-from streams.state import NO_PROMISE, US_PER_DAY, Reservation, SkuState, from_day, from_us
+from streams.state import (
+    NO_PROMISE,
+    US_PER_DAY,
+    Reservation,
+    SkuState,
+    from_day,
+    from_us,
+    to_us,
+)
 
 CREATED_PREFIX: Final = "atp-alloc:"
 RELEASED_PREFIX: Final = "atp-release:"
@@ -81,10 +88,9 @@ class LinePlan(msgspec.Struct, frozen=True):
 NOTHING_CLAIMED: Final = LinePlan(0, None, None, None)  # a line whose backorder is filled
 
 
-@dataclass
-class LineChange:
+class LineChange(msgspec.Struct):
     plan: LinePlan
-    converted: list[Converted] = field(default_factory=list)
+    converted: list[Converted] = []
 
 
 @dataclass
@@ -92,7 +98,7 @@ class Replanned:
     """What re-planning changed. ``states`` holds every sku given, changed or not."""
 
     states: dict[str, SkuState]
-    events: dict[str, list[AnyEvent]] = field(default_factory=dict)  # sku -> applied
+    events: dict[str, Sequence[AnyEvent]] = field(default_factory=dict)  # sku -> applied
     # (sku, order_id, line_id) -> the line's new plan and its new allocations
     lines: dict[tuple[str, str, str], LineChange] = field(default_factory=dict)
     orders: dict[str, Reason] = field(default_factory=dict)  # order_id -> why it changed
@@ -125,13 +131,16 @@ def replan(
     priority: list[int] = network.priority.tolist()
     queues: list[tuple[SkuState, list[Reservation]]] = []
     for state in out.states.values():
-        claims = open_claims(state, now_us)
         # A claim whose channel or location left the config cannot be planned: it stays.
-        queue = sorted(
-            (r for r in claims if r.channel in channel_index and r.location in location_index),
-            key=lambda r: (priority[channel_index[r.channel]], r.placed_at, r.reservation_id),
-        )
+        queue = [
+            r
+            for r in open_claims(state, now_us)
+            if r.channel in channel_index and r.location in location_index
+        ]
         if queue:
+            queue.sort(
+                key=lambda r: (priority[channel_index[r.channel]], r.placed_at, r.reservation_id)
+            )
             queues.append((state, queue))
     if not queues:
         return out
@@ -142,7 +151,8 @@ def replan(
         kept = tuple(r for r in state.reservations if r.reservation_id not in in_queue)
         withouts.append(msgspec.structs.replace(state, reservations=kept))
     planner = Planner(projector.supply(withouts, now_us), network, now_us // US_PER_DAY, room)
-    events: list[AnyEvent] = []
+    occurred = from_us(now_us)
+    occurred_us = to_us(occurred)
     for row, (state, queue) in enumerate(queues):
         wanted = [
             Claim(channel_index[r.channel], r.open_quantity(now_us), location_index[r.location])
@@ -150,89 +160,128 @@ def replan(
         ]
         plans = planner.plan(row, wanted)
         out.taken += [p.taken for p in plans if any(p.taken)]
-        made = _events(state, queue, plans, network, now_us, out)
-        if made:
-            out.events[state.sku] = made
-            events += made
+        made = _Made(state, occurred, now_us)
+        _events(made, queue, plans, network, out)
+        if made.events:
+            out.events[state.sku] = made.events
+            # The events folded into the state, as the ledger will replay them.
+            out.states[state.sku] = fold_own(
+                state, made.events, occurred_us, made.released, made.created, now_us, window_us
+            )
         if row in planner.held_back:
             out.held_back.add(state.sku)
-    if events:
-        changed = {sku: out.states[sku] for sku in out.events}
-        folded = fold(changed, events, seen=frozenset(), now_us=now_us, window_us=window_us)
-        out.states.update(folded.states)
     return out
 
 
+class _Made:
+    """A sku's re-plan events as they are made, and what they do to its reservations."""
+
+    def __init__(self, state: SkuState, occurred: datetime, now_us: int) -> None:
+        self.sku = state.sku
+        self.occurred = occurred
+        self.now_us = now_us
+        self.events: list[ReservationReleased | ReservationCreated] = []
+        self.released: set[str] = set()  # open reservations the events release
+        self.created: list[Reservation] = []  # the records of those they create
+        self.taken_ids = {r.reservation_id for r in state.reservations}
+
+    def new_id(self, base: str) -> str:
+        # The re-plan's time makes the id (and its event ids) new for good: the state alone
+        # cannot say, as it forgets closed reservations after the dedupe window.
+        reservation_id, attempt = f"{base}#{self.now_us}", 1
+        while reservation_id in self.taken_ids:  # the sku re-planned twice in one microsecond
+            attempt += 1
+            reservation_id = f"{base}#{self.now_us}.{attempt}"
+        self.taken_ids.add(reservation_id)
+        return reservation_id
+
+    def release(self, reservation_id: str) -> None:
+        self.released.add(reservation_id)
+        self.events.append(
+            ReservationReleased(
+                event_id=released_event_id(reservation_id),
+                occurred_at=self.occurred,
+                sku=self.sku,
+                reservation_id=reservation_id,
+            )
+        )
+
+    def reserve(self, line: str, claim: Reservation, location: str, quantity: int) -> str:
+        """Units of ``claim``'s line (``line``: "<order>:<line>") reserved from stock at
+        ``location``."""
+        reservation_id = self.new_id(f"{line}:{location}")
+        self.events.append(
+            _created(self.sku, claim.channel, self.occurred, reservation_id, location, quantity)
+        )
+        # As the fold records the event (streams/fold.py).
+        self.created.append(Reservation(reservation_id, True, claim.channel, location, quantity))
+        return reservation_id
+
+    def claim(self, line: str, claim: Reservation, location: str, quantity: int, day: int) -> str:
+        """Units of ``claim``'s line claimed again at ``location``, promised ``day``."""
+        reservation_id = self.new_id(f"{line}:{location}{BACKORDER}")
+        placed_at = from_us(claim.placed_at)
+        event = msgspec.structs.replace(
+            _created(self.sku, claim.channel, self.occurred, reservation_id, location, quantity),
+            placed_at=placed_at,
+            promise_date=None if day == NO_PROMISE else from_day(day),
+        )
+        self.events.append(event)
+        # As the fold records the event (streams/fold.py).
+        self.created.append(
+            Reservation(
+                reservation_id,
+                True,
+                claim.channel,
+                location,
+                quantity,
+                placed_at=to_us(placed_at),
+                promise_day=day,
+            )
+        )
+        return reservation_id
+
+
 def _events(
-    state: SkuState,
+    made: _Made,
     queue: list[Reservation],
     plans: list[ClaimPlan],
     network: Network,
-    now_us: int,
     out: Replanned,
-) -> list[AnyEvent]:
-    """The reservation events that turn ``queue`` into ``plans``; what each line now holds
-    and why its order changed go into ``out``."""
-    taken_ids = {r.reservation_id for r in state.reservations}
-    occurred = from_us(now_us)
-    events: list[AnyEvent] = []
-
-    def new_id(base: str) -> str:
-        # The re-plan's time makes the id (and its event ids) new for good: the state alone
-        # cannot say, as it forgets closed reservations after the dedupe window.
-        reservation_id, attempt = f"{base}#{now_us}", 1
-        while reservation_id in taken_ids:  # the sku re-planned twice in one microsecond
-            attempt += 1
-            reservation_id = f"{base}#{now_us}.{attempt}"
-        taken_ids.add(reservation_id)
-        return reservation_id
-
-    sku, locations = state.sku, network.locations
+) -> None:
+    """The reservation events that turn ``queue`` into ``plans`` (into ``made``); what each
+    line now holds and why its order changed go into ``out``."""
+    locations, lines, orders = network.locations, out.lines, out.orders
     for claim, plan in zip(queue, plans, strict=True):
         where = locations[plan.location]
         converted = any(plan.taken)
         if not converted and (where, plan.promise_day) == (claim.location, claim.promise_day):
             continue
         order_id, line_id = order_and_line(claim.reservation_id)
-        reserve = partial(_created, sku, claim.channel, occurred)
-        events.append(
-            ReservationReleased(
-                event_id=released_event_id(claim.reservation_id),
-                occurred_at=occurred,
-                sku=sku,
-                reservation_id=claim.reservation_id,
-            )
-        )
-        change = LineChange(NOTHING_CLAIMED)
+        line = f"{order_id}:{line_id}"
+        made.release(claim.reservation_id)
+        change = LineChange(NOTHING_CLAIMED, [])
         if converted:
             for l_index, quantity in enumerate(plan.taken):
                 if quantity:
                     location = locations[l_index]
-                    reservation_id = new_id(f"{order_id}:{line_id}:{location}")
-                    events.append(reserve(reservation_id, location, quantity))
+                    reservation_id = made.reserve(line, claim, location, quantity)
                     change.converted.append(Converted(reservation_id, location, quantity))
         if plan.backordered:
-            promise = None if plan.promise_day == NO_PROMISE else from_day(plan.promise_day)
-            reservation_id = new_id(f"{order_id}:{line_id}:{where}{BACKORDER}")
-            claimed = reserve(reservation_id, where, plan.backordered)
-            events.append(
-                msgspec.structs.replace(
-                    claimed, placed_at=from_us(claim.placed_at), promise_date=promise
-                )
-            )
+            day = plan.promise_day
+            reservation_id = made.claim(line, claim, where, plan.backordered, day)
             change.plan = LinePlan(
                 plan.backordered,
-                None if promise is None else promise.isoformat(),
+                None if day == NO_PROMISE else from_day(day).isoformat(),
                 reservation_id,
                 where,
             )
         # A line holds one claim at a time (the allocation makes one, a re-plan replaces it).
-        out.lines[(state.sku, order_id, line_id)] = change
+        lines[(made.sku, order_id, line_id)] = change
         if converted:
-            out.orders[order_id] = "confirmed"
+            orders[order_id] = "confirmed"
         else:
-            out.orders.setdefault(order_id, "promise_changed")
-    return events
+            orders.setdefault(order_id, "promise_changed")
 
 
 def _created(
@@ -257,12 +306,60 @@ class AllocationUpdate(msgspec.Struct, frozen=True):
     as_of: str
 
 
-PLAN_FIELD: Final = "plan"
 _encode: Final = msgspec.json.Encoder().encode
 
+# What re-plans made of an order line's backorder is one record, a field of its sku's hash
+# of lines named ``line_field(order_id, line_id)``, so that a write re-planning a sku sets
+# all of its lines at once. The record is lines of JSON: the line's plan (LinePlan), then
+# one list of conversions (Converted) per re-plan that converted units of the line. A write
+# brings each line's record as if it had none yet (its plan, then its conversions if any),
+# and where it has one, the conversions it holds go between (``merge_line_record``, which
+# the store's write script does too).
+RECORD_SEPARATOR: Final = b"\n"  # JSON as msgspec writes it holds no newline
 
-def converted_field(reservation_id: str) -> str:
-    return f"c:{reservation_id}"
+
+def line_field(order_id: str, line_id: str) -> str:
+    return f"{order_id}\x1f{line_id}"
+
+
+def merge_line_record(old: bytes | None, record: bytes) -> bytes:
+    """A line's record once ``record`` (as written by a re-plan) is written onto ``old``
+    (None: no record yet): the new plan, the conversions held before, the new ones."""
+    at = old.find(RECORD_SEPARATOR) if old else -1
+    if old is None or at < 0:
+        return record
+    cut = record.find(RECORD_SEPARATOR)
+    if cut < 0:
+        return record + old[at:]
+    return record[:cut] + old[at:] + record[cut:]
+
+
+_plan_decoder: Final = msgspec.json.Decoder(LinePlan)
+_converted_decoder: Final = msgspec.json.Decoder(list[Converted])
+
+
+def read_line_record(raw: bytes) -> tuple[LinePlan, list[Converted]]:
+    """A line's plan as last written, and every conversion written for it, oldest first."""
+    plan, *batches = raw.split(RECORD_SEPARATOR)
+    return _plan_decoder.decode(plan), [c for b in batches for c in _converted_decoder.decode(b)]
+
+
+NOTHING_CLAIMED_RECORD: Final = _encode(NOTHING_CLAIMED)
+
+
+def line_records(replanned: Replanned) -> dict[str, dict[str, bytes]]:
+    """Per sku, its re-planned lines' records as a write brings them (field -> record)."""
+    out: dict[str, dict[str, bytes]] = {}
+    for (sku, order_id, line_id), change in replanned.lines.items():
+        plan = change.plan
+        record = NOTHING_CLAIMED_RECORD if plan is NOTHING_CLAIMED else _encode(plan)
+        if change.converted:
+            record += RECORD_SEPARATOR + _encode(change.converted)
+        mine = out.get(sku)
+        if mine is None:
+            mine = out[sku] = {}
+        mine[f"{order_id}\x1f{line_id}"] = record  # line_field, inlined: runs per line
+    return out
 
 
 def _due_tomorrow(changes: ChangeSet, replanned: Replanned, now_us: int) -> ChangeSet:
@@ -287,8 +384,8 @@ def build_replanned(
 ) -> tuple[ChangeSet, Replanned]:
     """``build_changeset`` for states whose supply changed: their backorders planned again
     first, and what that changed carried by the same write (the reservation events, marked
-    as applied and queued in the outbox; the order lines' records; a notice per order; the
-    stock taken at locations with a capacity, within ``room``)."""
+    as applied and queued in the outbox; the order lines' plans and conversions; a notice
+    per order; the stock taken at locations with a capacity, within ``room``)."""
     replanned = replan(states, projector, now_us, window_us, room)
     if not replanned.events:
         changes = build_changeset(states, versions, projector, now_us, seen, offsets)
@@ -299,20 +396,18 @@ def build_replanned(
     changes = build_changeset(
         [replanned.states[s.sku] for s in states], versions, projector, now_us, marks, offsets
     )
+    outbox = changes.outbox
     for sku, events in replanned.events.items():
         prefix = reservation_field(sku, "")  # the field is the prefix, then the event_id
-        for event in events:
-            changes.outbox[prefix + event.event_id] = _encode(event)
-    for key, change in replanned.lines.items():
-        fields = changes.line_fields.setdefault(key, {})
-        fields[PLAN_FIELD] = _encode(change.plan)
-        for converted in change.converted:
-            fields[converted_field(converted.reservation_id)] = _encode(converted)
+        outbox.update(zip([prefix + e.event_id for e in events], map(_encode, events), strict=True))
+    changes.lines = line_records(replanned)
     count_capacity(changes, projector, replanned.taken, now_us)
     _due_tomorrow(changes, replanned, now_us)
     as_of = format_as_of(now_us)
     # Notices differ only by their order: one encoding per reason.
     notices = {reason: _encode(AllocationUpdate(reason, as_of)) for reason in REASONS}
-    for order_id, reason in replanned.orders.items():
-        changes.outbox[order_update_field(order_id)] = notices[reason]
+    prefix = order_update_field("")  # the field is the prefix, then the order_id
+    outbox.update(
+        (prefix + order_id, notices[reason]) for order_id, reason in replanned.orders.items()
+    )
     return changes, replanned

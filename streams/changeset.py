@@ -139,7 +139,8 @@ class ChangeSet:
     ledger: dict[int, dict[str, bytes]] = field(default_factory=dict)
     # Plain keys written with the batch: (key, mode, value); mode "nx" fails the whole
     # write if the key exists (an order allocated concurrently), "set" overwrites, "del"
-    # removes the key (an allocation undone).
+    # removes the key (an allocation undone), "hdel" removes the field of the hash that
+    # the value names (an undone allocation's line in its sku's hash of lines).
     puts: list[tuple[str, str, bytes]] = field(default_factory=list)
     # (channel, sku) -> new available_to_sell, for metrics and the changes feed.
     changed: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -149,9 +150,9 @@ class ChangeSet:
     # already or one of ``marked`` (sku -> event_ids taken as applied) is not.
     assumed_server: str = ""
     marked: dict[str, list[str]] = field(default_factory=dict)
-    # Order lines whose backorder was planned again: (sku, order_id, line_id) -> fields
-    # of the line's record to set (streams/backorders.py).
-    line_fields: dict[tuple[str, str, str], dict[str, bytes]] = field(default_factory=dict)
+    # Order lines whose backorder was planned again, per sku: the line's field in the sku's
+    # hash of lines -> its record as written (streams/backorders.py line_records).
+    lines: dict[str, dict[str, bytes]] = field(default_factory=dict)
     # Skus read but not written, whose version must not have moved: (sku, version read,
     # the sku written from it). A kit is computed from its components (streams/kits.py).
     checks: list[tuple[str, int, str]] = field(default_factory=list)

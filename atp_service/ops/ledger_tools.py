@@ -196,7 +196,7 @@ def rebuild(settings: Settings, console: Console) -> int:
     stale = [
         key
         for key in client.scan_iter(match=f"{keys.PREFIX}:{{*", count=1000)
-        if not keys.is_line_key(key) and not keys.is_rows_key(key) and key not in keep
+        if not keys.is_lines_key(key) and not keys.is_rows_key(key) and key not in keep
     ]
     stale.append(layout.offsets_key(settings.kafka.group_id).encode())
     for i in range(0, len(stale), 1000):  # a key per command: on a cluster, many slots

@@ -27,6 +27,7 @@ KITS_VERSION: Final = f"{PREFIX}:kits:version"  # moves with every change of a k
 STATE_FIELD: Final = "s"
 VERSION_FIELD: Final = "v"
 SKU_PART: Final = ":s:"  # between a shard's prefix and the sku in a sku hash's name
+LINES_PART: Final = "lines:"  # after a shard's prefix, before the sku: its hash of lines
 # Dedupe marks are kept in sets per bucket of this many ms (3.5 days), each set expiring a
 # window after its bucket ends: an id is kept at least the window, at most 3.5 days longer.
 # Fixed, so that a change of the window never hides the marks already kept; write.lua and
@@ -98,11 +99,11 @@ class Layout:
         """Set of the kits ``sku`` is a component of; write.lua builds the same name."""
         return f"{self._of(sku)}k:{sku}"
 
-    def line_key(self, sku: str, order_id: str, line_id: str) -> str:
-        """Hash of what re-plans made of one order line's backorder (streams/backorders.py):
-        in its sku's shard, as the write that re-plans it writes the sku. Neither id holds a
-        colon."""
-        return f"{self._of(sku)}l:{sku}:{order_id}:{line_id}"
+    def lines_key(self, sku: str) -> str:
+        """Hash of what re-plans made of the backorders of the sku's order lines, one field
+        per line (streams/backorders.py ``line_field``): in its sku's shard, as the write
+        that re-plans the sku writes it (in the sku's step, ``steps``)."""
+        return f"{self._of(sku)}{LINES_PART}{sku}"
 
     # -- a shard's keys -----------------------------------------------------------------
 
@@ -189,8 +190,10 @@ def sku_of(key: bytes | str) -> str | None:
     return text[at + 1 + len(SKU_PART) :]
 
 
-def is_line_key(key: bytes) -> bool:
-    return b"}:l:" in key
+def is_lines_key(key: bytes) -> bool:
+    """Whether ``key`` is a sku's hash of lines (of any layout)."""
+    at = key.find(b"}:")  # a tag holds no '}': the first ends it
+    return key.startswith(f"{PREFIX}:{{".encode()) and key.startswith(LINES_PART.encode(), at + 2)
 
 
 def is_rows_key(key: bytes) -> bool:

@@ -31,6 +31,7 @@ from atp_service.store import keys
 from atp_service.store.keys import SpansShards
 from atp_service.store.kit_records import AsyncKitRecords, KitRecords
 from atp_service.store.marks import DigestKeyChanged, DigestKeys, digests, new_key
+from streams.backorders import line_field
 from streams.changeset import (
     UPDATE_KIND,
     ChangeSet,
@@ -164,9 +165,6 @@ def script_arguments(
     args.append(len(names))
     args += names
     puts = list(changes.puts)
-    for (sku, order_id, line_id), fields in changes.line_fields.items():
-        line = layout.line_key(sku, order_id, line_id)
-        puts += [(line, f"h:{name}", value) for name, value in fields.items()]
     if changes.capacity:
         day = layout.capacity_key(changes.capacity_day)
         puts += [
@@ -207,6 +205,11 @@ def script_arguments(
         for _, version, owner in changes.checks:
             args += [version, index[owner]]
     args += [step, token, ends if step == "p" else "", marks_with.hex()]
+    args.append(len(changes.lines))
+    for records in changes.lines.values():
+        args.append(len(records))
+        for name_and_record in records.items():
+            args += name_and_record
     for write in changes.skus:
         key_list += [layout.sku_key(write.sku), layout.marks_key(write.sku, bucket)]
         args += [
@@ -222,6 +225,7 @@ def script_arguments(
     key_list += [layout.marks_key(sku, bucket) for sku in changes.marked]
     key_list += [layout.sku_key(sku) for sku, _, _ in changes.checks]
     key_list.append(layout.kits_flag_key(shard))
+    key_list += [layout.lines_key(sku) for sku in changes.lines]
     return key_list, args
 
 
@@ -251,8 +255,8 @@ def split(changes: ChangeSet, layout: keys.Layout, cluster: bool) -> list[tuple[
         part(s).ledger[s] = staged
     for sku, ids in changes.marked.items():
         part(shard(sku)).marked[sku] = ids
-    for line, fields in changes.line_fields.items():
-        part(shard(line[0])).line_fields[line] = fields
+    for sku, records in changes.lines.items():
+        part(shard(sku)).lines[sku] = records
     for pair, value in changes.changed.items():
         part(shard(pair[1])).changed[pair] = value
     loose: dict[str, bytes] = {}
@@ -307,9 +311,9 @@ def steps(
 ) -> list[tuple[int, ChangeSet, str]]:
     """Each shard's part in scripts of at most ``step_skus`` skus: (shard, change set, step
     of write.lua). The first steps write their skus whole (states, projection, dedupe marks,
-    changes-feed entries, outbox entries); the last writes the rest with the offsets and the
-    ledger rows, and only if every first step landed. Parts with orders or capacity counts
-    (the API's, which are small) stay whole.
+    hashes of lines, changes-feed entries, outbox entries); the last writes the rest with
+    the offsets and the ledger rows, and only if every first step landed. Parts with orders
+    or capacity counts (the API's, which are small) stay whole.
 
     A write refused, or cut short by a crash, after some first steps landed delays and
     loses nothing: its offsets did not move, so it is folded again, and the events those
@@ -334,8 +338,8 @@ def steps(
         at = {write.sku: piece for piece in pieces for write in piece.skus}
         for sku, ids in part.marked.items():
             at.get(sku, last).marked[sku] = ids
-        for line, fields in part.line_fields.items():
-            at.get(line[0], last).line_fields[line] = fields
+        for sku, records in part.lines.items():
+            at.get(sku, last).lines[sku] = records
         for pair, value in part.changed.items():
             at.get(pair[1], last).changed[pair] = value
         for name, event in part.outbox.items():
@@ -445,6 +449,38 @@ def _order(raw: bytes | None) -> StoredOrder | None:
     """An order record, or None: absent, or still being written (a pending record of
     atp_service/sharded_allocator.py, which is not JSON)."""
     return decode_stored(raw) if raw and raw[:1] == b"{" else None
+
+
+def _line_fields(orders: Iterable[tuple[str, StoredOrder]]) -> dict[str, list[str]]:
+    """Per sku, the fields of its hash of lines that may hold what re-plans made of these
+    orders' lines: one HMGET per sku (a released order is never planned again)."""
+    out: dict[str, list[str]] = {}
+    for order_id, order in orders:
+        if order.result.status != "released":
+            for line in backordered_lines(order):
+                out.setdefault(line.sku, []).append(line_field(order_id, line.line_id))
+    return out
+
+
+def _line_records(
+    fields: Mapping[str, Sequence[str]], replies: Sequence[Sequence[bytes | None]]
+) -> dict[str, bytes]:
+    """The line records found (field -> record), from the HMGET replies of ``fields``."""
+    return {
+        name: record
+        for names, found in zip(fields.values(), replies, strict=True)
+        for name, record in zip(names, found, strict=True)
+        if record is not None
+    }
+
+
+def _lines_of(order_id: str, order: StoredOrder, records: Mapping[str, bytes]) -> dict[str, bytes]:
+    """An order's line records (line_id -> record), for ``current``."""
+    return {
+        line.line_id: records[name]
+        for line in backordered_lines(order)
+        if (name := line_field(order_id, line.line_id)) in records
+    }
 
 
 def capacity_counts(raw: Mapping[bytes, bytes]) -> dict[str, int]:
@@ -859,16 +895,14 @@ class RedisStore:
         found: list[bytes | None] = pipe.execute()
         records = {o: _order(raw) for o, raw in zip(order_ids, found, strict=True)}
         stored = {o: order for o, order in records.items() if order is not None}
-        wanted = [(o, line) for o, order in stored.items() for line in backordered_lines(order)]
+        fields = _line_fields(stored.items())
         pipe = self.client.pipeline(transaction=False)
-        for order_id, line in wanted:
-            pipe.hgetall(self.layout.line_key(line.sku, order_id, line.line_id))
-        replies: list[dict[bytes, bytes]] = pipe.execute() if wanted else []
-        lines: dict[str, dict[str, dict[bytes, bytes]]] = {}
-        for (order_id, line), fields in zip(wanted, replies, strict=True):
-            lines.setdefault(order_id, {})[line.line_id] = fields
+        for sku, names in fields.items():
+            pipe.hmget(self.layout.lines_key(sku), names)
+        lines = _line_records(fields, pipe.execute() if fields else [])
         return {
-            o: encode_result(current(order, lines.get(o, {})).result) for o, order in stored.items()
+            o: encode_result(current(order, _lines_of(o, order, lines)).result)
+            for o, order in stored.items()
         }
 
 
@@ -968,22 +1002,16 @@ class AsyncRedisStore:
             pipe.get(self.layout.order_key(order_id))
         found: list[bytes | None] = await pipe.execute()
         stored = [_order(raw) for raw in found]
-        wanted = [
-            (i, line)
-            for i, order in enumerate(stored)
-            if order is not None and order.result.status != "released"
-            for line in backordered_lines(order)
-        ]
-        if not wanted:
+        fields = _line_fields(
+            (o, order) for o, order in zip(order_ids, stored, strict=True) if order is not None
+        )
+        if not fields:
             return stored
         pipe = self.client.pipeline(transaction=False)
-        for i, line in wanted:
-            pipe.hgetall(self.layout.line_key(line.sku, order_ids[i], line.line_id))
-        replies: list[dict[bytes, bytes]] = await pipe.execute()
-        per_order: dict[int, dict[str, dict[bytes, bytes]]] = {}
-        for (i, line), fields in zip(wanted, replies, strict=True):
-            per_order.setdefault(i, {})[line.line_id] = fields
+        for sku, names in fields.items():
+            pipe.hmget(self.layout.lines_key(sku), names)
+        lines = _line_records(fields, await pipe.execute())
         return [
-            current(order, per_order[i]) if order is not None and i in per_order else order
-            for i, order in enumerate(stored)
+            current(order, _lines_of(o, order, lines)) if order is not None else None
+            for o, order in zip(order_ids, stored, strict=True)
         ]

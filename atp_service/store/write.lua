@@ -7,7 +7,8 @@
 --       string keys, then n_streams
 --       change-stream keys, then per sku: hash key, marks key (the set of the current
 --       bucket: atp_service/store/keys.py, ``marks_key``), then n_marked marks keys,
---       then n_checks sku hash keys, then 1 the shard's 'kits' flag
+--       then n_checks sku hash keys, then 1 the shard's 'kits' flag, then n_lines skus'
+--       hashes of order lines
 -- ARGV: 1 n_skus, 2 dedupe window's start ms, 3 now ms, 4 sharded pub/sub channel ('' = none),
 --       5 the run_id of the Redis server the writer's assumptions come from, or '' for
 --         none: the consumer folds skus it wrote last without reading them again, so it
@@ -17,8 +18,9 @@
 --         (atp_service/store/marks.py),
 --       6 n_fields, then the names of the projection fields every sku writes,
 --       then n_puts, then per put: mode ('nx' = must not exist yet, 'set', 'del',
---         'h:<field>' = set that field of a hash, or 'c\31<limit>\31<field>' = add the
---         value to that field of a hash, which must stay within the limit), value,
+--         'h:<field>' = set that field of a hash, 'hdel' = remove the field the value names
+--         from a hash, or 'c\31<limit>\31<field>' = add the value to that field of a hash,
+--         which must stay within the limit), value,
 --       then n_streams, then per stream: stream min id to keep, n entries, skus,
 --       then n_offsets, then n_offsets (field, next_offset) pairs,
 --       then the outbox entry: write id and its availability events ('' '' = none),
@@ -31,6 +33,8 @@
 --         steps) or 'f<n>' (the last step, after n first steps), the write's token, and
 --         (first steps) the write's offsets as "<field>=<next offset>" lines, and the key
 --         the digests were made with,
+--       then n_lines, then per hash of order lines: n records, then n (field, record)
+--         pairs (merged into the hash: see merge_lines),
 --       then per sku: expected version ('' = unchecked), state, due ms ('' = none),
 --                     n_fields values (in the order of the names), n_seen, event_ids
 -- Returns: {} when applied, {'\31replaced'} when the server is not the one of ARGV[5],
@@ -87,6 +91,11 @@ local steps_ids = steps_key .. ':i'
 local ends = ARGV[i + 2]
 local digest_key = ARGV[i + 3]
 i = i + 4
+local n_lines = tonumber(ARGV[i]); i = i + 1
+local lines_at = i
+for l = 1, n_lines do
+  i = i + 1 + 2 * tonumber(ARGV[i])
+end
 -- The marks of the window: one set per bucket of keys.MARKS_BUCKET_MS (3.5 days) from the
 -- one the window starts in to the current one, '<prefix>e:<bucket>:<sku>'.
 local BUCKET_MS = 302400000
@@ -270,6 +279,8 @@ for p = 1, n_puts do
   local value = ARGV[puts_at + 2 * (p - 1) + 1]
   if string.sub(mode, 1, 2) == 'h:' then
     redis.call('HSET', KEYS[5 + p], string.sub(mode, 3), value)
+  elseif mode == 'hdel' then
+    redis.call('HDEL', KEYS[5 + p], value)
   elseif string.sub(mode, 1, 2) == 'c\31' then
     redis.call('HINCRBY', KEYS[5 + p], string.match(mode, '^c\31%d+\31(.*)$'), value)
     redis.call('PEXPIRE', KEYS[5 + p], 259200000)
@@ -278,6 +289,57 @@ for p = 1, n_puts do
   else
     redis.call('SET', KEYS[5 + p], value)
   end
+end
+
+-- The records of a sku's re-planned order lines (streams/backorders.py says what a record
+-- holds), ARGV[from .. from + 2 * count - 1] (field, record) pairs. A record comes as if the
+-- line had none yet: its plan, then its new conversions. Where it has one, the conversions
+-- it holds go between. In slices, as Lua's stack holds a few thousand values at most.
+local function merge_lines(key, from, count)
+  for start = 0, count - 1, 200 do
+    local last = math.min(count - 1, start + 199)
+    local names = {}
+    for l = start, last do
+      names[#names + 1] = ARGV[from + 2 * l]
+    end
+    local old = redis.call('HMGET', key, unpack(names))
+    local kept = {}
+    local any = false
+    for l = start, last do
+      local was = old[l - start + 1]
+      local at = was and string.find(was, '\n', 1, true)
+      if at then
+        kept[l] = string.sub(was, at)
+        any = true
+      end
+    end
+    if not any then  -- the usual case: none holds conversions yet
+      redis.call('HSET', key, unpack(ARGV, from + 2 * start, from + 2 * last + 1))
+    else
+      local fields = {}
+      for l = start, last do
+        local record = ARGV[from + 2 * l + 1]
+        if kept[l] then
+          local cut = string.find(record, '\n', 1, true)
+          if cut then
+            record = string.sub(record, 1, cut - 1) .. kept[l] .. string.sub(record, cut)
+          else
+            record = record .. kept[l]
+          end
+        end
+        fields[#fields + 1] = ARGV[from + 2 * l]
+        fields[#fields + 1] = record
+      end
+      redis.call('HSET', key, unpack(fields))
+    end
+  end
+end
+local lines_keys_at = checks_keys_at + n_checks + 1
+local at_line = lines_at
+for l = 0, n_lines - 1 do
+  local count = tonumber(ARGV[at_line])
+  merge_lines(KEYS[lines_keys_at + l], at_line + 1, count)
+  at_line = at_line + 1 + 2 * count
 end
 
 -- Changes feed: one stream per channel, trimmed by age (entry ids are milliseconds). One

@@ -32,8 +32,9 @@ from atp_service.orders import (
     release,
 )
 from streams.backorders import (
-    PLAN_FIELD,
-    converted_field,
+    line_field,
+    line_records,
+    merge_line_record,
     open_claims,
     order_and_line,
     replan,
@@ -59,19 +60,18 @@ TODAY = to_day(T0.date())
 SKU = "SKU-1"
 WINDOW_US = 7 * US_PER_DAY
 LOCATIONS = ("DC-EAST", "DC-WEST")
-_encode = msgspec.json.Encoder().encode
 
 
 @dataclass
 class World:
-    """What Redis would hold: the sku's state, the order records and their lines' fields."""
+    """What Redis would hold: the sku's state, the order records and their lines' records."""
 
     state: SkuState = field(default_factory=lambda: SkuState(sku=SKU))
     # Another sku with claims of its own, written with SKU-1 every time (a batch of two
     # skus, SKU-1 in its second row): its plan must not move, nor leak into SKU-1's.
     other: SkuState = field(default_factory=lambda: _other())
     orders: dict[str, StoredOrder] = field(default_factory=dict)
-    lines: dict[tuple[str, str], dict[bytes, bytes]] = field(default_factory=dict)
+    lines: dict[str, bytes] = field(default_factory=dict)  # the sku's hash of lines
     clock: int = to_us(T0)
     n: int = 0
 
@@ -83,12 +83,16 @@ class World:
     def replan(self, state: SkuState, now: int) -> None:
         replanned = replan([self.other, state], PROJECTOR, now, WINDOW_US)
         assert replanned.states[OTHER] == self.other  # planned already: nothing changes
+        if SKU in replanned.events:  # the re-plan applies its events as the fold does
+            given = {SKU: state}
+            folded = fold(
+                given, replanned.events[SKU], seen=frozenset(), now_us=now, window_us=WINDOW_US
+            )
+            assert replanned.states[SKU] == folded.states[SKU]
         self.state = replanned.states[SKU]
-        for (_sku, order_id, line_id), change in replanned.lines.items():
-            fields = self.lines.setdefault((order_id, line_id), {})
-            fields[PLAN_FIELD.encode()] = _encode(change.plan)
-            for c in change.converted:
-                fields[converted_field(c.reservation_id).encode()] = _encode(c)
+        assert set(line_records(replanned)) <= {SKU}
+        for name, record in line_records(replanned).get(SKU, {}).items():
+            self.lines[name] = merge_line_record(self.lines.get(name), record)
 
     def event(self, event: AnyEvent) -> None:
         now = self.tick()
@@ -115,7 +119,7 @@ class World:
     def view(self, order_id: str) -> StoredOrder:
         """GET /v1/allocations/{order_id}."""
         stored = self.orders[order_id]
-        return current(stored, {"1": self.lines.get((order_id, "1"), {})})
+        return current(stored, {"1": self.lines.get(line_field(order_id, "1"))})
 
 
 OTHER = "SKU-2"

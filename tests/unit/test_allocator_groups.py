@@ -24,7 +24,7 @@ from atp_service.orders import (
 )
 from atp_service.store import keys
 from atp_service.store.redis_store import PutExists
-from streams.backorders import build_replanned
+from streams.backorders import build_replanned, line_field, merge_line_record
 from streams.changeset import ChangeSet
 from streams.kafka import Outgoing, ProduceFailed
 from streams.projector import Projector
@@ -40,6 +40,13 @@ PROJECTOR = Projector(
     frozenset({"available"}),
     ({}, {}),
 )
+
+
+def _sku_of(key: str) -> str:
+    """The sku of its hash of lines: '<shard prefix>lines:<sku>' (atp_service/store/keys.py)."""
+    (prefix,) = keys.SINGLE.prefixes
+    assert key.startswith(prefix + keys.LINES_PART)
+    return key[len(prefix + keys.LINES_PART) :]
 
 
 class FakeClient:
@@ -84,7 +91,7 @@ class FakeStore:
         self.conflict_next = 0  # refuse this many writes as if a sku had moved
         self.window_ms = 7 * 86_400_000
         self.layout = keys.SINGLE
-        self.lines: dict[tuple[str, str], dict[bytes, bytes]] = {}  # re-planned lines
+        self.lines: dict[tuple[str, str], bytes] = {}  # (sku, line field) -> line record
         self.before_read: list[Callable[[], None]] = []  # run (once each) on the next reads
         self.kit_records = FakeKits()
         self.capacity: dict[str, int] = {}  # today's units taken per location
@@ -96,7 +103,11 @@ class FakeStore:
         found = [self.strings.get(keys.SINGLE.order_key(o)) for o in order_ids]
         return [
             current(
-                decode_stored(raw), {line: f for (o, line), f in self.lines.items() if o == oid}
+                decode_stored(raw),
+                {
+                    line.line_id: self.lines.get((line.sku, line_field(oid, line.line_id)))
+                    for line in decode_stored(raw).result.lines
+                },
             )
             if raw
             else None
@@ -136,14 +147,19 @@ class FakeStore:
         for key, mode, value in changes.puts:
             if mode == "del":
                 self.strings.pop(key, None)
+            elif mode == "hdel":
+                self.lines.pop((_sku_of(key), value.decode()), None)
             elif mode.startswith("h:"):
                 self.hashes.setdefault(key, {})[mode[2:]] = value
             else:
                 self.strings[key] = value
-        for (_sku, order_id, line_id), fields in changes.line_fields.items():
-            mine = self.lines.setdefault((order_id, line_id), {})
-            mine.update({name.encode(): value for name, value in fields.items()})
+        self.merge_lines(changes)
         return []
+
+    def merge_lines(self, changes: ChangeSet) -> None:
+        for sku, records in changes.lines.items():
+            for name, record in records.items():
+                self.lines[(sku, name)] = merge_line_record(self.lines.get((sku, name)), record)
 
     def open_units(self, sku: str) -> int:
         return sum(r.open_quantity(NOW_US) for r in load_state(sku, self.states[sku]).reservations)
@@ -361,11 +377,10 @@ def test_a_release_meeting_a_replan_releases_what_the_replan_made() -> None:
         changes, _ = build_replanned(
             [state], {"A": store.versions["A"]}, PROJECTOR, NOW_US + 1, 7 * US_PER_DAY
         )
-        assert changes.line_fields  # 2 converted, 1 still claimed
+        assert changes.lines  # 2 converted, 1 still claimed
         store.states["A"] = changes.skus[0].state
         store.versions["A"] += 1
-        for (_s, o, line), fields in changes.line_fields.items():
-            store.lines.setdefault((o, line), {}).update({k.encode(): v for k, v in fields.items()})
+        store.merge_lines(changes)
 
     store.before_read.append(receipt_replanned)
     released = asyncio.run(allocator.release("o"))

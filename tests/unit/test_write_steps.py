@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from atp_service.store.redis_store import steps
+from streams.backorders import line_field
 from streams.changeset import (
     ChangeSet,
     SkuWrite,
@@ -28,7 +29,7 @@ def change_set(n_skus: int) -> ChangeSet:
         changes.outbox[reservation_field(sku, f"r-{sku}")] = b"reservation"
         changes.changed["web", sku] = 3
         changes.marked[sku] = [f"atp-alloc:{sku}"]
-        changes.line_fields[sku, "O-1", "1"] = {"state": b"planned"}
+        changes.lines[sku] = {line_field("O-1", "1"): b"record"}
     changes.outbox[order_update_field("O-1")] = b"notice"
     return changes
 
@@ -49,7 +50,7 @@ def test_every_part_goes_with_its_skus_step_and_the_last_moves_the_offsets(
         mine = {w.sku for w in piece.skus}
         assert {sku for _, sku in piece.changed} == mine
         assert set(piece.marked) == mine
-        assert {line[0] for line in piece.line_fields} == mine
+        assert set(piece.lines) == mine
         last = step != "p"
         assert piece.offsets == (changes.offsets if last else {})
         assert piece.ledger == (changes.ledger if last else {})
