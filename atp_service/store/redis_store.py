@@ -55,8 +55,9 @@ WRITE_SCRIPT: Final = resources.files("atp_service.store").joinpath("write.lua")
 # event_ids to look up, then their digests (atp_service/store/marks.py). Returns per sku
 # version and state (false when absent), then the positions (1-based, over all the ids)
 # of the ids found among the marks, then those of them that the first steps of an
-# unfinished write applied, each with the offsets that write ends at (write.lua: the sku's
-# 'a' names the write, whose key holds those offsets and the digests it applied). Flagged
+# unfinished write applied, each with the offsets that write ends at (write.lua: the
+# shard's 'partials' names those writes, whose keys hold those offsets and the digests
+# they applied; looked up only for ids found, which are rare). Flagged
 # no-writes so it runs during a CLIENT PAUSE WRITE and on replicas, like the reads it
 # replaces.
 READ_SCRIPT: Final = """#!lua flags=no-writes
@@ -65,6 +66,7 @@ local found = {}
 local unfinished = {}
 local first, last = tonumber(ARGV[1]), tonumber(ARGV[2])
 local window_sets = {}  -- per key prefix, the names of the window's sets but for the sku
+local partials = {}  -- per key prefix, the unfinished writes: their applied ids, their ends
 -- Which of ARGV[from .. from + n - 1] the set holds, in slices (Lua's stack is small).
 local function holds(key, from, n, hit)
   for start = 0, n - 1, 400 do
@@ -77,7 +79,7 @@ end
 local a = 3
 local position = 0
 for k = 1, #KEYS do
-  local got = redis.call('HMGET', KEYS[k], 'v', 's', 'a')
+  local got = redis.call('HMGET', KEYS[k], 'v', 's')
   out[#out + 1] = got[1]
   out[#out + 1] = got[2]
   local n = tonumber(ARGV[a])
@@ -95,21 +97,34 @@ for k = 1, #KEYS do
     for _, set in ipairs(sets) do
       holds(set .. sku, a + 1, n, hit)
     end
-    local ends = false
-    local applied = {}
-    if got[3] then
-      local steps = prefix .. 'partial:' .. got[3]
-      ends = redis.call('HGET', steps, 'o')
-      if ends then
-        holds(steps .. ':i', a + 1, n, applied)
-      end
-    end
+    local any = false
     for e = 1, n do
       if hit[e] then
         found[#found + 1] = position + e
-        if applied[e] then
-          unfinished[#unfinished + 1] = position + e
-          unfinished[#unfinished + 1] = ends
+        any = true
+      end
+    end
+    if any then
+      local writes = partials[prefix]
+      if not writes then
+        writes = {}
+        for _, token in ipairs(redis.call('SMEMBERS', prefix .. 'partials')) do
+          local steps = prefix .. 'partial:' .. token
+          local ends = redis.call('HGET', steps, 'o')
+          if ends then writes[#writes + 1] = {steps .. ':i', ends} end
+        end
+        partials[prefix] = writes
+      end
+      local taken = {}
+      for _, write in ipairs(writes) do
+        local applied = {}
+        holds(write[1], a + 1, n, applied)
+        for e = 1, n do
+          if hit[e] and applied[e] and not taken[e] then
+            taken[e] = true
+            unfinished[#unfinished + 1] = position + e
+            unfinished[#unfinished + 1] = write[2]
+          end
         end
       end
     end
@@ -301,8 +316,8 @@ def decode_ends(raw: bytes) -> dict[str, int]:
 
 
 def write_token(outbox_id: str) -> str:
-    """What names a write in steps in Redis (its key of first steps, and the 'a' field of
-    every sku those wrote): the random end of its outbox id, short as every sku keeps it."""
+    """What names a write in steps in Redis (its key of first steps): the random end of its
+    outbox id."""
     return outbox_id.partition(STEP_SEPARATOR)[0].rpartition("-")[2]
 
 

@@ -209,10 +209,6 @@ for s = 1, n do
     fields[5 + 2 * f] = ARGV[names_at + f]
     fields[6 + 2 * f] = ARGV[at + 3 + f]
   end
-  if step == 'p' then  -- the unfinished write that wrote the sku last (READ_SCRIPT)
-    fields[#fields + 1] = 'a'
-    fields[#fields + 1] = token
-  end
   redis.call('HSET', key, unpack(fields))
   local due = ARGV[at + 2]
   local sku = string.sub(key, #prefix + 3)  -- out of '<prefix>s:<sku>'
@@ -372,14 +368,20 @@ if outbox_id ~= '' then
   redis.call('HSET', KEYS[3], outbox_id, outbox_events)
 end
 
+-- '<prefix>partials' names the writes whose first steps landed and last step not (yet):
+-- the read script looks among the events they applied (READ_SCRIPT). A write cut short
+-- stays there until its key expires, as a later write cut short too may have taken its
+-- events as applied, and will not say so again.
 if step == 'p' then
   redis.call('HSET', steps_key, 'o', ends)
   redis.call('HINCRBY', steps_key, 'n', 1)
   local ttl = math.max(now - cutoff, 3600000)  -- the dedupe window
   redis.call('PEXPIRE', steps_key, ttl)
   redis.call('PEXPIRE', steps_ids, ttl)
+  redis.call('SADD', prefix .. 'partials', token)
 elseif step ~= '' then
   redis.call('DEL', steps_key, steps_ids)
+  redis.call('SREM', prefix .. 'partials', token)
 end
 
 if pubsub ~= '' and #skus > 0 then

@@ -213,3 +213,26 @@ def test_rows_kept_by_key_stay_until_they_are_in_a_file_and_then_go(
     assert stream.flush_ledger() == len(staged)
     assert client.hlen(keys.SINGLE.staged_key(0)) == 0
     assert list(client.scan_iter(match=f"{keys.PREFIX}:*rows:*")) == []
+
+
+def test_two_consumers_killed_between_steps_in_turn_are_followed_exactly(
+    new_consumer: Callable[[], StreamProjector],
+) -> None:
+    """The second, refolding the first's batch with one more event, writes in its first
+    step a sku whose events the first cut write applied, and is cut short too: the third
+    still counts those events applied, once."""
+    first = new_consumer()
+    first.process(wave(0, 2))
+    first.store.cut_after = 2  # type: ignore[attr-defined]
+    with pytest.raises(redis.ConnectionError):
+        first.process(wave(10, 3))  # SKU-0..5 applied, the offsets not moved
+    more = [*wave(10, 3), FakeMessage(TOPIC, 0, 20, receipt("e-20", "SKU-0", 1), b"SKU-0")]
+    second = new_consumer()
+    second.store.cut_after = 1  # type: ignore[attr-defined]
+    with pytest.raises(redis.ConnectionError):
+        second.process(more)  # its first step: SKU-0 (e-20), SKU-6, SKU-7
+    third = new_consumer()
+    third.process(more)
+    assert on_hand(third) == {**dict.fromkeys(SKUS, 5), "SKU-0": 6}
+    assert stored_offset(third) == 21
+    assert ledger_statuses(third) == dict.fromkeys(range(21), "applied")
