@@ -211,6 +211,8 @@ class Stack:
         return t.inbound
 
     def start_consumer(self, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """An `atp consume`, started and not waited for. Started before `start_api(s)`, where
+        the order is not what a test is about, it starts and joins its group meanwhile."""
         log = open(self.tmp / f"consumer-{len(self.processes)}.log", "ab")  # noqa: SIM115
         process = subprocess.Popen(
             atp_command("consume"),

@@ -86,8 +86,8 @@ def test_broker_outage_consumer_catches_up_api_serves_last_values(
     client = redis_for(stack)
     feed = Feed(SEED)
     first, second = feed.take(BEFORE), feed.take(DURING)
-    base = stack.start_api()
     consumer = stack.start_consumer()
+    base = stack.start_api()
     producer = Tracked(settings.kafka.bootstrap)
     for event in first:
         producer.event(settings, event)
@@ -184,7 +184,7 @@ def test_broker_outage_consumer_catches_up_api_serves_last_values(
     assert proxy.accepted > accepted_before, "nobody reconnected through the proxy"
     assert consumer.poll() is None, f"the consumer exited:\n{tail(stack.logs())}"
     assert len(stack.processes) == 2  # the API and the one consumer: nothing was restarted
-    consumer_log = (stack.tmp / "consumer-1.log").read_text(errors="replace")
+    consumer_log = (stack.tmp / "consumer-0.log").read_text(errors="replace")
     assert f"127.0.0.1:{proxy.port}" in consumer_log and "Connection refused" in consumer_log, (
         "the consumer did not notice the outage:\n" + tail(consumer_log)
     )

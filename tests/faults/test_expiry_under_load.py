@@ -44,8 +44,8 @@ def test_reservations_expire_within_a_second_under_load(make_stack: Callable[...
     stack = make_stack()
     settings = stack.settings
     client = redis_for(stack)
-    base = stack.start_api()
     consumer = stack.start_consumer()
+    base = stack.start_api()
     skus = [f"EXP-{i:02d}" for i in range(WAVES * PER_WAVE)]
     stock = [receipt(sku, 100, "DC-EAST", event_id=f"exp-stock-{sku}") for sku in skus]
     producer = Tracked(settings.kafka.bootstrap)

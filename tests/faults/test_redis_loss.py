@@ -121,8 +121,8 @@ def test_redis_loss_503s_then_rebuild_restores_and_consumer_resumes(
     settings = stack.settings
     feed = Feed(SEED)
     first, during = feed.take(3_000), feed.take(1_000)
-    base = stack.start_api()
     consumer = stack.start_consumer()
+    base = stack.start_api()
     client = redis_for(stack)
     producer = Tracked(settings.kafka.bootstrap)
     for event in first:
@@ -270,8 +270,8 @@ def test_consumer_running_through_the_loss_does_not_fold_onto_an_empty_redis(
     at start-up (streams.consumer.LedgerAhead).
     """
     stack = make_stack(redis_url=own_redis.url)
-    base = stack.start_api()
     consumer = stack.start_consumer()
+    base = stack.start_api()
     stack.produce(
         [receipt("LOSS-A", 10, event_id="loss-a1"), receipt("LOSS-B", 5, event_id="loss-b1")]
     )

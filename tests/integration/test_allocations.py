@@ -38,8 +38,8 @@ def stocked(stack: Stack, base: str, events: list[dict[str, Any]], sku: str, on_
 
 @pytest.mark.redis_kinds
 def test_allocate_reserve_read_release(stack: Stack) -> None:
-    base = stack.start_api()
     stack.start_consumer()
+    base = stack.start_api()
     stocked(stack, base, [receipt("A-1", 4, "DC-EAST"), receipt("A-1", 10, "DC-WEST")], "A-1", 14)
     body = order("ORD-1", **{"A-1": 6})
     reply = httpx.post(f"{base}/v1/allocations", json=body, headers=W, timeout=10)
@@ -83,8 +83,8 @@ def test_allocate_reserve_read_release(stack: Stack) -> None:
 
 
 def test_nested_safety_stock_marketplace_stops_at_five_web_sells_to_zero(stack: Stack) -> None:
-    base = stack.start_api()
     stack.start_consumer()
+    base = stack.start_api()
     stocked(stack, base, [receipt("N-1", 10, "DC-EAST")], "N-1", 10)
     market = httpx.post(
         f"{base}/v1/allocations",
@@ -104,8 +104,8 @@ def test_nested_safety_stock_marketplace_stops_at_five_web_sells_to_zero(stack: 
 
 @pytest.mark.redis_kinds
 def test_backorder_promises_from_inbound(stack: Stack) -> None:
-    base = stack.start_api()
     stack.start_consumer()
+    base = stack.start_api()
     stack.produce([
         receipt("B-1", 2, "DC-EAST"),
         {"type": "inbound", "event_id": "i-b1", "occurred_at": now_iso(), "inbound_id": "PO-9:1",
@@ -169,8 +169,8 @@ def test_the_fast_path_answers_exactly_as_the_framework_route(stack: Stack) -> N
     """POST /v1/allocations is answered below Litestar in the common case (atp_service/fast.py);
     a query string sends the same request through the Litestar route. Both must answer the
     same status, headers and body, for a new order, a repeat and a conflicting body."""
-    base = stack.start_api()
     stack.start_consumer()
+    base = stack.start_api()
     stocked(stack, base, [receipt("F-1", 20, "DC-EAST")], "F-1", 20)
     url = f"{base}/v1/allocations"
 
@@ -218,8 +218,8 @@ def test_the_fast_path_answers_exactly_as_the_framework_route(stack: Stack) -> N
 
 
 def test_safety_stock_override_recomputes_at_once(stack: Stack) -> None:
-    base = stack.start_api()
     stack.start_consumer()
+    base = stack.start_api()
     stocked(stack, base, [receipt("S-1", 10, "DC-EAST")], "S-1", 10)
     admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
     path = f"{base}/v1/channels/web/safety-stock/S-1"
@@ -234,8 +234,8 @@ def test_safety_stock_override_recomputes_at_once(stack: Stack) -> None:
 
 @pytest.mark.redis_kinds
 def test_64_concurrent_clients_never_oversell(stack: Stack) -> None:
-    base = stack.start_api(workers=2)
     stack.start_consumer()
+    base = stack.start_api(workers=2)
     stocked(stack, base, [receipt("HOT", 10, "DC-EAST")], "HOT", 10)
 
     async def race() -> list[httpx.Response]:
@@ -284,8 +284,8 @@ def test_64_concurrent_clients_never_oversell(stack: Stack) -> None:
 def test_a_wave_of_10000_orders_is_answered_in_one_request(stack: Stack) -> None:
     import random
 
-    base = stack.start_api()
     stack.start_consumer()
+    base = stack.start_api()
     skus = [f"W-{i:04d}" for i in range(400)]
     stack.produce(
         [receipt(sku, 30, "DC-EAST") for sku in skus]

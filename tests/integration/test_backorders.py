@@ -52,8 +52,8 @@ def updates(stack: Stack, expected: int) -> list[dict[str, Any]]:
 
 
 def test_a_receipt_confirms_backorders_in_priority_then_age_order(stack: Stack) -> None:
-    base = stack.start_api()
     stack.start_consumer()
+    base = stack.start_api()
     # Nothing on hand; 20 due today at DC-EAST (within both channels' horizons).
     stack.produce([inbound("B-1", "PO-1", 20, day(0), "DC-EAST")])
     poll(lambda: availability(base, READ_KEY, "web", "B-1"), lambda d: d["atp"] != [])
@@ -108,8 +108,8 @@ def test_a_receipt_confirms_backorders_in_priority_then_age_order(stack: Stack) 
 
 
 def test_promises_follow_a_slipping_purchase_order_and_releases(stack: Stack) -> None:
-    base = stack.start_api()
     consumer = stack.start_consumer()
+    base = stack.start_api()
     stack.produce(
         [
             inbound("P-1", "PO-1", 5, day(3), "DC-WEST"),

@@ -46,8 +46,8 @@ def taken(result: dict[str, Any]) -> dict[str, int]:
 
 @pytest.mark.config(CAPACITY)
 def test_a_location_at_its_daily_capacity_is_passed_over(stack: Stack) -> None:
-    base = stack.start_api()
     stack.start_consumer()
+    base = stack.start_api()
     stack.produce([receipt("CAP-1", 20, "DC-EAST"), receipt("CAP-1", 20, "DC-WEST")])
     poll(lambda: availability(base, READ_KEY, "web", "CAP-1")["on_hand"], lambda v: v == 40)
     assert locations(base) == {"DC-EAST": (10, 0, 10), "DC-WEST": (4, 0, 4)}
@@ -71,8 +71,8 @@ def test_a_location_at_its_daily_capacity_is_passed_over(stack: Stack) -> None:
 
 @pytest.mark.config(CAPACITY)
 def test_concurrent_allocations_never_pass_a_capacity(stack: Stack) -> None:
-    base = stack.start_api(workers=2)
     stack.start_consumer()
+    base = stack.start_api(workers=2)
     stack.produce([receipt(f"CAP-{s}", 50, loc) for s in "ABC" for loc in ("DC-EAST", "DC-WEST")])
     for s in "ABC":
         poll(
@@ -95,8 +95,8 @@ def test_concurrent_allocations_never_pass_a_capacity(stack: Stack) -> None:
 
 @pytest.mark.config(CAPACITY.replace("daily_capacity_units = 10", "daily_capacity_units = 5"))
 def test_backorders_converted_from_stock_count_against_capacity(stack: Stack) -> None:
-    base = stack.start_api()
     stack.start_consumer()
+    base = stack.start_api()
     stack.produce([inbound("CAP-B", "PO-C1", 20, day(2), "DC-EAST")])
     poll(lambda: availability(base, READ_KEY, "web", "CAP-B")["atp"], lambda atp: atp != [])
     first = allocate(base, order("CAP-b1", "web", True, **{"CAP-B": 8}))

@@ -18,8 +18,8 @@ R = {"Authorization": f"Bearer {READ_KEY}"}
 # On a single Redis, on one split in shards, and on a Redis Cluster.
 @pytest.mark.redis_kinds
 def test_sync_client_following_next_cursor_ends_with_the_servers_values(stack: Stack) -> None:
-    base = stack.start_api()
     stack.start_consumer()
+    base = stack.start_api()
     skus = [f"C-{i}" for i in range(60)]
     done = threading.Event()
 

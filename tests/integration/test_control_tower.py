@@ -221,8 +221,8 @@ def test_control_tower_page_in_a_real_browser(stack: Stack, browser: Any) -> Non
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    base = stack.start_api()
     stack.start_consumer()
+    base = stack.start_api()
     build_world(stack)
     expected = settled(base)
     check_summary(expected)
@@ -329,8 +329,8 @@ def test_control_tower_page_in_a_real_browser(stack: Stack, browser: Any) -> Non
 
 
 def test_ops_endpoints_need_a_read_or_admin_key_and_report_the_world(stack: Stack) -> None:
-    base = stack.start_api()
     stack.start_consumer()
+    base = stack.start_api()
     build_world(stack)
     check_summary(settled(base))
 

@@ -15,8 +15,8 @@ R = {"Authorization": f"Bearer {READ_KEY}"}
 
 
 def test_explain_shows_the_figures_behind_a_value(stack: Stack) -> None:
-    base = stack.start_api()
     stack.start_consumer()
+    base = stack.start_api()
     soon = (datetime.now(UTC).date() + timedelta(days=3)).isoformat()
     far = (datetime.now(UTC).date() + timedelta(days=30)).isoformat()  # beyond web's 14 days
     damaged = receipt("X-1", 2, "DC-EAST", bin_="D-1", event_id="m-damaged")

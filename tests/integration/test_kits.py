@@ -44,8 +44,8 @@ def last_announced(stack: Stack, expected: int) -> dict[tuple[str, str], int]:
 
 
 def test_a_kit_reads_as_its_scarcest_component_and_follows_every_change(stack: Stack) -> None:
-    base = stack.start_api()
     stack.start_consumer()
+    base = stack.start_api()
     assert put_kit(base, "KIT-1", **{"KA-1": 2, "KB-1": 1}).status_code == 200
     stack.produce([receipt("KA-1", 11, "DC-EAST"), receipt("KB-1", 4, "DC-WEST")])
     # web sells from both locations: min(11 // 2, 4 // 1); marketplace from DC-EAST only,
@@ -92,8 +92,8 @@ def test_a_kit_reads_as_its_scarcest_component_and_follows_every_change(stack: S
 
 @pytest.mark.config(TEST_KITS)
 def test_kit_definitions_are_checked_read_and_deleted(stack: Stack) -> None:
-    base = stack.start_api()
     stack.start_consumer()
+    base = stack.start_api()
     assert put_kit(base, "KIT-2", **{"KA-2": 1, "KB-2": 3}).status_code == 200
     got = httpx.get(f"{base}/v1/kits/KIT-2", headers=R)
     assert got.json() == {
@@ -135,8 +135,8 @@ def test_kit_definitions_are_checked_read_and_deleted(stack: Stack) -> None:
 
 
 def test_a_kit_line_reserves_whole_kits_and_never_part_of_one(stack: Stack) -> None:
-    base = stack.start_api()
     stack.start_consumer()
+    base = stack.start_api()
     assert put_kit(base, "KIT-5", **{"KA-5": 2, "KB-5": 3}).status_code == 200
     stack.produce([receipt("KA-5", 40), receipt("KB-5", 30)])  # 10 kits (KB-5 is short)
     poll(lambda: value(base, "web", "KIT-5"), lambda v: v == 10)
@@ -187,8 +187,8 @@ def test_a_kit_line_reserves_whole_kits_and_never_part_of_one(stack: Stack) -> N
 
 
 def test_kits_set_over_http_survive_a_loss_of_redis_data(stack: Stack) -> None:
-    base = stack.start_api()
     consumer = stack.start_consumer()
+    base = stack.start_api()
     assert put_kit(base, "KIT-6", **{"KA-6": 1}).status_code == 200
     assert put_kit(base, "KIT-6", **{"KA-6": 2, "KB-6": 1}).status_code == 200
     assert put_kit(base, "KIT-7", **{"KA-6": 1}).status_code == 200

@@ -36,8 +36,8 @@ def projection(client: redis.Redis) -> dict[str, Any]:
 
 @pytest.mark.redis_kinds("single", "cluster")
 def test_verify_rebuild_after_redis_loss_and_resume(stack: Stack) -> None:
-    base = stack.start_api()
     consumer = stack.start_consumer()
+    base = stack.start_api()
     skus = [f"L-{i}" for i in range(30)]
     events = [receipt(sku, 5 + i, "DC-EAST" if i % 2 else "DC-WEST") for i, sku in enumerate(skus)]
     events += [reservation(sku, 2, f"R-{sku}") for sku in skus[::3]]
@@ -174,8 +174,8 @@ def test_the_ledger_tools_count_rows_still_staged_in_redis_once(stack: Stack) ->
 
 
 def test_safety_stock_overrides_set_over_http_survive_a_loss_of_redis_data(stack: Stack) -> None:
-    base = stack.start_api()
     consumer = stack.start_consumer()
+    base = stack.start_api()
     stack.produce([receipt("OV-1", 10), receipt("OV-2", 10)])
     read = {"Authorization": f"Bearer {READ_KEY}"}
 

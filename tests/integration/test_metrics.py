@@ -16,8 +16,8 @@ def test_consumer_and_api_metrics(stack: Stack) -> None:
     port = free_port()
     text = stack.config_path.read_text().replace("metrics_port = 0", f"metrics_port = {port}")
     stack.config_path.write_text(text)
-    base = stack.start_api()
     stack.start_consumer()
+    base = stack.start_api()
     stack.produce([receipt("MET-1", 5)])
     stack.produce([(stack.settings.topics.movements, b"MET-1", b"not json")])
     poll(

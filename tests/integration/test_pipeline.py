@@ -45,8 +45,8 @@ def read_topic(stack: Stack, topic: str, expected: int, timeout: float = 30.0) -
 
 @BOTH
 def test_events_flow_to_http_reads(stack: Stack) -> None:
-    base = stack.start_api()
     stack.start_consumer()
+    base = stack.start_api()
     stack.produce(
         [
             receipt("SKU-1", 20, "DC-EAST"),
@@ -97,8 +97,8 @@ def test_unknown_sku_reads_zeros_and_unknown_channel_is_404(stack: Stack) -> Non
 
 
 def test_bulk_query_keeps_the_order_asked(stack: Stack) -> None:
-    base = stack.start_api()
     stack.start_consumer()
+    base = stack.start_api()
     stack.produce([receipt(f"Q-{i}", i + 1) for i in range(5)])
     skus = [f"Q-{i}" for i in (4, 0, 3, 9, 1)]
 
@@ -128,8 +128,8 @@ def test_bulk_query_keeps_the_order_asked(stack: Stack) -> None:
 def test_poison_messages_go_to_dead_letter_with_headers_and_the_consumer_goes_on(
     stack: Stack,
 ) -> None:
-    base = stack.start_api()
     stack.start_consumer()
+    base = stack.start_api()
     t = stack.settings.topics
     poison = [
         (t.movements, b"SKU-P", b"{not json"),
@@ -168,8 +168,8 @@ def test_availability_changes_are_published(stack: Stack) -> None:
 
 @BOTH
 def test_reservation_expires_within_a_second_with_no_event(stack: Stack) -> None:
-    base = stack.start_api()
     stack.start_consumer()
+    base = stack.start_api()
     stack.produce([receipt("SKU-E", 10)])
     poll(lambda: availability(base, READ_KEY, "web", "SKU-E"), lambda d: d["on_hand"] == 10)
     expires = now_iso(3.0)

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 def test_an_allocation_is_visible_through_every_api_process_within_a_second(stack: Stack) -> None:
     stack.start_consumer()
-    first, second = stack.start_api(), stack.start_api()
+    first, second = stack.start_apis(2)
     read = {"Authorization": f"Bearer {READ_KEY}"}
     stack.produce([receipt("SKU-V", 10)])
 
