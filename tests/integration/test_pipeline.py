@@ -12,6 +12,7 @@ import pytest
 from confluent_kafka import Consumer
 
 from tests.conftest import READ_KEY, Stack
+from tests.faults.harness import redis_for, wait_applying
 from tests.integration.helpers import availability, now_iso, poll, receipt, reservation, shipment
 
 pytestmark = pytest.mark.integration
@@ -198,7 +199,8 @@ def test_consumer_killed_mid_stream_loses_and_doubles_nothing(stack: Stack) -> N
     producer = stack.producer()
     stack.produce(events[:1000], producer)
     producer.flush(30)
-    time.sleep(1.5)
+    # Killed once it has written (not while it still joins its group); more comes after.
+    wait_applying(stack, redis_for(stack), consumer, 0, "the first consumer")
     consumer.send_signal(signal.SIGKILL)
     consumer.wait(10)
     stack.produce(events[1000:], producer)
