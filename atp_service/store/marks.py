@@ -78,18 +78,21 @@ class DigestKeys:
             self._keys = held  # a shard without a key is read again next time
         return held
 
+    def _names(self) -> list[str]:
+        return [self.layout.digest_key(shard) for shard in range(self.layout.shards)]
+
     def of(self, client: redis.Redis) -> list[bytes | None]:
         if self._keys is not None:
             return self._keys
         pipe = client.pipeline(transaction=False)
-        for shard in range(self.layout.shards):
-            pipe.get(self.layout.digest_key(shard))
+        for name in self._names():
+            pipe.get(name)
         return self._taken(pipe.execute())
 
     async def of_async(self, client: aredis.Redis) -> list[bytes | None]:
         if self._keys is not None:
             return self._keys
         pipe = client.pipeline(transaction=False)
-        for shard in range(self.layout.shards):
-            pipe.get(self.layout.digest_key(shard))
+        for name in self._names():
+            pipe.get(name)
         return self._taken(await pipe.execute())

@@ -46,7 +46,7 @@ from kafka.partitioner.default import murmur2  # type: ignore[import-untyped]
 from atp_service.config import Settings, parse_config
 from atp_service.local.services import create_topics
 from atp_service.store import keys
-from atp_service.store.marks import digests
+from atp_service.store.marks import DigestKeys, digests
 from streams.changeset import projection_field
 from streams.ledger import Ledger, view_sql
 from tests.conftest import Stack, config_text
@@ -390,11 +390,12 @@ def digests_of(
     client: redis.Redis, ids_by_sku: dict[str, list[str]], layout: keys.Layout = keys.SINGLE
 ) -> dict[str, list[str]]:
     """Per sku, the digests of its ids with its shard's digest key, sorted."""
+    found = DigestKeys(layout).of(client)
     out: dict[str, list[str]] = {}
     for sku, ids in ids_by_sku.items():
-        key = client.get(layout.digest_key(layout.shard(sku)))
+        key = found[layout.shard(sku)]
         assert key is not None, f"no digest key for the shard of {sku}"
-        out[sku] = sorted(digests(bytes.fromhex(key.decode()), ids))  # type: ignore[union-attr]
+        out[sku] = sorted(digests(key, ids))
     return out
 
 
