@@ -289,11 +289,6 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(
                 f"invalid config: `locations[{i}]` ({location.name!r}) is no channel's location"
             )
-    if settings.redis.cluster and settings.kits:
-        raise ConfigError(
-            "invalid config: `kits` are not available on a Redis Cluster yet "
-            "(`redis.cluster` is true; docs/scaling.md)"
-        )
     # The day's counts are a key of no shard, written with an allocation's reservations:
     # one script cannot do that on a cluster, whatever the shard count.
     if (settings.redis.cluster or settings.redis.shard_count > 1) and settings.capacities:

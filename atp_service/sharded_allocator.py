@@ -9,7 +9,9 @@ record in none of them: written in steps, with the order's record saying how far
    to be made, so that whoever takes it over can release them.
 3. Write each shard's part: atomic and version-checked per shard, as on a single Redis, so
    no location is ever reserved beyond what it has. Parts that landed stay; the lines of a
-   part refused because a sku moved are planned again on a fresh read (2 and 3 again).
+   part refused because a sku moved are planned again on a fresh read (2 and 3 again). An
+   order with a kit's line keeps all or nothing of an attempt: a kit's components may be in
+   several parts, and the kit takes whole kits only.
 4. The final record replaces the pending one, only while the pending one is still ours.
 5. Publish the reservations; if the broker does not acknowledge them, they are released
    and the record removed, as on a single Redis. The order is noted unpublished from its
@@ -197,7 +199,8 @@ class ShardedAllocator(Allocator):
         # reply lost (the fresh read tells).
         unsure: dict[str, tuple[list[LineResult], list[Held]]] = {}
         for _ in range(MAX_ATTEMPTS):
-            snapshot = await self.store.read(list(dict.fromkeys(line.sku for line in left)))
+            kits, skus = await self._skus_of([msgspec.structs.replace(order, lines=left)])
+            snapshot = await self.store.read(skus)
             for sku, (lines, holds) in unsure.items():
                 if holds and _holding(snapshot.states[sku], holds):
                     results.update((line.line_id, line) for line in lines)
@@ -208,7 +211,7 @@ class ShardedAllocator(Allocator):
                 break
             part = msgspec.structs.replace(order, lines=left)
             now = self.clock()
-            planned = plan([part], snapshot.states, self.projector, now)
+            planned = plan([part], snapshot.states, self.projector, now, kits=kits)
             making = planned.held[0]
             pending = Pending(print_, time.time_ns() // 1_000_000, held + making)
             if not await self._swap(keys=[key], args=[mine, _pending_value(token, pending)]):
@@ -217,6 +220,13 @@ class ShardedAllocator(Allocator):
                 planned.states, snapshot.versions, self.projector, now, seen=planned.event_ids
             )
             moved = set(await self.store.write_each(changes, now // 1000))
+            if moved and kits:
+                # A kit's line holds every component or none (contract section 10), and its
+                # components may be in parts that landed: what this attempt made goes
+                # (found in a fresh read, so a part whose reply was lost goes too), and the
+                # lines are planned again whole.
+                await self._release_held(making)
+                continue
             for line in planned.results[0].lines:
                 if line.sku not in moved:
                     results[line.line_id] = line

@@ -153,9 +153,6 @@ class ChangeSet:
     # Order lines whose backorder was planned again, per sku: the line's field in the sku's
     # hash of lines -> its record as written (streams/backorders.py line_records).
     lines: dict[str, dict[str, bytes]] = field(default_factory=dict)
-    # Skus read but not written, whose version must not have moved: (sku, version read,
-    # the sku written from it). A kit is computed from its components (streams/kits.py).
-    checks: list[tuple[str, int, str]] = field(default_factory=list)
     # Stock taken today per location with a capacity (contract section 11): location ->
     # (units, the capacity). The write is refused if a location's count would pass it.
     capacity: dict[str, tuple[int, int]] = field(default_factory=dict)

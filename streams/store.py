@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from allocation.kits import KitDefinition
 from streams.changeset import ChangeSet
@@ -31,6 +31,15 @@ class Snapshot:
     versions: dict[str, int]
     seen: frozenset[str]
     unfinished: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+
+
+class KitDue(NamedTuple):
+    """A kit to compute again: writes of its components in ``shard`` counted ``writes``
+    since it was last computed from them (write.lua)."""
+
+    shard: int
+    kit: str
+    writes: int
 
 
 class ProjectionMissing(Exception):
@@ -78,8 +87,19 @@ class Store(Protocol):
         """The kits in force among ``skus`` (contract section 10)."""
         ...
 
+    def kits_due(self, limit: int) -> list[KitDue]:
+        """Kits whose components were written since they were last computed, up to
+        ``limit`` per shard."""
+        ...
+
+    def kits_computed(self, entries: Sequence[KitDue]) -> None:
+        """Forget these, each only if no write of a component counted since it was read."""
+        ...
+
     def install_kits(self, configured: Sequence[KitDefinition], now_ms: int) -> int:
-        """Make the config file's kits those in force where none was set over HTTP."""
+        """Make the config file's kits those in force where none was set over HTTP, and
+        mark every kit due (a definition changed by a process that died before it marked
+        its kit is computed again)."""
         ...
 
     def capacity_used(self, day: int) -> dict[str, int]:

@@ -16,7 +16,7 @@ from streams.changeset import ChangeSet, encode_outbox
 from streams.kafka import Outgoing
 from streams.ledger import parse_staged_field, staged_field
 from streams.state import SkuState, load_state
-from streams.store import ProjectionMissing, ServerReplaced, Snapshot
+from streams.store import KitDue, ProjectionMissing, ServerReplaced, Snapshot
 
 
 class StoreDown(ConnectionError):
@@ -132,6 +132,7 @@ class MemoryStore:
         self.writes = 0
         self.orders: dict[str, bytes] = {}  # order_id -> its current result (JSON)
         self.kit_definitions: dict[str, KitDefinition] = {}
+        self.kit_counts: dict[str, int] = {}  # kit -> writes of its components not computed
         self.capacity: dict[int, dict[str, int]] = {}  # day -> location -> units taken
 
     def _reachable(self) -> None:
@@ -178,9 +179,6 @@ class MemoryStore:
         for sku, ids in changes.marked.items():
             if any(event_id not in self.seen.get(sku, {}) for event_id in ids):
                 conflicts.append(sku)
-        for sku, version, owner in changes.checks:
-            if self.versions.get(sku, 0) != version:
-                conflicts.append(owner)
         counts = self.capacity.setdefault(changes.capacity_day, {})
         if any(counts.get(loc, 0) + n > limit for loc, (n, limit) in changes.capacity.items()):
             return [write.sku for write in changes.skus]
@@ -211,8 +209,9 @@ class MemoryStore:
             counts[loc] = counts.get(loc, 0) + n
         written = {write.sku for write in changes.skus}
         for kit in self.kit_definitions.values():  # as the script: kits of written components
-            if any(c.sku in written for c in kit.components):
-                self.due_ms[kit.sku] = min(self.due_ms.get(kit.sku, now_ms), now_ms)
+            for c in kit.components:
+                if c.sku in written:
+                    self.kit_counts[kit.sku] = self.kit_counts.get(kit.sku, 0) + 1
         return []
 
     def state(self, sku: str) -> SkuState:
@@ -255,6 +254,16 @@ class MemoryStore:
             self.kit_definitions[kit.sku] = kit
             self.due_ms[kit.sku] = now_ms
         return len(configured)
+
+    def kits_due(self, limit: int) -> list[KitDue]:
+        self._reachable()
+        return [KitDue(0, kit, count) for kit, count in list(self.kit_counts.items())[:limit]]
+
+    def kits_computed(self, entries: Sequence[KitDue]) -> None:
+        self._reachable()
+        for entry in entries:
+            if self.kit_counts.get(entry.kit) == entry.writes:
+                del self.kit_counts[entry.kit]
 
     def kits(self, skus: Sequence[str]) -> dict[str, KitDefinition]:
         self._reachable()

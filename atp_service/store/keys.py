@@ -23,7 +23,9 @@ PREFIX: Final = "atp:v3"
 SLOTS: Final = 16384
 # hash kit sku -> its definition (JSON, allocation.kits.KitDefinition), every kit in force
 KITS: Final = f"{PREFIX}:kits"
-KITS_VERSION: Final = f"{PREFIX}:kits:version"  # moves with every change of a kit record
+# Moves with every change of a kit record. Tagged with KITS's own name, so that both are in
+# one cluster slot and the script that sets a record checks and moves it.
+KITS_VERSION: Final = f"{{{KITS}}}:version"
 STATE_FIELD: Final = "s"
 VERSION_FIELD: Final = "v"
 SKU_PART: Final = ":s:"  # between a shard's prefix and the sku in a sku hash's name
@@ -37,7 +39,8 @@ MARKS_BUCKET_MS: Final = 302_400_000
 
 class SpansShards(Exception):
     """A write that must be atomic as a whole touches keys of several shards, which a Redis
-    Cluster cannot write in one script (allocations, kit definitions: not yet there)."""
+    Cluster cannot write in one script (orders and capacity counts with skus of several
+    shards: written in steps, atp_service/sharded_allocator.py)."""
 
 
 def slot_of(key: str) -> int:
@@ -96,8 +99,9 @@ class Layout:
         return f"{self._of(sku)}e:{bucket}:{sku}"
 
     def kits_of_key(self, sku: str) -> str:
-        """Set of the kits ``sku`` is a component of; write.lua builds the same name."""
-        return f"{self._of(sku)}k:{sku}"
+        """Hash of the kits ``sku`` is a component of -> the version of all kits when that
+        was last set (atp_service/store/kit_records.py); write.lua builds the same name."""
+        return f"{self._of(sku)}kh:{sku}"
 
     def lines_key(self, sku: str) -> str:
         """Hash of what re-plans made of the backorders of the sku's order lines, one field
@@ -139,6 +143,12 @@ class Layout:
         """Hash "topic\x1fpartition" -> next offset, written with the shard's part of each
         batch."""
         return f"{self.prefixes[shard]}offsets:{group_id}"
+
+    def kits_due_key(self, shard: int) -> str:
+        """Sorted set kit sku -> how many writes of the shard's skus that are its components
+        came since the kit was last computed; write.lua counts, and the sweep removes a
+        kit's entry after computing it, only if no write counted meanwhile."""
+        return f"{self.prefixes[shard]}kd"
 
     def kits_flag_key(self, shard: int) -> str:
         """Exists once a sku of the shard was a kit's component: only then does write.lua

@@ -1,8 +1,8 @@
 """Kit definitions in Redis (contract section 10).
 
-One hash (keys.KITS) holds a record per kit sku, and each component sku has the set of kits
-it belongs to (Layout.kits_of_key), which the write script reads to mark those kits due when
-the component is written. A record set over HTTP wins over the config file's: `atp
+One hash (keys.KITS) holds a record per kit sku, and each component sku has a hash of the
+kits it belongs to (Layout.kits_of_key), which the write script reads to count those kits
+due when the component is written. A record set over HTTP wins over the config file's: `atp
 consume` installs the file's kits at start where no HTTP record exists. A kit deleted over
 HTTP keeps a record with no components, so that the file's definition does not come back.
 """
@@ -40,60 +40,123 @@ class SeqMoved(Exception):
 
 _decoder: Final = msgspec.json.Decoder(KitRecord)
 
-# KEYS: 1 the kits hash, 2 the due zset of the kit's shard, 3 the kit sku's hash, 4 the
-# version of all kits, then per named component its set of kits, then per named component
-# its shard's 'kits' flag (write.lua looks for kit sets only in shards that have one).
-# ARGV: 1 kit sku, 2 the record (JSON; '' removes it), 3 now (ms), 4 the seq the record must
-# have now ('' = unchecked), 5 the version all kits must have now ('' = unchecked), 6 n,
-# then n component skus (those of the record now and of the new one), then n flags ('1':
-# in the new record). Returns 1, 0 when the seq or the version moved, or -1 when a
-# component of the record now is not named (it changed since it was read). The kit sku's
-# version moves, so that a sweep computing the kit from the definition before this one is
-# refused; the version of all kits moves, so that a definition checked against the others
-# (no kit in a kit) is refused if another changed meanwhile. cjson is Redis's JSON.
-_PUT: Final = """
-if ARGV[5] ~= '' and (redis.call('GET', KEYS[4]) or '0') ~= ARGV[5] then
+# A change of a kit's record touches keys in several shards (the kit's, its components'),
+# so it goes in steps whose order keeps every write of a component counted for the kit
+# (write.lua) whenever the record names it:
+# 1. the new record's components name the kit in their hashes of kits (Layout.kits_of_key),
+#    tagged with the version all kits will have once the record is set;
+# 2. the record is set, only if neither it nor that version moved since they were read;
+# 3. components the record no longer lists forget the kit, unless a later change tagged
+#    them again;
+# 4. the kit is due in its own shard and its version moves, so that a sweep that computed
+#    it from the record before (2) is refused, and it is computed from the new one.
+# A writer that dies between steps leaves at most a component that names a kit it is no
+# longer part of (the kit is computed needlessly when it is written), or a kit not yet
+# computed from its new record: `atp consume` marks every kit due when it starts.
+
+# KEYS: 1 the kits hash, 2 the version of all kits. ARGV: 1 kit sku, 2 its record as read
+# ('' = none), 3 the version as read, 4 the new record ('' removes it). Returns the new
+# version, or 0 when the record or the version moved since they were read.
+_RECORD: Final = """
+if (redis.call('HGET', KEYS[1], ARGV[1]) or '') ~= ARGV[2]
+    or (redis.call('GET', KEYS[2]) or '0') ~= ARGV[3] then
   return 0
 end
-local n = tonumber(ARGV[6])
-local named = {}
-for c = 1, n do
-  named[ARGV[6 + c]] = c
-end
-local old = redis.call('HGET', KEYS[1], ARGV[1])
-if old then
-  old = cjson.decode(old)
-  if ARGV[4] ~= '' and tostring(old['seq']) ~= ARGV[4] then
-    return 0
-  end
-  for _, c in ipairs(old['components']) do
-    if not named[c['sku']] then
-      return -1
-    end
-  end
-  for _, c in ipairs(old['components']) do
-    redis.call('SREM', KEYS[4 + named[c['sku']]], ARGV[1])
-  end
-elseif ARGV[4] ~= '' and ARGV[4] ~= '0' then
-  return 0
-end
-if ARGV[2] == '' then
+if ARGV[4] == '' then
   redis.call('HDEL', KEYS[1], ARGV[1])
 else
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[4])
 end
-for c = 1, n do
-  if ARGV[6 + n + c] == '1' then
-    redis.call('SADD', KEYS[4 + c], ARGV[1])
-    redis.call('SET', KEYS[4 + n + c], '1')
+return redis.call('INCR', KEYS[2])
+"""
+
+# KEYS: 1 the shard's 'kits' flag, then hashes of kits of components in that shard. ARGV:
+# 1 kit sku, 2 the version tag, 3 '1' (name the kit, or tag it again) or '0' (forget it
+# where no later change tagged it).
+_MEMBERS: Final = """
+local tag = tonumber(ARGV[2])
+if ARGV[3] == '1' then
+  redis.call('SET', KEYS[1], '1')
+end
+for k = 2, #KEYS do
+  local was = tonumber(redis.call('HGET', KEYS[k], ARGV[1]) or '-1')
+  if ARGV[3] == '1' and was < tag then
+    redis.call('HSET', KEYS[k], ARGV[1], tag)
+  elseif ARGV[3] == '0' and was >= 0 and was <= tag then
+    redis.call('HDEL', KEYS[k], ARGV[1])
   end
 end
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
-redis.call('HINCRBY', KEYS[3], 'v', 1)
-redis.call('INCR', KEYS[4])
-return 1
+return 0
+"""
+
+# KEYS: 1 the due zset of the kit's shard, 2 the kit sku's hash. ARGV: 1 now (ms), 2 kit.
+_DUE: Final = """
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HINCRBY', KEYS[2], 'v', 1)
+return 0
 """
 _RETRIES: Final = 10
+
+
+class _Put(msgspec.Struct, frozen=True):
+    """The script calls of one change of a kit's record, read at ``version``."""
+
+    name: list[tuple[list[str], list[Any]]]
+    record: tuple[list[str], list[Any]]
+    forget: list[tuple[list[str], list[Any]]]
+    due: tuple[list[str], list[Any]]
+
+
+def _put_calls(
+    layout: keys.Layout,
+    sku: str,
+    old_raw: bytes | None,
+    version: int,
+    record: KitRecord | None,
+    now_ms: int,
+) -> _Put:
+    old = _decoder.decode(old_raw) if old_raw else None
+    new = {c.sku for c in record.components} if record is not None else set()
+    gone = {c.sku for c in old.components} - new if old is not None else set()
+    tag = version + 1
+
+    def by_shard(skus: set[str], add: bool) -> list[tuple[list[str], list[Any]]]:
+        groups: dict[int, list[str]] = {}
+        for c in sorted(skus):
+            groups.setdefault(layout.shard(c), []).append(layout.kits_of_key(c))
+        return [
+            ([layout.kits_flag_key(shard), *found], [sku, tag, "1" if add else "0"])
+            for shard, found in sorted(groups.items())
+        ]
+
+    payload = msgspec.json.encode(record) if record is not None else b""
+    return _Put(
+        by_shard(new, True),
+        ([keys.KITS, keys.KITS_VERSION], [sku, old_raw or b"", version, payload]),
+        by_shard(gone, False),
+        ([layout.due_key(layout.shard(sku)), layout.sku_key(sku)], [now_ms, sku]),
+    )
+
+
+def _check_seq(raw: bytes | None, sku: str, expected_seq: int | None) -> None:
+    """SeqMoved when ``expected_seq`` is given and the record read has another."""
+    if expected_seq is None:
+        return
+    seq = _decoder.decode(raw).seq if raw else 0
+    if seq != expected_seq:
+        raise SeqMoved(sku)
+
+
+def _repairs(
+    layout: keys.Layout, records: Iterable[KitRecord], version: int
+) -> list[tuple[str, str, str]]:
+    """(hash of kits, kit, tag) naming every kit in force in its components' hashes, at
+    ``version`` (read before the records): a later change's tags stay above it."""
+    return [
+        (layout.kits_of_key(c.sku), record.sku, str(version))
+        for record in records
+        for c in record.components
+    ]
 
 
 def decode_records(raw: Mapping[bytes, bytes]) -> dict[str, KitRecord]:
@@ -110,55 +173,28 @@ def definitions(records: Iterable[KitRecord]) -> dict[str, KitDefinition]:
     return out
 
 
-def _put_args(
-    layout: keys.Layout,
-    sku: str,
-    record: KitRecord | None,
-    now_ms: int,
-    expected_seq: int | None,
-    expected_version: int | None,
-    old: KitRecord | None,
-) -> tuple[list[str], list[Any]]:
-    payload = msgspec.json.encode(record) if record is not None else b""
-    new = {c.sku for c in record.components} if record is not None else set()
-    named = sorted(new | ({c.sku for c in old.components} if old is not None else set()))
-    seq = "" if expected_seq is None else str(expected_seq)
-    version = "" if expected_version is None else str(expected_version)
-    key_list = [
-        keys.KITS,
-        layout.due_key(layout.shard(sku)),
-        layout.sku_key(sku),
-        keys.KITS_VERSION,
-    ]
-    key_list += [layout.kits_of_key(c) for c in named]
-    key_list += [layout.kits_flag_key(layout.shard(c)) for c in named]
-    args: list[Any] = [sku, payload, now_ms, seq, version, len(named), *named]
-    args += ["1" if c in new else "0" for c in named]
-    return key_list, args
-
-
-def _moved(reply: Any, sku: str) -> bool:
-    """Whether the put must be tried again with the record read again (-1); SeqMoved when
-    the seq or the version moved (0)."""
-    if int(reply) == 0:
-        raise SeqMoved(sku)
-    return int(reply) < 0
-
-
 class KitRecords:
     """Synchronous access, for the consumer and the command-line tools."""
 
-    def __init__(
-        self, client: redis.Redis, layout: keys.Layout = keys.SINGLE, cluster: bool = False
-    ) -> None:
+    def __init__(self, client: redis.Redis, layout: keys.Layout = keys.SINGLE) -> None:
         self.client = client
         self.layout = layout
-        self.cluster = cluster
-        self._put = client.register_script(_PUT)
+        self._record = client.register_script(_RECORD)
+        self._members = client.register_script(_MEMBERS)
+        self._due = client.register_script(_DUE)
 
     def record(self, sku: str) -> KitRecord | None:
         raw = self.client.hget(keys.KITS, sku)
         return _decoder.decode(raw) if isinstance(raw, bytes) else None
+
+    def _read(self, sku: str) -> tuple[bytes | None, int]:
+        """The version of all kits, then the record: a change between the two fails the
+        record's step."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(keys.KITS_VERSION)
+        pipe.hget(keys.KITS, sku)
+        version, raw = pipe.execute()
+        return raw, int(version or 0)
 
     def all(self) -> dict[str, KitRecord]:
         raw: dict[bytes, bytes] = self.client.hgetall(keys.KITS)  # type: ignore[assignment]
@@ -176,19 +212,25 @@ class KitRecords:
     ) -> None:
         """Set (None: remove) the record of ``sku`` and mark the kit due. SeqMoved if
         ``expected_seq`` is given and the record's seq is another."""
-        if self.cluster:
-            raise keys.SpansShards("kit definitions")
         for _ in range(_RETRIES):
-            old = self.record(sku)
-            key_list, args = _put_args(self.layout, sku, record, now_ms, expected_seq, None, old)
-            if not _moved(self._put(keys=key_list, args=args), sku):
-                return
+            raw, version = self._read(sku)
+            _check_seq(raw, sku, expected_seq)
+            calls = _put_calls(self.layout, sku, raw, version, record, now_ms)
+            for key_list, args in calls.name:
+                self._members(keys=key_list, args=args)
+            if not int(self._record(keys=calls.record[0], args=calls.record[1])):
+                continue
+            for key_list, args in calls.forget:
+                self._members(keys=key_list, args=args)
+            self._due(keys=calls.due[0], args=calls.due[1])
+            return
         raise SeqMoved(sku)
 
     def install(self, configured: Sequence[KitDefinition], now_ms: int) -> int:
         """Make the config file's kits the ones in force, except where HTTP set a record:
-        add or change them, and remove the records of kits the file no longer lists.
-        Returns how many records changed."""
+        add or change them, and remove the records of kits the file no longer lists. Then
+        every kit in force is named by its components and due. Returns how many records
+        changed."""
         wanted = {kit.sku: kit for kit in configured}
         changed = 0
         for _ in range(10):  # again when an HTTP change landed meanwhile
@@ -209,31 +251,52 @@ class KitRecords:
                         changed += 1
             except SeqMoved:
                 continue
+            self._repair(now_ms)
             return changed
         raise SeqMoved("kits changed over HTTP while the config file's were installed")
+
+    def _repair(self, now_ms: int) -> None:
+        """What a writer that died between the steps of a change may have left undone."""
+        version = int(self.client.get(keys.KITS_VERSION) or 0)
+        records = [r for r in self.all().values() if r.components]
+        pipe = self.client.pipeline(transaction=False)
+        for key, kit, tag in _repairs(self.layout, records, version):
+            pipe.hset(key, kit, tag)
+        for shard in {self.layout.shard(c.sku) for r in records for c in r.components}:
+            pipe.set(self.layout.kits_flag_key(shard), "1")
+        for record in records:
+            pipe.zadd(self.layout.due_key(self.layout.shard(record.sku)), {record.sku: now_ms})
+        pipe.execute()
 
 
 class AsyncKitRecords:
     """The same for the API."""
 
-    def __init__(
-        self, client: aredis.Redis, layout: keys.Layout = keys.SINGLE, cluster: bool = False
-    ) -> None:
+    def __init__(self, client: aredis.Redis, layout: keys.Layout = keys.SINGLE) -> None:
         self.client = client
         self.layout = layout
-        self.cluster = cluster
-        self._put = client.register_script(_PUT)
+        self._record = client.register_script(_RECORD)
+        self._members = client.register_script(_MEMBERS)
+        self._due = client.register_script(_DUE)
 
     async def record(self, sku: str) -> KitRecord | None:
         raw = await self.client.hget(keys.KITS, sku)
         return _decoder.decode(raw) if isinstance(raw, bytes) else None
 
-    async def all(self) -> tuple[dict[str, KitRecord], int]:
-        """Every record, and the version of all kits they were read at."""
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hgetall(keys.KITS)
+    async def _read(self, sku: str) -> tuple[bytes | None, int]:
+        pipe = self.client.pipeline(transaction=False)
         pipe.get(keys.KITS_VERSION)
-        raw, version = await pipe.execute()
+        pipe.hget(keys.KITS, sku)
+        version, raw = await pipe.execute()
+        return raw, int(version or 0)
+
+    async def all(self) -> tuple[dict[str, KitRecord], int]:
+        """Every record, and the version of all kits read before them (a change between
+        the two is refused to a put that names that version)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(keys.KITS_VERSION)
+        pipe.hgetall(keys.KITS)
+        version, raw = await pipe.execute()
         return decode_records(raw), int(version or 0)
 
     async def of(self, skus: Sequence[str]) -> dict[str, KitDefinition]:
@@ -251,13 +314,18 @@ class AsyncKitRecords:
         expected_version: int | None = None,
     ) -> None:
         """As ``KitRecords.put``; SeqMoved also if any kit changed since ``expected_version``."""
-        if self.cluster:
-            raise keys.SpansShards("kit definitions")
         for _ in range(_RETRIES):
-            old = await self.record(sku)
-            key_list, args = _put_args(
-                self.layout, sku, record, now_ms, expected_seq, expected_version, old
-            )
-            if not _moved(await self._put(keys=key_list, args=args), sku):
-                return
+            raw, version = await self._read(sku)
+            _check_seq(raw, sku, expected_seq)
+            if expected_version is not None and version != expected_version:
+                raise SeqMoved(sku)
+            calls = _put_calls(self.layout, sku, raw, version, record, now_ms)
+            for key_list, args in calls.name:
+                await self._members(keys=key_list, args=args)
+            if not int(await self._record(keys=calls.record[0], args=calls.record[1])):
+                continue
+            for key_list, args in calls.forget:
+                await self._members(keys=key_list, args=args)
+            await self._due(keys=calls.due[0], args=calls.due[1])
+            return
         raise SeqMoved(sku)

@@ -43,7 +43,7 @@ from streams.changeset import (
 from streams.consumer.options import offset_field
 from streams.ledger import parse_staged_field, staged_rows, to_ipc
 from streams.state import SkuState, load_state
-from streams.store import ProjectionMissing, ServerReplaced, Snapshot
+from streams.store import KitDue, ProjectionMissing, ServerReplaced, Snapshot
 
 T = TypeVar("T")
 WRITE_SCRIPT: Final = resources.files("atp_service.store").joinpath("write.lua").read_text()
@@ -214,11 +214,6 @@ def script_arguments(
     for ids in changes.marked.values():
         args.append(len(ids))
         args += digests(marks_with, ids)
-    args.append(len(changes.checks))
-    if changes.checks:
-        index = {write.sku: i for i, write in enumerate(changes.skus, 1)}
-        for _, version, owner in changes.checks:
-            args += [version, index[owner]]
     args += [step, token, ends if step == "p" else "", marks_with.hex()]
     args.append(len(changes.lines))
     for records in changes.lines.values():
@@ -238,13 +233,12 @@ def script_arguments(
         args.append(len(write.seen))
         args += digests(marks_with, write.seen)
     key_list += [layout.marks_key(sku, bucket) for sku in changes.marked]
-    key_list += [layout.sku_key(sku) for sku, _, _ in changes.checks]
     key_list.append(layout.kits_flag_key(shard))
     key_list += [layout.lines_key(sku) for sku in changes.lines]
     return key_list, args
 
 
-def split(changes: ChangeSet, layout: keys.Layout, cluster: bool) -> list[tuple[int, ChangeSet]]:
+def split(changes: ChangeSet, layout: keys.Layout) -> list[tuple[int, ChangeSet]]:
     """The parts of ``changes`` per shard, each written by one script. A sku's write, dedupe
     marks, line records, changes-feed entries, outbox entries and ledger rows go with its
     shard; every part moves the shard's offsets. Keys of no shard (orders, capacity counts)
@@ -281,10 +275,6 @@ def split(changes: ChangeSet, layout: keys.Layout, cluster: bool) -> list[tuple[
             loose[name] = event
         else:
             part(shard(key)).outbox[name] = event
-    for check in changes.checks:
-        if cluster and shard(check[0]) != shard(check[2]):
-            raise SpansShards(f"kit {check[2]} and its component {check[0]}")
-        part(shard(check[2])).checks.append(check)
     if changes.puts or changes.capacity:
         # Orders and capacity counts are keys of no shard: with several shards an order is
         # written in steps (atp_service/sharded_allocator.py), never with them.
@@ -360,8 +350,6 @@ def steps(
         for name, event in part.outbox.items():
             kind, key = outbox_kind(name)  # an order's notice is read when it is sent
             (last if kind == UPDATE_KIND else at.get(key, last)).outbox[name] = event
-        for check in part.checks:
-            at.get(check[2], last).checks.append(check)
         out += [(shard, piece, "p") for piece in pieces[:-1]]
         out.append((shard, last, f"f{len(pieces) - 1}"))
     return out
@@ -503,6 +491,18 @@ def capacity_counts(raw: Mapping[bytes, bytes]) -> dict[str, int]:
 
 
 # Moves the group's offsets (one hash, KEYS[1]) forward only. ARGV: field, offset pairs.
+# KEYS: 1 a shard's counts of kits due (``Layout.kits_due_key``). ARGV: (kit, count)
+# pairs, each removed only while its count is still the one given: a component written
+# since the count was read has the kit computed again.
+KITS_COMPUTED_SCRIPT: Final = """
+for a = 1, #ARGV, 2 do
+  if tonumber(redis.call('ZSCORE', KEYS[1], ARGV[a]) or '-1') == tonumber(ARGV[a + 1]) then
+    redis.call('ZREM', KEYS[1], ARGV[a])
+  end
+end
+return 0
+"""
+
 ADVANCE_SCRIPT: Final = """
 for i = 1, #ARGV, 2 do
   if tonumber(ARGV[i + 1]) > tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '-1') then
@@ -662,7 +662,8 @@ class RedisStore:
         self._write = client.register_script(WRITE_SCRIPT)
         self._read = client.register_script(READ_SCRIPT)
         self._advance = client.register_script(ADVANCE_SCRIPT)
-        self.kit_records = KitRecords(client, layout, cluster)
+        self._kits_computed = client.register_script(KITS_COMPUTED_SCRIPT)
+        self.kit_records = KitRecords(client, layout)
 
     def _shards(self) -> range:
         return range(self.layout.shards)
@@ -688,8 +689,7 @@ class RedisStore:
         if not changes.skus and not changes.offsets:
             return []
         shards = [
-            (shard, self._assumed(part, shard))
-            for shard, part in split(changes, self.layout, self.cluster)
+            (shard, self._assumed(part, shard)) for shard, part in split(changes, self.layout)
         ]
         parts, rows = self._rows_apart(steps(shards, self.step_skus))
         calls = write_calls(
@@ -836,6 +836,25 @@ class RedisStore:
     def kits(self, skus: Sequence[str]) -> dict[str, KitDefinition]:
         return self.kit_records.of(skus)
 
+    def kits_due(self, limit: int) -> list[KitDue]:
+        pipe = self.client.pipeline(transaction=False)
+        for shard in self._shards():
+            pipe.zrange(self.layout.kits_due_key(shard), 0, limit - 1, withscores=True)
+        found: list[list[tuple[bytes, float]]] = pipe.execute()
+        return [
+            KitDue(shard, kit.decode(), int(count))
+            for shard, page in enumerate(found)
+            for kit, count in page
+        ]
+
+    def kits_computed(self, entries: Sequence[KitDue]) -> None:
+        by_shard: dict[int, list[Any]] = {}
+        for entry in entries:
+            by_shard.setdefault(entry.shard, []).extend((entry.kit, entry.writes))
+        calls = [([self.layout.kits_due_key(s)], args) for s, args in by_shard.items()]
+        if calls:
+            _pipelined(self.client, self._kits_computed, calls)
+
     def install_kits(self, configured: Sequence[KitDefinition], now_ms: int) -> int:
         return self.kit_records.install(configured, now_ms)
 
@@ -940,7 +959,7 @@ class AsyncRedisStore:
         self.digest_keys = DigestKeys(layout)
         self._write = client.register_script(WRITE_SCRIPT)
         self._read = client.register_script(READ_SCRIPT)
-        self.kit_records = AsyncKitRecords(client, layout, cluster)
+        self.kit_records = AsyncKitRecords(client, layout)
 
     async def read(self, skus: Sequence[str]) -> Snapshot:
         replies = [
@@ -962,7 +981,7 @@ class AsyncRedisStore:
         """As RedisStore.write, for an API write of one shard (it moves no offsets): the
         skus whose version moved, or []. A write over several shards goes through
         ``write_each`` (atp_service/sharded_allocator.py)."""
-        parts = split(changes, self.layout, self.cluster)
+        parts = split(changes, self.layout)
         if len(parts) > 1:
             raise SpansShards("an API write over several shards")
         ((shard, part),) = parts
@@ -980,7 +999,7 @@ class AsyncRedisStore:
     async def write_each(self, changes: ChangeSet, now_ms: int) -> list[str]:
         """Write each shard's part on its own (no keys of no shard): the skus of the parts
         refused because a sku moved; every other part landed."""
-        pending = [(shard, part, "") for shard, part in split(changes, self.layout, self.cluster)]
+        pending = [(shard, part, "") for shard, part in split(changes, self.layout)]
         moved: list[str] = []
 
         async def attempt(digest_keys: Sequence[bytes | None]) -> list[str]:

@@ -7,8 +7,7 @@
 --       string keys, then n_streams
 --       change-stream keys, then per sku: hash key, marks key (the set of the current
 --       bucket: atp_service/store/keys.py, ``marks_key``), then n_marked marks keys,
---       then n_checks sku hash keys, then 1 the shard's 'kits' flag, then n_lines skus'
---       hashes of order lines
+--       then 1 the shard's 'kits' flag, then n_lines skus' hashes of order lines
 -- ARGV: 1 n_skus, 2 dedupe window's start ms, 3 now ms, 4 sharded pub/sub channel ('' = none),
 --       5 the run_id of the Redis server the writer's assumptions come from, or '' for
 --         none: the consumer folds skus it wrote last without reading them again, so it
@@ -27,8 +26,6 @@
 --       then n_ledger, then n_ledger (field, ledger rows) pairs,
 --       then n_marked, then per marked key: n ids, event_ids that must be marked already
 --       (the consumer took them as applied without reading),
---       then n_checks, then per check: expected version of a sku read but not written (a
---       kit's component), the 1-based index of the sku whose write depends on it,
 --       then the step: '' (the whole write), 'p' (one of the first steps of a write in
 --         steps) or 'f<n>' (the last step, after n first steps), the write's token, and
 --         (first steps) the write's offsets as "<field>=<next offset>" lines, and the key
@@ -41,8 +38,7 @@
 -- {'\31digest'} when the digests were made with a key that is not the shard's,
 -- {'\31steps'} when a last step finds that not all its first steps landed,
 -- else the 1-based indexes of skus whose version moved or whose marks differ from what
--- the write expects, or that depend on a checked sku that moved (and the sku names of
--- marked keys that lack an id), or the
+-- the write expects (and the sku names of marked keys that lack an id), or the
 -- negated 1-based index of an 'nx' put whose key exists, {'\31capacity'} when a 'c' put
 -- would pass its limit, or {0} when the marker is missing
 -- or the shard's digest key is missing (Redis lost its data: nothing may be written until
@@ -78,8 +74,6 @@ local marked_at = i
 for m = 1, n_marked do
   i = i + 1 + tonumber(ARGV[i])
 end
-local n_checks = tonumber(ARGV[i]); i = i + 1
-local checks_at = i; i = i + 2 * n_checks
 local step = ARGV[i]
 -- A write in steps keeps what its first steps did under this key until its last step lands
 -- (atp_service/store/redis_store.py, ``steps``): their count and the offsets the write ends
@@ -187,13 +181,7 @@ for m = 1, n_marked do
   end
   m_at = m_at + 1 + count
 end
-local checks_keys_at = sku_keys_at + 2 * n + n_marked + 1
-for c = 0, n_checks - 1 do
-  local current = redis.call('HGET', KEYS[checks_keys_at + c], 'v') or '0'
-  if current ~= ARGV[checks_at + 2 * c] then
-    conflicts[#conflicts + 1] = tonumber(ARGV[checks_at + 2 * c + 1])
-  end
-end
+local flag_key_at = sku_keys_at + 2 * n + n_marked + 1
 if #conflicts > 0 then
   return conflicts
 end
@@ -330,7 +318,7 @@ local function merge_lines(key, from, count)
     end
   end
 end
-local lines_keys_at = checks_keys_at + n_checks + 1
+local lines_keys_at = flag_key_at + 1
 local at_line = lines_at
 for l = 0, n_lines - 1 do
   local count = tonumber(ARGV[at_line])
@@ -353,13 +341,14 @@ for t = 1, n_streams do
 end
 
 -- Kits whose components were written are due for the sweep, which computes them again
--- (streams/kits.py). After every sku's own due entry, so that a kit written here from
--- components written here too is computed once more. A component's set of kits is
--- '<prefix>k:<sku>'.
-if redis.call('EXISTS', KEYS[checks_keys_at + n_checks]) == 1 then
+-- (streams/kits.py): counted in the shard's '<prefix>kd', as the kit may be in another
+-- shard. The sweep removes a kit's count only if it is still the one it read before
+-- reading the components, so a write after that read has the kit computed once more. A
+-- component's hash of kits is '<prefix>kh:<sku>'.
+if redis.call('EXISTS', KEYS[flag_key_at]) == 1 then
   for s = 1, n do
-    for _, kit in ipairs(redis.call('SMEMBERS', prefix .. 'k:' .. skus[s])) do
-      redis.call('ZADD', KEYS[1], 'LT', now, kit)
+    for _, kit in ipairs(redis.call('HKEYS', prefix .. 'kh:' .. skus[s])) do
+      redis.call('ZINCRBY', prefix .. 'kd', 1, kit)
     end
   end
 end

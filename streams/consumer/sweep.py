@@ -51,12 +51,15 @@ class Sweeper:
         write again, a list: the skus that conflicted)."""
         deadline = time.monotonic() + max(0.05, budget_s)
         now = now_of()
-        # Kits whose components moved between the read and the write wait for the next
-        # sweep, so that a busy component does not hold up the other due skus.
+        # Kits computed, or refused by a write of theirs meanwhile, wait for the next sweep,
+        # so that a busy component does not hold up the other due skus.
         later: set[str] = set()
         while time.monotonic() < deadline:
             now = now_of()
+            # Before the components are read: a write of one after this keeps its kit due.
+            kits_due = [k for k in self.store.kits_due(DUE_LIMIT) if k.kit not in later]
             due = [s for s in self.store.due(now // 1000, limit=DUE_LIMIT) if s not in later]
+            due = list(dict.fromkeys([*due, *(k.kit for k in kits_due)]))
             if not due:
                 break
             kits = self.store.kits(due)
@@ -73,12 +76,6 @@ class Sweeper:
             changes, _ = build_replanned(
                 states, snapshot.versions, self.projector, now, self.window_us, room=self.room(now)
             )
-            # A kit is written only if its components are still as read.
-            changes.checks = [
-                (c.sku, snapshot.versions.get(c.sku, 0), kit.sku)
-                for kit in kits.values()
-                for c in kit.components
-            ]
             conflicts = write(changes, now)
             if conflicts is None:
                 continue
@@ -86,6 +83,8 @@ class Sweeper:
             if conflicts:
                 later.update(sku for sku in conflicts if sku in kits)
                 continue
+            self.store.kits_computed(kits_due)
+            later.update(kit.kit for kit in kits_due)
             self.written.remember(as_written(changes))
             self.written.swept.update(w.sku for w in changes.skus)
             self.stats.swept += len(due)

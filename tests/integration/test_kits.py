@@ -45,6 +45,9 @@ def last_announced(stack: Stack) -> dict[tuple[str, str], int]:
     return out
 
 
+# The kits' components are in other shards than the kits (4 shards on one Redis, 16 on the
+# cluster), as kits and components usually are.
+@pytest.mark.redis_kinds
 def test_a_kit_reads_as_its_scarcest_component_and_follows_every_change(stack: Stack) -> None:
     stack.start_consumer()
     base = stack.start_api()
@@ -92,6 +95,7 @@ def test_a_kit_reads_as_its_scarcest_component_and_follows_every_change(stack: S
     ]
 
 
+@pytest.mark.redis_kinds("single", "cluster")
 @pytest.mark.config(TEST_KITS)
 def test_kit_definitions_are_checked_read_and_deleted(stack: Stack) -> None:
     stack.start_consumer()
@@ -136,6 +140,7 @@ def test_kit_definitions_are_checked_read_and_deleted(stack: Stack) -> None:
     poll(lambda: value(base, "web", "KIT-2"), lambda v: v == 0)
 
 
+@pytest.mark.redis_kinds
 def test_a_kit_line_reserves_whole_kits_and_never_part_of_one(stack: Stack) -> None:
     stack.start_consumer()
     base = stack.start_api()
@@ -188,6 +193,7 @@ def test_a_kit_line_reserves_whole_kits_and_never_part_of_one(stack: Stack) -> N
     poll(lambda: value(base, "web", "KA-5"), lambda v: v == 40 - units["KA-5"] + 8)
 
 
+@pytest.mark.redis_kinds("single", "cluster")
 def test_kits_set_over_http_survive_a_loss_of_redis_data(stack: Stack) -> None:
     consumer = stack.start_consumer()
     base = stack.start_api()

@@ -151,10 +151,7 @@ def test_atp_redis_cluster_takes_only_booleans_and_sets_the_shards() -> None:
     assert parse_config(config_text(), {"ATP_REDIS_CLUSTER": "0"}).redis.shard_count == 1
 
 
-def test_kits_and_capacities_are_refused_on_a_cluster_until_built_there() -> None:
-    kit = '[[kits]]\nsku = "K"\ncomponents = [{sku = "A", quantity = 1}]'
-    with pytest.raises(ConfigError, match="`kits` are not available on a Redis Cluster yet"):
-        parse_config(config_text(extra=kit), {"ATP_REDIS_CLUSTER": "1"})
+def test_capacities_are_refused_on_a_cluster_until_built_there() -> None:
     cap = '[[locations]]\nname = "DC-EAST"\ndaily_capacity_units = 5'
     refused = r"`locations` .* not available on a Redis Cluster or with several shards"
     with pytest.raises(ConfigError, match=refused):
@@ -164,4 +161,5 @@ def test_kits_and_capacities_are_refused_on_a_cluster_until_built_there() -> Non
     with pytest.raises(ConfigError, match=refused):
         parse_config(one_shard)
     assert parse_config(config_text(extra=cap)).capacities  # a single Redis has them
-    assert parse_config(config_text(extra=kit)).kits  # a single Redis has them
+    kit = '[[kits]]\nsku = "K"\ncomponents = [{sku = "A", quantity = 1}]'
+    assert parse_config(config_text(extra=kit), {"ATP_REDIS_CLUSTER": "1"}).kits
