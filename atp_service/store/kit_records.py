@@ -151,7 +151,8 @@ def _repairs(
     layout: keys.Layout, records: Iterable[KitRecord], version: int
 ) -> list[tuple[str, str, str]]:
     """(hash of kits, kit, tag) naming every kit in force in its components' hashes, at
-    ``version`` (read before the records): a later change's tags stay above it."""
+    ``version`` (read before the records), where they do not name it already: a tag a
+    change set meanwhile stays, so that no older change's late step can remove it."""
     return [
         (layout.kits_of_key(c.sku), record.sku, str(version))
         for record in records
@@ -261,7 +262,7 @@ class KitRecords:
         records = [r for r in self.all().values() if r.components]
         pipe = self.client.pipeline(transaction=False)
         for key, kit, tag in _repairs(self.layout, records, version):
-            pipe.hset(key, kit, tag)
+            pipe.hsetnx(key, kit, tag)
         for shard in {self.layout.shard(c.sku) for r in records for c in r.components}:
             pipe.set(self.layout.kits_flag_key(shard), "1")
         for record in records:

@@ -58,6 +58,7 @@ class Sweeper:
             now = now_of()
             # Before the components are read: a write of one after this keeps its kit due.
             kits_due = [k for k in self.store.kits_due(DUE_LIMIT) if k.kit not in later]
+            kits_due = kits_due[:DUE_LIMIT]  # counts left out stay, and are read next time
             due = [s for s in self.store.due(now // 1000, limit=DUE_LIMIT) if s not in later]
             due = list(dict.fromkeys([*due, *(k.kit for k in kits_due)]))
             if not due:
