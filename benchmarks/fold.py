@@ -872,7 +872,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.add_argument(
             "--kits", action="store_true",
             help=f"also fold it with {KITS:,} kits over {KIT_COMPONENTS:,} components defined, "
-            f"a component in {KIT_EVENT_SHARE:.0%} of the events, beside the plain one",
+            f"a component in {KIT_EVENT_SHARE * 100:.0f}%% of the events, beside the plain one",
         )  # fmt: skip
 
     args = parse_args(
