@@ -289,14 +289,6 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(
                 f"invalid config: `locations[{i}]` ({location.name!r}) is no channel's location"
             )
-    # The day's counts are a key of no shard, written with an allocation's reservations:
-    # one script cannot do that on a cluster, whatever the shard count.
-    if (settings.redis.cluster or settings.redis.shard_count > 1) and settings.capacities:
-        raise ConfigError(
-            "invalid config: `locations` (daily capacities) are not available on a Redis "
-            "Cluster or with several shards yet (`redis.cluster` is true, or `redis.shards` "
-            "above 1; docs/scaling.md)"
-        )
     if not settings.statuses.sellable:
         raise ConfigError("invalid config: `statuses.sellable` must not be empty")
     key_names: set[str] = set()

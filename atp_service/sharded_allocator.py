@@ -55,9 +55,9 @@ from atp_service.orders import (
 )
 from atp_service.store.redis_store import AsyncRedisStore
 from streams.backorders import line_field
-from streams.changeset import build_changeset
+from streams.changeset import build_changeset, claim_capacity, claim_key
 from streams.logs import correlation_id
-from streams.state import SkuState
+from streams.state import US_PER_DAY, SkuState
 
 log = logging.getLogger(__name__)
 PENDING_S: Final = 10.0  # a pending record older than this belongs to a writer that died
@@ -97,6 +97,12 @@ def _holding(state: SkuState, holds: Sequence[Held]) -> bool:
     the state it read, so only its own write can have made them."""
     open_ids = {r.reservation_id for r in state.reservations if r.created and not r.released}
     return all(h.reservation_id in open_ids for h in holds)
+
+
+def _stock(held: Sequence[Held]) -> list[tuple[str, str, str, int]]:
+    """(sku, reservation_id, location, units) of the reservations of stock among ``held``
+    (a backorder's takes no capacity until it is converted)."""
+    return [(h.sku, h.reservation_id, h.location, h.quantity) for h in held if not h.placed_at]
 
 
 def _pending_value(token: bytes, pending: Pending) -> bytes:
@@ -194,6 +200,8 @@ class ShardedAllocator(Allocator):
         mine = PENDING_MARK + token
         results: dict[str, LineResult] = {}
         held: list[Held] = []
+        claimed: set[str] = set()  # capacity claims of every attempt (store/capacity.py)
+        day = self.clock() // US_PER_DAY
         left = list(order.lines)
         # Lines of parts refused, with what they were to hold: refused, or landed with the
         # reply lost (the fresh read tells).
@@ -211,7 +219,8 @@ class ShardedAllocator(Allocator):
                 break
             part = msgspec.structs.replace(order, lines=left)
             now = self.clock()
-            planned = plan([part], snapshot.states, self.projector, now, kits=kits)
+            room = await self._room(now)
+            planned = plan([part], snapshot.states, self.projector, now, kits=kits, room=room)
             making = planned.held[0]
             pending = Pending(print_, time.time_ns() // 1_000_000, held + making)
             if not await self._swap(keys=[key], args=[mine, _pending_value(token, pending)]):
@@ -219,6 +228,9 @@ class ShardedAllocator(Allocator):
             changes = build_changeset(
                 planned.states, snapshot.versions, self.projector, now, seen=planned.event_ids
             )
+            claim_capacity(changes, self.projector, _stock(making), now)
+            claimed.update(changes.claims)
+            day = changes.capacity_day or day
             moved = set(await self.store.write_each(changes, now // 1000))
             if moved and kits:
                 # A kit's line holds every component or none (contract section 10), and its
@@ -241,7 +253,11 @@ class ShardedAllocator(Allocator):
             if not left:
                 break
         else:
+            await self.store.claims.give_back(claimed, [day])  # nothing is kept: see above
             raise Busy("too many concurrent changes to the same skus")
+        # Claims of reservations that were refused and not made again: never made.
+        kept = {claim_key(sku, rid) for sku, rid, _, _ in _stock(held)}
+        await self.store.claims.give_back(claimed - kept, [day])
         result = OrderResult(
             order.order_id,
             order.channel,
@@ -279,11 +295,15 @@ class ShardedAllocator(Allocator):
 
     async def _release_held(self, held: Sequence[Held]) -> None:
         """Release reservations made for an order that was never answered (no event of
-        them was published), shard by shard until each shard's part landed."""
+        them was published), shard by shard until each shard's part landed; the capacity
+        their stock claimed (today or, past midnight, yesterday) is given back."""
         by_sku: dict[str, set[str]] = {}
         for h in held:
             by_sku.setdefault(h.sku, set()).add(h.reservation_id)
         await self._write_released(by_sku)
+        today = self.clock() // US_PER_DAY
+        names = [claim_key(sku, rid) for sku, rid, _, _ in _stock(held)]
+        await self.store.claims.give_back(names, [today - 1, today])
 
     async def _write_released(self, by_sku: dict[str, set[str]]) -> None:
         left = list(by_sku)
@@ -292,7 +312,7 @@ class ShardedAllocator(Allocator):
                 return
             snapshot = await self.store.read(left)
             now = self.clock()
-            changes = self._released(snapshot, left, by_sku, now)
+            changes = self._released(snapshot, left, by_sku, now, await self._room(now))
             left = list(await self.store.write_each(changes, now // 1000))
         raise Busy("too many concurrent changes to the same skus")
 
@@ -310,6 +330,9 @@ class ShardedAllocator(Allocator):
         for h in (h for o in current if o.result.status != "released" for h in o.held):
             by_sku.setdefault(h.sku, set()).add(h.reservation_id)
         await self._write_released(by_sku)
+        if counted_day is not None and not keep:  # an allocation undone: never made
+            names = [claim_key(sku, rid) for o in current for sku, rid, _, _ in _stock(o.held)]
+            await self.store.claims.give_back(names, [counted_day])
         released = [
             msgspec.structs.replace(o, result=msgspec.structs.replace(o.result, status="released"))
             for o in current

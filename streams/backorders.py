@@ -27,6 +27,7 @@ from allocation.replan import Claim, ClaimPlan, Planner
 from streams.changeset import (
     ChangeSet,
     build_changeset,
+    claim_capacity,
     count_capacity,
     order_update_field,
     reservation_field,
@@ -402,6 +403,17 @@ def build_replanned(
         outbox.update(zip([prefix + e.event_id for e in events], map(_encode, events), strict=True))
     changes.lines = line_records(replanned)
     count_capacity(changes, projector, replanned.taken, now_us)
+    converted = replanned.lines.items()
+    claim_capacity(
+        changes,
+        projector,
+        (
+            (sku, c.reservation_id, c.location, c.quantity)
+            for (sku, _, _), ch in converted
+            for c in ch.converted
+        ),
+        now_us,
+    )
     _due_tomorrow(changes, replanned, now_us)
     as_of = format_as_of(now_us)
     # Notices differ only by their order: one encoding per reason.

@@ -157,6 +157,9 @@ class ChangeSet:
     # (units, the capacity). The write is refused if a location's count would pass it.
     capacity: dict[str, tuple[int, int]] = field(default_factory=dict)
     capacity_day: int = 0  # the UTC day counted, in days since the epoch
+    # The same stock per reservation, for a store in several shards, which claims it before
+    # the write: "<sku>\x1f<reservation_id>" -> (location, units, the capacity).
+    claims: dict[str, tuple[str, int, int]] = field(default_factory=dict)
 
 
 def count_capacity(
@@ -169,6 +172,27 @@ def count_capacity(
         changes.capacity[location] = (before + units, projector.capacities[location])
     if changes.capacity:
         changes.capacity_day = now_us // US_PER_DAY
+
+
+def claim_capacity(
+    changes: ChangeSet,
+    projector: Projector,
+    reservations: Iterable[tuple[str, str, str, int]],
+    now_us: int,
+) -> None:
+    """Add the stock ``reservations`` made, (sku, reservation_id, location, units), to the
+    write's claims at the locations with a capacity: what ``count_capacity`` counts, named
+    by reservation."""
+    for sku, reservation_id, location, units in reservations:
+        limit = projector.capacities.get(location)
+        if limit is not None and units:
+            changes.claims[claim_key(sku, reservation_id)] = (location, units, limit)
+    if changes.claims:
+        changes.capacity_day = now_us // US_PER_DAY
+
+
+def claim_key(sku: str, reservation_id: str) -> str:
+    return f"{sku}\x1f{reservation_id}"
 
 
 def build_changeset(

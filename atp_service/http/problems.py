@@ -135,7 +135,7 @@ def failure_of(exc: Exception) -> Failure:
     if isinstance(exc, SpansShards):
         return Failure(
             503,
-            f"not available on a Redis Cluster yet: {exc} (docs/scaling.md)",
+            f"a write over several shards that must be one script: {exc} (docs/scaling.md)",
             "spans-shards",
         )
     # RedisClusterException is no RedisError: redis-py raises it when no node serves every

@@ -39,8 +39,9 @@ MARKS_BUCKET_MS: Final = 302_400_000
 
 class SpansShards(Exception):
     """A write that must be atomic as a whole touches keys of several shards, which a Redis
-    Cluster cannot write in one script (orders and capacity counts with skus of several
-    shards: written in steps, atp_service/sharded_allocator.py)."""
+    Cluster cannot write in one script. With several shards, orders are written in steps
+    (atp_service/sharded_allocator.py) and capacity counts claimed before the skus' parts
+    (atp_service/store/capacity.py), so this names a write built for one shard."""
 
 
 def slot_of(key: str) -> int:
@@ -185,6 +186,14 @@ class Layout:
         epoch), for the locations with a capacity (contract section 11). write.lua lets it
         expire 3 days after its last count."""
         return f"{PREFIX}:capacity:{day}"
+
+    def capacity_claims_key(self, day: int) -> str:
+        """With several shards: hash "<sku>\x1f<reservation_id>" -> "<location>\x1f<units>" of
+        the stock reservations counted in that day's ``capacity_key``, whose slot it shares
+        (its tag is that key's name). Counting is claimed per reservation before the skus'
+        parts are written, so a claim made again (a write folded again) counts once, and
+        one whose reservation was not made is given back (atp_service/store/capacity.py)."""
+        return f"{{{self.capacity_key(day)}}}:claims"
 
 
 SINGLE: Final = Layout(1)

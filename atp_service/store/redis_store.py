@@ -28,6 +28,7 @@ from atp_service.orders import (
     encode_result,
 )
 from atp_service.store import keys
+from atp_service.store.capacity import AsyncClaims, Claims
 from atp_service.store.keys import SpansShards
 from atp_service.store.kit_records import AsyncKitRecords, KitRecords
 from atp_service.store.marks import DigestKeyChanged, DigestKeys, digests, new_key
@@ -241,8 +242,9 @@ def script_arguments(
 def split(changes: ChangeSet, layout: keys.Layout) -> list[tuple[int, ChangeSet]]:
     """The parts of ``changes`` per shard, each written by one script. A sku's write, dedupe
     marks, line records, changes-feed entries, outbox entries and ledger rows go with its
-    shard; every part moves the shard's offsets. Keys of no shard (orders, capacity counts)
-    are refused with several shards: orders are then written in steps."""
+    shard; every part moves the shard's offsets. Orders, keys of no shard, are refused with
+    several shards (they are then written in steps), and capacity counts are left to the
+    caller, which claims them first (atp_service/store/capacity.py)."""
     if layout.shards == 1:
         return [(0, changes)]
     shard = layout.shard
@@ -275,10 +277,10 @@ def split(changes: ChangeSet, layout: keys.Layout) -> list[tuple[int, ChangeSet]
             loose[name] = event
         else:
             part(shard(key)).outbox[name] = event
-    if changes.puts or changes.capacity:
-        # Orders and capacity counts are keys of no shard: with several shards an order is
-        # written in steps (atp_service/sharded_allocator.py), never with them.
-        raise SpansShards("a write of orders or capacity counts over several shards")
+    if changes.puts:
+        # Orders are keys of no shard: with several shards an order is written in steps
+        # (atp_service/sharded_allocator.py), never with them.
+        raise SpansShards("a write of orders over several shards")
     (parts[min(parts)] if parts else part(0)).outbox.update(loose)
     return sorted(parts.items())
 
@@ -664,6 +666,7 @@ class RedisStore:
         self._advance = client.register_script(ADVANCE_SCRIPT)
         self._kits_computed = client.register_script(KITS_COMPUTED_SCRIPT)
         self.kit_records = KitRecords(client, layout)
+        self.claims = Claims(client, layout)
 
     def _shards(self) -> range:
         return range(self.layout.shards)
@@ -688,6 +691,8 @@ class RedisStore:
         the parts and steps with none of them were written, and their skus are named too)."""
         if not changes.skus and not changes.offsets:
             return []
+        if self.layout.shards > 1 and changes.claims and not self.claims.claim(changes):
+            return [write.sku for write in changes.skus]  # counts moved: read them again
         shards = [
             (shard, self._assumed(part, shard)) for shard, part in split(changes, self.layout)
         ]
@@ -960,6 +965,7 @@ class AsyncRedisStore:
         self._write = client.register_script(WRITE_SCRIPT)
         self._read = client.register_script(READ_SCRIPT)
         self.kit_records = AsyncKitRecords(client, layout)
+        self.claims = AsyncClaims(client, layout)
 
     async def read(self, skus: Sequence[str]) -> Snapshot:
         replies = [
@@ -984,6 +990,8 @@ class AsyncRedisStore:
         parts = split(changes, self.layout)
         if len(parts) > 1:
             raise SpansShards("an API write over several shards")
+        if self.layout.shards > 1 and changes.claims and not await self.claims.claim(changes):
+            return [write.sku for write in changes.skus]  # counts moved: read them again
         ((shard, part),) = parts
 
         async def attempt(digest_keys: Sequence[bytes | None]) -> list[str]:
@@ -998,7 +1006,10 @@ class AsyncRedisStore:
 
     async def write_each(self, changes: ChangeSet, now_ms: int) -> list[str]:
         """Write each shard's part on its own (no keys of no shard): the skus of the parts
-        refused because a sku moved; every other part landed."""
+        refused because a sku moved; every other part landed. Capacity is claimed first:
+        when a location would pass it, every sku is named and nothing is written."""
+        if self.layout.shards > 1 and changes.claims and not await self.claims.claim(changes):
+            return [write.sku for write in changes.skus]
         pending = [(shard, part, "") for shard, part in split(changes, self.layout)]
         moved: list[str] = []
 

@@ -151,15 +151,12 @@ def test_atp_redis_cluster_takes_only_booleans_and_sets_the_shards() -> None:
     assert parse_config(config_text(), {"ATP_REDIS_CLUSTER": "0"}).redis.shard_count == 1
 
 
-def test_capacities_are_refused_on_a_cluster_until_built_there() -> None:
+def test_capacities_and_kits_are_taken_on_a_cluster_and_with_several_shards() -> None:
     cap = '[[locations]]\nname = "DC-EAST"\ndaily_capacity_units = 5'
-    refused = r"`locations` .* not available on a Redis Cluster or with several shards"
-    with pytest.raises(ConfigError, match=refused):
-        parse_config(config_text(extra=cap), {"ATP_REDIS_CLUSTER": "1"})
-    # One shard on a cluster too: the day's counts are a key of no shard.
-    one_shard = config_text(extra=cap, redis_options={"cluster": True, "shards": 1})
-    with pytest.raises(ConfigError, match=refused):
-        parse_config(one_shard)
-    assert parse_config(config_text(extra=cap)).capacities  # a single Redis has them
     kit = '[[kits]]\nsku = "K"\ncomponents = [{sku = "A", quantity = 1}]'
-    assert parse_config(config_text(extra=kit), {"ATP_REDIS_CLUSTER": "1"}).kits
+    on_cluster = parse_config(config_text(extra=f"{cap}\n{kit}"), {"ATP_REDIS_CLUSTER": "1"})
+    assert [c.name for c in on_cluster.capacities] == ["DC-EAST"]
+    assert on_cluster.redis.shard_count == 16
+    assert on_cluster.kits
+    sharded = parse_config(config_text(extra=cap, redis_options={"shards": 4}))
+    assert [c.daily_capacity_units for c in sharded.capacities] == [5]
