@@ -44,9 +44,9 @@ def taken(result: dict[str, Any]) -> dict[str, int]:
     return out
 
 
-# With several shards (4 on one Redis, 16 on the cluster) the day's counts are claimed per
-# reservation before the skus' parts are written (atp_service/store/capacity.py).
-@pytest.mark.redis_kinds
+# On the cluster (16 shards) the day's counts are claimed per reservation before the skus'
+# parts are written (atp_service/store/capacity.py).
+@pytest.mark.redis_kinds("single", "cluster")
 @pytest.mark.config(CAPACITY)
 def test_a_location_at_its_daily_capacity_is_passed_over(stack: Stack) -> None:
     stack.start_consumer()
@@ -72,7 +72,7 @@ def test_a_location_at_its_daily_capacity_is_passed_over(stack: Stack) -> None:
     assert locations(base)["DC-EAST"] == (10, 10, 0)
 
 
-@pytest.mark.redis_kinds
+@pytest.mark.redis_kinds("single", "cluster")
 @pytest.mark.config(CAPACITY)
 def test_concurrent_allocations_never_pass_a_capacity(stack: Stack) -> None:
     stack.start_consumer()
@@ -97,7 +97,7 @@ def test_concurrent_allocations_never_pass_a_capacity(stack: Stack) -> None:
     assert locations(base) == {"DC-EAST": (10, 10, 0), "DC-WEST": (4, 4, 0)}
 
 
-@pytest.mark.redis_kinds
+@pytest.mark.redis_kinds("single", "cluster")
 @pytest.mark.config(CAPACITY.replace("daily_capacity_units = 10", "daily_capacity_units = 5"))
 def test_backorders_converted_from_stock_count_against_capacity(stack: Stack) -> None:
     stack.start_consumer()

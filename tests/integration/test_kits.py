@@ -45,9 +45,9 @@ def last_announced(stack: Stack) -> dict[tuple[str, str], int]:
     return out
 
 
-# The kits' components are in other shards than the kits (4 shards on one Redis, 16 on the
-# cluster), as kits and components usually are.
-@pytest.mark.redis_kinds
+# On the cluster (16 shards) the kits' components are in other shards than the kits, as kits
+# and components usually are.
+@pytest.mark.redis_kinds("single", "cluster")
 def test_a_kit_reads_as_its_scarcest_component_and_follows_every_change(stack: Stack) -> None:
     stack.start_consumer()
     base = stack.start_api()
@@ -140,7 +140,7 @@ def test_kit_definitions_are_checked_read_and_deleted(stack: Stack) -> None:
     poll(lambda: value(base, "web", "KIT-2"), lambda v: v == 0)
 
 
-@pytest.mark.redis_kinds
+@pytest.mark.redis_kinds("single", "cluster")
 def test_a_kit_line_reserves_whole_kits_and_never_part_of_one(stack: Stack) -> None:
     stack.start_consumer()
     base = stack.start_api()
