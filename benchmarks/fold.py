@@ -42,7 +42,7 @@ get their opening stock (through the consumer's ``apply()``), the kits are insta
 (``KitRecords.install``) and computed by one sweep, and the outbox that left is dropped; the
 run's settings list the same kits as the config file's ``[[kits]]``, so the consumer's own
 install at start finds them in force. Every write of a component then marks its kit due
-(the write script's SMEMBERS of the component's set of kits, run for every sku it writes)
+(the write script's HKEYS of the component's hash of kits, run for every sku it writes)
 and the consumer's sweep, every ``consumer.sweep_interval_ms`` in its loop, computes the due
 kits from their components and writes them. Its figure is events/s beside the plain
 pipeline's in the same run (target >= 0.8x), both timed from the first non-empty batch to
@@ -352,6 +352,7 @@ class KitSetup:
         projector.sweeper.sweep(projector.clock, projector._write, 600.0)
         seconds["first sweep"] = time.perf_counter() - started
         due = int(client.zcount(keys.SINGLE.due_key(0), "-inf", time.time_ns() // 1_000_000))
+        due += int(client.zcard(keys.SINGLE.kits_due_key(0)))
         if due:
             raise RuntimeError(f"{due} skus still due after the kits' first sweep")
         client.delete(keys.SINGLE.outbox_key(0))
@@ -404,9 +405,12 @@ class KitSetup:
 
 
 def _wait_drained(client: redis.Redis, failed: Callable[[], BaseException | None]) -> float:
-    """Block until the due set holds nothing due (every kit computed); when, perf_counter."""
+    """Block until nothing is due (every kit computed: none in the due set, and no count of
+    kits whose components were written); when, perf_counter."""
     deadline = time.monotonic() + 600
-    while client.zcount(keys.SINGLE.due_key(0), "-inf", time.time_ns() // 1_000_000):
+    while client.zcount(
+        keys.SINGLE.due_key(0), "-inf", time.time_ns() // 1_000_000
+    ) or client.zcard(keys.SINGLE.kits_due_key(0)):
         error = failed()
         if error is not None:
             raise RuntimeError(f"the stream projector failed: {error!r}")
@@ -692,7 +696,7 @@ def add_kits(report: Report, kits: KitSetup, n: int, measured: Runs, plain: Runs
                           per_event(st, plain_stages), informative=True))  # fmt: skip
     for label, commands in (
         ("read and write scripts (EVALSHA)", ("evalsha", "eval")),
-        ("SMEMBERS (in the write script)", ("smembers",)),
+        ("HKEYS (in the write script)", ("hkeys",)),
     ):
         report.add(Figure(f"  kits: Redis server time, {label}", "us/event",
                           _server_us(servers, commands, n), "no kits",
@@ -714,8 +718,8 @@ def add_kits(report: Report, kits: KitSetup, n: int, measured: Runs, plain: Runs
         f"{[c['sweeps'] for c in counts]}, kits computed to it "
         f"{[c['kits computed'] for c in counts]} and after it "
         f"{[c['kits computed after the last write'] for c in counts]}, sweep writes refused "
-        f"{[c['sweep conflicts'] for c in counts]}; SMEMBERS calls "
-        f"{[round(sv.get('smembers', {}).get('calls', 0)) for sv in servers]}; kit documents "
+        f"{[c['sweep conflicts'] for c in counts]}; HKEYS calls "
+        f"{[round(sv.get('hkeys', {}).get('calls', 0)) for sv in servers]}; kit documents "
         f"checked against their components {[c['kit documents checked'] for c in counts]}; "
         "setup before each run (untimed): "
         + ", ".join(

@@ -195,6 +195,7 @@ def compute_kits(bench: Bench, size: dict[str, Any], kits: Sequence[KitDefinitio
 
     def pending() -> int:
         due = client.zmscore(keys.SINGLE.due_key(0), names)
+        counted = client.zmscore(keys.SINGLE.kits_due_key(0), names)
         now = time.time_ns() // 1_000_000
         pipe = client.pipeline(transaction=False)
         for name in names:
@@ -202,9 +203,10 @@ def compute_kits(bench: Bench, size: dict[str, Any], kits: Sequence[KitDefinitio
         docs = pipe.execute()
         return sum(
             (score is not None and score <= now)
+            or writes is not None
             or doc is None
             or msgspec.json.decode(doc)["available_to_sell"] < 1
-            for score, doc in zip(due, docs, strict=True)
+            for score, writes, doc in zip(due, counted, docs, strict=True)
         )
 
     deadline = time.monotonic() + 600
