@@ -203,8 +203,10 @@ SKU_PATTERN: Final = f"{PREFIX}:{{*}}{SKU_PART}*"  # SCAN pattern of every sku h
 def sku_of(key: bytes | str) -> str | None:
     """The sku of a sku hash's name (of any layout), or None for any other key."""
     text = key.decode() if isinstance(key, bytes) else key
-    at = text.find("}" + SKU_PART)
-    if not text.startswith(PREFIX + ":{") or at < 0:
+    # A tag holds no '}': the first ends it. SKU_PATTERN also matches, say, the lines hash
+    # of a sku that holds "}:s:" itself; only a sku hash has SKU_PART right after the tag.
+    at = text.find("}")
+    if not text.startswith(PREFIX + ":{") or at < 0 or not text.startswith(SKU_PART, at + 1):
         return None
     return text[at + 1 + len(SKU_PART) :]
 
