@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -51,6 +52,7 @@ PART: Final = 50_000  # snapshots per batch written and sent
 PART_ROWS: Final = 500_000  # and at most this many rows (a batch's JSON stays below 2 GB)
 FIRST_PART: Final = 5_000  # the first batch: the broker's first messages come sooner
 AHEAD: Final = 3  # batches written ahead of the one being sent
+ID_ROWS: Final = 1 << 16  # snapshots per batch DuckDB hashes on one of its threads
 
 Batch = tuple[Sequence[str | bytes], Sequence[str | bytes]]  # keys, values
 
@@ -61,20 +63,28 @@ class ImportRefused(Exception):
 
 
 @dataclass(frozen=True)
+class Ranked:
+    texts: pa.Array  # distinct, in byte order
+    ranks: npt.NDArray[np.int64]  # each row's text: its index in ``texts``
+
+
+@dataclass(frozen=True)
 class Plan:
     rows: int
     skus: int
     locations: tuple[str, ...]
     snapshots: int  # one per (sku, location) of the file
     digest: str  # of the file's bytes
-    sorted_rows: pa.Table  # the checked rows by sku, location, bin, status (``_SORTED``)
+    sku: pa.Array  # each snapshot's, in the order of the snapshots
+    location: pa.Array
+    # The checked rows in order: bin and status as ranks among their distinct texts.
+    bin: Ranked
+    status: Ranked
+    quantity: npt.NDArray[np.int64]
     starts: npt.NDArray[np.int64]  # each snapshot's first row, then the number of rows
 
     def pairs(self) -> set[tuple[str, str]]:
-        first = self.starts[:-1]
-        skus = self.sorted_rows["sku"].take(first).to_pylist()
-        locations = self.sorted_rows["location"].take(first).to_pylist()
-        return set(zip(skus, locations, strict=True))
+        return set(zip(self.sku.to_pylist(), self.location.to_pylist(), strict=True))
 
 
 class _Bin(msgspec.Struct):
@@ -95,27 +105,28 @@ _encode: Final = msgspec.json.Encoder().encode
 
 
 def plan(path: Path) -> Plan:
-    """Read and check the whole file: its rows, sorted by sku, location, bin and status,
-    stay in Arrow (``Plan.sorted_rows``: the text columns and the quantity as an integer),
-    with the row where each (sku, location) begins (``Plan.starts``); ``snapshots`` writes
+    """Read and check the whole file: the snapshots' skus and locations and the rows' bins,
+    ordered by sku, location, bin and status, stay in Arrow (``Plan``); ``snapshots`` writes
     their JSON.
 
-    One DuckDB query reads and sorts the file. The rules are then checked on the Arrow
-    buffers with numpy: a control character is a byte below 0x20 or 0x7f in UTF-8, an
-    empty text has no bytes, a quantity of 1 to 10 digits fits an integer, a (bin, status)
-    twice in a snapshot sits beside itself once sorted. What the bytes cannot settle (a
-    text that begins with a space or a non-ASCII character, which ``trim`` may empty; over
-    ``MAX_TEXT`` bytes; a quantity that is not plain digits) is asked of DuckDB for those
-    rows only. Most files pass. Only one that fails is read again row by row (``_check``),
-    to name its first bad row and column."""
+    One DuckDB query reads the file as it is, and each text column becomes its distinct
+    texts (a dictionary) and each row's rank among them (``_ranks``). The rules are checked
+    on the distinct texts' bytes with numpy: a control character is a byte below 0x20 or
+    0x7f in UTF-8, an empty text has no bytes, a quantity of 1 to 10 digits fits an integer.
+    What the bytes cannot settle (a text that begins with a space or a non-ASCII character,
+    which ``trim`` may empty; over ``MAX_TEXT`` bytes; a quantity that is not plain digits)
+    is asked of DuckDB for those texts only. The rows are sorted by their ranks (``_order``):
+    integers sort for a fraction of what DuckDB's ORDER BY over the texts cost. A (bin,
+    status) twice in a snapshot sits beside itself once sorted. Most files pass. Only one that fails is read again row by
+    row (``_check``), to name its first bad row and column."""
     if not path.is_file():
         raise ImportRefused(f"{path}: no such file")
-    with ThreadPoolExecutor(1, thread_name_prefix="atp-import-digest") as pool:
+    with ThreadPoolExecutor(2, thread_name_prefix="atp-import-plan") as pool:
         digest = pool.submit(_digest, path)  # hashlib lets go of the GIL: beside DuckDB
-        return _plan(path, digest)
+        return _plan(path, digest, pool)
 
 
-def _plan(path: Path, digest: Future[str]) -> Plan:
+def _plan(path: Path, digest: Future[str], pool: ThreadPoolExecutor) -> Plan:
     con = duckdb.connect()
     source = _read(con, path)
     try:
@@ -129,37 +140,43 @@ def _plan(path: Path, digest: Future[str]) -> Plan:
         raise ImportRefused(f"{path}: missing column(s) {', '.join(missing)}")
     picked = ", ".join(f'CAST("{names[c]}" AS VARCHAR) AS {c}' for c in COLUMNS)
     try:
-        read = con.sql(f"SELECT {picked} FROM ({source}) ORDER BY {_SORTED}").to_arrow_table()
+        read = con.sql(f"SELECT {picked} FROM ({source})").to_arrow_table()
     except duckdb.Error:
         _refuse(con, source, picked)  # raises as the rows' check did
         raise
     columns = {name: _text(read[name]) for name in COLUMNS}
+    del read
+    if any(columns[c].null_count for c in TEXT_COLUMNS):
+        _refuse(con, source, picked)  # raises: a null is empty
+    # Arrow's kernels let go of the GIL: two columns at a time.
+    ranked = [pool.submit(_ranks, columns[c]) for c in TEXT_COLUMNS]
     amounts = _amounts(columns["quantity"])
-    if amounts is None or _doubtful(con, columns):
+    texts, ranks = zip(*(r.result() for r in ranked), strict=True)
+    if amounts is None or _doubtful(con, texts):
         _refuse(con, source, picked)  # raises if a row breaks a rule
         amounts = _amounts_exactly(con, columns["quantity"])
-    rows = len(amounts)
-    sku, location = columns["sku"], columns["location"]
+    order = _order(ranks, [len(t) for t in texts])
+    sku, location, bin_, status = (rank[order] for rank in ranks)  # the sorted rows' ranks
+    rows = len(order)
     # Row i > 0 begins a snapshot when its sku or location differs from row i - 1's.
-    same_sku, same_location = _as_previous(sku), _as_previous(location)
-    new = pc.invert(pc.and_(same_sku, same_location)).to_numpy(zero_copy_only=False)
-    starts = np.concatenate(([0][:rows], 1 + np.flatnonzero(new), [rows])).astype(np.int64)
-    repeated = pc.and_(
-        pc.and_(same_sku, same_location),
-        pc.and_(_as_previous(columns["bin"]), _as_previous(columns["status"])),
-    )
-    if pc.any(repeated).as_py() or (rows and np.diff(starts).max() > MAX_SNAPSHOT_BINS):
+    same = (sku[1:] == sku[:-1]) & (location[1:] == location[:-1])
+    starts = np.concatenate(([0][:rows], 1 + np.flatnonzero(~same), [rows])).astype(np.int64)
+    repeated = same & (bin_[1:] == bin_[:-1]) & (status[1:] == status[:-1])
+    if repeated.any() or (rows and np.diff(starts).max() > MAX_SNAPSHOT_BINS):
         _refuse(con, source, picked)
-    skus = rows and 1 + int(pc.sum(pc.invert(same_sku)).as_py() or 0)
-    found = pc.unique(location).to_pylist()
-    sorted_rows = pa.table({**{c: columns[c] for c in TEXT_COLUMNS}, "quantity": amounts})
+    first = starts[:-1]
+    sku_texts, location_texts, bin_texts, status_texts = texts
     return Plan(
         rows=rows,
-        skus=skus,
-        locations=tuple(sorted(found)),
-        snapshots=len(starts) - 1,
+        skus=len(sku_texts),
+        locations=tuple(sorted(location_texts.to_pylist())),
+        snapshots=len(first),
         digest=digest.result(),
-        sorted_rows=sorted_rows,
+        sku=sku_texts.take(sku[first]),
+        location=location_texts.take(location[first]),
+        bin=Ranked(bin_texts, bin_),
+        status=Ranked(status_texts, status),
+        quantity=amounts.to_numpy(zero_copy_only=False)[order],
         starts=starts,
     )
 
@@ -169,55 +186,67 @@ def snapshots(found: Plan, as_of: datetime) -> Iterator[Batch]:
     location: a first batch of ``FIRST_PART`` snapshots (sending starts sooner), then
     batches of ``PART``; a thread writes the next batch while the caller sends this one.
 
-    Arrow's string kernels write the JSON (they let go of the GIL, and cost a fraction of
-    DuckDB's ``to_json``); DuckDB computes the event ids (sha256). The check refused
-    control characters, so a text needs only its quotes and backslashes escaped, as
-    ``to_json`` and msgspec do. ``_empty`` writes the same JSON for the zeroed ones; the
-    consumer decodes both in tests/integration/test_import.py."""
-    rows, starts = found.sorted_rows, found.starts
-    prefix = f"{found.digest}\x1f{as_of.isoformat()}\x1f"
+    The event ids are computed first, all at once (``_event_ids``). Arrow's string kernels
+    write the JSON (they let go of the GIL, and cost a fraction of DuckDB's ``to_json``).
+    The check refused control characters, so a text needs only its quotes and backslashes
+    escaped, as ``to_json`` and msgspec do. ``_empty`` writes the same JSON for the zeroed
+    ones; the consumer decodes both in tests/integration/test_import.py."""
+    if found.snapshots == 0:
+        yield [], []
+        return
+    starts = found.starts
     occurred = msgspec.json.encode(as_of).decode()  # "...Z", as the decoder reads it
-    ids = duckdb.connect(config={"threads": 1})  # small queries, on cores the sender uses
+    ids = _event_ids(found, f"{found.digest}\x1f{as_of.isoformat()}\x1f")
+    # A bin's JSON up to its quantity, from one piece per distinct bin and one per status.
+    bins = pc.binary_join_element_wise('{"bin":"', _json_text(found.bin.texts), '","status":"', "")
+    statuses = pc.binary_join_element_wise(_json_text(found.status.texts), '","quantity":', "")
 
     def part(low: int, high: int) -> tuple[pa.Array, pa.Array]:
         begin, end = int(starts[low]), int(starts[high])
-        some = rows.slice(begin, end - begin)
-        first = pa.array(starts[low:high] - begin)
-        sku = _small(some["sku"].take(first).combine_chunks())
-        location = _small(some["location"].take(first).combine_chunks())
-        ids.register("pairs", pa.table({"sku": sku, "location": location}))
-        made = ids.sql(
-            "SELECT substr(sha256(? || sku || chr(31) || location), 1, 32) AS id FROM pairs",
-            params=[prefix],
-        ).to_arrow_table()["id"]
-        ids.unregister("pairs")
+        sku, location = _small(found.sku[low:high]), _small(found.location[low:high])
         one = pc.binary_join_element_wise(
-            '{"bin":"', _json_text(_small(some["bin"].combine_chunks())),
-            '","status":"', _json_text(_small(some["status"].combine_chunks())),
-            '","quantity":', pc.cast(some["quantity"], pa.string()).combine_chunks(), "}", "",
+            _small(bins.take(found.bin.ranks[begin:end])),
+            _small(statuses.take(found.status.ranks[begin:end])),
+            pc.cast(pa.array(found.quantity[begin:end]), pa.string()), "}", "",
         )  # fmt: skip
         offsets = pa.array(starts[low : high + 1] - begin, pa.int32())
         listed = pc.binary_join(pa.ListArray.from_arrays(offsets, one), ",")
         values = pc.binary_join_element_wise(
-            '{"type":"stock_snapshot","event_id":"import-', made.combine_chunks(),
+            '{"type":"stock_snapshot","event_id":"import-', ids[low:high],
             f'","occurred_at":{occurred},"sku":"', _json_text(sku),
             '","location":"', _json_text(location), '","bins":[', listed, "]}", "",
         )  # fmt: skip
         return sku, values
 
-    if found.snapshots == 0:
-        yield [], []
-        return
     ranges = _batches(starts)
-    with ids, ThreadPoolExecutor(1, thread_name_prefix="atp-import") as pool:
+    with ThreadPoolExecutor(1, thread_name_prefix="atp-import") as pool:
         # The thread always has the next batches to write: it never waits for the sender.
         pending = deque(pool.submit(part, *r) for r in islice(ranges, AHEAD))
         while pending:
             skus, values = pending.popleft().result()
             pending.extend(pool.submit(part, *r) for r in islice(ranges, 1))
             # Python's strings are made here, by the thread that sends them: the writing
-            # thread then needs the GIL only between Arrow's and DuckDB's calls.
+            # thread then needs the GIL only between Arrow's calls.
             yield skus.to_pylist(), values.to_pylist()
+
+
+def _event_ids(found: Plan, prefix: str) -> pa.Array:
+    """Each snapshot's event id: the first 32 hex digits of the sha256 of ``prefix``, its
+    sku, 0x1f and its location.
+
+    DuckDB hashes them all in one query on every core (it scans an Arrow table's batches
+    in parallel, so the pairs go in batches of ``ID_ROWS``), before the first batch is
+    written: the sending that follows leaves the writing thread the JSON alone, beside
+    librdkafka's thread and the broker. Python's hashlib costs as much: its calls per id
+    cost more than the hashing."""
+    pairs = pa.table({"sku": found.sku, "location": found.location})
+    with duckdb.connect() as con:
+        con.register("pairs", pa.Table.from_batches(pairs.to_batches(max_chunksize=ID_ROWS)))
+        made = con.sql(
+            "SELECT substr(sha256(? || sku || chr(31) || location), 1, 32) AS id FROM pairs",
+            params=[prefix],
+        ).to_arrow_table()["id"]
+    return _small(made.combine_chunks())
 
 
 def _batches(starts: npt.NDArray[np.int64]) -> Iterator[tuple[int, int]]:
@@ -460,7 +489,6 @@ def _check(con: duckdb.DuckDBPyConnection) -> None:
         )
 
 
-_SORTED: Final = "sku, location, bin, status"  # a snapshot's rows together, its bins in order
 _SMALL_BYTES: Final = 1 << 30  # a column of more text gets 64-bit offsets
 
 
@@ -486,17 +514,33 @@ def _bytes(array: pa.Array) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint8
     return (offsets - offsets[0]).astype(np.int64), data[offsets[0] : offsets[-1]]
 
 
-def _as_previous(array: pa.Array) -> pa.BooleanArray:
-    """For each row but the first, whether it holds the same text as the row before."""
-    return pc.equal(array[1:], array[:-1])
+def _ranks(array: pa.Array) -> tuple[pa.Array, npt.NDArray[np.int64]]:
+    """The column's distinct texts in byte order (UTF-8: code point order, as DuckDB and
+    Python sort them), and each row's rank among them."""
+    encoded = pc.dictionary_encode(array)
+    order = pc.sort_indices(encoded.dictionary).to_numpy()
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    return encoded.dictionary.take(order), rank[encoded.indices.to_numpy()]
 
 
-def _doubtful(con: duckdb.DuckDBPyConnection, columns: dict[str, pa.Array]) -> bool:
-    """Whether a text column may break a rule of ``_rules``: false only when none does."""
-    for column in TEXT_COLUMNS:
-        array = columns[column]
-        if array.null_count:
-            return True
+def _order(ranks: Sequence[npt.NDArray[np.int64]], sizes: Sequence[int]) -> npt.NDArray[np.int64]:
+    """The rows sorted by their ranks, the first column's first: one argsort of the ranks
+    combined into an integer when they fit in 63 bits. Stable (timsort): a file already
+    sorted or grouped sorts in a few milliseconds."""
+    if math.prod(max(size, 1) for size in sizes) < 1 << 63:
+        key = np.zeros(len(ranks[0]), np.int64)
+        for rank, size in zip(ranks, sizes, strict=True):
+            key *= size
+            key += rank
+        return np.argsort(key, kind="stable")
+    return np.lexsort(ranks[::-1])
+
+
+def _doubtful(con: duckdb.DuckDBPyConnection, texts: Iterable[pa.Array]) -> bool:
+    """Whether a text may break a rule of ``_rules`` (``texts``: each column's distinct
+    texts, none null): false only when none does."""
+    for array in texts:
         offsets, data = _bytes(array)
         lengths = np.diff(offsets)
         if len(array) and lengths.min() == 0:  # empty
