@@ -52,7 +52,8 @@ PART: Final = 50_000  # snapshots per batch written and sent
 PART_ROWS: Final = 500_000  # and at most this many rows (a batch's JSON stays below 2 GB)
 FIRST_PART: Final = 5_000  # the first batch: the broker's first messages come sooner
 AHEAD: Final = 3  # batches written ahead of the one being sent
-ID_ROWS: Final = 1 << 16  # snapshots per batch DuckDB hashes on one of its threads
+SAMPLE_ROWS: Final = 1 << 16  # a text column's first rows, which choose how it is ranked
+MOSTLY_DISTINCT: Final = 0.9  # of them distinct (in random order: 300,000 texts or more)
 
 Batch = tuple[Sequence[str | bytes], Sequence[str | bytes]]  # keys, values
 
@@ -110,15 +111,16 @@ def plan(path: Path) -> Plan:
     their JSON.
 
     One DuckDB query reads the file as it is, and each text column becomes its distinct
-    texts (a dictionary) and each row's rank among them (``_ranks``). The rules are checked
-    on the distinct texts' bytes with numpy: a control character is a byte below 0x20 or
-    0x7f in UTF-8, an empty text has no bytes, a quantity of 1 to 10 digits fits an integer.
-    What the bytes cannot settle (a text that begins with a space or a non-ASCII character,
+    texts and each row's rank among them (``_ranks``). The rules are checked on the
+    distinct texts' bytes with numpy: a control character is a byte below 0x20 or 0x7f in
+    UTF-8, an empty text has no bytes, a quantity of 1 to 10 digits fits an integer. What
+    the bytes cannot settle (a text that begins with a space or a non-ASCII character,
     which ``trim`` may empty; over ``MAX_TEXT`` bytes; a quantity that is not plain digits)
     is asked of DuckDB for those texts only. The rows are sorted by their ranks (``_order``):
     integers sort for a fraction of what DuckDB's ORDER BY over the texts cost. A (bin,
-    status) twice in a snapshot sits beside itself once sorted. Most files pass. Only one that fails is read again row by
-    row (``_check``), to name its first bad row and column."""
+    status) twice in a snapshot sits beside itself once sorted. Most files pass. Only one
+    that fails is read again row by row (``_check``), to name its first bad row and
+    column."""
     if not path.is_file():
         raise ImportRefused(f"{path}: no such file")
     with ThreadPoolExecutor(2, thread_name_prefix="atp-import-plan") as pool:
@@ -149,7 +151,7 @@ def _plan(path: Path, digest: Future[str], pool: ThreadPoolExecutor) -> Plan:
     if any(columns[c].null_count for c in TEXT_COLUMNS):
         _refuse(con, source, picked)  # raises: a null is empty
     # Arrow's kernels let go of the GIL: two columns at a time.
-    ranked = [pool.submit(_ranks, columns[c]) for c in TEXT_COLUMNS]
+    ranked = [pool.submit(_ranks, columns[c], con.cursor()) for c in TEXT_COLUMNS]
     amounts = _amounts(columns["quantity"])
     texts, ranks = zip(*(r.result() for r in ranked), strict=True)
     if amounts is None or _doubtful(con, texts):
@@ -234,14 +236,12 @@ def _event_ids(found: Plan, prefix: str) -> pa.Array:
     """Each snapshot's event id: the first 32 hex digits of the sha256 of ``prefix``, its
     sku, 0x1f and its location.
 
-    DuckDB hashes them all in one query on every core (it scans an Arrow table's batches
-    in parallel, so the pairs go in batches of ``ID_ROWS``), before the first batch is
-    written: the sending that follows leaves the writing thread the JSON alone, beside
-    librdkafka's thread and the broker. Python's hashlib costs as much: its calls per id
-    cost more than the hashing."""
-    pairs = pa.table({"sku": found.sku, "location": found.location})
+    DuckDB hashes them all in one query on every core, before the first batch is written:
+    the sending that follows leaves the writing thread the JSON alone, beside librdkafka's
+    thread and the broker. Python's hashlib costs as much: its calls per id cost more than
+    the hashing."""
     with duckdb.connect() as con:
-        con.register("pairs", pa.Table.from_batches(pairs.to_batches(max_chunksize=ID_ROWS)))
+        con.register("pairs", pa.table({"sku": found.sku, "location": found.location}))
         made = con.sql(
             "SELECT substr(sha256(? || sku || chr(31) || location), 1, 32) AS id FROM pairs",
             params=[prefix],
@@ -514,14 +514,41 @@ def _bytes(array: pa.Array) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint8
     return (offsets - offsets[0]).astype(np.int64), data[offsets[0] : offsets[-1]]
 
 
-def _ranks(array: pa.Array) -> tuple[pa.Array, npt.NDArray[np.int64]]:
+def _ranks(
+    array: pa.Array, con: duckdb.DuckDBPyConnection
+) -> tuple[pa.Array, npt.NDArray[np.int64]]:
     """The column's distinct texts in byte order (UTF-8: code point order, as DuckDB and
-    Python sort them), and each row's rank among them."""
+    Python sort them), and each row's rank among them. ``con``: this call's own DuckDB
+    cursor, closed here.
+
+    Arrow's dictionary encoding (a hash table) and a sort of the distinct texts cost little
+    while the texts repeat; with mostly distinct texts both cost more than DuckDB's sort of
+    the column. So a column whose first ``SAMPLE_ROWS`` rows are mostly distinct
+    (``MOSTLY_DISTINCT``) is sorted by DuckDB instead, and ranked by comparing each sorted
+    text with the one before."""
+    with con:
+        distinct = pc.count_distinct(array[:SAMPLE_ROWS]).as_py()
+        if distinct > MOSTLY_DISTINCT * min(len(array), SAMPLE_ROWS):
+            table = pa.table({"text": array, "row": np.arange(len(array))})
+            by_text = con.from_arrow(table).order("text").select("row").to_arrow_table()
+            return _ranks_of_sorted(array, by_text["row"].to_numpy())
     encoded = pc.dictionary_encode(array)
     order = pc.sort_indices(encoded.dictionary).to_numpy()
     rank = np.empty(len(order), np.int64)
     rank[order] = np.arange(len(order))
     return encoded.dictionary.take(order), rank[encoded.indices.to_numpy()]
+
+
+def _ranks_of_sorted(
+    array: pa.Array, by_text: npt.NDArray[np.int64]
+) -> tuple[pa.Array, npt.NDArray[np.int64]]:
+    """``_ranks`` from the rows in the order of their texts."""
+    texts = array.take(by_text)
+    differs = pc.not_equal(texts[1:], texts[:-1]).to_numpy(zero_copy_only=False)
+    first = np.concatenate(([True][: len(array)], differs))
+    rank = np.empty(len(array), np.int64)
+    rank[by_text] = np.cumsum(first) - 1
+    return texts.filter(pa.array(first)), rank
 
 
 def _order(ranks: Sequence[npt.NDArray[np.int64]], sizes: Sequence[int]) -> npt.NDArray[np.int64]:
