@@ -30,7 +30,7 @@ from streams.changeset import (
     claim_capacity,
     count_capacity,
     order_update_field,
-    reservation_field,
+    reservations_field,
 )
 from streams.events import AnyEvent, ReservationCreated, ReservationReleased
 from streams.fold import fold_own
@@ -107,6 +107,8 @@ class Replanned:
     taken: list[list[int]] = field(default_factory=list)
     # Skus whose claims a location's capacity kept from stock: planned again tomorrow.
     held_back: set[str] = field(default_factory=set)
+    # sku -> its events as the outbox keeps them (``expand_events`` makes them again).
+    compact: dict[str, bytes] = field(default_factory=dict)
 
     def event_ids(self) -> dict[str, list[str]]:
         return {sku: [e.event_id for e in events] for sku, events in self.events.items()}
@@ -165,6 +167,7 @@ def replan(
         _events(made, queue, plans, network, out)
         if made.events:
             out.events[state.sku] = made.events
+            out.compact[state.sku] = _compact_encode((now_us, made.compact))
             # The events folded into the state, as the ledger will replay them.
             out.states[state.sku] = fold_own(
                 state, made.events, occurred_us, made.released, made.created, now_us, window_us
@@ -184,6 +187,7 @@ class _Made:
         self.events: list[ReservationReleased | ReservationCreated] = []
         self.released: set[str] = set()  # open reservations the events release
         self.created: list[Reservation] = []  # the records of those they create
+        self.compact: list[Compact] = []  # the events as the outbox keeps them
         self.taken_ids = {r.reservation_id for r in state.reservations}
 
     def new_id(self, base: str) -> str:
@@ -198,36 +202,29 @@ class _Made:
 
     def release(self, reservation_id: str) -> None:
         self.released.add(reservation_id)
-        self.events.append(
-            ReservationReleased(
-                event_id=released_event_id(reservation_id),
-                occurred_at=self.occurred,
-                sku=self.sku,
-                reservation_id=reservation_id,
-            )
-        )
+        self.events.append(_released(self.sku, self.occurred, reservation_id))
+        self.compact.append((reservation_id,))
 
     def reserve(self, line: str, claim: Reservation, location: str, quantity: int) -> str:
         """Units of ``claim``'s line (``line``: "<order>:<line>") reserved from stock at
         ``location``."""
         reservation_id = self.new_id(f"{line}:{location}")
+        channel = claim.channel
         self.events.append(
-            _created(self.sku, claim.channel, self.occurred, reservation_id, location, quantity)
+            _created(self.sku, channel, self.occurred, reservation_id, location, quantity)
         )
+        self.compact.append((reservation_id, channel, location, quantity))
         # As the fold records the event (streams/fold.py).
-        self.created.append(Reservation(reservation_id, True, claim.channel, location, quantity))
+        self.created.append(Reservation(reservation_id, True, channel, location, quantity))
         return reservation_id
 
     def claim(self, line: str, claim: Reservation, location: str, quantity: int, day: int) -> str:
         """Units of ``claim``'s line claimed again at ``location``, promised ``day``."""
         reservation_id = self.new_id(f"{line}:{location}{BACKORDER}")
-        placed_at = from_us(claim.placed_at)
-        event = msgspec.structs.replace(
-            _created(self.sku, claim.channel, self.occurred, reservation_id, location, quantity),
-            placed_at=placed_at,
-            promise_date=None if day == NO_PROMISE else from_day(day),
-        )
+        item = (reservation_id, claim.channel, location, quantity, claim.placed_at, day)
+        event = _claimed(self.sku, self.occurred, *item)
         self.events.append(event)
+        self.compact.append(item)
         # As the fold records the event (streams/fold.py).
         self.created.append(
             Reservation(
@@ -236,7 +233,7 @@ class _Made:
                 claim.channel,
                 location,
                 quantity,
-                placed_at=to_us(placed_at),
+                placed_at=to_us(event.placed_at),  # type: ignore[arg-type]
                 promise_day=day,
             )
         )
@@ -285,6 +282,15 @@ def _events(
             orders.setdefault(order_id, "promise_changed")
 
 
+def _released(sku: str, occurred: datetime, reservation_id: str) -> ReservationReleased:
+    return ReservationReleased(
+        event_id=released_event_id(reservation_id),
+        occurred_at=occurred,
+        sku=sku,
+        reservation_id=reservation_id,
+    )
+
+
 def _created(
     sku: str, channel: str, occurred: datetime, reservation_id: str, location: str, quantity: int
 ) -> ReservationCreated:
@@ -299,6 +305,52 @@ def _created(
     )
 
 
+def _claimed(
+    sku: str,
+    occurred: datetime,
+    reservation_id: str,
+    channel: str,
+    location: str,
+    quantity: int,
+    placed_at_us: int,
+    day: int,
+) -> ReservationCreated:
+    return msgspec.structs.replace(
+        _created(sku, channel, occurred, reservation_id, location, quantity),
+        placed_at=from_us(placed_at_us),
+        promise_date=None if day == NO_PROMISE else from_day(day),
+    )
+
+
+# A sku's re-plan events as the outbox keeps them (``Replanned.compact``): the re-plan's
+# time, then per event what it says beyond the sku and the time, which all share. A re-plan
+# makes two or more events per backorder, and their JSON was the largest part of the write
+# that carries them; this is a fifth of it. Per event: (reservation_id,) released;
+# (reservation_id, channel, location, quantity) reserved from stock; the same, then
+# placed_at (us) and the promised day (NO_PROMISE: none), claimed.
+Compact = tuple[str] | tuple[str, str, str, int] | tuple[str, str, str, int, int, int]
+_compact_encode: Final = msgspec.msgpack.Encoder().encode
+_compact_decode: Final = msgspec.msgpack.Decoder(tuple[int, list[list[str | int]]]).decode
+_encode: Final = msgspec.json.Encoder().encode
+
+
+def expand_events(sku: str, compact: bytes) -> list[bytes]:
+    """The events (JSON) of a sku's ``Replanned.compact``, as ``replan`` made them."""
+    now_us, items = _compact_decode(compact)
+    occurred = from_us(now_us)
+    out = []
+    for item in items:
+        if len(item) == 1:
+            event: AnyEvent = _released(sku, occurred, *item)  # type: ignore[arg-type]
+        elif len(item) == 4:
+            rid, channel, location, quantity = item
+            event = _created(sku, channel, occurred, rid, location, quantity)  # type: ignore[arg-type]
+        else:
+            event = _claimed(sku, occurred, *item)  # type: ignore[arg-type]
+        out.append(_encode(event))
+    return out
+
+
 class AllocationUpdate(msgspec.Struct, frozen=True):
     """What the outbox keeps of an order's update: its current result is read when it is
     published (so the message carries the plan as it is then)."""
@@ -306,8 +358,6 @@ class AllocationUpdate(msgspec.Struct, frozen=True):
     reason: Reason
     as_of: str
 
-
-_encode: Final = msgspec.json.Encoder().encode
 
 # What re-plans made of an order line's backorder is one record, a field of its sku's hash
 # of lines named ``line_field(order_id, line_id)``, so that a write re-planning a sku sets
@@ -398,9 +448,8 @@ def build_replanned(
         [replanned.states[s.sku] for s in states], versions, projector, now_us, marks, offsets
     )
     outbox = changes.outbox
-    for sku, events in replanned.events.items():
-        prefix = reservation_field(sku, "")  # the field is the prefix, then the event_id
-        outbox.update(zip([prefix + e.event_id for e in events], map(_encode, events), strict=True))
+    for sku in replanned.events:
+        outbox[reservations_field(sku)] = replanned.compact[sku]
     changes.lines = line_records(replanned)
     count_capacity(changes, projector, replanned.taken, now_us)
     converted = replanned.lines.items()

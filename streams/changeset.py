@@ -65,15 +65,24 @@ def outbox_field(channel: str, sku: str) -> str:
 
 
 # Outbox entries other than availability events start with a separator no channel name
-# holds, then their kind: a reservation event (key: the sku) or an order's update notice.
+# holds, then their kind: a reservation event (key: the sku), a sku's re-plan events in one
+# entry (key: the sku; streams/backorders.py, ``expand_events``) or an order's update notice.
 _OTHER: Final = "\x1e"
 RESERVATION_KIND: Final = "r"
+RESERVATIONS_KIND: Final = "R"
 UPDATE_KIND: Final = "u"
 STATE_KIND: Final = "s"
 
 
 def reservation_field(sku: str, event_id: str) -> str:
     return f"{_OTHER}{RESERVATION_KIND}\x1f{sku}\x1f{event_id}"
+
+
+def reservations_field(sku: str) -> str:
+    """A write's re-plan events of one sku, in one entry: a re-plan makes two or more per
+    backorder, and an entry each cost more to write and to split into steps than the
+    events themselves."""
+    return f"{_OTHER}{RESERVATIONS_KIND}\x1f{sku}"
 
 
 def order_update_field(order_id: str) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import secrets
+import struct
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -43,13 +44,14 @@ def _keyed(key: bytes) -> Any:
 def digests(key: bytes, event_ids: Iterable[str]) -> list[str]:
     """The marks of ``event_ids``: signed 64-bit integers, in decimal as an intset keeps
     them."""
-    base = _keyed(key)
-    out = []
+    copy = _keyed(key).copy
+    raw = []
     for event_id in event_ids:
-        hasher = base.copy()
+        hasher = copy()
         hasher.update(event_id.encode())
-        out.append(str(int.from_bytes(hasher.digest(), "big", signed=True)))
-    return out
+        raw.append(hasher.digest())
+    # One unpack for them all: a re-plan marks tens of thousands of ids in a write.
+    return list(map(str, struct.unpack(f">{len(raw)}q", b"".join(raw))))
 
 
 def digest(key: bytes, event_id: str) -> str:

@@ -559,15 +559,70 @@ def write_calls(
 ) -> list[tuple[list[str], list[Any]]]:
     """The write script's keys and arguments for each step of each shard's part of a write
     (``steps``) that moves ``offsets``, with each shard's digest key."""
+    return list(
+        each_write_call(
+            parts, layout=layout, group_id=group_id, now_ms=now_ms, window_ms=window_ms,
+            digest_keys=digest_keys, offsets=offsets,
+        )
+    )  # fmt: skip
+
+
+def each_write_call(
+    parts: Sequence[tuple[int, ChangeSet, str]],
+    *,
+    layout: keys.Layout,
+    group_id: str,
+    now_ms: int,
+    window_ms: int,
+    digest_keys: Sequence[bytes | None],
+    offsets: Mapping[str, int] | None = None,
+) -> Iterator[tuple[list[str], list[Any]]]:
+    """``write_calls``, one at a time: each step's arguments made only when it is sent."""
     ends = encode_ends(offsets or {})
-    return [
-        script_arguments(
+    for shard, part, step in parts:
+        yield script_arguments(
             part, group_id=group_id, now_ms=now_ms, seen_cutoff_ms=now_ms - window_ms,
             layout=layout, shard=shard, step=step, token=write_token(part.outbox_id), ends=ends,
             digest_key=digest_keys[shard],
-        )
-        for shard, part, step in parts
-    ]  # fmt: skip
+        )  # fmt: skip
+
+
+def _in_turn(
+    client: redis.Redis,
+    script: Any,
+    calls: Iterable[tuple[list[str], list[Any]]],
+    sets: Sequence[tuple[str, bytes, int]] = (),
+) -> list[Any]:
+    """``_pipelined`` on one connection of a plain (not cluster) client, each call sent as
+    soon as it is made: Redis runs a write's first steps while the arguments of the next
+    ones are made and packed, instead of waiting for all of them."""
+    pool = client.connection_pool
+    connection: Any = pool.get_connection()  # redis-py types its connections loosely
+    sent: list[tuple[list[str], list[Any]]] = []
+    try:
+        for key, value, ttl in sets:
+            connection.send_packed_command(connection.pack_command("SET", key, value, "PX", ttl))
+        for key_list, args in calls:
+            packed = connection.pack_command("EVALSHA", script.sha, len(key_list), *key_list, *args)
+            connection.send_packed_command(packed)
+            sent.append((key_list, args))
+        answers: list[Any] = []
+        for _ in range(len(sets) + len(sent)):
+            try:
+                answers.append(connection.read_response())
+            except redis.ResponseError as exc:
+                answers.append(exc)
+    except BaseException:
+        connection.disconnect()  # replies may be left unread on it
+        raise
+    finally:
+        pool.release(connection)
+    _raised(answers[: len(sets)])
+    replies = answers[len(sets) :]
+    for i, reply in enumerate(replies):
+        if isinstance(reply, redis.exceptions.NoScriptError):
+            replies[i] = script(keys=sent[i][0], args=sent[i][1])
+    return _raised(replies)
 
 
 def _landed(parts: Sequence[tuple[int, ChangeSet, str]], replies: Sequence[Any]) -> list[str]:
@@ -697,14 +752,15 @@ class RedisStore:
             (shard, self._assumed(part, shard)) for shard, part in split(changes, self.layout)
         ]
         parts, rows = self._rows_apart(steps(shards, self.step_skus))
-        calls = write_calls(
+        calls = each_write_call(
             parts, layout=self.layout, group_id=self.group_id, now_ms=now_ms,
             window_ms=self.window_ms, offsets=changes.offsets,
             digest_keys=self.digest_keys.of(self.client),
         )  # fmt: skip
         try:
-            if len(calls) == 1 and not rows:
-                reply = self._write(keys=calls[0][0], args=calls[0][1])
+            if len(parts) == 1 and not rows:
+                key_list, args = next(calls)
+                reply = self._write(keys=key_list, args=args)
                 conflicts = _conflicts(parts[0][1], reply)
             else:
                 # The rows, then the parts and steps, go together (on a cluster, each node's
@@ -712,7 +768,11 @@ class RedisStore:
                 # expire.
                 ttl = max(self.window_ms, 3_600_000)
                 sets = [(key, blob, ttl) for key, blob in rows]
-                conflicts = _landed(parts, _pipelined(self.client, self._write, calls, sets))
+                if self.cluster:
+                    replies = _pipelined(self.client, self._write, list(calls), sets)
+                else:
+                    replies = _in_turn(self.client, self._write, calls, sets)
+                conflicts = _landed(parts, replies)
         except DigestKeyChanged:
             self.digest_keys.forget()  # the caller reads again, with the shards' keys now
             raise

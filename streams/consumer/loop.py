@@ -113,6 +113,13 @@ class StreamProjector:
         # lands), and the next batch folded on top of that meanwhile (``_prepare``).
         self._landing: Written = {}
         self._prepared: Prepared | None = None
+        # A landed write's outbox waits for the next batch's write when that batch was
+        # folded during it (``_process``); at most one write in a row waits.
+        self._publish_held = False
+        # The last write's fold and change set, kept until the next write is in flight:
+        # freeing a re-plan's hundreds of thousands of objects took longer than a small
+        # batch's whole write, and in between they held the next write back.
+        self._spent: object = None
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -162,11 +169,24 @@ class StreamProjector:
                     batch = self.decode(messages, generation) if messages else None
                 if messages:
                     self._retrying(partial(self.process, messages, batch, read_ahead=True), stop)
+                else:
+                    self._spent = None  # idle: nothing to hold back
+                    if self._publish_held:  # the batch folded ahead was dropped (a rebalance)
+                        self._publish_held = False
+                        self._retrying(self.publish_outbox, stop)
+                if self._publish_held:
+                    continue  # the batch folded ahead is written before the sweep runs
                 if time.monotonic() - self._last_sweep >= self.options.sweep_interval_s:
                     self._retrying(self.sweep, stop)
                     self._last_sweep = time.monotonic()
                 self.figures.alive()
                 self.figures.snapshot(self.stats)
+            if self._publish_held:
+                self._publish_held = False
+                try:
+                    self.publish_outbox()
+                except self.store.transient_errors as exc:  # in the store: published later
+                    log.warning("could not publish on stopping (%s)", exc)
         finally:
             self.flusher.stop()
             self._writer.shutdown(wait=True)
@@ -241,11 +261,18 @@ class StreamProjector:
             self.stats.dead_lettered += len(exc.culprits)
             self.apply(batch.events, batch.offsets, batch)
         applied = time.perf_counter() - started
-        try:
-            self.publish_outbox()
-        except self.store.transient_errors as exc:
-            # The batch landed: its events wait in the store's outbox for the next sweep.
-            log.warning("could not publish after a batch (%s); the sweep will", exc)
+        if self._prepared is not None and not self._publish_held:
+            # The next batch is folded and only waits for its write. Publishing first would
+            # delay that write by the outbox's whole publishing, which a re-plan makes long
+            # (thousands of reservation events and notices); it goes right after instead.
+            self._publish_held = True
+        else:
+            self._publish_held = False
+            try:
+                self.publish_outbox()
+            except self.store.transient_errors as exc:
+                # The batch landed: its events wait in the store's outbox for the next sweep.
+                log.warning("could not publish after a batch (%s); the sweep will", exc)
         partitions.commit(self.consumer, batch.offsets)
         self.stats.batches += 1
         self.figures.batch_done(messages, batch, applied)
@@ -308,6 +335,7 @@ class StreamProjector:
         self.stats.duplicates += len(result.duplicates)
         count(result.applied, "applied")
         count(result.duplicates, "duplicate")
+        self._spent = (result, changes)
 
     def room(self, now: int) -> list[int] | None:
         """What each location may still give today (contract section 11), read before
@@ -364,6 +392,7 @@ class StreamProjector:
                 meanwhile()
             except Exception as exc:
                 failed = exc
+            self._spent = None  # once the write is under way: freeing holds the GIL
             # Nothing moves on while the write is in flight, whatever ``meanwhile`` did.
             writing, self._writing = self._writing, None
             try:

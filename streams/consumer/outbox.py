@@ -29,6 +29,7 @@ import msgspec
 from confluent_kafka import KafkaError, Message
 
 from streams import metrics
+from streams.backorders import expand_events
 from streams.changeset import (
     RESERVATION_KIND,
     STATE_KIND,
@@ -38,6 +39,7 @@ from streams.changeset import (
     channel_and_sku,
     decode_outbox,
     outbox_kind,
+    reservations_field,
     stock_state,
     stock_state_field,
 )
@@ -58,6 +60,7 @@ class _Value(msgspec.Struct):
 
 _value: Final = msgspec.json.Decoder(_Value)
 STATE_PREFIX: Final = stock_state_field("", "")[:3]
+RESERVATIONS_PREFIX: Final = reservations_field("")
 RESEND: Final = "resend-"  # the prefix of values sent again (they are in no store)
 _encode: Final = msgspec.json.Encoder().encode
 
@@ -165,12 +168,18 @@ class OutboxPublisher:
         orders = self.store.order_results(
             [key for name in events for kind, key in [outbox_kind(name)] if kind == UPDATE_KIND]
         )
-        messages = [self._message(name, value, orders) for name, value in events.items()]
-        ready = [m for m in messages if m is not None]
+        ready: list[tuple[str, bytes, bytes]] = []
+        for name, value in events.items():
+            if name.startswith(RESERVATIONS_PREFIX):  # a sku's re-plan events
+                sku = name[len(RESERVATIONS_PREFIX) :]
+                topic, key = self.topics[RESERVATION_KIND], sku.encode()
+                ready += [(topic, key, event) for event in expand_events(sku, value)]
+            elif (message := self._message(name, value, orders)) is not None:
+                ready.append(message)
         if not ready:
             self._done.append(outbox_id)
             return
-        self._in_flight[outbox_id] = _Sending(events, len(ready), check)
+        self._in_flight[outbox_id] = _Sending(events, len(ready), len(ready), check)
         on_delivery = partial(self._delivered, outbox_id)
         producer = self.producer.producer
         for topic, key, value in ready:
@@ -214,7 +223,7 @@ class OutboxPublisher:
                 self.pending[outbox_id] = sending.events
                 self._check.add(outbox_id)
             return  # a store entry stays there: the sweep publishes it again
-        self._published += len(sending.events)
+        self._published += sending.messages
         if sending.check:
             self._to_check[outbox_id] = sending.events
         else:
@@ -272,6 +281,7 @@ class OutboxPublisher:
 @dataclass
 class _Sending:
     events: dict[str, bytes]
+    messages: int
     outstanding: int
     check: bool
     failed: bool = False

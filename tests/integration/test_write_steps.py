@@ -5,6 +5,7 @@ message with the status it had."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -75,11 +76,19 @@ class CutShort(RedisStore):
             pipe.execute = cut  # type: ignore[method-assign]
             return pipe
 
+        real_in_turn = redis_store._in_turn
+
+        def in_turn(client: Any, script: Any, calls: Any, sets: Any = ()) -> Any:
+            real_in_turn(client, script, itertools.islice(calls, keep), sets)
+            raise redis.ConnectionError("the consumer died between two steps")
+
         self.client.pipeline = pipeline  # type: ignore[method-assign]
+        redis_store._in_turn = in_turn  # type: ignore[assignment]
         try:
             return super().write(changes, now_ms)
         finally:
             del self.client.pipeline
+            redis_store._in_turn = real_in_turn  # type: ignore[assignment]
 
 
 @pytest.fixture(autouse=True, params=["rows inline", "rows by key"])

@@ -6,9 +6,9 @@ import msgspec
 
 from atp_service.config import parse_config
 from atp_service.model import projector_for
-from streams.backorders import open_claims, replan
+from streams.backorders import expand_events, open_claims, replan
 from streams.events import ReservationCreated
-from streams.state import US_PER_DAY, BinStock, Reservation, SkuState
+from streams.state import US_PER_DAY, BinStock, InboundLine, Reservation, SkuState
 from tests.conftest import config_text
 
 PROJECTOR = projector_for(parse_config(config_text()))
@@ -70,3 +70,26 @@ def test_claims_are_served_by_channel_priority_then_by_when_their_order_was_plac
     # 6 on hand: web first leaves 2, under the marketplace's safety stock of 5, so the
     # marketplace's older order waits (served first, it would have taken its 1 from 6 - 5).
     assert served(6) == ({"W-EARLY": "confirmed", "W-LATE": "confirmed"}, {"M": 1})
+
+
+def test_the_outbox_keeps_the_re_plan_events_that_publishing_makes_again() -> None:
+    """The outbox keeps a sku's re-plan events compact; published, they are the very
+    events the re-plan applied: converted, promised again, and left with no promise."""
+    state = SkuState(
+        "S",
+        bins=(BinStock("DC-EAST", "A", "available", 3),),
+        inbound=(InboundLine("PO-1", "DC-EAST", 2, NOW // US_PER_DAY + 3, NOW - 1),),
+        reservations=(
+            claim("A:1:DC-EAST:backorder", 4, placed_at=10),  # 3 from stock, 1 promised
+            claim("B:1:DC-EAST:backorder", 1, placed_at=20),  # promised the inbound line
+            msgspec.structs.replace(  # nothing left to cover it: its promise goes
+                claim("C:7:DC-EAST:backorder", 5, placed_at=30), promise_day=NOW // US_PER_DAY
+            ),
+        ),
+    )
+    done = replan([state], PROJECTOR, NOW, WINDOW)
+    events = done.events["S"]
+    claimed = [e for e in events if isinstance(e, ReservationCreated) and e.placed_at]
+    assert {e.promise_date is None for e in claimed} == {True, False}
+    assert len(events) == 7
+    assert expand_events("S", done.compact["S"]) == [msgspec.json.encode(e) for e in events]
