@@ -454,14 +454,14 @@ def real_pipeline(
     projector = build_stream_projector(settings)
     # The write script's key count -> the skus it writes, to name the SLOWLOG's calls.
     skus_by_keys: dict[int, int] = {}
-    real_write_calls = redis_store_module.each_write_call
+    real_write_calls = redis_store_module.write_calls
 
     def write_calls(*args: Any, **kwargs: Any) -> Iterator[tuple[list[str], list[Any]]]:
         for key_list, arguments in real_write_calls(*args, **kwargs):
             skus_by_keys[len(key_list)] = int(arguments[0])
             yield key_list, arguments
 
-    redis_store_module.each_write_call = write_calls  # type: ignore[assignment]
+    redis_store_module.write_calls = write_calls  # type: ignore[assignment]
     window: dict[str, float] = {}
     sweeping = {"on": False}
     projector.decode = _timed(totals, "decode", projector.decode)  # type: ignore[method-assign]
@@ -552,7 +552,7 @@ def real_pipeline(
         backorders_module.build_changeset = original_changeset  # type: ignore[assignment]
         sweep_module.with_kits = original_with_kits  # type: ignore[assignment]
         partitions_module.commit = real_commit  # type: ignore[assignment]
-        redis_store_module.each_write_call = real_write_calls  # type: ignore[assignment]
+        redis_store_module.write_calls = real_write_calls  # type: ignore[assignment]
         projector.producer.producer.flush(10)
     stored_offsets = projector.store.offsets()  # the group's, on any store
     if target is None:

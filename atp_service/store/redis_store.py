@@ -530,17 +530,23 @@ def _pipelined(
     sets: Sequence[tuple[str, bytes, int]] = (),
 ) -> list[Any]:
     """The script's replies to ``calls``, all sent in one pipeline after ``sets`` (key,
-    value, ttl ms); an error raises. A script is loaded server by server: one that has not
-    seen it yet (restarted, or a replica that took over) gets it, and the call, again
-    through the script object."""
+    value, ttl ms) (``_replies``)."""
     pipe = client.pipeline(transaction=False)
     for key, value, ttl in sets:
         pipe.set(key, value, px=ttl)
     for key_list, args in calls:
         pipe.evalsha(script.sha, len(key_list), *key_list, *args)
-    answers: list[Any] = pipe.execute(raise_on_error=False)
-    _raised(answers[: len(sets)])
-    replies = answers[len(sets) :]
+    return _replies(script, calls, pipe.execute(raise_on_error=False), len(sets))
+
+
+def _replies(
+    script: Any, calls: Sequence[tuple[list[str], list[Any]]], answers: list[Any], sets: int
+) -> list[Any]:
+    """The script's replies among ``answers`` (after those of ``sets`` SETs); an error
+    raises. A script is loaded server by server: one that has not seen it yet (restarted,
+    or a replica that took over) gets it, and the call, again through the script object."""
+    _raised(answers[:sets])
+    replies = answers[sets:]
     for i, reply in enumerate(replies):
         if isinstance(reply, redis.exceptions.NoScriptError):
             replies[i] = script(keys=calls[i][0], args=calls[i][1])
@@ -556,28 +562,10 @@ def write_calls(
     window_ms: int,
     digest_keys: Sequence[bytes | None],
     offsets: Mapping[str, int] | None = None,
-) -> list[tuple[list[str], list[Any]]]:
-    """The write script's keys and arguments for each step of each shard's part of a write
-    (``steps``) that moves ``offsets``, with each shard's digest key."""
-    return list(
-        each_write_call(
-            parts, layout=layout, group_id=group_id, now_ms=now_ms, window_ms=window_ms,
-            digest_keys=digest_keys, offsets=offsets,
-        )
-    )  # fmt: skip
-
-
-def each_write_call(
-    parts: Sequence[tuple[int, ChangeSet, str]],
-    *,
-    layout: keys.Layout,
-    group_id: str,
-    now_ms: int,
-    window_ms: int,
-    digest_keys: Sequence[bytes | None],
-    offsets: Mapping[str, int] | None = None,
 ) -> Iterator[tuple[list[str], list[Any]]]:
-    """``write_calls``, one at a time: each step's arguments made only when it is sent."""
+    """The write script's keys and arguments for each step of each shard's part of a write
+    (``steps``) that moves ``offsets``, with each shard's digest key; each made only when
+    the caller takes it, so that a step can be sent before the next is made."""
     ends = encode_ends(offsets or {})
     for shard, part, step in parts:
         yield script_arguments(
@@ -617,12 +605,7 @@ def _in_turn(
         raise
     finally:
         pool.release(connection)
-    _raised(answers[: len(sets)])
-    replies = answers[len(sets) :]
-    for i, reply in enumerate(replies):
-        if isinstance(reply, redis.exceptions.NoScriptError):
-            replies[i] = script(keys=sent[i][0], args=sent[i][1])
-    return _raised(replies)
+    return _replies(script, sent, answers, len(sets))
 
 
 def _landed(parts: Sequence[tuple[int, ChangeSet, str]], replies: Sequence[Any]) -> list[str]:
@@ -752,7 +735,7 @@ class RedisStore:
             (shard, self._assumed(part, shard)) for shard, part in split(changes, self.layout)
         ]
         parts, rows = self._rows_apart(steps(shards, self.step_skus))
-        calls = each_write_call(
+        calls = write_calls(
             parts, layout=self.layout, group_id=self.group_id, now_ms=now_ms,
             window_ms=self.window_ms, offsets=changes.offsets,
             digest_keys=self.digest_keys.of(self.client),
