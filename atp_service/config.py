@@ -47,7 +47,7 @@ class RedisSettings(_Section, frozen=True):
     # The most skus one script of the consumer writes (a batch's write goes in steps of
     # this many, docs/architecture.md): Redis runs one script at a time, so this bounds
     # how long one of the consumer's scripts holds the allocations and reads behind it.
-    skus_per_script: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 32
+    skus_per_script: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 16
 
     @property
     def shard_count(self) -> int:

@@ -141,7 +141,7 @@ REPLACED: Final = b"\x1freplaced"  # the write script's answer when its server c
 FULL: Final = b"\x1fcapacity"  # ... when a location's count for the day would pass its capacity
 STEPS: Final = b"\x1fsteps"  # ... when a last step finds that not all its first steps landed
 DIGEST: Final = b"\x1fdigest"  # ... when its digests were made with a key not the shard's
-READ_CHUNK: Final = 256  # skus per script call: bounds the time Redis is busy with one
+READ_CHUNK: Final = 128  # skus per script call: bounds the time Redis is busy with one
 
 
 def script_arguments(
@@ -287,7 +287,7 @@ def split(changes: ChangeSet, layout: keys.Layout) -> list[tuple[int, ChangeSet]
 
 # Skus per script of a consumer's write: at about 35 µs a sku (docs/performance.md), about
 # a millisecond of Redis, so that the API's scripts never wait long behind a catch-up.
-STEP_SKUS: Final = 32
+STEP_SKUS: Final = 16
 STEP_SEPARATOR: Final = "\x1f"  # between a write's id and a first step's number
 # Staged ledger rows larger than this go to a key of their own, SET before the write's
 # scripts and named in the staged hash after ROWS_REF: a script's arguments are copied, at

@@ -242,7 +242,7 @@ for l = 0, n_ledger - 1 do
   end
   local before = redis.call('HGET', KEYS[5], field)
   if before and string.sub(before, 1, 1) == '@' and before ~= rows then
-    redis.call('DEL', string.sub(before, 2))
+    redis.call('UNLINK', string.sub(before, 2))
   end
   redis.call('HSET', KEYS[5], field, rows)
 end
@@ -369,7 +369,9 @@ if step == 'p' then
   redis.call('PEXPIRE', steps_ids, ttl)
   redis.call('SADD', prefix .. 'partials', token)
 elseif step ~= '' then
-  redis.call('DEL', steps_key, steps_ids)
+  -- UNLINK: the set of a write's ids is as large as the write (tens of thousands of ids),
+  -- and freeing it here would hold Redis for milliseconds; Redis frees it in the background.
+  redis.call('UNLINK', steps_key, steps_ids)
   redis.call('SREM', prefix .. 'partials', token)
 end
 
