@@ -373,6 +373,11 @@ def line_field(order_id: str, line_id: str) -> str:
     return f"{order_id}\x1f{line_id}"
 
 
+def order_of_line(field: str) -> str:
+    """The order_id of a ``line_field``."""
+    return field.partition("\x1f")[0]
+
+
 def merge_line_record(old: bytes | None, record: bytes) -> bytes:
     """A line's record once ``record`` (as written by a re-plan) is written onto ``old``
     (None: no record yet): the new plan, the conversions held before, the new ones."""

@@ -32,7 +32,7 @@ from atp_service.store.capacity import AsyncClaims, Claims
 from atp_service.store.keys import SpansShards
 from atp_service.store.kit_records import AsyncKitRecords, KitRecords
 from atp_service.store.marks import DigestKeyChanged, DigestKeys, digests, new_key
-from streams.backorders import line_field
+from streams.backorders import line_field, order_of_line
 from streams.changeset import (
     UPDATE_KIND,
     ChangeSet,
@@ -270,13 +270,21 @@ def split(changes: ChangeSet, layout: keys.Layout) -> list[tuple[int, ChangeSet]
         part(shard(sku)).lines[sku] = records
     for pair, value in changes.changed.items():
         part(shard(pair[1])).changed[pair] = value
+    # An order's notice goes with a sku whose lines it tells of (``steps`` says why).
+    order_shard = {
+        order_of_line(line): shard(sku)
+        for sku, records in changes.lines.items()
+        for line in records
+    }
     loose: dict[str, bytes] = {}
     for name, event in changes.outbox.items():
         kind, key = outbox_kind(name)  # the key is the sku, but for an order's notice
-        if kind == UPDATE_KIND:  # read when it is sent, so any part may carry it
-            loose[name] = event
-        else:
+        if kind != UPDATE_KIND:
             part(shard(key)).outbox[name] = event
+        elif key in order_shard:
+            part(order_shard[key]).outbox[name] = event
+        else:  # read when it is sent, so any part may carry it
+            loose[name] = event
     if changes.puts:
         # Orders are keys of no shard: with several shards an order is written in steps
         # (atp_service/sharded_allocator.py), never with them.
@@ -349,9 +357,19 @@ def steps(
             at.get(sku, last).lines[sku] = records
         for pair, value in part.changed.items():
             at.get(pair[1], last).changed[pair] = value
+        # An order's notice goes with a sku whose lines it tells of: if that step lands and
+        # the write is then cut short, the sku's events are duplicates when the batch is
+        # folded again and nothing plans it again; if it does not land, the sku is planned
+        # again and the notice made again. (It is read when it is sent, so any step may
+        # carry it.)
+        order_at = {
+            order_of_line(line): at.get(sku, last)
+            for sku, records in part.lines.items()
+            for line in records
+        }
         for name, event in part.outbox.items():
-            kind, key = outbox_kind(name)  # an order's notice is read when it is sent
-            (last if kind == UPDATE_KIND else at.get(key, last)).outbox[name] = event
+            kind, key = outbox_kind(name)
+            (order_at if kind == UPDATE_KIND else at).get(key, last).outbox[name] = event
         out += [(shard, piece, "p") for piece in pieces[:-1]]
         out.append((shard, last, f"f{len(pieces) - 1}"))
     return out

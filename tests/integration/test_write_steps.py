@@ -17,6 +17,7 @@ import redis
 
 from atp_service.config import parse_config
 from atp_service.model import projector_for
+from atp_service.orders import LineResult, OrderResult, StoredOrder, encode_stored
 from atp_service.store import keys, redis_store
 from atp_service.store.redis_store import RedisStore, initialize
 from streams.changeset import build_changeset, decode_outbox, projection_field
@@ -37,6 +38,16 @@ def receipt(event_id: str, sku: str, quantity: int) -> bytes:
         "type": "bin_movement", "event_id": event_id, "occurred_at": "2026-11-27T08:00:00Z",
         "sku": sku, "location": "DC-EAST", "quantity": quantity,
         "to_bin": "A1", "to_status": "available",
+    }).encode()  # fmt: skip
+
+
+def backorder(event_id: str, sku: str, order_id: str, quantity: int) -> bytes:
+    """A claim the API made for a backordered line: no stock yet, promised in 5 days."""
+    return json.dumps({
+        "type": "reservation_created", "event_id": event_id,
+        "occurred_at": "2026-11-27T07:00:00Z", "reservation_id": f"{order_id}:1:DC-EAST:backorder",
+        "sku": sku, "channel": "web", "location": "DC-EAST", "quantity": quantity,
+        "expires_at": None, "placed_at": "2026-11-27T07:00:00Z", "promise_date": "2026-12-02",
     }).encode()  # fmt: skip
 
 
@@ -245,3 +256,43 @@ def test_two_consumers_killed_between_steps_in_turn_are_followed_exactly(
     assert on_hand(third) == {**dict.fromkeys(SKUS, 5), "SKU-0": 6}
     assert stored_offset(third) == 21
     assert ledger_statuses(third) == dict.fromkeys(range(21), "applied")
+
+
+@pytest.mark.parametrize("cut_after", [1, 3])
+def test_orders_hear_of_lines_a_cut_write_confirmed(
+    new_consumer: Callable[[], StreamProjector], cut_after: int
+) -> None:
+    """A receipt wave confirms a backordered line on every sku, and the write is cut short
+    after its first steps: those steps' skus are duplicates when the batch is folded again,
+    so nothing plans them again, yet each order still hears that its line is confirmed."""
+    first = new_consumer()
+    client = first.store.client
+    for n, sku in enumerate(SKUS):
+        line = LineResult("1", sku, 2, [], 2, "2026-12-02", 0)
+        result = OrderResult(f"B-{n}", "web", "allocated", [line])
+        client.set(keys.SINGLE.order_key(f"B-{n}"), encode_stored(StoredOrder("x", result, [])))
+    first.process([
+        FakeMessage(TOPIC, 0, n, backorder(f"c-{n}", sku, f"B-{n}", 2), sku.encode())
+        for n, sku in enumerate(SKUS)
+    ])  # fmt: skip
+    first.finish(timeout_s=1)
+    first.store.cut_after = cut_after  # type: ignore[attr-defined]
+    with pytest.raises(redis.ConnectionError):
+        first.process(wave(10, 2))
+    second = new_consumer()
+    second.process(wave(10, 2))
+    second.publish_outbox(from_redis=True)  # what the cut write left, as the sweep does
+    second.finish(timeout_s=1)
+
+    updates = first.producer.sent + second.producer.sent
+    last: dict[str, Any] = {}
+    for message in updates:
+        if message.topic.endswith("allocation-updates"):
+            notice = json.loads(message.value)
+            last[notice["order_id"]] = notice
+    assert sorted(last) == sorted(f"B-{n}" for n in range(len(SKUS)))
+    for order_id, notice in last.items():
+        (line,) = notice["lines"]
+        assert (line["backordered"], sum(a["quantity"] for a in line["allocations"])) == (0, 2), (
+            order_id
+        )

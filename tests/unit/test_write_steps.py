@@ -1,19 +1,22 @@
 """A consumer's write in steps (atp_service/store/redis_store.py, ``steps``): no script
-writes more than its share of skus, every part of the write goes with its sku's step, and
-only the last step moves the offsets and stages the ledger rows."""
+writes more than its share of skus, every part of the write goes with its sku's step (an
+order's notice with a step of a sku it has lines on), and only the last step moves the
+offsets and stages the ledger rows."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from atp_service.store.redis_store import steps
+from atp_service.store import keys
+from atp_service.store.redis_store import split, steps
 from streams.backorders import line_field
 from streams.changeset import (
     ChangeSet,
     SkuWrite,
     order_update_field,
     outbox_field,
+    outbox_kind,
     reservation_field,
 )
 
@@ -29,9 +32,16 @@ def change_set(n_skus: int) -> ChangeSet:
         changes.outbox[reservation_field(sku, f"r-{sku}")] = b"reservation"
         changes.changed["web", sku] = 3
         changes.marked[sku] = [f"atp-alloc:{sku}"]
-        changes.lines[sku] = {line_field("O-1", "1"): b"record"}
-    changes.outbox[order_update_field("O-1")] = b"notice"
+        # An order has lines on three skus; each sku has lines of one order.
+        order_id = f"O-{int(sku.removeprefix('SKU-')) // 3}"
+        changes.lines[sku] = {line_field(order_id, sku): b"record"}
+        changes.outbox[order_update_field(order_id)] = b"notice"
+    changes.outbox[order_update_field("O-none")] = b"notice"  # no line in this write
     return changes
+
+
+def orders_of(piece: ChangeSet) -> set[str]:
+    return {line.partition("\x1f")[0] for records in piece.lines.values() for line in records}
 
 
 @given(st.integers(min_value=1, max_value=40), st.integers(min_value=1, max_value=12))
@@ -54,8 +64,11 @@ def test_every_part_goes_with_its_skus_step_and_the_last_moves_the_offsets(
         last = step != "p"
         assert piece.offsets == (changes.offsets if last else {})
         assert piece.ledger == (changes.ledger if last else {})
-        # An order's notice is read when it is sent, so the last step carries it.
-        assert (order_update_field("O-1") in piece.outbox) == last
+        # A step that lands carries the notices of the orders its skus' lines are of: cut
+        # short after it, nothing plans those skus again to make them.
+        notices = {key for name in piece.outbox for kind, key in [outbox_kind(name)] if kind == "u"}
+        assert notices - {"O-none"} <= orders_of(piece)
+        assert ("O-none" in notices) == last
         assert (piece.outbox_id == changes.outbox_id) == last
     merged: dict[str, bytes] = {}
     for _, piece, _ in out:
@@ -67,3 +80,14 @@ def test_a_write_of_orders_or_capacity_counts_stays_whole() -> None:
     changes = change_set(10)
     changes.puts.append(("atp:v3:order:O-1", "nx", b"{}"))
     assert steps([(0, changes)], 3) == [(0, changes, "")]
+
+
+@given(st.integers(min_value=1, max_value=40), st.integers(min_value=2, max_value=8))
+def test_a_notice_goes_to_the_shard_of_its_orders_lines(n_skus: int, shards: int) -> None:
+    changes = change_set(n_skus)
+    changes.ledger = {}
+    for shard, part in split(changes, keys.Layout(shards)):
+        for name in part.outbox:
+            kind, key = outbox_kind(name)
+            if kind == "u" and key != "O-none":
+                assert key in orders_of(part), (shard, key)
