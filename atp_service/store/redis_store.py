@@ -270,19 +270,19 @@ def split(changes: ChangeSet, layout: keys.Layout) -> list[tuple[int, ChangeSet]
         part(shard(sku)).lines[sku] = records
     for pair, value in changes.changed.items():
         part(shard(pair[1])).changed[pair] = value
-    # An order's notice goes with a sku whose lines it tells of (``steps`` says why).
-    order_shard = {
-        order_of_line(line): shard(sku)
-        for sku, records in changes.lines.items()
-        for line in records
-    }
+    # An order's notice goes with every part that holds lines of it (``steps`` says why).
+    order_shards: dict[str, set[int]] = {}
+    for sku, records in changes.lines.items():
+        for line in records:
+            order_shards.setdefault(order_of_line(line), set()).add(shard(sku))
     loose: dict[str, bytes] = {}
     for name, event in changes.outbox.items():
         kind, key = outbox_kind(name)  # the key is the sku, but for an order's notice
         if kind != UPDATE_KIND:
             part(shard(key)).outbox[name] = event
-        elif key in order_shard:
-            part(order_shard[key]).outbox[name] = event
+        elif key in order_shards:
+            for s in order_shards[key]:
+                part(s).outbox[name] = event
         else:  # read when it is sent, so any part may carry it
             loose[name] = event
     if changes.puts:
@@ -357,19 +357,24 @@ def steps(
             at.get(sku, last).lines[sku] = records
         for pair, value in part.changed.items():
             at.get(pair[1], last).changed[pair] = value
-        # An order's notice goes with a sku whose lines it tells of: if that step lands and
-        # the write is then cut short, the sku's events are duplicates when the batch is
-        # folded again and nothing plans it again; if it does not land, the sku is planned
-        # again and the notice made again. (It is read when it is sent, so any step may
-        # carry it.)
-        order_at = {
-            order_of_line(line): at.get(sku, last)
-            for sku, records in part.lines.items()
-            for line in records
-        }
+        # An order's notice goes with every step that holds lines of it: if such a step
+        # lands and the write is then cut short, its skus' events are duplicates when the
+        # batch is folded again and nothing plans them again; the steps that did not land
+        # are planned again, and make their notices again. A notice is read when it is
+        # sent, so the copies say the same; the write's own publishing sends one.
+        order_at: dict[str, dict[int, ChangeSet]] = {}
+        for sku, records in part.lines.items():
+            piece = at.get(sku, last)
+            for line in records:
+                order_at.setdefault(order_of_line(line), {})[id(piece)] = piece
         for name, event in part.outbox.items():
             kind, key = outbox_kind(name)
-            (order_at if kind == UPDATE_KIND else at).get(key, last).outbox[name] = event
+            if kind != UPDATE_KIND:
+                at.get(key, last).outbox[name] = event
+                continue
+            holding = order_at.get(key)
+            for piece in holding.values() if holding else (last,):
+                piece.outbox[name] = event
         out += [(shard, piece, "p") for piece in pieces[:-1]]
         out.append((shard, last, f"f{len(pieces) - 1}"))
     return out
