@@ -599,36 +599,101 @@ def write_calls(
 
 
 def _in_turn(
-    client: redis.Redis,
+    client: redis.Redis | redis.RedisCluster,
     script: Any,
     calls: Iterable[tuple[list[str], list[Any]]],
     sets: Sequence[tuple[str, bytes, int]] = (),
 ) -> list[Any]:
-    """``_pipelined`` on one connection of a plain (not cluster) client, each call sent as
-    soon as it is made: Redis runs a write's first steps while the arguments of the next
-    ones are made and packed, instead of waiting for all of them."""
-    pool = client.connection_pool
-    connection: Any = pool.get_connection()  # redis-py types its connections loosely
+    """``_pipelined``, each call sent as soon as it is made: Redis runs a write's first
+    steps while the arguments of the next ones are made and packed, instead of waiting for
+    all of them. On one connection of a plain client; on a cluster, on one connection per
+    node, each call on its first key's node (a call's keys share a slot)."""
+    nodes = _NodeConnections(client)
     sent: list[tuple[list[str], list[Any]]] = []
     try:
         for key, value, ttl in sets:
-            connection.send_packed_command(connection.pack_command("SET", key, value, "PX", ttl))
+            nodes.send(key, ("SET", key, value, "PX", ttl))
         for key_list, args in calls:
-            packed = connection.pack_command("EVALSHA", script.sha, len(key_list), *key_list, *args)
-            connection.send_packed_command(packed)
+            nodes.send(key_list[0], ("EVALSHA", script.sha, len(key_list), *key_list, *args))
             sent.append((key_list, args))
-        answers: list[Any] = []
-        for _ in range(len(sets) + len(sent)):
-            try:
-                answers.append(connection.read_response())
-            except redis.ResponseError as exc:
-                answers.append(exc)
-    except BaseException:
-        connection.disconnect()  # replies may be left unread on it
+        answers = nodes.answers()
+    except BaseException as exc:
+        nodes.disconnect()  # replies may be left unread on them
+        if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+            nodes.refresh()
         raise
     finally:
-        pool.release(connection)
+        nodes.release()
+    moved = [i for i, answer in enumerate(answers) if isinstance(answer, _REDIRECTED)]
+    if moved:
+        # Sent to a node that no longer serves the slot, so not run: again, in order,
+        # through the cluster client, which follows the slot (its steps all moved).
+        commands = [("SET", key, value, "PX", ttl) for key, value, ttl in sets]
+        commands += [("EVALSHA", script.sha, len(k), *k, *a) for k, a in sent]
+        pipe = client.pipeline(transaction=False)
+        for i in moved:
+            pipe.execute_command(*commands[i])
+        for i, answer in zip(moved, pipe.execute(raise_on_error=False), strict=True):
+            answers[i] = answer
     return _replies(script, sent, answers, len(sets))
+
+
+# Replies of a cluster node that did not run the command: the slot is served elsewhere now.
+_REDIRECTED: Final = (
+    redis.exceptions.AskError,  # MovedError is one
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,
+)
+
+
+class _NodeConnections:
+    """One connection per node the commands go to, each command sent at once; the answers
+    read afterwards in the order the commands were sent (errors as values)."""
+
+    def __init__(self, client: redis.Redis | redis.RedisCluster) -> None:
+        self.client = client
+        self.taken: dict[str, tuple[Any, Any]] = {}  # node -> (pool, connection)
+        self.order: list[str] = []  # the node of each command sent
+
+    def send(self, key: str, command: tuple[Any, ...]) -> None:
+        client = self.client
+        if isinstance(client, redis.RedisCluster):
+            node = client.get_node_from_key(key)  # type: ignore[no-untyped-call]
+            name, pool = node.name, client.get_redis_connection(node).connection_pool
+        else:
+            name, pool = "", client.connection_pool
+        taken = self.taken.get(name)
+        if taken is None:
+            taken = self.taken[name] = (pool, pool.get_connection())
+        connection = taken[1]
+        connection.send_packed_command(connection.pack_command(*command))
+        self.order.append(name)
+
+    def answers(self) -> list[Any]:
+        out: list[Any] = []
+        for name in self.order:
+            try:
+                out.append(self.taken[name][1].read_response())
+            except redis.ResponseError as exc:
+                out.append(exc)
+        return out
+
+    def disconnect(self) -> None:
+        for _, connection in self.taken.values():
+            connection.disconnect()
+
+    def refresh(self) -> None:
+        """After a node failed: on a cluster, ask who serves what now (it may have been
+        replaced), as the client does after its own commands fail; the caller tries again."""
+        if isinstance(self.client, redis.RedisCluster):
+            try:
+                self.client.nodes_manager.initialize()
+            except (redis.RedisError, redis.RedisClusterException):
+                pass  # no node answers yet: the next command asks again
+
+    def release(self) -> None:
+        for pool, connection in self.taken.values():
+            pool.release(connection)
 
 
 def _landed(parts: Sequence[tuple[int, ChangeSet, str]], replies: Sequence[Any]) -> list[str]:
@@ -702,7 +767,13 @@ class RedisStore:
     each is atomic and moves its shard's offsets, and once all landed the group's offsets
     move (with one shard they are the shard's)."""
 
-    transient_errors: tuple[type[Exception], ...] = (redis.RedisError, OSError)
+    # RedisClusterException is no RedisError: the cluster client raises it while no node
+    # serves a slot (the consumer waits it out).
+    transient_errors: tuple[type[Exception], ...] = (
+        redis.RedisError,
+        redis.RedisClusterException,
+        OSError,
+    )
 
     def __init__(
         self,
@@ -769,15 +840,12 @@ class RedisStore:
                 reply = self._write(keys=key_list, args=args)
                 conflicts = _conflicts(parts[0][1], reply)
             else:
-                # The rows, then the parts and steps, go together (on a cluster, each node's
-                # at once, in order). The rows are kept by the script that names them, else
-                # expire.
+                # The rows, then the parts and steps, go together (on a cluster, each on
+                # its node's connection, in order). The rows are kept by the script that
+                # names them, else expire.
                 ttl = max(self.window_ms, 3_600_000)
                 sets = [(key, blob, ttl) for key, blob in rows]
-                if self.cluster:
-                    replies = _pipelined(self.client, self._write, list(calls), sets)
-                else:
-                    replies = _in_turn(self.client, self._write, calls, sets)
+                replies = _in_turn(self.client, self._write, calls, sets)
                 conflicts = _landed(parts, replies)
         except DigestKeyChanged:
             self.digest_keys.forget()  # the caller reads again, with the shards' keys now
