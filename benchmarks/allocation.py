@@ -23,7 +23,7 @@ allocations over HTTP against the single-sku read, in the same run.
 
 With ``--backlog`` the run is instead single allocations while the consumer catches up:
 for each Redis layout of ``--stores`` (one Redis with 1 shard by default; ``single/N`` for
-N shards on one Redis: allocations are not available on a cluster yet) its own Redis,
+N shards on one Redis; ``cluster`` for a local Redis Cluster) its own Redis,
 topics, `atp serve --workers 2` and `atp consume`, the spread skus stocked as above. Each
 run: allocations at 32 connections with the consumer idle (caught up: it folds only the
 allocations' own events), then a backlog of new events (the fold benchmark's workload over
@@ -32,6 +32,9 @@ and allocations for the same time while the consumer folds it, then a wait until
 offsets cover the backlog. Figures: p50 and p99 during the catch-up beside idle (target
 p99 within 2x); the catch-up's events/s and the longest scripts during it (SLOWLOG, calls
 of 1 ms or more) are informative, and no (sku, location) may be reserved beyond its stock.
+Beside each wrk run, probes time what a request waits for the broker and Redis alone: every
+20 ms, a message of a topic of its own produced as the API does (idempotent, acks=all) and
+flushed, then a PING to a Redis node.
 
 ``python -m benchmarks.allocation --size small|full [--backlog [--stores single,single/64]]``
 """
@@ -39,11 +42,13 @@ of 1 ms or more) are informative, and no (sku, location) may be reserved beyond 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from confluent_kafka import Producer
 
 from allocation.allocate import allocate
 from allocation.network import Network, Supply
@@ -66,6 +71,7 @@ from benchmarks.common import (
     ensure_wrk,
     lua_get_paths,
     parse_args,
+    percentile,
     produce_tracked,
     run_wrk,
     say,
@@ -276,6 +282,47 @@ def settle(client: Any, quiet_s: float = 1.0, limit_s: float = 15.0) -> None:
 BACKLOG = {"small": 50_000, "full": 500_000}  # events the consumer catches up on
 
 
+PROBE_EVERY_S = 0.02
+
+
+class Probes:
+    """While a wrk run goes: every PROBE_EVERY_S, a message to ``topic`` produced as the API
+    produces (idempotent, acks=all) and flushed, timed to its acknowledgement; then a PING
+    to ``node``, timed to its answer. What the broker and Redis alone make a request wait."""
+
+    def __init__(self, bootstrap: str, topic: str, node: Any) -> None:
+        self.producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True,
+                                  "acks": "all", "linger.ms": 2})  # fmt: skip
+        self.topic, self.node = topic, node
+        self.producer.produce(topic, b"warm")
+        self.producer.flush(30)  # the idempotent producer's id, before anything is timed
+        self.broker_ms: list[float] = []
+        self.redis_ms: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="probes", daemon=True)
+
+    def __enter__(self) -> Probes:
+        self.broker_ms, self.redis_ms = [], []
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="probes", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(PROBE_EVERY_S):
+            started = time.perf_counter()
+            self.producer.produce(self.topic, b"probe")
+            if self.producer.flush(30) == 0:
+                self.broker_ms.append((time.perf_counter() - started) * 1000)
+            started = time.perf_counter()
+            self.node.ping()
+            self.redis_ms.append((time.perf_counter() - started) * 1000)
+
+
 def backlog_on(bench: Bench, bootstrap: str, spec: str, args: Any, report: Report) -> None:
     """The ``--backlog`` runs on one Redis layout, added to ``report``."""
     from benchmarks.fold import SIZES as FOLD_SIZES
@@ -292,6 +339,7 @@ def backlog_on(bench: Bench, bootstrap: str, spec: str, args: Any, report: Repor
     bench.config_path.write_text(text)
     settings = bench.settings = parse_config(text)
     create_topics(bootstrap, settings.topics.names(), partitions=4)
+    create_topics(bootstrap, [f"bl-{tag}-probe"], partitions=1)
     report.parameters["batch_size"] = settings.consumer.batch_size
     skus = [f"A-{i:05d}" for i in range(size["http_skus"])]
     hot = [f"HOT-{i}" for i in range(HOT_SKUS)]
@@ -330,17 +378,26 @@ def backlog_on(bench: Bench, bootstrap: str, spec: str, args: Any, report: Repor
     for n in range(COLD_PASSES):
         allocations_run(f"{tag}-cold{n}", COLD_SECONDS)
     idle, busy, rates, longest, slow = [], [], [], [], []
+    probes = Probes(bootstrap, f"bl-{tag}-probe", store.nodes()[0])
+    # p99 of the broker's acknowledgement and of a Redis PING, per run: (idle, catching up)
+    broker: list[tuple[float, float]] = []
+    ping: list[tuple[float, float]] = []
     for run in range(args.runs):
         with timed(f"{store.label}: run {run + 1}/{args.runs}"):
             messages = generate(settings, events, FOLD_SIZES["full"]["skus"],
                                 prefix=f"{tag}-r{run}-")  # fmt: skip
-            idle.append(allocations_run(f"{tag}-idle{run}", size["seconds"]))
+            with probes:
+                idle.append(allocations_run(f"{tag}-idle{run}", size["seconds"]))
+            quiet = (percentile(probes.broker_ms, 99), percentile(probes.redis_ms, 99))
             store.trace(slower_than_us=1000)
             started = time.perf_counter()
             target = produce_tracked(bootstrap, messages)
             produced = time.perf_counter()
-            busy.append(allocations_run(f"{tag}-busy{run}", size["seconds"]))
+            with probes:
+                busy.append(allocations_run(f"{tag}-busy{run}", size["seconds"]))
             ended = time.perf_counter()
+            broker.append((quiet[0], percentile(probes.broker_ms, 99)))
+            ping.append((quiet[1], percentile(probes.redis_ms, 99)))
             done = caught_up(target)
             calls = store.script_calls({})
             store.stop_tracing()
@@ -354,7 +411,9 @@ def backlog_on(bench: Bench, bootstrap: str, spec: str, args: Any, report: Repor
                 f"{busy[-1].latency_ms['50']:.1f}/{busy[-1].latency_ms['99']:.1f} ms; "
                 f"produced in {produced - started:.1f}s, caught up after "
                 f"{done - started:.1f}s; longest script {longest[-1]:.0f} ms, "
-                f"{slow[-1]} of 5 ms or more")  # fmt: skip
+                f"{slow[-1]} of 5 ms or more; probes p99 idle / catching up: broker "
+                f"{broker[-1][0]:.1f} / {broker[-1][1]:.1f} ms, Redis PING {ping[-1][0]:.1f} / "
+                f"{ping[-1][1]:.1f} ms")  # fmt: skip
             del messages
     bench.stop(consumer)
     bench.stop(api)  # the next layout's runs have the cores
@@ -372,6 +431,12 @@ def backlog_on(bench: Bench, bootstrap: str, spec: str, args: Any, report: Repor
                       [r.requests_per_s for r in idle], informative=True))  # fmt: skip
     report.add(Figure(f"  catch-up of {events:,} events (produce to stored offsets), {label}",
                       "events/s", rates, informative=True))  # fmt: skip
+    report.add(Figure(f"  broker acknowledgement (probe) p99 while catching up, {label}", "ms",
+                      [b for _, b in broker], base_name, [a for a, _ in broker],
+                      informative=True))  # fmt: skip
+    report.add(Figure(f"  Redis PING (probe) p99 while catching up, {label}", "ms",
+                      [b for _, b in ping], base_name, [a for a, _ in ping],
+                      informative=True))  # fmt: skip
     report.add(Figure(f"  longest script while catching up, {label}", "ms", longest,
                       informative=True))  # fmt: skip
     report.add(Figure(f"  scripts of 5 ms or more while catching up, {label}", "calls",
