@@ -9,6 +9,7 @@ API reserved stock meanwhile. The caller then re-reads and re-folds.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
@@ -604,11 +605,12 @@ def _in_turn(
     calls: Iterable[tuple[list[str], list[Any]]],
     sets: Sequence[tuple[str, bytes, int]] = (),
 ) -> list[Any]:
-    """``_pipelined``, each call sent as soon as it is made: Redis runs a write's first
-    steps while the arguments of the next ones are made and packed, instead of waiting for
-    all of them. On one connection of a plain client; on a cluster, on one connection per
-    node, each call on its first key's node (a call's keys share a slot)."""
-    nodes = _NodeConnections(client)
+    """``_pipelined``, each call sent as soon as it is made, with at most STEPS_IN_FLIGHT
+    unanswered: Redis runs a write's first steps while the arguments of the next ones are
+    made and packed, and other clients' commands between them. On one connection of a plain
+    client; on a cluster, on one connection per node, each call on its first key's node (a
+    call's keys share a slot)."""
+    nodes = _NodeConnections(client, STEPS_IN_FLIGHT)
     sent: list[tuple[list[str], list[Any]]] = []
     try:
         for key, value, ttl in sets:
@@ -638,6 +640,12 @@ def _in_turn(
     return _replies(script, sent, answers, len(sets))
 
 
+# Calls sent to a node and not answered yet, at most. Redis runs what a client pipelined
+# back to back before it turns to other clients, so a write's steps sent all at once held
+# it for many steps' time (docs/performance.md); with two, Redis has the next step while
+# the consumer makes the one after.
+STEPS_IN_FLIGHT: Final = 2
+
 # Replies of a cluster node that did not run the command: the slot is served elsewhere now.
 _REDIRECTED: Final = (
     redis.exceptions.AskError,  # MovedError is one
@@ -647,13 +655,16 @@ _REDIRECTED: Final = (
 
 
 class _NodeConnections:
-    """One connection per node the commands go to, each command sent at once; the answers
-    read afterwards in the order the commands were sent (errors as values)."""
+    """One connection per node the commands go to, each command sent at once, with at most
+    ``in_flight`` of them unanswered on a node; the answers in the order the commands were
+    sent (errors as values)."""
 
-    def __init__(self, client: redis.Redis | redis.RedisCluster) -> None:
+    def __init__(self, client: redis.Redis | redis.RedisCluster, in_flight: int) -> None:
         self.client = client
+        self.in_flight = in_flight
         self.taken: dict[str, tuple[Any, Any]] = {}  # node -> (pool, connection)
-        self.order: list[str] = []  # the node of each command sent
+        self.unread: dict[str, collections.deque[int]] = {}  # node -> commands unanswered
+        self.out: list[Any] = []
 
     def send(self, key: str, command: tuple[Any, ...]) -> None:
         client = self.client
@@ -665,18 +676,27 @@ class _NodeConnections:
         taken = self.taken.get(name)
         if taken is None:
             taken = self.taken[name] = (pool, pool.get_connection())
+            self.unread[name] = collections.deque()
         connection = taken[1]
         connection.send_packed_command(connection.pack_command(*command))
-        self.order.append(name)
+        unread = self.unread[name]
+        unread.append(len(self.out))
+        self.out.append(None)
+        while len(unread) > self.in_flight:
+            self._read(name)
+
+    def _read(self, name: str) -> None:
+        at = self.unread[name].popleft()
+        try:
+            self.out[at] = self.taken[name][1].read_response()
+        except redis.ResponseError as exc:
+            self.out[at] = exc
 
     def answers(self) -> list[Any]:
-        out: list[Any] = []
-        for name in self.order:
-            try:
-                out.append(self.taken[name][1].read_response())
-            except redis.ResponseError as exc:
-                out.append(exc)
-        return out
+        for name, unread in self.unread.items():
+            while unread:
+                self._read(name)
+        return self.out
 
     def disconnect(self) -> None:
         for _, connection in self.taken.values():

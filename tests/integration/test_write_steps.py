@@ -296,3 +296,25 @@ def test_orders_hear_of_lines_a_cut_write_confirmed(
         assert (line["backordered"], sum(a["quantity"] for a in line["allocations"])) == (0, 2), (
             order_id
         )
+
+
+def test_a_write_keeps_at_most_two_steps_unanswered(redis_url: str) -> None:
+    """Redis runs what one client pipelined back to back, holding every allocation and read
+    meanwhile: a write sends its next step only once at most one is left unanswered, and
+    gets every answer (errors as values) in the order of its steps."""
+    client = redis.Redis.from_url(redis_url)
+    nodes = redis_store._NodeConnections(client, redis_store.STEPS_IN_FLIGHT)
+    most = 0
+    for n in range(12):
+        command = ("HGET", f"k{n}") if n == 5 else ("INCR", f"k{n}")  # HGET lacks a field
+        nodes.send(f"k{n}", command)
+        most = max(most, len(nodes.unread[""]))
+    answers = nodes.answers()
+    nodes.release()
+    assert most == redis_store.STEPS_IN_FLIGHT == 2
+    assert [a if not isinstance(a, redis.ResponseError) else "error" for a in answers] == [
+        *[1] * 5,
+        "error",
+        *[1] * 6,
+    ]
+    client.close()
