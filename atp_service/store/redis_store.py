@@ -241,6 +241,17 @@ def script_arguments(
     return key_list, args
 
 
+def _skus_by_order(lines: Mapping[str, Mapping[str, bytes]]) -> dict[str, list[str]]:
+    """The skus each order has re-planned lines on, from a change set's line records."""
+    out: dict[str, list[str]] = {}
+    for sku, records in lines.items():
+        for line in records:
+            skus = out.setdefault(order_of_line(line), [])
+            if not skus or skus[-1] != sku:
+                skus.append(sku)
+    return out
+
+
 def split(changes: ChangeSet, layout: keys.Layout) -> list[tuple[int, ChangeSet]]:
     """The parts of ``changes`` per shard, each written by one script. A sku's write, dedupe
     marks, line records, changes-feed entries, outbox entries and ledger rows go with its
@@ -273,17 +284,14 @@ def split(changes: ChangeSet, layout: keys.Layout) -> list[tuple[int, ChangeSet]
     for pair, value in changes.changed.items():
         part(shard(pair[1])).changed[pair] = value
     # An order's notice goes with every part that holds lines of it (``steps`` says why).
-    order_shards: dict[str, set[int]] = {}
-    for sku, records in changes.lines.items():
-        for line in records:
-            order_shards.setdefault(order_of_line(line), set()).add(shard(sku))
+    order_skus = _skus_by_order(changes.lines)
     loose: dict[str, bytes] = {}
     for name, event in changes.outbox.items():
         kind, key = outbox_kind(name)  # the key is the sku, but for an order's notice
         if kind != UPDATE_KIND:
             part(shard(key)).outbox[name] = event
-        elif key in order_shards:
-            for s in order_shards[key]:
+        elif key in order_skus:
+            for s in {shard(sku) for sku in order_skus[key]}:
                 part(s).outbox[name] = event
         else:  # read when it is sent, so any part may carry it
             loose[name] = event
@@ -295,8 +303,9 @@ def split(changes: ChangeSet, layout: keys.Layout) -> list[tuple[int, ChangeSet]
     return sorted(parts.items())
 
 
-# Skus per script of a consumer's write: at about 35 µs a sku (docs/performance.md), about
-# a millisecond of Redis, so that the API's scripts never wait long behind a catch-up.
+# Skus per script of a consumer's write: at about 35-65 µs a sku (docs/performance.md),
+# half a millisecond to a millisecond of Redis, so that the API's scripts never wait long
+# behind a catch-up.
 STEP_SKUS: Final = 16
 STEP_SEPARATOR: Final = "\x1f"  # between a write's id and a first step's number
 # Staged ledger rows larger than this go to a key of their own, SET before the write's
@@ -364,17 +373,13 @@ def steps(
         # batch is folded again and nothing plans them again; the steps that did not land
         # are planned again, and make their notices again. A notice is read when it is
         # sent, so the copies say the same; the write's own publishing sends one.
-        order_at: dict[str, dict[int, ChangeSet]] = {}
-        for sku, records in part.lines.items():
-            piece = at.get(sku, last)
-            for line in records:
-                order_at.setdefault(order_of_line(line), {})[id(piece)] = piece
+        order_skus = _skus_by_order(part.lines)
         for name, event in part.outbox.items():
             kind, key = outbox_kind(name)
             if kind != UPDATE_KIND:
                 at.get(key, last).outbox[name] = event
                 continue
-            holding = order_at.get(key)
+            holding = {id(p): p for p in (at.get(sku, last) for sku in order_skus.get(key, ()))}
             for piece in holding.values() if holding else (last,):
                 piece.outbox[name] = event
         out += [(shard, piece, "p") for piece in pieces[:-1]]
