@@ -80,6 +80,9 @@ components = [{sku = "KC-A", quantity = 2}, {sku = "KC-B", quantity = 1}]
 """
 
 
+SESSION_TIMEOUT_MS: Final = 1500
+
+
 def config_text(
     redis_url: str = "redis://127.0.0.1:1/0",
     bootstrap: str = "127.0.0.1:1",
@@ -102,6 +105,9 @@ def config_text(
         consumer={"batch_timeout_ms": 20, "sweep_interval_ms": 100, "metrics_port": metrics_port},
         extra="\n" + extra if extra else "",
         redis=redis_options or {},
+        # A consumer killed by a test leaves the group 1.5 s later, not 6: every restart after
+        # a kill waits that long before it is given the partitions.
+        kafka={"session_timeout_ms": SESSION_TIMEOUT_MS},
     ).text()
 
 

@@ -43,11 +43,12 @@ class ConfigFile:
     consumer: Mapping[str, int | float] = field(default_factory=dict)
     extra: str = ""  # more TOML, appended as it is
     redis: Mapping[str, object] = field(default_factory=dict)  # [redis] keys beside the url
+    kafka: Mapping[str, object] = field(default_factory=dict)  # [kafka] keys beside these two
 
     def text(self) -> str:
         parts = [
             _table("redis", {"url": self.redis_url, **self.redis}),
-            _table("kafka", {"bootstrap": self.bootstrap, "group_id": self.group_id}),
+            _table("kafka", {"bootstrap": self.bootstrap, "group_id": self.group_id, **self.kafka}),
             _table("ledger", {"dir": self.ledger_dir}),
         ]
         if self.topic_prefix is not None:

@@ -49,10 +49,9 @@ from atp_service.store import keys
 from atp_service.store.marks import DigestKeys, digests
 from streams.changeset import projection_field
 from streams.ledger import Ledger, view_sql
-from tests.conftest import Stack, config_text
+from tests.conftest import SESSION_TIMEOUT_MS, Stack, config_text
 from tests.reference import ReferenceModel
 
-SESSION_TIMEOUT_MS = 1500
 PARTITIONS = 3
 FIELDS = ("available_to_sell", "on_hand", "reserved", "safety_stock", "atp")
 CHANNEL_LOCATIONS = {"web": ("DC-EAST", "DC-WEST"), "marketplace": ("DC-EAST",)}
@@ -78,9 +77,6 @@ def build_stack(
         ledger_dir=str(tmp / "ledger"),
         redis_options=redis_options,
     )
-    marker = 'group_id = "'
-    assert marker in text
-    text = text.replace(marker, f"session_timeout_ms = {SESSION_TIMEOUT_MS}\n{marker}", 1)
     if extra_consumer:
         text = text.replace("[consumer]\n", f"[consumer]\n{extra_consumer}\n", 1)
     path = tmp / "atp.toml"
