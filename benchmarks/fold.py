@@ -284,7 +284,7 @@ def _replanned_timed(totals: dict[str, float], fn: Callable[..., Any]) -> Callab
         spent = time.perf_counter() - started
         totals["re-plan (backorders)"] += spent - (totals["render + change set"] - inner)
         replanned = out[1]
-        totals["re-plan events"] += sum(len(e) for e in replanned.events.values())
+        totals["re-plan events"] += sum(len(ids) for ids in replanned.event_ids.values())
         totals["re-planned orders"] += len(replanned.orders)
         return out
 

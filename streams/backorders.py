@@ -37,7 +37,10 @@ from streams.fold import fold_own
 from streams.projector import Projector, format_as_of
 from streams.state import (
     NO_PROMISE,
+    RECENT_KEPT,
+    RECENT_TYPES,
     US_PER_DAY,
+    Recent,
     Reservation,
     SkuState,
     from_day,
@@ -99,7 +102,7 @@ class Replanned:
     """What re-planning changed. ``states`` holds every sku given, changed or not."""
 
     states: dict[str, SkuState]
-    events: dict[str, Sequence[AnyEvent]] = field(default_factory=dict)  # sku -> applied
+    event_ids: dict[str, list[str]] = field(default_factory=dict)  # sku -> applied, in order
     # (sku, order_id, line_id) -> the line's new plan and its new allocations
     lines: dict[tuple[str, str, str], LineChange] = field(default_factory=dict)
     orders: dict[str, Reason] = field(default_factory=dict)  # order_id -> why it changed
@@ -110,8 +113,10 @@ class Replanned:
     # sku -> its events as the outbox keeps them (``expand_events`` makes them again).
     compact: dict[str, bytes] = field(default_factory=dict)
 
-    def event_ids(self) -> dict[str, list[str]]:
-        return {sku: [e.event_id for e in events] for sku, events in self.events.items()}
+    @property
+    def events(self) -> dict[str, list[AnyEvent]]:
+        """sku -> the events applied, as they are published."""
+        return {sku: expanded(sku, compact) for sku, compact in self.compact.items()}
 
 
 def open_claims(state: SkuState, now_us: int) -> list[Reservation]:
@@ -154,8 +159,7 @@ def replan(
         kept = tuple(r for r in state.reservations if r.reservation_id not in in_queue)
         withouts.append(msgspec.structs.replace(state, reservations=kept))
     planner = Planner(projector.supply(withouts, now_us), network, now_us // US_PER_DAY, room)
-    occurred = from_us(now_us)
-    occurred_us = to_us(occurred)
+    occurred_us = to_us(from_us(now_us))
     for row, (state, queue) in enumerate(queues):
         wanted = [
             Claim(channel_index[r.channel], r.open_quantity(now_us), location_index[r.location])
@@ -163,28 +167,39 @@ def replan(
         ]
         plans = planner.plan(row, wanted)
         out.taken += [p.taken for p in plans if any(p.taken)]
-        made = _Made(state, occurred, now_us)
+        made = _Made(state, now_us)
         _events(made, queue, plans, network, out)
-        if made.events:
-            out.events[state.sku] = made.events
+        if made.ids:
+            out.event_ids[state.sku] = made.ids
             out.compact[state.sku] = _compact_encode((now_us, made.compact))
             # The events folded into the state, as the ledger will replay them.
+            latest = [
+                Recent(event_id, kind, occurred_us)
+                for event_id, kind in zip(
+                    made.ids[-RECENT_KEPT:], made.kinds[-RECENT_KEPT:], strict=True
+                )
+            ]
             out.states[state.sku] = fold_own(
-                state, made.events, occurred_us, made.released, made.created, now_us, window_us
+                state, latest, made.released, made.created, now_us, window_us
             )
         if row in planner.held_back:
             out.held_back.add(state.sku)
     return out
 
 
-class _Made:
-    """A sku's re-plan events as they are made, and what they do to its reservations."""
+_RELEASED_KIND: Final = RECENT_TYPES.index("reservation_released")
+_CREATED_KIND: Final = RECENT_TYPES.index("reservation_created")
 
-    def __init__(self, state: SkuState, occurred: datetime, now_us: int) -> None:
+
+class _Made:
+    """A sku's re-plan events as they are made, and what they do to its reservations: the
+    events themselves are made only when published (``expand_events``), from ``compact``."""
+
+    def __init__(self, state: SkuState, now_us: int) -> None:
         self.sku = state.sku
-        self.occurred = occurred
         self.now_us = now_us
-        self.events: list[ReservationReleased | ReservationCreated] = []
+        self.ids: list[str] = []  # the events' ids, in order
+        self.kinds: list[int] = []  # and their types (index into RECENT_TYPES)
         self.released: set[str] = set()  # open reservations the events release
         self.created: list[Reservation] = []  # the records of those they create
         self.compact: list[Compact] = []  # the events as the outbox keeps them
@@ -202,7 +217,8 @@ class _Made:
 
     def release(self, reservation_id: str) -> None:
         self.released.add(reservation_id)
-        self.events.append(_released(self.sku, self.occurred, reservation_id))
+        self.ids.append(RELEASED_PREFIX + reservation_id)  # released_event_id, inlined
+        self.kinds.append(_RELEASED_KIND)
         self.compact.append((reservation_id,))
 
     def reserve(self, line: str, claim: Reservation, location: str, quantity: int) -> str:
@@ -210,9 +226,8 @@ class _Made:
         ``location``."""
         reservation_id = self.new_id(f"{line}:{location}")
         channel = claim.channel
-        self.events.append(
-            _created(self.sku, channel, self.occurred, reservation_id, location, quantity)
-        )
+        self.ids.append(CREATED_PREFIX + reservation_id)  # created_event_id, inlined
+        self.kinds.append(_CREATED_KIND)
         self.compact.append((reservation_id, channel, location, quantity))
         # As the fold records the event (streams/fold.py).
         self.created.append(Reservation(reservation_id, True, channel, location, quantity))
@@ -221,11 +236,12 @@ class _Made:
     def claim(self, line: str, claim: Reservation, location: str, quantity: int, day: int) -> str:
         """Units of ``claim``'s line claimed again at ``location``, promised ``day``."""
         reservation_id = self.new_id(f"{line}:{location}{BACKORDER}")
-        item = (reservation_id, claim.channel, location, quantity, claim.placed_at, day)
-        event = _claimed(self.sku, self.occurred, *item)
-        self.events.append(event)
-        self.compact.append(item)
-        # As the fold records the event (streams/fold.py).
+        self.ids.append(CREATED_PREFIX + reservation_id)
+        self.kinds.append(_CREATED_KIND)
+        self.compact.append(
+            (reservation_id, claim.channel, location, quantity, claim.placed_at, day)
+        )
+        # As the fold records the event (streams/fold.py), placed_at as the event says it.
         self.created.append(
             Reservation(
                 reservation_id,
@@ -233,7 +249,7 @@ class _Made:
                 claim.channel,
                 location,
                 quantity,
-                placed_at=to_us(event.placed_at),  # type: ignore[arg-type]
+                placed_at=to_us(from_us(claim.placed_at)),
                 promise_day=day,
             )
         )
@@ -334,21 +350,25 @@ _compact_decode: Final = msgspec.msgpack.Decoder(tuple[int, list[list[str | int]
 _encode: Final = msgspec.json.Encoder().encode
 
 
-def expand_events(sku: str, compact: bytes) -> list[bytes]:
-    """The events (JSON) of a sku's ``Replanned.compact``, as ``replan`` made them."""
+def expanded(sku: str, compact: bytes) -> list[AnyEvent]:
+    """The events of a sku's ``Replanned.compact``, as ``replan`` applied them."""
     now_us, items = _compact_decode(compact)
     occurred = from_us(now_us)
-    out = []
+    out: list[AnyEvent] = []
     for item in items:
         if len(item) == 1:
-            event: AnyEvent = _released(sku, occurred, *item)  # type: ignore[arg-type]
+            out.append(_released(sku, occurred, *item))  # type: ignore[arg-type]
         elif len(item) == 4:
             rid, channel, location, quantity = item
-            event = _created(sku, channel, occurred, rid, location, quantity)  # type: ignore[arg-type]
+            out.append(_created(sku, channel, occurred, rid, location, quantity))  # type: ignore[arg-type]
         else:
-            event = _claimed(sku, occurred, *item)  # type: ignore[arg-type]
-        out.append(_encode(event))
+            out.append(_claimed(sku, occurred, *item))  # type: ignore[arg-type]
     return out
+
+
+def expand_events(sku: str, compact: bytes) -> list[bytes]:
+    """The events (JSON) of a sku's ``Replanned.compact``, as ``replan`` made them."""
+    return [_encode(event) for event in expanded(sku, compact)]
 
 
 class AllocationUpdate(msgspec.Struct, frozen=True):
@@ -443,31 +463,32 @@ def build_replanned(
     as applied and queued in the outbox; the order lines' plans and conversions; a notice
     per order; the stock taken at locations with a capacity, within ``room``)."""
     replanned = replan(states, projector, now_us, window_us, room)
-    if not replanned.events:
+    if not replanned.event_ids:
         changes = build_changeset(states, versions, projector, now_us, seen, offsets)
         return _due_tomorrow(changes, replanned, now_us), replanned
     marks: dict[str, list[str]] = {sku: list(ids) for sku, ids in (seen or {}).items()}
-    for sku, ids in replanned.event_ids().items():
+    for sku, ids in replanned.event_ids.items():
         marks.setdefault(sku, []).extend(ids)
     changes = build_changeset(
         [replanned.states[s.sku] for s in states], versions, projector, now_us, marks, offsets
     )
     outbox = changes.outbox
-    for sku in replanned.events:
-        outbox[reservations_field(sku)] = replanned.compact[sku]
+    for sku, compact in replanned.compact.items():
+        outbox[reservations_field(sku)] = compact
     changes.lines = line_records(replanned)
-    count_capacity(changes, projector, replanned.taken, now_us)
-    converted = replanned.lines.items()
-    claim_capacity(
-        changes,
-        projector,
-        (
-            (sku, c.reservation_id, c.location, c.quantity)
-            for (sku, _, _), ch in converted
-            for c in ch.converted
-        ),
-        now_us,
-    )
+    if projector.capacities:  # else there is nothing to count, and a line per conversion
+        count_capacity(changes, projector, replanned.taken, now_us)
+        converted = replanned.lines.items()
+        claim_capacity(
+            changes,
+            projector,
+            (
+                (sku, c.reservation_id, c.location, c.quantity)
+                for (sku, _, _), ch in converted
+                for c in ch.converted
+            ),
+            now_us,
+        )
     _due_tomorrow(changes, replanned, now_us)
     as_of = format_as_of(now_us)
     # Notices differ only by their order: one encoding per reason.

@@ -200,28 +200,33 @@ def fold(
 
 def fold_own(
     state: SkuState,
-    events: Sequence[ReservationReleased | ReservationCreated],
-    occurred_us: int,
+    latest: list[Recent],
     released: Set[str],
     created: Sequence[Reservation],
     now_us: int,
     window_us: int,
 ) -> SkuState:
     """``fold`` of reservation events atp made for a sku from its state (a re-plan's,
-    streams/backorders.py), without applying them one by one: all occurred at
-    ``occurred_us``; they release ``released``, reservations the state holds open, and
-    create the reservations ``created``, whose ids the state does not hold, with the
-    records ``_apply_created`` makes of them. The same state as ``fold`` of the events
-    gives (the backorder property tests hold it)."""
+    streams/backorders.py), without applying them one by one: ``latest`` lists the last of
+    them; they release ``released``, reservations the state holds open, and create the
+    reservations ``created``, whose ids the state does not hold, with the records
+    ``_apply_created`` makes of them. The same state as ``fold`` of the events gives (the
+    backorder property tests hold it)."""
     closed: list[Reservation] = []
     if released:
         closed = [
             _released(r, now_us) if r.reservation_id in released else r for r in state.reservations
         ]
     reservations = chain(closed or state.reservations, created)
-    latest = [Recent(e.event_id, RECENT_KIND[type(e)], occurred_us) for e in events[-RECENT_KEPT:]]
     return _frozen(
-        state, state.bins, reservations, state.inbound, state.snapshots, latest, now_us, window_us
+        state,
+        state.bins,
+        reservations,
+        state.inbound,
+        state.snapshots,
+        latest[-RECENT_KEPT:],
+        now_us,
+        window_us,
     )
 
 

@@ -40,6 +40,7 @@ from streams.changeset import (
     ChangeSet,
     decode_outbox,
     encode_outbox,
+    order_update_field,
     outbox_kind,
     projection_field,
 )
@@ -246,8 +247,11 @@ def _skus_by_order(lines: Mapping[str, Mapping[str, bytes]]) -> dict[str, list[s
     out: dict[str, list[str]] = {}
     for sku, records in lines.items():
         for line in records:
-            skus = out.setdefault(order_of_line(line), [])
-            if not skus or skus[-1] != sku:
+            order_id = order_of_line(line)
+            skus = out.get(order_id)
+            if skus is None:
+                out[order_id] = [sku]
+            elif skus[-1] != sku:
                 skus.append(sku)
     return out
 
@@ -373,15 +377,22 @@ def steps(
         # batch is folded again and nothing plans them again; the steps that did not land
         # are planned again, and make their notices again. A notice is read when it is
         # sent, so the copies say the same; the write's own publishing sends one.
-        order_skus = _skus_by_order(part.lines)
-        for name, event in part.outbox.items():
-            kind, key = outbox_kind(name)
-            if kind != UPDATE_KIND:
-                at.get(key, last).outbox[name] = event
-                continue
-            holding = {id(p): p for p in (at.get(sku, last) for sku in order_skus.get(key, ()))}
-            for piece in holding.values() if holding else (last,):
-                piece.outbox[name] = event
+        notice = order_update_field("")  # then the order_id
+        outbox = part.outbox
+        carried: set[str] = set()
+        for piece in pieces:
+            for records in piece.lines.values():
+                for line in records:
+                    name = notice + order_of_line(line)
+                    event = outbox.get(name)
+                    if event is not None:
+                        piece.outbox[name] = event
+                        carried.add(name)
+        for name, event in outbox.items():
+            if not name.startswith(notice):
+                at.get(outbox_kind(name)[1], last).outbox[name] = event
+            elif name not in carried:  # an order with no line re-planned here
+                last.outbox[name] = event
         out += [(shard, piece, "p") for piece in pieces[:-1]]
         out.append((shard, last, f"f{len(pieces) - 1}"))
     return out
