@@ -144,7 +144,7 @@ REPLACED: Final = b"\x1freplaced"  # the write script's answer when its server c
 FULL: Final = b"\x1fcapacity"  # ... when a location's count for the day would pass its capacity
 STEPS: Final = b"\x1fsteps"  # ... when a last step finds that not all its first steps landed
 DIGEST: Final = b"\x1fdigest"  # ... when its digests were made with a key not the shard's
-READ_CHUNK: Final = 128  # skus per script call: bounds the time Redis is busy with one
+READ_CHUNK: Final = 64  # skus per script call: bounds the time Redis is busy with one
 
 
 def script_arguments(
