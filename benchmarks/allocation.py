@@ -299,7 +299,7 @@ class Probes:
         self.broker_ms: list[float] = []
         self.redis_ms: list[float] = []
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="probes", daemon=True)
+        self._thread: threading.Thread | None = None
 
     def __enter__(self) -> Probes:
         self.broker_ms, self.redis_ms = [], []
@@ -310,7 +310,8 @@ class Probes:
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
 
     def _run(self) -> None:
         while not self._stop.wait(PROBE_EVERY_S):

@@ -33,12 +33,11 @@ from streams.changeset import (
     reservations_field,
 )
 from streams.events import AnyEvent, ReservationCreated, ReservationReleased
-from streams.fold import fold_own
+from streams.fold import RECENT_KIND, fold_own
 from streams.projector import Projector, format_as_of
 from streams.state import (
     NO_PROMISE,
     RECENT_KEPT,
-    RECENT_TYPES,
     US_PER_DAY,
     Recent,
     Reservation,
@@ -110,7 +109,7 @@ class Replanned:
     taken: list[list[int]] = field(default_factory=list)
     # Skus whose claims a location's capacity kept from stock: planned again tomorrow.
     held_back: set[str] = field(default_factory=set)
-    # sku -> its events as the outbox keeps them (``expand_events`` makes them again).
+    # sku -> its events as the outbox keeps them (``expanded`` makes them again).
     compact: dict[str, bytes] = field(default_factory=dict)
 
     @property
@@ -174,10 +173,8 @@ def replan(
             out.compact[state.sku] = _compact_encode((now_us, made.compact))
             # The events folded into the state, as the ledger will replay them.
             latest = [
-                Recent(event_id, kind, occurred_us)
-                for event_id, kind in zip(
-                    made.ids[-RECENT_KEPT:], made.kinds[-RECENT_KEPT:], strict=True
-                )
+                Recent(event_id, _kind(event_id), occurred_us)
+                for event_id in made.ids[-RECENT_KEPT:]
             ]
             out.states[state.sku] = fold_own(
                 state, latest, made.released, made.created, now_us, window_us
@@ -187,19 +184,20 @@ def replan(
     return out
 
 
-_RELEASED_KIND: Final = RECENT_TYPES.index("reservation_released")
-_CREATED_KIND: Final = RECENT_TYPES.index("reservation_created")
+def _kind(event_id: str) -> int:
+    """The type of a re-plan's event, by its id (``released_event_id``, ``created_event_id``)."""
+    released = event_id.startswith(RELEASED_PREFIX)
+    return RECENT_KIND[ReservationReleased if released else ReservationCreated]
 
 
 class _Made:
     """A sku's re-plan events as they are made, and what they do to its reservations: the
-    events themselves are made only when published (``expand_events``), from ``compact``."""
+    events themselves are made only when published (``expanded``), from ``compact``."""
 
     def __init__(self, state: SkuState, now_us: int) -> None:
         self.sku = state.sku
         self.now_us = now_us
         self.ids: list[str] = []  # the events' ids, in order
-        self.kinds: list[int] = []  # and their types (index into RECENT_TYPES)
         self.released: set[str] = set()  # open reservations the events release
         self.created: list[Reservation] = []  # the records of those they create
         self.compact: list[Compact] = []  # the events as the outbox keeps them
@@ -218,7 +216,6 @@ class _Made:
     def release(self, reservation_id: str) -> None:
         self.released.add(reservation_id)
         self.ids.append(RELEASED_PREFIX + reservation_id)  # released_event_id, inlined
-        self.kinds.append(_RELEASED_KIND)
         self.compact.append((reservation_id,))
 
     def reserve(self, line: str, claim: Reservation, location: str, quantity: int) -> str:
@@ -227,7 +224,6 @@ class _Made:
         reservation_id = self.new_id(f"{line}:{location}")
         channel = claim.channel
         self.ids.append(CREATED_PREFIX + reservation_id)  # created_event_id, inlined
-        self.kinds.append(_CREATED_KIND)
         self.compact.append((reservation_id, channel, location, quantity))
         # As the fold records the event (streams/fold.py).
         self.created.append(Reservation(reservation_id, True, channel, location, quantity))
@@ -237,7 +233,6 @@ class _Made:
         """Units of ``claim``'s line claimed again at ``location``, promised ``day``."""
         reservation_id = self.new_id(f"{line}:{location}{BACKORDER}")
         self.ids.append(CREATED_PREFIX + reservation_id)
-        self.kinds.append(_CREATED_KIND)
         self.compact.append(
             (reservation_id, claim.channel, location, quantity, claim.placed_at, day)
         )
@@ -476,19 +471,18 @@ def build_replanned(
     for sku, compact in replanned.compact.items():
         outbox[reservations_field(sku)] = compact
     changes.lines = line_records(replanned)
-    if projector.capacities:  # else there is nothing to count, and a line per conversion
-        count_capacity(changes, projector, replanned.taken, now_us)
-        converted = replanned.lines.items()
-        claim_capacity(
-            changes,
-            projector,
-            (
-                (sku, c.reservation_id, c.location, c.quantity)
-                for (sku, _, _), ch in converted
-                for c in ch.converted
-            ),
-            now_us,
-        )
+    count_capacity(changes, projector, replanned.taken, now_us)
+    converted = replanned.lines.items()
+    claim_capacity(
+        changes,
+        projector,
+        (
+            (sku, c.reservation_id, c.location, c.quantity)
+            for (sku, _, _), ch in converted
+            for c in ch.converted
+        ),
+        now_us,
+    )
     _due_tomorrow(changes, replanned, now_us)
     as_of = format_as_of(now_us)
     # Notices differ only by their order: one encoding per reason.

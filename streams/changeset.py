@@ -192,6 +192,8 @@ def claim_capacity(
     """Add the stock ``reservations`` made, (sku, reservation_id, location, units), to the
     write's claims at the locations with a capacity: what ``count_capacity`` counts, named
     by reservation."""
+    if not projector.capacities:
+        return  # ``reservations`` is not even walked: a re-plan makes thousands
     for sku, reservation_id, location, units in reservations:
         limit = projector.capacities.get(location)
         if limit is not None and units:

@@ -224,7 +224,7 @@ def fold_own(
         reservations,
         state.inbound,
         state.snapshots,
-        latest[-RECENT_KEPT:],
+        latest,
         now_us,
         window_us,
     )

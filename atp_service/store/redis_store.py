@@ -36,7 +36,6 @@ from atp_service.store.kit_records import AsyncKitRecords, KitRecords
 from atp_service.store.marks import DigestKeyChanged, DigestKeys, digests, new_key
 from streams.backorders import line_field, order_of_line
 from streams.changeset import (
-    UPDATE_KIND,
     ChangeSet,
     decode_outbox,
     encode_outbox,
@@ -242,18 +241,27 @@ def script_arguments(
     return key_list, args
 
 
-def _skus_by_order(lines: Mapping[str, Mapping[str, bytes]]) -> dict[str, list[str]]:
-    """The skus each order has re-planned lines on, from a change set's line records."""
-    out: dict[str, list[str]] = {}
-    for sku, records in lines.items():
-        for line in records:
-            order_id = order_of_line(line)
-            skus = out.get(order_id)
-            if skus is None:
-                out[order_id] = [sku]
-            elif skus[-1] != sku:
-                skus.append(sku)
-    return out
+# An order's notice in the outbox: this, then the order_id.
+_NOTICE: Final = order_update_field("")
+
+
+def _carry_notices(outbox: Mapping[str, bytes], holders: Iterable[ChangeSet]) -> set[str]:
+    """Put each order's notice of ``outbox`` into every holder (a shard's part, a step) with
+    lines of that order; the names of the notices carried. If such a holder's script lands
+    and the write is then cut short, its skus' events are duplicates when the batch is
+    folded again and nothing plans them again; the holders that did not land are planned
+    again, and make their notices again. A notice is read when it is sent, so the copies
+    say the same; the write's own publishing sends one."""
+    carried: set[str] = set()
+    for holder in holders:
+        for records in holder.lines.values():
+            for line in records:
+                name = _NOTICE + order_of_line(line)
+                event = outbox.get(name)
+                if event is not None:
+                    holder.outbox[name] = event
+                    carried.add(name)
+    return carried
 
 
 def split(changes: ChangeSet, layout: keys.Layout) -> list[tuple[int, ChangeSet]]:
@@ -287,17 +295,12 @@ def split(changes: ChangeSet, layout: keys.Layout) -> list[tuple[int, ChangeSet]
         part(shard(sku)).lines[sku] = records
     for pair, value in changes.changed.items():
         part(shard(pair[1])).changed[pair] = value
-    # An order's notice goes with every part that holds lines of it (``steps`` says why).
-    order_skus = _skus_by_order(changes.lines)
+    carried = _carry_notices(changes.outbox, list(parts.values()))
     loose: dict[str, bytes] = {}
     for name, event in changes.outbox.items():
-        kind, key = outbox_kind(name)  # the key is the sku, but for an order's notice
-        if kind != UPDATE_KIND:
-            part(shard(key)).outbox[name] = event
-        elif key in order_skus:
-            for s in {shard(sku) for sku in order_skus[key]}:
-                part(s).outbox[name] = event
-        else:  # read when it is sent, so any part may carry it
+        if not name.startswith(_NOTICE):
+            part(shard(outbox_kind(name)[1])).outbox[name] = event  # keyed by its sku
+        elif name not in carried:  # read when it is sent, so any part may carry it
             loose[name] = event
     if changes.puts:
         # Orders are keys of no shard: with several shards an order is written in steps
@@ -372,24 +375,9 @@ def steps(
             at.get(sku, last).lines[sku] = records
         for pair, value in part.changed.items():
             at.get(pair[1], last).changed[pair] = value
-        # An order's notice goes with every step that holds lines of it: if such a step
-        # lands and the write is then cut short, its skus' events are duplicates when the
-        # batch is folded again and nothing plans them again; the steps that did not land
-        # are planned again, and make their notices again. A notice is read when it is
-        # sent, so the copies say the same; the write's own publishing sends one.
-        notice = order_update_field("")  # then the order_id
-        outbox = part.outbox
-        carried: set[str] = set()
-        for piece in pieces:
-            for records in piece.lines.values():
-                for line in records:
-                    name = notice + order_of_line(line)
-                    event = outbox.get(name)
-                    if event is not None:
-                        piece.outbox[name] = event
-                        carried.add(name)
-        for name, event in outbox.items():
-            if not name.startswith(notice):
+        carried = _carry_notices(part.outbox, pieces)
+        for name, event in part.outbox.items():
+            if not name.startswith(_NOTICE):
                 at.get(outbox_kind(name)[1], last).outbox[name] = event
             elif name not in carried:  # an order with no line re-planned here
                 last.outbox[name] = event
