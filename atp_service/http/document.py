@@ -5,7 +5,8 @@ do not come through, and are added here once the app is built, from msgspec's ow
 of the same types: request bodies refuse unknown fields (``additionalProperties: false``),
 and the items of a list keep their lengths and patterns. And the order an allocation
 returns can be read and released by its ``order_id`` (OpenAPI links, which client
-generators and stateful testers follow).
+generators and stateful testers follow). The operations routes need no key (contract), and
+say so with an empty ``security``, whatever a gateway adds at the top of the document.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ REQUEST_BODIES: Final[tuple[type[msgspec.Struct], ...]] = (
     KitBody,
     Component,
 )
+PUBLIC_PATHS: Final = ("/healthz", "/readyz", "/metrics")
 ORDER_ROUTES: Final = {
     "ReadOrder": "V1AllocationsOrderIdRead",
     "ReleaseOrder": "V1AllocationsOrderIdRemove",
@@ -50,6 +52,10 @@ def complete(document: OpenAPI) -> OpenAPI:
             response = created.responses.get(status)
             if isinstance(response, OpenAPIResponse):
                 response.links = dict(links)
+    for path in PUBLIC_PATHS:
+        item = document.paths.get(path) if document.paths else None
+        if item is not None and item.get is not None:
+            item.get.security = []
     return document
 
 

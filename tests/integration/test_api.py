@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,6 +106,38 @@ def test_health_readiness_metrics_and_openapi_need_no_key(client: TestClient[Any
     )
 
 
+def test_the_document_says_what_the_server_enforces(client: TestClient[Any]) -> None:
+    """What client generators and gateways read: no key on the operations routes, a key on
+    every other; OPTIONS lists every method documented for a path; the order a POST
+    returns links to its GET and DELETE; request bodies refuse unknown fields."""
+    schema = client.get("/schema/openapi.json").json()
+    headers = {"Authorization": f"Bearer {ALL_KEY}"}
+    for path, item in schema["paths"].items():
+        methods = {m.upper() for m in item if m in {"get", "put", "post", "delete", "patch"}}
+        for method in methods:
+            security = item[method.lower()].get("security")
+            public = path in {"/healthz", "/readyz", "/metrics"}
+            assert security == ([] if public else [{"bearer": []}]), (path, method)
+        concrete = re.sub(r"\{[^}]+\}", "X-1", path)
+        allow = client.options(concrete, headers=headers).headers.get("allow", "")
+        assert methods <= {m.strip() for m in allow.split(",")}, (path, allow)
+    created = schema["paths"]["/v1/allocations"]["post"]["responses"]
+    for status in ("200", "201"):
+        links = created[status]["links"]
+        assert {link["operationId"] for link in links.values()} == {
+            op["operationId"] for op in schema["paths"]["/v1/allocations/{order_id}"].values()
+        }
+    bodies = [
+        op["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+        for item in schema["paths"].values()
+        for op in item.values()
+        if "requestBody" in op
+    ]
+    assert len(bodies) == len(BODIES)
+    for name in bodies:
+        assert schema["components"]["schemas"][name]["additionalProperties"] is False, name
+
+
 def test_channels_lists_the_configuration(client: TestClient[Any]) -> None:
     body = client.get("/v1/channels", headers={"Authorization": f"Bearer {READ_KEY}"}).json()
     web, market = body["channels"]
@@ -200,6 +233,7 @@ BODIES: list[tuple[str, str, dict[str, Any]]] = [
     ("POST", "/v1/allocations", ORDER),
     ("POST", "/v1/allocations/batch", {"orders": [ORDER]}),
     ("PUT", "/v1/channels/web/safety-stock/SKU-1", {"quantity": 3}),
+    ("PUT", "/v1/kits/KIT-1", {"components": [{"sku": "SKU-1", "quantity": 2}]}),
 ]
 
 
@@ -225,6 +259,37 @@ def test_deeply_nested_bodies_answer_400_problem(
     # The process is fine afterwards.
     again = client.get("/v1/channels", headers={"Authorization": f"Bearer {READ_KEY}"})
     assert again.status_code == 200
+
+
+# Bodies a broken or hostile client sends, each spliced in place of the body's first value.
+HOSTILE = {
+    "invalid UTF-8": b'"SKU-\xe9"',
+    "a lone surrogate": b'"\\ud800"',
+    "a number past 64 bits": b"36893488147419103232",
+    "NaN": b"NaN",
+    "1e400": b"1e400",
+    "binary": bytes(range(256)),
+    "a million-character string": b'"' + b"S" * 1_000_000 + b'"',
+}
+
+
+@pytest.mark.parametrize(("method", "path", "body"), BODIES)
+@pytest.mark.parametrize("kind", HOSTILE)
+def test_hostile_bodies_answer_400_problem(
+    client: TestClient[Any], method: str, path: str, body: dict[str, Any], kind: str
+) -> None:
+    field = next(iter(body))
+    content = json.dumps({**body, field: "HOSTILE"}).encode().replace(b'"HOSTILE"', HOSTILE[kind])
+    headers = {"Authorization": f"Bearer {ALL_KEY}", "Content-Type": "application/json"}
+    reply = client.request(method, path, content=content, headers=headers)
+    assert reply.status_code == 400, reply.text[:300]
+    assert reply.headers["content-type"].startswith("application/problem+json")
+    assert reply.json()["detail"]
+    # A byte-order mark before a good body is refused too, not read as if absent.
+    reply = client.request(
+        method, path, content=b"\xef\xbb\xbf" + json.dumps(body).encode(), headers=headers
+    )
+    assert reply.status_code == 400, reply.text[:300]
 
 
 @pytest.mark.parametrize(("method", "path", "body"), BODIES)

@@ -88,6 +88,20 @@ def test_a_batch_keeps_good_events_and_dead_letters_the_rest_with_their_source()
     assert batch.size == 5
 
 
+def test_a_message_at_the_size_limit_is_applied_one_byte_over_is_dead_lettered() -> None:
+    def padded(n: int, size: int) -> bytes:
+        body = json.dumps(receipt(n, padding="")).encode()
+        return body.replace(b'"padding": ""', b'"padding": "' + b"x" * (size - len(body)) + b'"')
+
+    limit = OPTIONS.max_message_bytes
+    at, over = padded(0, limit), padded(1, limit + 1)
+    assert (len(at), len(over)) == (limit, limit + 1)
+    batch = decode([message(0, at), message(1, over)])
+    assert [e.event_id for e in batch.events] == ["e-0"]
+    assert [str(limit + 1) in reason for _, reason in batch.dead_sources] == [True]
+    assert batch.dead[0].value == over
+
+
 def test_ledger_rows_cover_every_message_in_order_with_their_status() -> None:
     api_event = receipt(1) | {"event_id": "atp-alloc:O:1:DC-EAST"}
     batch = decode([message(0, receipt(0)), message(1, api_event), message(2, b"[]")])
