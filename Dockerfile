@@ -23,7 +23,8 @@ RUN pip install "uv==0.13.9"
 WORKDIR /src
 # The build context is filtered by .dockerignore (no .venv, tests, helm, caches, ...).
 COPY . .
-RUN uv sync --frozen --no-dev --no-editable
+# --locked: a uv.lock that no longer matches pyproject.toml stops the build.
+RUN uv sync --locked --no-dev --no-editable
 
 # ---- runtime -------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}

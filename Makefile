@@ -36,8 +36,9 @@ $(UV):
 	$(TOOLS)/bin/pip install -q "uv==$(UV_VERSION)"
 
 lock-check: $(UV) ## Fail when uv.lock does not match pyproject.toml
-	@$(UV) lock --check --python $(PYTHON) >/dev/null 2>&1 || { \
-	  echo "uv.lock does not match pyproject.toml: run 'make lock' and commit uv.lock" >&2; exit 1; }
+	@out=$$($(UV) lock --check --python $(PYTHON) 2>&1) || { echo "$$out" >&2; \
+	  echo "uv.lock does not match pyproject.toml (uv's words above): run 'make lock' and commit uv.lock" >&2; \
+	  exit 1; }
 
 $(STAMP): pyproject.toml uv.lock | $(UV)
 	@$(MAKE) --no-print-directory lock-check

@@ -48,8 +48,12 @@ def run_dev(port: int = 8000, skus: int = 300, rate: float = 50.0, run_dir: str 
     for earlier in ("redis", "ledger"):
         shutil.rmtree(run / earlier, ignore_errors=True)
     run.mkdir(parents=True, exist_ok=True)
-    redis_service = start_redis(run / "redis")
-    broker = start_broker(log_file=run / "broker.log")
+    # The two services write to files: their last lines are shown if either exits.
+    logs = {"redis-server": run / "redis.log", "the broker": run / "broker.log"}
+    for log in logs.values():
+        log.unlink(missing_ok=True)
+    redis_service = start_redis(run / "redis", log_file=logs["redis-server"])
+    broker = start_broker(log_file=logs["the broker"])
     started = [redis_service, broker]
     children: list[subprocess.Popen[bytes]] = []
     watched = {"redis-server": redis_service.process, "the broker": broker.process}
@@ -64,7 +68,11 @@ def run_dev(port: int = 8000, skus: int = 300, rate: float = 50.0, run_dir: str 
         for name, process in watched.items():
             code = process.poll()
             if code is not None:
-                return f"{name} exited with status {code}"
+                if name not in logs:  # atp's own processes write to this terminal
+                    return f"{name} exited with status {code} (its message is above)"
+                return f"{name} exited with status {code}; the end of {logs[name]}:\n" + (
+                    _tail(logs[name]) or "    (empty)"
+                )
         return None
 
     try:
@@ -100,7 +108,7 @@ def run_dev(port: int = 8000, skus: int = 300, rate: float = 50.0, run_dir: str 
         _feed(settings.kafka.bootstrap, settings, skus, rate, stop, exited)
     except _Exited as exc:
         print(
-            f"\natp dev: {exc}; stopping everything (its message is above).",
+            f"\natp dev: {exc}\nStopping everything.",
             file=sys.stderr,
             flush=True,
         )
@@ -124,6 +132,14 @@ def run_dev(port: int = 8000, skus: int = 300, rate: float = 50.0, run_dir: str 
 
 class _Exited(Exception):
     """A process ``atp dev`` started has exited."""
+
+
+def _tail(log: Path, lines: int = 20) -> str:
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join("    " + line for line in text.splitlines()[-lines:])
 
 
 def _http_ok(port: int) -> bool:

@@ -90,6 +90,7 @@ def start_redis(
     port: int | None = None,
     appendonly: bool = False,
     extra_args: Sequence[str] = (),
+    log_file: Path | None = None,
 ) -> Service:
     port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -106,6 +107,7 @@ def start_redis(
         "--set-max-intset-entries", "4096",
         "--protected-mode", "yes",
         "--loglevel", "warning",
+        *(("--logfile", str(log_file)) if log_file else ()),
         *extra_args,
     ]  # fmt: skip
     # Own session: a Ctrl-C in the terminal reaches the processes that use Redis, which

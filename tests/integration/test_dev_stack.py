@@ -89,19 +89,30 @@ def test_atp_dev_serves_demo_values_after_a_restart(tmp_path: Path) -> None:
         assert "atp dev stopped." in dev.output()
 
 
-def test_atp_dev_stops_when_a_process_it_started_exits(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("process", "sig", "said"),
+    [
+        ("atp_service.cli consume", signal.SIGKILL, ["atp consume exited with status -9"]),
+        # A service's own words come from its log file, shown at the end.
+        ("redis-server", signal.SIGTERM, ["redis-server exited with status 0", "SIGTERM"]),
+    ],
+)
+def test_atp_dev_stops_when_a_process_it_started_exits(
+    tmp_path: Path, process: str, sig: signal.Signals, said: list[str]
+) -> None:
     dev = Dev(tmp_path)
     try:
         dev.key()
         found = subprocess.run(
-            ["pgrep", "-P", str(dev.process.pid), "-f", "atp_service.cli consume"],
+            ["pgrep", "-P", str(dev.process.pid), "-f", process],
             capture_output=True, text=True, check=False,
         )  # fmt: skip
-        (consumer,) = [int(pid) for pid in found.stdout.split()]
-        os.kill(consumer, signal.SIGKILL)
+        (child,) = [int(pid) for pid in found.stdout.split()]
+        os.kill(child, sig)
         status = dev.process.wait(60)
     finally:
         dev.stop()
     assert status == 1
-    assert "atp consume exited with status -9" in dev.output()
+    for words in said:
+        assert words in dev.output(), dev.output()[-3000:]
     assert "atp dev stopped." in dev.output()

@@ -68,3 +68,27 @@ def test_the_image_install_holds_the_runtime_set_only(tmp_path: Path) -> None:
         capture_output=True, text=True, check=False, cwd=tmp_path,
     )  # fmt: skip
     assert imported.returncode == 0, imported.stderr[-2000:]
+
+
+def test_make_install_stops_on_a_lock_that_pyproject_no_longer_matches(tmp_path: Path) -> None:
+    """`make install` (so `make run`, `make test` and CI) checks the lock first: a
+    dependency changed in pyproject.toml without `make lock` stops it with the fix."""
+    for name in ("Makefile", "pyproject.toml", "uv.lock"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    (tmp_path / ".tools").symlink_to(Path(_uv()).parents[1])
+    env = {**os.environ, "UV_OFFLINE": "1"}
+
+    def lock_check() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["make", "-s", "lock-check"], cwd=tmp_path, env=env, capture_output=True, text=True,
+            timeout=120, check=False,
+        )  # fmt: skip
+
+    assert lock_check().returncode == 0
+    pyproject = tmp_path / "pyproject.toml"
+    text = pyproject.read_text()
+    pyproject.write_text(re.sub(r'^\s*"uvloop[^"]*",\n', "", text, count=1, flags=re.MULTILINE))
+    assert pyproject.read_text() != text
+    stale = lock_check()
+    assert stale.returncode != 0
+    assert "run 'make lock' and commit uv.lock" in stale.stderr
