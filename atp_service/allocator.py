@@ -56,8 +56,9 @@ from atp_service.orders import (
     release,
 )
 from atp_service.overrides import OverrideChanged, encode, message_key
+from atp_service.store.async_store import AsyncRedisStore
 from atp_service.store.kit_records import KitRecord, SeqMoved, definitions
-from atp_service.store.redis_store import AsyncRedisStore, PutExists
+from atp_service.store.write_plan import PutExists
 from streams.backorders import build_replanned, created_event_id, line_field, released_event_id
 from streams.changeset import ChangeSet, build_changeset, count_capacity
 from streams.events import ReservationCreated, ReservationReleased

@@ -53,7 +53,7 @@ from atp_service.orders import (
     fingerprint,
     plan,
 )
-from atp_service.store.redis_store import AsyncRedisStore
+from atp_service.store.async_store import AsyncRedisStore
 from streams.backorders import line_field
 from streams.changeset import build_changeset, claim_capacity, claim_key
 from streams.logs import correlation_id

@@ -23,7 +23,7 @@ from streams.state import SkuState
 class Snapshot:
     """Skus as read: their states and versions, which of the asked event_ids were applied
     already, and which of those the first steps of a write that never finished applied
-    (atp_service/store/redis_store.py, ``steps``), each with the offsets that write ended
+    (atp_service/store/write_plan.py, ``steps``), each with the offsets that write ended
     at ("topic\x1fpartition" -> next offset): the ledger counts the first message of each
     below those offsets as applied."""
 

@@ -41,7 +41,7 @@ from atp_service.http.redis_access import RedisAccess
 from atp_service.model import projector_for
 from atp_service.sharded_allocator import ShardedAllocator
 from atp_service.store import keys
-from atp_service.store.redis_store import AsyncRedisStore
+from atp_service.store.async_store import AsyncRedisStore
 from streams.kafka import AsyncPublisher, api_producer_config
 from streams.logs import correlation_id
 from streams.state import US_PER_DAY

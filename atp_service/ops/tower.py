@@ -24,8 +24,8 @@ import redis.asyncio as aredis
 from atp_service.config import Settings
 from atp_service.ops.views import Row, SkuView, Summary, sku_of, sku_view, summarize
 from atp_service.store import keys
+from atp_service.store.capacity import capacity_counts
 from atp_service.store.kit_records import AsyncKitRecords, definitions
-from atp_service.store.redis_store import capacity_counts
 from streams.changeset import projection_field
 from streams.snapshot import ConsumerSnapshot, decode_snapshot
 from streams.state import US_PER_DAY

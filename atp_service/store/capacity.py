@@ -19,7 +19,7 @@ stays counted for the day: the location is passed over early, never past its cap
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
 import redis
@@ -140,3 +140,8 @@ class AsyncClaims:
     async def give_back(self, names: Iterable[str], days: Sequence[int]) -> None:
         for key_list, args in give_back_calls(self.layout, names, days):
             await self._give_back(keys=key_list, args=args)
+
+
+def capacity_counts(raw: Mapping[bytes, bytes]) -> dict[str, int]:
+    """A day's counts as Redis returns them: location -> units given."""
+    return {k.decode(): int(v) for k, v in raw.items()}

@@ -33,7 +33,7 @@ LINES_PART: Final = "lines:"  # after a shard's prefix, before the sku: its hash
 # Dedupe marks are kept in sets per bucket of this many ms (3.5 days), each set expiring a
 # window after its bucket ends: an id is kept at least the window, at most 3.5 days longer.
 # Fixed, so that a change of the window never hides the marks already kept; write.lua and
-# the read script (atp_service/store/redis_store.py) count buckets the same way.
+# the read script (atp_service/store/read_plan.py) count buckets the same way.
 MARKS_BUCKET_MS: Final = 302_400_000
 
 
@@ -137,7 +137,7 @@ class Layout:
 
     def rows_key(self, shard: int, write_id: str, n: int) -> str:
         """String: one staged value of ``staged`` too large to pass through a script, which
-        the staged hash names (atp_service/store/redis_store.py, ``ROWS_INLINE_MAX``)."""
+        the staged hash names (atp_service/store/write_plan.py, ``ROWS_INLINE_MAX``)."""
         return f"{self.prefixes[shard]}rows:{write_id}:{n}"
 
     def shard_offsets_key(self, shard: int, group_id: str) -> str:

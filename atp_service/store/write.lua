@@ -76,7 +76,7 @@ for m = 1, n_marked do
 end
 local step = ARGV[i]
 -- A write in steps keeps what its first steps did under this key until its last step lands
--- (atp_service/store/redis_store.py, ``steps``): their count and the offsets the write ends
+-- (atp_service/store/write_plan.py, ``steps``): their count and the offsets the write ends
 -- at, and in '<key>:i' the digests of the events they applied, by which a retry tells
 -- those events from true duplicates.
 local token = ARGV[i + 1]
@@ -234,7 +234,7 @@ for l = 0, n_ledger - 1 do
     field = string.sub(field, 1, -21) .. string.format('%020d', stored)
   end
   -- Large rows were SET to a key of their own just before this script, named here after
-  -- '@' (atp_service/store/redis_store.py says why): kept from now on, and a value this
+  -- '@' (atp_service/store/write_plan.py says why): kept from now on, and a value this
   -- replaces (the same batch's rows from an attempt that was refused) goes.
   local rows = ARGV[ledger_at + 2 * l + 1]
   if string.sub(rows, 1, 1) == '@' then

@@ -46,7 +46,8 @@ from atp_service.config import Settings, parse_config
 from atp_service.model import projector_for
 from atp_service.orders import OrderLine, OrderRequest, OrderResult
 from atp_service.store import keys
-from atp_service.store.redis_store import AsyncRedisStore, RedisStore, initialize
+from atp_service.store.async_store import AsyncRedisStore
+from atp_service.store.redis_store import RedisStore, initialize
 from streams.consumer import ConsumerOptions, StreamProjector, offset_field
 from streams.kafka import Outgoing
 from streams.ledger import Ledger

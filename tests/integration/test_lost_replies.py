@@ -21,7 +21,8 @@ from atp_service.model import projector_for
 from atp_service.orders import OrderLine, OrderRequest, decode_stored
 from atp_service.sharded_allocator import Pending, ShardedAllocator, _pending_value
 from atp_service.store import keys
-from atp_service.store.redis_store import AsyncRedisStore, RedisStore, initialize
+from atp_service.store.async_store import AsyncRedisStore
+from atp_service.store.redis_store import RedisStore, initialize
 from streams.changeset import ChangeSet, build_changeset
 from streams.events import ReservationCreated
 from streams.kafka import Outgoing, ProduceFailed

@@ -15,8 +15,9 @@ import redis.asyncio as aredis
 from atp_service.config import parse_config
 from atp_service.model import projector_for
 from atp_service.store import keys
+from atp_service.store.async_store import AsyncRedisStore
 from atp_service.store.marks import DigestKeyChanged
-from atp_service.store.redis_store import AsyncRedisStore, RedisStore, initialize
+from atp_service.store.redis_store import RedisStore, initialize
 from streams.changeset import ChangeSet, build_changeset
 from streams.state import BinStock, SkuState
 from tests.conftest import config_text

@@ -18,7 +18,7 @@ import redis
 from atp_service.config import parse_config
 from atp_service.model import projector_for
 from atp_service.orders import LineResult, OrderResult, StoredOrder, encode_stored
-from atp_service.store import keys, redis_store
+from atp_service.store import keys, redis_store, sending
 from atp_service.store.redis_store import RedisStore, initialize
 from streams.changeset import build_changeset, decode_outbox, projection_field
 from streams.consumer import StreamProjector
@@ -87,19 +87,19 @@ class CutShort(RedisStore):
             pipe.execute = cut  # type: ignore[method-assign]
             return pipe
 
-        real_in_turn = redis_store._in_turn
+        real_in_turn = redis_store.in_turn
 
         def in_turn(client: Any, script: Any, calls: Any, sets: Any = ()) -> Any:
             real_in_turn(client, script, itertools.islice(calls, keep), sets)
             raise redis.ConnectionError("the consumer died between two steps")
 
         self.client.pipeline = pipeline  # type: ignore[method-assign]
-        redis_store._in_turn = in_turn  # type: ignore[assignment]
+        redis_store.in_turn = in_turn  # type: ignore[assignment]
         try:
             return super().write(changes, now_ms)
         finally:
             del self.client.pipeline
-            redis_store._in_turn = real_in_turn  # type: ignore[assignment]
+            redis_store.in_turn = real_in_turn  # type: ignore[assignment]
 
 
 @pytest.fixture(autouse=True, params=["rows inline", "rows by key"])
@@ -303,7 +303,7 @@ def test_a_write_keeps_at_most_two_steps_unanswered(redis_url: str) -> None:
     meanwhile: a write sends its next step only once at most one is left unanswered, and
     gets every answer (errors as values) in the order of its steps."""
     client = redis.Redis.from_url(redis_url)
-    nodes = redis_store._NodeConnections(client, redis_store.STEPS_IN_FLIGHT)
+    nodes = sending.NodeConnections(client, sending.STEPS_IN_FLIGHT)
     most = 0
     for n in range(12):
         command = ("HGET", f"k{n}") if n == 5 else ("INCR", f"k{n}")  # HGET lacks a field
@@ -311,7 +311,7 @@ def test_a_write_keeps_at_most_two_steps_unanswered(redis_url: str) -> None:
         most = max(most, len(nodes.unread[""]))
     answers = nodes.answers()
     nodes.release()
-    assert most == redis_store.STEPS_IN_FLIGHT == 2
+    assert most == sending.STEPS_IN_FLIGHT == 2
     assert [a if not isinstance(a, redis.ResponseError) else "error" for a in answers] == [
         *[1] * 5,
         "error",

@@ -23,7 +23,7 @@ from atp_service.orders import (
     plan,
 )
 from atp_service.store import keys
-from atp_service.store.redis_store import PutExists
+from atp_service.store.write_plan import PutExists
 from streams.backorders import build_replanned, line_field, merge_line_record
 from streams.changeset import ChangeSet
 from streams.kafka import Outgoing, ProduceFailed

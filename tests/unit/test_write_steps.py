@@ -1,4 +1,4 @@
-"""A consumer's write in steps (atp_service/store/redis_store.py, ``steps``): no script
+"""A consumer's write in steps (atp_service/store/write_plan.py, ``steps``): no script
 writes more than its share of skus, every part of the write goes with its sku's step (an
 order's notice with a step of a sku it has lines on), and only the last step moves the
 offsets and stages the ledger rows."""
@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from atp_service.store import keys
-from atp_service.store.redis_store import split, steps
+from atp_service.store.write_plan import split, steps
 from streams.backorders import line_field
 from streams.changeset import (
     ChangeSet,
