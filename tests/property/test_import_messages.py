@@ -103,7 +103,9 @@ def digest_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@settings(max_examples=40, deadline=None)
+# A quarter of the profile's examples: each writes two files and runs DuckDB (about 0.2 s),
+# so `make test-fast` (profile dev) stays quick and the deep profile still goes deep.
+@settings(max_examples=max(10, settings.default.max_examples // 4), deadline=None)
 @given(rows=exports(), seed=st.integers(0, 2**16))
 def test_an_export_in_any_order_and_format_gives_the_reference_snapshots(
     rows: list[Row], seed: int, tmp_path_factory: Any
