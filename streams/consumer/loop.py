@@ -146,7 +146,7 @@ class StreamProjector:
             lambda: self.store.install_kits(self.options.kits, self.clock() // 1000), stop
         )
         self.consumer.subscribe(
-            list(self.options.topics), on_assign=self._on_assign, on_revoke=self._on_revoke
+            list(self.options.topics), on_assign=self.on_assign, on_revoke=self.on_revoke
         )
         self.flusher.start()
         # The loop's objects die by reference count, but the cyclic collector runs each time
@@ -162,8 +162,9 @@ class StreamProjector:
                     gc.collect()
                     last_collect = time.monotonic()
                 batch: Batch | None
-                if self._ahead is not None:
-                    (messages, batch), self._ahead = self._ahead, None
+                ahead = self.take_ahead()
+                if ahead is not None:
+                    messages, batch = ahead
                 else:
                     messages, generation = self._next_batch()
                     batch = self.decode(messages, generation) if messages else None
@@ -406,6 +407,17 @@ class StreamProjector:
             self.ensure_initialized(wrote=True)
             return None
 
+    def take_ahead(self) -> tuple[list[Message], Batch] | None:
+        """The batch consumed (and, unless the read failed, folded) during the last write,
+        handed over to be applied next with ``process``; None when there is none."""
+        ahead, self._ahead = self._ahead, None
+        return ahead
+
+    @property
+    def folded_ahead(self) -> bool:
+        """Whether the batch read ahead is folded already, waiting only for its write."""
+        return self._prepared is not None
+
     def _read_ahead(self) -> None:
         """Consume, decode and fold (``_prepare``) the next batch while this one is written:
         the wait for the store was a quarter of the loop's time, and then more."""
@@ -451,15 +463,16 @@ class StreamProjector:
 
     # -- partitions -------------------------------------------------------------------
 
-    def _on_assign(self, consumer: Consumer, assigned: list[TopicPartition]) -> None:
-        """Seek every assigned partition to the offset stored with the state."""
+    def on_assign(self, consumer: Consumer, assigned: list[TopicPartition]) -> None:
+        """The rebalance callback: seek every assigned partition to the offset stored with
+        the state."""
         self._settle_write()
         self._start_from_store(assigned)
         log.info("assigned %s", [(tp.topic, tp.partition, tp.offset) for tp in assigned])
         self.flusher.owned = frozenset((tp.topic, tp.partition) for tp in assigned)
         consumer.assign(assigned)
 
-    def _on_revoke(self, consumer: Consumer, revoked: list[TopicPartition]) -> None:
+    def on_revoke(self, consumer: Consumer, revoked: list[TopicPartition]) -> None:
         self._settle_write()
         # Their staged ledger rows are the next owner's to move to files from now on.
         gone = {(tp.topic, tp.partition) for tp in revoked}

@@ -471,7 +471,7 @@ class Machine(RuleBasedStateMachine):
         self.stream = self._new_stream()
         consumer = FakeConsumer()
         partitions = [TopicPartition(t, p) for t in self.topics for p in range(3)]
-        self.stream._on_assign(consumer, partitions)  # type: ignore[arg-type]
+        self.stream.on_assign(consumer, partitions)  # type: ignore[arg-type]
         for tp in consumer.assigned:
             want = self.next_offset.get((tp.topic, tp.partition))
             assert tp.offset == (OFFSET_BEGINNING if want is None else want), (tp, want)

@@ -35,7 +35,7 @@ def instance(redis_url: str, ledger_dir: Path) -> StreamProjector:
         options,
         ledger=Ledger(ledger_dir),
     )  # type: ignore[arg-type]
-    stream._on_assign(stream.consumer, [TopicPartition(TOPIC, 0)])  # type: ignore[arg-type]
+    stream.on_assign(stream.consumer, [TopicPartition(TOPIC, 0)])  # type: ignore[arg-type]
     return stream
 
 

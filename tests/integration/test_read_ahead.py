@@ -27,10 +27,10 @@ def test_the_batch_read_ahead_is_held_and_applied_next(stream: StreamProjector) 
     consumer.batches = [batch(3, 2)]
     stream.process(batch(0, 3), read_ahead=True)
     assert stored_offset(stream) == 3 and on_hand(stream) == 3
-    assert stream._ahead is not None
-    messages, decoded = stream._ahead
+    ahead = stream.take_ahead()
+    assert ahead is not None
+    messages, decoded = ahead
     assert [m.offset() for m in messages] == [3, 4] and decoded is not None
-    stream._ahead = None
     stream.process(messages, decoded, read_ahead=True)
     assert stored_offset(stream) == 5 and on_hand(stream) == 5
     assert stream.stats.applied == 5 and stream.stats.consumed == 5
@@ -44,10 +44,11 @@ def test_a_failed_write_loses_nothing_read_ahead_and_counts_nothing_twice(
     stream.store.fail_next = True  # type: ignore[attr-defined]
     with pytest.raises(redis.ConnectionError):
         stream.process(batch(0, 3), read_ahead=True)
-    assert stored_offset(stream) is None and stream._ahead is not None
+    assert stored_offset(stream) is None
     stream.process(batch(0, 3), read_ahead=True)  # the loop's retry of the same batch
-    messages, decoded = stream._ahead
-    stream._ahead = None
+    ahead = stream.take_ahead()
+    assert ahead is not None
+    messages, decoded = ahead
     stream.process(messages, decoded, read_ahead=True)
     assert stored_offset(stream) == 5 and on_hand(stream) == 5 and stream.stats.applied == 5
 
@@ -60,7 +61,7 @@ def test_a_rebalance_during_the_read_ahead_sees_the_write_in_flight(
 
     def rebalance() -> None:
         partition = TopicPartition(TOPIC, 0)
-        stream._on_assign(consumer, [partition])  # type: ignore[arg-type]
+        stream.on_assign(consumer, [partition])  # type: ignore[arg-type]
         seen.append(consumer.assigned[0].offset)
 
     consumer.inside_consume = rebalance
@@ -76,7 +77,7 @@ def test_a_rebalance_while_the_write_does_not_land_abandons_the_batch(
     seen: list[int | None] = []
 
     def rebalance() -> None:
-        stream._on_assign(consumer, [TopicPartition(TOPIC, 0)])  # type: ignore[arg-type]
+        stream.on_assign(consumer, [TopicPartition(TOPIC, 0)])  # type: ignore[arg-type]
         seen.append(consumer.assigned[0].offset)
 
     consumer.inside_consume = rebalance
@@ -97,7 +98,8 @@ def test_a_failed_read_ahead_stops_the_loop_instead_of_dropping_messages(
     # Not a Redis or OS error: the loop's retry-in-place (``_retrying``) must not catch it.
     with pytest.raises(ReadAheadFailed):
         stream.process(batch(0, 3), read_ahead=True)
-    assert stored_offset(stream) == 3 and on_hand(stream) == 3 and stream._ahead is None
+    assert stored_offset(stream) == 3 and on_hand(stream) == 3
+    assert stream.take_ahead() is None
 
 
 def test_the_loop_applies_every_batch_once(stream: StreamProjector) -> None:

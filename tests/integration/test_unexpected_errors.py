@@ -98,9 +98,9 @@ def test_a_defect_met_while_folding_ahead_is_counted_once(
     before = _unexpected("fold")
     stream.consumer.batches = [[_receipt(n, "BUG") for n in (3, 4)]]  # type: ignore[attr-defined]
     stream.process([_receipt(n, "SKU-1") for n in range(3)], read_ahead=True)
-    assert stream._ahead is not None
-    messages, batch = stream._ahead
-    stream._ahead = None
+    ahead = stream.take_ahead()
+    assert ahead is not None
+    messages, batch = ahead
     stream.process(messages, batch, read_ahead=True)
     assert stored_offset(stream) == 5
     assert _unexpected("fold") == before + 1

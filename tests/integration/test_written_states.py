@@ -92,7 +92,7 @@ def test_the_apis_own_reservations_are_taken_as_applied_and_that_is_checked(
 
 def test_a_replaced_server_drops_every_assumption(stream: StreamProjector) -> None:
     consumer: QueueConsumer = stream.consumer  # type: ignore[assignment]
-    stream._on_assign(consumer, [TopicPartition(TOPIC, 0)])  # type: ignore[arg-type]
+    stream.on_assign(consumer, [TopicPartition(TOPIC, 0)])  # type: ignore[arg-type]
     stream.process(batch(0, 3))
     # As after a failover to a replica that holds other data under the same version.
     other = SkuState("SKU-1", bins=(BinStock("DC-EAST", "A1", "available", 10),))
@@ -110,7 +110,7 @@ def test_a_replaced_server_drops_every_assumption(stream: StreamProjector) -> No
 
 def test_a_write_the_replaced_server_lost_is_applied_again(stream: StreamProjector) -> None:
     consumer: QueueConsumer = stream.consumer  # type: ignore[assignment]
-    stream._on_assign(consumer, [TopicPartition(TOPIC, 0)])  # type: ignore[arg-type]
+    stream.on_assign(consumer, [TopicPartition(TOPIC, 0)])  # type: ignore[arg-type]
     client = stream.store.client
     stream.process(batch(0, 3))
     saved = {key: client.dump(key) for key in client.keys("*")}
@@ -133,9 +133,10 @@ def test_the_batch_folded_during_a_write_is_used_when_the_write_lands(
     stream.process(batch(0, 3))
     consumer.batches = [batch(4, 2)]
     stream.process([message(3, receipt(3))], read_ahead=True)
-    assert stream._ahead is not None and stream._prepared is not None
-    messages, decoded = stream._ahead
-    stream._ahead = None
+    assert stream.folded_ahead
+    ahead = stream.take_ahead()
+    assert ahead is not None
+    messages, decoded = ahead
     stream.process(messages, decoded, read_ahead=True)
     assert stream.stats.prepared == 1 and stream.stats.conflicts == 0
     assert on_hand(stream) == 6 and stored_offset(stream) == 6 and stream.stats.applied == 6
@@ -149,9 +150,9 @@ def test_the_batch_folded_during_a_write_that_conflicts_is_folded_again(
     consumer.batches = [batch(4, 2)]
     stream.store.conflict_next = True  # type: ignore[attr-defined]
     stream.process([message(3, receipt(3))], read_ahead=True)
-    assert stream._ahead is not None
-    messages, decoded = stream._ahead
-    stream._ahead = None
+    ahead = stream.take_ahead()
+    assert ahead is not None
+    messages, decoded = ahead
     stream.process(messages, decoded, read_ahead=True)
     # Folded on states that did not land then: not used, and nothing counted twice.
     assert stream.stats.prepared == 0
@@ -167,8 +168,9 @@ def test_a_failed_read_while_folding_ahead_leaves_the_batch_to_its_turn(
     consumer.batches = [[FakeMessage(TOPIC, 0, 4, other, b"SKU-2")]]
     stream.store.fail_reads = 1  # type: ignore[attr-defined]
     stream.process([message(3, receipt(4))], read_ahead=True)  # no ReadAheadFailed
-    assert stream._ahead is not None and stream._prepared is None
-    messages, decoded = stream._ahead
-    stream._ahead = None
+    assert not stream.folded_ahead
+    ahead = stream.take_ahead()
+    assert ahead is not None
+    messages, decoded = ahead
     stream.process(messages, decoded, read_ahead=True)
     assert on_hand(stream) == 4 and stored_offset(stream) == 5 and stream.stats.applied == 5
