@@ -185,15 +185,15 @@ def plan(
     kits = kits or {}
     lines = None
     if any(line.sku in kits for order in orders for line in order.lines):
-        lines = _allocate_in_turn(orders, states, projector, now_us, kits, True, room)
+        lines = _lines_in_turn(orders, states, projector, now_us, kits, True, room)
         if lines is None:
             raise ValueError("an order line the allocation refuses")
     elif len(orders) == 1 and (scalar is None or scalar):
-        lines = _allocate_in_turn(orders, states, projector, now_us, room=room)
+        lines = _lines_in_turn(orders, states, projector, now_us, room=room)
     if lines is None:
         lines = _allocate_vectorized(orders, states, projector, now_us)
         if room is not None and not fits_room(lines.totals or [], room):
-            lines = _allocate_in_turn(orders, states, projector, now_us, kits, True, room)
+            lines = _lines_in_turn(orders, states, projector, now_us, kits, True, room)
             if lines is None:  # the engine took the same input: cannot happen
                 raise ValueError("an order line the allocation refuses")
     return _assemble(orders, states, projector.network, lines, now_us, kits)
@@ -212,7 +212,7 @@ def plan_in_turn(
     lines go by channel priority). For concurrent single-order requests written together.
     """
     kits = kits or {}
-    lines = _allocate_in_turn(orders, states, projector, now_us, kits, room=room)
+    lines = _lines_in_turn(orders, states, projector, now_us, kits, room=room)
     if lines is None:  # input the engine refuses
         if len(orders) != 1:
             raise ValueError(
@@ -258,7 +258,7 @@ def _allocate_vectorized(
     )
 
 
-def _allocate_in_turn(
+def _lines_in_turn(
     orders: Sequence[OrderRequest],
     states: dict[str, SkuState],
     projector: Projector,
