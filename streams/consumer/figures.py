@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
 
@@ -48,6 +49,12 @@ class Figures:
         count(batch.events, "consumed")
         if self._due("lag", 2.0):
             self.book.lag.update(partitions.lag(self.consumer, batch.offsets))
+
+    def given_up(self, partitions: Iterable[tuple[str, int]]) -> None:
+        """Partitions handed to another consumer: their lag is the new owner's to report
+        (the control tower shows the freshest snapshot's, which would be this one's)."""
+        for topic, partition in partitions:
+            self.book.lag.pop(f"{topic}/{partition}", None)
 
     def snapshot(self, stats: Stats) -> None:
         """About once a second, the figures for the control tower and `atp report`."""

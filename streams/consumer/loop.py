@@ -477,6 +477,7 @@ class StreamProjector:
         # Their staged ledger rows are the next owner's to move to files from now on.
         gone = {(tp.topic, tp.partition) for tp in revoked}
         self.flusher.owned = frozenset(self.flusher.owned - gone)
+        self.figures.given_up(gone)
 
     def _resync(self) -> None:
         """The store's server changed (a restart, or a replica took over): it may hold older

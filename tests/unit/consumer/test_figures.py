@@ -160,6 +160,22 @@ def test_lag_follows_the_batches(clock: _Clock) -> None:
     assert read(store, figures).lag == {f"{MOVES}/0": 2}
 
 
+def test_a_partition_handed_over_leaves_this_consumers_lag(clock: _Clock) -> None:
+    """The control tower shows the freshest snapshot's lag per partition: one given up must
+    not stay there, frozen, beside its new owner's."""
+    store = MemoryStore(initialized="test")
+    consumer = _Watermarks({(MOVES, 0): 10, (MOVES, 1): 10})
+    figures = Figures(store, consumer, None)  # type: ignore[arg-type]
+    both = [FakeMessage(MOVES, p, n, receipt(n), b"SKU-1") for p in (0, 1) for n in range(4)]
+    figures.batch_done(both, decode(both), 0.01)  # type: ignore[arg-type]
+    figures.snapshot(Stats())
+    assert read(store, figures).lag == {f"{MOVES}/0": 6, f"{MOVES}/1": 6}
+    figures.given_up({(MOVES, 1)})
+    clock.now += 1.0
+    figures.snapshot(Stats())
+    assert read(store, figures).lag == {f"{MOVES}/0": 6}
+
+
 def test_a_store_that_is_down_does_not_stop_the_consumer_for_its_figures(clock: _Clock) -> None:
     store = MemoryStore(initialized="test")
     figures = Figures(store, FakeConsumer(), None)  # type: ignore[arg-type]
