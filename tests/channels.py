@@ -10,8 +10,9 @@ class Channel:
     name: str
     priority: int
     locations: tuple[str, ...]
-    safety_stock: int
-    inbound_horizon_days: int
+    # The config's defaults (atp_service/config.py, ChannelSettings).
+    safety_stock: int = 0
+    inbound_horizon_days: int = 14
     # Contract section 11; the defaults leave section 1 unchanged.
     safety_stock_percent: int = 0
     min_available: int = 0

@@ -1,21 +1,27 @@
 """Test doubles shared by the suites: Kafka messages, consumer and producer stand-ins, and an
 in-memory store that keeps the ``streams.store.Store`` Protocol the way the Redis adapter
 and its write script do (versions, dedupe marks, the server id, the projection marker,
-offsets that only move forward, the outbox, staged ledger rows, the due set).
+offsets that only move forward, the outbox, staged ledger rows, the due set); and the
+API's allocator's store (the AsyncRedisStore contract over dicts) and broker send.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import TopicPartition
 
 from allocation.kits import KitDefinition
+from atp_service.orders import StoredOrder, current, decode_stored
+from atp_service.store import keys
+from atp_service.store.write_plan import PutExists
+from streams.backorders import line_field, merge_line_record
 from streams.changeset import ChangeSet, encode_outbox
-from streams.kafka import Outgoing
+from streams.kafka import Outgoing, ProduceFailed
 from streams.ledger import parse_staged_field, staged_field
-from streams.state import SkuState, load_state
+from streams.state import SkuState, dump_state, load_state
 from streams.store import KitDue, ProjectionMissing, ServerReplaced, Snapshot
 
 
@@ -297,3 +303,161 @@ class MemoryStore:
         self._reachable()
         for name in names:
             self.staged.pop(name, None)
+
+
+# -- the API's allocator (atp_service.allocator) ------------------------------------------
+
+
+def _sku_of(key: str) -> str:
+    """The sku of its hash of lines: '<shard prefix>lines:<sku>' (atp_service/store/keys.py)."""
+    (prefix,) = keys.SINGLE.prefixes
+    assert key.startswith(prefix + keys.LINES_PART)
+    return key[len(prefix + keys.LINES_PART) :]
+
+
+class FakeClient:
+    """The client calls the allocator makes of its store's client: mget, delete, hdel."""
+
+    def __init__(self, store: FakeStore) -> None:
+        self.store = store
+
+    async def mget(self, names: Sequence[str]) -> list[bytes | None]:
+        await asyncio.sleep(0)
+        return [self.store.strings.get(n) for n in names]
+
+    async def delete(self, *names: str) -> int:
+        for name in names:
+            self.store.strings.pop(name, None)
+        return len(names)
+
+    async def hdel(self, name: str, *fields: str) -> int:
+        held = self.store.hashes.get(name, {})
+        return sum(held.pop(f, None) is not None for f in fields)
+
+
+class FakeKits:
+    """AsyncKitRecords' look-up over a dict."""
+
+    def __init__(self) -> None:
+        self.definitions: dict[str, KitDefinition] = {}
+
+    async def of(self, skus: Sequence[str]) -> dict[str, KitDefinition]:
+        return {sku: self.definitions[sku] for sku in skus if sku in self.definitions}
+
+
+class FakeStore:
+    """The AsyncRedisStore contract over dicts: versioned states, 'nx'/'set' puts."""
+
+    def __init__(self, states: dict[str, SkuState]) -> None:
+        self.states = {sku: dump_state(s) for sku, s in states.items()}
+        self.versions = dict.fromkeys(states, 1)
+        self.strings: dict[str, bytes] = {}
+        self.hashes: dict[str, dict[str, bytes]] = {}  # 'h:<field>' puts
+        self.client = FakeClient(self)
+        self.reads = 0
+        self.writes = 0
+        self.conflict_next = 0  # refuse this many writes as if a sku had moved
+        self.window_ms = 7 * 86_400_000
+        self.layout = keys.SINGLE
+        self.lines: dict[tuple[str, str], bytes] = {}  # (sku, line field) -> line record
+        self.before_read: list[Callable[[], None]] = []  # run (once each) on the next reads
+        self.kit_records = FakeKits()
+        self.capacity: dict[str, int] = {}  # today's units taken per location
+
+    async def capacity_used(self, day: int) -> dict[str, int]:
+        return dict(self.capacity)
+
+    async def orders(self, order_ids: Sequence[str]) -> list[StoredOrder | None]:
+        found = [self.strings.get(keys.SINGLE.order_key(o)) for o in order_ids]
+        return [
+            current(
+                decode_stored(raw),
+                {
+                    line.line_id: self.lines.get((line.sku, line_field(oid, line.line_id)))
+                    for line in decode_stored(raw).result.lines
+                },
+            )
+            if raw
+            else None
+            for oid, raw in zip(order_ids, found, strict=True)
+        ]
+
+    async def read(self, skus: Sequence[str]) -> Snapshot:
+        self.reads += 1
+        if self.before_read:
+            self.before_read.pop(0)()
+        await asyncio.sleep(0)
+        return Snapshot(
+            {sku: load_state(sku, self.states.get(sku)) for sku in skus},
+            {sku: self.versions.get(sku, 0) for sku in skus},
+            frozenset(),
+        )
+
+    async def write(self, changes: ChangeSet, now_ms: int) -> list[str]:
+        await asyncio.sleep(0)
+        for key, mode, _ in changes.puts:
+            if mode == "nx" and key in self.strings:
+                raise PutExists(key)
+        moved = [w.sku for w in changes.skus if w.expected_version != self.versions.get(w.sku, 0)]
+        if self.conflict_next and changes.skus:
+            self.conflict_next -= 1
+            moved = [changes.skus[0].sku]
+        if any(self.capacity.get(loc, 0) + n > cap for loc, (n, cap) in changes.capacity.items()):
+            moved = [w.sku for w in changes.skus]
+        if moved:
+            return moved
+        self.writes += 1
+        for loc, (n, _) in changes.capacity.items():
+            self.capacity[loc] = self.capacity.get(loc, 0) + n
+        for w in changes.skus:
+            self.states[w.sku] = w.state
+            self.versions[w.sku] = self.versions.get(w.sku, 0) + 1
+        for key, mode, value in changes.puts:
+            if mode == "del":
+                self.strings.pop(key, None)
+            elif mode == "hdel":
+                self.lines.pop((_sku_of(key), value.decode()), None)
+            elif mode.startswith("h:"):
+                self.hashes.setdefault(key, {})[mode[2:]] = value
+            else:
+                self.strings[key] = value
+        self.merge_lines(changes)
+        return []
+
+    def merge_lines(self, changes: ChangeSet) -> None:
+        for sku, records in changes.lines.items():
+            for name, record in records.items():
+                self.lines[(sku, name)] = merge_line_record(self.lines.get((sku, name)), record)
+
+    def open_units(self, sku: str, now_us: int) -> int:
+        return sum(r.open_quantity(now_us) for r in load_state(sku, self.states[sku]).reservations)
+
+
+class FakeBroker:
+    """The allocator's send: records each batch, and fails it (ProduceFailed) if told to."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.sends: list[list[Outgoing]] = []
+
+    async def send(self, messages: Sequence[Outgoing], timeout_s: float) -> None:
+        await asyncio.sleep(0)
+        self.sends.append(list(messages))
+        if self.fail:
+            raise ProduceFailed("down")
+
+
+class SlowBroker(FakeBroker):
+    """Acknowledges after ``delay_s`` (forever with None); ``started`` once a send began."""
+
+    def __init__(self, delay_s: float | None) -> None:
+        super().__init__()
+        self.delay_s = delay_s
+        self.started = asyncio.Event()
+
+    async def send(self, messages: Sequence[Outgoing], timeout_s: float) -> None:
+        self.started.set()
+        if self.delay_s is None:
+            await asyncio.Event().wait()
+        await asyncio.sleep(self.delay_s or 0)
+        self.sends.append(list(messages))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,17 +11,9 @@ import pytest
 from allocation.allocate import NONE, Allocation, allocate
 from allocation.network import Network, Supply
 from allocation.reference import allocate_reference
+from tests.channels import Channel
 
 TODAY = 20_000  # days since the epoch
-
-
-@dataclass(frozen=True)
-class Channel:
-    name: str
-    priority: int
-    locations: Sequence[str]
-    safety_stock: int = 0
-    inbound_horizon_days: int = 14
 
 
 WEB = Channel("web", 1, ("DC-EAST", "DC-WEST"), safety_stock=0)

@@ -5,32 +5,20 @@ arrival order; repeats, conflicts, refused input and broker failures stay per or
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
 import pytest
 
-from allocation.kits import KitDefinition
 from allocation.network import Network
 from atp_service.allocator import Allocator, OrderConflict, PublishFailed
-from atp_service.orders import (
-    OrderLine,
-    OrderRequest,
-    StoredOrder,
-    current,
-    decode_stored,
-    plan,
-)
+from atp_service.orders import OrderLine, OrderRequest, plan
 from atp_service.store import keys
-from atp_service.store.write_plan import PutExists
-from streams.backorders import build_replanned, line_field, merge_line_record
-from streams.changeset import ChangeSet
-from streams.kafka import Outgoing, ProduceFailed
+from streams.backorders import build_replanned
 from streams.projector import Projector
-from streams.state import US_PER_DAY, BinStock, InboundLine, SkuState, dump_state, load_state
-from streams.store import Snapshot
+from streams.state import US_PER_DAY, BinStock, InboundLine, SkuState, load_state
 from tests.channels import Channel
+from tests.fakes import FakeBroker, FakeStore, SlowBroker
 
 NOW_US = 20_000 * US_PER_DAY
 
@@ -40,141 +28,6 @@ PROJECTOR = Projector(
     frozenset({"available"}),
     ({}, {}),
 )
-
-
-def _sku_of(key: str) -> str:
-    """The sku of its hash of lines: '<shard prefix>lines:<sku>' (atp_service/store/keys.py)."""
-    (prefix,) = keys.SINGLE.prefixes
-    assert key.startswith(prefix + keys.LINES_PART)
-    return key[len(prefix + keys.LINES_PART) :]
-
-
-class FakeClient:
-    def __init__(self, store: FakeStore) -> None:
-        self.store = store
-
-    async def mget(self, names: Sequence[str]) -> list[bytes | None]:
-        await asyncio.sleep(0)
-        return [self.store.strings.get(n) for n in names]
-
-    async def delete(self, *names: str) -> int:
-        for name in names:
-            self.store.strings.pop(name, None)
-        return len(names)
-
-    async def hdel(self, name: str, *fields: str) -> int:
-        held = self.store.hashes.get(name, {})
-        return sum(held.pop(f, None) is not None for f in fields)
-
-
-class FakeKits:
-    """AsyncKitRecords' look-up over a dict."""
-
-    def __init__(self) -> None:
-        self.definitions: dict[str, KitDefinition] = {}
-
-    async def of(self, skus: Sequence[str]) -> dict[str, KitDefinition]:
-        return {sku: self.definitions[sku] for sku in skus if sku in self.definitions}
-
-
-class FakeStore:
-    """The AsyncRedisStore contract over dicts: versioned states, 'nx'/'set' puts."""
-
-    def __init__(self, states: dict[str, SkuState]) -> None:
-        self.states = {sku: dump_state(s) for sku, s in states.items()}
-        self.versions = dict.fromkeys(states, 1)
-        self.strings: dict[str, bytes] = {}
-        self.hashes: dict[str, dict[str, bytes]] = {}  # 'h:<field>' puts
-        self.client = FakeClient(self)
-        self.reads = 0
-        self.writes = 0
-        self.conflict_next = 0  # refuse this many writes as if a sku had moved
-        self.window_ms = 7 * 86_400_000
-        self.layout = keys.SINGLE
-        self.lines: dict[tuple[str, str], bytes] = {}  # (sku, line field) -> line record
-        self.before_read: list[Callable[[], None]] = []  # run (once each) on the next reads
-        self.kit_records = FakeKits()
-        self.capacity: dict[str, int] = {}  # today's units taken per location
-
-    async def capacity_used(self, day: int) -> dict[str, int]:
-        return dict(self.capacity)
-
-    async def orders(self, order_ids: Sequence[str]) -> list[StoredOrder | None]:
-        found = [self.strings.get(keys.SINGLE.order_key(o)) for o in order_ids]
-        return [
-            current(
-                decode_stored(raw),
-                {
-                    line.line_id: self.lines.get((line.sku, line_field(oid, line.line_id)))
-                    for line in decode_stored(raw).result.lines
-                },
-            )
-            if raw
-            else None
-            for oid, raw in zip(order_ids, found, strict=True)
-        ]
-
-    async def read(self, skus: Sequence[str]) -> Snapshot:
-        self.reads += 1
-        if self.before_read:
-            self.before_read.pop(0)()
-        await asyncio.sleep(0)
-        return Snapshot(
-            {sku: load_state(sku, self.states.get(sku)) for sku in skus},
-            {sku: self.versions.get(sku, 0) for sku in skus},
-            frozenset(),
-        )
-
-    async def write(self, changes: ChangeSet, now_ms: int) -> list[str]:
-        await asyncio.sleep(0)
-        for key, mode, _ in changes.puts:
-            if mode == "nx" and key in self.strings:
-                raise PutExists(key)
-        moved = [w.sku for w in changes.skus if w.expected_version != self.versions.get(w.sku, 0)]
-        if self.conflict_next and changes.skus:
-            self.conflict_next -= 1
-            moved = [changes.skus[0].sku]
-        if any(self.capacity.get(loc, 0) + n > cap for loc, (n, cap) in changes.capacity.items()):
-            moved = [w.sku for w in changes.skus]
-        if moved:
-            return moved
-        self.writes += 1
-        for loc, (n, _) in changes.capacity.items():
-            self.capacity[loc] = self.capacity.get(loc, 0) + n
-        for w in changes.skus:
-            self.states[w.sku] = w.state
-            self.versions[w.sku] = self.versions.get(w.sku, 0) + 1
-        for key, mode, value in changes.puts:
-            if mode == "del":
-                self.strings.pop(key, None)
-            elif mode == "hdel":
-                self.lines.pop((_sku_of(key), value.decode()), None)
-            elif mode.startswith("h:"):
-                self.hashes.setdefault(key, {})[mode[2:]] = value
-            else:
-                self.strings[key] = value
-        self.merge_lines(changes)
-        return []
-
-    def merge_lines(self, changes: ChangeSet) -> None:
-        for sku, records in changes.lines.items():
-            for name, record in records.items():
-                self.lines[(sku, name)] = merge_line_record(self.lines.get((sku, name)), record)
-
-    def open_units(self, sku: str) -> int:
-        return sum(r.open_quantity(NOW_US) for r in load_state(sku, self.states[sku]).reservations)
-
-
-class Broker:
-    def __init__(self, fail: bool = False) -> None:
-        self.fail = fail
-        self.sends: list[list[Outgoing]] = []
-
-    async def send(self, messages: Sequence[Outgoing], timeout_s: float) -> None:
-        await asyncio.sleep(0)
-        self.sends.append(list(messages))
-        if self.fail:
-            raise ProduceFailed("down")
 
 
 def stocked(**skus: int) -> dict[str, SkuState]:
@@ -207,7 +60,7 @@ def run(allocator: Allocator, orders: list[OrderRequest]) -> list[Any]:
 
 def test_concurrent_orders_share_writes_and_answer_as_if_one_after_another() -> None:
     states = stocked(A=7, B=3)
-    store, broker = FakeStore(states), Broker()
+    store, broker = FakeStore(states), FakeBroker()
     allocator = Allocator(store, PROJECTOR, broker.send, "res", clock=lambda: NOW_US)  # type: ignore[arg-type]
     orders = [order(f"o{i}", "b2b" if i % 3 == 0 else "web", A=2, B=1) for i in range(8)]
     answers = run(allocator, orders)
@@ -219,14 +72,14 @@ def test_concurrent_orders_share_writes_and_answer_as_if_one_after_another() -> 
         current.update({s.sku: s for s in alone.states})
         assert got == [(alone.results[0], True)]
     assert store.writes < len(orders)  # written in groups
-    assert store.open_units("A") == sum(
+    assert store.open_units("A", NOW_US) == sum(
         a.quantity
         for r in answers
         for line in r[0][0].lines
         if line.sku == "A"
         for a in line.allocations
     )
-    assert store.open_units("A") <= 7 and store.open_units("B") <= 3
+    assert store.open_units("A", NOW_US) <= 7 and store.open_units("B", NOW_US) <= 3
     # Every reservation was published once, with the order's own correlation id (none here).
     published = [m for batch in broker.sends for m in batch]
     assert len(published) == sum(
@@ -237,7 +90,7 @@ def test_concurrent_orders_share_writes_and_answer_as_if_one_after_another() -> 
 
 
 def test_repeats_conflicts_and_duplicates_in_one_burst() -> None:
-    store, broker = FakeStore(stocked(A=10)), Broker()
+    store, broker = FakeStore(stocked(A=10)), FakeBroker()
     allocator = Allocator(store, PROJECTOR, broker.send, "res", clock=lambda: NOW_US)  # type: ignore[arg-type]
     (first,) = run(allocator, [order("done", A=1)])
     burst = [
@@ -253,47 +106,47 @@ def test_repeats_conflicts_and_duplicates_in_one_burst() -> None:
     # The same new order twice at once: allocated once, the other answered as its repeat.
     assert answers[2][0][1] is True and answers[3] == [(answers[2][0][0], False)]
     assert answers[4][0][1] is True
-    assert store.open_units("A") == 3
+    assert store.open_units("A", NOW_US) == 3
 
 
 def test_a_refused_order_fails_alone_and_a_conflict_is_retried() -> None:
-    store, broker = FakeStore(stocked(A=10)), Broker()
+    store, broker = FakeStore(stocked(A=10)), FakeBroker()
     store.conflict_next = 1
     allocator = Allocator(store, PROJECTOR, broker.send, "res", clock=lambda: NOW_US)  # type: ignore[arg-type]
     bad = OrderRequest("bad", "web", [OrderLine("1", "A", 0)])  # the HTTP layer refuses it earlier
     answers = run(allocator, [order("a", A=1), bad, order("b", A=2)])
     assert isinstance(answers[1], ValueError)
     assert answers[0][0][1] and answers[2][0][1]
-    assert store.open_units("A") == 3
+    assert store.open_units("A", NOW_US) == 3
 
 
 def test_a_broker_failure_undoes_the_whole_group() -> None:
-    store, broker = FakeStore(stocked(A=10)), Broker(fail=True)
+    store, broker = FakeStore(stocked(A=10)), FakeBroker(fail=True)
     allocator = Allocator(store, PROJECTOR, broker.send, "res", clock=lambda: NOW_US)  # type: ignore[arg-type]
     answers = run(allocator, [order(f"o{i}", A=1) for i in range(5)])
     assert all(isinstance(a, PublishFailed) for a in answers)
-    assert store.open_units("A") == 0
+    assert store.open_units("A", NOW_US) == 0
     assert not any(k.startswith(keys.SINGLE.order_key("")) for k in store.strings)
 
 
 def test_an_allocation_undone_gives_back_the_capacity_it_took() -> None:
     capped = Projector(PROJECTOR.network, PROJECTOR.sellable, ({}, {}), capacities={"L0": 50})
     store = FakeStore(stocked(A=10))
-    allocator = Allocator(store, capped, Broker().send, "res", clock=lambda: NOW_US)  # type: ignore[arg-type]
+    allocator = Allocator(store, capped, FakeBroker().send, "res", clock=lambda: NOW_US)  # type: ignore[arg-type]
     run(allocator, [order("kept", A=3)])
     assert store.capacity == {"L0": 3}
-    failing = Allocator(store, capped, Broker(fail=True).send, "res", clock=lambda: NOW_US)  # type: ignore[arg-type]
+    failing = Allocator(store, capped, FakeBroker(fail=True).send, "res", clock=lambda: NOW_US)  # type: ignore[arg-type]
     [answer] = run(failing, [order("undone", A=2)])
     assert isinstance(answer, PublishFailed)
     assert store.capacity == {"L0": 3}  # the undone order's 2 units are back
-    assert store.open_units("A") == 3
+    assert store.open_units("A", NOW_US) == 3
 
 
 @pytest.mark.parametrize("size", [1, 3])
 def test_each_event_carries_its_own_requests_correlation_id(size: int) -> None:
     from streams.logs import correlation_id
 
-    store, broker = FakeStore(stocked(A=10)), Broker()
+    store, broker = FakeStore(stocked(A=10)), FakeBroker()
     allocator = Allocator(store, PROJECTOR, broker.send, "res", clock=lambda: NOW_US)  # type: ignore[arg-type]
 
     async def one(i: int) -> None:
@@ -315,22 +168,6 @@ def test_each_event_carries_its_own_requests_correlation_id(size: int) -> None:
         )
 
 
-class SlowBroker(Broker):
-    """Acknowledges after ``delay_s`` (forever with None); ``started`` once a send began."""
-
-    def __init__(self, delay_s: float | None) -> None:
-        super().__init__()
-        self.delay_s = delay_s
-        self.started = asyncio.Event()
-
-    async def send(self, messages: Sequence[Outgoing], timeout_s: float) -> None:
-        self.started.set()
-        if self.delay_s is None:
-            await asyncio.Event().wait()
-        await asyncio.sleep(self.delay_s or 0)
-        self.sends.append(list(messages))
-
-
 def test_shutdown_drain_lets_a_publish_in_flight_finish_even_if_its_request_went_away() -> None:
     store, broker = FakeStore(stocked(A=10)), SlowBroker(0.3)
     allocator = Allocator(store, PROJECTOR, broker.send, "res", clock=lambda: NOW_US)  # type: ignore[arg-type]
@@ -343,7 +180,7 @@ def test_shutdown_drain_lets_a_publish_in_flight_finish_even_if_its_request_went
 
     assert asyncio.run(go()) is True
     # Written to Redis and announced: the stream and the ledger will see the reservation.
-    assert store.open_units("A") == 2
+    assert store.open_units("A", NOW_US) == 2
     assert [len(batch) for batch in broker.sends] == [1]
 
 
@@ -365,11 +202,11 @@ def test_a_release_meeting_a_replan_releases_what_the_replan_made() -> None:
     """DELETE reads the skus, then the order: a re-plan that replaced the order's claim just
     before is in both reads, so its new reservations are released too (none left open)."""
     inbound = InboundLine("PO", "L0", 5, 20_001, 0)
-    store, broker = FakeStore({"A": SkuState("A", inbound=(inbound,))}), Broker()
+    store, broker = FakeStore({"A": SkuState("A", inbound=(inbound,))}), FakeBroker()
     allocator = Allocator(store, PROJECTOR, broker.send, "res", clock=lambda: NOW_US)  # type: ignore[arg-type]
     backorder = msgspec.structs.replace(order("o", A=3), backorder=True)
     ((placed, _),) = run(allocator, [backorder])[0]
-    assert placed.lines[0].backordered == 3 and store.open_units("A") == 3
+    assert placed.lines[0].backordered == 3 and store.open_units("A", NOW_US) == 3
 
     def receipt_replanned() -> None:  # as the consumer would write it, meanwhile
         state = load_state("A", store.states["A"])
@@ -386,4 +223,4 @@ def test_a_release_meeting_a_replan_releases_what_the_replan_made() -> None:
     released = asyncio.run(allocator.release("o"))
     assert released is not None and released.status == "released"
     assert [a.quantity for a in released.lines[0].allocations] == [2]
-    assert store.open_units("A") == 0
+    assert store.open_units("A", NOW_US) == 0
