@@ -1,4 +1,5 @@
-"""Small helpers for integration tests: event builders and polling reads."""
+"""Small helpers for integration tests: event builders, allocation requests, polling reads,
+reading a topic back, and a receipt's write for tests that write to a store directly."""
 
 from __future__ import annotations
 
@@ -9,9 +10,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import httpx
+from confluent_kafka import Consumer
+
+from atp_service.config import parse_config
+from atp_service.model import projector_for
+from streams.changeset import ChangeSet, build_changeset
+from streams.state import BinStock, SkuState
+from tests.conftest import WRITE_KEY, Stack, config_text
 
 T = TypeVar("T")
 _ids = itertools.count(1)
+_W = {"Authorization": f"Bearer {WRITE_KEY}"}
+
+WINDOW_MS = 7 * 86_400_000
 
 
 def now_iso(offset_s: float = 0.0) -> str:
@@ -59,6 +70,46 @@ def reservation(
     }  # fmt: skip
 
 
+def day(offset: int) -> str:
+    return (datetime.now(UTC).date() + timedelta(days=offset)).isoformat()
+
+
+def inbound(sku: str, inbound_id: str, quantity: int, eta: str, location: str) -> dict[str, Any]:
+    return {
+        "type": "inbound", "event_id": f"i-{inbound_id}-{now_iso()}", "occurred_at": now_iso(),
+        "inbound_id": inbound_id, "sku": sku, "location": location, "quantity": quantity,
+        "eta": eta,
+    }  # fmt: skip
+
+
+def order(
+    order_id: str, channel: str = "web", backorder: bool = False, **lines: int
+) -> dict[str, Any]:
+    return {
+        "order_id": order_id,
+        "channel": channel,
+        "backorder": backorder,
+        "lines": [
+            {"line_id": str(i + 1), "sku": sku, "quantity": q}
+            for i, (sku, q) in enumerate(lines.items())
+        ],
+    }
+
+
+def allocate(base: str, body: dict[str, Any]) -> dict[str, Any]:
+    reply = httpx.post(f"{base}/v1/allocations", json=body, headers=_W, timeout=10)
+    assert reply.status_code == 201, reply.text
+    result: dict[str, Any] = reply.json()
+    return result
+
+
+def plan_of(base: str, order_id: str) -> dict[str, Any]:
+    reply = httpx.get(f"{base}/v1/allocations/{order_id}", headers=_W, timeout=10)
+    assert reply.status_code == 200, reply.text
+    result: dict[str, Any] = reply.json()
+    return result
+
+
 def poll(
     fetch: Callable[[], T], done: Callable[[T], bool], timeout: float = 30.0, pause: float = 0.05
 ) -> T:
@@ -81,3 +132,35 @@ def availability(base: str, key: str, channel: str, sku: str) -> dict[str, Any]:
     assert reply.status_code == 200, reply.text
     body: dict[str, Any] = reply.json()
     return body
+
+
+def read_topic(stack: Stack, topic: str, expected: int, timeout: float = 30.0) -> list[object]:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": stack.settings.kafka.bootstrap,
+            "group.id": f"reader-{topic}-{time.monotonic_ns()}",
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 6000,
+        }
+    )
+    consumer.subscribe([topic])
+    found = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(found) < expected and time.monotonic() < deadline:
+            for message in consumer.consume(num_messages=500, timeout=0.5):
+                if message.error() is None:
+                    found.append(message)
+    finally:
+        consumer.close()
+    return found
+
+
+def receipt_write(redis_url: str, sku: str, event_ids: list[str], now_ms: int) -> ChangeSet:
+    """The write of a receipt of 5 at DC-EAST for ``sku``, marking ``event_ids``."""
+    projector = projector_for(parse_config(config_text(redis_url)))
+    state = SkuState(sku, (BinStock("DC-EAST", "A1", "available", 5),))
+    changes = build_changeset([state], {}, projector, now_ms * 1000, seen={sku: event_ids})
+    for write in changes.skus:
+        write.expected_version = None
+    return changes

@@ -10,25 +10,10 @@ import httpx
 import pytest
 
 from tests.conftest import ADMIN_KEY, READ_KEY, WRITE_KEY, Stack
-from tests.integration.helpers import availability, now_iso, poll, receipt
-from tests.integration.test_pipeline import read_topic
+from tests.integration.helpers import availability, now_iso, order, poll, read_topic, receipt
 
 pytestmark = pytest.mark.integration
 W = {"Authorization": f"Bearer {WRITE_KEY}"}
-
-
-def order(
-    order_id: str, channel: str = "web", backorder: bool = False, **lines: int
-) -> dict[str, Any]:
-    return {
-        "order_id": order_id,
-        "channel": channel,
-        "backorder": backorder,
-        "lines": [
-            {"line_id": str(i + 1), "sku": sku, "quantity": q}
-            for i, (sku, q) in enumerate(lines.items())
-        ],
-    }
 
 
 def stocked(stack: Stack, base: str, events: list[dict[str, Any]], sku: str, on_hand: int) -> None:
@@ -322,8 +307,8 @@ def test_a_wave_of_10000_orders_is_answered_in_one_request(stack: Stack) -> None
     results = reply.json()["orders"]
     assert [r["order_id"] for r in results] == [o["order_id"] for o in orders]
     taken: dict[str, int] = {}
-    for order, result in zip(orders, results, strict=True):
-        for asked, line in zip(order["lines"], result["lines"], strict=True):
+    for placed, result in zip(orders, results, strict=True):
+        for asked, line in zip(placed["lines"], result["lines"], strict=True):
             got = sum(a["quantity"] for a in line["allocations"])
             assert got + line["backordered"] + line["unfilled"] == asked["quantity"]
             taken[asked["sku"]] = taken.get(asked["sku"], 0) + got

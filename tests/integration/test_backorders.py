@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -12,38 +11,20 @@ import pytest
 
 from tests.conftest import READ_KEY, WRITE_KEY, Stack
 from tests.faults.harness import atp_cli
-from tests.integration.helpers import availability, now_iso, poll, receipt
-from tests.integration.test_allocations import order
-from tests.integration.test_pipeline import read_topic
+from tests.integration.helpers import (
+    allocate,
+    availability,
+    day,
+    inbound,
+    order,
+    plan_of,
+    poll,
+    read_topic,
+    receipt,
+)
 
 pytestmark = pytest.mark.integration
 W = {"Authorization": f"Bearer {WRITE_KEY}"}
-
-
-def day(offset: int) -> str:
-    return (datetime.now(UTC).date() + timedelta(days=offset)).isoformat()
-
-
-def inbound(sku: str, inbound_id: str, quantity: int, eta: str, location: str) -> dict[str, Any]:
-    return {
-        "type": "inbound", "event_id": f"i-{inbound_id}-{now_iso()}", "occurred_at": now_iso(),
-        "inbound_id": inbound_id, "sku": sku, "location": location, "quantity": quantity,
-        "eta": eta,
-    }  # fmt: skip
-
-
-def allocate(base: str, body: dict[str, Any]) -> dict[str, Any]:
-    reply = httpx.post(f"{base}/v1/allocations", json=body, headers=W, timeout=10)
-    assert reply.status_code == 201, reply.text
-    result: dict[str, Any] = reply.json()
-    return result
-
-
-def plan_of(base: str, order_id: str) -> dict[str, Any]:
-    reply = httpx.get(f"{base}/v1/allocations/{order_id}", headers=W, timeout=10)
-    assert reply.status_code == 200, reply.text
-    result: dict[str, Any] = reply.json()
-    return result
 
 
 def updates(stack: Stack, expected: int) -> list[dict[str, Any]]:

@@ -9,9 +9,16 @@ import httpx
 import pytest
 
 from tests.conftest import READ_KEY, WRITE_KEY, Stack
-from tests.integration.helpers import availability, poll, receipt
-from tests.integration.test_allocations import order
-from tests.integration.test_backorders import allocate, day, inbound, plan_of
+from tests.integration.helpers import (
+    allocate,
+    availability,
+    day,
+    inbound,
+    order,
+    plan_of,
+    poll,
+    receipt,
+)
 
 pytestmark = pytest.mark.integration
 R = {"Authorization": f"Bearer {READ_KEY}"}

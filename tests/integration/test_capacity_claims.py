@@ -15,7 +15,7 @@ from atp_service.store import keys
 from atp_service.store.capacity import AsyncClaims
 from atp_service.store.redis_store import RedisStore, initialize
 from streams.changeset import ChangeSet, claim_key
-from tests.integration.test_marks import WINDOW_MS, receipt
+from tests.integration.helpers import WINDOW_MS, receipt_write
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +67,7 @@ def test_a_consumer_write_whose_claim_is_refused_writes_nothing(
     store = RedisStore(client, "g", WINDOW_MS, LAYOUT)
     assert store.claims.claim(claims(r1=9))
     now_ms = time.time_ns() // 1_000_000
-    changes = receipt(redis_url, "CC-2", ["e-1"], now_ms)
+    changes = receipt_write(redis_url, "CC-2", ["e-1"], now_ms)
     changes.capacity_day = DAY
     changes.claims = {claim_key("CC-2", "r5"): ("DC-EAST", 2, 10)}
     assert store.write(changes, now_ms) == ["CC-2"]

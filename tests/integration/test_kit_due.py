@@ -15,7 +15,7 @@ from allocation.kits import KitComponent
 from atp_service.store import keys
 from atp_service.store.kit_records import _MEMBERS, _RECORD, KitRecord, KitRecords, _put_calls
 from atp_service.store.redis_store import RedisStore, initialize
-from tests.integration.test_marks import WINDOW_MS, receipt
+from tests.integration.helpers import WINDOW_MS, receipt_write
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +40,7 @@ def named_by(store: RedisStore, component: str) -> set[str]:
 
 def write(store: RedisStore, redis_url: str, sku: str, event_id: str) -> None:
     now_ms = time.time_ns() // 1_000_000
-    assert not store.write(receipt(redis_url, sku, [event_id], now_ms), now_ms)
+    assert not store.write(receipt_write(redis_url, sku, [event_id], now_ms), now_ms)
 
 
 def test_a_kit_stays_due_while_its_components_are_written_after_the_sweep_read_it(

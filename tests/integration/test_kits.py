@@ -15,8 +15,7 @@ from atp_service.ops.topic_reader import read_to_end
 from atp_service.store.kit_records import AsyncKitRecords, KitRecord, SeqMoved
 from tests.conftest import ADMIN_KEY, READ_KEY, TEST_KITS, WRITE_KEY, Stack
 from tests.faults.harness import atp_cli, lose_redis_and_rebuild
-from tests.integration.helpers import availability, poll, receipt, reservation
-from tests.integration.test_allocations import order
+from tests.integration.helpers import availability, order, poll, receipt, reservation
 
 pytestmark = pytest.mark.integration
 A = {"Authorization": f"Bearer {ADMIN_KEY}"}

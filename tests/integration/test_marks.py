@@ -12,30 +12,15 @@ import pytest
 import redis
 import redis.asyncio as aredis
 
-from atp_service.config import parse_config
-from atp_service.model import projector_for
 from atp_service.store import keys
 from atp_service.store.async_store import AsyncRedisStore
 from atp_service.store.marks import DigestKeyChanged
 from atp_service.store.redis_store import RedisStore, initialize
-from streams.changeset import ChangeSet, build_changeset
-from streams.state import BinStock, SkuState
-from tests.conftest import config_text
+from tests.integration.helpers import WINDOW_MS, receipt_write
 
 pytestmark = pytest.mark.integration
 
-WINDOW_MS = 7 * 86_400_000
 DAY_MS = 86_400_000
-
-
-def receipt(redis_url: str, sku: str, event_ids: list[str], now_ms: int) -> ChangeSet:
-    """The write of a receipt of 5 at DC-EAST for ``sku``, marking ``event_ids``."""
-    projector = projector_for(parse_config(config_text(redis_url)))
-    state = SkuState(sku, (BinStock("DC-EAST", "A1", "available", 5),))
-    changes = build_changeset([state], {}, projector, now_ms * 1000, seen={sku: event_ids})
-    for write in changes.skus:
-        write.expected_version = None
-    return changes
 
 
 @pytest.fixture
@@ -52,14 +37,14 @@ def test_an_id_applied_within_the_window_is_a_duplicate(
 ) -> None:
     now_ms = time.time_ns() // 1_000_000
     then = now_ms - int(days_ago * DAY_MS)
-    assert not store.write(receipt(redis_url, "M-1", ["e-1", "e-2"], then), then)
+    assert not store.write(receipt_write(redis_url, "M-1", ["e-1", "e-2"], then), then)
     assert store.read(["M-1"], {"M-1": ["e-1", "e-2", "e-3"]}).seen == {"e-1", "e-2"}
 
 
 def test_an_id_applied_before_the_window_is_new_again(store: RedisStore, redis_url: str) -> None:
     now_ms = time.time_ns() // 1_000_000
     then = now_ms - 11 * DAY_MS  # its bucket ended more than the window ago
-    assert not store.write(receipt(redis_url, "M-1", ["e-old"], then), then)
+    assert not store.write(receipt_write(redis_url, "M-1", ["e-old"], then), then)
     assert store.read(["M-1"], {"M-1": ["e-old"]}).seen == frozenset()
 
 
@@ -68,7 +53,7 @@ def test_marks_are_an_intset_that_expires_a_window_after_its_bucket(
 ) -> None:
     now_ms = time.time_ns() // 1_000_000
     ids = [f"e-{n}" for n in range(300)]
-    assert not store.write(receipt(redis_url, "M-1", ids, now_ms), now_ms)
+    assert not store.write(receipt_write(redis_url, "M-1", ids, now_ms), now_ms)
     bucket = now_ms // keys.MARKS_BUCKET_MS
     key = keys.SINGLE.marks_key("M-1", bucket)
     client = store.client
@@ -82,20 +67,20 @@ def test_a_rebuilt_shards_new_digest_key_refuses_writes_made_with_the_old(
     store: RedisStore, redis_url: str
 ) -> None:
     now_ms = time.time_ns() // 1_000_000
-    assert not store.write(receipt(redis_url, "M-1", ["e-1"], now_ms), now_ms)
+    assert not store.write(receipt_write(redis_url, "M-1", ["e-1"], now_ms), now_ms)
     # As `atp rebuild` does: every key goes, the marks come back under a new digest key.
     rebuilt = RedisStore(redis.Redis.from_url(redis_url), "g", WINDOW_MS)
     rebuilt.client.flushall()
     rebuilt.set_marker("rebuilding")
-    assert not rebuilt.write(receipt(redis_url, "M-1", ["e-1"], now_ms), now_ms)
+    assert not rebuilt.write(receipt_write(redis_url, "M-1", ["e-1"], now_ms), now_ms)
     rebuilt.set_marker("rebuilt")
 
     # The consumer that still holds the old key is refused (it then reads again), and
     # its next read finds the rebuilt marks: e-1 stays applied once.
     with pytest.raises(DigestKeyChanged):
-        store.write(receipt(redis_url, "M-1", ["e-2"], now_ms), now_ms)
+        store.write(receipt_write(redis_url, "M-1", ["e-2"], now_ms), now_ms)
     assert store.read(["M-1"], {"M-1": ["e-1", "e-2"]}).seen == {"e-1"}
-    assert not store.write(receipt(redis_url, "M-1", ["e-2"], now_ms), now_ms)
+    assert not store.write(receipt_write(redis_url, "M-1", ["e-2"], now_ms), now_ms)
     assert store.read(["M-1"], {"M-1": ["e-1", "e-2"]}).seen == {"e-1", "e-2"}
 
     # An API process that held the old key writes with the new one, at once.
@@ -103,10 +88,10 @@ def test_a_rebuilt_shards_new_digest_key_refuses_writes_made_with_the_old(
         client = aredis.Redis.from_url(redis_url)
         try:
             api = AsyncRedisStore(client, "g", WINDOW_MS)
-            assert not await api.write(receipt(redis_url, "M-2", ["a-1"], now_ms), now_ms)
+            assert not await api.write(receipt_write(redis_url, "M-2", ["a-1"], now_ms), now_ms)
             rebuilt.client.delete(keys.SINGLE.digest_key(0))
             rebuilt.set_marker("rebuilt")  # a new digest key
-            return await api.write(receipt(redis_url, "M-2", ["a-2"], now_ms), now_ms)
+            return await api.write(receipt_write(redis_url, "M-2", ["a-2"], now_ms), now_ms)
         finally:
             await client.aclose()
 

@@ -9,39 +9,24 @@ import time
 import httpx
 import msgspec
 import pytest
-from confluent_kafka import Consumer
 
 from tests.conftest import READ_KEY, Stack
 from tests.faults.harness import redis_for, wait_applying
-from tests.integration.helpers import availability, now_iso, poll, receipt, reservation, shipment
+from tests.integration.helpers import (
+    availability,
+    now_iso,
+    poll,
+    read_topic,
+    receipt,
+    reservation,
+    shipment,
+)
 
 pytestmark = pytest.mark.integration
 # The consumer's path runs on a single Redis and on a Redis Cluster (shards on one Redis
 # are covered by the changes-feed tests, which page across them); the API-only checks run
 # on a single Redis.
 BOTH = pytest.mark.redis_kinds("single", "cluster")
-
-
-def read_topic(stack: Stack, topic: str, expected: int, timeout: float = 30.0) -> list[object]:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": stack.settings.kafka.bootstrap,
-            "group.id": f"reader-{topic}-{time.monotonic_ns()}",
-            "auto.offset.reset": "earliest",
-            "session.timeout.ms": 6000,
-        }
-    )
-    consumer.subscribe([topic])
-    found = []
-    deadline = time.monotonic() + timeout
-    try:
-        while len(found) < expected and time.monotonic() < deadline:
-            for message in consumer.consume(num_messages=500, timeout=0.5):
-                if message.error() is None:
-                    found.append(message)
-    finally:
-        consumer.close()
-    return found
 
 
 @BOTH

@@ -12,7 +12,7 @@ from allocation.allocate import allocate
 from allocation.network import Network, Supply
 from allocation.reference import allocate_reference
 from tests.channels import Channel
-from tests.property.test_allocate_properties import FIELDS, TODAY, Batch, ints, tuning
+from tests.property.strategies import FIELDS, TODAY, Batch, ints, tuning
 
 EXAMPLES = settings(max_examples=300, deadline=None)
 
