@@ -2,20 +2,28 @@
 in-memory store that keeps the ``streams.store.Store`` Protocol the way the Redis adapter
 and its write script do (versions, dedupe marks, the server id, the projection marker,
 offsets that only move forward, the outbox, staged ledger rows, the due set); and the
-API's allocator's store (the AsyncRedisStore contract over dicts) and broker send.
+API's allocator's store (the AsyncRedisStore contract over dicts) and broker send; and, for
+the integration tests, the real Redis stores and clients with a fault injected (a write cut
+short, a write or claim sent twice, a cancellation lost) and broker sends that acknowledge
+at once or die.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import redis
+import redis.asyncio as aredis
 from confluent_kafka import TopicPartition
 
 from allocation.kits import KitDefinition
 from atp_service.orders import StoredOrder, current, decode_stored
-from atp_service.store import keys
+from atp_service.store import keys, redis_store
+from atp_service.store.async_store import AsyncRedisStore
+from atp_service.store.redis_store import RedisStore
 from atp_service.store.write_plan import PutExists
 from streams.backorders import line_field, merge_line_record
 from streams.changeset import ChangeSet, encode_outbox
@@ -461,3 +469,113 @@ class SlowBroker(FakeBroker):
             await asyncio.Event().wait()
         await asyncio.sleep(self.delay_s or 0)
         self.sends.append(list(messages))
+
+
+# -- real stores and clients with a fault injected (integration tests) --------------------
+
+
+class CutShort(RedisStore):
+    """A store whose next write runs only its first ``cut_after`` scripts (and what it
+    sends before them), then the process 'dies' (the connection error a consumer killed
+    mid-write leaves)."""
+
+    cut_after: int | None = None
+
+    def write(self, changes: Any, now_ms: int) -> list[str]:
+        if self.cut_after is None:
+            return super().write(changes, now_ms)
+        keep, self.cut_after = self.cut_after, None
+        real = self.client.pipeline
+
+        def pipeline(**kwargs: Any) -> Any:
+            pipe = real(**kwargs)
+            execute = pipe.execute
+
+            def cut(raise_on_error: bool = True) -> Any:
+                scripts = [
+                    i for i, (args, _) in enumerate(pipe.command_stack) if args[0] == "EVALSHA"
+                ]
+                del pipe.command_stack[scripts[keep] :]
+                execute(raise_on_error=raise_on_error)
+                raise redis.ConnectionError("the consumer died between two steps")
+
+            pipe.execute = cut  # type: ignore[method-assign]
+            return pipe
+
+        real_in_turn = redis_store.in_turn
+
+        def in_turn(client: Any, script: Any, calls: Any, sets: Any = ()) -> Any:
+            real_in_turn(client, script, itertools.islice(calls, keep), sets)
+            raise redis.ConnectionError("the consumer died between two steps")
+
+        self.client.pipeline = pipeline  # type: ignore[method-assign]
+        redis_store.in_turn = in_turn  # type: ignore[assignment]
+        try:
+            return super().write(changes, now_ms)
+        finally:
+            del self.client.pipeline
+            redis_store.in_turn = real_in_turn  # type: ignore[assignment]
+
+
+def send_into(sent: list[Outgoing]) -> Callable[[Sequence[Outgoing], float], None]:
+    """The allocator's send, acknowledging every message at once."""
+
+    def send(messages: Sequence[Outgoing], timeout_s: float) -> None:
+        sent.extend(messages)
+
+    return send
+
+
+class Twice(AsyncRedisStore):
+    """Every shard's part written, then sent again: the answer is the second run's."""
+
+    async def write_each(self, changes: ChangeSet, now_ms: int) -> list[str]:
+        await super().write_each(changes, now_ms)
+        return await super().write_each(changes, now_ms)
+
+
+class TwiceClient(aredis.Redis):
+    """A claim (SET NX) sent again after it landed: the answer is the second one's."""
+
+    async def set(self, *args: Any, **kwargs: Any) -> Any:
+        first = await super().set(*args, **kwargs)
+        return await super().set(*args, **kwargs) if kwargs.get("nx") else first
+
+
+class WrittenTwice(AsyncRedisStore):
+    """Every write sent again after it landed: the second run finds the order's record."""
+
+    async def write(self, changes: ChangeSet, now_ms: int) -> list[str]:
+        await super().write(changes, now_ms)
+        return await super().write(changes, now_ms)
+
+
+def send_dies(messages: Sequence[Outgoing], timeout_s: float) -> None:
+    """The allocator's send in a process that dies before the broker answers."""
+    raise RuntimeError("the process died before the broker answered")
+
+
+class LosesOneCancel:
+    """The real client, but its PUBLISH swallows the first cancellation it receives, as
+    Python 3.11's ``wait_for`` can inside redis-py."""
+
+    def __init__(self, client: aredis.Redis) -> None:
+        self._client = client
+        self.lost = 0
+        self.publishing = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def spublish(self, channel: str, message: str) -> int:
+        try:
+            self.publishing.set()
+            await asyncio.sleep(0.2)  # long enough for the stop to land here
+            return int(await self._client.spublish(channel, message))
+        except asyncio.CancelledError:
+            if self.lost:
+                raise
+            self.lost += 1
+            return 0  # and the task's cancelling() count stays raised, as with wait_for
+        finally:
+            self.publishing.clear()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -23,43 +23,19 @@ from atp_service.sharded_allocator import Pending, ShardedAllocator, _pending_va
 from atp_service.store import keys
 from atp_service.store.async_store import AsyncRedisStore
 from atp_service.store.redis_store import RedisStore, initialize
-from streams.changeset import ChangeSet, build_changeset
+from streams.changeset import build_changeset
 from streams.events import ReservationCreated
 from streams.kafka import Outgoing, ProduceFailed
 from streams.projector import Projector
 from streams.state import BinStock, SkuState
 from tests.conftest import config_text
+from tests.fakes import Twice, TwiceClient, WrittenTwice, send_dies, send_into
 
 pytestmark = pytest.mark.integration
 
 LAYOUT = keys.Layout(4)
 SKUS = [f"LR-{i}" for i in range(6)]
 WINDOW_MS = 7 * 86_400_000
-
-
-def _into(sent: list[Outgoing]) -> Callable[[Sequence[Outgoing], float], None]:
-    """The allocator's send, acknowledging every message at once."""
-
-    def send(messages: Sequence[Outgoing], timeout_s: float) -> None:
-        sent.extend(messages)
-
-    return send
-
-
-class Twice(AsyncRedisStore):
-    """Every shard's part written, then sent again: the answer is the second run's."""
-
-    async def write_each(self, changes: ChangeSet, now_ms: int) -> list[str]:
-        await super().write_each(changes, now_ms)
-        return await super().write_each(changes, now_ms)
-
-
-class TwiceClient(aredis.Redis):
-    """A claim (SET NX) sent again after it landed: the answer is the second one's."""
-
-    async def set(self, *args: Any, **kwargs: Any) -> Any:
-        first = await super().set(*args, **kwargs)
-        return await super().set(*args, **kwargs) if kwargs.get("nx") else first
 
 
 def stocked(redis_url: str, layout: keys.Layout) -> tuple[RedisStore, Projector]:
@@ -82,7 +58,7 @@ def test_an_order_whose_every_write_ran_twice_holds_its_stock_once(redis_url: st
     async def allocate() -> Any:
         client = TwiceClient.from_url(redis_url)
         store = Twice(client, "g", WINDOW_MS, LAYOUT)
-        allocator = ShardedAllocator(store, projector, _into(sent), "oms.reservations")
+        allocator = ShardedAllocator(store, projector, send_into(sent), "oms.reservations")
         swap = allocator._swap
 
         async def swap_twice(keys: Any, args: Any) -> Any:  # the record's swaps, too
@@ -108,14 +84,6 @@ def test_an_order_whose_every_write_ran_twice_holds_its_stock_once(redis_url: st
     assert len(record.held) == 6 and len(sent) == 6
 
 
-class WrittenTwice(AsyncRedisStore):
-    """Every write sent again after it landed: the second run finds the order's record."""
-
-    async def write(self, changes: ChangeSet, now_ms: int) -> list[str]:
-        await super().write(changes, now_ms)
-        return await super().write(changes, now_ms)
-
-
 @pytest.mark.parametrize("orders", [1, 3])  # one order (grouped requests), and a batch
 def test_one_shard_an_order_whose_write_ran_twice_is_published_once_held_once(
     redis_url: str, orders: int
@@ -125,7 +93,7 @@ def test_one_shard_an_order_whose_write_ran_twice_is_published_once_held_once(
 
     async def allocate() -> Any:
         client = aredis.Redis.from_url(redis_url)
-        allocator = Allocator(WrittenTwice(client, "g", WINDOW_MS), projector, _into(sent), "r")
+        allocator = Allocator(WrittenTwice(client, "g", WINDOW_MS), projector, send_into(sent), "r")
         requests = [
             OrderRequest(f"O-{n}", "web", [OrderLine("1", SKUS[n], 2)]) for n in range(orders)
         ]
@@ -146,10 +114,6 @@ def test_one_shard_an_order_whose_write_ran_twice_is_published_once_held_once(
     assert len(sent) == orders  # each order's reservation_created, once
 
 
-def _died(messages: Sequence[Outgoing], timeout_s: float) -> None:
-    raise RuntimeError("the process died before the broker answered")
-
-
 @pytest.mark.parametrize("layout", [keys.SINGLE, LAYOUT], ids=["1 shard", "4 shards"])
 def test_an_order_whose_request_died_before_publishing_is_published_by_a_sweep(
     redis_url: str, layout: keys.Layout
@@ -166,10 +130,10 @@ def test_an_order_whose_request_died_before_publishing_is_published_by_a_sweep(
         store = AsyncRedisStore(client, "g", WINDOW_MS, layout)
         try:
             with pytest.raises(RuntimeError):
-                await kind(store, projector, _died, "r").allocate(
+                await kind(store, projector, send_dies, "r").allocate(
                     [OrderRequest("O-DIED", "web", lines)]
                 )
-            other = kind(store, projector, _into(sent), "r")  # another API process
+            other = kind(store, projector, send_into(sent), "r")  # another API process
             young = await other.publish_unpublished()  # the request may still be at work
             first = await other.publish_unpublished(older_than_ms=0)
             again = await other.publish_unpublished(older_than_ms=0)
@@ -198,7 +162,7 @@ def test_a_published_or_undone_order_is_never_published_by_a_sweep(redis_url: st
         client = aredis.Redis.from_url(redis_url)
         store = AsyncRedisStore(client, "g", WINDOW_MS)
         try:
-            allocator = Allocator(store, projector, _into(sent), "r")
+            allocator = Allocator(store, projector, send_into(sent), "r")
             await allocator.allocate([OrderRequest("O-OK", "web", [OrderLine("1", SKUS[0], 1)])])
             with pytest.raises(PublishFailed):  # undone: its reservation released
                 await Allocator(store, projector, refused, "r").allocate(
@@ -229,7 +193,7 @@ def test_an_abandoned_pending_order_is_released_by_a_sweep(redis_url: str) -> No
     async def run() -> list[int]:
         client = aredis.Redis.from_url(redis_url)
         store = AsyncRedisStore(client, "g", WINDOW_MS, LAYOUT)
-        allocator = ShardedAllocator(store, projector, _into([]), "r")
+        allocator = ShardedAllocator(store, projector, send_into([]), "r")
         try:
             await allocator.allocate([OrderRequest("O-ABANDONED", "web", lines)])
             assert reserved() == dict.fromkeys(SKUS[:4], 2)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis.asyncio as aredis
@@ -24,34 +23,9 @@ from atp_service.http.reader import AvailabilityReader
 from atp_service.model import projector_for
 from atp_service.store import keys
 from streams.kafka import AsyncPublisher, Outgoing, ProduceFailed, api_producer_config
+from tests.fakes import LosesOneCancel
 
 pytestmark = pytest.mark.integration
-
-
-class LosesOneCancel:
-    """The real client, but its PUBLISH swallows the first cancellation it receives, as
-    Python 3.11's ``wait_for`` can inside redis-py."""
-
-    def __init__(self, client: aredis.Redis) -> None:
-        self._client = client
-        self.lost = 0
-        self.publishing = asyncio.Event()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._client, name)
-
-    async def spublish(self, channel: str, message: str) -> int:
-        try:
-            self.publishing.set()
-            await asyncio.sleep(0.2)  # long enough for the stop to land here
-            return int(await self._client.spublish(channel, message))
-        except asyncio.CancelledError:
-            if self.lost:
-                raise
-            self.lost += 1
-            return 0  # and the task's cancelling() count stays raised, as with wait_for
-        finally:
-            self.publishing.clear()
 
 
 async def test_reader_stops_when_a_cancel_is_lost(redis_url: str, test_settings: Settings) -> None:

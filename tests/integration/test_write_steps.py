@@ -5,7 +5,6 @@ message with the status it had."""
 
 from __future__ import annotations
 
-import itertools
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,12 +18,12 @@ from atp_service.config import parse_config
 from atp_service.model import projector_for
 from atp_service.orders import LineResult, OrderResult, StoredOrder, encode_stored
 from atp_service.store import keys, redis_store, sending
-from atp_service.store.redis_store import RedisStore, initialize
+from atp_service.store.redis_store import initialize
 from streams.changeset import build_changeset, decode_outbox, projection_field
 from streams.consumer import StreamProjector
 from streams.ledger import Ledger, staged_table
 from tests.conftest import config_text
-from tests.fakes import FakeMessage, FakeProducer
+from tests.fakes import CutShort, FakeMessage, FakeProducer
 from tests.integration.inprocess import TOPIC, QueueConsumer, options_for, stored_offset
 
 pytestmark = pytest.mark.integration
@@ -57,49 +56,6 @@ def wave(first: int, quantity: int) -> list[FakeMessage]:
         FakeMessage(TOPIC, 0, first + n, receipt(f"e-{first + n}", sku, quantity), sku.encode())
         for n, sku in enumerate(SKUS)
     ]
-
-
-class CutShort(RedisStore):
-    """A store whose next write runs only its first ``cut_after`` scripts (and what it
-    sends before them), then the process 'dies' (the connection error a consumer killed
-    mid-write leaves)."""
-
-    cut_after: int | None = None
-
-    def write(self, changes: Any, now_ms: int) -> list[str]:
-        if self.cut_after is None:
-            return super().write(changes, now_ms)
-        keep, self.cut_after = self.cut_after, None
-        real = self.client.pipeline
-
-        def pipeline(**kwargs: Any) -> Any:
-            pipe = real(**kwargs)
-            execute = pipe.execute
-
-            def cut(raise_on_error: bool = True) -> Any:
-                scripts = [
-                    i for i, (args, _) in enumerate(pipe.command_stack) if args[0] == "EVALSHA"
-                ]
-                del pipe.command_stack[scripts[keep] :]
-                execute(raise_on_error=raise_on_error)
-                raise redis.ConnectionError("the consumer died between two steps")
-
-            pipe.execute = cut  # type: ignore[method-assign]
-            return pipe
-
-        real_in_turn = redis_store.in_turn
-
-        def in_turn(client: Any, script: Any, calls: Any, sets: Any = ()) -> Any:
-            real_in_turn(client, script, itertools.islice(calls, keep), sets)
-            raise redis.ConnectionError("the consumer died between two steps")
-
-        self.client.pipeline = pipeline  # type: ignore[method-assign]
-        redis_store.in_turn = in_turn  # type: ignore[assignment]
-        try:
-            return super().write(changes, now_ms)
-        finally:
-            del self.client.pipeline
-            redis_store.in_turn = real_in_turn  # type: ignore[assignment]
 
 
 @pytest.fixture(autouse=True, params=["rows inline", "rows by key"])
