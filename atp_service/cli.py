@@ -36,12 +36,12 @@ def _stop_on_signals() -> threading.Event:
 
 
 def consume(_: argparse.Namespace) -> int:
-    from atp_service.runtime import build_stream_projector
+    from atp_service.runtime import build_consumer_loop
     from streams.consumer import LedgerAhead
 
     settings = _settings()
     stop = _stop_on_signals()
-    projector = build_stream_projector(settings, should_stop=stop.is_set)
+    loop = build_consumer_loop(settings, should_stop=stop.is_set)
     if settings.consumer.metrics_port:
         from prometheus_client import start_http_server
 
@@ -49,14 +49,14 @@ def consume(_: argparse.Namespace) -> int:
             start_http_server(settings.consumer.metrics_port)
         except OSError as exc:  # metrics are not worth refusing to consume over
             log.warning("metrics port %d unavailable: %s", settings.consumer.metrics_port, exc)
-    log.info("consuming %s", ", ".join(projector.options.topics))
+    log.info("consuming %s", ", ".join(loop.options.topics))
     try:
-        projector.run(stop)
+        loop.run(stop)
     except LedgerAhead as exc:
         print(f"atp consume: {exc}", file=sys.stderr)
         return 3
-    projector.finish()
-    log.info("stopped after %d messages", projector.stats.consumed)
+    loop.finish()
+    log.info("stopped after %d messages", loop.stats.consumed)
     return 0
 
 

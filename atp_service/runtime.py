@@ -15,7 +15,7 @@ from atp_service.model import projector_for
 from atp_service.store import cluster_state, keys
 from atp_service.store.packer import ChunkedPacker
 from atp_service.store.redis_store import RedisStore
-from streams.consumer import ConsumerOptions, StreamProjector
+from streams.consumer import ConsumerLoop, ConsumerOptions
 from streams.kafka import ReliableProducer, consumer_config, producer_config
 from streams.ledger import Ledger
 from streams.state import US_PER_DAY
@@ -132,16 +132,16 @@ def consumer_options(settings: Settings, alive_file: str | None = None) -> Consu
     )
 
 
-def build_stream_projector(
+def build_consumer_loop(
     settings: Settings, should_stop: Callable[[], bool] = lambda: False
-) -> StreamProjector:
+) -> ConsumerLoop:
     consumer = Consumer(
         consumer_config(
             settings.kafka.bootstrap, settings.kafka.group_id, settings.kafka.session_timeout_ms
         )
     )
     producer = ReliableProducer(Producer(producer_config(settings.kafka.bootstrap)), should_stop)
-    return StreamProjector(
+    return ConsumerLoop(
         consumer,
         producer,
         store_for(settings),

@@ -1005,17 +1005,17 @@ def say(text: str) -> None:
 
 
 def direct_projector(settings: Settings) -> Any:
-    """The consumer's own StreamProjector, for ``apply(events, offsets)`` with no broker.
+    """The consumer's own ConsumerLoop, for ``apply(events, offsets)`` with no broker.
 
     Same store, projector, fold and write script as ``atp consume``; only the Kafka consumer
     and producer are absent (apply() uses neither).
     """
     from atp_service.model import projector_for
     from atp_service.runtime import consumer_options, store_for
-    from streams.consumer import StreamProjector
+    from streams.consumer import ConsumerLoop
 
     options = consumer_options(settings)
-    return StreamProjector(None, None, store_for(settings), projector_for(settings), options)  # type: ignore[arg-type]
+    return ConsumerLoop(None, None, store_for(settings), projector_for(settings), options)  # type: ignore[arg-type]
 
 
 def apply_events(projector: Any, events: Sequence[Any], batch: int = 5000) -> None:

@@ -5,7 +5,7 @@ N events (10k skus, 8 locations, 5 channels; a realistic mix) are produced once 
 
 - baseline: a raw confluent-kafka consumer (the service's consumer settings, a fresh group)
   consuming all N messages and decoding each with ``streams.events.decode`` (msgspec);
-- the real pipeline: ``atp_service.runtime.build_stream_projector(settings)`` -- the object
+- the real pipeline: ``atp_service.runtime.build_consumer_loop(settings)`` -- the object
   `atp consume` runs -- with ``run()`` in a thread, on an empty Redis and a fresh group,
   until it has consumed all N (its stored offsets are checked to cover them afterwards).
 
@@ -94,7 +94,7 @@ from confluent_kafka import Consumer
 from allocation.kits import KitComponent, KitDefinition
 from atp_service.config import KitSettings, Settings, parse_config
 from atp_service.local.services import create_topics
-from atp_service.runtime import build_stream_projector
+from atp_service.runtime import build_consumer_loop
 from atp_service.store import keys
 from atp_service.store import redis_store as redis_store_module
 from atp_service.store.kit_records import KitRecords
@@ -428,7 +428,7 @@ def real_pipeline(
     kits: KitSetup | None = None,
     drain: bool = False,
 ) -> tuple[float, dict[str, float], dict[str, int], dict[str, dict[str, float]], list[ScriptCall]]:
-    """The consumer's StreamProjector.run() in a thread, on ``store`` (emptied first);
+    """The consumer's ConsumerLoop.run() in a thread, on ``store`` (emptied first);
     events/s, seconds per stage, the Redis server's own time per command, and every script
     call (EVALSHA) as the primaries' SLOWLOG timed it, with the skus it wrote or read.
 
@@ -451,7 +451,7 @@ def real_pipeline(
         gc.collect()
     store.trace()
     redis_cpu = store.cpu_seconds()
-    projector = build_stream_projector(settings)
+    projector = build_consumer_loop(settings)
     # The write script's key count -> the skus it writes, to name the SLOWLOG's calls.
     skus_by_keys: dict[int, int] = {}
     real_write_calls = redis_store_module.write_calls

@@ -4,7 +4,7 @@ the sizes of a deployment of 100k, 1M and 10M skus (issue 17, "Memory at scale";
 docs/performance.md).
 
 Part 1, the product as it is. Redis is loaded through the consumer's own fold and write
-path (``StreamProjector.apply``, no broker): per sku, stock in one bin at each of L
+path (``ConsumerLoop.apply``, no broker): per sku, stock in one bin at each of L
 locations, one open reservation, one inbound line, and more receipts into the first bin up
 to E events (so the state's list of recent events is full). Then the parts are deleted one
 at a time, and ``INFO memory`` used_memory, summed over the store's primaries, is read

@@ -2,8 +2,8 @@
 folded with no backorders (contract section 9: backorders follow supply).
 
 Set-up, for each of S skus (1,000 full, 200 small), on a fresh Redis, fresh topics (4
-partitions) and a fresh consumer group, folded by the consumer's own ``StreamProjector``
-(``atp_service.runtime.build_stream_projector``, ``run()`` in a thread, as the fold
+partitions) and a fresh consumer group, folded by the consumer's own ``ConsumerLoop``
+(``atp_service.runtime.build_consumer_loop``, ``run()`` in a thread, as the fold
 benchmark runs it):
 
 - one inbound line (an ``inbound`` event) at DC-01, due in 5 days (within the web channel's
@@ -74,7 +74,7 @@ from atp_service.orders import (
     encode_stored,
     fingerprint,
 )
-from atp_service.runtime import build_stream_projector
+from atp_service.runtime import build_consumer_loop
 from atp_service.store import keys
 from benchmarks.common import (
     Bench,
@@ -287,7 +287,7 @@ def one_run(
     for key, value in setup.order_records(backorder).items():
         pipe.set(key, value)
     pipe.execute()
-    projector = build_stream_projector(settings)
+    projector = build_consumer_loop(settings)
     landed = LandedWrites()
     projector.store.write = landed.wrap(projector.store.write)  # type: ignore[method-assign]
     totals: dict[str, float] = defaultdict(float)

@@ -34,7 +34,7 @@ run_id), the partitions are consumed again from the offsets that server holds (`
 
 from streams.consumer.batch import Batch, ledger_rows
 from streams.consumer.folding import Unfoldable
-from streams.consumer.loop import StreamProjector
+from streams.consumer.loop import ConsumerLoop
 from streams.consumer.options import (
     API_EVENT_PREFIXES,
     BatchAbandoned,
@@ -50,11 +50,11 @@ __all__ = [
     "API_EVENT_PREFIXES",
     "Batch",
     "BatchAbandoned",
+    "ConsumerLoop",
     "ConsumerOptions",
     "LedgerAhead",
     "ReadAheadFailed",
     "Stats",
-    "StreamProjector",
     "Unfoldable",
     "ledger_rows",
     "now_us",

@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 COLLECT_INTERVAL_S: Final = 10.0
 
 
-class StreamProjector:
+class ConsumerLoop:
     """Runs the loop until ``stop`` is set; then finishes its batch, commits and returns."""
 
     def __init__(

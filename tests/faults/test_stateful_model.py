@@ -1,13 +1,13 @@
 """Issue 4, fault test 7: a hypothesis state machine against a plain model of the contract.
 
 In-process for speed: the real redis-server (session fixture), the real write script, the
-real StreamProjector (with a ledger) driven through ``process()`` with small fake Kafka
+real ConsumerLoop (with a ledger) driven through ``process()`` with small fake Kafka
 messages, and the real Allocator (``asyncio.run``) with a fake ``send`` that records what
 would be published. Steps interleave events (receipts, moves, shipments naming reservations,
 counts, inbound), allocations (single orders, batches of two channels; no backorders, which
 are planned again on every supply change: see the allocate rule), repeats of an allocation, releases, duplicates (an applied message again, at a
 new offset and possibly another partition), the API's own events coming back through the
-consumer, poison messages, expiry sweeps and consumer restarts (a new StreamProjector over
+consumer, poison messages, expiry sweeps and consumer restarts (a new ConsumerLoop over
 the same Redis that seeks to the offsets stored there).
 
 The model is ``tests.reference.ReferenceModel`` plus plain accounting of allocations: what
@@ -48,7 +48,7 @@ from atp_service.orders import OrderLine, OrderRequest, OrderResult
 from atp_service.store import keys
 from atp_service.store.async_store import AsyncRedisStore
 from atp_service.store.redis_store import RedisStore, initialize
-from streams.consumer import ConsumerOptions, StreamProjector, offset_field
+from streams.consumer import ConsumerLoop, ConsumerOptions, offset_field
 from streams.kafka import Outgoing
 from streams.ledger import Ledger
 from streams.state import US_PER_DAY
@@ -131,11 +131,11 @@ class Machine(RuleBasedStateMachine):
         self.client.close()
         shutil.rmtree(self.ledger_dir, ignore_errors=True)
 
-    def _new_stream(self) -> StreamProjector:
+    def _new_stream(self) -> ConsumerLoop:
         store = RedisStore(
             redis.Redis.from_url(self.redis_url), self.settings_.kafka.group_id, WINDOW_US // 1000
         )
-        return StreamProjector(
+        return ConsumerLoop(
             FakeConsumer(),
             self.producer,
             store,

@@ -13,7 +13,7 @@ from atp_service.config import Settings
 from atp_service.store import keys
 from atp_service.store.redis_store import RedisStore
 from streams.changeset import projection_field
-from streams.consumer import ConsumerOptions, StreamProjector, offset_field
+from streams.consumer import ConsumerLoop, ConsumerOptions, offset_field
 from tests.fakes import FakeConsumer, FakeMessage
 
 TOPIC = "wms.bin-movements"
@@ -91,10 +91,10 @@ def options_for(settings: Settings) -> ConsumerOptions:
     )  # fmt: skip
 
 
-def on_hand(stream: StreamProjector) -> int:
+def on_hand(stream: ConsumerLoop) -> int:
     raw = stream.store.client.hget(keys.SINGLE.sku_key("SKU-1"), projection_field("web"))
     return int(json.loads(raw)["on_hand"]) if raw else 0
 
 
-def stored_offset(stream: StreamProjector) -> int | None:
+def stored_offset(stream: ConsumerLoop) -> int | None:
     return stream.store.offsets().get(offset_field(TOPIC, 0))

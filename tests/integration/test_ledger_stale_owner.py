@@ -14,7 +14,7 @@ from atp_service.config import parse_config
 from atp_service.model import projector_for
 from atp_service.store import keys
 from atp_service.store.redis_store import RedisStore, initialize
-from streams.consumer import StreamProjector
+from streams.consumer import ConsumerLoop
 from streams.ledger import Ledger
 from tests.conftest import config_text
 from tests.fakes import FakeConsumer, FakeProducer
@@ -23,11 +23,11 @@ from tests.integration.inprocess import TOPIC, batch, on_hand, options_for, stor
 pytestmark = pytest.mark.integration
 
 
-def instance(redis_url: str, ledger_dir: Path) -> StreamProjector:
+def instance(redis_url: str, ledger_dir: Path) -> ConsumerLoop:
     settings = parse_config(config_text(redis_url=redis_url, ledger_dir=str(ledger_dir)))
     options = options_for(settings)
     store = RedisStore(redis.Redis.from_url(redis_url), settings.kafka.group_id, 7 * 86_400_000)
-    stream = StreamProjector(
+    stream = ConsumerLoop(
         FakeConsumer(),
         FakeProducer(),
         store,

@@ -16,13 +16,13 @@ import pytest
 import redis
 from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 
-from streams.consumer import ReadAheadFailed, StreamProjector
+from streams.consumer import ConsumerLoop, ReadAheadFailed
 from tests.integration.inprocess import TOPIC, QueueConsumer, batch, on_hand, stored_offset
 
 pytestmark = pytest.mark.integration
 
 
-def test_the_batch_read_ahead_is_held_and_applied_next(stream: StreamProjector) -> None:
+def test_the_batch_read_ahead_is_held_and_applied_next(stream: ConsumerLoop) -> None:
     consumer: QueueConsumer = stream.consumer  # type: ignore[assignment]
     consumer.batches = [batch(3, 2)]
     stream.process(batch(0, 3), read_ahead=True)
@@ -37,7 +37,7 @@ def test_the_batch_read_ahead_is_held_and_applied_next(stream: StreamProjector) 
 
 
 def test_a_failed_write_loses_nothing_read_ahead_and_counts_nothing_twice(
-    stream: StreamProjector,
+    stream: ConsumerLoop,
 ) -> None:
     consumer: QueueConsumer = stream.consumer  # type: ignore[assignment]
     consumer.batches = [batch(3, 2)]
@@ -54,7 +54,7 @@ def test_a_failed_write_loses_nothing_read_ahead_and_counts_nothing_twice(
 
 
 def test_a_rebalance_during_the_read_ahead_sees_the_write_in_flight(
-    stream: StreamProjector,
+    stream: ConsumerLoop,
 ) -> None:
     consumer: QueueConsumer = stream.consumer  # type: ignore[assignment]
     seen: list[int | None] = []
@@ -71,7 +71,7 @@ def test_a_rebalance_during_the_read_ahead_sees_the_write_in_flight(
 
 
 def test_a_rebalance_while_the_write_does_not_land_abandons_the_batch(
-    stream: StreamProjector,
+    stream: ConsumerLoop,
 ) -> None:
     consumer: QueueConsumer = stream.consumer  # type: ignore[assignment]
     seen: list[int | None] = []
@@ -91,7 +91,7 @@ def test_a_rebalance_while_the_write_does_not_land_abandons_the_batch(
 
 @pytest.mark.parametrize("failure", [KafkaException("broker went away"), OSError("no memory")])
 def test_a_failed_read_ahead_stops_the_loop_instead_of_dropping_messages(
-    stream: StreamProjector, failure: Exception
+    stream: ConsumerLoop, failure: Exception
 ) -> None:
     consumer: QueueConsumer = stream.consumer  # type: ignore[assignment]
     consumer.failure = failure
@@ -102,7 +102,7 @@ def test_a_failed_read_ahead_stops_the_loop_instead_of_dropping_messages(
     assert stream.take_ahead() is None
 
 
-def test_the_loop_applies_every_batch_once(stream: StreamProjector) -> None:
+def test_the_loop_applies_every_batch_once(stream: ConsumerLoop) -> None:
     consumer: QueueConsumer = stream.consumer  # type: ignore[assignment]
     consumer.subscribe = lambda topics, **kw: None  # type: ignore[attr-defined]
     consumer.close = lambda: None  # type: ignore[attr-defined]

@@ -17,7 +17,7 @@ import streams.consumer.batch
 from atp_service.store import keys
 from streams import fold as fold_module
 from streams.changeset import projection_field
-from streams.consumer import StreamProjector
+from streams.consumer import ConsumerLoop
 from streams.events import BinMovement
 from tests.fakes import FakeMessage
 from tests.integration.inprocess import TOPIC, on_hand, stored_offset
@@ -51,7 +51,7 @@ def defect_for_sku_bug(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_an_event_the_fold_cannot_take_is_dead_lettered_and_the_rest_applied(
-    stream: StreamProjector, defect_for_sku_bug: None
+    stream: ConsumerLoop, defect_for_sku_bug: None
 ) -> None:
     before = _unexpected("fold")
     messages = [_receipt(n, "BUG" if n in (2, 3, 4) else "SKU-1") for n in range(6)]
@@ -72,7 +72,7 @@ def test_an_event_the_fold_cannot_take_is_dead_lettered_and_the_rest_applied(
 
 
 def test_an_event_the_decoder_cannot_take_is_dead_lettered(
-    stream: StreamProjector, monkeypatch: pytest.MonkeyPatch
+    stream: ConsumerLoop, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real = streams.consumer.batch.decode
 
@@ -91,7 +91,7 @@ def test_an_event_the_decoder_cannot_take_is_dead_lettered(
 
 
 def test_a_defect_met_while_folding_ahead_is_counted_once(
-    stream: StreamProjector, defect_for_sku_bug: None
+    stream: ConsumerLoop, defect_for_sku_bug: None
 ) -> None:
     """The batch read ahead is folded during the previous write, and again in its turn:
     its culprit is dead-lettered and counted once."""

@@ -20,7 +20,7 @@ from atp_service.orders import LineResult, OrderResult, StoredOrder, encode_stor
 from atp_service.store import keys, redis_store, sending
 from atp_service.store.redis_store import initialize
 from streams.changeset import build_changeset, decode_outbox, projection_field
-from streams.consumer import StreamProjector
+from streams.consumer import ConsumerLoop
 from streams.ledger import Ledger, staged_table
 from tests.conftest import config_text
 from tests.fakes import CutShort, FakeMessage, FakeProducer
@@ -69,15 +69,15 @@ def rows_by_key(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
 
 
 @pytest.fixture
-def new_consumer(redis_url: str, tmp_path: Path) -> Iterator[Callable[[], StreamProjector]]:
+def new_consumer(redis_url: str, tmp_path: Path) -> Iterator[Callable[[], ConsumerLoop]]:
     """A consumer process, as started afresh (nothing kept from an earlier one)."""
     settings = parse_config(config_text(redis_url=redis_url, ledger_dir=str(tmp_path / "ledger")))
     client = redis.Redis.from_url(redis_url)
     initialize(client, keys.SINGLE, "test")
 
-    def make() -> StreamProjector:
+    def make() -> ConsumerLoop:
         store = CutShort(client, settings.kafka.group_id, 7 * 86_400_000, step_skus=STEP)
-        return StreamProjector(
+        return ConsumerLoop(
             QueueConsumer([]), FakeProducer(), store, projector_for(settings),  # type: ignore[arg-type]
             options_for(settings), ledger=Ledger(tmp_path / "ledger"),
         )  # fmt: skip
@@ -86,7 +86,7 @@ def new_consumer(redis_url: str, tmp_path: Path) -> Iterator[Callable[[], Stream
     client.close()
 
 
-def on_hand(stream: StreamProjector) -> dict[str, int]:
+def on_hand(stream: ConsumerLoop) -> dict[str, int]:
     found = {}
     for sku in SKUS:
         raw = stream.store.client.hget(keys.SINGLE.sku_key(sku), projection_field("web"))
@@ -94,7 +94,7 @@ def on_hand(stream: StreamProjector) -> dict[str, int]:
     return found
 
 
-def ledger_statuses(stream: StreamProjector) -> dict[int, str]:
+def ledger_statuses(stream: ConsumerLoop) -> dict[int, str]:
     table = staged_table(stream.store.staged_ledger())
     assert table is not None
     offsets = table["source_offset"].to_pylist()
@@ -102,12 +102,12 @@ def ledger_statuses(stream: StreamProjector) -> dict[int, str]:
     return dict(zip(offsets, table["status"].to_pylist(), strict=True))
 
 
-def unfinished_writes(stream: StreamProjector) -> list[bytes]:
+def unfinished_writes(stream: ConsumerLoop) -> list[bytes]:
     return list(stream.store.client.scan_iter(match=f"{keys.PREFIX}:*partial:*"))
 
 
 def test_a_write_over_many_skus_lands_whole_in_steps(
-    new_consumer: Callable[[], StreamProjector],
+    new_consumer: Callable[[], ConsumerLoop],
 ) -> None:
     stream = new_consumer()
     stream.process(wave(0, 2))
@@ -126,7 +126,7 @@ def test_a_write_over_many_skus_lands_whole_in_steps(
 
 
 def test_a_step_refused_moves_no_offset_and_the_retry_applies_each_event_once(
-    new_consumer: Callable[[], StreamProjector],
+    new_consumer: Callable[[], ConsumerLoop],
 ) -> None:
     stream = new_consumer()
     stream.process(wave(0, 2))  # kept as written: the next batch is folded without a read
@@ -148,7 +148,7 @@ def test_a_step_refused_moves_no_offset_and_the_retry_applies_each_event_once(
 
 @pytest.mark.parametrize("cut_after", [1, 2, 3])
 def test_a_consumer_killed_between_steps_is_followed_exactly(
-    new_consumer: Callable[[], StreamProjector], cut_after: int
+    new_consumer: Callable[[], ConsumerLoop], cut_after: int
 ) -> None:
     first = new_consumer()
     first.process(wave(0, 2))
@@ -175,7 +175,7 @@ def test_a_consumer_killed_between_steps_is_followed_exactly(
 
 
 def test_rows_kept_by_key_stay_until_they_are_in_a_file_and_then_go(
-    new_consumer: Callable[[], StreamProjector], rows_by_key: bool
+    new_consumer: Callable[[], ConsumerLoop], rows_by_key: bool
 ) -> None:
     stream = new_consumer()
     stream.process(wave(0, 2))
@@ -192,7 +192,7 @@ def test_rows_kept_by_key_stay_until_they_are_in_a_file_and_then_go(
 
 
 def test_two_consumers_killed_between_steps_in_turn_are_followed_exactly(
-    new_consumer: Callable[[], StreamProjector],
+    new_consumer: Callable[[], ConsumerLoop],
 ) -> None:
     """The second, refolding the first's batch with one more event, writes in its first
     step a sku whose events the first cut write applied, and is cut short too: the third
@@ -216,7 +216,7 @@ def test_two_consumers_killed_between_steps_in_turn_are_followed_exactly(
 
 @pytest.mark.parametrize("cut_after", [1, 3])
 def test_orders_hear_of_lines_a_cut_write_confirmed(
-    new_consumer: Callable[[], StreamProjector], cut_after: int
+    new_consumer: Callable[[], ConsumerLoop], cut_after: int
 ) -> None:
     """A receipt wave confirms a backordered line on every sku, and the write is cut short
     after its first steps: those steps' skus are duplicates when the batch is folded again,

@@ -14,7 +14,7 @@ from confluent_kafka import TopicPartition
 from atp_service.orders import created_event_id
 from atp_service.store import keys
 from streams.changeset import build_changeset, projection_field
-from streams.consumer import StreamProjector
+from streams.consumer import ConsumerLoop
 from streams.state import BinStock, SkuState, dump_state
 from tests.fakes import FakeMessage
 from tests.integration.inprocess import TOPIC, QueueConsumer, batch, on_hand, receipt, stored_offset
@@ -22,7 +22,7 @@ from tests.integration.inprocess import TOPIC, QueueConsumer, batch, on_hand, re
 pytestmark = pytest.mark.integration
 
 
-def document(stream: StreamProjector) -> dict[str, int]:
+def document(stream: ConsumerLoop) -> dict[str, int]:
     raw = stream.store.client.hget(keys.SINGLE.sku_key("SKU-1"), projection_field("web"))
     return json.loads(raw) if raw else {}
 
@@ -39,7 +39,7 @@ def api_reservation(reservation_id: str, quantity: int) -> bytes:
     }).encode()  # fmt: skip
 
 
-def test_a_sku_another_writer_changed_is_read_again(stream: StreamProjector) -> None:
+def test_a_sku_another_writer_changed_is_read_again(stream: ConsumerLoop) -> None:
     stream.process(batch(0, 3))
     assert "SKU-1" in stream.written.states
     # As the API's safety-stock override does: read, change, write with the version.
@@ -56,7 +56,7 @@ def test_a_sku_another_writer_changed_is_read_again(stream: StreamProjector) -> 
 
 
 def test_an_event_applied_before_is_a_duplicate_though_its_sku_was_not_read(
-    stream: StreamProjector,
+    stream: ConsumerLoop,
 ) -> None:
     stream.process(batch(0, 3))
     stream.process([message(3, receipt(1))])  # e-1 again, at a new offset
@@ -67,7 +67,7 @@ def test_an_event_applied_before_is_a_duplicate_though_its_sku_was_not_read(
 
 
 def test_the_apis_own_reservations_are_taken_as_applied_and_that_is_checked(
-    stream: StreamProjector,
+    stream: ConsumerLoop,
 ) -> None:
     stream.process(batch(0, 5))
     # R-1 as the API applies it: its event_id marked with the sku's write.
@@ -90,7 +90,7 @@ def test_the_apis_own_reservations_are_taken_as_applied_and_that_is_checked(
     assert stored_offset(stream) == 8
 
 
-def test_a_replaced_server_drops_every_assumption(stream: StreamProjector) -> None:
+def test_a_replaced_server_drops_every_assumption(stream: ConsumerLoop) -> None:
     consumer: QueueConsumer = stream.consumer  # type: ignore[assignment]
     stream.on_assign(consumer, [TopicPartition(TOPIC, 0)])  # type: ignore[arg-type]
     stream.process(batch(0, 3))
@@ -108,7 +108,7 @@ def test_a_replaced_server_drops_every_assumption(stream: StreamProjector) -> No
     assert on_hand(stream) == 12 and stored_offset(stream) == 5 and stream.written.server == real
 
 
-def test_a_write_the_replaced_server_lost_is_applied_again(stream: StreamProjector) -> None:
+def test_a_write_the_replaced_server_lost_is_applied_again(stream: ConsumerLoop) -> None:
     consumer: QueueConsumer = stream.consumer  # type: ignore[assignment]
     stream.on_assign(consumer, [TopicPartition(TOPIC, 0)])  # type: ignore[arg-type]
     client = stream.store.client
@@ -127,7 +127,7 @@ def test_a_write_the_replaced_server_lost_is_applied_again(stream: StreamProject
 
 
 def test_the_batch_folded_during_a_write_is_used_when_the_write_lands(
-    stream: StreamProjector,
+    stream: ConsumerLoop,
 ) -> None:
     consumer: QueueConsumer = stream.consumer  # type: ignore[assignment]
     stream.process(batch(0, 3))
@@ -143,7 +143,7 @@ def test_the_batch_folded_during_a_write_is_used_when_the_write_lands(
 
 
 def test_the_batch_folded_during_a_write_that_conflicts_is_folded_again(
-    stream: StreamProjector,
+    stream: ConsumerLoop,
 ) -> None:
     consumer: QueueConsumer = stream.consumer  # type: ignore[assignment]
     stream.process(batch(0, 3))
@@ -160,7 +160,7 @@ def test_the_batch_folded_during_a_write_that_conflicts_is_folded_again(
 
 
 def test_a_failed_read_while_folding_ahead_leaves_the_batch_to_its_turn(
-    stream: StreamProjector,
+    stream: ConsumerLoop,
 ) -> None:
     consumer: QueueConsumer = stream.consumer  # type: ignore[assignment]
     stream.process(batch(0, 3))

@@ -13,7 +13,7 @@ import sys
 LOADED_BY_CONSUME = """
 import json, sys
 import atp_service.cli
-from atp_service.runtime import build_stream_projector
+from atp_service.runtime import build_consumer_loop
 from streams.consumer import LedgerAhead
 from prometheus_client import start_http_server
 print(json.dumps(sorted(sys.modules)))

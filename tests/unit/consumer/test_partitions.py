@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY
 
 from atp_service.config import parse_config
 from atp_service.model import projector_for
-from streams.consumer import Batch, LedgerAhead, StreamProjector, partitions
+from streams.consumer import Batch, ConsumerLoop, LedgerAhead, partitions
 from streams.consumer.options import ConsumerOptions, offset_field
 from streams.ledger import Ledger, LedgerColumns
 from tests.conftest import config_text
@@ -265,13 +265,11 @@ def message(offset: int, partition: int = 0) -> FakeMessage:
     return FakeMessage(MOVES, partition, offset, receipt(offset), b"SKU-1")
 
 
-def subscribed(
-    store: MemoryStore, ledger: Ledger | None = None
-) -> tuple[StreamProjector, _Consumer]:
+def subscribed(store: MemoryStore, ledger: Ledger | None = None) -> tuple[ConsumerLoop, _Consumer]:
     """A loop whose rebalance callbacks are in its consumer: it ran and was stopped at once
     (they are handed over only by ``subscribe``, inside ``run``)."""
     consumer = _Consumer()
-    loop = StreamProjector(
+    loop = ConsumerLoop(
         consumer, FakeProducer(), store, PROJECTOR, OPTIONS,  # type: ignore[arg-type]
         clock=lambda: NOW, ledger=ledger,
     )  # fmt: skip
@@ -281,11 +279,11 @@ def subscribed(
     return loop, consumer
 
 
-def process(loop: StreamProjector, messages: list[FakeMessage], batch: Batch | None = None) -> None:
+def process(loop: ConsumerLoop, messages: list[FakeMessage], batch: Batch | None = None) -> None:
     loop.process(cast(list[Message], messages), batch)
 
 
-def dead_letters(loop: StreamProjector) -> int:
+def dead_letters(loop: ConsumerLoop) -> int:
     return sum(m.topic == "dlq" for m in loop.producer.sent)  # type: ignore[attr-defined]
 
 

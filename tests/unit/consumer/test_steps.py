@@ -15,7 +15,7 @@ from confluent_kafka import TopicPartition
 from atp_service.config import parse_config
 from atp_service.model import projector_for
 from streams.changeset import ChangeSet, decode_outbox, order_update_field, reservation_field
-from streams.consumer import LedgerAhead, StreamProjector
+from streams.consumer import ConsumerLoop, LedgerAhead
 from streams.consumer.batch import decode_batch, ledger_rows
 from streams.consumer.folding import Folder, Unfoldable, events_by_sku
 from streams.consumer.options import ConsumerOptions, offset_field
@@ -365,8 +365,8 @@ def test_a_failed_delivery_leaves_the_entry_to_be_published_again() -> None:
 # -- the loop ------------------------------------------------------------------------------
 
 
-def stream(store: MemoryStore, ledger: Ledger | None = None) -> StreamProjector:
-    return StreamProjector(
+def stream(store: MemoryStore, ledger: Ledger | None = None) -> ConsumerLoop:
+    return ConsumerLoop(
         FakeConsumer(), FakeProducer(), store, PROJECTOR, OPTIONS,  # type: ignore[arg-type]
         clock=lambda: NOW, ledger=ledger,
     )  # fmt: skip
