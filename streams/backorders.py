@@ -467,6 +467,8 @@ def build_replanned(
     changes = build_changeset(
         [replanned.states[s.sku] for s in states], versions, projector, now_us, marks, offsets
     )
+    for write in changes.skus:  # their ids came last in ``marks``
+        write.own = len(replanned.event_ids.get(write.sku, ()))
     outbox = changes.outbox
     for sku, compact in replanned.compact.items():
         outbox[reservations_field(sku)] = compact

@@ -119,6 +119,9 @@ class SkuWrite:
     due_ms: int | None
     fields: dict[str, bytes]
     seen: list[str] = field(default_factory=list)
+    # The last ``own`` of ``seen`` are events this write makes itself (a re-plan's): new by
+    # their ids, so the store marks them without checking them first.
+    own: int = 0
 
 
 def new_outbox_id(now_us: int | None = None) -> str:

@@ -33,7 +33,10 @@
 --       then n_lines, then per hash of order lines: n records, then n (field, record)
 --         pairs (merged into the hash: see merge_lines),
 --       then per sku: expected version ('' = unchecked), state, due ms ('' = none),
---                     n_fields values (in the order of the names), n_seen, event_ids
+--                     n_fields values (in the order of the names), n_seen, n_own,
+--                     event_ids: the last n_own of them events this write made itself (a
+--                     re-plan's, their ids new by their time), which no one else can have
+--                     marked and no retry looks up: marked, not checked nor kept by steps
 -- Returns: {} when applied, {'\31replaced'} when the server is not the one of ARGV[5],
 -- {'\31digest'} when the digests were made with a key that is not the shard's,
 -- {'\31steps'} when a last step finds that not all its first steps landed,
@@ -163,13 +166,14 @@ for s = 1, n do
   versions[s] = tonumber(current)
   local j = i + 3 + n_fields
   local n_seen = tonumber(ARGV[j])
+  local n_checked = n_seen - tonumber(ARGV[j + 1])
   if expected ~= '' and expected ~= current then
     conflicts[#conflicts + 1] = s
-  elseif verify and n_seen > 0
-      and marks_differ(string.sub(KEYS[sku_keys_at - 1 + 2 * s], #prefix + 3), j + 1, n_seen, false) then
+  elseif verify and n_checked > 0
+      and marks_differ(string.sub(KEYS[sku_keys_at - 1 + 2 * s], #prefix + 3), j + 2, n_checked, false) then
     conflicts[#conflicts + 1] = s
   end
-  i = j + 1 + n_seen
+  i = j + 2 + n_seen
 end
 local m_at = marked_at
 for m = 1, n_marked do
@@ -206,13 +210,14 @@ for s = 1, n do
   else
     redis.call('ZADD', KEYS[1], due, sku)
   end
-  local j = at + 3 + n_fields
-  local n_seen = tonumber(ARGV[j])
-  for start = 1, n_seen, 400 do
-    local ids = {unpack(ARGV, j + start, j + math.min(n_seen, start + 399))}
-    redis.call('SADD', seen, unpack(ids))
-    if step == 'p' then
-      redis.call('SADD', steps_ids, unpack(ids))
+  local j = at + 5 + n_fields  -- the first event_id (after n_seen and n_own)
+  local n_seen = tonumber(ARGV[j - 2])
+  local n_checked = n_seen - tonumber(ARGV[j - 1])
+  for start = 0, n_seen - 1, 400 do
+    local last = math.min(n_seen, start + 400) - 1
+    redis.call('SADD', seen, unpack(ARGV, j + start, j + last))
+    if step == 'p' and start < n_checked then
+      redis.call('SADD', steps_ids, unpack(ARGV, j + start, j + math.min(last, n_checked - 1)))
     end
   end
   if n_seen > 0 then

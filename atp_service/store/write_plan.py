@@ -124,7 +124,7 @@ def script_arguments(
         if tuple(write.fields) != names:
             raise ValueError(f"sku {write.sku}: projection fields differ from the batch's")
         args += write.fields.values()
-        args.append(len(write.seen))
+        args += [len(write.seen), write.own]
         args += digests(marks_with, write.seen)
     key_list += [layout.marks_key(sku, bucket) for sku in changes.marked]
     key_list.append(layout.kits_flag_key(shard))

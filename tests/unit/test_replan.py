@@ -6,7 +6,7 @@ import msgspec
 
 from atp_service.config import parse_config
 from atp_service.model import projector_for
-from streams.backorders import expand_events, open_claims, replan
+from streams.backorders import build_replanned, expand_events, open_claims, replan
 from streams.events import ReservationCreated
 from streams.state import US_PER_DAY, BinStock, InboundLine, Reservation, SkuState
 from tests.conftest import config_text
@@ -93,3 +93,24 @@ def test_the_outbox_keeps_the_re_plan_events_that_publishing_makes_again() -> No
     assert {e.promise_date is None for e in claimed} == {True, False}
     assert len(events) == 7
     assert expand_events("S", done.compact["S"]) == [msgspec.json.encode(e) for e in events]
+
+
+def test_a_write_marks_the_batchs_events_checked_and_its_own_re_plan_events_unchecked() -> None:
+    """The store checks that none of a batch's events was marked meanwhile (another writer
+    applied it); a re-plan's own events are new by their ids, so they are only marked,
+    and they must come after the batch's, counted by ``own`` (write.lua reads it so)."""
+    state = SkuState(
+        "S",
+        bins=(BinStock("DC-EAST", "A", "available", 3),),
+        reservations=(claim("A:1:DC-EAST:backorder", 2, 10), claim("B:1:DC-EAST:backorder", 1, 20)),
+    )
+    batch_ids = ["wms-1", "wms-2"]
+    changes, replanned = build_replanned([state], {}, PROJECTOR, NOW, WINDOW, {"S": batch_ids})
+    (write,) = changes.skus
+    own = replanned.event_ids["S"]
+    assert len(own) == 4  # both claims released and converted to stock reservations
+    assert write.own == len(own) and write.seen == batch_ids + own
+    # A sku with nothing to re-plan has no events of its own.
+    plain = SkuState("T", bins=(BinStock("DC-EAST", "A", "available", 1),))
+    changes, _ = build_replanned([plain], {}, PROJECTOR, NOW, WINDOW, {"T": ["wms-3"]})
+    assert [(w.seen, w.own) for w in changes.skus] == [(["wms-3"], 0)]
