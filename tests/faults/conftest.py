@@ -20,7 +20,6 @@ def make_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Calla
     def make(
         redis_url: str | None = None,
         bootstrap: str | None = None,
-        extra_consumer: str = "",
         redis_kind: str = "single",
         redis_options: Mapping[str, object] | None = None,
     ) -> Stack:
@@ -29,7 +28,7 @@ def make_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Calla
         servers = bootstrap or request.getfixturevalue("broker_bootstrap")
         directory = tmp_path / f"stack-{len(made)}"
         directory.mkdir()
-        stack = build_stack(directory, url, servers, extra_consumer, options)
+        stack = build_stack(directory, url, servers, options)
         made.append(stack)
         return stack
 

@@ -65,7 +65,6 @@ def build_stack(
     tmp: Path,
     redis_url: str,
     bootstrap: str,
-    extra_consumer: str = "",
     redis_options: Mapping[str, object] | None = None,
 ) -> Stack:
     prefix = f"f{uuid.uuid4().hex[:10]}"
@@ -77,8 +76,6 @@ def build_stack(
         ledger_dir=str(tmp / "ledger"),
         redis_options=redis_options,
     )
-    if extra_consumer:
-        text = text.replace("[consumer]\n", f"[consumer]\n{extra_consumer}\n", 1)
     path = tmp / "atp.toml"
     path.write_text(text)
     settings = parse_config(text)
