@@ -101,6 +101,7 @@ class ConsumerLoop:
             store, projector, self.written, self.outbox, self.stats, options.window_us, self.room
         )
         self._initialized = False
+        self._stop = threading.Event()  # run()'s, once it runs: Kafka callbacks heed it too
         self._last_sweep = 0.0
         # The batch's write runs on this thread so the loop can consume, decode and fold the
         # next batch meanwhile (``_read_ahead``); one thread, so writes stay in order.
@@ -141,6 +142,7 @@ class ConsumerLoop:
         self.store.mark_initialized("consumer")
 
     def run(self, stop: threading.Event) -> None:
+        self._stop = stop
         self._retrying(self.ensure_initialized, stop)
         self._retrying(
             lambda: self.store.install_kits(self.options.kits, self.clock() // 1000), stop
@@ -182,6 +184,9 @@ class ConsumerLoop:
                     self._last_sweep = time.monotonic()
                 self.figures.alive()
                 self.figures.snapshot(self.stats)
+        except partitions.Stopped:
+            log.info("stopped while the store was unavailable, before partitions were assigned")
+        else:
             if self._publish_held:
                 self._publish_held = False
                 try:
@@ -494,8 +499,8 @@ class ConsumerLoop:
     def _start_from_store(self, assigned: list[TopicPartition]) -> None:
         transient = self.store.transient_errors
         # Initialized first: the stored offsets of an emptied store must not be trusted.
-        partitions.retrying_plain(self.ensure_initialized, transient)
-        stored = partitions.retrying_plain(self.store.offsets, transient)
+        partitions.retrying_plain(self.ensure_initialized, transient, self._stop)
+        stored = partitions.retrying_plain(self.store.offsets, transient, self._stop)
         partitions.start_from(stored, self.ledger, assigned)
 
     def _retrying(self, step: Callable[[], object], stop: threading.Event) -> None:

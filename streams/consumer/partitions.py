@@ -111,13 +111,28 @@ def retrying(
         consumer.resume(paused)
 
 
-def retrying_plain(step: Callable[[], T], transient: tuple[type[Exception], ...]) -> T:
-    """Retry a store step inside a Kafka callback, where pausing cannot run."""
+class Stopped(Exception):
+    """Asked to stop while a Kafka callback waited for the store: nothing was assigned."""
+
+
+def retrying_plain(
+    step: Callable[[], T],
+    transient: tuple[type[Exception], ...],
+    stop: threading.Event | None = None,
+) -> T:
+    """Retry a store step inside a Kafka callback, where pausing cannot run. Raises
+    Stopped once ``stop`` is set: a consumer asked to stop while Redis is down must not
+    wait for it (librdkafka raises the callback's error from the loop's consume)."""
     delay = 0.1
     while True:
         try:
             return step()
         except transient as exc:
+            if stop is not None and stop.is_set():
+                raise Stopped from exc
             log.warning("redis unavailable (%s); retrying in %.1fs", exc, delay)
-            time.sleep(delay)
+            if stop is None:
+                time.sleep(delay)
+            elif stop.wait(delay):
+                raise Stopped from exc
             delay = min(delay * 2, 5.0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import types
 from collections.abc import Callable
 from pathlib import Path
@@ -247,6 +248,26 @@ def test_a_store_step_in_a_kafka_callback_waits_for_the_store(
     with pytest.raises(_Defect):
         partitions.retrying_plain(step, (StoreDown,))
     assert len(calls) == 1
+
+
+def test_a_stop_ends_a_callbacks_wait_for_the_store_at_once() -> None:
+    """SIGTERM while Redis is down during a rebalance: the consumer must stop, not wait
+    for Redis inside the callback until it is killed (the offsets never moved)."""
+    stop = threading.Event()
+    calls: list[float] = []
+
+    def offsets() -> dict[str, int]:
+        calls.append(time.monotonic())
+        if len(calls) == 3:
+            threading.Timer(0.05, stop.set).start()  # stopped during the 0.4 s backoff
+        raise StoreDown("down")
+
+    started = time.monotonic()
+    with pytest.raises(partitions.Stopped):
+        partitions.retrying_plain(offsets, (StoreDown,), stop)
+    assert len(calls) == 3 and time.monotonic() - started < 0.35 + 0.3
+    with pytest.raises(partitions.Stopped):  # already stopped: not even one wait
+        partitions.retrying_plain(offsets, (StoreDown,), stop)
 
 
 # -- rebalances, in the loop ---------------------------------------------------------------
