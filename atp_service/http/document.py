@@ -5,8 +5,9 @@ do not come through, and are added here once the app is built, from msgspec's ow
 of the same types: request bodies refuse unknown fields (``additionalProperties: false``),
 and the items of a list keep their lengths and patterns. And the order an allocation
 returns can be read and released by its ``order_id`` (OpenAPI links, which client
-generators and stateful testers follow). The operations routes need no key (contract), and
-say so with an empty ``security``, whatever a gateway adds at the top of the document.
+generators and stateful testers follow). Every operation outside the keyed router (the
+operations routes, which need no key by contract) says so with an empty ``security``,
+whatever a gateway adds at the top of the document.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ REQUEST_BODIES: Final[tuple[type[msgspec.Struct], ...]] = (
     KitBody,
     Component,
 )
-PUBLIC_PATHS: Final = ("/healthz", "/readyz", "/metrics")
 ORDER_ROUTES: Final = {
     "ReadOrder": "V1AllocationsOrderIdRead",
     "ReleaseOrder": "V1AllocationsOrderIdRemove",
@@ -52,10 +52,10 @@ def complete(document: OpenAPI) -> OpenAPI:
             response = created.responses.get(status)
             if isinstance(response, OpenAPIResponse):
                 response.links = dict(links)
-    for path in PUBLIC_PATHS:
-        item = document.paths.get(path) if document.paths else None
-        if item is not None and item.get is not None:
-            item.get.security = []
+    for item in (document.paths or {}).values():
+        for operation in (item.get, item.put, item.post, item.delete, item.patch):
+            if operation is not None and operation.security is None:
+                operation.security = []
     return document
 
 

@@ -1,5 +1,6 @@
 """The Redis adapter: read sku states and dedupe marks, apply a ChangeSet in scripts of at
-most ``skus_per_script`` skus per shard it touches (``split``, ``steps``; streams/shards.py).
+most ``skus_per_script`` skus per shard it touches (write_plan.py: ``split``, ``steps``;
+streams/shards.py), sent by sending.py; reads by read_plan.py.
 
 Concurrency is optimistic: every sku hash carries a version; a write names the versions it
 read and a script refuses its skus (before writing anything) if any moved, e.g. because the

@@ -23,17 +23,9 @@ from streams.changeset import (
 from streams.store import ProjectionMissing, ServerReplaced
 
 WRITE_SCRIPT: Final = resources.files("atp_service.store").joinpath("write.lua").read_text()
-
-
 REPLACED: Final = b"\x1freplaced"  # the write script's answer when its server changed
-
-
 FULL: Final = b"\x1fcapacity"  # ... when a location's count for the day would pass its capacity
-
-
 STEPS: Final = b"\x1fsteps"  # ... when a last step finds that not all its first steps landed
-
-
 DIGEST: Final = b"\x1fdigest"  # ... when its digests were made with a key not the shard's
 
 
@@ -205,8 +197,6 @@ def split(changes: ChangeSet, layout: keys.Layout) -> list[tuple[int, ChangeSet]
 # half a millisecond to a millisecond of Redis, so that the API's scripts never wait long
 # behind a catch-up.
 STEP_SKUS: Final = 16
-
-
 STEP_SEPARATOR: Final = "\x1f"  # between a write's id and a first step's number
 
 
@@ -215,8 +205,6 @@ STEP_SEPARATOR: Final = "\x1f"  # between a write's id and a first step's number
 # about 2.5 ms of Redis a megabyte, while a plain SET's large value is read from the socket
 # as it arrives, between other clients' commands (a large batch stages tens of megabytes).
 ROWS_INLINE_MAX: Final = 64 * 1024
-
-
 ROWS_REF: Final = b"@"
 
 

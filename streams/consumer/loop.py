@@ -185,7 +185,7 @@ class ConsumerLoop:
                 self.figures.alive()
                 self.figures.snapshot(self.stats)
         except partitions.Stopped:
-            log.info("stopped while the store was unavailable, before partitions were assigned")
+            log.info("stopped while the store was unavailable; no partition was started")
         else:
             if self._publish_held:
                 self._publish_held = False

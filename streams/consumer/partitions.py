@@ -112,7 +112,8 @@ def retrying(
 
 
 class Stopped(Exception):
-    """Asked to stop while a Kafka callback waited for the store: nothing was assigned."""
+    """Asked to stop while waiting for the store's offsets: no partition was started from
+    them, so nothing moved."""
 
 
 def retrying_plain(
@@ -128,8 +129,6 @@ def retrying_plain(
         try:
             return step()
         except transient as exc:
-            if stop is not None and stop.is_set():
-                raise Stopped from exc
             log.warning("redis unavailable (%s); retrying in %.1fs", exc, delay)
             if stop is None:
                 time.sleep(delay)

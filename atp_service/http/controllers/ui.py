@@ -10,8 +10,9 @@ accept the header only). The tradeoff: a key in a URL lands in the browser's his
 the access logs of any proxy in front of the API (this service does not log access). So the
 page is answered with ``Referrer-Policy: no-referrer`` and ``Cache-Control: no-store``, loads
 nothing from elsewhere (a strict Content-Security-Policy: its script and style are static
-files of its own origin, nothing inline), and should be opened with a read-only key. Behind an authenticating proxy that injects the header,
-open `/ui` without ``?key=``: the page then sends no header of its own.
+files of its own origin, nothing inline), and should be opened with a read-only key. Behind
+an authenticating proxy that injects the header, open `/ui` without ``?key=``: the page
+then sends no header of its own.
 """
 
 from __future__ import annotations

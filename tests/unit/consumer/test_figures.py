@@ -4,7 +4,6 @@ letters by reason), the metrics beside it, and the liveness file."""
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import types
@@ -20,6 +19,7 @@ from streams.consumer.figures import Figures
 from streams.consumer.options import Stats
 from streams.snapshot import ConsumerSnapshot, decode_snapshot
 from tests.fakes import FakeConsumer, FakeMessage, MemoryStore
+from tests.unit.consumer.messages import receipt_value
 
 MOVES = "wms.bin-movements"
 
@@ -67,15 +67,6 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> _Clock:
     return fake
 
 
-def receipt(n: int, quantity: int = 1) -> bytes:
-    body = {
-        "type": "bin_movement", "event_id": f"e-{n}", "occurred_at": "2026-11-27T08:00:00Z",
-        "sku": "SKU-1", "location": "DC-EAST", "quantity": quantity, "to_bin": "A1",
-        "to_status": "available",
-    }  # fmt: skip
-    return json.dumps(body).encode()
-
-
 def decode(messages: list[FakeMessage]) -> Batch:
     return decode_batch(
         messages,  # type: ignore[arg-type]
@@ -99,11 +90,11 @@ def test_the_snapshot_reports_counters_lag_and_dead_letters_by_reason() -> None:
     store = MemoryStore(initialized="test")
     figures = Figures(store, _Watermarks({(MOVES, 0): 12}), None)  # type: ignore[arg-type]
     messages = [
-        FakeMessage(MOVES, 0, 0, receipt(0), b"SKU-1"),
+        FakeMessage(MOVES, 0, 0, receipt_value(0), b"SKU-1"),
         FakeMessage(MOVES, 0, 1, b"{not json", b"x"),
         FakeMessage(MOVES, 0, 2, b"{not json either", b"x"),
-        FakeMessage(MOVES, 0, 3, receipt(3, quantity=-1), b"SKU-1"),
-        FakeMessage(MOVES, 0, 4, receipt(4), b"SKU-1"),
+        FakeMessage(MOVES, 0, 3, receipt_value(3, quantity=-1), b"SKU-1"),
+        FakeMessage(MOVES, 0, 4, receipt_value(4), b"SKU-1"),
     ]
     batch = decode(messages)
     before = dead_letter_events()
@@ -124,7 +115,7 @@ def test_produce_to_visible_latency_is_measured_from_the_message_timestamps() ->
     store = MemoryStore(initialized="test")
     figures = Figures(store, FakeConsumer(), None)  # type: ignore[arg-type]
     produced_ms = int(time.time() * 1000) - 250
-    messages = [_StampedMessage(n, receipt(n), produced_ms) for n in range(3)]
+    messages = [_StampedMessage(n, receipt_value(n), produced_ms) for n in range(3)]
     figures.batch_done(messages, decode(messages), 0.01)  # type: ignore[arg-type]
     figures.snapshot(Stats())
     snapshot = read(store, figures)
@@ -148,13 +139,13 @@ def test_lag_follows_the_batches(clock: _Clock) -> None:
     store = MemoryStore(initialized="test")
     consumer = _Watermarks({(MOVES, 0): 10})
     figures = Figures(store, consumer, None)  # type: ignore[arg-type]
-    first = [FakeMessage(MOVES, 0, n, receipt(n), b"SKU-1") for n in range(4)]
+    first = [FakeMessage(MOVES, 0, n, receipt_value(n), b"SKU-1") for n in range(4)]
     figures.batch_done(first, decode(first), 0.01)  # type: ignore[arg-type]
     figures.snapshot(Stats())
     assert read(store, figures).lag == {f"{MOVES}/0": 6}
     clock.now += 2.0
     consumer.high[MOVES, 0] = 20
-    second = [FakeMessage(MOVES, 0, n, receipt(n), b"SKU-1") for n in range(4, 18)]
+    second = [FakeMessage(MOVES, 0, n, receipt_value(n), b"SKU-1") for n in range(4, 18)]
     figures.batch_done(second, decode(second), 0.01)  # type: ignore[arg-type]
     figures.snapshot(Stats())
     assert read(store, figures).lag == {f"{MOVES}/0": 2}
@@ -166,7 +157,7 @@ def test_a_partition_handed_over_leaves_this_consumers_lag(clock: _Clock) -> Non
     store = MemoryStore(initialized="test")
     consumer = _Watermarks({(MOVES, 0): 10, (MOVES, 1): 10})
     figures = Figures(store, consumer, None)  # type: ignore[arg-type]
-    both = [FakeMessage(MOVES, p, n, receipt(n), b"SKU-1") for p in (0, 1) for n in range(4)]
+    both = [FakeMessage(MOVES, p, n, receipt_value(n), b"SKU-1") for p in (0, 1) for n in range(4)]
     figures.batch_done(both, decode(both), 0.01)  # type: ignore[arg-type]
     figures.snapshot(Stats())
     assert read(store, figures).lag == {f"{MOVES}/0": 6, f"{MOVES}/1": 6}

@@ -23,6 +23,7 @@ from streams.consumer.options import ConsumerOptions, offset_field
 from streams.ledger import Ledger, LedgerColumns
 from tests.conftest import config_text
 from tests.fakes import FakeConsumer, FakeMessage, FakeProducer, MemoryStore, StoreDown
+from tests.unit.consumer.messages import receipt_value
 
 SETTINGS = parse_config(config_text())
 PROJECTOR = projector_for(SETTINGS)
@@ -266,24 +267,15 @@ def test_a_stop_ends_a_callbacks_wait_for_the_store_at_once() -> None:
     with pytest.raises(partitions.Stopped):
         partitions.retrying_plain(offsets, (StoreDown,), stop)
     assert len(calls) == 3 and time.monotonic() - started < 0.35 + 0.3
-    with pytest.raises(partitions.Stopped):  # already stopped: not even one wait
+    with pytest.raises(partitions.Stopped):  # already stopped: raised without waiting
         partitions.retrying_plain(offsets, (StoreDown,), stop)
 
 
 # -- rebalances, in the loop ---------------------------------------------------------------
 
 
-def receipt(n: int, quantity: int = 1) -> bytes:
-    body = {
-        "type": "bin_movement", "event_id": f"e-{n}", "occurred_at": "2026-11-27T08:00:00Z",
-        "sku": "SKU-1", "location": "DC-EAST", "quantity": quantity, "to_bin": "A1",
-        "to_status": "available",
-    }  # fmt: skip
-    return json.dumps(body).encode()
-
-
 def message(offset: int, partition: int = 0) -> FakeMessage:
-    return FakeMessage(MOVES, partition, offset, receipt(offset), b"SKU-1")
+    return FakeMessage(MOVES, partition, offset, receipt_value(offset), b"SKU-1")
 
 
 def subscribed(store: MemoryStore, ledger: Ledger | None = None) -> tuple[ConsumerLoop, _Consumer]:

@@ -24,6 +24,7 @@ from streams.consumer.written import WrittenStates
 from streams.ledger import Ledger, staged_rows
 from tests.conftest import config_text
 from tests.fakes import FakeConsumer, FakeMessage, FakeProducer, MemoryStore, StoreDown
+from tests.unit.consumer.messages import receipt
 
 SETTINGS = parse_config(config_text())
 PROJECTOR = projector_for(SETTINGS)
@@ -39,14 +40,6 @@ OPTIONS = ConsumerOptions(
     known_channels=frozenset(c.name for c in SETTINGS.channels), batch_size=100,
     batch_timeout_s=0.01, sweep_interval_s=60, window_us=WINDOW, max_message_bytes=10_000,
 )  # fmt: skip
-
-
-def receipt(n: int, sku: str = "SKU-1", quantity: int = 1, **extra: Any) -> dict[str, Any]:
-    return {
-        "type": "bin_movement", "event_id": f"e-{n}", "occurred_at": "2026-11-27T08:00:00Z",
-        "sku": sku, "location": "DC-EAST", "quantity": quantity, "to_bin": "A1",
-        "to_status": "available", **extra,
-    }  # fmt: skip
 
 
 def message(
